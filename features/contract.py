@@ -1,0 +1,153 @@
+"""The data contract (shared/docs/data-contract.md v1), declared once.
+
+Every table and column the service reads is declared here; the loader/validator (`features.io`),
+the simulator and the feature pipeline all read these declarations.
+
+Typed frames produced by the loader:
+- ``str``   -> pandas string dtype (``"str"``), missing = NA
+- ``date``  -> ``datetime64[ns]``, missing = NaT
+- ``float`` -> ``float64``, missing = NaN
+- ``bool``  -> ``bool`` (missing filled with the column's default, False)
+Unknown extra columns are kept (and ignored by the pipeline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+
+Kind = Literal["str", "date", "float", "bool"]
+
+RATING_SCALE: tuple[str, ...] = (
+    "AAA", "AA+", "AA", "AA-", "A+", "A", "A-", "BBB+", "BBB", "BBB-",
+    "BB+", "BB", "BB-", "B+", "B", "B-", "CCC+", "CCC", "CCC-", "CC", "C", "D",
+)  # fmt: skip
+"""Agency-style rating scale, best first. Ordinal used by features: index in this tuple."""
+
+ROLES: tuple[str, ...] = ("core", "sme")
+PRODUCTS: tuple[str, ...] = ("receivable_financing", "inventory_pledge", "prepayment")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    required: bool = True  # the column must be present in the file
+    nullable: bool = False  # empty cells allowed
+    default: object = None  # value for empty cells of bool columns / absent optional columns
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    required: bool
+    columns: tuple[Column, ...]
+    key: tuple[str, ...] = ()  # unique key
+    extra_numeric: bool = False  # financials: any number of extra numeric columns
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+ENTERPRISES = Table(
+    "enterprises",
+    required=True,
+    key=("enterprise_id",),
+    columns=(
+        Column("enterprise_id", "str"),
+        Column("role", "str"),
+        Column("industry", "str", required=False, nullable=True),
+        Column("region", "str", required=False, nullable=True),
+        Column("founded_date", "date", required=False, nullable=True),
+        Column("external_rating", "str", required=False, nullable=True),
+    ),
+)
+
+INVOICES = Table(
+    "invoices",
+    required=True,
+    key=("invoice_id",),
+    columns=(
+        Column("invoice_id", "str"),
+        Column("seller_id", "str"),
+        Column("buyer_id", "str"),
+        Column("issue_date", "date"),
+        Column("due_date", "date"),
+        Column("amount", "float"),
+        Column("paid_date", "date", required=False, nullable=True),
+        Column("paid_amount", "float", required=False, nullable=True),
+        Column("disputed", "bool", required=False, nullable=True, default=False),
+        Column("confirmed_date", "date", required=False, nullable=True),
+    ),
+)
+
+INVENTORY = Table(
+    "inventory",
+    required=False,
+    key=("sme_id", "snapshot_date"),
+    columns=(
+        Column("sme_id", "str"),
+        Column("snapshot_date", "date"),
+        Column("inventory_value", "float"),
+        Column("pledged_value", "float", required=False, nullable=True),
+        Column("cogs", "float", required=False, nullable=True),
+    ),
+)
+
+LOANS = Table(
+    "loans",
+    required=False,  # required for training (checked there), optional for scoring
+    key=("loan_id",),
+    columns=(
+        Column("loan_id", "str"),
+        Column("sme_id", "str"),
+        Column("product", "str"),
+        Column("core_id", "str", required=False, nullable=True),
+        Column("disbursed_date", "date"),
+        Column("maturity_date", "date"),
+        Column("amount", "float"),
+        Column("default_date", "date", required=False, nullable=True),
+        Column("repurchase_guarantee", "bool", required=False, nullable=True, default=False),
+    ),
+)
+
+FINANCIALS = Table(
+    "financials",
+    required=False,
+    key=("sme_id", "period_end"),
+    extra_numeric=True,
+    columns=(
+        Column("sme_id", "str"),
+        Column("period_end", "date"),
+        Column("published_date", "date", required=False, nullable=True),
+    ),
+)
+
+TABLES: tuple[Table, ...] = (ENTERPRISES, INVOICES, INVENTORY, LOANS, FINANCIALS)
+TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+FINANCIALS_PUBLICATION_LAG_DAYS = 120  # default published_date = period_end + 120 days
+
+
+def empty_frame(table: Table) -> pd.DataFrame:
+    """A zero-row typed frame with the table's declared columns."""
+    dtypes = {"str": "str", "date": "datetime64[ns]", "float": "float64", "bool": "bool"}
+    return pd.DataFrame({c.name: pd.Series([], dtype=dtypes[c.kind]) for c in table.columns})
+
+
+@dataclass
+class Tables:
+    """A validated folder: typed frames, one per contract table (optional ones may be empty)."""
+
+    enterprises: pd.DataFrame
+    invoices: pd.DataFrame
+    inventory: pd.DataFrame = field(default_factory=lambda: empty_frame(INVENTORY))
+    loans: pd.DataFrame = field(default_factory=lambda: empty_frame(LOANS))
+    financials: pd.DataFrame = field(default_factory=lambda: empty_frame(FINANCIALS))
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {t.name: getattr(self, t.name) for t in TABLES}

@@ -1,0 +1,45 @@
+"""Domain errors of the features package. Only the edges (CLI, API) turn them into exit codes or HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ScfRiskError(Exception):
+    """Base of every scf-risk domain error: bad input a person can act on (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule of the data contract, located as precisely as possible."""
+
+    table: str
+    row: int | None  # 1-based data row as in the file (header not counted); None = whole table/file
+    column: str | None
+    rule: str
+    value: str | None = None
+
+    def __str__(self) -> str:
+        where = self.table
+        if self.row is not None:
+            where += f", row {self.row}"
+        if self.column is not None:
+            where += f", column {self.column}"
+        tail = f": {self.value!r}" if self.value is not None else ""
+        return f"{where}: {self.rule}{tail}"
+
+
+class ContractError(ScfRiskError):
+    """A folder (or a request's history) breaks the data contract. Carries every violation found."""
+
+    def __init__(self, violations: list[Violation], total: int | None = None) -> None:
+        self.violations = violations
+        self.total = total if total is not None else len(violations)
+        lines = [str(v) for v in violations]
+        if self.total > len(violations):
+            lines.append(f"... and {self.total - len(violations)} more violations")
+        super().__init__(f"{self.total} data contract violation(s):\n" + "\n".join(lines))
+
+
+class FeatureError(ScfRiskError):
+    """A feature request that cannot be served: no population, as-of out of range, ..."""

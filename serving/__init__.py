@@ -1,0 +1,1 @@
+"""scf-risk serving: registered model -> FastAPI scores with SHAP reasons -> audit store."""

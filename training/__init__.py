@@ -1,0 +1,1 @@
+"""scf-risk training: feature panel -> calibrated, monotone LightGBM -> MLflow run + registered model."""
