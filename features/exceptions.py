@@ -1,4 +1,7 @@
-"""Domain errors of the features package. Only the edges (CLI, API) turn them into exit codes or HTTP."""
+"""Domain errors of the features package.
+
+Only the edges (CLI, API) turn them into exit codes or HTTP responses.
+"""
 
 from __future__ import annotations
 

@@ -20,5 +20,7 @@ class Settings(BaseSettings):
         default="models:/sme-default-pd@champion", validation_alias="SCF_RISK_MODEL"
     )
     audit_db: str = Field(default="sqlite:///models/audit.db", validation_alias="SCF_RISK_AUDIT_DB")
-    api_keys: Path = Field(default=Path("models/api-keys.json"), validation_alias="SCF_RISK_API_KEYS")
+    api_keys: Path = Field(
+        default=Path("models/api-keys.json"), validation_alias="SCF_RISK_API_KEYS"
+    )
     env: str = Field(default="development", validation_alias="SCF_RISK_ENV")

@@ -1,1 +1,2 @@
-"""scf-risk training: feature panel -> calibrated, monotone LightGBM -> MLflow run + registered model."""
+"""scf-risk training: feature panel -> calibrated, monotone LightGBM -> MLflow
+run + registered model."""
