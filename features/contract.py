@@ -8,7 +8,10 @@ Typed frames produced by the loader:
 - ``date``  -> ``datetime64[ns]``, missing = NaT
 - ``float`` -> ``float64``, missing = NaN
 - ``bool``  -> ``bool`` (missing filled with the column's default, False)
-Unknown extra columns are kept (and ignored by the pipeline).
+Unknown extra columns are kept (and ignored by the pipeline); financials' extra columns are float64.
+Empty ``financials.published_date`` is filled with period_end + FINANCIALS_PUBLICATION_LAG_DAYS.
+The rules of each column (enums, bounds, cross-column order, references to enterprises) are
+declared on its `Column`; `features.io` checks them and words each violation from them.
 """
 
 from __future__ import annotations
@@ -28,15 +31,36 @@ RATING_SCALE: tuple[str, ...] = (
 
 ROLES: tuple[str, ...] = ("core", "sme")
 PRODUCTS: tuple[str, ...] = ("receivable_financing", "inventory_pledge", "prepayment")
+FINANCIALS_PUBLICATION_LAG_DAYS = 120  # default published_date = period_end + 120 days
+KNOWN_EXTRA_FILES: tuple[str, ...] = ("truth.parquet",)
+"""Files a data folder may hold beside its tables (the simulator's truth): not warned about."""
+
+
+Role = Literal["core", "sme"]
 
 
 @dataclass(frozen=True)
 class Column:
+    """One column and every per-row rule data-contract.md states for it.
+
+    Floats must always be finite; non-nullable strings must be non-blank. The other rules are
+    declared here and checked by `features.io`, which writes each one's message from these fields.
+    """
+
     name: str
     kind: Kind
     required: bool = True  # the column must be present in the file
     nullable: bool = False  # empty cells allowed
     default: object = None  # value for empty cells of bool columns / absent optional columns
+    choices: tuple[str, ...] = ()  # allowed values (an enum), when given
+    gt: float | None = None  # value must be > gt
+    ge: float | None = None  # value must be >= ge
+    ge_column: str | None = None  # value must be >= that column of the same row (when both set)
+    le_column: str | None = None  # value must be <= that column of the same row (when both set)
+    not_after_today: bool = False  # a date that may not lie in the future
+    required_with: str | None = None  # must be set on every row where that column is set
+    refers_to: Role | Literal["enterprise"] | None = None  # an enterprise_id (of that role)
+    default_days_after: tuple[str, int] | None = None  # empty -> that date column + N days
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,7 @@ class Table:
     columns: tuple[Column, ...]
     key: tuple[str, ...] = ()  # unique key
     extra_numeric: bool = False  # financials: any number of extra numeric columns
+    parties: tuple[str, str] | None = None  # two enterprise ids: different, at least one an SME
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -60,11 +85,11 @@ ENTERPRISES = Table(
     key=("enterprise_id",),
     columns=(
         Column("enterprise_id", "str"),
-        Column("role", "str"),
+        Column("role", "str", choices=ROLES),
         Column("industry", "str", required=False, nullable=True),
         Column("region", "str", required=False, nullable=True),
-        Column("founded_date", "date", required=False, nullable=True),
-        Column("external_rating", "str", required=False, nullable=True),
+        Column("founded_date", "date", required=False, nullable=True, not_after_today=True),
+        Column("external_rating", "str", required=False, nullable=True, choices=RATING_SCALE),
     ),
 )
 
@@ -72,15 +97,23 @@ INVOICES = Table(
     "invoices",
     required=True,
     key=("invoice_id",),
+    parties=("seller_id", "buyer_id"),
     columns=(
         Column("invoice_id", "str"),
-        Column("seller_id", "str"),
-        Column("buyer_id", "str"),
+        Column("seller_id", "str", refers_to="enterprise"),
+        Column("buyer_id", "str", refers_to="enterprise"),
         Column("issue_date", "date"),
-        Column("due_date", "date"),
-        Column("amount", "float"),
-        Column("paid_date", "date", required=False, nullable=True),
-        Column("paid_amount", "float", required=False, nullable=True),
+        Column("due_date", "date", ge_column="issue_date"),
+        Column("amount", "float", gt=0.0),
+        Column("paid_date", "date", required=False, nullable=True, ge_column="issue_date"),
+        Column(
+            "paid_amount",
+            "float",
+            required=False,
+            nullable=True,
+            ge=0.0,
+            required_with="paid_date",
+        ),
         Column("disputed", "bool", required=False, nullable=True, default=False),
         Column("confirmed_date", "date", required=False, nullable=True),
     ),
@@ -91,10 +124,17 @@ INVENTORY = Table(
     required=False,
     key=("sme_id", "snapshot_date"),
     columns=(
-        Column("sme_id", "str"),
+        Column("sme_id", "str", refers_to="sme"),
         Column("snapshot_date", "date"),
-        Column("inventory_value", "float"),
-        Column("pledged_value", "float", required=False, nullable=True),
+        Column("inventory_value", "float", ge=0.0),
+        Column(
+            "pledged_value",
+            "float",
+            required=False,
+            nullable=True,
+            ge=0.0,
+            le_column="inventory_value",
+        ),
         Column("cogs", "float", required=False, nullable=True),
     ),
 )
@@ -105,13 +145,13 @@ LOANS = Table(
     key=("loan_id",),
     columns=(
         Column("loan_id", "str"),
-        Column("sme_id", "str"),
-        Column("product", "str"),
-        Column("core_id", "str", required=False, nullable=True),
+        Column("sme_id", "str", refers_to="sme"),
+        Column("product", "str", choices=PRODUCTS),
+        Column("core_id", "str", required=False, nullable=True, refers_to="core"),
         Column("disbursed_date", "date"),
-        Column("maturity_date", "date"),
-        Column("amount", "float"),
-        Column("default_date", "date", required=False, nullable=True),
+        Column("maturity_date", "date", ge_column="disbursed_date"),
+        Column("amount", "float", gt=0.0),
+        Column("default_date", "date", required=False, nullable=True, ge_column="disbursed_date"),
         Column("repurchase_guarantee", "bool", required=False, nullable=True, default=False),
     ),
 )
@@ -122,15 +162,20 @@ FINANCIALS = Table(
     key=("sme_id", "period_end"),
     extra_numeric=True,
     columns=(
-        Column("sme_id", "str"),
+        Column("sme_id", "str", refers_to="sme"),
         Column("period_end", "date"),
-        Column("published_date", "date", required=False, nullable=True),
+        Column(
+            "published_date",
+            "date",
+            required=False,
+            nullable=True,
+            default_days_after=("period_end", FINANCIALS_PUBLICATION_LAG_DAYS),
+        ),
     ),
 )
 
 TABLES: tuple[Table, ...] = (ENTERPRISES, INVOICES, INVENTORY, LOANS, FINANCIALS)
 TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
-FINANCIALS_PUBLICATION_LAG_DAYS = 120  # default published_date = period_end + 120 days
 
 
 def empty_frame(table: Table) -> pd.DataFrame:
@@ -148,6 +193,7 @@ class Tables:
     inventory: pd.DataFrame = field(default_factory=lambda: empty_frame(INVENTORY))
     loans: pd.DataFrame = field(default_factory=lambda: empty_frame(LOANS))
     financials: pd.DataFrame = field(default_factory=lambda: empty_frame(FINANCIALS))
+    warnings: tuple[str, ...] = ()  # what the loader ignored (unknown files, extra columns)
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {t.name: getattr(self, t.name) for t in TABLES}
