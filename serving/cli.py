@@ -6,7 +6,12 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("features.cli", "training.cli", "serving.commands")
+COMMAND_MODULES = (
+    "features.cli",
+    "training.cli",
+    "serving.commands",
+    "serving.portfolio_commands",
+)
 
 
 def build_app() -> typer.Typer:
