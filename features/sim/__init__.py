@@ -1,0 +1,1 @@
+"""The supply-chain simulator's internals; the public surface is `features.simulate`."""
