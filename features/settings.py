@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ExplainMethod = Literal["pred_contrib", "tree_shap"]
 
 
 class Settings(BaseSettings):
@@ -24,3 +27,54 @@ class Settings(BaseSettings):
         default=Path("models/api-keys.json"), validation_alias="SCF_RISK_API_KEYS"
     )
     env: str = Field(default="development", validation_alias="SCF_RISK_ENV")
+
+    # --- the scoring service (serving/) ---
+    max_body_bytes: int = Field(
+        default=2_000_000,
+        gt=0,
+        validation_alias="SCF_RISK_MAX_BODY_BYTES",
+        description="Largest request body accepted; larger ones get 413.",
+    )
+    batch_limit: int = Field(
+        default=1000,
+        gt=0,
+        validation_alias="SCF_RISK_BATCH_LIMIT",
+        description="Most items in one POST /v1/scores/batch; more get 422.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        validation_alias="SCF_RISK_CORS_ORIGINS",
+        description="Origins allowed by CORS (JSON list); empty = CORS closed.",
+    )
+    explain_method: ExplainMethod = Field(
+        default="pred_contrib",
+        validation_alias="SCF_RISK_EXPLAIN_METHOD",
+        description="SHAP backend: LightGBM's pred_contrib (faster) or shap's TreeExplainer.",
+    )
+    host: str = Field(default="127.0.0.1", validation_alias="SCF_RISK_HOST")
+    port: int = Field(default=8000, ge=0, le=65535, validation_alias="SCF_RISK_PORT")
+    workers: int = Field(default=1, ge=1, validation_alias="SCF_RISK_WORKERS")
+    model_load_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias="SCF_RISK_MODEL_LOAD_WAIT_SECONDS",
+        description="How long start-up waits for the model; after that the service starts "
+        "not ready and keeps loading in the background.",
+    )
+    reload_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        validation_alias="SCF_RISK_RELOAD_POLL_SECONDS",
+        description="How often each worker checks whether another worker reloaded the model.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, value: str) -> str:
+        if value not in ("development", "test", "production"):
+            raise ValueError(f"expected development, test or production, got {value!r}")
+        return value
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"

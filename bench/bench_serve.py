@@ -1,0 +1,374 @@
+"""Serving benchmark: the explained, audited service under uvicorn vs `mlflow models serve`.
+
+Self-contained: simulates a small dataset, trains and registers a model (the project's own code)
+into a temporary MLflow store, then on 127.0.0.1:
+
+- `scf-risk serve --workers 2`: single explained score at 8 concurrent connections (p50, p99,
+  req/s, median of several runs), and a batch of 1,000 SMEs per request;
+- `mlflow models serve` of the same registered model version (which explains and stores nothing),
+  the same single-row load, side by side in the same run: the throughput ratio;
+- afterwards, the audit store must hold a record for every 200 response.
+
+Load comes from wrk (Debian's `wrk`) when installed, else from an asyncio client (aiohttp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.report import Report, median_runs
+
+SECTION = "serving"
+CONNECTIONS = 8
+DURATION_S = 8
+RUNS = 3
+BATCH = 1000
+WORKERS = 2
+
+
+@dataclass
+class Load:
+    """One load run: requests completed, 2xx among them, req/s, latency percentiles (ms)."""
+
+    requests: int
+    ok: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout} s: {log.read_text()[-3000:]}")
+
+
+@contextmanager
+def _process(cmd: list[str], env: dict[str, str], cwd: Path, ready_url: str) -> Iterator[None]:
+    log = cwd / f"server-{int(time.time() * 1000)}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_ready(ready_url, proc, log)
+        yield
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+# -- load generators ---------------------------------------------------------------------------
+WRK_LUA = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"]="application/json"%s}, bodies[i])
+end
+"""
+
+
+def _lua_string(s: str) -> str:
+    return "[==[" + s + "]==]"
+
+
+def load_wrk(url: str, bodies: list[str], headers: dict[str, str], seconds: int) -> Load:
+    """Drive `url` with wrk: CONNECTIONS connections on 2 threads for `seconds`."""
+    extra = "".join(f', ["{k}"]="{v}"' for k, v in headers.items())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_LUA % (", ".join(_lua_string(b) for b in bodies), extra))
+        script = fh.name
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script, url],
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad_m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors_m = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    bad = int(bad_m.group(1)) if bad_m else 0
+    if errors_m:
+        bad += sum(int(x) for x in errors_m.groups())
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return Load(total, total - bad, rps, _wrk_ms(out, "50%"), _wrk_ms(out, "99%"))
+
+
+def _wrk_ms(out: str, pct: str) -> float:
+    m = re.search(rf"^\s+{re.escape(pct)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not m:
+        raise RuntimeError(f"no {pct} latency in wrk output:\n{out}")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def load_python(url: str, bodies: list[str], headers: dict[str, str], seconds: int) -> Load:
+    """The same load from an asyncio client (when wrk is not installed)."""
+    return asyncio.run(_load_python(url, bodies, headers, seconds))
+
+
+async def _load_python(url: str, bodies: list[str], headers: dict[str, str], seconds: int) -> Load:
+    import aiohttp
+
+    latencies: list[float] = []
+    ok = 0
+    stop = time.monotonic() + seconds
+    hdrs = {"Content-Type": "application/json", **headers}
+
+    async def worker(k: int) -> None:
+        nonlocal ok
+        i = k
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < stop:
+                body = bodies[i % len(bodies)]
+                i += CONNECTIONS
+                t0 = time.perf_counter()
+                async with session.post(url, data=body, headers=hdrs) as resp:
+                    await resp.read()
+                    latencies.append(time.perf_counter() - t0)
+                    ok += resp.status == 200
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(k) for k in range(CONNECTIONS)))
+    elapsed = time.monotonic() - t0
+    lat = sorted(latencies)
+    return Load(
+        len(lat),
+        ok,
+        len(lat) / elapsed,
+        1000 * lat[len(lat) // 2],
+        1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+    )
+
+
+def run_load(url: str, bodies: list[str], headers: dict[str, str], seconds: int) -> Load:
+    if shutil.which("wrk"):
+        return load_wrk(url, bodies, headers, seconds)
+    return load_python(url, bodies, headers, seconds)
+
+
+# -- the model ----------------------------------------------------------------------------------
+def train_model(root: Path) -> tuple[str, str, list[dict[str, Any]]]:
+    """Simulate, train, register and promote; (tracking URI, version, feature rows to send)."""
+    from features.simulate import SimConfig, generate_to_folder
+    from training.promote import promote
+    from training.run import load_inputs, train_and_register
+    from training.train import TrainConfig
+
+    data = root / "data"
+    generate_to_folder(
+        SimConfig(n_smes=400, n_cores=8, months=24, start=date(2022, 1, 1), seed=7, progress=False),
+        data,
+    )
+    tracking = f"sqlite:///{root}/mlflow.db"
+    inputs = load_inputs(data, None)
+    run, result = train_and_register(
+        inputs, TrainConfig(oot_months=4, max_rounds=300), tracking_uri=tracking
+    )
+    promote(tracking, run.version, max_ece=1.0)  # bench data is small: gates are not the point
+    names = result.model.feature_names
+    panel = inputs.panel
+    latest = panel[panel["as_of"] == panel["as_of"].max()].head(BATCH)
+    rows = []
+    for rec in latest.to_dict(orient="records"):
+        row: dict[str, Any] = {"sme_id": str(rec["sme_id"])}
+        feats = {}
+        for n in names:
+            v = rec.get(n)
+            if v is None or (isinstance(v, float) and v != v) or v is _NA():
+                continue
+            feats[n] = v if isinstance(v, str) else float(v)
+        row["features"] = feats
+        row["as_of"] = rec["as_of"].date().isoformat()
+        rows.append(row)
+    return tracking, run.version, rows
+
+
+def explain_methods(
+    report: Report, tracking: str, version: str, rows: list[dict[str, Any]]
+) -> None:
+    """LightGBM's pred_contrib vs shap's TreeExplainer on the served model, in process."""
+    import numpy as np
+    import pandas as pd
+
+    from training.registry import load_scoring_model
+
+    model = load_scoring_model(f"models:/sme-default-pd/{version}", tracking).model
+    for n in (1, BATCH):
+        frame = pd.DataFrame([r["features"] for r in rows[:n]])
+        times = {}
+        for method in ("pred_contrib", "tree_shap"):
+            model.explain(frame, method=method)  # warm-up
+
+            def explain(m: str = method, f: pd.DataFrame = frame) -> object:
+                return model.explain(f, method=m)
+
+            times[method], runs, _ = median_runs(explain, RUNS)
+            report.add(
+                SECTION, f"explain {n} row(s) with {method}", times[method] * 1000, "ms",
+                runs=[r * 1000 for r in runs],
+            )  # fmt: skip
+        a = model.explain(frame, method="pred_contrib").points.to_numpy()
+        b = model.explain(frame, method="tree_shap").points.to_numpy()
+        report.add(
+            SECTION, f"tree_shap / pred_contrib time, {n} row(s)",
+            times["tree_shap"] / times["pred_contrib"], "x",
+            note=f"max |points difference| {float(np.abs(a - b).max()):.2e}",
+        )  # fmt: skip
+
+
+def _NA() -> Any:
+    import pandas as pd
+
+    return pd.NA
+
+
+def _audit_count(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM decisions").fetchone()[0])
+
+
+def run(report: Report) -> None:
+    root = Path(tempfile.mkdtemp(prefix="scf-risk-bench-serve-"))
+    try:
+        _run(report, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(report: Report, root: Path) -> None:
+    from serving.keys import add_key
+
+    t0 = time.perf_counter()
+    tracking, version, rows = train_model(root)
+    print(f"  model trained and registered in {time.perf_counter() - t0:.0f} s", flush=True)
+    explain_methods(report, tracking, version, rows)
+    scorer = add_key(root / "keys.json", "scorer")[1]
+    audit_db = root / "audit.db"
+    env = {
+        "MLFLOW_TRACKING_URI": tracking,
+        "SCF_RISK_AUDIT_DB": f"sqlite:///{audit_db}",
+        "SCF_RISK_API_KEYS": str(root / "keys.json"),
+        "SCF_RISK_ENV": "production",
+        "SCF_RISK_BATCH_LIMIT": str(BATCH),
+    }
+    tool = "wrk" if shutil.which("wrk") else "asyncio client"
+    singles = [json.dumps(r) for r in rows[:200]]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = [sys.executable, "-m", "serving", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    serve += ["--workers", str(WORKERS)]
+    ok_total = 0
+    with _process(serve, env, root, f"{base}/readyz"):
+        hdr = {"X-API-Key": scorer}
+        run_load(f"{base}/v1/scores", singles, hdr, 2)  # warm-up
+        before = _audit_count(audit_db)
+        loads = [run_load(f"{base}/v1/scores", singles, hdr, DURATION_S) for _ in range(RUNS)]
+        ok_total = sum(x.ok for x in loads)
+        batch_body = json.dumps(rows[:BATCH])
+        with httpx.Client(timeout=120, headers=hdr) as client:
+
+            def one_batch() -> int:
+                r = client.post(
+                    f"{base}/v1/scores/batch",
+                    content=batch_body,
+                    headers={"Content-Type": "application/json"},
+                )
+                r.raise_for_status()
+                return len(r.json())
+
+            one_batch()  # warm-up
+            batch_s, batch_runs, n = median_runs(one_batch, RUNS)
+        stored = _audit_count(audit_db) - before
+    note = f"{tool}, {CONNECTIONS} connections, {DURATION_S} s x {RUNS}, {WORKERS} uvicorn workers"
+    _add(report, "explained score p50", [x.p50_ms for x in loads], "ms", note=note)
+    _add(report, "explained score p99", [x.p99_ms for x in loads], "ms", target="<= 50", note=note)
+    ours = _add(report, "explained score throughput", [x.rps for x in loads], "req/s", note=note)
+    report.add(
+        SECTION, f"batch of {BATCH} SMEs per request", batch_s * 1000, "ms",
+        runs=[r * 1000 for r in batch_runs], note=f"{n} decisions per request",
+    )  # fmt: skip
+    report.add(SECTION, "batch scoring rate", n / batch_s, "SMEs/s")
+    expected = ok_total + RUNS * n + n
+    report.add(
+        SECTION, "audit records stored vs 200 responses", stored - expected, "records",
+        target="= 0 (>= 0: wrk stops with requests in flight)",
+        note=f"{stored} stored, {expected} acknowledged 200s (incl. batches)",
+    )  # fmt: skip
+    if stored < expected:
+        raise RuntimeError(f"audit store lost decisions: {stored} stored < {expected} acknowledged")
+
+    # mlflow models serve of the same registered version, same load, same run
+    mport = _free_port()
+    mbase = f"http://127.0.0.1:{mport}"
+    mlflow_cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m"]
+    mlflow_cmd += [f"models:/sme-default-pd/{version}", "--env-manager", "local"]
+    mlflow_cmd += ["--host", "127.0.0.1", "--port", str(mport), "--workers", str(WORKERS)]
+    mbodies = [json.dumps({"dataframe_records": [r["features"]]}) for r in rows[: len(singles)]]
+    menv = {
+        "MLFLOW_TRACKING_URI": tracking,
+        "OMP_NUM_THREADS": "1",  # as scf-risk serve sets
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    with _process(mlflow_cmd, menv, root, f"{mbase}/ping"):
+        run_load(f"{mbase}/invocations", mbodies, {}, 2)
+        mloads = [run_load(f"{mbase}/invocations", mbodies, {}, DURATION_S) for _ in range(RUNS)]
+    if any(x.ok != x.requests for x in mloads):
+        raise RuntimeError("mlflow models serve answered errors; the comparison is void")
+    theirs = _add(
+        report, "mlflow models serve throughput (no explanation, no audit)",
+        [x.rps for x in mloads], "req/s", note=note,
+    )  # fmt: skip
+    _add(report, "mlflow models serve p99", [x.p99_ms for x in mloads], "ms", note=note)
+    report.add(SECTION, "throughput ratio scf-risk / mlflow", ours / theirs, "x", target=">= 5")
+
+
+def _add(report: Report, name: str, runs: list[float], unit: str, **kw: str) -> float:
+    value = statistics.median(runs)
+    report.add(SECTION, name, value, unit, runs=runs, **kw)
+    return value

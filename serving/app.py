@@ -1,0 +1,105 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; its lifespan loads the model.
+
+Nothing happens at import. `scf-risk serve` runs ``serving.app:app_from_env`` under uvicorn
+(a factory, so each worker builds its own app from the environment).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+
+from features.settings import Settings
+from serving import errors
+from serving.api import models_for_openapi, router
+from serving.audit import AuditStore
+from serving.metrics import MetricsMiddleware
+from serving.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from serving.model import Loader
+from serving.service import Service
+
+log = logging.getLogger("scf_risk.serving")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    loader: Loader | None = None,
+    store: AuditStore | None = None,
+) -> FastAPI:
+    """Build the scoring service. `loader(model_uri, tracking_uri)` loads a model (default: the
+    MLflow registry); `store` overrides the audit store built from ``settings.audit_db``."""
+    settings = settings if settings is not None else Settings()
+    service = Service(settings, loader=loader, store=store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+
+    app = FastAPI(
+        title="scf-risk scoring service",
+        description=(
+            "Explained credit scores for SMEs in supply chains: PD, score, grade and SHAP reason "
+            "points; every decision stored in a hash-chained audit trail."
+        ),
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.include_router(router)
+    errors.install(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Content-Type"],
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.openapi = _openapi_of(app, service)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_of(app: FastAPI, service: Service) -> Any:
+    """OpenAPI with the request schemas of the model being served (rebuilt when it changes)."""
+    cache: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def openapi() -> dict[str, Any]:
+        served = service.holder.current
+        key = id(served)
+        if key not in cache:
+            cache.clear()
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                models_for_openapi(service)
+            )
+            cache[key] = (served, schema)
+        return cache[key][1]
+
+    return openapi
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory: settings from the environment."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(Settings())

@@ -1,0 +1,537 @@
+"""The audit store: every decision, hash-chained, committed before its response is sent.
+
+SQLAlchemy 2 Core over SQLite (WAL, ``synchronous=FULL``) by default or PostgreSQL by URL.
+
+Each record is a canonical JSON payload (sorted keys, no NaN) holding the whole decision plus its
+``sequence`` number and the previous record's hash; ``record_hash = sha256(canonical JSON of the
+payload without record_hash)``. A one-row head table holds the last sequence number and hash:
+appends lock it (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on PostgreSQL), so the
+chain stays linear under concurrent threads and several worker processes, and deleting the last
+records is detected as well. `verify` re-derives everything and reports edited, deleted and
+reordered records.
+
+The same database holds ``features_latest`` (the materialised latest features per SME, written by
+`materialize`) and a small ``serving_state`` table the workers use to agree on the served model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from serving.exceptions import AuditUnavailable, DecisionNotFound, InvalidInput
+
+GENESIS_HASH = "0" * 64
+HEAD_ID = 1
+MAX_PROBLEMS = 50
+# Columns copied out of the payload for queries; verify checks they still equal the payload.
+INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
+
+
+def canonical_json(obj: Any) -> str:
+    """The one serialisation that is hashed: sorted keys, compact, UTF-8, no NaN/inf."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def record_hash(payload: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a payload without its own ``record_hash``."""
+    body = {k: v for k, v in payload.items() if k != "record_hash"}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+def json_value(value: Any) -> Any:
+    """A feature value as stored in JSON: finite float, str, or None for missing."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return float(value)
+    if isinstance(value, int | float | np.integer | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, pd.Timestamp | datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `AuditStore.verify` found."""
+
+    ok: bool
+    records: int
+    problems: list[str] = field(default_factory=list)
+    total_problems: int = 0
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"audit chain intact: {self.records} record(s)"
+        more = self.total_problems - len(self.problems)
+        tail = [f"... and {more} more"] if more > 0 else []
+        lines = [
+            f"audit chain BROKEN: {self.total_problems} problem(s) in {self.records} record(s)"
+        ]
+        return "\n".join(lines + [f"  {p}" for p in self.problems] + tail)
+
+
+def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.Table]:
+    md = sa.MetaData()
+    decisions = sa.Table(
+        f"{prefix}decisions",
+        md,
+        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("decision_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("created_at", sa.String(40), nullable=False),
+        sa.Column("sme_id", sa.String(128), nullable=False),
+        sa.Column("as_of", sa.String(10), nullable=False),
+        sa.Column("grade", sa.String(16), nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("pd", sa.Float, nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("prev_hash", sa.String(64), nullable=False),
+        sa.Column("record_hash", sa.String(64), nullable=False),
+        sa.Index(f"ix_{prefix}decisions_sme", "sme_id", "seq"),
+        sa.Index(f"ix_{prefix}decisions_grade", "grade", "seq"),
+    )
+    head = sa.Table(
+        f"{prefix}audit_head",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
+        sa.Column("record_hash", sa.String(64), nullable=False),
+    )
+    latest = sa.Table(
+        f"{prefix}features_latest",
+        md,
+        sa.Column("sme_id", sa.String(128), primary_key=True),
+        sa.Column("as_of", sa.Date, nullable=False),
+        sa.Column("features", sa.Text, nullable=False),
+        sa.Column("materialized_at", sa.String(40), nullable=False),
+    )
+    state = sa.Table(
+        f"{prefix}serving_state",
+        md,
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+        sa.Column("updated_at", sa.String(40), nullable=False),
+    )
+    return md, decisions, head, latest, state
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def make_engine(url: str, *, immediate: bool = False, lock_timeout: float = 30.0) -> Engine:
+    """An engine for the audit database. SQLite: WAL, synchronous=FULL, a busy timeout of
+    `lock_timeout` seconds, and (``immediate=True``) write transactions that take the write lock
+    at BEGIN."""
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": lock_timeout})
+    begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy's pysqlite recipe)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(begin_sql)
+
+    return engine
+
+
+class AuditStore:
+    """The decisions of the service, chained by hash, plus the materialised latest features.
+
+    Nothing is opened by the constructor; the schema is created on first use, and every database
+    failure is raised as `AuditUnavailable` (the API answers 503: no unaudited decision).
+    """
+
+    def __init__(self, url: str, *, prefix: str = "", lock_timeout: float = 30.0) -> None:
+        if prefix and not prefix.replace("_", "").isalnum():
+            raise ValueError(f"prefix: letters, digits and _ only, got {prefix!r}")
+        self.url = url
+        self.prefix = prefix
+        self._md, self.decisions, self.head, self.latest, self.state = _tables(prefix)
+        self._sqlite = sa.make_url(url).get_backend_name() == "sqlite"
+        self._writer = make_engine(url, immediate=True, lock_timeout=lock_timeout)
+        self._reader = make_engine(url, lock_timeout=lock_timeout) if self._sqlite else self._writer
+        self._schema_ready = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create the tables and the chain's head row if they do not exist (idempotent)."""
+        if self._schema_ready:
+            return
+        database = sa.make_url(self.url).database
+        if self._sqlite and database and database != ":memory:" and "mode=ro" not in self.url:
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise AuditUnavailable(f"audit store {self.safe_url}: {exc}") from exc
+        try:
+            self._md.create_all(self._writer, checkfirst=True)
+        except SQLAlchemyError as exc:
+            # Another process may have created them concurrently: check again once.
+            if not sa.inspect(self._writer).has_table(self.head.name):
+                raise AuditUnavailable(f"audit store {self.safe_url}: {_reason(exc)}") from exc
+        try:
+            with self._writer.begin() as conn:
+                exists = conn.execute(
+                    sa.select(self.head.c.id).where(self.head.c.id == HEAD_ID)
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        sa.insert(self.head).values(id=HEAD_ID, seq=0, record_hash=GENESIS_HASH)
+                    )
+        except IntegrityError:
+            pass  # another worker inserted the head row first
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store {self.safe_url}: {_reason(exc)}") from exc
+        self._schema_ready = True
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self._writer.dispose()
+        if self._reader is not self._writer:
+            self._reader.dispose()
+
+    def drop_all(self) -> None:
+        """Drop this store's tables (tests with a per-run prefix)."""
+        self._md.drop_all(self._writer, checkfirst=True)
+        self._schema_ready = False
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden (for logs and messages)."""
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def probe_writable(self) -> bool:
+        """True if a write transaction can be opened and a row updated right now (rolled back)."""
+        try:
+            self.ensure_schema()
+            with self._writer.connect() as conn:
+                trans = conn.begin()
+                conn.execute(
+                    sa.update(self.head)
+                    .where(self.head.c.id == HEAD_ID)
+                    .values(seq=self.head.c.seq)
+                )
+                trans.rollback()
+        except (AuditUnavailable, SQLAlchemyError):
+            return False
+        return True
+
+    # -- decisions ---------------------------------------------------------------------------
+    def append(self, bodies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Store decisions as the next records of the chain, durably, in one transaction.
+
+        Each body is a JSON-able mapping with at least sme_id, as_of, grade, score, pd. Returns
+        the stored payloads (with decision_id, sequence, created_at, prev_hash, record_hash).
+        """
+        if not bodies:
+            return []
+        self.ensure_schema()
+        try:
+            with self._writer.begin() as conn:
+                row = conn.execute(
+                    sa.select(self.head.c.seq, self.head.c.record_hash)
+                    .where(self.head.c.id == HEAD_ID)
+                    .with_for_update()
+                ).one()
+                seq, prev = int(row.seq), str(row.record_hash)
+                payloads: list[dict[str, Any]] = []
+                rows: list[dict[str, Any]] = []
+                for body in bodies:
+                    seq += 1
+                    payload = dict(body)
+                    payload.update(
+                        decision_id=str(uuid.uuid4()),
+                        sequence=seq,
+                        created_at=_now(),
+                        prev_hash=prev,
+                    )
+                    payload["record_hash"] = record_hash(payload)
+                    rows.append(self._row(payload))
+                    payloads.append(payload)
+                    prev = payload["record_hash"]
+                conn.execute(sa.insert(self.decisions), rows)
+                conn.execute(
+                    sa.update(self.head)
+                    .where(self.head.c.id == HEAD_ID)
+                    .values(seq=seq, record_hash=prev)
+                )
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(
+                f"audit store {self.safe_url} is not writable: {_reason(exc)}"
+            ) from exc
+        return payloads
+
+    @staticmethod
+    def _row(payload: Mapping[str, Any]) -> dict[str, Any]:
+        row = {k: payload[k] for k in INDEXED}
+        row.update(
+            seq=payload["sequence"],
+            payload=canonical_json(payload),
+            prev_hash=payload["prev_hash"],
+            record_hash=payload["record_hash"],
+        )
+        return row
+
+    def get(self, decision_id: str) -> dict[str, Any]:
+        """One stored decision; DecisionNotFound if there is none with that id."""
+        stmt = sa.select(self.decisions.c.payload).where(
+            self.decisions.c.decision_id == decision_id
+        )
+        rows = self._read(stmt)
+        if not rows:
+            raise DecisionNotFound(f"no decision with id {decision_id}")
+        return dict(json.loads(rows[0][0]))
+
+    def find(
+        self, *, sme_id: str | None = None, grade: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Stored decisions, newest first, optionally of one SME and/or one grade."""
+        stmt = sa.select(self.decisions.c.payload)
+        if sme_id is not None:
+            stmt = stmt.where(self.decisions.c.sme_id == sme_id)
+        if grade is not None:
+            stmt = stmt.where(self.decisions.c.grade == grade)
+        stmt = stmt.order_by(self.decisions.c.seq.desc()).limit(limit)
+        return [dict(json.loads(r[0])) for r in self._read(stmt)]
+
+    def count(self) -> int:
+        """How many decisions are stored."""
+        rows = self._read(sa.select(sa.func.count()).select_from(self.decisions))
+        return int(rows[0][0])
+
+    def _read(self, stmt: sa.Executable) -> list[Any]:
+        self.ensure_schema()
+        try:
+            with self._reader.connect() as conn:
+                return list(conn.execute(stmt).all())
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(
+                f"audit store {self.safe_url} is not readable: {_reason(exc)}"
+            ) from exc
+
+    # -- verification ---------------------------------------------------------------------------
+    def verify(self, *, batch: int = 1000) -> VerifyReport:
+        """Re-derive the whole chain: every hash, every link, every sequence number, the head.
+
+        Detects an edited record (payload or indexed column), a deleted one (gap, broken link, or
+        a head ahead of the last record) and a reordered one (sequence/payload mismatch, broken
+        links).
+        """
+        problems: list[str] = []
+        self.ensure_schema()
+        expected_seq = 1
+        prev = GENESIS_HASH
+        n = 0
+        for row in self._scan(batch):
+            n += 1
+            seq = int(row.seq)
+            where = f"record seq {seq} (decision {row.decision_id})"
+            if seq != expected_seq:
+                problems.append(
+                    f"{where}: expected seq {expected_seq}: "
+                    f"{seq - expected_seq} record(s) deleted before it"
+                    if seq > expected_seq
+                    else f"{where}: expected seq {expected_seq}"
+                )
+            try:
+                payload = json.loads(row.payload)
+            except json.JSONDecodeError:
+                problems.append(f"{where}: payload is not JSON (edited)")
+                prev, expected_seq = str(row.record_hash), seq + 1
+                continue
+            if payload.get("sequence") != seq:
+                problems.append(
+                    f"{where}: payload says sequence {payload.get('sequence')} (reordered)"
+                )
+            if row.prev_hash != payload.get("prev_hash"):
+                problems.append(f"{where}: prev_hash column differs from the payload (edited)")
+            if payload.get("prev_hash") != prev:
+                problems.append(
+                    f"{where}: does not link to the previous record "
+                    "(a record before it was deleted, edited or reordered)"
+                )
+            digest = record_hash(payload)
+            if digest != payload.get("record_hash") or digest != row.record_hash:
+                problems.append(f"{where}: content does not match its hash (edited)")
+            for col in INDEXED:
+                if getattr(row, col) != payload.get(col):
+                    problems.append(
+                        f"{where}: column {col} = {getattr(row, col)!r} but the hashed "
+                        f"record says {payload.get(col)!r} (edited)"
+                    )
+            prev = str(row.record_hash)
+            expected_seq = seq + 1
+        head = self._read(sa.select(self.head.c.seq, self.head.c.record_hash))
+        if len(head) != 1:
+            problems.append(f"head table has {len(head)} rows, expected 1")
+        else:
+            head_seq, head_hash = int(head[0][0]), str(head[0][1])
+            if head_seq != expected_seq - 1 or head_hash != prev:
+                problems.append(
+                    f"head says the last record is seq {head_seq}, the table ends at seq "
+                    f"{expected_seq - 1}: the last record(s) were deleted or the head was edited"
+                )
+        return VerifyReport(not problems, n, problems[:MAX_PROBLEMS], len(problems))
+
+    def _scan(self, batch: int) -> Iterator[Any]:
+        cols = [self.decisions.c[c] for c in ("seq", "payload", "prev_hash", "record_hash")]
+        cols += [self.decisions.c[c] for c in INDEXED]
+        last = -(2**62)
+        while True:
+            stmt = (
+                sa.select(*cols)
+                .where(self.decisions.c.seq > last)
+                .order_by(self.decisions.c.seq)
+                .limit(batch)
+            )
+            rows = self._read(stmt)
+            if not rows:
+                return
+            yield from rows
+            last = int(rows[-1].seq)
+
+    # -- materialised latest features -----------------------------------------------------------
+    def latest_features(self, sme_id: str) -> tuple[date, dict[str, Any]] | None:
+        """The latest materialised features of an SME: (as_of, feature -> value), or None."""
+        stmt = sa.select(self.latest.c.as_of, self.latest.c.features).where(
+            self.latest.c.sme_id == sme_id
+        )
+        rows = self._read(stmt)
+        if not rows:
+            return None
+        return rows[0][0], dict(json.loads(rows[0][1]))
+
+    # -- state shared by the workers ------------------------------------------------------------
+    def get_state(self, name: str) -> str | None:
+        """A value of the small serving_state table (None if unset)."""
+        rows = self._read(sa.select(self.state.c.value).where(self.state.c.name == name))
+        return str(rows[0][0]) if rows else None
+
+    def set_state(self, name: str, value: str) -> None:
+        """Set a serving_state value (insert or update)."""
+        self.ensure_schema()
+        try:
+            with self._writer.begin() as conn:
+                done = conn.execute(
+                    sa.update(self.state)
+                    .where(self.state.c.name == name)
+                    .values(value=value, updated_at=_now())
+                ).rowcount
+                if not done:
+                    conn.execute(
+                        sa.insert(self.state).values(name=name, value=value, updated_at=_now())
+                    )
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store {self.safe_url}: {_reason(exc)}") from exc
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).strip().splitlines()[0]
+
+
+NON_FEATURE_COLUMNS = ("sme_id", "as_of", "default_12m")
+
+
+def materialize(
+    engine_or_url: Engine | AuditStore | str, panel: pd.DataFrame, *, prefix: str = ""
+) -> int:
+    """Write each SME's latest row of a feature panel into ``features_latest``.
+
+    `panel` has ``sme_id``, ``as_of`` and feature columns (``default_12m`` is ignored). A stored
+    row is replaced only by a row of the same or a later as-of date. Returns the rows written.
+    """
+    if isinstance(engine_or_url, AuditStore):
+        store = engine_or_url
+    elif isinstance(engine_or_url, Engine):
+        store = AuditStore(engine_or_url.url.render_as_string(hide_password=False), prefix=prefix)
+    else:
+        store = AuditStore(engine_or_url, prefix=prefix)
+    for col in ("sme_id", "as_of"):
+        if col not in panel.columns:
+            raise InvalidInput(("panel", col), "column missing from the feature panel")
+    if panel.empty:
+        return 0
+    as_of = pd.to_datetime(panel["as_of"], errors="coerce")
+    if as_of.isna().any():
+        row = int(np.flatnonzero(as_of.isna().to_numpy())[0]) + 1
+        raise InvalidInput(("panel", row, "as_of"), "not a date")
+    frame = panel.assign(as_of=as_of).sort_values(["sme_id", "as_of"], kind="stable")
+    latest = frame.groupby("sme_id", sort=False).tail(1)
+    feature_cols = [c for c in latest.columns if c not in NON_FEATURE_COLUMNS]
+    now = _now()
+    rows = [
+        {
+            "sme_id": str(sme),
+            "as_of": ts.date(),
+            "features": canonical_json(
+                {c: json_value(v) for c, v in zip(feature_cols, vals, strict=True)}
+            ),
+            "materialized_at": now,
+        }
+        for sme, ts, vals in zip(
+            latest["sme_id"],
+            latest["as_of"],
+            latest[feature_cols].itertuples(index=False),
+            strict=True,
+        )
+    ]
+    store.ensure_schema()
+    t = store.latest
+    written = 0
+    try:
+        with store._writer.begin() as conn:
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                ids = [r["sme_id"] for r in chunk]
+                stored = dict(
+                    conn.execute(sa.select(t.c.sme_id, t.c.as_of).where(t.c.sme_id.in_(ids))).all()
+                )
+                fresh = [
+                    r
+                    for r in chunk
+                    if r["sme_id"] not in stored or stored[r["sme_id"]] <= r["as_of"]
+                ]
+                replace = [r["sme_id"] for r in fresh if r["sme_id"] in stored]
+                if replace:
+                    conn.execute(sa.delete(t).where(t.c.sme_id.in_(replace)))
+                if fresh:
+                    conn.execute(sa.insert(t), fresh)
+                written += len(fresh)
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable(f"audit store {store.safe_url}: {_reason(exc)}") from exc
+    finally:
+        if store is not engine_or_url:
+            store.dispose()
+    return written

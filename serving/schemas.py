@@ -1,0 +1,268 @@
+"""Request and response models of the HTTP API.
+
+The scoring request is generated from the served model's catalog (`request_models`): one optional
+field per feature (finite float for numeric features, string for categoricals), unknown names
+forbidden; the ``history`` rows are generated from the data contract's table declarations. Nothing
+lists feature names by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    Strict,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from features.catalog import Feature
+from features.contract import TABLES, Column, Table
+
+SME_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+DECISION_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+MAX_TEXT = 256
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+IsoDate = Annotated[date, Strict()]
+Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT)]
+SmeId = Annotated[str, Field(pattern=SME_ID_PATTERN, description="The SME's enterprise_id.")]
+DecisionId = Annotated[str, Field(pattern=DECISION_ID_PATTERN, description="A decision's UUID.")]
+FeatureValue = float | str | None
+
+
+def today() -> date:
+    """The server's calendar date (the default as-of date, and the limit for as-of dates)."""
+    return date.today()
+
+
+class ScoreRequestBase(BaseModel):
+    """The fields every scoring request has; `request_models` adds ``features`` and ``history``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sme_id: SmeId
+    as_of: IsoDate | None = Field(
+        default=None, description="The as-of date (YYYY-MM-DD, not in the future); default today."
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def _not_future(cls, value: date | None) -> date | None:
+        if value is not None and value > today():
+            raise ValueError(f"as_of {value.isoformat()} is in the future (today is {today()})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> ScoreRequestBase:
+        if (
+            getattr(self, "features", None) is not None
+            and getattr(self, "history", None) is not None
+        ):
+            raise ValueError("give either features or history, not both")
+        return self
+
+    @property
+    def mode(self) -> str:
+        """``features``, ``history`` or ``stored`` (neither: the latest materialised features)."""
+        if getattr(self, "features", None) is not None:
+            return "features"
+        if getattr(self, "history", None) is not None:
+            return "history"
+        return "stored"
+
+
+def _column_type(column: Column) -> Any:
+    base: Any = {
+        "str": Text,
+        "date": IsoDate,
+        "float": FiniteFloat,
+        "bool": Annotated[bool, Strict()],
+    }[column.kind]
+    if column.nullable or not column.required:
+        return (base | None, None)
+    return (base, ...)
+
+
+class _FinancialsExtras(BaseModel):
+    """Financials rows take any extra numeric columns (they become ``fin_*`` features)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _numeric_extras(self) -> _FinancialsExtras:
+        for name, value in (self.model_extra or {}).items():
+            ok = value is None or (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and float("-inf") < float(value) < float("inf")
+            )
+            if not ok:
+                raise ValueError(
+                    f"financials column {name}: expected a finite number, got {value!r}"
+                )
+        return self
+
+
+def _row_model(table: Table) -> type[BaseModel]:
+    fields: dict[str, Any] = {c.name: _column_type(c) for c in table.columns}
+    if table.extra_numeric:
+        return create_model(f"{table.name.title()}Row", __base__=_FinancialsExtras, **fields)
+    return create_model(f"{table.name.title()}Row", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def history_model() -> type[BaseModel]:
+    """The ``history`` body: the SME's own rows of each contract table."""
+    fields: dict[str, Any] = {}
+    for t in TABLES:
+        row: Any = _row_model(t)
+        fields[t.name] = (list[row], Field(default_factory=list))
+    return create_model("History", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def features_model(catalog: Iterable[Feature]) -> type[BaseModel]:
+    """One optional field per catalog feature, named by the feature, described by the catalog."""
+    fields: dict[str, Any] = {}
+    for i, f in enumerate(catalog):
+        kind: Any = Text if f.kind == "categorical" else FiniteFloat
+        fields[f"f{i}"] = (
+            kind | None,
+            Field(default=None, alias=f.name, description=f"{f.description} [{f.unit}]"),
+        )
+    return create_model(
+        "Features", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
+    )
+
+
+def request_models(
+    catalog: Iterable[Feature],
+) -> tuple[type[ScoreRequestBase], type[RootModel[Any]]]:
+    """The single and batch scoring request models of a catalog."""
+    Features: Any = features_model(catalog)
+    History: Any = history_model()
+    ScoreRequest = create_model(
+        "ScoreRequest",
+        __base__=ScoreRequestBase,
+        features=(
+            Features | None,
+            Field(default=None, description="Feature values by name; missing ones allowed."),
+        ),
+        history=(
+            History | None,
+            Field(default=None, description="The SME's rows of the contract's tables."),
+        ),
+    )
+    item: Any = ScoreRequest
+    BatchRequest = create_model("BatchScoreRequest", __base__=RootModel[list[item]])
+    return ScoreRequest, BatchRequest
+
+
+def request_features(request: BaseModel) -> dict[str, Any]:
+    """The ``features`` of a request as {feature name: value} (only the ones given)."""
+    features = getattr(request, "features", None)
+    if features is None:
+        return {}
+    return dict(features.model_dump(by_alias=True, exclude_none=True))
+
+
+# -- responses ------------------------------------------------------------------------------------
+class Reason(BaseModel):
+    feature: str
+    value: FeatureValue
+    points: float = Field(description="Score points of this feature (negative = more risk).")
+    text: str = Field(description="The catalog's description of the feature.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str | None
+    run_id: str | None
+
+
+class ScoreResponse(BaseModel):
+    decision_id: str
+    sme_id: str
+    as_of: date
+    pd: float
+    score: float
+    grade: str
+    reasons: list[Reason]
+    model: ModelInfo
+    mode: str = Field(description="features, history or stored (latest materialised features).")
+    base_points: float
+
+
+class BatchScoreResponse(RootModel[list[ScoreResponse]]):
+    pass
+
+
+class CallerInfo(BaseModel):
+    key_id: str
+    name: str
+    role: str
+
+
+class DecisionRecord(BaseModel):
+    """A stored decision, exactly as chained in the audit store."""
+
+    decision_id: str
+    sequence: int
+    created_at: str
+    caller: CallerInfo
+    sme_id: str
+    as_of: date
+    mode: str
+    inputs_hash: str
+    features: dict[str, FeatureValue]
+    contributions: dict[str, float]
+    base_points: float
+    pd: float
+    score: float
+    grade: str
+    reasons: list[Reason]
+    model: ModelInfo
+    explain_method: str
+    prev_hash: str
+    record_hash: str
+
+
+class DecisionList(BaseModel):
+    sme_id: str
+    decisions: list[DecisionRecord]
+
+
+class ServedModelInfo(BaseModel):
+    name: str
+    version: str | None
+    run_id: str | None
+    uri: str
+    loaded_at: str
+    explain_method: str
+    metrics: dict[str, float]
+    catalog: list[dict[str, Any]]
+    scale: dict[str, Any]
+    master_scale: dict[str, Any]
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool
+    previous: ModelInfo | None
+    model: ModelInfo
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model: ModelInfo | None
+    model_error: str | None
+    audit_store_writable: bool

@@ -1,0 +1,163 @@
+"""Everything one running service holds: settings, keys, model, audit store, metrics, pages.
+
+Built by the app factory, started and stopped by its lifespan handler (never at import).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import RootModel
+
+from features.settings import Settings
+from serving.audit import AuditStore
+from serving.exceptions import AuditUnavailable, ModelLoadFailed
+from serving.keys import Caller, KeyStore, ensure_development_keys
+from serving.metrics import Metrics
+from serving.model import Loader, ModelHolder, ServedModel, Watcher, default_loader
+from serving.pages import Pages
+from serving.schemas import ScoreRequestBase, request_models
+from serving.scoring import Decision
+
+log = logging.getLogger("scf_risk.serving")
+
+
+def bootstrap_keys(settings: Settings) -> None:
+    """Create the development keys file on first run and print its path and keys, once."""
+    created = ensure_development_keys(settings.api_keys, development=settings.is_development)
+    if created:
+        lines = [f"scf-risk: created development API keys in {settings.api_keys.resolve()}"]
+        lines += [f"  {role:8s} {key}" for role, key in created.items()]
+        lines.append("  (shown once; only their hashes are stored)")
+        print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+class Service:
+    """The state of one app: what the routes use."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        loader: Loader | None = None,
+        store: AuditStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store if store is not None else AuditStore(settings.audit_db)
+        self.metrics = Metrics()
+        self.pages = Pages()
+        self.holder = ModelHolder(
+            loader or default_loader,
+            model_uri=settings.model_uri,
+            tracking_uri=settings.mlflow_tracking_uri,
+            explain_method=settings.explain_method,
+        )
+        self.keys: KeyStore
+        self._watcher: Watcher | None = None
+        self._empty_models: tuple[type[ScoreRequestBase], type[RootModel[Any]]] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Keys (fail loudly if unusable), audit store, model (log why not, stay up), watcher."""
+        bootstrap_keys(self.settings)
+        self.keys = KeyStore(self.settings.api_keys, development=self.settings.is_development)
+        try:
+            self.store.ensure_schema()
+        except AuditUnavailable as exc:
+            log.error("audit store not available at start (not ready): %s", exc)
+        try:
+            self.holder.adopt_generation(self.store)
+        except AuditUnavailable as exc:
+            log.error("cannot read the shared model state: %s", exc)
+        loading = threading.Thread(target=self._initial_load, name="scf-risk-model-load")
+        loading.daemon = True
+        loading.start()
+        loading.join(self.settings.model_load_wait_seconds)
+        if loading.is_alive():
+            log.error(
+                "model not loaded after %.0f s (registry slow or unreachable?): starting not "
+                "ready, still loading %s in the background",
+                self.settings.model_load_wait_seconds,
+                self.settings.model_uri,
+            )
+        self._watcher = Watcher(self.follow, self.settings.reload_poll_seconds)
+        self._watcher.start()
+
+    def _initial_load(self) -> None:
+        try:
+            served = self.holder.load()
+            self.metrics.set_model(**_labels(served))
+        except ModelLoadFailed as exc:
+            log.error(
+                "model not loaded at start (not ready; retrying every %.0f s): %s",
+                self.settings.reload_poll_seconds,
+                exc,
+            )
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        self.store.dispose()
+
+    def follow(self) -> None:
+        """One watcher poll: pick up a model another worker published, or retry a failed start."""
+        before = self.holder.current
+        self.holder.follow(self.store)
+        after = self.holder.current
+        if after is not None and after is not before:
+            self.metrics.set_model(**_labels(after))
+
+    # -- operations -----------------------------------------------------------------------------
+    def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
+        """Store decisions durably (before any response) and return the stored payloads."""
+        stored = self.store.append([d.body(caller) for d in decisions])
+        for payload in stored:
+            self.metrics.decisions.labels(payload["grade"]).inc()
+        return stored
+
+    def reload(self) -> ServedModel:
+        """Load the configured model URI (the champion alias) and tell the other workers."""
+        served = self.holder.load()
+        self.metrics.set_model(**_labels(served))
+        try:
+            self.holder.publish(self.store, served)
+        except AuditUnavailable as exc:
+            log.error("reloaded, but could not tell the other workers: %s", exc)
+        return served
+
+    def readiness(self) -> dict[str, Any]:
+        served = self.holder.current
+        writable = self.store.probe_writable()
+        return {
+            "ready": served is not None and writable,
+            "model": served.info if served is not None else None,
+            "model_error": self.holder.last_error if served is None else None,
+            "audit_store_writable": writable,
+        }
+
+    def descriptions(self) -> dict[str, str]:
+        """Feature -> description from the served model's catalog (empty when none is loaded)."""
+        served = self.holder.current
+        return {f.name: f.description for f in served.model.catalog} if served else {}
+
+    def grades(self) -> list[str]:
+        served = self.holder.current
+        return list(served.model.master_scale.grades) if served else []
+
+    def request_models(self) -> tuple[type[ScoreRequestBase], type[RootModel[Any]]]:
+        """The served model's request models (a catalog-less pair when nothing is loaded)."""
+        served = self.holder.current
+        if served is not None:
+            return served.request_model, served.batch_model
+        if self._empty_models is None:
+            self._empty_models = request_models(())
+        return self._empty_models
+
+
+def _labels(served: ServedModel) -> dict[str, Any]:
+    info = served.info
+    return {"name": info["name"] or "", "version": info["version"], "run_id": info["run_id"]}

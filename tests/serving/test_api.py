@@ -1,0 +1,363 @@
+"""The HTTP API through FastAPI's TestClient: roles, validation, limits, reload, health, metrics."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from features.settings import Settings
+from serving.app import create_app
+from serving.audit import AuditStore
+from tests.serving.conftest import Registry
+from training.model import ScoringModel
+
+Headers = Callable[[str], dict[str, str]]
+ROLES = ("scorer", "auditor", "admin")
+FEATURES = {"dso_90d": 42.5, "industry": "food"}
+
+
+def score_one(client: TestClient, headers: Headers, **body: Any) -> dict[str, Any]:
+    payload = {"sme_id": "S1", "features": FEATURES, **body}
+    r = client.post("/v1/scores", json=payload, headers=headers("scorer"))
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+# -- the role matrix -------------------------------------------------------------------------------
+def endpoints(decision_id: str) -> list[tuple[str, str, Any, tuple[str, ...]]]:
+    """(method, path, json body, roles allowed) of every endpoint that needs a key."""
+    one = {"sme_id": "S1", "features": FEATURES}
+    return [
+        ("POST", "/v1/scores", one, ("scorer",)),
+        ("POST", "/v1/scores/batch", [one, one], ("scorer",)),
+        ("GET", f"/v1/decisions/{decision_id}", None, ("auditor", "admin")),
+        ("GET", "/v1/decisions?sme_id=S1&limit=5", None, ("auditor", "admin")),
+        ("GET", f"/audit/decisions/{decision_id}", None, ("auditor", "admin")),
+        ("GET", "/audit/decisions?sme_id=S1", None, ("auditor", "admin")),
+        ("GET", "/v1/model", None, ("scorer", "auditor", "admin")),
+        ("POST", "/v1/admin/reload", None, ("admin",)),
+    ]
+
+
+def test_role_matrix(client: TestClient, headers: Headers) -> None:
+    decision_id = score_one(client, headers)["decision_id"]
+    wrong = {"X-API-Key": "scfk_0123456789abcdef_" + "x" * 43}
+    seen = 0
+    for method, path, body, allowed in endpoints(decision_id):
+        for label, hdrs in (("no key", {}), ("wrong key", wrong)):
+            r = client.request(method, path, json=body, headers=hdrs)
+            assert r.status_code == 401, (method, path, label, r.status_code)
+        for role in ROLES:
+            r = client.request(method, path, json=body, headers=headers(role))
+            expected = 200 if role in allowed else 403
+            assert r.status_code == expected, (method, path, role, r.status_code, r.text[:200])
+            seen += 1
+    assert seen == 24
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_score_response_and_stored_decision(client: TestClient, headers: Headers) -> None:
+    resp = score_one(client, headers, as_of="2024-06-30")
+    assert resp["as_of"] == "2024-06-30" and resp["mode"] == "features"
+    assert set(resp) >= {"decision_id", "sme_id", "pd", "score", "grade", "reasons", "model"}
+    assert resp["model"] == {"name": "sme-default-pd", "version": "1", "run_id": "run1"}
+    stored = client.get(f"/v1/decisions/{resp['decision_id']}", headers=headers("auditor")).json()
+    for key in ("pd", "score", "grade", "reasons", "base_points", "model", "sme_id"):
+        assert stored[key] == resp[key], key
+    assert stored["caller"]["role"] == "scorer" and "key" not in str(stored["caller"]).lower()[:0]
+    assert stored["features"]["dso_90d"] == 42.5 and stored["features"]["industry"] == "food"
+    assert (
+        abs(stored["base_points"] + sum(stored["contributions"].values()) - stored["score"]) < 1e-6
+    )
+    listed = client.get("/v1/decisions?sme_id=S1", headers=headers("auditor")).json()
+    assert [d["decision_id"] for d in listed["decisions"]] == [resp["decision_id"]]
+
+
+def test_batch_scores_one_decision_per_item(client: TestClient, headers: Headers) -> None:
+    items = [{"sme_id": f"S{i}", "features": {"dso_90d": float(i)}} for i in range(5)]
+    r = client.post("/v1/scores/batch", json=items, headers=headers("scorer"))
+    assert r.status_code == 200
+    out = r.json()
+    assert [d["sme_id"] for d in out] == [f"S{i}" for i in range(5)]
+    assert len({d["decision_id"] for d in out}) == 5
+    store: AuditStore = client.app.state.service.store  # type: ignore[attr-defined]
+    assert store.count() == 5 and store.verify().ok
+
+
+# -- bad input: 422 naming the field, never a 500 --------------------------------------------------
+F = ["body", "features"]
+LOAN = (
+    '{"loan_id":"l","sme_id":"S1","product":"p","disbursed_date":"2024-01-01",'
+    '"maturity_date":"2024-02-01","amount":NaN}'
+)
+BAD_BODIES: list[tuple[str, str, list[Any]]] = [
+    ('{"sme_id":"S1","features":{"nope":1}}', "unknown feature", [*F, "nope"]),
+    ('{"sme_id":"S1","features":{"dso_90d":"abc"}}', "wrong type", [*F, "dso_90d"]),
+    ('{"sme_id":"S1","features":{"dso_90d":true}}', "bool as number", [*F, "dso_90d"]),
+    ('{"sme_id":"S1","features":{"industry":3}}', "number as category", [*F, "industry"]),
+    ('{"sme_id":"S1","features":{"dso_90d":NaN}}', "NaN", [*F, "dso_90d"]),
+    ('{"sme_id":"S1","features":{"dso_90d":Infinity}}', "inf", [*F, "dso_90d"]),
+    ('{"sme_id":"S1","features":{"dso_90d":-1e999}}', "overflow", [*F, "dso_90d"]),
+    ('{"sme_id":"S1","as_of":"2024-02-30","features":{}}', "bad date", ["body", "as_of"]),
+    ('{"sme_id":"S1","as_of":"yesterday","features":{}}', "not a date", ["body", "as_of"]),
+    ('{"sme_id":"S1","as_of":1700000000,"features":{}}', "number date", ["body", "as_of"]),
+    ('{"sme_id":"S1","as_of":"2999-01-01","features":{}}', "future as_of", ["body", "as_of"]),
+    ('{"sme_id":"../../etc/passwd","features":{}}', "path traversal id", ["body", "sme_id"]),
+    ('{"sme_id":"S1\' OR 1=1 --","features":{}}', "SQL id", ["body", "sme_id"]),
+    ('{"features":{}}', "missing sme_id", ["body", "sme_id"]),
+    ('{"sme_id":"S1","features":{},"history":{}}', "both modes", ["body"]),
+    ('{"sme_id":"S1","extra":1}', "unknown field", ["body", "extra"]),
+    (
+        '{"sme_id":"S1","history":{"invoices":[{"invoice_id":"i1"}]}}',
+        "history row",
+        ["body", "history", "invoices", 0, "seller_id"],
+    ),
+    (
+        '{"sme_id":"S1","history":{"loans":[' + LOAN + "]}}",
+        "history NaN",
+        ["body", "history", "loans", 0, "amount"],
+    ),
+    ('{"sme_id":"S1","features":', "truncated JSON", ["body"]),
+    ("", "empty body", ["body"]),
+    ("[]", "not an object", ["body"]),
+]
+
+
+@pytest.mark.parametrize(("body", "case", "loc"), BAD_BODIES, ids=[c for _, c, _ in BAD_BODIES])
+def test_bad_requests_get_422_naming_the_field(
+    client: TestClient, headers: Headers, body: str, case: str, loc: list[Any]
+) -> None:
+    r = client.post(
+        "/v1/scores",
+        content=body,
+        headers={**headers("scorer"), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, (case, r.status_code, r.text)
+    detail = r.json()["detail"]
+    assert any(d["loc"][: len(loc)] == loc for d in detail), (case, detail)
+
+
+def test_history_without_reference_data_is_a_clear_422(
+    client: TestClient, headers: Headers
+) -> None:
+    body = {
+        "sme_id": "S1",
+        "history": {"invoices": []},
+    }
+    r = client.post("/v1/scores", json=body, headers=headers("scorer"))
+    assert r.status_code == 422
+    assert "reference data" in r.json()["detail"][0]["msg"]
+
+
+def test_no_materialised_features_is_a_clear_422(client: TestClient, headers: Headers) -> None:
+    r = client.post("/v1/scores", json={"sme_id": "S404"}, headers=headers("scorer"))
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "sme_id"]
+
+
+def test_ids_and_queries_are_validated(client: TestClient, headers: Headers) -> None:
+    aud = headers("auditor")
+    for path in (
+        "/v1/decisions/not-a-uuid",
+        "/v1/decisions/1%27%20OR%20%271%27=%271",
+        "/v1/decisions/..%2F..%2Fetc%2Fpasswd",
+        "/v1/decisions?sme_id=S1;DROP%20TABLE%20decisions",
+        "/v1/decisions?sme_id=S1&limit=0",
+        "/v1/decisions?sme_id=S1&limit=100000",
+        "/audit/decisions?grade=%3Cscript%3E",
+    ):
+        r = client.get(path, headers=aud)
+        assert r.status_code in (404, 422), (path, r.status_code)
+    r = client.get("/v1/decisions/00000000-0000-4000-8000-000000000000", headers=aud)
+    assert r.status_code == 404
+
+
+def test_batch_limits(
+    tmp_path: Path, keys: dict[str, str], registry: Registry, settings: Settings
+) -> None:
+    small = settings.model_copy(update={"batch_limit": 3})
+    with TestClient(create_app(small, loader=registry)) as c:
+        h = {"X-API-Key": keys["scorer"]}
+        item = {"sme_id": "S1", "features": {}}
+        assert c.post("/v1/scores/batch", json=[item] * 3, headers=h).status_code == 200
+        over = c.post("/v1/scores/batch", json=[item] * 4, headers=h)
+        assert over.status_code == 422 and "1 to 3 items" in over.text
+        assert c.post("/v1/scores/batch", json=[], headers=h).status_code == 422
+        bad = c.post(
+            "/v1/scores/batch", json=[item, {"sme_id": "S2", "features": {"x": 1}}], headers=h
+        )
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["body", 1, "features", "x"]
+
+
+def test_body_size_limit_gives_413(
+    keys: dict[str, str], registry: Registry, settings: Settings
+) -> None:
+    small = settings.model_copy(update={"max_body_bytes": 2000})
+    with TestClient(create_app(small, loader=registry)) as c:
+        h = {"X-API-Key": keys["scorer"], "Content-Type": "application/json"}
+        big = '{"sme_id":"S1","features":{"industry":"' + "x" * 5000 + '"}}'
+        r = c.post("/v1/scores", content=big, headers=h)
+        assert r.status_code == 413 and "limit of 2000 bytes" in r.text
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(10):
+                yield b" " * 500
+
+        r = c.post("/v1/scores", content=chunks(), headers=h)  # chunked, no Content-Length
+        assert r.status_code == 413
+        assert (
+            c.post("/v1/scores", json={"sme_id": "S1", "features": {}}, headers=h).status_code
+            == 200
+        )
+
+
+# -- the model: reload, not ready, metadata --------------------------------------------------------
+def test_model_endpoint_describes_the_served_model(client: TestClient, headers: Headers) -> None:
+    info = client.get("/v1/model", headers=headers("scorer")).json()
+    assert info["version"] == "1" and info["explain_method"] == "pred_contrib"
+    assert info["metrics"]["auc_oot"] == 0.75
+    assert {f["name"] for f in info["catalog"]} >= {"dso_90d", "industry"}
+    assert info["scale"]["pdo"] == 20.0 and len(info["master_scale"]["grades"]) >= 10
+
+
+def test_reload_swaps_the_model_and_a_failed_load_keeps_it(
+    client: TestClient, headers: Headers, registry: Registry, scoring_model_v2: ScoringModel
+) -> None:
+    before = score_one(client, headers)
+    registry.add(scoring_model_v2)
+    r = client.post("/v1/admin/reload", headers=headers("admin"))
+    assert r.status_code == 200
+    assert r.json()["previous"]["version"] == "1" and r.json()["model"]["version"] == "2"
+    after = score_one(client, headers)
+    assert after["model"]["version"] == "2" and after["score"] != before["score"]
+    registry.fail = "artifact booster.txt is corrupt"
+    r = client.post("/v1/admin/reload", headers=headers("admin"))
+    assert r.status_code == 503
+    assert "corrupt" in r.text and "still serving models:/sme-default-pd/2" in r.text
+    assert score_one(client, headers)["model"]["version"] == "2"
+
+
+def test_registry_unreachable_at_start_means_not_ready_then_recovers(
+    settings: Settings, keys: dict[str, str], registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry.fail = "tracking server http://127.0.0.1:9 unreachable"
+    caplog.set_level(logging.ERROR, logger="scf_risk.serving")
+    with TestClient(create_app(settings, loader=registry)) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        assert "unreachable" in r.json()["model_error"]
+        assert any("model not loaded at start" in m and "unreachable" in m for m in caplog.messages)
+        s = c.post(
+            "/v1/scores",
+            json={"sme_id": "S1", "features": {}},
+            headers={"X-API-Key": keys["scorer"]},
+        )
+        assert s.status_code == 503
+        registry.fail = None
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c.get("/readyz").json()["ready"] is True
+
+
+def test_audit_store_not_writable_fails_closed_and_recovers(
+    settings: Settings, keys: dict[str, str], registry: Registry, tmp_path: Path
+) -> None:
+    db = tmp_path / "audit.db"
+    store = AuditStore(f"sqlite:///{db}", lock_timeout=0.3)
+    h = {"X-API-Key": keys["scorer"]}
+    body = {"sme_id": "S1", "features": {}}
+    with TestClient(create_app(settings, loader=registry, store=store)) as c:
+        assert c.post("/v1/scores", json=body, headers=h).status_code == 200
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        try:
+            r = c.post("/v1/scores", json=body, headers=h)
+            assert r.status_code == 503 and "no decision made" in r.text
+            assert c.post("/v1/scores/batch", json=[body], headers=h).status_code == 503
+            assert c.get("/readyz").json()["audit_store_writable"] is False
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert c.post("/v1/scores", json=body, headers=h).status_code == 200
+        assert c.get("/readyz").status_code == 200
+    assert store.count() == 2 and store.verify().ok  # the refused ones left no record
+
+
+# -- headers, CORS, OpenAPI, metrics -------------------------------------------------------------
+def test_security_headers_and_closed_cors(client: TestClient, headers: Headers) -> None:
+    r = client.get("/v1/model", headers={**headers("scorer"), "Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+    pre = client.options(
+        "/v1/scores",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "access-control-allow-origin" not in pre.headers
+    for name, value in (
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+    ):
+        assert r.headers[name] == value
+
+
+def test_cors_opens_only_to_configured_origins(
+    keys: dict[str, str], registry: Registry, settings: Settings
+) -> None:
+    open_ = settings.model_copy(update={"cors_origins": ["https://lender.example"]})
+    with TestClient(create_app(open_, loader=registry)) as c:
+        ok = c.options(
+            "/v1/scores",
+            headers={"Origin": "https://lender.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert ok.headers.get("access-control-allow-origin") == "https://lender.example"
+        bad = c.get("/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in bad.headers
+
+
+def test_openapi_has_the_catalog_generated_request(
+    client: TestClient, scoring_model: ScoringModel
+) -> None:
+    doc = client.get("/openapi.json").json()
+    features = doc["components"]["schemas"]["Features"]
+    assert features["additionalProperties"] is False
+    assert set(features["properties"]) == {f.name for f in scoring_model.catalog}
+    industry = features["properties"]["industry"]
+    described = next(f for f in scoring_model.catalog if f.name == "industry").description
+    assert "string" in str(industry) and described in industry["description"]
+    body = doc["paths"]["/v1/scores"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["$ref"] == "#/components/schemas/ScoreRequest"
+
+
+def test_metrics_count_requests_grades_and_model(client: TestClient, headers: Headers) -> None:
+    grade = score_one(client, headers)["grade"]
+    client.get("/v1/model", headers=headers("scorer"))
+    text = client.get("/metrics").text
+    assert f'scf_risk_decisions_total{{grade="{grade}"}} 1.0' in text
+    assert 'scf_risk_http_requests_total{method="POST",route="/v1/scores",status="200"} 1.0' in text
+    assert (
+        'scf_risk_http_request_duration_seconds_bucket{le="0.05",method="POST",route="/v1/scores"}'
+        in text
+    )
+    assert 'scf_risk_model_info{name="sme-default-pd",run_id="run1",version="1"} 1.0' in text
+
+
+def test_keys_never_appear_in_logs(
+    client: TestClient, headers: Headers, keys: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    score_one(client, headers)
+    client.get("/v1/model", headers={"X-API-Key": "scfk_wrong"})
+    client.post("/audit/login", data={"api_key": keys["auditor"]})
+    for key in keys.values():
+        assert key not in caplog.text

@@ -1,0 +1,236 @@
+"""The audit store: chained records, tamper detection, serialized appends, materialised features."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing as mp
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from serving.audit import GENESIS_HASH, AuditStore, canonical_json, materialize, record_hash
+from serving.exceptions import AuditUnavailable, DecisionNotFound
+
+
+def body(i: int, sme: str = "S1", grade: str = "G03") -> dict[str, object]:
+    return {
+        "sme_id": sme,
+        "as_of": "2024-01-31",
+        "grade": grade,
+        "score": 600.0 + i / 7,
+        "pd": 0.01 + i / 1000,
+        "features": {"dso_90d": float(i), "industry": "food", "missing": None},
+        "contributions": {"dso_90d": -1.25 * i},
+    }
+
+
+def fill(store: AuditStore, n: int = 6) -> list[dict[str, object]]:
+    return store.append([body(i, sme=f"S{i % 2}") for i in range(n)])
+
+
+def test_append_chains_records_and_reads_them_back(store: AuditStore) -> None:
+    stored = fill(store)
+    assert [p["sequence"] for p in stored] == [1, 2, 3, 4, 5, 6]
+    assert stored[0]["prev_hash"] == GENESIS_HASH
+    for prev, cur in itertools.pairwise(stored):
+        assert cur["prev_hash"] == prev["record_hash"]
+    for p in stored:
+        assert p["record_hash"] == record_hash(p)
+        assert store.get(str(p["decision_id"])) == p
+    assert [p["sequence"] for p in store.find(sme_id="S1")] == [6, 4, 2]
+    assert [p["sequence"] for p in store.find(grade="G03", limit=2)] == [6, 5]
+    assert store.find(grade="G99") == []
+    assert store.count() == 6
+    report = store.verify()
+    assert report.ok and report.records == 6, str(report)
+
+
+def test_unknown_decision_is_not_found(store: AuditStore) -> None:
+    fill(store, 1)
+    with pytest.raises(DecisionNotFound):
+        store.get("00000000-0000-4000-8000-000000000000")
+
+
+def _exec(store: AuditStore, stmt: sa.Executable) -> None:
+    with store._writer.begin() as conn:
+        conn.execute(stmt)
+
+
+def test_verify_detects_an_edited_payload(store: AuditStore) -> None:
+    stored = fill(store)
+    t = store.decisions
+    victim = stored[2]
+    edited = dict(victim)
+    edited["score"] = 999.0
+    _exec(store, sa.update(t).where(t.c.seq == 3).values(payload=canonical_json(edited)))
+    report = store.verify()
+    assert not report.ok
+    assert any("seq 3" in p and "does not match its hash" in p for p in report.problems), report
+
+
+def test_verify_detects_an_edited_column(store: AuditStore) -> None:
+    fill(store)
+    t = store.decisions
+    _exec(store, sa.update(t).where(t.c.seq == 4).values(grade="G01"))
+    report = store.verify()
+    assert not report.ok
+    assert any("seq 4" in p and "column grade" in p for p in report.problems), report
+
+
+def test_verify_detects_a_rehashed_edit(store: AuditStore) -> None:
+    """Recomputing the edited record's own hash does not help: the next record's link breaks."""
+    stored = fill(store)
+    t = store.decisions
+    edited = dict(stored[1])
+    edited["pd"] = 0.5
+    edited["record_hash"] = record_hash(edited)
+    _exec(
+        store,
+        sa.update(t)
+        .where(t.c.seq == 2)
+        .values(payload=canonical_json(edited), pd=0.5, record_hash=edited["record_hash"]),
+    )
+    report = store.verify()
+    assert not report.ok
+    assert any("seq 3" in p and "does not link" in p for p in report.problems), report
+
+
+def test_verify_detects_a_deleted_record(store: AuditStore) -> None:
+    fill(store)
+    t = store.decisions
+    _exec(store, sa.delete(t).where(t.c.seq == 3))
+    report = store.verify()
+    assert not report.ok
+    assert any("seq 4" in p and "deleted" in p for p in report.problems), report
+
+
+def test_verify_detects_deleted_last_records(store: AuditStore) -> None:
+    fill(store)
+    t = store.decisions
+    _exec(store, sa.delete(t).where(t.c.seq >= 5))
+    report = store.verify()
+    assert not report.ok
+    assert any("head says the last record is seq 6" in p for p in report.problems), report
+
+
+def test_verify_detects_reordered_records(store: AuditStore) -> None:
+    fill(store)
+    t = store.decisions
+    # swap the positions of records 2 and 5 (via a free sequence number)
+    _exec(store, sa.update(t).where(t.c.seq == 2).values(seq=-1))
+    _exec(store, sa.update(t).where(t.c.seq == 5).values(seq=2))
+    _exec(store, sa.update(t).where(t.c.seq == -1).values(seq=5))
+    report = store.verify()
+    assert not report.ok
+    assert any("seq 2" in p and "reordered" in p for p in report.problems), report
+    assert any("seq 5" in p and "reordered" in p for p in report.problems), report
+
+
+def test_concurrent_appends_from_threads_keep_one_chain(store: AuditStore) -> None:
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(15):
+                store.append([body(100 * k + i)])
+        except BaseException as exc:  # collected and re-raised by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert store.count() == 60
+    assert store.verify().ok
+
+
+def _append_in_process(url: str, prefix: str, k: int, n: int) -> None:
+    s = AuditStore(url, prefix=prefix)
+    for i in range(n):
+        s.append([body(1000 * k + i)])
+    s.dispose()
+
+
+def test_concurrent_appends_from_processes_keep_one_chain(store: AuditStore) -> None:
+    store.ensure_schema()
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_append_in_process, args=(store.url, store.prefix, k, 20))
+        for k in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert store.count() == 60
+    report = store.verify()
+    assert report.ok, str(report)
+
+
+def test_sqlite_store_is_in_wal_mode(tmp_path: Path) -> None:
+    s = AuditStore(f"sqlite:///{tmp_path}/a.db")
+    s.append([body(1)])
+    with s._writer.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    s.dispose()
+
+
+def test_read_only_database_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    s = AuditStore(f"sqlite:///{path}")
+    s.append([body(1)])
+    s.dispose()
+    ro = AuditStore(f"sqlite:///file:{path}?mode=ro&uri=true")
+    assert not ro.probe_writable()
+    with pytest.raises(AuditUnavailable, match="not writable"):
+        ro.append([body(2)])
+    assert ro.count() == 1  # still readable
+    ro.dispose()
+
+
+def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "nowhere").write_text("a file where a folder should be")
+    s = AuditStore(f"sqlite:///{tmp_path}/nowhere/x/a.db")
+    with pytest.raises(AuditUnavailable):
+        s.append([body(1)])
+    assert not s.probe_writable()
+
+
+def test_materialize_keeps_each_smes_latest_row(store: AuditStore) -> None:
+    panel = pd.DataFrame(
+        {
+            "sme_id": ["A", "A", "B"],
+            "as_of": pd.to_datetime(["2024-01-31", "2024-02-29", "2024-01-31"]),
+            "dso_90d": [1.0, np.nan, 3.0],
+            "industry": ["food", "metals", None],
+            "default_12m": [0.0, np.nan, 1.0],
+        }
+    )
+    assert materialize(store, panel) == 2
+    as_of, feats = store.latest_features("A") or (None, None)
+    assert str(as_of) == "2024-02-29"
+    assert feats == {"dso_90d": None, "industry": "metals"}
+    assert store.latest_features("C") is None
+    older = panel.assign(as_of=pd.to_datetime("2023-12-31"), dso_90d=7.0)
+    assert materialize(store, older) == 0  # never replaced by an older as-of
+    newer = panel.iloc[[2]].assign(as_of=pd.to_datetime("2024-03-31"), dso_90d=9.0)
+    assert materialize(store.url if not store.prefix else store, newer) == 1
+    as_of, feats = store.latest_features("B") or (None, None)
+    assert str(as_of) == "2024-03-31" and feats is not None and feats["dso_90d"] == 9.0
+
+
+def test_canonical_json_is_stable_and_refuses_nan() -> None:
+    assert canonical_json({"b": 1, "a": [1.5, None]}) == '{"a":[1.5,null],"b":1}'
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+    p = json.loads(canonical_json({"x": 0.1 + 0.2}))
+    assert p["x"] == 0.1 + 0.2  # floats round-trip exactly

@@ -1,0 +1,168 @@
+"""The scoring core as plain functions: modes, reasons, additivity, SHAP backends, replay."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.audit import AuditStore
+from serving.exceptions import InvalidInput
+from serving.model import ServedModel, build_served
+from serving.scoring import N_REASONS, replay, score, score_many
+from tests.serving.conftest import CHAMPION, Registry, synthetic_rows
+from training.model import ScoringModel
+from training.registry import LoadedModel
+
+
+@pytest.fixture(scope="module")
+def served(scoring_model: ScoringModel) -> ServedModel:
+    loaded = LoadedModel(scoring_model, "sme-default-pd", "1", "run1", "models:/sme-default-pd/1")
+    return build_served(loaded, "pred_contrib")
+
+
+def random_requests(served: ServedModel, n: int, seed: int) -> list[Any]:
+    """Requests with random subsets of features (numbers, categories, missing)."""
+    rng = np.random.default_rng(seed)
+    frame, _ = synthetic_rows(n, seed)
+    out = []
+    for i in range(n):
+        values: dict[str, Any] = {}
+        for f in served.model.catalog:
+            if rng.random() < 0.3:
+                continue  # not sent
+            v: Any = frame.at[i, f.name]
+            if f.kind == "categorical":
+                values[f.name] = str(v) if rng.random() < 0.9 else "unseen-category"
+            else:
+                values[f.name] = None if pd.isna(v) else float(v) * rng.choice([1.0, -1.0, 10.0])
+        out.append(served.request_model.model_validate({"sme_id": f"S{i}", "features": values}))
+    return out
+
+
+def test_base_plus_points_is_the_score_over_many_random_inputs(served: ServedModel) -> None:
+    decisions = score_many(served, random_requests(served, 400, seed=5))
+    assert len(decisions) == 400
+    gaps = [abs(d.base_points + sum(d.contributions.values()) - d.score) for d in decisions]
+    assert max(gaps) <= 1e-6
+    names = served.model.feature_names
+    assert all(list(d.contributions) == names and list(d.features) == names for d in decisions)
+    assert len({round(d.score, 9) for d in decisions}) > 100  # the inputs really differ
+
+
+def test_decision_matches_the_model(served: ServedModel) -> None:
+    req = random_requests(served, 1, seed=9)[0]
+    d = score(served, req)
+    X = served.model.prepare(pd.DataFrame([d.features]))
+    assert d.pd == pytest.approx(float(served.model.predict(X)[0]), rel=1e-12)
+    assert d.grade == served.model.master_scale.grade(np.array([d.pd]))[0]
+    assert d.mode == "features" and d.as_of == date.today()
+    assert d.model == {"name": "sme-default-pd", "version": "1", "run_id": "run1"}
+
+
+def test_reasons_are_the_top_risk_increasing_features_with_catalog_text(
+    served: ServedModel,
+) -> None:
+    by_name = {f.name: f for f in served.model.catalog}
+    for d in score_many(served, random_requests(served, 50, seed=13)):
+        negative = sorted((p, n) for n, p in d.contributions.items() if p < 0)
+        expected = [n for _, n in negative[:N_REASONS]]
+        assert [r.feature for r in d.reasons] == expected
+        for r in d.reasons:
+            assert r.text == by_name[r.feature].description
+            assert r.points == d.contributions[r.feature] < 0
+            assert r.value == d.features[r.feature]
+
+
+def test_unseen_category_is_recorded_as_missing(served: ServedModel) -> None:
+    req = served.request_model.model_validate(
+        {"sme_id": "S1", "features": {"industry": "never-seen"}}
+    )
+    assert score(served, req).features["industry"] is None
+
+
+def test_pred_contrib_and_tree_shap_agree(served: ServedModel) -> None:
+    frame, _ = synthetic_rows(200, seed=21)
+    X = served.model.prepare(frame)
+    a = served.model.explain(X, method="pred_contrib")
+    b = served.model.explain(X, method="tree_shap")
+    np.testing.assert_allclose(a.points.to_numpy(), b.points.to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(a.base_points, b.base_points, atol=1e-6)
+    np.testing.assert_allclose(a.score, b.score, atol=1e-9)
+
+
+def test_stored_mode_uses_the_latest_materialised_features(
+    served: ServedModel, store: AuditStore
+) -> None:
+    from serving.audit import materialize
+
+    panel = pd.DataFrame(
+        {
+            "sme_id": ["S7", "S7"],
+            "as_of": pd.to_datetime(["2024-01-31", "2024-02-29"]),
+            "dso_90d": [10.0, 80.0],
+            "industry": ["food", "metals"],
+        }
+    )
+    materialize(store, panel)
+    req = served.request_model.model_validate({"sme_id": "S7"})
+    d = score(served, req, latest=store.latest_features)
+    assert d.mode == "stored" and d.as_of == date(2024, 2, 29)
+    assert d.features["dso_90d"] == 80.0 and d.features["industry"] == "metals"
+    direct = score(
+        served,
+        served.request_model.model_validate(
+            {"sme_id": "S7", "features": {"dso_90d": 80.0, "industry": "metals"}}
+        ),
+    )
+    assert d.score == direct.score and d.contributions == direct.contributions
+
+    with pytest.raises(InvalidInput) as missing:
+        score(
+            served,
+            served.request_model.model_validate({"sme_id": "S8"}),
+            latest=store.latest_features,
+        )
+    assert missing.value.loc == ("sme_id",)
+    early = served.request_model.model_validate_json('{"sme_id": "S7", "as_of": "2024-01-31"}')
+    with pytest.raises(InvalidInput) as after:
+        score(served, early, latest=store.latest_features)
+    assert after.value.loc == ("as_of",)
+
+
+def test_batch_errors_name_the_item(served: ServedModel) -> None:
+    reqs = [
+        served.request_model.model_validate({"sme_id": "S1", "features": {}}),
+        served.request_model.model_validate({"sme_id": "S2"}),
+    ]
+    with pytest.raises(InvalidInput) as exc:
+        score_many(served, reqs, latest=lambda _: None)
+    assert exc.value.loc == (1, "sme_id")
+
+
+def test_replay_matches_exactly_and_detects_a_changed_record(
+    served: ServedModel, registry: Registry, store: AuditStore
+) -> None:
+    reqs = random_requests(served, 5, seed=17)
+    stored = store.append([d.body() for d in score_many(served, reqs)])
+    for rec in stored:
+        result = replay(rec, loader=registry, tracking_uri="unused")
+        assert result.matches, str(result)
+        assert result.model_uri == "models:/sme-default-pd/1"
+    tampered = dict(stored[0])
+    tampered["score"] = stored[0]["score"] + 1e-9
+    result = replay(tampered, loader=registry, tracking_uri="unused")
+    assert not result.matches and "score" in str(result)
+
+
+def test_replay_uses_the_recorded_version_not_the_champion(
+    served: ServedModel, registry: Registry, scoring_model_v2: ScoringModel
+) -> None:
+    rec = score(served, random_requests(served, 1, seed=3)[0]).body()
+    registry.add(scoring_model_v2)  # a new champion
+    assert registry(CHAMPION, "").version == "2"
+    rec.update(decision_id="x")
+    assert replay(rec, loader=registry, tracking_uri="").matches
