@@ -1,0 +1,705 @@
+"""Own-row features: what each SME's own rows say about it at an as-of date.
+
+`prepare(tables, sme_ids, counterparties)` turns the contract's typed frames into integer-day
+numpy arrays once; `own_features(prepared, t, horizon_days)` then computes every feature that needs
+only the SME's own invoices, inventory, loans, financials and enterprise row (plus static attributes
+of its counterparties: role and rating) for every SME at one date, fully vectorised.
+
+Each SME's values depend only on its own rows, in a canonical order (invoices by issue date then
+invoice id; inventory by date; loans by id; statements by period), so one SME computed alone gives
+bit-for-bit the values it gets inside a batch of thousands, whatever the rows' order in the files.
+Sums are sequential `np.bincount`s over that order.
+
+Point-in-time: at day ``t`` an invoice exists from its issue date and is paid only if
+``paid_date <= t``; snapshots with ``snapshot_date <= t``; statements with
+``published_date <= t``; defaults with ``default_date <= t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.catalog import FIN_PREFIX, WINDOWS
+from features.contract import FINANCIALS_PUBLICATION_LAG_DAYS, RATING_SCALE, Tables
+
+NEVER = np.int64(1) << 40
+"""Day number standing for a missing date in the future (never paid, never confirmed, ...)."""
+
+_SHIFT = np.int64(1) << 24  # day offset inside combined (sme, day) sort keys
+_KEY = np.int64(1) << 26  # multiplier of the SME code in combined keys
+
+AGING_EDGES = np.array([0, 30, 60, 90])
+"""Aging buckets by days past due d: d <= 0 current, 1-30, 31-60, 61-90, > 90."""
+AGING_CODES: tuple[str, ...] = ("current", "1_30", "31_60", "61_90", "90p")
+
+PAYMENT_INDEX_DAYS = np.array([-20.0, 0.0, 15.0, 22.0, 30.0, 60.0, 90.0, 120.0, 180.0])
+PAYMENT_INDEX_SCORE = np.array([100.0, 80.0, 70.0, 60.0, 50.0, 40.0, 30.0, 20.0, 1.0])
+"""Payment index of one invoice by its days beyond terms d (negative = early), linear between
+knots and flat outside: 20+ days early 100, on the due date 80, 15 days late 70, 22 days 60,
+30 days 50, 60 days 40, 90 days 30, 120 days 20, 180+ days 1 (in the spirit of trade payment
+scores such as D&B's Paydex)."""
+
+DAYS_PER_MONTH = 365.25 / 12
+DAYS_PER_YEAR = 365.25
+VOLATILITY_BUCKETS = 12  # monthly sales: (t - 365, t] cut into 12 buckets by age*12 // 365
+
+# Meta columns produced beside the features (dropped from the panel).
+META_MAIN_CORE = "_main_core_id"
+META_ACTIVE = "_has_invoice_365d"
+META_DEFAULTED = "_defaulted_by_t"
+META_EVENT = "_default_in_horizon"
+
+
+def to_days(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Dates -> int64 days since 1970-01-01; missing -> `NEVER`."""
+    arr = np.asarray(values, dtype="datetime64[ns]")
+    days = arr.astype("datetime64[D]").astype(np.int64)
+    return np.where(np.isnat(arr), NEVER, days)
+
+
+def day_of(value: object) -> int:
+    """One date (anything pandas reads as a timestamp) -> int days since 1970-01-01."""
+    return int(pd.Timestamp(value).normalize().value // 86_400_000_000_000)  # type: ignore[arg-type]
+
+
+def rating_ordinal(ratings: pd.Series) -> np.ndarray:
+    """Rating strings -> index in RATING_SCALE (0 = AAA, higher = worse); unknown/missing -> NaN."""
+    text = ratings.astype("str").str.strip().str.upper()
+    codes = pd.Categorical(text, categories=list(RATING_SCALE)).codes.astype(float)
+    codes[codes < 0] = np.nan
+    return codes
+
+
+def _id_array(ids: Sequence[str] | np.ndarray) -> pa.Array:
+    """Ids as an Arrow string array (the value set of `_codes`)."""
+    return pa.array([str(i) for i in ids], type=pa.string())
+
+
+def _codes(values: pd.Series, universe: pa.Array) -> np.ndarray:
+    """Position of each value in `universe` (an Arrow string array); -1 where absent."""
+    arr = pa.array(values.astype("str")).cast(pa.string())
+    idx = pc.index_in(arr, value_set=universe)
+    return idx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _sorted_positions(frame: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+    """Row positions of `frame` sorted by `keys` (ascending, a total order when keys are unique)."""
+    table = pa.table({k: pa.array(frame[k]) for k in keys})
+    order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys])
+    return order.to_numpy().astype(np.int64)
+
+
+def _sorted_factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct keys, code of each key in them): np.unique(return_inverse=True) by
+    hashing, fast when there are few distinct keys."""
+    codes, uniques = pd.factorize(keys)
+    uniques = np.asarray(uniques, dtype=np.int64)
+    order = np.argsort(uniques, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return uniques[order], rank[codes]
+
+
+@dataclass(frozen=True)
+class Counterparties:
+    """Static attributes of every enterprise an SME may trade with: id (sorted), core flag, rating
+    ordinal. Built from the reference data, overlaid with the request's own enterprise rows."""
+
+    ids: np.ndarray  # object array of str, sorted
+    is_core: np.ndarray  # bool
+    rating: np.ndarray  # float, NaN = unrated
+    arrow_ids: pa.Array | None = None  # `ids` as Arrow strings, when already built
+
+    @property
+    def index(self) -> pa.Array:
+        """The ids as an Arrow string array (value set for `_codes`)."""
+        return self.arrow_ids if self.arrow_ids is not None else _id_array(self.ids)
+
+    @staticmethod
+    def from_enterprises(enterprises: pd.DataFrame) -> Counterparties:
+        frame = enterprises.drop_duplicates("enterprise_id", keep="last")
+        frame = frame.sort_values("enterprise_id", kind="stable")
+        ids = frame["enterprise_id"].astype("object").to_numpy()
+        is_core = (frame["role"].astype("object") == "core").to_numpy(dtype=bool)
+        if "external_rating" in frame:
+            rating = rating_ordinal(frame["external_rating"])
+        else:
+            rating = np.full(len(frame), np.nan)
+        return Counterparties(ids, is_core, rating)
+
+    def overlay(self, rows: pd.DataFrame) -> Counterparties:
+        """These attributes updated by enterprise `rows` (a given role wins; a given rating
+        wins, a missing one keeps the known rating)."""
+        if rows.empty:
+            return self
+        mine = Counterparties.from_enterprises(rows)
+        code = _codes(pd.Series(mine.ids, dtype="str"), self.index)
+        known = code >= 0
+        is_core, rating = self.is_core.copy(), self.rating.copy()
+        is_core[code[known]] = mine.is_core[known]
+        rating[code[known]] = np.where(
+            np.isnan(mine.rating[known]), rating[code[known]], mine.rating[known]
+        )
+        if known.all():
+            return Counterparties(self.ids, is_core, rating, self.arrow_ids)
+        ids = np.concatenate([self.ids, mine.ids[~known]])
+        order = np.argsort(ids.astype(str), kind="stable")
+        return Counterparties(
+            ids[order],
+            np.concatenate([is_core, mine.is_core[~known]])[order],
+            np.concatenate([rating, mine.rating[~known]])[order],
+        )
+
+
+@dataclass(frozen=True)
+class Sides:
+    """Invoices seen from one side (the SME as seller, or as buyer), one row per invoice, in
+    canonical order (issue date, invoice id). Missing dates are `NEVER`."""
+
+    sme: np.ndarray
+    pair: np.ndarray  # code of (sme, counterparty); pairs sorted by (sme, counterparty id)
+    issue: np.ndarray
+    due: np.ndarray
+    paid: np.ndarray
+    amount: np.ndarray
+    paid_amount: np.ndarray
+    disputed: np.ndarray
+    confirmed: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Sides:
+        return Sides(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One set of SMEs' own rows as integer-day arrays, ready for any number of as-of dates."""
+
+    sme_ids: np.ndarray  # object array of str, sorted; code = position
+    recv: Sides  # receivables (the SME sold), canonical order
+    pay: Sides  # payables (the SME bought), canonical order
+    # pairs
+    pair_sme: np.ndarray
+    pair_cp_id: np.ndarray  # object array
+    pair_is_core: np.ndarray
+    pair_rating: np.ndarray
+    # receivables by (sme, issue) for the last sale
+    sale_key: np.ndarray
+    first_invoice_day: np.ndarray  # per SME, NEVER if none
+    # inventory by (sme, snapshot day)
+    i_sme: np.ndarray
+    i_day: np.ndarray
+    i_key: np.ndarray
+    i_value: np.ndarray
+    i_pledged: np.ndarray
+    i_cogs: np.ndarray
+    # loans by loan id
+    l_sme: np.ndarray
+    l_disbursed: np.ndarray
+    l_maturity: np.ndarray
+    l_default: np.ndarray
+    l_amount: np.ndarray
+    l_guaranteed: np.ndarray
+    first_default_day: np.ndarray  # per SME, NEVER if none
+    default_key: np.ndarray  # sorted (sme, default day) keys of every defaulted loan
+    # financials by (sme, period_end)
+    f_sme: np.ndarray
+    f_period: np.ndarray
+    f_published: np.ndarray
+    f_values: np.ndarray  # (rows, len(fin_columns))
+    fin_columns: tuple[str, ...]
+    # firm
+    founded: np.ndarray  # float days, NaN if unknown
+    industry: pd.Series
+    region: pd.Series
+    static_rating: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.sme_ids)
+
+
+def _col(frame: pd.DataFrame, name: str, default: object) -> pd.Series:
+    if name in frame:
+        return frame[name]
+    return pd.Series([default] * len(frame), index=frame.index, dtype=object)
+
+
+def prepare(
+    tables: Tables,
+    sme_ids: Sequence[str] | np.ndarray,
+    counterparties: Counterparties,
+    fin_columns: Sequence[str],
+    sme_rows: pd.DataFrame,
+) -> Prepared:
+    """Arrays of the SMEs `sme_ids` from their own rows in `tables`.
+
+    `sme_rows` holds the SMEs' own enterprise rows indexed by enterprise_id (industry, region,
+    founded date, static rating); `counterparties` the roles and ratings of everyone they trade
+    with; `fin_columns` the statement columns that become `fin_*` features (absent: NaN)."""
+    smes = np.array(sorted({str(s) for s in sme_ids}), dtype=object)
+    n = len(smes)
+    universe = _id_array(smes)
+
+    # ---- invoice sides, canonical order (issue_date, invoice_id)
+    inv = tables.invoices
+    order = _sorted_positions(inv, ["issue_date", "invoice_id"])
+    seller = _codes(inv["seller_id"], universe)[order]
+    buyer = _codes(inv["buyer_id"], universe)[order]
+    recv_rows = order[seller >= 0]  # positions in `inv`, canonical order
+    pay_rows = order[buyer >= 0]
+    seller, buyer = seller[seller >= 0], buyer[buyer >= 0]
+    # counterparties: codes into a sorted universe of every id seen, pairs sorted by (sme, id)
+    cp_universe = pa.array(
+        sorted(
+            set(pd.unique(inv["seller_id"]).tolist()) | set(pd.unique(inv["buyer_id"]).tolist())
+        ),
+        type=pa.string(),
+    )
+    n_cp = max(len(cp_universe), 1)
+    recv_pair_key = seller * n_cp + _codes(inv["buyer_id"], cp_universe)[recv_rows]
+    pay_pair_key = buyer * n_cp + _codes(inv["seller_id"], cp_universe)[pay_rows]
+    pair_keys, pair_code = _sorted_factorize(np.concatenate([recv_pair_key, pay_pair_key]))
+    pair_sme = pair_keys // n_cp
+    pair_cp_id = np.asarray(cp_universe.to_pylist(), dtype=object)[pair_keys % n_cp]
+    pair_is_core = np.zeros(len(pair_keys), dtype=bool)
+    pair_rating = np.full(len(pair_keys), np.nan)
+    if len(counterparties.ids) and len(pair_keys):
+        known = _codes(pd.Series(pair_cp_id, dtype="str"), counterparties.index)
+        found = known >= 0
+        pair_is_core[found] = counterparties.is_core[known[found]]
+        pair_rating[found] = counterparties.rating[known[found]]
+
+    issue = to_days(inv["issue_date"])
+    due = to_days(inv["due_date"])
+    paid = to_days(_col(inv, "paid_date", pd.NaT))
+    amount = inv["amount"].to_numpy(dtype=float)
+    paid_amount = pd.to_numeric(_col(inv, "paid_amount", np.nan)).to_numpy(
+        dtype=float, na_value=np.nan
+    )
+    disputed = _col(inv, "disputed", False).fillna(False).to_numpy(dtype=bool)
+    confirmed = to_days(_col(inv, "confirmed_date", pd.NaT))
+
+    def sides(rows: np.ndarray, sme: np.ndarray, pair: np.ndarray) -> Sides:
+        return Sides(
+            sme=sme.astype(np.int64),
+            pair=pair.astype(np.int64),
+            issue=issue[rows],
+            due=due[rows],
+            paid=paid[rows],
+            amount=amount[rows],
+            paid_amount=paid_amount[rows],
+            disputed=disputed[rows],
+            confirmed=confirmed[rows],
+        )
+
+    recv = sides(recv_rows, seller, pair_code[: len(recv_rows)])
+    pay = sides(pay_rows, buyer, pair_code[len(recv_rows) :])
+
+    # receivables by (sme, issue) and each SME's first invoice
+    sale_key = np.sort(recv.sme * _KEY + recv.issue + _SHIFT)
+    first = np.full(n, NEVER, dtype=np.int64)
+    np.minimum.at(first, recv.sme, recv.issue)
+    np.minimum.at(first, pay.sme, pay.issue)
+
+    # ---- inventory by (sme, snapshot)
+    invt = tables.inventory
+    i_code = _codes(invt["sme_id"], universe)
+    invt = invt.iloc[np.flatnonzero(i_code >= 0)]
+    i_code = i_code[i_code >= 0]
+    i_day = to_days(invt["snapshot_date"])
+    i_key = i_code * _KEY + i_day + _SHIFT
+    i_order = np.argsort(i_key, kind="stable")
+
+    # ---- loans by id
+    loans = tables.loans
+    l_code = _codes(loans["sme_id"], universe)
+    loans = loans.iloc[np.flatnonzero(l_code >= 0)]
+    l_code = l_code[l_code >= 0]
+    l_order = _sorted_positions(loans, ["loan_id"]) if len(loans) else np.zeros(0, np.int64)
+    loans, l_code = loans.iloc[l_order], l_code[l_order]
+    l_default = to_days(_col(loans, "default_date", pd.NaT))
+    first_default = np.full(n, NEVER, dtype=np.int64)
+    np.minimum.at(first_default, l_code, l_default)
+    has_def = l_default < NEVER
+    default_key = np.sort(l_code[has_def] * _KEY + l_default[has_def] + _SHIFT)
+
+    # ---- financials by (sme, period_end)
+    fin = tables.financials
+    f_code = _codes(fin["sme_id"], universe)
+    fin = fin.iloc[np.flatnonzero(f_code >= 0)]
+    f_code = f_code[f_code >= 0]
+    f_period = to_days(fin["period_end"])
+    published = to_days(_col(fin, "published_date", pd.NaT))
+    f_published = np.where(
+        published == NEVER, f_period + FINANCIALS_PUBLICATION_LAG_DAYS, published
+    )
+    f_order = np.argsort(f_code * _KEY + f_period + _SHIFT, kind="stable")
+    values = np.full((len(fin), len(fin_columns)), np.nan)
+    for j, column in enumerate(fin_columns):
+        if column in fin:
+            values[:, j] = pd.to_numeric(fin[column]).to_numpy(dtype=float, na_value=np.nan)
+
+    # ---- firm attributes of the SMEs themselves
+    ent = sme_rows.reindex(pd.Index(smes.astype(str), dtype="str"))
+    founded_days = to_days(_col(ent, "founded_date", pd.NaT)).astype(float)
+    founded = np.where(founded_days == float(NEVER), np.nan, founded_days)
+    industry = _col(ent, "industry", None).astype("str").reset_index(drop=True)
+    region = _col(ent, "region", None).astype("str").reset_index(drop=True)
+    static_rating = rating_ordinal(_col(ent, "external_rating", None))
+
+    return Prepared(
+        sme_ids=smes,
+        recv=recv,
+        pay=pay,
+        pair_sme=pair_sme.astype(np.int64),
+        pair_cp_id=pair_cp_id,
+        pair_is_core=np.asarray(pair_is_core, dtype=bool),
+        pair_rating=np.asarray(pair_rating, dtype=float),
+        sale_key=sale_key,
+        first_invoice_day=first,
+        i_sme=i_code[i_order],
+        i_day=i_day[i_order],
+        i_key=i_key[i_order],
+        i_value=invt["inventory_value"].to_numpy(dtype=float)[i_order],
+        i_pledged=pd.to_numeric(_col(invt, "pledged_value", np.nan)).to_numpy(
+            dtype=float, na_value=np.nan
+        )[i_order],
+        i_cogs=pd.to_numeric(_col(invt, "cogs", np.nan)).to_numpy(dtype=float, na_value=np.nan)[
+            i_order
+        ],
+        l_sme=l_code,
+        l_disbursed=to_days(loans["disbursed_date"]),
+        l_maturity=to_days(loans["maturity_date"]),
+        l_default=l_default,
+        l_amount=loans["amount"].to_numpy(dtype=float),
+        l_guaranteed=_col(loans, "repurchase_guarantee", False).fillna(False).to_numpy(dtype=bool),
+        first_default_day=first_default,
+        default_key=default_key,
+        f_sme=f_code[f_order],
+        f_period=f_period[f_order],
+        f_published=f_published[f_order],
+        f_values=values[f_order],
+        fin_columns=tuple(fin_columns),
+        founded=founded,
+        industry=industry,
+        region=region,
+        static_rating=static_rating,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# per-date computation
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0 or NaN (never inf)."""
+    out = np.full(np.shape(num), np.nan)
+    ok = (den != 0) & ~np.isnan(den)
+    np.divide(num, den, out=out, where=ok)
+    return out
+
+
+ISSUE_AGE_EDGES = np.array([90, 180, 365, 455])
+"""Issue-age buckets by t - issue_date: 0 = last 90 d, 1 = the 90 d before, 2 = rest of the
+year, 3 = (t - 455, t - 365] (a year before the last 90 d), 4 = older."""
+PAID_AGE_EDGES = np.array([90, 180, 365])
+"""Payment-age buckets by t - paid_date: 0, 1, 2 as above, 3 = earlier; 4 = open at t."""
+N_BUCKETS = 5
+OPEN = 4
+
+
+def _window(m: np.ndarray) -> dict[int, np.ndarray]:
+    """Per-SME bucket sums (n, 5) -> sums over the windows (t - W, t] for W = 90, 180, 365."""
+    w90 = m[:, 0]
+    w180 = w90 + m[:, 1]
+    return {90: w90, 180: w180, 365: w180 + m[:, 2]}
+
+
+class _Side:
+    """One side's rows that can matter at day t (issued on or before t, and issued in the last
+    455 days, paid in the last 365 days or still open), with their age buckets."""
+
+    def __init__(self, sides: Sides, n: int, t: int) -> None:
+        lo = int(np.searchsorted(sides.issue, t - 455, side="right"))
+        hi = int(np.searchsorted(sides.issue, t, side="right"))
+        old = np.flatnonzero(sides.paid[:lo] > t - 365)  # paid in the last year or still open
+        v = sides.take(np.concatenate([old, np.arange(lo, hi)]))
+        self.v, self.n, self.t = v, n, t
+        self.open = v.paid > t
+        self.issue_bucket = np.searchsorted(ISSUE_AGE_EDGES, t - v.issue, side="right")
+        self.paid_bucket = np.where(
+            self.open, OPEN, np.searchsorted(PAID_AGE_EDGES, t - v.paid, side="right")
+        )
+        self._issue_key = v.sme * N_BUCKETS + self.issue_bucket
+        self._paid_key = v.sme * N_BUCKETS + self.paid_bucket
+
+    def by_issue(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """(n, 5) sums of `weights` (default: counts) by issue-age bucket."""
+        return self._matrix(self._issue_key, weights)
+
+    def by_paid(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """(n, 5) sums of `weights` (default: counts) by payment-age bucket (4 = open)."""
+        return self._matrix(self._paid_key, weights)
+
+    def _matrix(self, key: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        out = np.bincount(key, weights, minlength=self.n * N_BUCKETS)
+        return out.astype(float, copy=False).reshape(self.n, N_BUCKETS)
+
+    def per_sme(self, weights: np.ndarray) -> np.ndarray:
+        return np.bincount(self.v.sme, weights, minlength=self.n)
+
+
+def _latest_index(keys: np.ndarray, n: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each SME code 0..n-1: position of its last row with day <= t in `keys` (sorted
+    (sme, day) keys), and whether it exists."""
+    q = np.arange(n, dtype=np.int64) * _KEY + t + _SHIFT
+    pos = np.searchsorted(keys, q, side="right") - 1
+    if len(keys) == 0:
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    ok = (pos >= 0) & (keys[np.maximum(pos, 0)] // _KEY == np.arange(n))
+    return np.maximum(pos, 0), np.asarray(ok, dtype=bool)
+
+
+def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray | pd.Series]:
+    """Every own-row feature of every prepared SME at day `t` (int days since 1970-01-01), plus
+    the meta arrays `META_*` (main core id, population flags, label event)."""
+    n = p.n
+    out: dict[str, np.ndarray | pd.Series] = {}
+    n_pairs = len(p.pair_sme)
+    r = _Side(p.recv, n, t)
+    rv = r.v
+    zero = 0.0
+
+    # ---- receivables: aging at t
+    r_open_amount = np.where(r.open, rv.amount, zero)
+    aging = np.searchsorted(AGING_EDGES, t - rv.due, side="left")
+    aged = np.bincount(
+        rv.sme * len(AGING_CODES) + aging, r_open_amount, minlength=n * len(AGING_CODES)
+    ).reshape(n, len(AGING_CODES))
+    paid_amount = r.by_paid(rv.amount)
+    ar_open = paid_amount[:, OPEN]
+    out["ar_open_amount"] = ar_open
+    for j, code in enumerate(AGING_CODES):
+        out[f"ar_{code}_amount"] = aged[:, j].copy()
+    for j, code in enumerate(AGING_CODES):
+        out[f"ar_{code}_share"] = _ratio(aged[:, j], ar_open)
+
+    sales_b = r.by_issue(rv.amount)
+    sales = _window(sales_b)
+    sales_n = _window(r.by_issue())
+    dso = {w: _ratio(ar_open, sales[w] / w) for w in WINDOWS}
+    for w in WINDOWS:
+        out[f"dso_{w}d"] = dso[w]
+    settled = np.where(r.open, zero, 1.0)
+    collected = _window(paid_amount)
+    collect_days = _window(r.by_paid(rv.amount * (rv.paid - rv.issue) * settled))
+    for w in WINDOWS:
+        out[f"ar_days_to_collect_{w}d"] = _ratio(collect_days[w], collected[w])
+    late = _window(r.by_paid(rv.amount * ((rv.paid > rv.due) & ~r.open)))
+    for w in WINDOWS:
+        out[f"ar_paid_late_share_{w}d"] = _ratio(late[w], collected[w])
+    received = _window(r.by_paid(np.where(r.open, zero, rv.paid_amount)))
+    for w in WINDOWS:
+        out[f"dilution_{w}d"] = 1.0 - _ratio(received[w], collected[w])
+    disputed = _window(r.by_issue(rv.disputed.astype(float)))
+    for w in WINDOWS:
+        out[f"dispute_rate_{w}d"] = _ratio(disputed[w], sales_n[w])
+    confirmed = _window(r.by_issue(rv.amount * (rv.confirmed <= t)))
+    for w in WINDOWS:
+        out[f"ar_confirmed_share_{w}d"] = _ratio(confirmed[w], sales[w])
+    in_year = r.issue_bucket <= 2
+    per_buyer = np.bincount(rv.pair, np.where(in_year, rv.amount, zero), minlength=n_pairs)
+    out["buyer_hhi_365d"] = _ratio(
+        np.bincount(p.pair_sme, per_buyer**2, minlength=n),
+        np.bincount(p.pair_sme, per_buyer, minlength=n) ** 2,
+    )
+
+    # ---- own payment behaviour
+    q = _Side(p.pay, n, t)
+    qv = q.v
+    q_settled = ~q.open
+    bought_paid = q.by_paid(qv.amount)
+    ap_open = bought_paid[:, OPEN]
+    paid_in = _window(bought_paid)
+    beyond = np.maximum(qv.paid - qv.due, 0)
+    paid_late_days = q.by_paid(np.where(q_settled, qv.amount * beyond, zero))
+    overdue = q.open & (qv.due < t)
+    od_amount = q.per_sme(np.where(overdue, qv.amount, zero))
+    od_days = q.per_sme(np.where(overdue, qv.amount * (t - qv.due), zero))
+    late_days_w = _window(paid_late_days)
+    for w in WINDOWS:
+        out[f"ap_days_beyond_terms_{w}d"] = _ratio(late_days_w[w] + od_days, paid_in[w] + od_amount)
+    out["ap_past_due_share"] = _ratio(od_amount, ap_open)
+    worst_flat = np.full(n * N_BUCKETS, -1.0)
+    late_by = np.where(q.open, np.maximum(t - qv.due, 0), beyond).astype(float)
+    np.maximum.at(worst_flat, qv.sme * N_BUCKETS + q.paid_bucket, late_by)
+    worst = worst_flat.reshape(n, N_BUCKETS)
+    worst_paid = {90: worst[:, 0]}
+    worst_paid[180] = np.maximum(worst_paid[90], worst[:, 1])
+    worst_paid[365] = np.maximum(worst_paid[180], worst[:, 2])
+    for w in WINDOWS:
+        m = np.maximum(worst_paid[w], worst[:, OPEN])
+        out[f"ap_max_days_past_due_{w}d"] = np.where(m < 0, np.nan, m)
+    late_n = _window(q.by_paid((q_settled & (qv.paid > qv.due)).astype(float)))
+    paid_n = _window(q.by_paid(q_settled.astype(float)))
+    for w in WINDOWS:
+        out[f"ap_late_rate_{w}d"] = _ratio(late_n[w], paid_n[w])
+    # days beyond terms as known 90 days earlier: paid in (t - 180, t - 90] (payment bucket 1)
+    # plus what was open and overdue at t - 90
+    t0 = t - 90
+    overdue0 = (qv.issue <= t0) & (qv.paid > t0) & (qv.due < t0)
+    od0_amount = q.per_sme(np.where(overdue0, qv.amount, zero))
+    od0_days = q.per_sme(np.where(overdue0, qv.amount * (t0 - qv.due), zero))
+    dbt_before = _ratio(paid_late_days[:, 1] + od0_days, bought_paid[:, 1] + od0_amount)
+    out["ap_days_beyond_terms_trend"] = out["ap_days_beyond_terms_90d"] - dbt_before
+    scored = (q.paid_bucket <= 2) | overdue
+    score = np.interp(
+        np.where(q.open, t - qv.due, qv.paid - qv.due).astype(float),
+        PAYMENT_INDEX_DAYS,
+        PAYMENT_INDEX_SCORE,
+    )
+    weight = np.where(scored, qv.amount, zero)
+    out["payment_index_365d"] = _ratio(q.per_sme(weight * score), q.per_sme(weight))
+
+    # ---- trade activity
+    purchases_b = q.by_issue(qv.amount)
+    purchases = _window(purchases_b)
+    purchases_n = _window(q.by_issue())
+    for w in WINDOWS:
+        out[f"sales_amount_{w}d"] = sales[w]
+    for w in WINDOWS:
+        out[f"sales_count_{w}d"] = sales_n[w]
+    for w in WINDOWS:
+        out[f"purchases_amount_{w}d"] = purchases[w]
+    for w in WINDOWS:
+        out[f"purchases_count_{w}d"] = purchases_n[w]
+    for name, b in (("sales", sales_b), ("purchases", purchases_b)):
+        out[f"{name}_growth_qoq"] = _ratio(b[:, 0], b[:, 1]) - 1.0
+        out[f"{name}_growth_yoy"] = _ratio(b[:, 0], b[:, 3]) - 1.0
+    month = np.minimum((t - rv.issue) * VOLATILITY_BUCKETS // 365, VOLATILITY_BUCKETS - 1)
+    monthly = np.bincount(
+        rv.sme * VOLATILITY_BUCKETS + month,
+        np.where(in_year, rv.amount, zero),
+        minlength=n * VOLATILITY_BUCKETS,
+    ).reshape(n, VOLATILITY_BUCKETS)
+    total = np.zeros(n)
+    for k in range(VOLATILITY_BUCKETS):
+        total = total + monthly[:, k]
+    mean = total / VOLATILITY_BUCKETS
+    sq = np.zeros(n)
+    for k in range(VOLATILITY_BUCKETS):
+        sq = sq + (monthly[:, k] - mean) ** 2
+    out["sales_volatility_365d"] = _ratio(np.sqrt(sq / VOLATILITY_BUCKETS), mean)
+    first = p.first_invoice_day
+    out["months_since_first_invoice"] = np.where(first <= t, (t - first) / DAYS_PER_MONTH, np.nan)
+    pos, ok = _latest_index(p.sale_key, n, t)
+    last_sale = p.sale_key[pos] % _KEY - _SHIFT if len(p.sale_key) else np.zeros(n, np.int64)
+    out["days_since_last_sale"] = np.where(ok, (t - last_sale).astype(float), np.nan)
+    pair_trade = per_buyer + np.bincount(
+        qv.pair, np.where(q.issue_bucket <= 2, qv.amount, zero), minlength=n_pairs
+    )
+    out["active_cores_365d"] = np.bincount(
+        p.pair_sme, (p.pair_is_core & (pair_trade > 0)).astype(float), minlength=n
+    )
+
+    # ---- inventory
+    pos, ok = _latest_index(p.i_key, n, t)
+    latest_value = np.where(ok, p.i_value[pos] if len(p.i_key) else np.nan, np.nan)
+    pos90, ok90 = _latest_index(p.i_key, n, t - 90)
+    earlier_value = np.where(ok90, p.i_value[pos90] if len(p.i_key) else np.nan, np.nan)
+    out["inventory_change_90d"] = _ratio(latest_value, earlier_value) - 1.0
+    latest_pledged = np.where(ok, p.i_pledged[pos] if len(p.i_key) else np.nan, np.nan)
+    out["pledged_share"] = _ratio(latest_pledged, latest_value)
+    avg_inv: dict[int, np.ndarray] = {}
+    cogs: dict[int, np.ndarray] = {}
+    has_cogs = ~np.isnan(p.i_cogs)
+    for w in WINDOWS:
+        m = (p.i_day <= t) & (p.i_day > t - w)
+        avg_inv[w] = _ratio(
+            np.bincount(p.i_sme[m], p.i_value[m], minlength=n),
+            np.bincount(p.i_sme[m], minlength=n).astype(float),
+        )
+        mc = m & has_cogs
+        given = np.bincount(p.i_sme[mc], minlength=n) > 0
+        cogs[w] = np.where(given, np.bincount(p.i_sme[mc], p.i_cogs[mc], minlength=n), purchases[w])
+    for w in WINDOWS:
+        out[f"inventory_turnover_{w}d"] = _ratio(cogs[w], avg_inv[w])
+    dio = {w: _ratio(avg_inv[w], cogs[w] / w) for w in WINDOWS}
+    for w in WINDOWS:
+        out[f"dio_{w}d"] = dio[w]
+    dpo = {w: _ratio(ap_open, purchases[w] / w) for w in WINDOWS}
+    for w in WINDOWS:
+        out[f"dpo_{w}d"] = dpo[w]
+    for w in WINDOWS:
+        out[f"cash_conversion_cycle_{w}d"] = dso[w] + dio[w] - dpo[w]
+
+    # ---- core enterprises: main core = largest 365 d trade (ties: smallest id)
+    core_trade = np.where(p.pair_is_core, pair_trade, 0.0)
+    best = np.zeros(n)
+    np.maximum.at(best, p.pair_sme, core_trade)
+    candidate = np.flatnonzero((core_trade > 0) & (core_trade == best[p.pair_sme]))
+    smes_with, first_pos = np.unique(p.pair_sme[candidate], return_index=True)
+    main_pair = np.full(n, -1, dtype=np.int64)
+    main_pair[smes_with] = candidate[first_pos]
+    has_main = main_pair >= 0
+    all_trade = np.bincount(p.pair_sme, pair_trade, minlength=n)
+    sel = np.flatnonzero(has_main)
+    main_trade, main_rating = np.zeros(n), np.full(n, np.nan)
+    main_ids = np.full(n, None, dtype=object)
+    main_trade[sel] = core_trade[main_pair[sel]]
+    main_rating[sel] = p.pair_rating[main_pair[sel]]
+    main_ids[sel] = p.pair_cp_id[main_pair[sel]]
+    out["main_core_trade_share_365d"] = np.where(has_main, _ratio(main_trade, all_trade), np.nan)
+    out["main_core_rating_ordinal"] = main_rating
+    rated = p.pair_is_core & (pair_trade > 0) & ~np.isnan(p.pair_rating)
+    out["core_rating_weighted"] = _ratio(
+        np.bincount(p.pair_sme[rated], (pair_trade * p.pair_rating)[rated], minlength=n),
+        np.bincount(p.pair_sme[rated], pair_trade[rated], minlength=n),
+    )
+    main_core = pd.Series(main_ids, dtype="str")
+
+    # ---- financing
+    active = (p.l_disbursed <= t) & (p.l_maturity > t) & (p.l_default > t)
+    exposure = np.bincount(p.l_sme[active], p.l_amount[active], minlength=n)
+    out["active_loans"] = np.bincount(p.l_sme[active], minlength=n).astype(float)
+    out["loan_exposure"] = exposure
+    out["exposure_to_sales_365d"] = _ratio(exposure, sales[365])
+    g = active & p.l_guaranteed
+    out["guaranteed_exposure_share"] = _ratio(
+        np.bincount(p.l_sme[g], p.l_amount[g], minlength=n), exposure
+    )
+
+    # ---- firm
+    out["firm_age_years"] = (t - p.founded) / DAYS_PER_YEAR
+    out["industry"] = p.industry
+    out["region"] = p.region
+    out["static_rating_ordinal"] = p.static_rating
+
+    # ---- latest published statement
+    idx = np.flatnonzero(p.f_published <= t)
+    s = p.f_sme[idx]
+    last = idx[np.r_[s[1:] != s[:-1], True]] if len(idx) else idx
+    age = np.full(n, np.nan)
+    age[p.f_sme[last]] = (t - p.f_period[last]).astype(float)
+    out["financials_age_days"] = age
+    for j, column in enumerate(p.fin_columns):
+        col = np.full(n, np.nan)
+        col[p.f_sme[last]] = p.f_values[last, j]
+        out[f"{FIN_PREFIX}{column}"] = col
+
+    # ---- meta: population and label event
+    out[META_MAIN_CORE] = main_core
+    out[META_ACTIVE] = (sales_n[365] + purchases_n[365]) > 0
+    out[META_DEFAULTED] = p.first_default_day <= t
+    lo = np.searchsorted(p.default_key, np.arange(n) * _KEY + t + _SHIFT, side="right")
+    hi = np.searchsorted(
+        p.default_key, np.arange(n) * _KEY + t + horizon_days + _SHIFT, side="right"
+    )
+    out[META_EVENT] = hi > lo
+    return out

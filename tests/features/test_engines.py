@@ -1,0 +1,67 @@
+"""The pandas and Dask engines give identical panels (exact equality)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from features.engines import build_panel, partition_smes, split_tables
+from features.exceptions import FeatureError
+from features.pipeline import build_features, month_ends
+from tests.features.conftest import random_tables
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return random_tables(n_smes=40, n_cores=4, n_invoices=3000, days=540, seed=11)
+
+
+@pytest.fixture(scope="module")
+def dates():
+    return month_ends("2023-03-01", "2024-06-23")
+
+
+def test_partitions_cover_every_sme_once(tables):
+    ids = [f"S{i:03d}" for i in range(40)]
+    parts = partition_smes(ids, 3)
+    assert [len(p) for p in parts] == [14, 13, 13]
+    assert [s for part in parts for s in part] == sorted(ids)
+    pieces = split_tables(tables, parts)
+    for part, piece in zip(parts, pieces, strict=True):
+        inv = piece.invoices
+        assert (inv["seller_id"].isin(part) | inv["buyer_id"].isin(part)).all()
+        assert set(piece.loans["sme_id"]) <= set(part)
+    # every invoice lands in the partition of each of its SMEs
+    per_invoice = pd.concat([p.invoices["invoice_id"] for p in pieces]).value_counts()
+    inv = tables.invoices.set_index("invoice_id")
+    both_sme = inv["seller_id"].str.startswith("S") & inv["buyer_id"].str.startswith("S")
+    for invoice_id, count in per_invoice.items():
+        same = any(
+            inv.at[invoice_id, "seller_id"] in p and inv.at[invoice_id, "buyer_id"] in p
+            for p in parts
+        )
+        assert count == (2 if both_sme[invoice_id] and not same else 1)
+
+
+def test_pandas_engine_is_build_features(tables, dates):
+    expected = build_features(tables, dates)
+    pd.testing.assert_frame_equal(build_panel(tables, dates), expected, check_exact=True)
+
+
+def test_dask_engine_on_two_workers_equals_pandas(tables, dates):
+    from distributed import LocalCluster
+
+    expected = build_panel(tables, dates, engine="pandas")
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        got = build_panel(
+            tables, dates, engine="dask", scheduler=cluster.scheduler_address, partitions=5
+        )
+    assert len(got) > 300
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_unknown_engine_is_a_feature_error(tables, dates):
+    with pytest.raises(FeatureError, match="unknown engine 'spark'"):
+        build_panel(tables, dates, engine="spark")  # type: ignore[arg-type]

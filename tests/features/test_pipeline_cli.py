@@ -1,0 +1,114 @@
+"""`scf-risk features`: exit 0 writes the panel; bad input exits 1 and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from features.catalog import catalog_for, feature_names
+from features.io import load_tables
+from features.pipeline import LABEL, data_range
+from serving.cli import build_app
+from tests.features.conftest import random_tables
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    tables = random_tables(n_smes=15, n_cores=3, n_invoices=600, days=400, seed=5)
+    for name, frame in tables.frames().items():
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
+    return folder
+
+
+def run(*args: str):
+    return CliRunner().invoke(build_app(), ["features", *args])
+
+
+def test_writes_the_panel_at_every_month_end(data_dir, tmp_path):
+    out = tmp_path / "panel.parquet"
+    result = run("--data", str(data_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    panel = pd.read_parquet(out)
+    names = feature_names(catalog_for(["equity_ratio", "revenue"]))
+    assert list(panel.columns) == ["sme_id", "as_of", *names, LABEL]
+    start, end = data_range(load_tables(data_dir))
+    # invoices start 2023-01-01; statements are published from 2022 on, so month ends before
+    # 2023 hold no population and give no rows
+    assert start < pd.Timestamp("2023-01-01") and end > pd.Timestamp("2024-02-04")
+    month_ends_with_trade = pd.date_range("2023-01-31", end, freq="ME")
+    assert sorted(panel["as_of"].unique()) == list(month_ends_with_trade)
+    assert [p.name for p in tmp_path.iterdir()] == ["panel.parquet"]
+
+
+def test_explicit_dates_and_range(data_dir, tmp_path):
+    out = tmp_path / "p.parquet"
+    result = run("--data", str(data_dir), "--out", str(out), "--as-of", "2023-06-15",
+                 "--as-of", "2023-09-30", "--horizon-days", "90")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(pd.read_parquet(out)["as_of"].dt.strftime("%Y-%m-%d").unique()) == [
+        "2023-06-15",
+        "2023-09-30",
+    ]
+    result = run("--data", str(data_dir), "--out", str(out), "--from", "2023-05-01",
+                 "--to", "2023-07-31")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(out)["as_of"].nunique() == 3
+
+
+def test_date_outside_the_data_exits_1_and_writes_nothing(data_dir, tmp_path):
+    out = tmp_path / "panel.parquet"
+    result = run("--data", str(data_dir), "--out", str(out), "--as-of", "2030-01-31")
+    assert result.exit_code == 1
+    assert "outside the data's range" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_population_exits_1(data_dir, tmp_path):
+    out = tmp_path / "panel.parquet"
+    result = run("--data", str(data_dir), "--out", str(out), "--as-of", "2022-12-01")
+    assert result.exit_code == 1  # before the first invoice (but within the data: statements)
+    assert "no SME is in the population" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_folder_exits_1_with_the_validator_message(data_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in data_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    loans = pd.read_parquet(bad / "loans.parquet")
+    loans.loc[0, "amount"] = -5.0
+    loans.to_parquet(bad / "loans.parquet", index=False)
+    out = tmp_path / "panel.parquet"
+    result = run("--data", str(bad), "--out", str(out))
+    assert result.exit_code == 1
+    validate = CliRunner().invoke(build_app(), ["validate", str(bad)])
+    assert validate.exit_code == 1
+    assert "loans, row 1, column amount" in result.output
+    assert result.output.strip() == validate.output.strip()
+    assert not out.exists()
+
+
+def test_usage_errors_exit_2(data_dir, tmp_path):
+    out = str(tmp_path / "p.parquet")
+    both = run(
+        "--data", str(data_dir), "--out", out, "--as-of", "2023-06-30", "--from", "2023-01-01"
+    )
+    assert both.exit_code == 2
+    assert run("--data", str(data_dir), "--out", out, "--as-of", "30/06/2023").exit_code == 2
+    assert run("--data", str(data_dir), "--out", out, "--engine", "spark").exit_code == 2
+    assert run("--data", str(data_dir), "--out", out, "--scheduler", "tcp://x:1").exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_explains_every_option():
+    result = CliRunner().invoke(build_app(), ["features", "--help"])
+    assert result.exit_code == 0
+    for option in ("--data", "--out", "--as-of", "--from", "--to", "--horizon-days", "--engine",
+                   "--scheduler"):  # fmt: skip
+        assert option in result.output
+    assert "month end" in result.output
