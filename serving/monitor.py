@@ -1,0 +1,607 @@
+"""Portfolio monitoring at a date: drift, grades, migration, early warning, realised defaults.
+
+`monitor(...)` scores the population at the as-of date (explained) and at a comparison date
+(default: 3 months earlier, month end to month end), then computes:
+
+- **PSI** of every feature and of the score against the training profile stored with the model
+  (`features.drift`: training-decile bins, a missing bin, ε = 0.0001 for empty bins; bands
+  < 0.1 stable, 0.1–0.25 watch, > 0.25 act);
+- the **grade distribution** at both dates;
+- the **rating migration matrix** from the comparison date to the as-of date: rows are grades at
+  the comparison date plus ``(new)`` (SMEs that entered the population), columns grades at the
+  as-of date plus ``(defaulted)`` (a loan default in between) and ``(left)`` (no longer in the
+  population: no invoice in the last 365 days);
+- the **early-warning list**: SMEs down `min_notches` (2) or more grades since the comparison date,
+  or whose PD is at or above `pd_threshold` now while it was below it (or the SME was not scored)
+  at the comparison date; each with its reasons (top 4 risk drivers, as the service gives them);
+- **realised default rate by grade against predicted PD** for the latest cohort whose labels have
+  matured by the as-of date: the latest month end ``c`` with ``c + horizon ≤ as_of`` (the labels
+  use only defaults up to the as-of date); `training.metrics.by_grade` gives n, defaults, observed
+  rate with Clopper–Pearson and Wilson 95 % intervals, and the mean PD of each grade.
+
+Plain functions over frames; `monitor` assembles them, `summary` makes the JSON the report is
+rendered from, `log_to_mlflow` records a run in the ``monitoring`` experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from features.drift import PROFILE_ARTIFACT, SCORE, TrainingProfile, psi_table
+from features.exceptions import FeatureError
+from serving.exceptions import ModelLoadFailed
+from serving.portfolio import Progress, Scored, model_info, reasons_of, score_population
+
+if TYPE_CHECKING:
+    from features.contract import Tables
+    from training.registry import LoadedModel
+
+MONITORING_EXPERIMENT = "monitoring"
+DEFAULT_PD_THRESHOLD = 0.10
+DOWNGRADE_NOTCHES = 2
+COMPARE_MONTHS = 3
+HORIZON_DAYS = 365
+NEW = "(new)"
+DEFAULTED = "(defaulted)"
+LEFT = "(left)"
+
+
+# -- dates ---------------------------------------------------------------------------------------
+def to_date(value: object) -> pd.Timestamp:
+    """A date as a midnight Timestamp (ns)."""
+    return pd.Timestamp(value).normalize().as_unit("ns")  # type: ignore[arg-type]
+
+
+def months_before(as_of: object, months: int = COMPARE_MONTHS) -> pd.Timestamp:
+    """The date `months` calendar months earlier; a month end maps to the month end."""
+    t = to_date(as_of)
+    earlier = t - pd.DateOffset(months=months)
+    if t.is_month_end:
+        earlier = earlier + pd.offsets.MonthEnd(0)
+    return to_date(earlier)
+
+
+def matured_cohort(
+    as_of: object, first: object, horizon_days: int = HORIZON_DAYS
+) -> pd.Timestamp | None:
+    """The latest month end ``c`` with ``first <= c`` and ``c + horizon_days <= as_of``: the
+    latest cohort whose default labels are known at `as_of`; None when there is none yet."""
+    last = to_date(as_of) - pd.Timedelta(days=horizon_days)
+    cohort = to_date(pd.offsets.MonthEnd().rollback(last))
+    return cohort if cohort >= to_date(first) else None
+
+
+# -- grades --------------------------------------------------------------------------------------
+def grade_position(grades: pd.Series | Sequence[str], scale: Sequence[str]) -> np.ndarray:
+    """Each grade's position on the scale (0 = best); ValueError for a grade not on it."""
+    lookup = {g: i for i, g in enumerate(scale)}
+    values = list(grades)
+    unknown = sorted({str(g) for g in values if g not in lookup})
+    if unknown:
+        raise ValueError(f"grade(s) {unknown} not on the master scale {list(scale)}")
+    return np.array([lookup[g] for g in values], dtype=np.int64)
+
+
+def grade_distribution(grades: pd.Series, scale: Sequence[str]) -> pd.DataFrame:
+    """Count and share of each grade of the scale (every grade listed, best first)."""
+    grade_position(grades, scale)
+    counts = pd.Series(list(grades), dtype="object").value_counts()
+    n = int(counts.sum())
+    count = [int(counts.get(g, 0)) for g in scale]
+    return pd.DataFrame(
+        {
+            "grade": list(scale),
+            "count": count,
+            "share": [c / n if n else 0.0 for c in count],
+        }
+    )
+
+
+def migration_matrix(
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    scale: Sequence[str],
+    *,
+    defaulted: Iterable[str] = (),
+) -> pd.DataFrame:
+    """SME counts from the grade in `before` (rows) to the grade in `after` (columns).
+
+    `before` / `after`: columns ``sme_id``, ``grade`` (one row per SME). Rows: the scale's grades,
+    then ``(new)`` for SMEs only in `after`. Columns: the scale's grades, then ``(defaulted)`` and
+    ``(left)`` for SMEs only in `before` (defaulted: in `defaulted`)."""
+    for name, frame in (("before", before), ("after", after)):
+        if frame["sme_id"].duplicated().any():
+            dup = frame.loc[frame["sme_id"].duplicated(), "sme_id"].iloc[0]
+            raise ValueError(f"{name}: SME {dup} appears twice")
+        grade_position(frame["grade"], scale)
+    rows = [*scale, NEW]
+    cols = [*scale, DEFAULTED, LEFT]
+    row_of = {g: i for i, g in enumerate(scale)}
+    col_of = {c: j for j, c in enumerate(cols)}
+    counts = np.zeros((len(rows), len(cols)), dtype=np.int64)
+    b = dict(zip(before["sme_id"].astype(str), before["grade"].astype(str), strict=True))
+    a = dict(zip(after["sme_id"].astype(str), after["grade"].astype(str), strict=True))
+    gone = {str(s) for s in defaulted}
+    for sme, grade in b.items():
+        to = a.get(sme, DEFAULTED if sme in gone else LEFT)
+        counts[row_of[grade], col_of[to]] += 1
+    for sme, grade in a.items():
+        if sme not in b:
+            counts[len(scale), col_of[grade]] += 1
+    return pd.DataFrame(
+        counts, index=pd.Index(rows, name="from"), columns=pd.Index(cols, name="to")
+    )
+
+
+def migration_counts(matrix: pd.DataFrame, scale: Sequence[str]) -> dict[str, int]:
+    """SMEs scored at both dates that moved up (better), down (worse) or stayed."""
+    core = matrix.loc[list(scale), list(scale)].to_numpy()
+    i, j = np.indices(core.shape)
+    return {
+        "upgraded": int(core[j < i].sum()),
+        "unchanged": int(core[j == i].sum()),
+        "downgraded": int(core[j > i].sum()),
+    }
+
+
+def early_warnings(
+    now: pd.DataFrame,
+    before: pd.DataFrame,
+    scale: Sequence[str],
+    *,
+    pd_threshold: float,
+    min_notches: int = DOWNGRADE_NOTCHES,
+) -> pd.DataFrame:
+    """The early-warning list (module docstring).
+
+    `now`: ``sme_id``, ``pd``, ``grade`` (and ``reasons`` when known); `before`: ``sme_id``,
+    ``pd``, ``grade``. Columns: sme_id, rule, grade_before, grade_now, notches_down, pd_before,
+    pd_now, reasons; ordered by PD now, highest first."""
+    if not 0.0 < pd_threshold < 1.0:
+        raise ValueError(f"the PD threshold must lie strictly between 0 and 1, got {pd_threshold}")
+    if min_notches < 1:
+        raise ValueError(f"min_notches must be at least 1, got {min_notches}")
+    merged = now.merge(
+        before[["sme_id", "pd", "grade"]],
+        on="sme_id",
+        how="left",
+        suffixes=("", "_before"),
+        validate="one_to_one",
+    )
+    pos_now = grade_position(merged["grade"], scale)
+    seen = merged["grade_before"].notna().to_numpy()
+    pos_before = np.full(len(merged), -1, dtype=np.int64)
+    if seen.any():
+        pos_before[seen] = grade_position(merged.loc[seen, "grade_before"], scale)
+    notches = np.where(seen, pos_now - pos_before, 0)
+    pd_now = merged["pd"].to_numpy(dtype=np.float64)
+    pd_before = merged["pd_before"].to_numpy(dtype=np.float64, na_value=np.nan)
+    down = seen & (notches >= min_notches)
+    crossed = (pd_now >= pd_threshold) & ~(pd_before >= pd_threshold)
+    flagged = down | crossed
+    rules = [
+        "; ".join(
+            r
+            for r, on in (
+                (f"down {n} grades", d),
+                (f"PD crossed {pd_threshold:.2%}", c),
+            )
+            if on
+        )
+        for n, d, c in zip(notches, down, crossed, strict=True)
+    ]
+    reasons = (
+        reasons_of(merged) if "reasons" in merged.columns else [[] for _ in range(len(merged))]
+    )
+    out = pd.DataFrame(
+        {
+            "sme_id": merged["sme_id"].astype("str"),
+            "rule": pd.Series(rules, dtype="str"),
+            "grade_before": merged["grade_before"].astype("str"),
+            "grade_now": merged["grade"].astype("str"),
+            "notches_down": notches.astype(np.int64),
+            "pd_before": pd_before,
+            "pd_now": pd_now,
+            "reasons": pd.Series(reasons, dtype=object),
+        }
+    )[flagged]
+    return out.sort_values(
+        ["pd_now", "sme_id"], ascending=[False, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def defaulted_between(tables: Tables, start: object, end: object) -> set[str]:
+    """SMEs with a loan default date in ``(start, end]``."""
+    loans = tables.loans
+    if loans.empty:
+        return set()
+    d = pd.to_datetime(loans["default_date"])
+    mask = (d > to_date(start)) & (d <= to_date(end))
+    return set(loans.loc[mask, "sme_id"].astype(str))
+
+
+# -- the training reference ------------------------------------------------------------------------
+def training_profile(loaded: LoadedModel, tracking_uri: str | None = None) -> TrainingProfile:
+    """The drift reference stored with a model: its ``drift_profile`` attribute, else the
+    ``drift_profile.json`` artifact of the model's training run. ModelLoadFailed when neither."""
+    found = getattr(loaded.model, "drift_profile", None)
+    if isinstance(found, TrainingProfile):
+        return found
+    if loaded.run_id is not None and tracking_uri is not None:
+        text = _run_artifact_text(tracking_uri, loaded.run_id, PROFILE_ARTIFACT)
+        if text is not None:
+            try:
+                return TrainingProfile.from_json(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ModelLoadFailed(
+                    f"model {loaded.uri}: its training reference {PROFILE_ARTIFACT} is unreadable: "
+                    f"{exc}"
+                ) from None
+    version = f" (version {loaded.version})" if loaded.version is not None else ""
+    raise ModelLoadFailed(
+        f"model {loaded.uri}{version} carries no training reference for drift monitoring "
+        f"({PROFILE_ARTIFACT}: training-decile bins of every feature and of the score); "
+        "monitor a model trained with it"
+    )
+
+
+def _run_artifact_text(tracking_uri: str, run_id: str, path: str) -> str | None:
+    """The text of a run artifact, or None when the run has no such artifact."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from training.registry import client_for
+
+    client = client_for(tracking_uri)
+    try:
+        listed = {a.path for a in client.list_artifacts(run_id)}
+        if path not in listed:
+            return None
+        with tempfile.TemporaryDirectory(prefix="scf-risk-profile-") as tmp:
+            local = client.download_artifacts(run_id, path, tmp)
+            return Path(local).read_text(encoding="utf-8")
+    except (MlflowException, OSError) as exc:
+        raise ModelLoadFailed(f"run {run_id}: cannot read {path}: {exc}") from None
+
+
+# -- the whole view --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MonitorResult:
+    """Everything the monitoring report shows (see `summary`)."""
+
+    as_of: pd.Timestamp
+    compare: pd.Timestamp
+    model: dict[str, str | None]
+    grades: tuple[str, ...]
+    pd_threshold: float
+    min_notches: int
+    profile: TrainingProfile
+    now: Scored
+    before: Scored
+    psi: pd.DataFrame
+    distribution: pd.DataFrame  # grade, count_as_of, share_as_of, count_compare, share_compare
+    migration: pd.DataFrame
+    warnings: pd.DataFrame
+    cohort: pd.Timestamp | None
+    realised: pd.DataFrame | None  # training.metrics.by_grade of the matured cohort
+    realised_note: str
+
+
+def monitor(
+    tables: Tables,
+    loaded: LoadedModel,
+    profile: TrainingProfile,
+    as_of: object,
+    *,
+    compare: object | None = None,
+    pd_threshold: float = DEFAULT_PD_THRESHOLD,
+    min_notches: int = DOWNGRADE_NOTCHES,
+    horizon_days: int = HORIZON_DAYS,
+    method: str = "pred_contrib",
+    progress: Progress | None = None,
+) -> MonitorResult:
+    """Score the population at `as_of` and `compare` (default: 3 months earlier) and compute the
+    monitoring view (module docstring). FeatureError for dates without population or out of the
+    data's range, or a comparison date not before the as-of date."""
+    from features.pipeline import data_range
+    from training.metrics import by_grade
+
+    as_of_t = to_date(as_of)
+    compare_t = months_before(as_of_t) if compare is None else to_date(compare)
+    if compare_t >= as_of_t:
+        raise FeatureError(
+            f"the comparison date {compare_t.date()} must be before the as-of date {as_of_t.date()}"
+        )
+    if not 0.0 < pd_threshold < 1.0:
+        raise FeatureError(
+            f"the PD threshold must lie strictly between 0 and 1, got {pd_threshold}"
+        )
+    model = loaded.model
+    missing = [n for n in model.feature_names if n not in profile.feature_names]
+    if missing:
+        raise ModelLoadFailed(
+            f"model {loaded.uri}: its training reference lacks feature(s) {missing[:10]}"
+        )
+    scale = tuple(model.master_scale.grades)
+    start, _ = data_range(tables)
+
+    now = _scored(tables, loaded, as_of_t, "as-of", explain=True, method=method, progress=progress)
+    before = _scored(tables, loaded, compare_t, "comparison", explain=False, method=method)
+    psi = psi_table(
+        profile,
+        now.features[[c for c in now.features.columns if c in profile.feature_names]],
+        now.scores["score"].to_numpy(),
+    )
+    dist_now = grade_distribution(now.scores["grade"], scale)
+    dist_before = grade_distribution(before.scores["grade"], scale)
+    distribution = pd.DataFrame(
+        {
+            "grade": list(scale),
+            "count_as_of": dist_now["count"],
+            "share_as_of": dist_now["share"],
+            "count_compare": dist_before["count"],
+            "share_compare": dist_before["share"],
+        }
+    )
+    matrix = migration_matrix(
+        before.scores[["sme_id", "grade"]],
+        now.scores[["sme_id", "grade"]],
+        scale,
+        defaulted=defaulted_between(tables, compare_t, as_of_t),
+    )
+    warnings = early_warnings(
+        now.scores, before.scores, scale, pd_threshold=pd_threshold, min_notches=min_notches
+    )
+    cohort = matured_cohort(as_of_t, start, horizon_days)
+    realised: pd.DataFrame | None = None
+    if cohort is None:
+        note = (
+            f"no cohort has matured labels yet: a cohort's {horizon_days}-day default labels are "
+            f"known {horizon_days} days after its date, and the data starts on {start.date()}"
+        )
+    else:
+        old = _scored(
+            tables,
+            loaded,
+            cohort,
+            "cohort",
+            explain=False,
+            method=method,
+            horizon_days=horizon_days,
+            data_end=as_of_t,
+        )
+        y = old.features["default_12m"].astype("float64").to_numpy()
+        realised = by_grade(y, old.scores["pd"].to_numpy(), model.master_scale)
+        note = (
+            f"cohort {cohort.date()}: {len(y)} SMEs, defaults within {horizon_days} days known "
+            f"by {as_of_t.date()}"
+        )
+    return MonitorResult(
+        as_of=as_of_t,
+        compare=compare_t,
+        model={**model_info(loaded), "uri": loaded.uri},
+        grades=scale,
+        pd_threshold=float(pd_threshold),
+        min_notches=min_notches,
+        profile=profile,
+        now=now,
+        before=before,
+        psi=psi,
+        distribution=distribution,
+        migration=matrix,
+        warnings=warnings,
+        cohort=cohort,
+        realised=realised,
+        realised_note=note,
+    )
+
+
+def _scored(
+    tables: Tables,
+    loaded: LoadedModel,
+    when: pd.Timestamp,
+    what: str,
+    *,
+    explain: bool,
+    method: str,
+    horizon_days: int = HORIZON_DAYS,
+    data_end: object | None = None,
+    progress: Progress | None = None,
+) -> Scored:
+    try:
+        return score_population(
+            tables,
+            [when],
+            loaded,
+            explain=explain,
+            method=method,
+            horizon_days=horizon_days,
+            data_end=data_end,
+            progress=progress,
+        )
+    except FeatureError as exc:
+        raise FeatureError(f"{what} date {when.date()}: {exc}") from None
+
+
+# -- the JSON summary ------------------------------------------------------------------------------
+def _num(value: Any) -> float | int | None:
+    """A JSON number (None for NaN / missing)."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def summary(result: MonitorResult) -> dict[str, Any]:
+    """The JSON summary of a monitoring run (the report is rendered from it)."""
+    psi = result.psi
+    score_row = psi[psi["kind"] == SCORE].iloc[0]
+    features = psi[psi["kind"] != SCORE]
+    bands = features["band"].value_counts()
+    m = result.migration
+    realised: list[dict[str, Any]] = []
+    if result.realised is not None:
+        for row in result.realised.to_dict("records"):
+            realised.append(
+                {
+                    "grade": str(row["grade"]),
+                    "n": int(row["n"]),
+                    "defaults": int(row["defaults"]),
+                    "mean_pd": _num(row["mean_pd"]),
+                    "observed_rate": _num(row["observed_rate"]),
+                    "ci_low": _num(row["ci_low"]),
+                    "ci_high": _num(row["ci_high"]),
+                    "within_ci": bool(row["within_ci"]),
+                }
+            )
+    return {
+        "kind": "monitoring",
+        "as_of": result.as_of.date().isoformat(),
+        "compare": result.compare.date().isoformat(),
+        "model": dict(result.model),
+        "population": {"as_of": len(result.now.scores), "compare": len(result.before.scores)},
+        "mean_pd": {
+            "as_of": float(result.now.scores["pd"].mean()),
+            "compare": float(result.before.scores["pd"].mean()),
+        },
+        "psi": {
+            "binning": "training deciles (right-closed), a separate missing bin, categories seen "
+            "in training plus 'other'; empty bins take the share 0.0001",
+            "bands": {"stable": "< 0.1", "watch": "0.1 - 0.25", "act": "> 0.25"},
+            "training_rows": result.profile.rows,
+            "training_as_of": [result.profile.as_of_from, result.profile.as_of_to],
+            "score": {"psi": float(score_row["psi"]), "band": str(score_row["band"])},
+            "band_counts": {b: int(bands.get(b, 0)) for b in ("stable", "watch", "act")},
+            "features": [
+                {
+                    "name": str(r["name"]),
+                    "kind": str(r["kind"]),
+                    "psi": float(r["psi"]),
+                    "band": str(r["band"]),
+                    "expected_missing": float(r["expected_missing"]),
+                    "actual_missing": float(r["actual_missing"]),
+                }
+                for r in features.to_dict("records")
+            ],
+        },
+        "grade_distribution": [
+            {
+                "grade": str(r["grade"]),
+                "count_as_of": int(r["count_as_of"]),
+                "share_as_of": float(r["share_as_of"]),
+                "count_compare": int(r["count_compare"]),
+                "share_compare": float(r["share_compare"]),
+            }
+            for r in result.distribution.to_dict("records")
+        ],
+        "migration": {
+            "from": [str(i) for i in m.index],
+            "to": [str(c) for c in m.columns],
+            "counts": [[int(v) for v in row] for row in m.to_numpy()],
+            **migration_counts(m, result.grades),
+        },
+        "early_warning": {
+            "pd_threshold": result.pd_threshold,
+            "min_notches": result.min_notches,
+            "count": len(result.warnings),
+            "smes": [
+                {
+                    "sme_id": str(r["sme_id"]),
+                    "rule": str(r["rule"]),
+                    "grade_before": None if pd.isna(r["grade_before"]) else str(r["grade_before"]),
+                    "grade_now": str(r["grade_now"]),
+                    "notches_down": int(r["notches_down"]),
+                    "pd_before": _num(r["pd_before"]),
+                    "pd_now": float(r["pd_now"]),
+                    "reasons": [
+                        {k: (_num(v) if k in ("value", "points") else v) for k, v in reason.items()}
+                        for reason in r["reasons"]
+                    ],
+                }
+                for r in result.warnings.to_dict("records")
+            ],
+        },
+        "realised_by_grade": {
+            "cohort": None if result.cohort is None else result.cohort.date().isoformat(),
+            "note": result.realised_note,
+            "grades": realised,
+        },
+    }
+
+
+def metrics_of(doc: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a summary, as MLflow metrics."""
+    feats = doc["psi"]["features"]
+    return {
+        "psi_score": float(doc["psi"]["score"]["psi"]),
+        "psi_feature_max": max((float(f["psi"]) for f in feats), default=0.0),
+        "features_watch": float(doc["psi"]["band_counts"]["watch"]),
+        "features_act": float(doc["psi"]["band_counts"]["act"]),
+        "population": float(doc["population"]["as_of"]),
+        "mean_pd": float(doc["mean_pd"]["as_of"]),
+        "early_warnings": float(doc["early_warning"]["count"]),
+        "upgraded": float(doc["migration"]["upgraded"]),
+        "downgraded": float(doc["migration"]["downgraded"]),
+    }
+
+
+def log_to_mlflow(
+    doc: dict[str, Any],
+    files: Sequence[Path],
+    *,
+    tracking_uri: str,
+    experiment: str = MONITORING_EXPERIMENT,
+    client: Any = None,
+) -> str:
+    """Record a monitoring run (params, metrics, the report files) in `experiment`; its id.
+    The run is marked FAILED if a step fails."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from training.registry import check_tracking, ensure_experiment
+
+    client = client or check_tracking(tracking_uri)
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{doc['kind']}-{doc.get('as_of', 'all')}",
+        tags={"scf_risk.kind": str(doc["kind"])},
+    )
+    run_id = str(run.info.run_id)
+    status = "FAILED"
+    try:
+        model = doc.get("model", {})
+        params = {
+            "as_of": doc.get("as_of"),
+            "compare": doc.get("compare"),
+            "pd_threshold": doc.get("early_warning", {}).get("pd_threshold"),
+            "model_uri": model.get("uri"),
+            "model_name": model.get("name"),
+            "model_version": model.get("version"),
+            "model_run_id": model.get("run_id"),
+        }
+        now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics_of(doc).items())],
+            params=[Param(k, str(v)) for k, v in sorted(params.items()) if v is not None],
+            tags=[RunTag("scf_risk.summary", json.dumps(metrics_of(doc))[:5000])],
+        )
+        for path in files:
+            client.log_artifact(run_id, str(path))
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id

@@ -1,0 +1,180 @@
+"""PSI and the training profile (features/drift.py) on hand-worked distributions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.catalog import get_feature
+from features.drift import (
+    EPSILON,
+    SCORE,
+    Bins,
+    TrainingProfile,
+    bin_shares,
+    build_bins,
+    build_profile,
+    psi,
+    psi_band,
+    psi_table,
+)
+from features.exceptions import FeatureError
+
+
+def test_psi_of_two_bins_by_hand() -> None:
+    # (0.25 - 0.5)·ln(0.25/0.5) + (0.75 - 0.5)·ln(0.75/0.5)
+    # = 0.25·ln 2 + 0.25·ln 1.5 = 0.25·(0.693147 + 0.405465) = 0.274653
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.274653, abs=1e-6)
+    assert psi([0.5, 0.5], [0.25, 0.75]) == pytest.approx(0.25 * math.log(3.0), rel=1e-12)
+
+
+def test_psi_is_zero_for_equal_shares_and_symmetric() -> None:
+    shares = [0.1, 0.2, 0.3, 0.4]
+    assert psi(shares, shares) == 0.0
+    assert psi([0.2, 0.8], [0.6, 0.4]) == pytest.approx(psi([0.6, 0.4], [0.2, 0.8]))
+
+
+def test_psi_replaces_empty_bins_by_epsilon() -> None:
+    # expected [0.5, 0.5, 0], actual [0.5, 0.4, 0.1]; the empty expected bin becomes 0.0001:
+    # 0 + (0.4 - 0.5)·ln(0.4/0.5) + (0.1 - 0.0001)·ln(0.1/0.0001)
+    # = 0.0223144 + 0.0999·6.907755 = 0.0223144 + 0.6900847 = 0.7123991
+    assert EPSILON == 1e-4
+    assert psi([0.5, 0.5, 0.0], [0.5, 0.4, 0.1]) == pytest.approx(0.7123991, abs=1e-6)
+    # a bin empty on both sides contributes nothing
+    assert psi([0.5, 0.5, 0.0], [0.5, 0.5, 0.0]) == 0.0
+
+
+def test_psi_rejects_bad_share_vectors() -> None:
+    with pytest.raises(ValueError):
+        psi([0.5, 0.5], [1.0])
+    with pytest.raises(ValueError):
+        psi([0.5, np.nan], [0.5, 0.5])
+    with pytest.raises(ValueError):
+        psi([1.5, -0.5], [0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("value", "band"),
+    [(0.0, "stable"), (0.0999, "stable"), (0.1, "watch"), (0.25, "watch"), (0.2501, "act")],
+)
+def test_bands(value: float, band: str) -> None:
+    assert psi_band(value) == band
+
+
+def test_decile_bins_with_a_point_mass_and_missing_values_by_hand() -> None:
+    # 9 non-missing training values: five 0s, then 1, 2, 3, 4; plus one NaN.
+    # inverted-cdf deciles: F(0) = 5/9 >= 0.1..0.5 -> 0; 0.6 -> 1; 0.7 -> 2; 0.8 -> 3; 0.9 -> 4
+    # edges [0, 1, 2, 3, 4]: bins <=0, (0,1], (1,2], (2,3], (3,4], >4, missing
+    train = [0, 0, 0, 0, 0, 1, 2, 3, 4, np.nan]
+    bins = build_bins("x", train)
+    assert bins.edges == (0.0, 1.0, 2.0, 3.0, 4.0)
+    assert bins.expected == pytest.approx((0.5, 0.1, 0.1, 0.1, 0.1, 0.0, 0.1))
+    assert bins.labels() == ["<= 0", "(0, 1]", "(1, 2]", "(2, 3]", "(3, 4]", "> 4", "missing"]
+    assert bins.n == 10
+    # actual [0, 0, 5, 5, NaN, NaN, 1, 1, 2, 3] -> shares [.2, .2, .1, .1, 0, .2, .2]
+    actual = [0, 0, 5, 5, np.nan, np.nan, 1, 1, 2, 3]
+    shares = bin_shares(bins, actual)
+    assert shares == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.0, 0.2, 0.2])
+    # PSI: (.2-.5)ln(.4) = .274887; (.2-.1)ln 2 = .069315; 0; 0;
+    # (.0001-.1)ln(.001) = .690085; (.2-.0001)ln(2000) = 1.519420; (.2-.1)ln 2 = .069315
+    # total 2.623022
+    assert psi(bins.expected, shares) == pytest.approx(2.623022, abs=1e-5)
+
+
+def test_values_on_an_edge_fall_in_the_lower_bin() -> None:
+    bins = build_bins("x", np.arange(1.0, 11.0))  # deciles of 1..10 are 1..9
+    assert bins.edges == tuple(float(x) for x in range(1, 10))
+    assert bins.expected == pytest.approx([0.1] * 10 + [0.0])
+    assert bin_shares(bins, [1.0, 1.5, 9.0, 9.5]) == pytest.approx(
+        [0.25, 0.25, 0, 0, 0, 0, 0, 0, 0.25, 0.25, 0]
+    )
+
+
+def test_categorical_bins_by_hand() -> None:
+    # training a, a, b, missing -> categories (a, b), other, missing: [.5, .25, 0, .25]
+    bins = build_bins("industry", pd.Series(["a", "a", "b", None], dtype="str"), "categorical")
+    assert bins.categories == ("a", "b")
+    assert bins.labels() == ["a", "b", "other", "missing"]
+    assert bins.expected == pytest.approx((0.5, 0.25, 0.0, 0.25))
+    # actual a, b, b, c (unseen) -> [.25, .5, .25, 0]
+    shares = bin_shares(bins, pd.Series(["a", "b", "b", "c"], dtype="str"))
+    assert shares == pytest.approx([0.25, 0.5, 0.25, 0.0])
+    # (.25-.5)ln(.5) = .173287; (.5-.25)ln 2 = .173287;
+    # (.25-.0001)ln(2500) = 1.955229; (.0001-.25)ln(.0004) = 1.955229  -> 4.257032
+    assert psi(bins.expected, shares) == pytest.approx(4.257032, abs=1e-5)
+
+
+def test_an_all_missing_training_column_has_one_value_bin() -> None:
+    bins = build_bins("x", [np.nan, np.nan])
+    assert bins.edges == ()
+    assert bins.labels() == ["any value", "missing"]
+    assert bins.expected == (0.0, 1.0)
+
+
+def test_non_numeric_values_in_a_numeric_column_are_named() -> None:
+    with pytest.raises(FeatureError, match="feature x: expected numbers, got 'abc'"):
+        build_bins("x", pd.Series([1.0, "abc"], dtype=object))
+
+
+def _panel(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "sme_id": [f"S{i:04d}" for i in range(n)],
+            "as_of": pd.Timestamp("2023-01-31"),
+            "dso_90d": rng.gamma(3.0, 15.0, n) + shift,
+            "payment_index_365d": np.where(rng.random(n) < 0.1, np.nan, rng.normal(75, 8, n)),
+            "industry": pd.Series(rng.choice(["food", "metals"], n), dtype="str"),
+        }
+    )
+
+
+CATALOG = tuple(get_feature(n) for n in ("dso_90d", "payment_index_365d", "industry"))
+
+
+def test_profile_round_trips_through_json_exactly() -> None:
+    panel = _panel(500, seed=1)
+    profile = build_profile(panel, np.linspace(500, 700, 500), CATALOG)
+    assert profile.feature_names == ["dso_90d", "payment_index_365d", "industry"]
+    assert profile.rows == 500
+    assert (profile.as_of_from, profile.as_of_to) == ("2023-01-31", "2023-01-31")
+    again = TrainingProfile.from_json(profile.to_json())
+    assert again == profile
+    assert again.bins(SCORE).edges == profile.score.edges
+    with pytest.raises(FeatureError, match="no bins for 'nope'"):
+        profile.bins("nope")
+
+
+def test_psi_table_is_small_for_the_same_distribution_and_large_for_a_shift() -> None:
+    profile = build_profile(_panel(2000, seed=1), np.linspace(500, 700, 2000), CATALOG)
+    same = _panel(2000, seed=2)
+    table = psi_table(profile, same, np.linspace(500, 700, 2000))
+    assert table["name"].iloc[0] == SCORE
+    assert table["psi"].max() < 0.05
+    assert set(table["band"]) == {"stable"}
+
+    shifted = _panel(2000, seed=2, shift=30.0)
+    table = psi_table(profile, shifted.drop(columns=["industry"]), np.linspace(560, 760, 2000))
+    by_name = table.set_index("name")
+    assert by_name.loc["dso_90d", "band"] == "act"
+    assert by_name.loc[SCORE, "band"] == "act"
+    assert by_name.loc["payment_index_365d", "band"] == "stable"
+    # a feature the population lacks counts as all missing
+    assert by_name.loc["industry", "actual_missing"] == 1.0
+    assert by_name.loc["industry", "band"] == "act"
+    assert list(table["psi"].iloc[1:]) == sorted(table["psi"].iloc[1:], reverse=True)
+
+
+def test_profile_bad_inputs() -> None:
+    panel = _panel(10, seed=1)
+    with pytest.raises(FeatureError, match="3 scores for 10 feature rows"):
+        build_profile(panel, [1.0, 2.0, 3.0], CATALOG)
+    with pytest.raises(FeatureError, match="missing"):
+        build_profile(panel.drop(columns=["dso_90d"]), np.zeros(10), CATALOG)
+    with pytest.raises(FeatureError, match="no training rows"):
+        build_profile(panel.iloc[:0], [], CATALOG)
+    with pytest.raises(ValueError, match="expected shares"):
+        Bins.from_dict({"name": "x", "kind": "numeric", "edges": [1.0], "expected": [1.0], "n": 1})

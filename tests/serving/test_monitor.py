@@ -1,0 +1,328 @@
+"""Monitoring (`serving.monitor`, `scf-risk monitor`): migration, early warning, dates, the
+training reference, the report and its JSON summary, MLflow logging, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.drift import PROFILE_ARTIFACT, SCORE
+from serving.exceptions import ModelLoadFailed
+from serving.monitor import (
+    DEFAULTED,
+    LEFT,
+    MONITORING_EXPERIMENT,
+    NEW,
+    early_warnings,
+    grade_distribution,
+    matured_cohort,
+    migration_counts,
+    migration_matrix,
+    months_before,
+    training_profile,
+)
+from serving.report import axis, publish
+from tests.serving.conftest import Registered, train_small_model
+from tests.serving.server import Browser, chromium_or_skip
+from tests.serving.test_portfolio import (
+    Profiled,
+    broken_folder,
+    cli,
+    empty_population_folder,
+    model_without_reference,
+    profiled_version,
+)
+from training.registry import LoadedModel, client_for
+
+SCALE = ("A", "B", "C", "D", "E", "F")
+
+
+@pytest.fixture(scope="session")
+def profiled(registered: Registered) -> Profiled:
+    return profiled_version(registered)
+
+
+def frame(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["sme_id", "grade"])
+
+
+# -- migration ------------------------------------------------------------------------------------
+def test_migration_matrix_of_a_tiny_portfolio() -> None:
+    scale = ("A", "B", "C", "D")
+    before = frame([("S1", "A"), ("S2", "B"), ("S3", "B"), ("S4", "C"), ("S5", "D"), ("S6", "C")])
+    after = frame([("S1", "A"), ("S2", "C"), ("S3", "A"), ("S4", "C"), ("S7", "B")])
+    m = migration_matrix(before, after, scale, defaulted={"S5"})
+    assert list(m.index) == ["A", "B", "C", "D", NEW]
+    assert list(m.columns) == ["A", "B", "C", "D", DEFAULTED, LEFT]
+    expected = [
+        # A  B  C  D  dflt left
+        [1, 0, 0, 0, 0, 0],  # A: S1 stays
+        [1, 0, 1, 0, 0, 0],  # B: S3 up to A, S2 down to C
+        [0, 0, 1, 0, 0, 1],  # C: S4 stays, S6 left the population
+        [0, 0, 0, 0, 1, 0],  # D: S5 defaulted
+        [0, 1, 0, 0, 0, 0],  # new: S7 enters in B
+    ]
+    assert m.to_numpy().tolist() == expected
+    assert migration_counts(m, scale) == {"upgraded": 1, "unchanged": 2, "downgraded": 1}
+
+
+def test_migration_rejects_unknown_grades_and_duplicates() -> None:
+    with pytest.raises(ValueError, match=r"grade\(s\) \['Z'\] not on the master scale"):
+        migration_matrix(frame([("S1", "Z")]), frame([]), SCALE)
+    with pytest.raises(ValueError, match="before: SME S1 appears twice"):
+        migration_matrix(frame([("S1", "A"), ("S1", "B")]), frame([]), SCALE)
+
+
+def test_grade_distribution_lists_every_grade() -> None:
+    dist = grade_distribution(pd.Series(["B", "B", "D", "A"]), SCALE)
+    assert dist["count"].tolist() == [1, 2, 0, 1, 0, 0]
+    assert dist["share"].tolist() == [0.25, 0.5, 0.0, 0.25, 0.0, 0.0]
+
+
+# -- early warning --------------------------------------------------------------------------------
+def test_early_warning_rules_on_hand_made_paths() -> None:
+    before = pd.DataFrame(
+        [
+            ("S1", 0.02, "B"),  # -> D: down 2 grades
+            ("S2", 0.02, "B"),  # -> C: down 1, not flagged
+            ("S3", 0.08, "C"),  # -> PD 0.12: crossed 10 %
+            ("S4", 0.12, "D"),  # already above 10 %: not a crossing
+            ("S6", 0.01, "A"),  # -> E at 0.30: both rules
+            ("S7", 0.11, "D"),  # -> B: upgraded, below again
+            ("S8", 0.05, "B"),  # -> D at exactly 0.10: down 2 and crossed (at or above)
+        ],
+        columns=["sme_id", "pd", "grade"],
+    )
+    reasons = [{"feature": "dso_90d", "value": 80.0, "value_text": "80.0", "points": -9.0,
+                "text": "Days sales outstanding"}]  # fmt: skip
+    now = pd.DataFrame(
+        [
+            ("S1", 0.05, "D", reasons),
+            ("S2", 0.04, "C", []),
+            ("S3", 0.12, "C", []),
+            ("S4", 0.15, "D", []),
+            ("S5", 0.20, "E", []),  # new in the population, above the threshold
+            ("S6", 0.30, "E", []),
+            ("S7", 0.03, "B", []),
+            ("S8", 0.10, "D", []),
+        ],
+        columns=["sme_id", "pd", "grade", "reasons"],
+    )
+    ew = early_warnings(now, before, SCALE, pd_threshold=0.10, min_notches=2)
+    assert ew["sme_id"].tolist() == ["S6", "S5", "S3", "S8", "S1"]  # highest PD first
+    assert ew["rule"].tolist() == [
+        "down 4 grades; PD crossed 10.00%",
+        "PD crossed 10.00%",
+        "PD crossed 10.00%",
+        "down 2 grades; PD crossed 10.00%",
+        "down 2 grades",
+    ]
+    assert ew["notches_down"].tolist() == [4, 0, 0, 2, 2]
+    assert ew["grade_before"].isna().tolist() == [False, True, False, False, False]
+    assert np.isnan(ew["pd_before"].iloc[1])
+    assert ew["reasons"].iloc[-1] == reasons
+    # a stricter downgrade rule drops S1 (and keeps S8 for its PD)
+    strict = early_warnings(now, before, SCALE, pd_threshold=0.10, min_notches=3)
+    assert strict["sme_id"].tolist() == ["S6", "S5", "S3", "S8"]
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        early_warnings(now, before, SCALE, pd_threshold=1.0)
+
+
+# -- dates ----------------------------------------------------------------------------------------
+def test_comparison_and_cohort_dates() -> None:
+    assert months_before("2023-11-30") == pd.Timestamp("2023-08-31")
+    assert months_before("2023-05-31") == pd.Timestamp("2023-02-28")
+    assert months_before("2023-05-15") == pd.Timestamp("2023-02-15")
+    # labels of cohort c are known when c + 365 days <= as-of
+    assert matured_cohort("2023-12-31", "2022-01-01") == pd.Timestamp("2022-12-31")
+    assert matured_cohort("2023-12-30", "2022-01-01") == pd.Timestamp("2022-11-30")
+    assert matured_cohort("2022-12-30", "2022-01-01") is None
+
+
+# -- the training reference -----------------------------------------------------------------------
+def test_a_model_without_training_reference_is_refused(tmp_path) -> None:
+    loaded = LoadedModel(train_small_model(seed=5, rounds=5), "m", None, None, str(tmp_path))
+    with pytest.raises(ModelLoadFailed, match="carries no training reference"):
+        training_profile(loaded, f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_the_profile_is_read_from_the_model_or_its_run(profiled: Profiled) -> None:
+    from training.registry import load_scoring_model
+
+    loaded = load_scoring_model(profiled.uri, profiled.tracking_uri)
+    assert training_profile(loaded, profiled.tracking_uri) == profiled.profile
+    # a profile carried by the model object itself takes precedence
+    model = train_small_model(seed=5, rounds=5)
+    model.drift_profile = profiled.profile  # type: ignore[attr-defined]
+    assert training_profile(LoadedModel(model, "m", None, None, "x")) == profiled.profile
+
+
+# -- report writing -------------------------------------------------------------------------------
+def test_axis_ticks_are_round() -> None:
+    assert axis(3) == [0, 1, 2, 3]
+    assert axis(0.55) == pytest.approx([0, 0.2, 0.4, 0.6])
+    assert axis(0) == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_publish_leaves_nothing_when_a_step_fails(tmp_path) -> None:
+    def fail(files: list[Path]) -> None:
+        assert [f.name for f in files] == ["r.html", "r.json"] and all(f.exists() for f in files)
+        raise RuntimeError("MLflow down")
+
+    with pytest.raises(RuntimeError):
+        publish("<html></html>", {"a": 1}, tmp_path / "r.html", before_publish=fail)
+    assert list(tmp_path.iterdir()) == []
+    html_path, json_path = publish("<html></html>", {"a": 1}, tmp_path / "r.html")
+    assert json.loads(json_path.read_text()) == {"a": 1} and html_path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json"]
+
+
+# -- the command ----------------------------------------------------------------------------------
+REPORT_SCRIPT = """
+JSON.stringify((() => {
+  const bars = (id) => Array.from(document.querySelectorAll(`#${id} rect.bar`)).map(r => ({
+    series: r.dataset.series, label: r.dataset.label, value: Number(r.dataset.value),
+    width: r.getBoundingClientRect().width, height: r.getBoundingClientRect().height}));
+  const charts = Array.from(document.querySelectorAll('svg.chart')).map(s => {
+    const b = s.getBoundingClientRect(); const st = getComputedStyle(s);
+    return {id: s.id, width: b.width, height: b.height, display: st.display,
+            visibility: st.visibility};
+  });
+  const cells = (id) => Array.from(document.querySelectorAll(`#${id} tr`)).slice(1).map(
+    tr => Array.from(tr.children).map(c => c.textContent.trim()));
+  return {title: document.title, charts, psi: bars('chart-psi'), grades: bars('chart-grades'),
+          realised: bars('chart-realised'), migration: cells('table-migration'),
+          warnings: cells('table-warnings'), external: document.querySelectorAll(
+            'script[src], link[href], img[src]').length};
+})())
+"""
+
+
+def test_monitor_command_writes_report_json_and_mlflow_run(
+    tmp_path, monkeypatch, profiled: Profiled
+) -> None:
+    out = tmp_path / "reports" / "monitor.html"
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "monitor", "--data", str(profiled.data), "--as-of", "2023-12-31", "--out", str(out),
+        "--model", profiled.uri, "--pd-threshold", "0.02",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(p.name for p in out.parent.iterdir()) == ["monitor.html", "monitor.json"]
+    assert doc["as_of"] == "2023-12-31" and doc["compare"] == "2023-09-30"
+    assert doc["model"]["uri"] == profiled.uri
+    names = [f["name"] for f in doc["psi"]["features"]]
+    assert sorted(names) == sorted(b.name for b in profiled.profile.features)
+    assert doc["psi"]["band_counts"] == {
+        b: sum(f["band"] == b for f in doc["psi"]["features"]) for b in ("stable", "watch", "act")
+    }
+    grades = doc["grade_distribution"]
+    assert sum(g["count_as_of"] for g in grades) == doc["population"]["as_of"]
+    counts = np.array(doc["migration"]["counts"])
+    n_grades = len(grades)
+    # every SME of the comparison date is in one row; every SME of the as-of date in one column
+    assert counts[:n_grades].sum() == doc["population"]["compare"]
+    assert counts[:, :n_grades].sum() == doc["population"]["as_of"]
+    ew = doc["early_warning"]
+    assert ew["pd_threshold"] == 0.02 and ew["count"] == len(ew["smes"]) > 0
+    for s in ew["smes"]:
+        assert ("PD crossed" in s["rule"] and s["pd_now"] >= 0.02) or s["notches_down"] >= 2
+        assert 1 <= len(s["reasons"]) <= 4 and all(r["points"] < 0 for r in s["reasons"])
+    realised = doc["realised_by_grade"]
+    assert realised["cohort"] == "2022-12-31" and realised["grades"]
+    assert sum(g["n"] for g in realised["grades"]) > 0
+
+    client = client_for(profiled.tracking_uri)
+    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    run = next(r for r in runs if r.info.run_id in result.output)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["psi_score"] == pytest.approx(doc["psi"]["score"]["psi"])
+    assert run.data.params["as_of"] == "2023-12-31"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"monitor.html", "monitor.json"}
+
+    binary = chromium_or_skip()
+    with Browser(binary) as browser:
+        page = browser.visit(out.resolve().as_uri(), headers={}, script=REPORT_SCRIPT,
+                             screenshot=tmp_path / "monitor.png")  # fmt: skip
+    assert page["title"] == "Portfolio monitoring 2023-12-31" and page["external"] == 0
+    assert {c["id"] for c in page["charts"]} == {"chart-psi", "chart-grades", "chart-realised"}
+    for chart in page["charts"]:
+        assert chart["width"] > 300 and chart["height"] > 150, chart
+        assert chart["display"] != "none" and chart["visibility"] == "visible"
+    # the chart's numbers are the JSON's: the score, then the features with the highest PSI
+    shown = [("score", doc["psi"]["score"]["psi"])] + [
+        (f["name"], f["psi"]) for f in doc["psi"]["features"][: len(page["psi"]) - 1]
+    ]
+    assert [(b["label"], b["value"]) for b in page["psi"]] == shown
+    assert all(b["width"] > 0 for b in page["psi"] if b["value"] > 0.005)
+    by_series = {(b["series"], b["label"]): b["value"] for b in page["grades"]}
+    for g in grades:
+        assert by_series[(doc["as_of"], g["grade"])] == g["share_as_of"]
+        assert by_series[(doc["compare"], g["grade"])] == g["share_compare"]
+    migration = [[int(c) for c in row[1:-1]] for row in page["migration"]]
+    assert migration == doc["migration"]["counts"]
+    assert [row[0] for row in page["warnings"]] == [s["sme_id"] for s in ew["smes"]]
+    realised_bars = {(b["series"], b["label"]): b["value"] for b in page["realised"]}
+    for g in realised["grades"]:
+        if g["n"]:
+            assert realised_bars[("mean predicted PD", g["grade"])] == g["mean_pd"]
+
+
+@pytest.mark.parametrize("case", ["reference", "empty", "broken", "compare", "threshold"])
+def test_monitor_bad_input_exits_nonzero_and_writes_nothing(
+    tmp_path, monkeypatch, profiled: Profiled, case: str
+) -> None:
+    data, as_of, model, extra = profiled.data, "2023-12-31", profiled.uri, []
+    if case == "reference":
+        model = str(model_without_reference(tmp_path / "model"))
+    elif case == "empty":
+        data, as_of = empty_population_folder(tmp_path / "data"), "2021-12-31"
+    elif case == "broken":
+        data = broken_folder(tmp_path / "data")
+    elif case == "compare":
+        extra = ["--compare", "2024-01-31"]
+    else:
+        extra = ["--pd-threshold", "1.5"]
+    out = tmp_path / "reports" / "monitor.html"
+    client = client_for(profiled.tracking_uri)
+    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+    before = len(client.search_runs([experiment.experiment_id])) if experiment else 0
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "monitor", "--data", str(data), "--as-of", as_of, "--out", str(out), "--model", model,
+        *extra,
+    )  # fmt: skip
+    assert result.exit_code == (2 if case == "threshold" else 1), result.output
+    expected = {
+        "reference": f"carries no training reference for drift monitoring ({PROFILE_ARTIFACT}",
+        "empty": "as-of date 2021-12-31: no SME is in the population",
+        "broken": "invoices, row 1, column amount",
+        "compare": "must be before the as-of date",
+        "threshold": "expected a PD strictly between 0 and 1",
+    }[case]
+    assert expected in result.output
+    assert not out.parent.exists()
+    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+    after = len(client.search_runs([experiment.experiment_id])) if experiment else 0
+    assert after == before
+
+
+def test_score_psi_is_stable_on_the_training_months(profiled: Profiled) -> None:
+    """The population of a training month against the training reference: the score's PSI is
+    small (the reference pools all training months, so a single month differs a little)."""
+    from features.io import load_tables
+    from serving.monitor import monitor
+    from training.registry import load_scoring_model
+
+    loaded = load_scoring_model(profiled.uri, profiled.tracking_uri)
+    result = monitor(load_tables(profiled.data), loaded, profiled.profile, "2022-09-30")
+    score_psi = float(result.psi.loc[result.psi["name"] == SCORE, "psi"].iloc[0])
+    assert score_psi < 0.25
+    assert result.cohort is None and result.realised is None

@@ -1,0 +1,334 @@
+"""Batch scoring (`serving.portfolio`, `scf-risk score`) with a real registered model.
+
+The model is the serving tests' `registered` one (simulator -> pipeline -> training -> MLflow).
+`profiled_version` registers a copy of it whose training run also carries the drift profile
+(`features.drift`), as a training run that stores it does; the monitor and backtest tests reuse it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from features.catalog import get_feature
+from features.drift import PROFILE_ARTIFACT, TrainingProfile, build_profile
+from features.exceptions import FeatureError
+from features.io import load_tables
+from features.pipeline import build_features
+from serving.audit import AuditStore
+from serving.cli import build_app
+from serving.portfolio import REASONS_TYPE, reasons_of, score_population
+from tests.serving.conftest import Registered, train_small_model
+from training.registry import MODEL_NAME, LoadedModel, client_for, load_scoring_model
+
+AS_OF = "2023-11-30"
+
+
+@dataclass(frozen=True)
+class Profiled:
+    """A registered model version whose training run carries the drift profile."""
+
+    tracking_uri: str
+    data: Path
+    uri: str
+    run_id: str
+    profile: TrainingProfile
+
+
+_PROFILED: dict[str, Profiled] = {}
+
+
+def profiled_version(reg: Registered) -> Profiled:
+    """Register the `registered` model again from a run that also logs its drift profile
+    (built from the matured panel rows the model was trained on); once per tracking store."""
+    if reg.tracking_uri in _PROFILED:
+        return _PROFILED[reg.tracking_uri]
+    client = client_for(reg.tracking_uri)
+    loaded = load_scoring_model(f"models:/{MODEL_NAME}/{reg.version}", reg.tracking_uri)
+    model = loaded.model
+    train = reg.panel[reg.panel["default_12m"].notna()]
+    profile = build_profile(train, model.score(train[model.feature_names]), model.catalog)
+    source = client.get_run(reg.run_id)
+    run = client.create_run(source.info.experiment_id, run_name="with-drift-profile")
+    run_id = run.info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(reg.run_id, "model", tmp)
+        client.log_artifacts(run_id, local, "model")
+    client.log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
+    client.set_terminated(run_id, "FINISHED")
+    mv = client.create_model_version(MODEL_NAME, f"{run.info.artifact_uri}/model", run_id=run_id)
+    found = Profiled(
+        reg.tracking_uri, reg.data, f"models:/{MODEL_NAME}/{mv.version}", run_id, profile
+    )
+    _PROFILED[reg.tracking_uri] = found
+    return found
+
+
+@pytest.fixture(scope="session")
+def profiled(registered: Registered) -> Profiled:
+    return profiled_version(registered)
+
+
+@pytest.fixture(scope="module")
+def loaded(profiled: Profiled) -> LoadedModel:
+    return load_scoring_model(profiled.uri, profiled.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def tables(profiled: Profiled):
+    return load_tables(profiled.data)
+
+
+def write_csv_folder(folder: Path, tables: dict[str, list[dict[str, object]]]) -> Path:
+    folder.mkdir(parents=True)
+    for name, rows in tables.items():
+        pd.DataFrame(rows).to_csv(folder / f"{name}.csv", index=False)
+    return folder
+
+
+def empty_population_folder(folder: Path) -> Path:
+    """Trade in 2020 only; a loan disbursed in 2022 stretches the data to 2022: at 2021-12-31
+    nobody has an invoice in the last 365 days."""
+    return write_csv_folder(
+        folder,
+        {
+            "enterprises": [
+                {"enterprise_id": "C1", "role": "core"},
+                {"enterprise_id": "S1", "role": "sme"},
+            ],
+            "invoices": [
+                {
+                    "invoice_id": "I1",
+                    "seller_id": "S1",
+                    "buyer_id": "C1",
+                    "issue_date": "2020-01-10",
+                    "due_date": "2020-02-10",
+                    "amount": 100.0,
+                }
+            ],
+            "loans": [
+                {
+                    "loan_id": "L1",
+                    "sme_id": "S1",
+                    "product": "receivable_financing",
+                    "disbursed_date": "2022-01-01",
+                    "maturity_date": "2022-12-31",
+                    "amount": 50.0,
+                }
+            ],
+        },
+    )
+
+
+def broken_folder(folder: Path) -> Path:
+    """An invoice with a negative amount: breaks the data contract."""
+    return write_csv_folder(
+        folder,
+        {
+            "enterprises": [
+                {"enterprise_id": "C1", "role": "core"},
+                {"enterprise_id": "S1", "role": "sme"},
+            ],
+            "invoices": [
+                {
+                    "invoice_id": "I1",
+                    "seller_id": "S1",
+                    "buyer_id": "C1",
+                    "issue_date": "2023-01-10",
+                    "due_date": "2023-02-10",
+                    "amount": -5.0,
+                }
+            ],
+        },
+    )
+
+
+def model_without_reference(folder: Path) -> Path:
+    """A local MLflow-style model folder holding a real scoring model but no drift profile."""
+    from training.pyfunc import ARTIFACT_KEY
+
+    train_small_model(seed=5, rounds=10).save(folder / "artifacts" / ARTIFACT_KEY)
+    return folder
+
+
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_uri: str, *args: str):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("SCF_RISK_AUDIT_DB", f"sqlite:///{tmp_path}/audit.db")
+    return CliRunner().invoke(build_app(), list(args))
+
+
+# -- the core ------------------------------------------------------------------------------------
+def test_scores_are_the_pipeline_features_explained_by_the_model(tables, loaded) -> None:
+    scored = score_population(tables, [AS_OF], loaded)
+    panel = build_features(tables, [AS_OF])
+    pd.testing.assert_frame_equal(scored.features, panel)
+    model = loaded.model
+    expl = model.explain(panel[model.feature_names])
+    scores = scored.scores
+    assert list(scores.columns) == [
+        "sme_id", "as_of", "pd", "score", "grade", "base_points", "reasons",
+        "model_name", "model_version", "model_run_id",
+    ]  # fmt: skip
+    assert list(scores["sme_id"]) == list(panel["sme_id"])
+    np.testing.assert_array_equal(scores["pd"].to_numpy(), expl.pd)
+    np.testing.assert_array_equal(scores["score"].to_numpy(), expl.score)
+    np.testing.assert_array_equal(scores["base_points"].to_numpy(), expl.base_points)
+    assert list(scores["grade"]) == [str(g) for g in expl.grade]
+    assert set(scores["model_version"]) == {loaded.version}
+    points = expl.points[model.feature_names].to_numpy()
+    for i, reasons in enumerate(reasons_of(scores)):
+        # the top 4 risk-increasing features: the most negative points, most negative first
+        order = [j for j in np.argsort(points[i], kind="stable")[:4] if points[i, j] < 0]
+        assert [r["feature"] for r in reasons] == [model.feature_names[j] for j in order]
+        for r in reasons:
+            j = model.feature_names.index(r["feature"])
+            assert r["points"] == points[i, j] < 0
+            assert r["text"] == get_feature(r["feature"], model.catalog).description
+            value = panel[r["feature"]].iloc[i]
+            if r["value"] is None:
+                assert r["value_text"] == (None if pd.isna(value) else str(value))
+            else:
+                assert r["value"] == value and r["value_text"] == repr(float(value))
+
+
+def test_without_explanations_the_pd_score_and_grade_are_the_same(tables, loaded) -> None:
+    full = score_population(tables, [AS_OF], loaded).scores
+    fast = score_population(tables, [AS_OF], loaded, explain=False).scores
+    np.testing.assert_allclose(fast["pd"], full["pd"], rtol=1e-12)
+    np.testing.assert_allclose(fast["score"], full["score"], rtol=1e-12)
+    assert list(fast["grade"]) == list(full["grade"])
+    assert all(len(r) == 0 for r in reasons_of(fast))
+
+
+def test_dask_on_two_workers_equals_pandas(tables, loaded) -> None:
+    dates = ["2023-08-31", AS_OF]
+    pandas = score_population(tables, dates, loaded)
+    dask = score_population(tables, dates, loaded, engine="dask", n_workers=2, partitions=5)
+    pd.testing.assert_frame_equal(dask.scores, pandas.scores)
+    pd.testing.assert_frame_equal(dask.features, pandas.features)
+    assert pandas.scores["as_of"].nunique() == 2
+
+
+def test_a_date_without_population_or_out_of_range_is_named(tmp_path, loaded) -> None:
+    empty = load_tables(empty_population_folder(tmp_path / "empty"))
+    with pytest.raises(FeatureError, match="no SME is in the population at 2021-12-31"):
+        score_population(empty, ["2021-12-31"], loaded)
+    with pytest.raises(FeatureError, match="outside the data's range"):
+        score_population(empty, ["2030-01-31"], loaded)
+
+
+# -- the command ---------------------------------------------------------------------------------
+def test_score_command_writes_parquet_and_materializes_features(
+    tmp_path, monkeypatch, profiled, tables
+) -> None:
+    out = tmp_path / "out" / "scores.parquet"
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "score", "--data", str(profiled.data), "--as-of", AS_OF, "--out", str(out),
+        "--model", profiled.uri,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "SMEs scored as of 2023-11-30" in result.output
+    schema = pq.read_schema(out)
+    assert schema.field("reasons").type == REASONS_TYPE
+    frame = pd.read_parquet(out)
+    panel = build_features(tables, [AS_OF])
+    assert list(frame["sme_id"]) == list(panel["sme_id"])
+    assert frame["reasons"].map(len).max() == 4
+    assert [p.name for p in out.parent.iterdir()] == ["scores.parquet"]
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    try:
+        for i in (0, len(panel) - 1):
+            as_of, values = store.latest_features(str(panel["sme_id"].iloc[i]))  # type: ignore[misc]
+            assert as_of.isoformat() == AS_OF
+            row = panel.iloc[i]
+            assert values["dso_90d"] == (None if pd.isna(row["dso_90d"]) else row["dso_90d"])
+            assert values["industry"] == row["industry"]
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "no SME is in the population at 2021-12-31"),
+        ("broken", "invoices, row 1, column amount"),
+        ("date", "expected a date YYYY-MM-DD"),
+        ("model", "does not resolve"),
+    ],
+)
+def test_score_bad_input_exits_nonzero_and_writes_nothing(
+    tmp_path, monkeypatch, profiled, case, message
+) -> None:
+    data = {
+        "empty": lambda: empty_population_folder(tmp_path / "data"),
+        "broken": lambda: broken_folder(tmp_path / "data"),
+    }.get(case, lambda: profiled.data)()
+    as_of = {"date": "2021-13-45"}.get(case, "2021-12-31" if case == "empty" else AS_OF)
+    model = f"models:/{MODEL_NAME}/999" if case == "model" else profiled.uri
+    out = tmp_path / "out" / "scores.parquet"
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "score", "--data", str(data), "--as-of", as_of, "--out", str(out), "--model", model,
+    )  # fmt: skip
+    assert result.exit_code == (2 if case == "date" else 1), result.output
+    assert message in result.output
+    assert not out.parent.exists()
+    assert not (tmp_path / "audit.db").exists()
+
+
+def test_model_without_a_training_reference_is_still_scored(tmp_path, monkeypatch, profiled):
+    """Scoring needs no drift profile (only monitoring does)."""
+    folder = model_without_reference(tmp_path / "model")
+    out = tmp_path / "scores.parquet"
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "score", "--data", str(profiled.data), "--as-of", AS_OF, "--out", str(out),
+        "--model", str(folder),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(out)) > 0
+
+
+def test_the_service_scores_materialized_smes_by_id_alone(
+    tmp_path, monkeypatch, profiled, loaded, settings, headers
+) -> None:
+    """After `scf-risk score`, the service's sme_id-only mode scores from the materialised
+    features exactly as the batch did."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from tests.serving.conftest import Registry
+
+    assert settings.audit_db == f"sqlite:///{tmp_path}/audit.db"
+    out = tmp_path / "scores.parquet"
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "score", "--data", str(profiled.data), "--as-of", AS_OF, "--out", str(out),
+        "--model", profiled.uri,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    batch = pd.read_parquet(out).set_index("sme_id")
+    registry = Registry()
+    registry.add(loaded.model)
+    with TestClient(create_app(settings, loader=registry)) as client:
+        for sme in (batch.index[0], batch.index[len(batch) // 2]):
+            r = client.post(
+                "/v1/scores", json={"sme_id": sme, "as_of": AS_OF}, headers=headers("scorer")
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["as_of"] == AS_OF
+            assert body["pd"] == batch.loc[sme, "pd"]
+            assert body["score"] == batch.loc[sme, "score"]
+            assert body["grade"] == batch.loc[sme, "grade"]
+            assert [(x["feature"], x["points"]) for x in body["reasons"]] == [
+                (x["feature"], x["points"]) for x in batch.loc[sme, "reasons"]
+            ]
