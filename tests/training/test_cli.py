@@ -1,0 +1,127 @@
+"""`scf-risk train` / `scf-risk promote` end to end: simulated data, bad input, bad stores."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from training.cli import register
+from training.registry import MODEL_NAME, client_for, load_scoring_model
+
+from .conftest import make_panel
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def _run(app: typer.Typer, *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _versions(uri: str) -> list[str]:
+    return [str(v.version) for v in client_for(uri).search_model_versions(f"name='{MODEL_NAME}'")]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from features.simulate import SimConfig, generate_to_folder
+
+    out = tmp_path_factory.mktemp("sim") / "data"
+    generate_to_folder(
+        SimConfig(n_smes=300, n_cores=6, months=30, seed=5, mc_paths=32, progress=False), out
+    )
+    return out
+
+
+def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = _run(app, "train", "--data", simulated, "--tracking-uri", uri, "--seed", "3")
+    assert result.exit_code == 0, result.output
+    (only_line,) = result.stdout.strip().splitlines()  # stdout holds the JSON line alone
+    line = json.loads(only_line)
+    for key in ("run_id", "model_version", "auc_oot", "ks_oot", "brier_oot", "ece_oot"):
+        assert key in line
+    assert line["model_version"] == "1"
+    # the simulator's truth.parquet and static ratings give the two baselines
+    assert 0.5 < line["auc_static_rating_oot"] < 1 and 0.5 < line["auc_oracle_oot"] < 1
+    # the model carries the reference data of the single-SME path
+    loaded = load_scoring_model(f"models:/{MODEL_NAME}@challenger", uri)
+    assert loaded.model.reference is not None
+    assert len(loaded.model.reference.enterprises) == 306
+    run = client_for(uri).get_run(line["run_id"])
+    assert len(run.data.tags["scf_risk.data_sha256"]) == 64
+    assert any(k.startswith("auc_oot_") for k in run.data.metrics)  # metrics by product
+
+    promoted = _run(app, "promote", "--tracking-uri", uri, "--max-ece", "1.0")
+    assert promoted.exit_code == 0, promoted.output
+    decision = json.loads(promoted.stdout.strip().splitlines()[-1])
+    assert decision["promoted"] and decision["version"] == "1"
+    rejected = _run(app, "promote", "--tracking-uri", uri, "--max-ece", "0.0")
+    assert rejected.exit_code == 1
+    assert "not promoted" in rejected.stderr and "ece" in rejected.stderr
+
+
+def test_bad_features_files_register_nothing(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    panel, _ = make_panel(n_smes=60, n_months=10, seed=2)
+    cases = {
+        "no labels": (panel.drop(columns="default_12m"), "no default_12m column"),
+        "immature": (panel.assign(default_12m=pd.NA), "no matured rows"),
+        "one class": (panel.assign(default_12m=0), "one class only"),
+        "unknown column": (panel.assign(shoe_size=42.0), "does not know: ['shoe_size']"),
+    }
+    for name, (frame, message) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        result = _run(app, "train", "--features", path, "--tracking-uri", uri)
+        assert result.exit_code == 1, name
+        assert message in result.stderr, (name, result.stderr)
+    missing = _run(app, "train", "--features", tmp_path / "nope.parquet", "--tracking-uri", uri)
+    assert missing.exit_code == 1 and "no such file" in missing.stderr
+    (tmp_path / "junk.parquet").write_text("not parquet", encoding="utf-8")
+    junk = _run(app, "train", "--features", tmp_path / "junk.parquet", "--tracking-uri", uri)
+    assert junk.exit_code == 1 and "not a readable Parquet file" in junk.stderr
+    assert _versions(uri) == []
+    assert _run(app, "train", "--tracking-uri", uri).exit_code == 2  # neither --data nor --features
+    no_challenger = _run(app, "promote", "--tracking-uri", uri)
+    assert no_challenger.exit_code == 1 and "challenger" in no_challenger.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_tracking_store_fails_before_training(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    panel, _ = make_panel(n_smes=60, n_months=10, seed=2)
+    features = tmp_path / "panel.parquet"
+    panel.to_parquet(features, index=False)
+    missing_dir = tmp_path / "no" / "such" / "dir"
+    result = _run(
+        app, "train", "--features", features, "--tracking-uri", f"sqlite:///{missing_dir}/m.db"
+    )
+    assert result.exit_code == 1
+    assert "does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()
+
+    start = time.perf_counter()
+    url = f"postgresql://scf:secret@127.0.0.1:{_closed_port()}/mlflow"
+    result = _run(app, "train", "--features", features, "--tracking-uri", url)
+    assert result.exit_code == 1
+    assert "cannot connect" in result.stderr
+    assert "secret" not in result.stderr and "scf:***@" in result.stderr
+    assert time.perf_counter() - start < 30  # MLflow alone would retry for minutes
+    promote = _run(app, "promote", "--tracking-uri", url)
+    assert promote.exit_code == 1 and "cannot connect" in promote.stderr

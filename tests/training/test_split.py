@@ -1,0 +1,69 @@
+"""Out-of-time and SME-grouped splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.exceptions import TrainingError
+from training.split import make_split, months
+from training.train import validate_panel
+
+from .conftest import CATALOG, make_panel
+
+
+@pytest.fixture(scope="module")
+def matured() -> pd.DataFrame:
+    panel, _ = make_panel(n_smes=200, n_months=12, immature_months=2, seed=3)
+    data, _ = validate_panel(panel, CATALOG)
+    return data
+
+
+def test_oot_is_the_last_months_and_no_sme_leaks(matured: pd.DataFrame) -> None:
+    split = make_split(matured, oot_months=4, seed=5, folds=3)
+    m = months(matured["as_of"])
+    all_months = sorted(set(m))
+    assert split.oot_months == tuple(all_months[-4:])
+    assert split.train_months == tuple(all_months[:-4])
+    assert set(m[split.oot]) == set(all_months[-4:])
+    assert set(m[split.train]) == set(all_months[:-4])
+    assert len(split.train) + len(split.oot) == len(matured)  # no embargo: every row used
+    sme = matured["sme_id"].to_numpy()
+    fit_smes, val_smes = set(sme[split.fit]), set(sme[split.val])
+    assert not fit_smes & val_smes
+    fold_smes = [set(sme[split.fit][split.fold == k]) for k in range(split.folds)]
+    assert split.folds == 3
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not fold_smes[a] & fold_smes[b]
+    assert set().union(*fold_smes) == fit_smes
+    assert 0.1 < len(val_smes) / (len(val_smes) + len(fit_smes)) < 0.2
+
+
+def test_split_is_seeded(matured: pd.DataFrame) -> None:
+    a = make_split(matured, 4, seed=5, folds=3)
+    b = make_split(matured, 4, seed=5, folds=3)
+    c = make_split(matured, 4, seed=6, folds=3)
+    assert np.array_equal(a.val, b.val) and np.array_equal(a.fold, b.fold)
+    assert not np.array_equal(a.val, c.val)
+
+
+def test_embargo_leaves_a_gap(matured: pd.DataFrame) -> None:
+    split = make_split(matured, 4, seed=5, folds=3, embargo_days=95)
+    first_oot = matured["as_of"].iloc[split.oot].min()
+    assert (matured["as_of"].iloc[split.train] + pd.Timedelta(days=95) <= first_oot).all()
+    assert len(split.embargoed_months) == 3  # three month ends fall within 95 days
+    with pytest.raises(TrainingError, match="no training month"):
+        make_split(matured, 4, seed=5, folds=3, embargo_days=400)
+
+
+def test_split_errors(matured: pd.DataFrame) -> None:
+    with pytest.raises(TrainingError, match="needs at least 13"):
+        make_split(matured, oot_months=12, seed=0)
+    one_class = matured.assign(default_12m=np.where(matured["as_of"] < "2021-06-01", 0, 1))
+    with pytest.raises(TrainingError, match="needs both defaults and non-defaults"):
+        make_split(one_class, oot_months=4, seed=0, folds=3)
+    few = matured[matured["sme_id"].isin(["S00000", "S00001", "S00002"])]
+    with pytest.raises(TrainingError, match="SME"):
+        make_split(few, oot_months=4, seed=0, folds=3)

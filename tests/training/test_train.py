@@ -1,0 +1,122 @@
+"""The training core on synthetic panels: quality, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.exceptions import TrainingError
+from training.train import TrainConfig, active_products, fit, validate_panel
+
+from .conftest import CATALOG, FAST, make_panel
+
+
+def test_model_learns_the_known_effects(trained) -> None:  # type: ignore[no-untyped-def]
+    mt = trained.metrics
+    assert mt["auc_oot"] > mt["auc_static_rating_oot"] + 0.05
+    assert mt["auc_oracle_oot"] - mt["auc_oot"] < 0.06
+    assert mt["ece_oot"] < 0.03
+    assert mt["calibration_b"] > 0
+    assert trained.monotonicity.ok and mt["monotonicity_ok"] == 1.0
+    assert trained.grades["n"].sum() == mt["n_oot"] == len(trained.oot)
+    top = trained.importance["feature"].tolist()[:2]
+    assert set(top) == {"payment_index_365d", "ap_days_beyond_terms_90d"}
+    # OOT really is the last months, and the OOT table holds the model's outputs
+    assert trained.oot["as_of"].min() > trained.panel["as_of"].iloc[trained.split.train].max()
+    np.testing.assert_allclose(
+        trained.oot["pd"], trained.model.predict(trained.oot[trained.model.feature_names])
+    )
+    assert set(trained.stability["period"]) == {"train", "oot"}
+    for key in ("auc_oot", "gini_oot", "ks_oot", "brier_oot", "log_loss_oot", "pr_auc_oot"):
+        assert np.isfinite(mt[key])
+    assert {"auc_oot_unseen_sme", "ece_oot_unseen_sme", "auc_oof", "ece_oof"} <= set(mt)
+
+
+def test_same_data_and_seed_give_the_same_model(synthetic) -> None:  # type: ignore[no-untyped-def]
+    panel, _ = synthetic
+    config = TrainConfig(seed=11, **FAST)
+    a = fit(panel, CATALOG, config)
+    b = fit(panel.sample(frac=1.0, random_state=3), CATALOG, config)  # row order does not matter
+    X = a.oot[a.model.feature_names]
+    assert np.array_equal(a.model.predict(X), b.model.predict(X))
+    assert a.model.booster.model_to_string() == b.model.booster.model_to_string()
+    assert a.model.calibration == b.model.calibration
+
+
+def test_tuning_runs_seeded_trials() -> None:
+    panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
+    config = TrainConfig(seed=2, tune_trials=2, calibration_folds=2, max_rounds=100)
+    a = fit(panel, CATALOG, config)
+    assert len(a.tuning) == 2 and a.tuning[0]["num_leaves"] == 15  # the defaults come first
+    b = fit(panel, CATALOG, config)
+    assert a.tuning == b.tuning
+
+
+def _panel() -> pd.DataFrame:
+    panel, _ = make_panel(n_smes=60, n_months=10, immature_months=2, seed=5)
+    return panel
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.drop(columns="default_12m"), "no default_12m column"),
+        (lambda p: p.assign(default_12m=pd.NA), "no matured rows"),
+        (lambda p: p.assign(default_12m=0), "one class only"),
+        (lambda p: p.assign(mystery_ratio=1.0), r"does not know: \['mystery_ratio'\]"),
+        (lambda p: p.assign(default_12m=2), "expected 0, 1 or empty"),
+        (lambda p: p.assign(dso_90d="high"), "dso_90d: expected a numeric column"),
+        (lambda p: pd.concat([p, p.head(1)]), "duplicate"),
+        (lambda p: p.drop(columns="sme_id"), "lacks the column"),
+        (
+            lambda p: p[[c for c in p.columns if c in ("sme_id", "as_of", "default_12m")]],
+            "no catalog",
+        ),
+    ],
+)
+def test_bad_panels_are_refused(change, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TrainingError, match=message):
+        fit(change(_panel()), config=TrainConfig(**FAST))
+
+
+def test_default_catalog_comes_from_the_panel_columns() -> None:
+    panel = _panel().assign(fin_current_ratio=1.5)
+    _, catalog = validate_panel(panel)
+    names = [f.name for f in catalog]
+    assert names[-1] == "fin_current_ratio" and "dso_90d" in names
+    assert len(names) == len(CATALOG) + 1
+
+
+def test_active_products_at_the_as_of_date() -> None:
+    loans = pd.DataFrame(
+        {
+            "sme_id": ["A", "A", "B", "C"],
+            "product": ["prepayment", "inventory_pledge", "prepayment", "prepayment"],
+            "disbursed_date": pd.to_datetime(
+                ["2022-01-01", "2022-03-01", "2022-01-01", "2021-01-01"]
+            ),
+            "maturity_date": pd.to_datetime(
+                ["2022-06-30", "2022-04-30", "2022-01-31", "2022-12-31"]
+            ),
+            "default_date": pd.to_datetime([None, None, None, "2022-01-15"]),
+        }
+    )
+    rows = pd.DataFrame(
+        {
+            "sme_id": ["A", "A", "B", "C", "D"],
+            "as_of": pd.to_datetime(
+                ["2022-01-31", "2022-03-31", "2022-01-31", "2022-01-31", "2022-01-31"]
+            ),
+        }
+    )
+    flags = active_products(loans, rows)
+    assert flags["prepayment"].tolist() == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]  # B matured, C defaulted
+    assert flags["inventory_pledge"].tolist() == [False, True, False, False, False]
+    assert not flags["receivable_financing"].any()

@@ -1,0 +1,213 @@
+"""Commands of the training package: train, promote."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from features.edge import domain_errors_exit, fail_usage
+
+ENGINES = ("pandas", "dask")
+
+
+def _tracking_uri(option: str | None) -> str:
+    from features.settings import Settings
+
+    return option if option is not None else Settings().mlflow_tracking_uri
+
+
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow tracking (and registry) URI. Default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///models/mlflow.db."
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add this package's commands to the `scf-risk` app."""
+
+    @app.command()
+    @domain_errors_exit
+    def train(
+        data: Annotated[
+            Path | None,
+            typer.Option(
+                help="Folder of the contract's tables: the panel is built from it (unless "
+                "--features is given), and it supplies reference data, loans (metrics by "
+                "product) and truth.parquet when present."
+            ),
+        ] = None,
+        features: Annotated[
+            Path | None,
+            typer.Option(help="Feature panel (Parquet, from `scf-risk features`) to train on."),
+        ] = None,
+        oot_months: Annotated[
+            int,
+            typer.Option(min=1, help="The last N matured as-of months form the out-of-time set."),
+        ] = 6,
+        experiment: Annotated[
+            str, typer.Option(help="MLflow experiment of the training run.")
+        ] = "sme-default-pd",
+        engine: Annotated[
+            str,
+            typer.Option(
+                help="'pandas' (lightgbm.train in process) or 'dask' (DaskLGBMClassifier on "
+                "dask.distributed; also builds the panel on Dask)."
+            ),
+        ] = "pandas",
+        scheduler: Annotated[
+            str | None,
+            typer.Option(
+                help="Dask scheduler address for --engine dask; default: a local cluster of "
+                "two worker processes."
+            ),
+        ] = None,
+        seed: Annotated[
+            int,
+            typer.Option(
+                help="Seed of the splits, LightGBM and tuning: same data and seed, same model."
+            ),
+        ] = 0,
+        tune: Annotated[
+            int,
+            typer.Option(
+                min=0, help="Optuna trials (seeded TPE) on the validation split; 0 = defaults."
+            ),
+        ] = 0,
+        truth: Annotated[
+            Path | None,
+            typer.Option(
+                help="truth.parquet (sme_id, as_of, pd_true) for the oracle AUC; default: "
+                "DATA/truth.parquet when present."
+            ),
+        ] = None,
+        embargo_days: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="Leave out training rows with as_of + N days after the first OOT date "
+                "(N = the horizon, 365: no training label overlaps the OOT period). 0 = none.",
+            ),
+        ] = 0,
+        horizon_days: Annotated[
+            int, typer.Option(min=1, help="Label horizon when building the panel from --data.")
+        ] = 365,
+        max_rounds: Annotated[
+            int, typer.Option(min=1, help="Most boosting rounds (early stopping picks fewer).")
+        ] = 2000,
+        threads: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="LightGBM threads; part of the model's definition (same data, seed and "
+                "threads -> same model).",
+            ),
+        ] = 1,
+        tracking_uri: TrackingOpt = None,
+    ) -> None:
+        """Train a calibrated, monotone LightGBM default model, log it to MLflow and register it
+        as a new version of sme-default-pd with alias 'challenger'. Prints one JSON line."""
+        from tqdm import tqdm
+
+        from training.registry import check_tracking
+        from training.run import load_inputs, summary, train_and_register
+        from training.train import TrainConfig
+
+        if engine not in ENGINES:
+            raise typer.BadParameter(
+                f"expected one of {', '.join(ENGINES)}, got {engine!r}", param_hint="--engine"
+            )
+        if scheduler is not None and engine != "dask":
+            fail_usage("--scheduler needs --engine dask")
+        if data is None and features is None:
+            fail_usage("give --data DIR or --features FILE.parquet")
+        uri = _tracking_uri(tracking_uri)
+        client = check_tracking(uri)  # before any work: an unreachable store fails fast
+
+        bars: list[tqdm] = []
+
+        def on_dates(total: int) -> Callable[[], object]:
+            bar = tqdm(total=total, unit="date", desc="features", file=sys.stderr)
+            bars.append(bar)
+            return lambda: bar.update(1)
+
+        try:
+            inputs = load_inputs(
+                data,
+                features,
+                truth,
+                horizon_days=horizon_days,
+                engine=engine,
+                scheduler=scheduler,
+                on_dates=on_dates,
+            )
+            for bar in bars:
+                bar.close()
+            folds = TrainConfig().calibration_folds
+            total = 6 + folds + (tune + 1 if tune else 0)  # the progress messages of `fit`
+            steps = tqdm(total=total, desc="train", unit="step", file=sys.stderr)
+            bars.append(steps)
+
+            def progress(message: str) -> None:
+                steps.set_postfix_str(message, refresh=False)
+                steps.update(1)
+
+            config = TrainConfig(
+                oot_months=oot_months,
+                seed=seed,
+                engine="dask" if engine == "dask" else "pandas",
+                scheduler=scheduler,
+                tune_trials=tune,
+                num_threads=threads,
+                max_rounds=max_rounds,
+                embargo_days=embargo_days,
+            )
+            registered, result = train_and_register(
+                inputs,
+                config,
+                tracking_uri=uri,
+                experiment=experiment,
+                progress=progress,
+                client=client,
+            )
+        finally:
+            for bar in bars:
+                bar.close()
+        typer.echo(json.dumps(summary(registered, result)))
+
+    @app.command()
+    @domain_errors_exit
+    def promote(
+        version: Annotated[
+            int | None,
+            typer.Option(min=1, help="Model version to promote; default: the 'challenger'."),
+        ] = None,
+        max_auc_drop: Annotated[
+            float,
+            typer.Option(help="Gate: largest OOT AUC drop allowed against the champion."),
+        ] = 0.005,
+        max_ece: Annotated[
+            float, typer.Option(help="Gate: largest OOT expected calibration error allowed.")
+        ] = 0.02,
+        tracking_uri: TrackingOpt = None,
+    ) -> None:
+        """Move the alias 'champion' of sme-default-pd to the challenger (or --version) if its
+        gates pass: OOT AUC within --max-auc-drop of the champion's on the same rows, ECE at
+        most --max-ece, monotonicity verified. The decision is recorded in MLflow; a failed gate
+        exits 1 with the reasons."""
+        from training.promote import promote as run_promote
+
+        decision = run_promote(
+            _tracking_uri(tracking_uri),
+            version,
+            max_auc_drop=max_auc_drop,
+            max_ece=max_ece,
+        )
+        typer.echo(json.dumps(decision.to_json()))

@@ -1,0 +1,179 @@
+"""Discrimination and calibration metrics of a PD model, plus binomial intervals.
+
+ECE (expected calibration error) uses equal-count bins: rows sorted by predicted PD are cut into
+``n_bins`` groups of (nearly) equal size, and ECE = Σ_b (n_b / n) · |observed rate_b − mean PD_b|.
+Equal-count bins keep every bin's observed rate estimable when PDs crowd near zero, which
+equal-width bins do not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import beta, norm
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from training.model import MasterScale
+
+EPS = 1e-15
+
+
+def _arrays(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    yy = np.asarray(y, dtype=np.float64).ravel()
+    pp = np.asarray(p, dtype=np.float64).ravel()
+    if yy.shape != pp.shape:
+        raise ValueError(f"labels ({yy.size}) and predictions ({pp.size}) differ in length")
+    if not np.isin(yy, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    return yy, pp
+
+
+def both_classes(y: np.ndarray) -> bool:
+    yy = np.asarray(y)
+    return yy.size > 0 and 0 < yy.sum() < yy.size
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of a risk score (higher = riskier); NaN when a class is missing."""
+    yy, ss = _arrays(y, score)
+    return float(roc_auc_score(yy, ss)) if both_classes(yy) else float("nan")
+
+
+def ks(y: np.ndarray, score: np.ndarray) -> float:
+    """Kolmogorov–Smirnov statistic: max distance between the score CDFs of goods and bads."""
+    yy, ss = _arrays(y, score)
+    if not both_classes(yy):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(yy, ss)
+    return float(np.max(np.abs(tpr - fpr)))
+
+
+def brier(y: np.ndarray, p: np.ndarray) -> float:
+    yy, pp = _arrays(y, p)
+    return float(np.mean((pp - yy) ** 2))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    yy, pp = _arrays(y, p)
+    q = np.clip(pp, EPS, 1.0 - EPS)
+    return float(-np.mean(yy * np.log(q) + (1.0 - yy) * np.log(1.0 - q)))
+
+
+def pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision)."""
+    yy, pp = _arrays(y, p)
+    return float(average_precision_score(yy, pp)) if both_classes(yy) else float("nan")
+
+
+def calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
+    """Equal-count bins of predicted PD: n, mean PD, observed rate per bin (ties stay in order
+    of a stable sort, so bins are deterministic)."""
+    yy, pp = _arrays(y, p)
+    if yy.size == 0:
+        raise ValueError("no rows to bin")
+    order = np.argsort(pp, kind="stable")
+    rows = []
+    for i, idx in enumerate(np.array_split(order, min(n_bins, yy.size))):
+        rows.append(
+            {
+                "bin": i + 1,
+                "n": int(idx.size),
+                "mean_pd": float(pp[idx].mean()),
+                "observed_rate": float(yy[idx].mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error over equal-count bins (module docstring)."""
+    bins = calibration_bins(y, p, n_bins)
+    weights = bins["n"] / bins["n"].sum()
+    return float((weights * (bins["observed_rate"] - bins["mean_pd"]).abs()).sum())
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval for k successes out of n."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    alpha = 1.0 - level
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + level / 2))
+    phat = k / n
+    denom = 1.0 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def summary(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, float]:
+    """The headline metrics of predicted PDs ``p`` against labels ``y``."""
+    a = auc(y, p)
+    return {
+        "auc": a,
+        "gini": 2.0 * a - 1.0,
+        "ks": ks(y, p),
+        "brier": brier(y, p),
+        "log_loss": log_loss(y, p),
+        "ece": ece(y, p, n_bins),
+        "pr_auc": pr_auc(y, p),
+        "n": float(len(p)),
+        "defaults": float(np.sum(y)),
+        "default_rate": float(np.mean(y)),
+        "mean_pd": float(np.mean(p)),
+    }
+
+
+def by_grade(y: np.ndarray, p: np.ndarray, scale: MasterScale, level: float = 0.95) -> pd.DataFrame:
+    """Per grade of the master scale: PD band, n, defaults, observed default rate with its
+    Clopper–Pearson and Wilson intervals, mean PD, and whether the mean PD lies in the exact
+    interval. Grades without rows are listed with n = 0."""
+    yy, pp = _arrays(y, p)
+    grades = scale.grade(pp)
+    rows = []
+    for g, low, high in zip(scale.grades, scale.lower_pd(), scale.upper_pd, strict=True):
+        mask = grades == g
+        n = int(mask.sum())
+        k = int(yy[mask].sum())
+        cp_low, cp_high = clopper_pearson(k, n, level)
+        w_low, w_high = wilson(k, n, level)
+        mean_pd = float(pp[mask].mean()) if n else float("nan")
+        rows.append(
+            {
+                "grade": g,
+                "pd_low": low,
+                "pd_high": high,
+                "n": n,
+                "defaults": k,
+                "observed_rate": k / n if n else float("nan"),
+                "mean_pd": mean_pd,
+                "ci_low": cp_low,
+                "ci_high": cp_high,
+                "wilson_low": w_low,
+                "wilson_high": w_high,
+                "within_ci": bool(n and cp_low <= mean_pd <= cp_high),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, n_bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected`` (deciles of expected)."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    edges = np.unique(np.quantile(e, np.linspace(0, 1, n_bins + 1)))
+    if edges.size < 3:
+        return 0.0
+    edges[0], edges[-1] = -np.inf, np.inf
+    pe = np.histogram(e, edges)[0] / e.size
+    pa = np.histogram(a, edges)[0] / a.size
+    pe, pa = np.clip(pe, 1e-6, None), np.clip(pa, 1e-6, None)
+    return float(np.sum((pa - pe) * np.log(pa / pe)))

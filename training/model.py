@@ -1,0 +1,352 @@
+"""The scoring model: what training logs in MLflow and what serving loads (interfaces.md).
+
+Score math (exact additivity). The booster gives a raw margin ``m`` (log-odds). Calibration on the
+log-odds gives the calibrated log-odds of default ``z = a + b·m`` and ``PD = sigmoid(z)``. The score
+is ``offset + factor·ln(odds of good) = offset − factor·z``. With SHAP ``m = φ0 + Σφi``, feature
+``i`` is worth ``points_i = −factor·b·φi`` and ``base_points = offset − factor·(a + b·φ0)``, so
+``base_points + Σ points_i = score`` exactly (to float rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from features.catalog import Feature
+from training.exceptions import ModelInputError, ModelLoadError
+
+if TYPE_CHECKING:
+    from features.reference import Reference
+
+FORMAT_VERSION = 1
+KEY_COLUMNS: tuple[str, ...] = ("sme_id", "as_of", "default_12m")
+"""Panel columns that are not features; `prepare` ignores them."""
+EXPLAIN_METHODS: tuple[str, ...] = ("pred_contrib", "tree_shap")
+Frame = pd.DataFrame  # `Explanation` has a field named `pd`
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """Points to double the odds: ``score = offset + factor·ln(odds of good)``, factor = PDO/ln 2,
+    ``base_score`` points at odds of good ``base_odds``:1 (defaults: PDO 20, 600 at 50:1)."""
+
+    pdo: float = 20.0
+    base_score: float = 600.0
+    base_odds: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not (self.pdo > 0 and self.base_odds > 0 and math.isfinite(self.base_score)):
+            raise ValueError(f"invalid score scale: {self}")
+
+    @property
+    def factor(self) -> float:
+        return self.pdo / math.log(2.0)
+
+    @property
+    def offset(self) -> float:
+        return self.base_score - self.factor * math.log(self.base_odds)
+
+    def score(self, logodds_default: np.ndarray | float) -> np.ndarray:
+        """The score of calibrated log-odds of default ``z`` (higher score = safer)."""
+        return self.offset - self.factor * np.asarray(logodds_default, dtype=np.float64)
+
+
+DEFAULT_UPPER_PD: tuple[float, ...] = (
+    0.002, 0.004, 0.007, 0.012, 0.02, 0.03, 0.045, 0.065, 0.10, 0.15, 0.25, 1.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MasterScale:
+    """The rating scale: grades best first, each with the upper end of its PD band (inclusive).
+    Grade ``k`` holds ``upper_pd[k-1] < PD <= upper_pd[k]``; the last band ends at 1."""
+
+    grades: tuple[str, ...] = tuple(f"G{i:02d}" for i in range(1, len(DEFAULT_UPPER_PD) + 1))
+    upper_pd: tuple[float, ...] = DEFAULT_UPPER_PD
+
+    def __post_init__(self) -> None:
+        if len(self.grades) < 10 or len(self.grades) != len(self.upper_pd):
+            raise ValueError("a master scale needs >= 10 grades, one upper PD each")
+        if len(set(self.grades)) != len(self.grades):
+            raise ValueError("master scale grades must be distinct")
+        bounds = np.asarray(self.upper_pd)
+        if not (np.all(np.diff(bounds) > 0) and bounds[0] > 0 and bounds[-1] == 1.0):
+            raise ValueError("master scale upper PDs must increase strictly and end at 1.0")
+
+    def grade(self, pd_: np.ndarray) -> np.ndarray:
+        """The grade of each PD (object array of grade names)."""
+        p = np.asarray(pd_, dtype=np.float64)
+        if np.isnan(p).any():
+            raise ValueError("cannot grade a missing PD")
+        idx = np.searchsorted(np.asarray(self.upper_pd), p, side="left")
+        idx = np.minimum(idx, len(self.grades) - 1)
+        return np.asarray(self.grades, dtype=object)[idx]
+
+    def lower_pd(self) -> tuple[float, ...]:
+        """The lower end (exclusive) of each grade's PD band."""
+        return (0.0, *self.upper_pd[:-1])
+
+
+@dataclass(frozen=True)
+class LogOddsCalibration:
+    """Platt scaling on the log-odds: calibrated log-odds of default ``z = a + b·margin``."""
+
+    a: float
+    b: float
+
+    def logodds(self, margin: np.ndarray) -> np.ndarray:
+        return self.a + self.b * np.asarray(margin, dtype=np.float64)
+
+
+@dataclass
+class Explanation:
+    """PD, score, grade and each feature's score points for every row.
+
+    ``base_points + points.sum(axis=1) == score`` (to 1e-6)."""
+
+    pd: np.ndarray
+    score: np.ndarray
+    grade: np.ndarray
+    points: Frame  # n × every feature (the model's order): score points per feature
+    base_points: np.ndarray  # n (the same value on each row)
+    logodds: np.ndarray  # calibrated log-odds of default z
+    shap: Frame  # n × every feature: raw-margin SHAP values φi
+
+
+@dataclass
+class ScoringModel:
+    """A trained model with everything serving needs: booster, calibration, catalog, scales,
+    trained categories, reference data of the single-SME path, training metrics."""
+
+    booster: lgb.Booster
+    catalog: tuple[Feature, ...]
+    categories: dict[str, tuple[str, ...]]
+    calibration: LogOddsCalibration
+    scale: ScoreScale = field(default_factory=ScoreScale)
+    master_scale: MasterScale = field(default_factory=MasterScale)
+    reference: Reference | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.catalog]
+        if list(self.booster.feature_name()) != names:
+            raise ValueError("the booster's features differ from the catalog's, in name or order")
+        for f in self.catalog:
+            if f.kind == "categorical" and f.name not in self.categories:
+                raise ValueError(f"no trained categories for categorical feature {f.name}")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.catalog]
+
+    # -- inputs ------------------------------------------------------------------------------
+    def prepare(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The model's input frame from any subset of feature columns: missing features -> NaN,
+        categoricals -> the trained categories (unseen values -> NaN), numeric -> float64, in the
+        model's column order. `sme_id`, `as_of`, `default_12m` are ignored; other unknown columns
+        are an error."""
+        return prepare_frame(features, self.catalog, self.categories)
+
+    def matrix(self, features: pd.DataFrame) -> np.ndarray:
+        """The float matrix LightGBM sees: numeric values, categorical codes (NaN = missing)."""
+        prepared = self.prepare(features)
+        return to_matrix(prepared, self.catalog)
+
+    # -- predictions -------------------------------------------------------------------------
+    def predict_margin(self, X: pd.DataFrame) -> np.ndarray:
+        """The booster's raw margin (uncalibrated log-odds of default)."""
+        return np.asarray(self.booster.predict(self.matrix(X), raw_score=True), dtype=np.float64)
+
+    def predict_logodds(self, X: pd.DataFrame) -> np.ndarray:
+        return self.calibration.logodds(self.predict_margin(X))
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """The calibrated probability of default within the horizon."""
+        return np.asarray(expit(self.predict_logodds(X)), dtype=np.float64)
+
+    def score(self, X: pd.DataFrame) -> np.ndarray:
+        return self.scale.score(self.predict_logodds(X))
+
+    def explain(self, X: pd.DataFrame, method: str = "pred_contrib") -> Explanation:
+        """PD, score, grade and score points per feature. ``method``: "pred_contrib" (LightGBM's
+        TreeSHAP) or "tree_shap" (shap.TreeExplainer); both give the same points."""
+        if method not in EXPLAIN_METHODS:
+            raise ValueError(f"explain method must be one of {EXPLAIN_METHODS}, got {method!r}")
+        M = self.matrix(X)
+        k = len(self.catalog)
+        if method == "pred_contrib":
+            contrib = np.asarray(self.booster.predict(M, pred_contrib=True), dtype=np.float64)
+            phi, phi0 = contrib[:, :k], contrib[:, k]
+        else:
+            import shap
+
+            values = shap.TreeExplainer(self.booster)(M)
+            phi = np.asarray(values.values, dtype=np.float64)
+            phi0 = np.broadcast_to(np.asarray(values.base_values, np.float64), (len(M),))
+        if phi.shape != (len(M), k):
+            raise RuntimeError(f"unexpected SHAP shape {phi.shape} for {len(M)} rows, {k} features")
+        margin = np.asarray(self.booster.predict(M, raw_score=True), dtype=np.float64)
+        z = self.calibration.logodds(margin)
+        score = self.scale.score(z)
+        factor, b = self.scale.factor, self.calibration.b
+        points = -factor * b * phi
+        base = self.scale.offset - factor * (self.calibration.a + b * phi0)
+        pd_ = np.asarray(expit(z), dtype=np.float64)
+        return Explanation(
+            pd=pd_,
+            score=score,
+            grade=self.master_scale.grade(pd_),
+            points=pd.DataFrame(points, columns=self.feature_names, index=X.index),
+            base_points=base,
+            logodds=z,
+            shap=pd.DataFrame(phi, columns=self.feature_names, index=X.index),
+        )
+
+    # -- description and persistence ---------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able card: catalog, scales, calibration, training metrics, parameters."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "feature_names": self.feature_names,
+            "catalog": [asdict(f) for f in self.catalog],
+            "categories": {k: list(v) for k, v in self.categories.items()},
+            "calibration": asdict(self.calibration),
+            "scale": {
+                **asdict(self.scale),
+                "factor": self.scale.factor,
+                "offset": self.scale.offset,
+            },
+            "master_scale": {
+                "grades": list(self.master_scale.grades),
+                "upper_pd": list(self.master_scale.upper_pd),
+            },
+            "metrics": dict(self.metrics),
+            "params": dict(self.params),
+        }
+
+    def save(self, folder: Path) -> None:
+        """Write the model to a folder: booster.txt, model.json and reference/ (when present)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "booster.txt").write_text(self.booster.model_to_string(), encoding="utf-8")
+        card = self.describe()
+        card["has_reference"] = self.reference is not None
+        (folder / "model.json").write_text(
+            json.dumps(card, indent=2, sort_keys=True, default=_json_default), encoding="utf-8"
+        )
+        if self.reference is not None:
+            self.reference.to_dir(folder / "reference")
+
+    @classmethod
+    def load(cls, folder: Path) -> ScoringModel:
+        """Read a model written by `save`."""
+        card_path = folder / "model.json"
+        booster_path = folder / "booster.txt"
+        if not (card_path.is_file() and booster_path.is_file()):
+            raise ModelLoadError(
+                f"{folder} does not hold a scoring model (model.json, booster.txt)"
+            )
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        if card.get("format_version") != FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{folder}: model format {card.get('format_version')!r}, expected {FORMAT_VERSION}"
+            )
+        booster = lgb.Booster(model_str=booster_path.read_text(encoding="utf-8"))
+        reference = None
+        if card.get("has_reference"):
+            from features.reference import Reference
+
+            reference = Reference.from_dir(folder / "reference")
+        scale = card["scale"]
+        return cls(
+            booster=booster,
+            catalog=tuple(Feature(**f) for f in card["catalog"]),
+            categories={k: tuple(v) for k, v in card["categories"].items()},
+            calibration=LogOddsCalibration(**card["calibration"]),
+            scale=ScoreScale(scale["pdo"], scale["base_score"], scale["base_odds"]),
+            master_scale=MasterScale(
+                tuple(card["master_scale"]["grades"]), tuple(card["master_scale"]["upper_pd"])
+            ),
+            reference=reference,
+            metrics={k: float(v) for k, v in card["metrics"].items()},
+            params=dict(card["params"]),
+        )
+
+
+def prepare_frame(
+    features: pd.DataFrame,
+    catalog: tuple[Feature, ...],
+    categories: dict[str, tuple[str, ...]],
+) -> pd.DataFrame:
+    """`ScoringModel.prepare` for a catalog and its trained categories."""
+    known = {f.name for f in catalog}
+    unknown = [c for c in features.columns if c not in known and c not in KEY_COLUMNS]
+    if unknown:
+        raise ModelInputError(
+            f"unknown feature column(s) {unknown}: the model knows {len(catalog)} catalog features"
+        )
+    n = len(features)
+    cols: dict[str, Any] = {}
+    for f in catalog:
+        if f.kind == "categorical":
+            cats = list(categories[f.name])
+            if f.name in features:
+                raw = features[f.name]
+                text = raw.astype("object").where(raw.isna(), raw.astype("str"))
+                seen = text.isin(cats)  # unseen categories become missing
+                cols[f.name] = pd.Categorical(text.where(seen, None), categories=cats)
+            else:
+                cols[f.name] = pd.Categorical([None] * n, categories=cats)
+        elif f.name in features:
+            cols[f.name] = _numeric(features[f.name], f.name)
+        else:
+            cols[f.name] = np.full(n, np.nan)
+    return pd.DataFrame(cols, index=features.index)
+
+
+def to_matrix(prepared: pd.DataFrame, catalog: tuple[Feature, ...]) -> np.ndarray:
+    """A prepared frame (categoricals as pandas categoricals) as LightGBM's float matrix."""
+    out = np.empty((len(prepared), len(catalog)), dtype=np.float64)
+    for j, f in enumerate(catalog):
+        col = prepared[f.name]
+        if f.kind == "categorical":
+            codes = np.asarray(col.cat.codes, dtype=np.float64)
+            codes[codes < 0] = np.nan
+            out[:, j] = codes
+        else:
+            out[:, j] = np.asarray(col, dtype=np.float64)
+    return out
+
+
+def _numeric(series: pd.Series, name: str) -> np.ndarray:
+    if series.dtype == bool:
+        return np.asarray(series, dtype=np.float64)
+    try:
+        values = pd.to_numeric(series, errors="raise")
+    except (ValueError, TypeError):
+        bad = pd.to_numeric(series, errors="coerce").isna() & series.notna()
+        first = series[bad].iloc[0] if bad.any() else None
+        raise ModelInputError(
+            f"feature {name}: expected numbers, got {first!r} (row {series.index[bad][0]!r})"
+        ) from None
+    arr = pd.Series(values).to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(arr).any():
+        row = series.index[np.isinf(arr)][0]
+        raise ModelInputError(f"feature {name}: infinite value at row {row!r}; use NaN for missing")
+    return arr
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,408 @@
+"""MLflow tracking and the model registry: log a training run, register its model, load a model
+by URI (``models:/sme-default-pd@champion``, ``models:/sme-default-pd/3``, ``runs:/<id>/model``
+or a local model folder).
+
+Everything goes through an explicit `MlflowClient(tracking_uri)`; MLflow's process-wide tracking
+URI is never changed. Artifacts land under an absolute ``mlartifacts`` folder: beside the SQLite
+file for ``sqlite:///`` URIs (``models/mlartifacts`` for the default), else ``models/mlartifacts``
+of the working directory. Registry aliases, never stages.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import numpy as np
+import pandas as pd
+
+from training.exceptions import ModelLoadError, TrackingUnavailableError
+from training.model import ScoringModel
+
+MODEL_NAME = "sme-default-pd"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+DEFAULT_EXPERIMENT = "sme-default-pd"
+PROMOTIONS_EXPERIMENT = "promotions"
+MODEL_PATH = "model"
+OOT_PATH = "oot"
+OOT_FILE = "oot_rows.parquet"
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
+CONNECT_TIMEOUT_SECONDS = 5
+REQUIREMENTS = ("mlflow", "lightgbm", "pandas", "numpy", "scipy", "scikit-learn", "shap", "pyarrow")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A scoring model and where it came from."""
+
+    model: ScoringModel
+    name: str
+    version: str | None
+    run_id: str | None
+    uri: str
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    """A finished training run and the model version it registered."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+    version: str
+    model_uri: str  # models:/name/version
+
+
+# -- the tracking store -------------------------------------------------------------------------
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite URI (None for in-memory)."""
+    rest = tracking_uri.split(":///", 1)[1] if ":///" in tracking_uri else ""
+    rest = rest.split("?", 1)[0]
+    if rest in ("", ":memory:"):
+        return None
+    return Path(rest)
+
+
+def artifact_root(tracking_uri: str) -> Path:
+    """The absolute artifact folder of a tracking store (module docstring)."""
+    scheme = urlsplit(tracking_uri).scheme.split("+", 1)[0]
+    if scheme == "sqlite":
+        db = _sqlite_path(tracking_uri)
+        if db is not None:
+            return (db.parent / "mlartifacts").resolve()
+    return Path("models/mlartifacts").resolve()
+
+
+def redact(uri: str) -> str:
+    """A URI with its password replaced by ***, for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def client_for(tracking_uri: str) -> Any:
+    """An MlflowClient on the tracking store, which is also the registry."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def check_tracking(tracking_uri: str) -> Any:
+    """Fail fast (before any training) when the tracking store cannot be reached or created;
+    return a client on it. MLflow itself retries an unreachable database for minutes, so the
+    database is first tried once directly, with a short timeout."""
+    import sqlalchemy
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    parts = urlsplit(tracking_uri)
+    scheme = parts.scheme.split("+", 1)[0]
+    where = f"MLflow tracking URI {redact(tracking_uri)!r}"
+    if scheme == "sqlite":
+        db = _sqlite_path(tracking_uri)
+        if db is None:
+            raise TrackingUnavailableError(
+                f"{where}: an in-memory database keeps nothing; give a file, e.g. "
+                "sqlite:///models/mlflow.db"
+            )
+        if not db.parent.is_dir():
+            raise TrackingUnavailableError(
+                f"{where}: folder {db.parent} does not exist (create it, or set "
+                "MLFLOW_TRACKING_URI)"
+            )
+    if scheme in DATABASE_SCHEMES:
+        args = (
+            {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            if scheme in ("postgresql", "mysql")
+            else {}
+        )
+        try:
+            engine = sqlalchemy.create_engine(tracking_uri, connect_args=args)
+            with engine.connect():
+                pass
+            engine.dispose()
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingUnavailableError(f"{where}: cannot connect: {first}") from None
+    elif scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(
+                f"{tracking_uri.rstrip('/')}/health", timeout=CONNECT_TIMEOUT_SECONDS
+            ).raise_for_status()
+        except requests.RequestException as exc:
+            raise TrackingUnavailableError(f"{where}: server not reachable: {exc}") from None
+    elif scheme in ("", "file"):
+        path = Path(parts.path if scheme == "file" else tracking_uri)
+        if not path.parent.is_dir():
+            raise TrackingUnavailableError(f"{where}: folder {path.parent} does not exist")
+    client = client_for(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingUnavailableError(f"{where}: {first}") from None
+    return client
+
+
+def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name`, created with its artifacts under `artifact_root`."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage != "active":
+            client.restore_experiment(found.experiment_id)
+        return str(found.experiment_id)
+    root = artifact_root(tracking_uri)
+    root.mkdir(parents=True, exist_ok=True)
+    return str(client.create_experiment(name, artifact_location=(root / name).as_uri()))
+
+
+# -- logging a training run ---------------------------------------------------------------------
+def _flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_params(f"{key}.", v))
+        elif isinstance(v, list | tuple):
+            out[key] = ",".join(str(x) for x in v)
+        else:
+            out[key] = str(v)
+    return out
+
+
+def _requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def _signature_and_example(result: Any) -> tuple[Any, pd.DataFrame]:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    model: ScoringModel = result.model
+    inputs = Schema(
+        [
+            ColSpec("string" if f.kind == "categorical" else "double", f.name, required=False)
+            for f in model.catalog
+        ]
+    )
+    outputs = Schema(
+        [ColSpec("double", "pd"), ColSpec("double", "score"), ColSpec("string", "grade")]
+    )
+    names = model.feature_names
+    example = result.oot[names].head(5).copy()
+    for f in model.catalog:
+        if f.kind == "categorical":
+            example[f.name] = example[f.name].astype("object").where(example[f.name].notna(), None)
+        else:
+            example[f.name] = example[f.name].astype("float64")
+    return ModelSignature(inputs=inputs, outputs=outputs), example.reset_index(drop=True)
+
+
+def oot_frame(result: Any) -> pd.DataFrame:
+    """The OOT rows promote compares models on: keys, label, every feature, the challenger's
+    PD/score/grade and (when known) the true PD."""
+    keep = ["sme_id", "as_of", "default_12m", *result.model.feature_names, "pd", "score", "grade"]
+    if "pd_true" in result.oot:
+        keep.append("pd_true")
+    frame = result.oot[keep].copy()
+    frame["grade"] = frame["grade"].astype("str")
+    return frame
+
+
+def log_training(
+    result: Any,
+    *,
+    tracking_uri: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+    info: dict[str, str] | None = None,
+    client: Any = None,
+    model_name: str = MODEL_NAME,
+) -> RegisteredRun:
+    """Log a `training.train.TrainResult` as an MLflow run (params, metrics, tags, artifacts,
+    the pyfunc model), register the model as a new version of `model_name` and point the alias
+    `challenger` at it. The run is marked FAILED, and nothing registered, if a step fails."""
+    import mlflow.pyfunc
+    from mlflow.entities import Metric, Param, RunTag
+
+    from training.pyfunc import ARTIFACT_KEY, MODEL_CODE
+    from training.report import write_artifacts
+
+    client = client or check_tracking(tracking_uri)
+    facts = dict(info or {})
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"train-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%SZ}",
+        tags={"scf_risk.kind": "training"},
+    )
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        params = _flat_params("", result.config.as_params())
+        params.update(_flat_params("lgb.", result.lgb_params))
+        params["features"] = str(len(result.model.catalog))
+        now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
+        metrics = [
+            Metric(k, float(v), now, 0) for k, v in sorted(result.metrics.items()) if np.isfinite(v)
+        ]
+        tags = {
+            **{f"scf_risk.{k}": str(v) for k, v in facts.items()},
+            "scf_risk.monotonicity": "passed" if result.monotonicity.ok else "failed",
+            "scf_risk.oot_months": ",".join(result.split.oot_months),
+        }
+        client.log_batch(
+            run_id,
+            metrics=metrics,
+            params=[Param(k, v) for k, v in sorted(params.items())],
+            tags=[RunTag(k, v) for k, v in sorted(tags.items())],
+        )
+        with tempfile.TemporaryDirectory(prefix="scf-risk-run-") as tmp:
+            folder = Path(tmp)
+            write_artifacts(result, folder / "evidence", {"run_id": run_id, **facts})
+            client.log_artifacts(run_id, str(folder / "evidence"))
+            (folder / OOT_PATH).mkdir()
+            oot_frame(result).to_parquet(folder / OOT_PATH / OOT_FILE, index=False)
+            client.log_artifacts(run_id, str(folder / OOT_PATH), OOT_PATH)
+            result.model.save(folder / ARTIFACT_KEY)
+            signature, example = _signature_and_example(result)
+            code = folder / "scoring_pyfunc.py"
+            code.write_text(MODEL_CODE, encoding="utf-8")
+            mlflow.pyfunc.save_model(
+                str(folder / MODEL_PATH),
+                python_model=str(code),
+                artifacts={ARTIFACT_KEY: str(folder / ARTIFACT_KEY)},
+                signature=signature,
+                input_example=example,
+                pip_requirements=_requirements(),
+                metadata={"scf_risk_run_id": run_id, "model_name": model_name},
+            )
+            client.log_artifacts(run_id, str(folder / MODEL_PATH), MODEL_PATH)
+        version = _register(client, model_name, run, result, facts)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return RegisteredRun(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        name=model_name,
+        version=version,
+        model_uri=f"models:/{model_name}/{version}",
+    )
+
+
+def _register(client: Any, name: str, run: Any, result: Any, facts: dict[str, str]) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name,
+            description="Probability of default within 12 months of an SME in supply-chain "
+            "finance: calibrated, monotone LightGBM on point-in-time trade features.",
+        )
+    mt = result.metrics
+    tags = {
+        "auc_oot": f"{mt['auc_oot']:.6f}",
+        "ece_oot": f"{mt['ece_oot']:.6f}",
+        "monotonicity": "passed" if result.monotonicity.ok else "failed",
+        **{k: v for k, v in facts.items() if k.endswith("sha256")},
+    }
+    mv = client.create_model_version(
+        name,
+        source=f"{run.info.artifact_uri.rstrip('/')}/{MODEL_PATH}",
+        run_id=run.info.run_id,
+        tags=tags,
+        description=f"OOT AUC {mt['auc_oot']:.4f}, ECE {mt['ece_oot']:.4f}, "
+        f"OOT months {result.split.oot_months[0]}..{result.split.oot_months[-1]}",
+    )
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    return str(mv.version)
+
+
+# -- loading ------------------------------------------------------------------------------------
+def resolve_version(client: Any, model_uri: str) -> Any:
+    """The ModelVersion of ``models:/name@alias`` or ``models:/name/version``."""
+    from mlflow.exceptions import MlflowException
+
+    spec = model_uri.removeprefix("models:/")
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = spec.partition("/")
+        if not version:
+            raise ModelLoadError(
+                f"model URI {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION"
+            )
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise ModelLoadError(f"model URI {model_uri!r} does not resolve: {exc.message}") from None
+
+
+def load_scoring_model(model_uri: str, tracking_uri: str) -> LoadedModel:
+    """Load the `ScoringModel` of a registered version (``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION``), a run (``runs:/RUN_ID/model``) or a local MLflow model folder."""
+    from mlflow.exceptions import MlflowException
+
+    from training.pyfunc import ARTIFACT_KEY
+
+    client = client_for(tracking_uri)
+    name, version, run_id = MODEL_NAME, None, None
+    with tempfile.TemporaryDirectory(prefix="scf-risk-model-") as tmp:
+        try:
+            if model_uri.startswith("models:/"):
+                mv = resolve_version(client, model_uri)
+                name, version, run_id = mv.name, str(mv.version), mv.run_id
+                source = client.get_model_version_download_uri(mv.name, mv.version)
+                local = Path(_download(source, tmp))
+            elif model_uri.startswith("runs:/"):
+                run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+                root = client.get_run(run_id).info.artifact_uri.rstrip("/")
+                local = Path(_download(f"{root}/{path or MODEL_PATH}", tmp))
+            else:
+                local = Path(model_uri)
+        except MlflowException as exc:
+            raise ModelLoadError(f"model URI {model_uri!r}: {exc.message}") from None
+        folder = local / "artifacts" / ARTIFACT_KEY
+        if not folder.is_dir():
+            raise ModelLoadError(f"model URI {model_uri!r} holds no scf-risk scoring model")
+        model = ScoringModel.load(folder)
+    return LoadedModel(model=model, name=name, version=version, run_id=run_id, uri=model_uri)
+
+
+def _download(source: str, dst: str) -> str:
+    """A local folder holding the artifacts at `source`: the folder itself for file URIs (read
+    in place, no copy), else a download into `dst`."""
+    parts = urlsplit(source)
+    if parts.scheme == "file" or (parts.scheme == "" and Path(source).exists()):
+        local = Path(url2pathname(parts.path) if parts.scheme == "file" else source)
+        if not local.exists():
+            raise ModelLoadError(f"artifact location {source} does not exist")
+        return str(local)
+    import mlflow.artifacts
+
+    return str(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst))
+
+
+def load_oot_rows(client: Any, run_id: str) -> pd.DataFrame:
+    """The OOT rows logged by a training run."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="scf-risk-oot-") as tmp:
+        try:
+            root = client.get_run(run_id).info.artifact_uri.rstrip("/")
+            path = Path(_download(f"{root}/{OOT_PATH}", tmp)) / OOT_FILE
+            return pd.read_parquet(path)
+        except (MlflowException, OSError, ModelLoadError) as exc:
+            raise ModelLoadError(f"run {run_id} has no OOT rows artifact: {exc}") from None

@@ -1,0 +1,139 @@
+"""Out-of-time split, the optional embargo, and the SME-grouped splits of the training months.
+
+- OOT: the last ``oot_months`` as-of months among the matured rows.
+- Embargo (``embargo_days``, default 0 = none): training rows must satisfy
+  ``as_of + embargo_days <= first OOT as-of date``; rows in between are left out. With
+  ``embargo_days = horizon`` every training label is observed before the OOT period starts, so
+  the model cannot learn an SME's OOT outcome from its own training labels (label windows of the
+  last training months otherwise overlap the OOT months' outcomes).
+- Training months: SMEs (not rows) are shuffled with a seeded generator; ``val_fraction`` of them
+  form the validation set (early stopping, tuning), the rest fit the booster. The fit SMEs are
+  also cut into ``folds`` groups for cross-fitted calibration: fold k's margins come from a
+  booster grown without fold k's SMEs. No SME is in two of these sets. OOT rows may belong to
+  any SME: OOT tests the model on a later period, as it will be used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from training.exceptions import TrainingError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Positional row indices into the matured panel, and the months of each period."""
+
+    fit: np.ndarray  # rows of the fit SMEs in the training months
+    val: np.ndarray  # rows of the validation SMEs in the training months
+    oot: np.ndarray
+    fold: np.ndarray  # fold (0..folds-1) of each `fit` row, aligned with `fit`
+    train_months: tuple[str, ...]
+    oot_months: tuple[str, ...]
+    embargoed_months: tuple[str, ...]  # months left out between training and OOT
+
+    @property
+    def train(self) -> np.ndarray:
+        return np.sort(np.concatenate([self.fit, self.val]))
+
+    @property
+    def folds(self) -> int:
+        return int(self.fold.max()) + 1 if self.fold.size else 0
+
+
+def months(as_of: pd.Series) -> np.ndarray:
+    """The as-of month of each row, as "YYYY-MM"."""
+    return np.asarray(pd.to_datetime(as_of).dt.strftime("%Y-%m"), dtype=object)
+
+
+def out_of_time(
+    as_of: pd.Series, oot_months: int, embargo_days: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, oot): OOT = the last `oot_months` distinct as-of months; train =
+    earlier rows with ``as_of + embargo_days <= first OOT as-of``."""
+    if oot_months < 1:
+        raise TrainingError(f"--oot-months must be at least 1, got {oot_months}")
+    if embargo_days < 0:
+        raise TrainingError(f"the embargo must be >= 0 days, got {embargo_days}")
+    m = months(as_of)
+    distinct = sorted(set(m))
+    if len(distinct) < oot_months + 1:
+        raise TrainingError(
+            f"the matured rows span {len(distinct)} as-of month(s) ({', '.join(distinct)}); "
+            f"an out-of-time split of {oot_months} month(s) needs at least {oot_months + 1}"
+        )
+    oot_set = set(distinct[-oot_months:])
+    oot = np.fromiter((x in oot_set for x in m), dtype=bool, count=len(m))
+    dates = pd.to_datetime(as_of).to_numpy()
+    first_oot = dates[oot].min()
+    train = ~oot & (dates + np.timedelta64(embargo_days, "D") <= first_oot)
+    if not train.any():
+        raise TrainingError(
+            f"no training month is left before the {oot_months} OOT month(s) with an embargo "
+            f"of {embargo_days} days: the data spans {len(distinct)} matured month(s)"
+        )
+    return train, oot
+
+
+def group_split(
+    groups: np.ndarray, seed: int, val_fraction: float = 0.15, folds: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit mask, val mask, fold of each row: -1 for val rows), each group (SME) in one set and,
+    within fit, in one fold."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if folds < 2:
+        raise ValueError(f"cross-fitted calibration needs at least 2 folds, got {folds}")
+    g = np.asarray(groups, dtype=object)
+    distinct = np.array(sorted(set(g)), dtype=object)
+    if distinct.size < folds + 1:
+        raise TrainingError(
+            f"the training months hold {distinct.size} SME(s); splitting them by SME into a "
+            f"validation set and {folds} calibration folds needs at least {folds + 1}"
+        )
+    rng = np.random.default_rng(seed)
+    shuffled = distinct[rng.permutation(distinct.size)]
+    n_val = min(max(1, round(val_fraction * distinct.size)), distinct.size - folds)
+    fold_of = {s: -1 for s in shuffled[:n_val]}
+    for i, s in enumerate(shuffled[n_val:]):
+        fold_of[s] = i % folds
+    fold = np.fromiter((fold_of[x] for x in g), dtype=np.int64, count=g.size)
+    return fold >= 0, fold < 0, fold
+
+
+def make_split(
+    panel: pd.DataFrame,
+    oot_months: int,
+    seed: int,
+    *,
+    val_fraction: float = 0.15,
+    folds: int = 5,
+    embargo_days: int = 0,
+) -> Split:
+    """Split a matured panel (every row labelled) out of time, then the training months by SME."""
+    train_mask, oot_mask = out_of_time(panel["as_of"], oot_months, embargo_days)
+    train_idx = np.flatnonzero(train_mask)
+    fit, val, fold = group_split(panel["sme_id"].to_numpy()[train_idx], seed, val_fraction, folds)
+    y = panel["default_12m"].to_numpy(dtype=np.float64)
+    m = months(panel["as_of"])
+    gap = ~train_mask & ~oot_mask
+    split = Split(
+        fit=train_idx[fit],
+        val=train_idx[val],
+        oot=np.flatnonzero(oot_mask),
+        fold=fold[fit],
+        train_months=tuple(sorted(set(m[train_mask]))),
+        oot_months=tuple(sorted(set(m[oot_mask]))),
+        embargoed_months=tuple(sorted(set(m[gap]))),
+    )
+    for name in ("fit", "val", "oot"):
+        labels = y[getattr(split, name)]
+        if not (0 < labels.sum() < labels.size):
+            raise TrainingError(
+                f"the {name} set ({labels.size} rows, {int(labels.sum())} defaults) needs both "
+                "defaults and non-defaults: too few matured rows or defaults to train and evaluate"
+            )
+    return split

@@ -1,0 +1,567 @@
+"""Training core: a labelled feature panel -> a calibrated, monotone LightGBM scoring model and its
+out-of-time evaluation. Plain functions, no MLflow (see `training.registry` for tracking).
+
+Steps of `fit`: validate the panel against the catalog; keep matured rows; split out of time and
+by SME (`training.split`); grow the booster on the fit SMEs with monotone constraints and early
+stopping on the validation SMEs (optionally after an Optuna search); calibrate the log-odds on
+cross-fitted margins (fold k of the fit SMEs scored by a booster grown with the same settings
+without fold k: every SME held out, and every fit SME used, which a single small calibration set
+cannot offer); evaluate on the OOT months; verify monotonicity on real OOT rows.
+
+Besides the headline OOT metrics (the registered model on every OOT row), ``*_oot_unseen_sme``
+scores each OOT row with a booster that never saw its SME (the cross-fitting boosters, or the
+final booster for validation SMEs): the gap between the two shows how much the model gains from
+having seen an SME's earlier rows, whose label windows can reach into the OOT period unless an
+embargo (`TrainConfig.embargo_days`) separates training and OOT.
+
+Products (metrics by product): an OOT row (SME, t) belongs to product P when the SME has a loan of
+product P outstanding at t: ``disbursed_date <= t < maturity_date`` and not defaulted by t. A row
+may belong to several products; rows with no outstanding loan form the group ``no_loan``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from features.catalog import FIN_PREFIX, Feature, catalog_for
+from features.contract import PRODUCTS, RATING_SCALE
+from training import booster as boosting
+from training import metrics as m
+from training.calibration import LogOddsCalibrator
+from training.exceptions import TrainingError
+from training.model import (
+    Explanation,
+    MasterScale,
+    ScoreScale,
+    ScoringModel,
+    prepare_frame,
+    to_matrix,
+)
+from training.monotone import MonotonicityReport, check_monotonicity
+from training.split import Split, make_split, months
+
+if TYPE_CHECKING:
+    from features.contract import Tables
+    from features.reference import Reference
+
+LABEL = "default_12m"
+KEYS: tuple[str, str] = ("sme_id", "as_of")
+STATIC_RATING = "static_rating_ordinal"
+NO_LOAN = "no_loan"
+Engine = Literal["pandas", "dask"]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a model besides the data. Logged as the run's parameters."""
+
+    oot_months: int = 6
+    seed: int = 0
+    engine: Engine = "pandas"
+    scheduler: str | None = None  # dask.distributed scheduler address; None = a LocalCluster
+    dask_workers: int = 2  # workers of the LocalCluster
+    tune_trials: int = 0
+    num_threads: int = 1  # fixed: the model depends on it; 1 is fastest on a busy machine
+    max_rounds: int = 2000
+    early_stopping_rounds: int = 100
+    params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
+    val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
+    calibration_folds: int = 5  # cross-fitting folds of the fit SMEs for calibration
+    embargo_days: int = 0  # training rows need as_of + embargo_days <= first OOT as-of
+    ece_bins: int = 10
+    scale: ScoreScale = field(default_factory=ScoreScale)
+    master_scale: MasterScale = field(default_factory=MasterScale)
+    monotonicity_rows: int = 200
+    monotonicity_grid: int = 25
+    explain_rows: int = 2000  # OOT rows explained for the SHAP summary and top drivers
+
+    def as_params(self) -> dict[str, Any]:
+        return {
+            "oot_months": self.oot_months,
+            "seed": self.seed,
+            "engine": self.engine,
+            "tune_trials": self.tune_trials,
+            "num_threads": self.num_threads,
+            "max_rounds": self.max_rounds,
+            "early_stopping_rounds": self.early_stopping_rounds,
+            "val_fraction": self.val_fraction,
+            "calibration_folds": self.calibration_folds,
+            "embargo_days": self.embargo_days,
+            "ece_bins": self.ece_bins,
+            "pdo": self.scale.pdo,
+            "base_score": self.scale.base_score,
+            "base_odds": self.scale.base_odds,
+            "grades": len(self.master_scale.grades),
+        }
+
+
+@dataclass
+class TrainResult:
+    """A trained model and the evidence a validator reads."""
+
+    model: ScoringModel
+    metrics: dict[str, float]
+    config: TrainConfig
+    split: Split
+    panel: pd.DataFrame  # the matured rows (labels as 0/1), positional index
+    oot: pd.DataFrame  # OOT rows: sme_id, as_of, default_12m, features, pd, score, grade (+ truth)
+    grades: pd.DataFrame  # calibration by grade on OOT
+    products: pd.DataFrame  # metrics by product on OOT (empty when loans are unknown)
+    stability: pd.DataFrame  # per as-of month: n, default rate, mean PD, AUC, PSI
+    monotonicity: MonotonicityReport
+    explanation: Explanation  # a seeded sample of OOT rows
+    importance: pd.DataFrame  # feature, gain, splits, mean |points| on the sample
+    tuning: list[dict[str, Any]]
+    lgb_params: dict[str, Any]
+    panel_rows: int  # rows of the input panel, matured or not
+
+
+def panel_catalog(columns: Sequence[str]) -> tuple[Feature, ...]:
+    """The catalog of a panel: the static catalog plus its `fin_*` columns, restricted to the
+    features present in the panel (catalog order)."""
+    fin = [c[len(FIN_PREFIX) :] for c in columns if str(c).startswith(FIN_PREFIX)]
+    present = set(columns)
+    return tuple(f for f in catalog_for(fin) if f.name in present)
+
+
+def validate_panel(
+    panel: pd.DataFrame, catalog: Sequence[Feature] | None = None
+) -> tuple[pd.DataFrame, tuple[Feature, ...]]:
+    """Check a feature panel for training; return its matured rows (label 0/1, positional index,
+    `as_of` as datetime64) and the catalog of its features. Raises `TrainingError`."""
+    missing = [c for c in (*KEYS, LABEL) if c not in panel.columns]
+    if LABEL in missing:
+        raise TrainingError(
+            f"the feature panel has no {LABEL} column: training needs labels (build the panel "
+            "with `scf-risk features`, which adds them)"
+        )
+    if missing:
+        raise TrainingError(f"the feature panel lacks the column(s) {missing}")
+    if catalog is None:
+        catalog = panel_catalog([str(c) for c in panel.columns])
+    cat = tuple(catalog)
+    known = {f.name for f in cat}
+    unknown = [str(c) for c in panel.columns if c not in known and c not in (*KEYS, LABEL)]
+    if unknown:
+        raise TrainingError(
+            f"the feature panel has column(s) the feature catalog does not know: {unknown}"
+        )
+    cat = tuple(f for f in cat if f.name in panel.columns)
+    if not cat:
+        raise TrainingError("the feature panel has no catalog feature columns")
+    for f in cat:
+        col = panel[f.name]
+        if f.kind == "numeric" and not (pd.api.types.is_numeric_dtype(col) or col.isna().all()):
+            raise TrainingError(
+                f"feature {f.name}: expected a numeric column, got dtype {col.dtype}"
+            )
+    as_of = pd.to_datetime(panel["as_of"], errors="coerce")
+    if as_of.isna().any():
+        row = int(np.flatnonzero(as_of.isna().to_numpy())[0]) + 1
+        raise TrainingError(f"feature panel row {row}, column as_of: not a date")
+    if panel["sme_id"].isna().any():
+        row = int(np.flatnonzero(panel["sme_id"].isna().to_numpy())[0]) + 1
+        raise TrainingError(f"feature panel row {row}, column sme_id: empty")
+    keys = pd.DataFrame({"sme_id": panel["sme_id"].astype("str"), "as_of": as_of})
+    dup = keys.duplicated()
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0]) + 1
+        raise TrainingError(
+            f"feature panel row {row}: duplicate (sme_id, as_of) = "
+            f"({keys['sme_id'].iloc[row - 1]}, {keys['as_of'].iloc[row - 1].date()})"
+        )
+    label = pd.to_numeric(panel[LABEL], errors="coerce")
+    bad = label.notna() & ~label.isin([0, 1]) | (label.isna() & panel[LABEL].notna())
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
+        raise TrainingError(
+            f"feature panel row {row}, column {LABEL}: expected 0, 1 or empty (immature), "
+            f"got {panel[LABEL].iloc[row - 1]!r}"
+        )
+    matured = label.notna().to_numpy()
+    if not matured.any():
+        raise TrainingError(
+            f"the feature panel has no matured rows ({len(panel)} rows, every {LABEL} empty): "
+            "the data does not reach a full horizon after any as-of date"
+        )
+    data = panel.loc[matured].copy()
+    data["as_of"] = as_of[matured]
+    data["sme_id"] = data["sme_id"].astype("str")
+    data[LABEL] = label[matured].astype("int64")
+    classes = sorted(set(data[LABEL]))
+    if len(classes) < 2:
+        raise TrainingError(
+            f"the matured rows hold one class only ({LABEL} = {classes[0]} on all "
+            f"{len(data)} rows): a default model needs defaults and non-defaults"
+        )
+    data = data.sort_values(["as_of", "sme_id"], kind="stable").reset_index(drop=True)
+    return data, cat
+
+
+def trained_categories(
+    data: pd.DataFrame, catalog: tuple[Feature, ...]
+) -> dict[str, tuple[str, ...]]:
+    """The categories of each categorical feature: the sorted distinct values seen in `data`."""
+    out: dict[str, tuple[str, ...]] = {}
+    for f in catalog:
+        if f.kind == "categorical":
+            values = data[f.name].dropna().astype("str")
+            out[f.name] = tuple(sorted(set(values)))
+    return out
+
+
+def fit(
+    panel: pd.DataFrame,
+    catalog: Sequence[Feature] | None = None,
+    config: TrainConfig | None = None,
+    *,
+    reference: Reference | None = None,
+    truth: pd.DataFrame | None = None,
+    tables: Tables | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train and evaluate a scoring model on a labelled panel (module docstring).
+
+    `truth` (sme_id, as_of, pd_true) adds the oracle AUC; `tables` adds metrics by product and,
+    when the panel has no `static_rating_ordinal`, the static rating from `external_rating`."""
+    cfg = config or TrainConfig()
+    say = progress or (lambda _msg: None)
+    if cfg.engine not in ("pandas", "dask"):
+        raise TrainingError(f"engine must be pandas or dask, got {cfg.engine!r}")
+    data, cat = validate_panel(panel, catalog)
+    split = make_split(
+        data,
+        cfg.oot_months,
+        cfg.seed,
+        val_fraction=cfg.val_fraction,
+        folds=cfg.calibration_folds,
+        embargo_days=cfg.embargo_days,
+    )
+    categories = trained_categories(data.iloc[split.train], cat)
+    X = to_matrix(prepare_frame(data[[f.name for f in cat]], cat, categories), cat)
+    y = data[LABEL].to_numpy(dtype=np.float64)
+
+    tuning: list[dict[str, Any]] = []
+    overrides = dict(cfg.params)
+    base = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
+    if cfg.tune_trials > 0:
+        say(f"tuning: {cfg.tune_trials} Optuna trials")
+        best, tuning = boosting.tune(
+            X[split.fit],
+            y[split.fit],
+            X[split.val],
+            y[split.val],
+            cat,
+            base,
+            n_trials=cfg.tune_trials,
+            seed=cfg.seed,
+            max_rounds=cfg.max_rounds,
+            early_stopping_rounds=cfg.early_stopping_rounds,
+            on_trial=lambda i: say(f"tuning: trial {i}/{cfg.tune_trials}"),
+        )
+        overrides.update(best)
+    params = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
+
+    grown, oof, unseen = _grow(X, y, data["sme_id"].to_numpy(), split, cat, params, cfg, say)
+    booster = grown.booster
+    margin = np.asarray(booster.predict(X, raw_score=True), dtype=np.float64)
+
+    say("calibrating the log-odds")
+    calibrator = LogOddsCalibrator().fit(oof, y[split.fit])
+    if not calibrator.b_ > 0:
+        raise TrainingError(
+            f"calibration slope {calibrator.b_:.3g} is not positive: the model does not rank "
+            "held-out SMEs (too little signal or data)"
+        )
+    model = ScoringModel(
+        booster=booster,
+        catalog=cat,
+        categories=categories,
+        calibration=calibrator.calibration_,
+        scale=cfg.scale,
+        master_scale=cfg.master_scale,
+        reference=reference,
+        params={
+            "lightgbm": {k: v for k, v in params.items()},
+            "best_iteration": grown.best_iteration,
+            "train": cfg.as_params(),
+        },
+    )
+
+    say("evaluating out of time")
+    z = calibrator.calibration_.logodds(margin)
+    pd_all = np.asarray(expit(z), dtype=np.float64)
+    oot_idx = split.oot
+    y_oot, p_oot = y[oot_idx], pd_all[oot_idx]
+    metrics: dict[str, float] = {}
+    for name, idx in (("oot", oot_idx), ("val", split.val)):
+        for key, value in m.summary(y[idx], pd_all[idx], cfg.ece_bins).items():
+            metrics[f"{key}_{name}"] = value
+    p_oof = np.asarray(expit(calibrator.calibration_.logodds(oof)), dtype=np.float64)
+    for key, value in m.summary(y[split.fit], p_oof, cfg.ece_bins).items():
+        metrics[f"{key}_oof"] = value
+    p_unseen = np.asarray(expit(calibrator.calibration_.logodds(unseen)), dtype=np.float64)
+    metrics["auc_oot_unseen_sme"] = m.auc(y_oot, p_unseen)
+    metrics["ece_oot_unseen_sme"] = m.ece(y_oot, p_unseen, cfg.ece_bins)
+    metrics["best_iteration"] = float(grown.best_iteration)
+    metrics["val_log_loss_lgb"] = grown.val_loss
+    metrics["calibration_a"] = calibrator.a_
+    metrics["calibration_b"] = calibrator.b_
+
+    oot = data.iloc[oot_idx].reset_index(drop=True)
+    oot["pd"] = p_oot
+    oot["score"] = cfg.scale.score(z[oot_idx])
+    oot["grade"] = cfg.master_scale.grade(p_oot)
+
+    static = _static_rating(oot, tables)
+    if static is not None:
+        has = ~np.isnan(static)
+        metrics["auc_static_rating_oot"] = m.auc(y_oot[has], static[has])
+        metrics["static_rating_coverage_oot"] = float(has.mean())
+    if truth is not None:
+        _oracle_metrics(oot, truth, metrics)
+
+    grades = m.by_grade(y_oot, p_oot, cfg.master_scale)
+    metrics["grades_within_ci_share_oot"] = float(grades.loc[grades["n"] > 0, "within_ci"].mean())
+    products = (
+        _product_metrics(oot, tables.loans, cfg.ece_bins) if tables is not None else pd.DataFrame()
+    )
+    for product, value in zip(products.get("product", []), products.get("auc", []), strict=True):
+        metrics[f"auc_oot_{product}"] = float(value)
+    stability = _stability(data, split, pd_all)
+
+    say("checking monotonicity on OOT rows")
+    mono = check_monotonicity(
+        lambda M: np.asarray(booster.predict(M, raw_score=True)),
+        X[oot_idx],
+        cat,
+        n_rows=cfg.monotonicity_rows,
+        n_grid=cfg.monotonicity_grid,
+        seed=cfg.seed,
+    )
+    metrics["monotonicity_ok"] = 1.0 if mono.ok else 0.0
+    metrics["monotonicity_violating_features"] = float(len(mono.violations()))
+
+    say("explaining a sample of OOT rows")
+    rng = np.random.default_rng(cfg.seed)
+    sample = np.sort(rng.choice(len(oot), size=min(cfg.explain_rows, len(oot)), replace=False))
+    explanation = model.explain(oot.iloc[sample][[f.name for f in cat]])
+    importance = pd.DataFrame(
+        {
+            "feature": model.feature_names,
+            "gain": booster.feature_importance("gain"),
+            "splits": booster.feature_importance("split"),
+            "mean_abs_points": explanation.points.abs().mean().to_numpy(),
+        }
+    ).sort_values("mean_abs_points", ascending=False, kind="stable")
+    model.metrics = dict(metrics)
+    return TrainResult(
+        model=model,
+        metrics=metrics,
+        config=cfg,
+        split=split,
+        panel=data,
+        oot=oot,
+        grades=grades,
+        products=products,
+        stability=stability,
+        monotonicity=mono,
+        explanation=explanation,
+        importance=importance.reset_index(drop=True),
+        tuning=tuning,
+        lgb_params=params,
+        panel_rows=len(panel),
+    )
+
+
+def _grow(
+    X: np.ndarray,
+    y: np.ndarray,
+    sme: np.ndarray,
+    split: Split,
+    catalog: tuple[Feature, ...],
+    params: dict[str, Any],
+    cfg: TrainConfig,
+    say: Progress,
+) -> tuple[boosting.BoosterFit, np.ndarray, np.ndarray]:
+    """The model's booster (fit SMEs, early stopping on the validation SMEs), the cross-fitted
+    margins of the fit rows, and OOT margins from boosters that never saw the row's SME."""
+    trainer: boosting.LocalTrainer | boosting.DaskTrainer = (
+        boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers)
+        if cfg.engine == "dask"
+        else boosting.LocalTrainer(catalog, params)
+    )
+    with trainer:
+        say(f"training LightGBM ({cfg.engine} engine) on {len(split.fit):,} rows")
+        grown = trainer.train(
+            X[split.fit],
+            y[split.fit],
+            rounds=cfg.max_rounds,
+            X_val=X[split.val],
+            y_val=y[split.val],
+            patience=cfg.early_stopping_rounds,
+        )
+        oof = np.empty(len(split.fit))
+        unseen = np.asarray(grown.booster.predict(X[split.oot], raw_score=True), np.float64)
+        for k in range(split.folds):
+            say(f"cross-fitting calibration: fold {k + 1}/{split.folds}")
+            held = split.fold == k
+            fold_booster = trainer.train(
+                X[split.fit[~held]], y[split.fit[~held]], rounds=grown.best_iteration
+            ).booster
+            oof[held] = fold_booster.predict(X[split.fit[held]], raw_score=True)
+            in_fold = np.isin(sme[split.oot], sme[split.fit[held]])
+            unseen[in_fold] = fold_booster.predict(X[split.oot[in_fold]], raw_score=True)
+    return grown, oof, unseen
+
+
+def _static_rating(oot: pd.DataFrame, tables: Tables | None) -> np.ndarray | None:
+    """The static onboarding rating of each OOT row as an ordinal (higher = worse), NaN when
+    unrated: the panel's `static_rating_ordinal`, else the SMEs' `external_rating`."""
+    if STATIC_RATING in oot.columns:
+        return pd.to_numeric(oot[STATIC_RATING], errors="coerce").to_numpy(dtype=np.float64)
+    if tables is None or "external_rating" not in tables.enterprises.columns:
+        return None
+    ordinal = {r: float(i) for i, r in enumerate(RATING_SCALE)}
+    ent = tables.enterprises
+    rating = dict(zip(ent["enterprise_id"].astype("str"), ent["external_rating"], strict=True))
+    return np.array(
+        [ordinal.get(str(rating.get(s)), np.nan) for s in oot["sme_id"]], dtype=np.float64
+    )
+
+
+def _oracle_metrics(oot: pd.DataFrame, truth: pd.DataFrame, metrics: dict[str, float]) -> None:
+    """AUC of the simulator's true PD on the OOT rows it covers, and the model's on those rows."""
+    need = {"sme_id", "as_of", "pd_true"}
+    if not need <= set(truth.columns):
+        raise TrainingError(f"the truth file needs columns {sorted(need)}, has {list(truth)}")
+    t = pd.DataFrame(
+        {
+            "sme_id": truth["sme_id"].astype("str"),
+            "as_of": pd.to_datetime(truth["as_of"]).astype("datetime64[ns]"),
+            "pd_true": pd.to_numeric(truth["pd_true"], errors="coerce"),
+        }
+    ).drop_duplicates(["sme_id", "as_of"])
+    keys = pd.DataFrame({"sme_id": oot["sme_id"], "as_of": oot["as_of"].astype("datetime64[ns]")})
+    merged = keys.merge(t, on=["sme_id", "as_of"], how="left", validate="one_to_one")
+    pd_true = merged["pd_true"].to_numpy(dtype=np.float64)
+    has = ~np.isnan(pd_true)
+    oot["pd_true"] = pd_true
+    metrics["truth_coverage_oot"] = float(has.mean())
+    if not has.any():
+        return
+    y = oot["default_12m"].to_numpy(dtype=np.float64)
+    metrics["auc_oracle_oot"] = m.auc(y[has], pd_true[has])
+    metrics["auc_model_on_truth_rows_oot"] = m.auc(y[has], oot["pd"].to_numpy()[has])
+    metrics["ece_oracle_oot"] = m.ece(y[has], pd_true[has])
+
+
+def active_products(loans: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """For each row (sme_id, as_of): one boolean column per product, True when the SME has a
+    loan of that product outstanding at as_of (module docstring)."""
+    out = pd.DataFrame(False, index=rows.index, columns=list(PRODUCTS))
+    if loans.empty:
+        return out
+    keyed = pd.DataFrame(
+        {"row": np.arange(len(rows)), "sme_id": rows["sme_id"].astype("str").to_numpy()}
+    )
+    keyed["as_of"] = pd.to_datetime(rows["as_of"]).to_numpy()
+    lo = pd.DataFrame(
+        {
+            "sme_id": loans["sme_id"].astype("str"),
+            "product": loans["product"].astype("str"),
+            "disbursed": pd.to_datetime(loans["disbursed_date"]),
+            "maturity": pd.to_datetime(loans["maturity_date"]),
+            "default": pd.to_datetime(loans["default_date"]) if "default_date" in loans else pd.NaT,
+        }
+    )
+    pairs = keyed.merge(lo, on="sme_id", how="inner")
+    active = (
+        (pairs["disbursed"] <= pairs["as_of"])
+        & (pairs["as_of"] < pairs["maturity"])
+        & ~(pairs["default"] <= pairs["as_of"])
+    )
+    hit = pairs.loc[active, ["row", "product"]].drop_duplicates()
+    for product in PRODUCTS:
+        r = hit.loc[hit["product"] == product, "row"].to_numpy()
+        col = np.zeros(len(rows), dtype=bool)
+        col[r] = True
+        out[product] = col
+    return out
+
+
+def _product_metrics(oot: pd.DataFrame, loans: pd.DataFrame, n_bins: int) -> pd.DataFrame:
+    flags = active_products(loans, oot)
+    groups: dict[str, np.ndarray] = {p: flags[p].to_numpy(dtype=bool) for p in PRODUCTS}
+    groups[NO_LOAN] = ~np.asarray(flags.to_numpy(dtype=bool).any(axis=1))
+    y = oot["default_12m"].to_numpy(dtype=np.float64)
+    p = oot["pd"].to_numpy(dtype=np.float64)
+    rows = []
+    for name, mask in groups.items():
+        n = int(mask.sum())
+        rows.append(
+            {
+                "product": name,
+                "n": n,
+                "defaults": int(y[mask].sum()),
+                "observed_rate": float(y[mask].mean()) if n else float("nan"),
+                "mean_pd": float(p[mask].mean()) if n else float("nan"),
+                "auc": m.auc(y[mask], p[mask]) if n else float("nan"),
+                "ks": m.ks(y[mask], p[mask]) if n else float("nan"),
+                "ece": m.ece(y[mask], p[mask], n_bins) if n else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _stability(data: pd.DataFrame, split: Split, pd_all: np.ndarray) -> pd.DataFrame:
+    """Per as-of month: period, n, default rate, mean PD, AUC and the PSI of the PD against
+    the training months' PD distribution."""
+    month = months(data["as_of"])
+    y = data[LABEL].to_numpy(dtype=np.float64)
+    train_pd = pd_all[split.train]
+    oot_set = set(split.oot_months)
+    rows = []
+    for mo in sorted(set(month)):
+        mask = month == mo
+        rows.append(
+            {
+                "month": mo,
+                "period": "oot" if mo in oot_set else "train",
+                "n": int(mask.sum()),
+                "default_rate": float(y[mask].mean()),
+                "mean_pd": float(pd_all[mask].mean()),
+                "auc": m.auc(y[mask], pd_all[mask]),
+                "psi": m.psi(train_pd, pd_all[mask]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def fingerprint_frame(frame: pd.DataFrame) -> str:
+    """sha256 of a frame's column names, dtypes and values (row order matters)."""
+    h = hashlib.sha256()
+    h.update(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
+    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint_files(paths: Sequence[Path]) -> str:
+    """sha256 over files' names and bytes, in name order."""
+    h = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        h.update(path.name.encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
