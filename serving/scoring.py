@@ -135,9 +135,8 @@ def explain_rows(
     (``meta``: sme_id, as_of, mode, inputs hash of each row)."""
     from training.exceptions import ModelInputError
 
-    frame = pd.DataFrame(list(rows), index=pd.RangeIndex(len(rows)))
     try:
-        expl = model.explain(frame, method=method)
+        expl = model.explain_records(rows, method=method)
     except ModelInputError as exc:
         raise InvalidInput(("features",), str(exc)) from exc
     names = list(model.feature_names)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,9 @@ class ScoringModel:
     reference: Reference | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    _slots: dict[str, tuple[int, dict[str, int] | None]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.catalog]
@@ -143,6 +147,16 @@ class ScoringModel:
         for f in self.catalog:
             if f.kind == "categorical" and f.name not in self.categories:
                 raise ValueError(f"no trained categories for categorical feature {f.name}")
+        # column of each feature in the matrix, and the codes of a categorical's trained levels
+        self._slots = {
+            f.name: (
+                j,
+                {c: k for k, c in enumerate(self.categories[f.name])}
+                if f.kind == "categorical"
+                else None,
+            )
+            for j, f in enumerate(self.catalog)
+        }
 
     @property
     def feature_names(self) -> list[str]:
@@ -160,6 +174,39 @@ class ScoringModel:
         """The float matrix LightGBM sees: numeric values, categorical codes (NaN = missing)."""
         prepared = self.prepare(features)
         return to_matrix(prepared, self.catalog)
+
+    def records_matrix(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """`matrix(pd.DataFrame(rows))` without pandas, for the per-request path: the same values
+        and the same errors (unknown features, non-numbers, infinities) from a plain loop over the
+        values given ({feature: value}, any subset; None or NaN = missing)."""
+        M = np.full((len(rows), len(self._slots)), np.nan)
+        unknown: set[str] = set()
+        for i, row in enumerate(rows):
+            for name, value in row.items():
+                slot = self._slots.get(name)
+                if slot is None:
+                    if name not in KEY_COLUMNS:
+                        unknown.add(name)
+                    continue
+                j, codes = slot
+                if codes is None and type(value) is float:  # the common case, kept cheap
+                    if value == value:  # NaN is missing
+                        M[i, j] = _number(value, name, i) if math.isinf(value) else value
+                    continue
+                if value is None or (not isinstance(value, str) and pd.isna(value)):
+                    continue
+                if codes is not None:
+                    code = codes.get(value if isinstance(value, str) else str(value))
+                    if code is not None:  # unseen categories are missing
+                        M[i, j] = code
+                else:
+                    M[i, j] = _number(value, name, i)
+        if unknown:
+            raise ModelInputError(
+                f"unknown feature column(s) {sorted(unknown)}: the model knows "
+                f"{len(self.catalog)} catalog features"
+            )
+        return M
 
     # -- predictions -------------------------------------------------------------------------
     def predict_margin(self, X: pd.DataFrame) -> np.ndarray:
@@ -179,9 +226,20 @@ class ScoringModel:
     def explain(self, X: pd.DataFrame, method: str = "pred_contrib") -> Explanation:
         """PD, score, grade and score points per feature. ``method``: "pred_contrib" (LightGBM's
         TreeSHAP) or "tree_shap" (shap.TreeExplainer); both give the same points."""
+        return self.explain_matrix(self.matrix(X), method, index=X.index)
+
+    def explain_records(
+        self, rows: Sequence[Mapping[str, Any]], method: str = "pred_contrib"
+    ) -> Explanation:
+        """`explain` for feature records ({feature: value}): the per-request fast path."""
+        return self.explain_matrix(self.records_matrix(rows), method)
+
+    def explain_matrix(
+        self, M: np.ndarray, method: str = "pred_contrib", *, index: pd.Index | None = None
+    ) -> Explanation:
+        """`explain` on LightGBM's matrix (see `matrix` / `records_matrix`)."""
         if method not in EXPLAIN_METHODS:
             raise ValueError(f"explain method must be one of {EXPLAIN_METHODS}, got {method!r}")
-        M = self.matrix(X)
         k = len(self.catalog)
         if method == "pred_contrib":
             contrib = np.asarray(self.booster.predict(M, pred_contrib=True), dtype=np.float64)
@@ -205,10 +263,10 @@ class ScoringModel:
             pd=pd_,
             score=score,
             grade=self.master_scale.grade(pd_),
-            points=pd.DataFrame(points, columns=self.feature_names, index=X.index),
+            points=pd.DataFrame(points, columns=self.feature_names, index=index),
             base_points=base,
             logodds=z,
-            shap=pd.DataFrame(phi, columns=self.feature_names, index=X.index),
+            shap=pd.DataFrame(phi, columns=self.feature_names, index=index),
         )
 
     # -- description and persistence ---------------------------------------------------------
@@ -342,6 +400,20 @@ def _numeric(series: pd.Series, name: str) -> np.ndarray:
         row = series.index[np.isinf(arr)][0]
         raise ModelInputError(f"feature {name}: infinite value at row {row!r}; use NaN for missing")
     return arr
+
+
+def _number(value: object, name: str, row: int) -> float:
+    """One numeric feature value of a record as `_numeric` reads it (bools and numeric strings
+    included), or ModelInputError naming the feature."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ModelInputError(
+            f"feature {name}: expected numbers, got {value!r} (row {row!r})"
+        ) from None
+    if math.isinf(number):
+        raise ModelInputError(f"feature {name}: infinite value at row {row!r}; use NaN for missing")
+    return number
 
 
 def _json_default(value: object) -> object:
