@@ -419,7 +419,8 @@ def _grow(
                 X[split.fit[~held]], y[split.fit[~held]], rounds=grown.best_iteration
             ).booster
             oof[held] = fold_booster.predict(X[split.fit[held]], raw_score=True)
-            in_fold = np.isin(sme[split.oot], sme[split.fit[held]])
+            # pandas' hash-based isin: numpy's isin on object arrays compares all pairs
+            in_fold = pd.Series(sme[split.oot]).isin(set(sme[split.fit[held]])).to_numpy()
             unseen[in_fold] = fold_booster.predict(X[split.oot[in_fold]], raw_score=True)
     return grown, oof, unseen
 

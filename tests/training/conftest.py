@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,12 +77,12 @@ def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
     return make_panel()
 
 
-FAST = {"calibration_folds": 3, "max_rounds": 400, "early_stopping_rounds": 50}
+FAST: dict[str, Any] = {"calibration_folds": 3, "max_rounds": 400, "early_stopping_rounds": 50}
 """TrainConfig settings that keep the tests fast (the defaults are for real data)."""
 
 
 @pytest.fixture(scope="session")
-def trained(synthetic: tuple[pd.DataFrame, pd.DataFrame]):  # type: ignore[no-untyped-def]
+def trained(synthetic: tuple[pd.DataFrame, pd.DataFrame]):
     """One model trained on the synthetic panel (session-wide: training is the slow part)."""
     from training.train import TrainConfig, fit
 

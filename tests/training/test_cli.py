@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import typer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from training.cli import register
 from training.registry import MODEL_NAME, client_for, load_scoring_model
@@ -25,7 +25,7 @@ def app() -> typer.Typer:
     return app
 
 
-def _run(app: typer.Typer, *args: str):  # type: ignore[no-untyped-def]
+def _run(app: typer.Typer, *args: object) -> Result:
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
@@ -44,7 +44,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = _run(app, "train", "--data", simulated, "--tracking-uri", uri, "--seed", "3")
     assert result.exit_code == 0, result.output
@@ -72,12 +72,15 @@ def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Pat
     assert "not promoted" in rejected.stderr and "ece" in rejected.stderr
 
 
-def test_bad_features_files_register_nothing(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_features_files_register_nothing(app, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     panel, _ = make_panel(n_smes=60, n_months=10, seed=2)
     cases = {
         "no labels": (panel.drop(columns="default_12m"), "no default_12m column"),
-        "immature": (panel.assign(default_12m=pd.NA), "no matured rows"),
+        "immature": (
+            panel.assign(default_12m=pd.array([pd.NA] * len(panel), "Int8")),
+            "no matured rows",
+        ),
         "one class": (panel.assign(default_12m=0), "one class only"),
         "unknown column": (panel.assign(shoe_size=42.0), "does not know: ['shoe_size']"),
     }
@@ -104,7 +107,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_unreachable_tracking_store_fails_before_training(app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_tracking_store_fails_before_training(app, tmp_path: Path) -> None:
     panel, _ = make_panel(n_smes=60, n_months=10, seed=2)
     features = tmp_path / "panel.parquet"
     panel.to_parquet(features, index=False)

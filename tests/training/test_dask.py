@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from training.booster import best_iteration_by_patience
@@ -19,7 +21,12 @@ def test_early_stopping_rule() -> None:
 
 def test_dask_engine_matches_pandas_auc() -> None:
     panel, _ = make_panel(n_smes=300, n_months=18, seed=21)
-    common = {"seed": 4, "calibration_folds": 2, "max_rounds": 250, "early_stopping_rounds": 30}
+    common: dict[str, Any] = {
+        "seed": 4,
+        "calibration_folds": 2,
+        "max_rounds": 250,
+        "early_stopping_rounds": 30,
+    }
     local = fit(panel, CATALOG, TrainConfig(engine="pandas", **common))
     distributed = fit(panel, CATALOG, TrainConfig(engine="dask", dask_workers=2, **common))
     assert abs(distributed.metrics["auc_oot"] - local.metrics["auc_oot"]) < 0.01

@@ -75,7 +75,7 @@ def _random_rows(n: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("method", ["pred_contrib", "tree_shap"])
-def test_points_add_up_to_the_score_exactly(trained, method: str) -> None:  # type: ignore[no-untyped-def]
+def test_points_add_up_to_the_score_exactly(trained, method: str) -> None:
     model: ScoringModel = trained.model
     X = _random_rows(3000, seed=7)
     e = model.explain(X, method=method)
@@ -89,7 +89,7 @@ def test_points_add_up_to_the_score_exactly(trained, method: str) -> None:  # ty
     assert list(e.grade) == list(model.master_scale.grade(e.pd))
 
 
-def test_both_explain_methods_agree(trained) -> None:  # type: ignore[no-untyped-def]
+def test_both_explain_methods_agree(trained) -> None:
     X = _random_rows(1000, seed=8)
     a = trained.model.explain(X, method="pred_contrib")
     b = trained.model.explain(X, method="tree_shap")
@@ -153,7 +153,7 @@ def test_shap_values_match_brute_force_shapley_values() -> None:
         np.testing.assert_allclose(e.points.to_numpy(), -factor * b * phi, atol=1e-7)
 
 
-def test_prepare_fills_orders_and_checks(trained) -> None:  # type: ignore[no-untyped-def]
+def test_prepare_fills_orders_and_checks(trained) -> None:
     model: ScoringModel = trained.model
     X = pd.DataFrame({"industry": ["agri", "nowhere", None], "dso_90d": [10, 20, 30]})
     P = model.prepare(X)
@@ -176,7 +176,7 @@ def test_prepare_fills_orders_and_checks(trained) -> None:  # type: ignore[no-un
     assert abs(e.base_points[0] + e.points.to_numpy().sum() - e.score[0]) < 1e-6
 
 
-def test_save_and_load_round_trip(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_save_and_load_round_trip(trained, tmp_path: Path) -> None:
     model: ScoringModel = trained.model
     model.save(tmp_path / "m")
     back = ScoringModel.load(tmp_path / "m")
@@ -192,7 +192,7 @@ def test_save_and_load_round_trip(trained, tmp_path: Path) -> None:  # type: ign
         ScoringModel.load(tmp_path / "nothing")
 
 
-def test_model_checks_its_parts(trained) -> None:  # type: ignore[no-untyped-def]
+def test_model_checks_its_parts(trained) -> None:
     model: ScoringModel = trained.model
     with pytest.raises(ValueError, match="booster's features"):
         ScoringModel(model.booster, tuple(reversed(CATALOG)), model.categories, model.calibration)

@@ -36,11 +36,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def first(trained, store: str):  # type: ignore[no-untyped-def]
+def first(trained, store: str):
     return log_training(trained, tracking_uri=store, info={"panel_sha256": "abc123"})
 
 
-def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:  # type: ignore[no-untyped-def]
+def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:
     client = client_for(store)
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED"
@@ -74,7 +74,7 @@ def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:  # t
     assert "signature" in mlmodel and "saved_input_example_info" in mlmodel
 
 
-def test_registry_round_trip(trained, store: str, first) -> None:  # type: ignore[no-untyped-def]
+def test_registry_round_trip(trained, store: str, first) -> None:
     import mlflow.pyfunc
 
     loaded = load_scoring_model(f"models:/{MODEL_NAME}@{CHALLENGER}", store)
@@ -123,7 +123,7 @@ def _decisions(store: str) -> pd.DataFrame:
     )
 
 
-def test_promotion_lifecycle(trained, synthetic, store: str, first) -> None:  # type: ignore[no-untyped-def]
+def test_promotion_lifecycle(trained, synthetic, store: str, first) -> None:
     client = client_for(store)
     # 1. the first model passes on its own gates
     decision = promote(store)

@@ -12,7 +12,7 @@ from training.train import TrainConfig, active_products, fit, validate_panel
 from .conftest import CATALOG, FAST, make_panel
 
 
-def test_model_learns_the_known_effects(trained) -> None:  # type: ignore[no-untyped-def]
+def test_model_learns_the_known_effects(trained) -> None:
     mt = trained.metrics
     assert mt["auc_oot"] > mt["auc_static_rating_oot"] + 0.05
     assert mt["auc_oracle_oot"] - mt["auc_oot"] < 0.06
@@ -33,7 +33,7 @@ def test_model_learns_the_known_effects(trained) -> None:  # type: ignore[no-unt
     assert {"auc_oot_unseen_sme", "ece_oot_unseen_sme", "auc_oof", "ece_oof"} <= set(mt)
 
 
-def test_same_data_and_seed_give_the_same_model(synthetic) -> None:  # type: ignore[no-untyped-def]
+def test_same_data_and_seed_give_the_same_model(synthetic) -> None:
     panel, _ = synthetic
     config = TrainConfig(seed=11, **FAST)
     a = fit(panel, CATALOG, config)
@@ -75,7 +75,7 @@ def _panel() -> pd.DataFrame:
         ),
     ],
 )
-def test_bad_panels_are_refused(change, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_panels_are_refused(change, message: str) -> None:
     with pytest.raises(TrainingError, match=message):
         fit(change(_panel()), config=TrainConfig(**FAST))
 
@@ -99,7 +99,7 @@ def test_active_products_at_the_as_of_date() -> None:
             "maturity_date": pd.to_datetime(
                 ["2022-06-30", "2022-04-30", "2022-01-31", "2022-12-31"]
             ),
-            "default_date": pd.to_datetime([None, None, None, "2022-01-15"]),
+            "default_date": pd.to_datetime(pd.Series([None, None, None, "2022-01-15"])),
         }
     )
     rows = pd.DataFrame(

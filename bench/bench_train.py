@@ -1,0 +1,141 @@
+"""Training benchmark on simulated data (default 20,000 SMEs; `SCF_RISK_BENCH_SMES` to change).
+
+Figures:
+- wall time of `training.train.fit` (median of 3) and its ratio to a bare `lightgbm.train` on the
+  same fit matrix with the same parameters and the same early stopping. `fit` grows 1 + K
+  boosters (the model and K cross-fitting boosters for calibration, K = 5) and adds calibration,
+  the OOT evaluation, the monotonicity check and a SHAP sample, so the ratio is the full cost of
+  a validated model over one bare booster; the per-booster ratio divides that by 1 + K.
+- OOT AUC against the oracle AUC (the simulator's pd_true on the same rows) and the static
+  rating's AUC, the ECE, and the OOT AUC with every SME scored by a booster that never saw it.
+
+The simulated dataset and its panel are cached under data/bench/ (git-ignored) and reused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+from bench.report import Report, median_runs
+
+SECTION = "train"
+SEED = 1
+
+
+def _dataset(n_smes: int) -> tuple[Path, Path]:
+    """(tables folder, panel file) of the simulated dataset, generated once."""
+    from features.engines import build_panel
+    from features.io import load_tables
+    from features.pipeline import data_range, month_ends, write_panel
+    from features.simulate import SimConfig, generate_to_folder
+
+    root = Path("data/bench") / f"sim-{n_smes}-seed{SEED}"
+    folder, panel = root / "tables", root / "panel.parquet"
+    if not (folder / "truth.parquet").is_file():
+        print(f"generating {n_smes:,} SMEs into {folder} (once)", flush=True)
+        generate_to_folder(SimConfig(n_smes=n_smes, seed=SEED), folder)
+    if not panel.is_file():
+        print(f"building the feature panel {panel} (once)", flush=True)
+        tables = load_tables(folder)
+        start, end = data_range(tables)
+        write_panel(build_panel(tables, month_ends(start, end)), panel)
+    return folder, panel
+
+
+def run(report: Report) -> None:
+    from training.booster import categorical_indices
+    from training.model import prepare_frame, to_matrix
+    from training.run import load_inputs
+    from training.split import make_split
+    from training.train import TrainConfig, fit, trained_categories, validate_panel
+
+    n_smes = int(os.environ.get("SCF_RISK_BENCH_SMES", "20000"))
+    folder, panel_file = _dataset(n_smes)
+    inputs = load_inputs(folder, panel_file)
+    config = TrainConfig(seed=0)
+    rows = int(inputs.panel["default_12m"].notna().sum())
+
+    t_fit, fit_runs, result = median_runs(
+        lambda: fit(inputs.panel, config=config, truth=inputs.truth, tables=inputs.tables), 3
+    )
+
+    data, catalog = validate_panel(inputs.panel)
+    split = make_split(
+        data,
+        config.oot_months,
+        config.seed,
+        val_fraction=config.val_fraction,
+        folds=config.calibration_folds,
+    )
+    categories = trained_categories(data.iloc[split.train], catalog)
+    X = to_matrix(prepare_frame(data[[f.name for f in catalog]], catalog, categories), catalog)
+    y = data["default_12m"].to_numpy(dtype=np.float64)
+    params = result.lgb_params
+
+    def bare() -> lgb.Booster:
+        dfit = lgb.Dataset(
+            X[split.fit],
+            y[split.fit],
+            feature_name=[f.name for f in catalog],
+            categorical_feature=categorical_indices(catalog),
+        )
+        dval = lgb.Dataset(X[split.val], y[split.val], reference=dfit)
+        return lgb.train(
+            params,
+            dfit,
+            num_boost_round=config.max_rounds,
+            valid_sets=[dval],
+            callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
+        )
+
+    t_bare, bare_runs, booster = median_runs(bare, 3)
+    boosters = 1 + config.calibration_folds
+    mt = result.metrics
+    note = f"{n_smes:,} SMEs, {rows:,} matured rows, {len(catalog)} features, 1 thread"
+    report.add(SECTION, "fit wall time", t_fit, "s", runs=fit_runs, note=note)
+    report.add(
+        SECTION,
+        "bare lightgbm.train wall time",
+        t_bare,
+        "s",
+        runs=bare_runs,
+        note=f"same fit matrix and parameters, early stopping at {booster.best_iteration}",
+    )
+    report.add(
+        SECTION,
+        "fit / bare lightgbm.train",
+        t_fit / t_bare,
+        "x",
+        note=f"fit grows {boosters} boosters and validates the model",
+    )
+    report.add(SECTION, "fit / bare, per booster grown", t_fit / t_bare / boosters, "x")
+    report.add(SECTION, "OOT AUC", mt["auc_oot"], "", note=f"{int(mt['n_oot']):,} OOT rows")
+    report.add(SECTION, "oracle AUC (pd_true, same rows)", mt["auc_oracle_oot"], "")
+    report.add(SECTION, "static rating AUC", mt["auc_static_rating_oot"], "")
+    report.add(
+        SECTION,
+        "oracle AUC - OOT AUC",
+        mt["auc_oracle_oot"] - mt["auc_oot"],
+        "",
+        target="<= 0.03",
+    )
+    report.add(
+        SECTION,
+        "OOT AUC - static rating AUC",
+        mt["auc_oot"] - mt["auc_static_rating_oot"],
+        "",
+        target=">= 0.08",
+    )
+    report.add(SECTION, "OOT ECE", mt["ece_oot"], "", target="<= 0.01", note="10 equal-count bins")
+    report.add(
+        SECTION,
+        "OOT AUC, SMEs unseen by their booster",
+        mt["auc_oot_unseen_sme"],
+        "",
+        note="cross-fitted: no SME scored by a booster trained on its earlier rows",
+    )
+    report.add(SECTION, "OOT ECE, SMEs unseen by their booster", mt["ece_oot_unseen_sme"], "")
