@@ -21,6 +21,7 @@ from urllib.request import url2pathname
 import numpy as np
 import pandas as pd
 
+from features.drift import PROFILE_ARTIFACT, TrainingProfile, build_profile
 from training.exceptions import ModelLoadError, TrackingUnavailableError
 from training.model import ScoringModel
 
@@ -270,6 +271,9 @@ def log_training(
             folder = Path(tmp)
             write_artifacts(result, folder / "evidence", {"run_id": run_id, **facts})
             client.log_artifacts(run_id, str(folder / "evidence"))
+            profile = training_profile(result)
+            (folder / PROFILE_ARTIFACT).write_text(profile.to_json(), encoding="utf-8")
+            client.log_artifact(run_id, str(folder / PROFILE_ARTIFACT))
             (folder / OOT_PATH).mkdir()
             oot_frame(result).to_parquet(folder / OOT_PATH / OOT_FILE, index=False)
             client.log_artifacts(run_id, str(folder / OOT_PATH), OOT_PATH)
@@ -298,6 +302,13 @@ def log_training(
         version=version,
         model_uri=f"models:/{model_name}/{version}",
     )
+
+
+def training_profile(result: Any) -> TrainingProfile:
+    """The drift reference of a trained model (`features.drift`): training-decile bins of every
+    feature and of the score over the training months' rows; `scf-risk monitor` reads it."""
+    rows = result.panel.iloc[result.split.train]
+    return build_profile(rows, result.model.score(rows), result.model.catalog)
 
 
 def _register(client: Any, name: str, run: Any, result: Any, facts: dict[str, str]) -> str:

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from features.catalog import get_feature
-from features.drift import PROFILE_ARTIFACT, TrainingProfile, build_profile
+from features.drift import PROFILE_ARTIFACT, TrainingProfile
 from features.exceptions import FeatureError
 from features.io import load_tables
 from features.pipeline import build_features
@@ -46,26 +46,15 @@ _PROFILED: dict[str, Profiled] = {}
 
 
 def profiled_version(reg: Registered) -> Profiled:
-    """Register the `registered` model again from a run that also logs its drift profile
-    (built from the matured panel rows the model was trained on); once per tracking store."""
+    """The `registered` model with the drift profile its training run logged."""
     if reg.tracking_uri in _PROFILED:
         return _PROFILED[reg.tracking_uri]
     client = client_for(reg.tracking_uri)
-    loaded = load_scoring_model(f"models:/{MODEL_NAME}/{reg.version}", reg.tracking_uri)
-    model = loaded.model
-    train = reg.panel[reg.panel["default_12m"].notna()]
-    profile = build_profile(train, model.score(train[model.feature_names]), model.catalog)
-    source = client.get_run(reg.run_id)
-    run = client.create_run(source.info.experiment_id, run_name="with-drift-profile")
-    run_id = run.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(reg.run_id, "model", tmp)
-        client.log_artifacts(run_id, local, "model")
-    client.log_text(run_id, profile.to_json(), PROFILE_ARTIFACT)
-    client.set_terminated(run_id, "FINISHED")
-    mv = client.create_model_version(MODEL_NAME, f"{run.info.artifact_uri}/model", run_id=run_id)
+        path = client.download_artifacts(reg.run_id, PROFILE_ARTIFACT, tmp)
+        profile = TrainingProfile.from_json(Path(path).read_text(encoding="utf-8"))
     found = Profiled(
-        reg.tracking_uri, reg.data, f"models:/{MODEL_NAME}/{mv.version}", run_id, profile
+        reg.tracking_uri, reg.data, f"models:/{MODEL_NAME}/{reg.version}", reg.run_id, profile
     )
     _PROFILED[reg.tracking_uri] = found
     return found
