@@ -227,6 +227,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     inputs = load_inputs(data, None)
     config = TrainConfig(
         oot_months=4,
+        calibration_folds=2,  # fewer cross-fitted boosters: the fixture is about serving
         max_rounds=80,
         early_stopping_rounds=20,
         monotonicity_rows=40,
