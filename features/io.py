@@ -804,7 +804,9 @@ def _registry(
         return None  # no enterprises to check against: reported already
     if known is not None and len(known):
         # pandas "str" columns may convert to a ChunkedArray: make it one contiguous array
-        ids.append(_chunked(pa.array(known["enterprise_id"], type=pa.large_string())).combine_chunks())
+        ids.append(
+            _chunked(pa.array(known["enterprise_id"], type=pa.large_string())).combine_chunks()
+        )
         roles.append(_role_codes(_chunked(pa.array(known["role"], type=pa.large_string()))))
     if history_of is not None:
         ids.append(pa.array([history_of], type=pa.large_string()))
