@@ -7,9 +7,14 @@ into a temporary MLflow store, then on 127.0.0.1:
   req/s, median of several runs), and a batch of 1,000 SMEs per request;
 - `mlflow models serve` of the same registered model version (which explains and stores nothing),
   the same single-row load, side by side in the same run: the throughput ratio;
-- afterwards, the audit store must hold a record for every 200 response.
+- afterwards, the audit store must hold a record for every 200 response;
+- the soak: `SOAK_S` (60 s) at 16 keep-alive connections against 2 workers, with the SQLite audit
+  store and again with PostgreSQL (``SCF_RISK_TEST_POSTGRES_URL``, a fresh database created and
+  dropped): errors, and the audit store compared with every 200's decision ids (the same
+  `load_scenario` the test suite runs bounded to 15 s, tests/serving/test_load.py).
 
-Load comes from wrk (Debian's `wrk`) when installed, else from an asyncio client (aiohttp).
+Latency at 8 connections comes from wrk (Debian's `wrk`) when installed, else from an asyncio
+client (aiohttp); the soak's from a counting thread-per-connection client (every response kept).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ DURATION_S = 8
 RUNS = 3
 BATCH = 1000
 WORKERS = 2
+SOAK_S = 60
+SOAK_CONNECTIONS = 16
 
 
 @dataclass
@@ -211,7 +218,12 @@ def train_model(root: Path) -> tuple[str, str, list[dict[str, Any]]]:
     promote(tracking, run.version, max_ece=1.0)  # bench data is small: gates are not the point
     names = result.model.feature_names
     panel = inputs.panel
-    latest = panel[panel["as_of"] == panel["as_of"].max()].head(BATCH)
+    # The most recent months, enough of them for BATCH distinct (SME, as-of) requests.
+    months = sorted(panel["as_of"].unique(), reverse=True)
+    recent = next((m for m in months if (panel["as_of"] >= m).sum() >= BATCH), months[-1])
+    latest = panel[panel["as_of"] >= recent].sort_values("as_of", ascending=False).head(BATCH)
+    if len(latest) < BATCH:
+        raise RuntimeError(f"the bench panel has {len(latest)} rows, {BATCH} needed for a batch")
     rows = []
     for rec in latest.to_dict(orient="records"):
         row: dict[str, Any] = {"sme_id": str(rec["sme_id"])}
@@ -296,6 +308,8 @@ def _run(report: Report, root: Path) -> None:
         "SCF_RISK_API_KEYS": str(root / "keys.json"),
         "SCF_RISK_ENV": "production",
         "SCF_RISK_BATCH_LIMIT": str(BATCH),
+        # 1,000 SMEs with every feature are ~2.5 MB of JSON: more than the default body limit.
+        "SCF_RISK_MAX_BODY_BYTES": str(16_000_000),
     }
     tool = "wrk" if shutil.which("wrk") else "asyncio client"
     singles = [json.dumps(r) for r in rows[:200]]
@@ -331,7 +345,8 @@ def _run(report: Report, root: Path) -> None:
     ours = _add(report, "explained score throughput", [x.rps for x in loads], "req/s", note=note)
     report.add(
         SECTION, f"batch of {BATCH} SMEs per request", batch_s * 1000, "ms",
-        runs=[r * 1000 for r in batch_runs], note=f"{n} decisions per request",
+        runs=[r * 1000 for r in batch_runs],
+        note=f"{n} decisions per request, {len(batch_body) / 1e6:.1f} MB of JSON",
     )  # fmt: skip
     report.add(SECTION, "batch scoring rate", n / batch_s, "SMEs/s")
     expected = ok_total + RUNS * n + n
@@ -366,6 +381,55 @@ def _run(report: Report, root: Path) -> None:
     )  # fmt: skip
     _add(report, "mlflow models serve p99", [x.p99_ms for x in mloads], "ms", note=note)
     report.add(SECTION, "throughput ratio scf-risk / mlflow", ours / theirs, "x", target=">= 5")
+    soak(report, root, tracking, rows)
+
+
+def soak(report: Report, root: Path, tracking: str, rows: list[dict[str, Any]]) -> None:
+    """SOAK_S at SOAK_CONNECTIONS against WORKERS workers, SQLite then PostgreSQL."""
+    from tests.serving.stress import load_scenario, postgres_database, postgres_url
+
+    stores: list[tuple[str, str | None]] = [("SQLite", f"sqlite:///{root / 'soak.db'}")]
+    admin = postgres_url()
+    stores.append(("PostgreSQL", admin))
+    for label, url in stores:
+        if url is None:
+            print(f"  soak with {label}: not run (SCF_RISK_TEST_POSTGRES_URL not set)", flush=True)
+            continue
+        workdir = root / f"soak-{label.lower()}"
+        workdir.mkdir()
+        if label == "PostgreSQL":
+            with postgres_database(url) as db:
+                s = load_scenario(
+                    workdir, tracking, db.url, rows[:200], seconds=SOAK_S,
+                    connections=SOAK_CONNECTIONS, workers=WORKERS,
+                )  # fmt: skip
+        else:
+            s = load_scenario(
+                workdir, tracking, url, rows[:200], seconds=SOAK_S,
+                connections=SOAK_CONNECTIONS, workers=WORKERS,
+            )  # fmt: skip
+        r = s.result
+        note = (
+            f"{SOAK_S} s, {SOAK_CONNECTIONS} keep-alive connections, {WORKERS} workers, "
+            f"{label} audit store; 1 request in 10 a batch of 4; {r.summary()}"
+        )
+        name = f"soak {label}"
+        report.add(SECTION, f"{name}: requests/s", r.rps, "req/s", note=note)
+        report.add(SECTION, f"{name}: p50", r.percentile_ms(50), "ms")
+        report.add(SECTION, f"{name}: p99", r.percentile_ms(99), "ms")
+        report.add(SECTION, f"{name}: errors", s.errors, "responses", target="= 0")
+        report.add(
+            SECTION, f"{name}: acknowledged decisions missing from the store", len(s.missing),
+            "decisions", target="= 0",
+            note=f"{len(r.acknowledged)} acknowledged, {len(s.stored)} stored, chain "
+            f"{'intact' if s.chain_ok else 'BROKEN'}",
+        )  # fmt: skip
+        report.add(
+            SECTION, f"{name}: stored decisions never acknowledged", len(s.unacknowledged),
+            "decisions", target="= 0",
+        )  # fmt: skip
+        if s.errors or s.missing or s.unacknowledged or not s.chain_ok:
+            raise RuntimeError(f"soak with {label} failed: {r.summary()}")
 
 
 def _add(report: Report, name: str, runs: list[float], unit: str, **kw: str) -> float:

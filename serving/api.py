@@ -6,6 +6,7 @@ CPU-bound handlers are ``def`` (run in the thread pool); only the tiny body/sign
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -16,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from serving import scoring
+from serving.errors import error_schemas, responses
 from serving.exceptions import DecisionNotFound, InvalidInput, ModelLoadFailed
 from serving.keys import Caller
 from serving.pages import csp, new_nonce
@@ -48,6 +50,14 @@ from serving.service import Service
 
 GRADE_PATTERN = r"^[A-Za-z0-9+\-]{1,16}$"
 NEXT_RE = re.compile(r"^/audit/[A-Za-z0-9/_?=&.%+\-]*$")
+
+
+def _or_empty(pattern: str) -> str:
+    """An anchored ``^...$`` pattern that also accepts the empty string (a blank form field).
+    ``"^$|" + pattern[1:]`` would leave the second branch unanchored at the start."""
+    return f"^(?:{pattern.removeprefix('^').removesuffix('$')})?$"
+
+
 DecisionIdPath = Annotated[str, Path(pattern=DECISION_ID_PATTERN, description="A decision's UUID.")]
 
 router = APIRouter()
@@ -91,7 +101,7 @@ Body = Annotated[bytes, Depends(raw_body)]
     response_model=ScoreResponse,
     openapi_extra=_score_body("ScoreRequest"),
     tags=["scores"],
-    responses={401: {}, 403: {}, 422: {}, 503: {}},
+    responses=responses(401, 403, 413, 422, 503),
 )
 def post_score(
     caller: Annotated[Caller, Depends(require(*SCORE))], body: Body, svc: SvcDep
@@ -108,7 +118,7 @@ def post_score(
     response_model=list[ScoreResponse],
     openapi_extra=_score_body("BatchScoreRequest"),
     tags=["scores"],
-    responses={401: {}, 403: {}, 422: {}, 503: {}},
+    responses=responses(401, 403, 413, 422, 503),
 )
 def post_score_batch(
     caller: Annotated[Caller, Depends(require(*SCORE))], body: Body, svc: SvcDep
@@ -128,7 +138,7 @@ def post_score_batch(
     "/v1/decisions/{decision_id}",
     response_model=DecisionRecord,
     tags=["decisions"],
-    responses={401: {}, 403: {}, 404: {}},
+    responses=responses(401, 403, 404, 422, 503),
 )
 def get_decision(
     decision_id: DecisionIdPath,
@@ -143,7 +153,7 @@ def get_decision(
     "/v1/decisions",
     response_model=DecisionList,
     tags=["decisions"],
-    responses={401: {}, 403: {}},
+    responses=responses(401, 403, 422, 503),
 )
 def list_decisions(
     sme_id: Annotated[str, Query(pattern=SME_ID_PATTERN)],
@@ -155,7 +165,16 @@ def list_decisions(
     return {"sme_id": sme_id, "decisions": svc.store.find(sme_id=sme_id, limit=limit)}
 
 
-@router.get("/v1/model", response_model=ServedModelInfo, tags=["model"], responses={401: {}})
+class ServedModelCard(ServedModelInfo):
+    """The served model; a metric undefined on the model's data (e.g. the AUC of a segment
+    without defaults in the OOT months) is null."""
+
+    metrics: dict[str, float | None]  # type: ignore[assignment]
+
+
+@router.get(
+    "/v1/model", response_model=ServedModelCard, tags=["model"], responses=responses(401, 403, 503)
+)
 def get_model(_: Annotated[Caller, Depends(require(*READ_MODEL))], svc: SvcDep) -> dict[str, Any]:
     """The served model: version, training metrics, catalog, score and master scales."""
     served = svc.holder.get()
@@ -165,7 +184,10 @@ def get_model(_: Annotated[Caller, Depends(require(*READ_MODEL))], svc: SvcDep) 
         "uri": str(served.loaded.uri),
         "loaded_at": served.loaded_at,
         "explain_method": served.explain_method,
-        "metrics": card["metrics"],
+        "metrics": {
+            k: float(v) if v is not None and math.isfinite(v) else None
+            for k, v in card["metrics"].items()
+        },
         "catalog": card["catalog"],
         "scale": card["scale"],
         "master_scale": card["master_scale"],
@@ -176,7 +198,7 @@ def get_model(_: Annotated[Caller, Depends(require(*READ_MODEL))], svc: SvcDep) 
     "/v1/admin/reload",
     response_model=ReloadResponse,
     tags=["admin"],
-    responses={401: {}, 403: {}, 503: {}},
+    responses=responses(401, 403, 413, 503),
 )
 def reload_model(_: Annotated[Caller, Depends(require(*ADMIN))], svc: SvcDep) -> dict[str, Any]:
     """Load the current champion and swap it in; on failure keep serving the old model."""
@@ -199,7 +221,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, tags=["health"], responses={503: {}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    tags=["health"],
+    responses={503: {"model": Readiness, "description": "Not ready (the body says why)."}},
+)
 def readyz(svc: SvcDep, response: Response) -> dict[str, Any]:
     """Ready when a model is loaded and the audit store is writable (no key needed)."""
     status = svc.readiness()
@@ -208,7 +235,12 @@ def readyz(svc: SvcDep, response: Response) -> dict[str, Any]:
     return status
 
 
-@router.get("/metrics", tags=["health"], response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={200: {"description": "Prometheus text format.", "content": {"text/plain": {}}}},
+)
 def metrics(svc: SvcDep) -> Response:
     """Prometheus text: requests, latency, decisions by grade, served model."""
     content, media_type = svc.metrics.render()
@@ -235,7 +267,12 @@ def _page_auth(request: Request, key: str | None, svc: Service) -> HTMLResponse 
     return caller
 
 
-@router.get("/audit/decisions/{decision_id}", response_class=HTMLResponse, tags=["audit pages"])
+@router.get(
+    "/audit/decisions/{decision_id}",
+    response_class=HTMLResponse,
+    tags=["audit pages"],
+    responses=responses(401, 403, 404, 422, 503, html=(401, 404), page=True),
+)
 def decision_page(
     decision_id: DecisionIdPath,
     request: Request,
@@ -255,12 +292,17 @@ def decision_page(
     return _html(svc.pages.decision(record, svc.descriptions(), nonce), nonce)
 
 
-@router.get("/audit/decisions", response_class=HTMLResponse, tags=["audit pages"])
+@router.get(
+    "/audit/decisions",
+    response_class=HTMLResponse,
+    tags=["audit pages"],
+    responses=responses(401, 403, 422, 503, html=(401,), page=True),
+)
 def decisions_page(
     request: Request,
     svc: SvcDep,
-    sme_id: Annotated[str | None, Query(pattern=r"^$|" + SME_ID_PATTERN[1:])] = None,
-    grade: Annotated[str | None, Query(pattern=r"^$|" + GRADE_PATTERN[1:])] = None,
+    sme_id: Annotated[str | None, Query(pattern=_or_empty(SME_ID_PATTERN))] = None,
+    grade: Annotated[str | None, Query(pattern=_or_empty(GRADE_PATTERN))] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     key: Annotated[str | None, Depends(api_key_header)] = None,
 ) -> HTMLResponse:
@@ -277,7 +319,12 @@ def decisions_page(
     return _html(page, nonce)
 
 
-@router.get("/audit/login", response_class=HTMLResponse, tags=["audit pages"])
+@router.get(
+    "/audit/login",
+    response_class=HTMLResponse,
+    tags=["audit pages"],
+    responses=responses(422, page=True),
+)
 def login_page(svc: SvcDep, next: str = "/audit/decisions") -> HTMLResponse:
     """The sign-in form of the auditor pages."""
     nonce = new_nonce()
@@ -285,11 +332,40 @@ def login_page(svc: SvcDep, next: str = "/audit/decisions") -> HTMLResponse:
     return _html(svc.pages.login(next_url=target, error=None, nonce=nonce), nonce)
 
 
-@router.post("/audit/login", response_class=HTMLResponse, tags=["audit pages"])
+@router.post(
+    "/audit/login",
+    response_class=RedirectResponse,
+    status_code=303,
+    tags=["audit pages"],
+    responses={
+        303: {"description": "Signed in: on to the page asked for (HttpOnly cookie set)."},
+        **responses(401, 403, 413, 422, 503, html=(401, 403)),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "api_key": {"type": "string"},
+                            "next": {"type": "string"},
+                        },
+                        "required": ["api_key"],
+                    }
+                }
+            },
+        }
+    },
+)
 async def login(request: Request) -> Response:
     """Check a key (form field ``api_key``) and keep it in an HttpOnly cookie for /audit."""
     svc = service(request)
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    try:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError:  # more fields than a sign-in form has
+        raise InvalidInput((), "a sign-in form has the fields api_key and next only") from None
     key = (form.get("api_key") or [""])[0].strip()
     target = (form.get("next") or ["/audit/decisions"])[0]
     target = target if NEXT_RE.match(target) else "/audit/decisions"
@@ -312,7 +388,13 @@ async def login(request: Request) -> Response:
     return resp
 
 
-@router.post("/audit/logout", tags=["audit pages"])
+@router.post(
+    "/audit/logout",
+    response_class=RedirectResponse,
+    status_code=303,
+    tags=["audit pages"],
+    responses={303: {"description": "Signed out: on to the sign-in page."}, **responses(413)},
+)
 async def logout() -> Response:
     """Forget the sign-in cookie."""
     resp = RedirectResponse("/audit/login", status_code=303)
@@ -323,7 +405,7 @@ async def logout() -> Response:
 def models_for_openapi(svc: Service) -> dict[str, Any]:
     """The current request schemas, for the OpenAPI document's components."""
     single, batch = svc.request_models()
-    schemas: dict[str, Any] = {}
+    schemas: dict[str, Any] = error_schemas()
     for model in (single, batch):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))

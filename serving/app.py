@@ -20,6 +20,7 @@ from features.settings import Settings
 from serving import errors
 from serving.api import models_for_openapi, router
 from serving.audit import AuditStore
+from serving.keys import redact
 from serving.metrics import MetricsMiddleware
 from serving.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from serving.model import Loader
@@ -97,9 +98,37 @@ def _openapi_of(app: FastAPI, service: Service) -> Any:
     return openapi
 
 
+class RedactKeys(logging.Filter):
+    """Masks API keys in log records: a client that puts its key in a URL (``?api_key=...``)
+    would otherwise leave it in the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        return True
+
+
+LOGGERS_WITH_HANDLERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def redact_logs() -> None:
+    """Put `RedactKeys` on every handler of the root and uvicorn loggers (once each)."""
+    for name in LOGGERS_WITH_HANDLERS:
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactKeys) for f in handler.filters):
+                handler.addFilter(RedactKeys())
+
+
 def app_from_env() -> FastAPI:
-    """The uvicorn factory: settings from the environment."""
+    """The uvicorn factory: settings from the environment, logs without keys."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact_logs()
     return create_app(Settings())

@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -139,14 +141,40 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def make_engine(url: str, *, immediate: bool = False, lock_timeout: float = 30.0) -> Engine:
+DEFAULT_LOCK_TIMEOUT = 30.0
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def url_lock_timeout(url: str, default: float = DEFAULT_LOCK_TIMEOUT) -> float:
+    """The lock timeout a SQLite URL asks for (``sqlite:///audit.db?timeout=5``, pysqlite's own
+    parameter, in seconds), else `default`."""
+    raw = sa.make_url(url).query.get("timeout")
+    if raw is None:
+        return default
+    try:
+        value = float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        raise ValueError(
+            f"audit database URL: timeout={raw!r} is not a number of seconds"
+        ) from None
+    if not value >= 0:
+        raise ValueError(f"audit database URL: timeout={raw!r} must be >= 0 seconds")
+    return value
+
+
+def make_engine(url: str, *, immediate: bool = False, lock_timeout: float | None = None) -> Engine:
     """An engine for the audit database. SQLite: WAL, synchronous=FULL, a busy timeout of
-    `lock_timeout` seconds, and (``immediate=True``) write transactions that take the write lock
-    at BEGIN."""
+    `lock_timeout` seconds (default: the URL's ``timeout``, else 30 s), and (``immediate=True``)
+    write transactions that take the write lock at BEGIN. PostgreSQL: connections checked before
+    use and a connect timeout (an unreachable server is an error in seconds, not a hang)."""
     sa_url = sa.make_url(url)
     if sa_url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    engine = sa.create_engine(url, connect_args={"timeout": lock_timeout})
+        args: dict[str, Any] = {}
+        if sa_url.get_backend_name() == "postgresql" and "connect_timeout" not in sa_url.query:
+            args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=args)
+    timeout = url_lock_timeout(url) if lock_timeout is None else lock_timeout
+    engine = sa.create_engine(url, connect_args={"timeout": timeout})
     begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
     @event.listens_for(engine, "connect")
@@ -154,8 +182,7 @@ def make_engine(url: str, *, immediate: bool = False, lock_timeout: float = 30.0
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy's pysqlite recipe)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        cur.execute("PRAGMA synchronous=FULL")  # the busy timeout is the connect timeout
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -172,13 +199,17 @@ class AuditStore:
     failure is raised as `AuditUnavailable` (the API answers 503: no unaudited decision).
     """
 
-    def __init__(self, url: str, *, prefix: str = "", lock_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "", lock_timeout: float | None = None) -> None:
         if prefix and not prefix.replace("_", "").isalnum():
             raise ValueError(f"prefix: letters, digits and _ only, got {prefix!r}")
         self.url = url
         self.prefix = prefix
         self._md, self.decisions, self.head, self.latest, self.state = _tables(prefix)
         self._sqlite = sa.make_url(url).get_backend_name() == "sqlite"
+        self.lock_timeout = url_lock_timeout(url) if lock_timeout is None else lock_timeout
+        # SQLite: this process's writers queue here, so SQLite's busy handler (sleep and retry,
+        # no queue) only arbitrates between processes.
+        self._local_writer = threading.Lock() if self._sqlite else None
         self._writer = make_engine(url, immediate=True, lock_timeout=lock_timeout)
         self._reader = make_engine(url, lock_timeout=lock_timeout) if self._sqlite else self._writer
         self._schema_ready = False
@@ -197,11 +228,16 @@ class AuditStore:
         try:
             self._md.create_all(self._writer, checkfirst=True)
         except SQLAlchemyError as exc:
-            # Another process may have created them concurrently: check again once.
-            if not sa.inspect(self._writer).has_table(self.head.name):
+            # Another process may have created them concurrently: check again once (the database
+            # may as well be unreachable: that is AuditUnavailable too, never a raw driver error).
+            try:
+                created = sa.inspect(self._writer).has_table(self.head.name)
+            except SQLAlchemyError:
+                created = False
+            if not created:
                 raise AuditUnavailable(f"audit store {self.safe_url}: {_reason(exc)}") from exc
         try:
-            with self._writer.begin() as conn:
+            with self._write() as conn:
                 exists = conn.execute(
                     sa.select(self.head.c.id).where(self.head.c.id == HEAD_ID)
                 ).first()
@@ -226,6 +262,40 @@ class AuditStore:
         self._md.drop_all(self._writer, checkfirst=True)
         self._schema_ready = False
 
+    @contextmanager
+    def _write(self, *, commit: bool = True) -> Iterator[sa.Connection]:
+        """A write transaction (committed, or rolled back when `commit` is false).
+
+        On SQLite this process's writers first queue for their turn (at most the lock timeout).
+        After a database error the connection is discarded, never pooled again: a session that
+        failed a write may be read-only (PostgreSQL fixes ``default_transaction_read_only`` when
+        a session starts) or half broken, and reusing it would keep refusing decisions after the
+        database came back."""
+        local = self._local_writer
+        if local is not None and not local.acquire(timeout=self.lock_timeout):
+            raise AuditUnavailable(
+                f"audit store {self.safe_url}: no write turn within {self.lock_timeout:g} s"
+            )
+        try:
+            with self._writer.connect() as conn:
+                try:
+                    trans = conn.begin()
+                    try:
+                        yield conn
+                    except BaseException:
+                        trans.rollback()
+                        raise
+                    if commit:
+                        trans.commit()
+                    else:
+                        trans.rollback()
+                except SQLAlchemyError:
+                    conn.invalidate()
+                    raise
+        finally:
+            if local is not None:
+                local.release()
+
     @property
     def safe_url(self) -> str:
         """The URL with any password hidden (for logs and messages)."""
@@ -235,14 +305,12 @@ class AuditStore:
         """True if a write transaction can be opened and a row updated right now (rolled back)."""
         try:
             self.ensure_schema()
-            with self._writer.connect() as conn:
-                trans = conn.begin()
+            with self._write(commit=False) as conn:
                 conn.execute(
                     sa.update(self.head)
                     .where(self.head.c.id == HEAD_ID)
                     .values(seq=self.head.c.seq)
                 )
-                trans.rollback()
         except (AuditUnavailable, SQLAlchemyError):
             return False
         return True
@@ -258,7 +326,7 @@ class AuditStore:
             return []
         self.ensure_schema()
         try:
-            with self._writer.begin() as conn:
+            with self._write() as conn:
                 row = conn.execute(
                     sa.select(self.head.c.seq, self.head.c.record_hash)
                     .where(self.head.c.id == HEAD_ID)
@@ -442,7 +510,7 @@ class AuditStore:
         """Set a serving_state value (insert or update)."""
         self.ensure_schema()
         try:
-            with self._writer.begin() as conn:
+            with self._write() as conn:
                 done = conn.execute(
                     sa.update(self.state)
                     .where(self.state.c.name == name)
@@ -511,7 +579,7 @@ def materialize(
     t = store.latest
     written = 0
     try:
-        with store._writer.begin() as conn:
+        with store._write() as conn:
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
                 ids = [r["sme_id"] for r in chunk]

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from features.exceptions import ContractError, ScfRiskError
 from serving.exceptions import (
@@ -26,6 +27,76 @@ from serving.exceptions import (
 
 log = logging.getLogger("scf_risk.serving")
 RETRY_AFTER_SECONDS = "5"
+
+
+class ErrorBody(BaseModel):
+    """An error the caller can act on, in words."""
+
+    detail: str
+
+
+class Problem(BaseModel):
+    """One invalid input: where (``loc``: body/query/path, then the field's path), what is wrong."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = Field(default=None, description="The offending value (left out when large).")
+
+
+class ValidationErrorBody(BaseModel):
+    """Bad input: every problem found, each naming its field."""
+
+    detail: list[Problem]
+
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed request framing (an invalid Content-Length).",
+    401: "Missing or wrong API key (header X-API-Key).",
+    403: "The key's role may not do this.",
+    404: "No such decision.",
+    413: "Request body larger than the configured limit (SCF_RISK_MAX_BODY_BYTES).",
+    422: "Invalid input; each problem names its field.",
+    503: "Not ready: no model loaded, audit store not writable, or keys unusable. No decision "
+    "was made; retry after the Retry-After seconds.",
+}
+HTML = {"text/html": {"schema": {"type": "string"}}}
+
+
+def responses(
+    *codes: int, html: tuple[int, ...] = (), page: bool = False
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entries of the error responses a route can give: JSON bodies of `ErrorBody`
+    or, for 422, `ValidationErrorBody`; the codes in `html` answer with a page. A `page` route
+    (an HTML response class) names the JSON media type explicitly, since FastAPI would otherwise
+    document its errors as HTML."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"description": ERROR_DESCRIPTIONS[code]}
+        model = ValidationErrorBody if code == 422 else ErrorBody
+        if code in html:
+            entry["content"] = HTML
+        elif page:
+            ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+            entry["content"] = {"application/json": {"schema": ref}}
+        else:
+            entry["model"] = model
+        if code == 503:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}
+            }
+        out[code] = entry
+    return out
+
+
+def error_schemas() -> dict[str, Any]:
+    """The JSON schemas of the error bodies, for the OpenAPI document's components."""
+    out: dict[str, Any] = {}
+    for model in (ErrorBody, ValidationErrorBody):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
 
 
 def _safe(value: Any) -> Any:

@@ -31,6 +31,7 @@ Role = Literal["scorer", "auditor", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 KEY_PREFIX = "scfk_"
 _KEY_RE = re.compile(r"^scfk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_KEY_IN_TEXT = re.compile(r"scfk_(?:([0-9a-f]{16})_)?[A-Za-z0-9_-]+")
 _FILE_VERSION = 1
 
 
@@ -53,6 +54,14 @@ class Caller:
     key_id: str
     name: str
     role: Role
+
+
+def redact(text: str) -> str:
+    """`text` with every API key (or anything shaped like one) masked; the key id, which is no
+    secret, stays to tell keys apart."""
+    return _KEY_IN_TEXT.sub(
+        lambda m: f"scfk_{m.group(1)}_[redacted]" if m.group(1) else "scfk_[redacted]", text
+    )
 
 
 def _digest(key_id: str, key: str) -> str:

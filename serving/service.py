@@ -121,7 +121,13 @@ class Service:
 
     def reload(self) -> ServedModel:
         """Load the configured model URI (the champion alias) and tell the other workers."""
-        served = self.holder.load()
+        previous = self.holder.current
+        try:
+            served = self.holder.load()
+        except ModelLoadFailed as exc:
+            kept = previous.exact_uri if previous is not None else "no model"
+            log.error("reload refused, still serving %s: %s", kept, exc)
+            raise
         self.metrics.set_model(**_labels(served))
         try:
             self.holder.publish(self.store, served)

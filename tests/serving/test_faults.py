@@ -1,0 +1,485 @@
+"""Faults, each against the real service (`scf-risk serve` under uvicorn, a subprocess) under load.
+
+- kill -9 of a worker mid-load: every acknowledged decision is stored, `scf-risk audit verify`
+  passes, SQLite's integrity check passes, the supervisor's new worker serves;
+- the audit database not writable mid-load (SQLite: another process holds the write lock;
+  PostgreSQL: refusing connections, then read-only): scoring fails closed with 503 (never a 200
+  without its record) and recovers when the database comes back;
+- the model registry unreachable at start: not ready, a clear log line, 503 for scores;
+- a corrupted model artifact: refused with a clear error, the old model keeps serving;
+- in process (fast): an audit database that never answers or is gone from the start is a 503 in
+  seconds, never a hang or a 500.
+
+The invariant checked everywhere: the set of decision ids the client got with a 200 is contained
+in the audit store (the load generator records every response).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from features.settings import Settings
+from serving import audit
+from serving.app import create_app
+from serving.audit import AuditStore
+from serving.exceptions import AuditUnavailable, ModelLoadFailed
+from serving.model import ModelHolder, default_loader
+from tests.serving.conftest import Registered, Registry
+from tests.serving.server import free_port
+from tests.serving.stress import (
+    LoadGenerator,
+    LoadResult,
+    StressServer,
+    feature_rows,
+    make_keys,
+    mixed_bodies,
+    postgres_database,
+    require_postgres,
+    server_env,
+    sqlite_integrity,
+    stored_ids,
+)
+from training.model import ScoringModel
+
+CONNECTIONS = 16
+LOCK_TIMEOUT_S = 3.0  # the audit URL's ?timeout=: how long a write waits for a locked SQLite
+FAIL_CLOSED = {200, 503}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def server_keys(workdir: Path) -> dict[str, str]:
+    return make_keys(workdir / "keys.json")
+
+
+@pytest.fixture(scope="module")
+def bodies(registered: Registered) -> list[tuple[str, bytes]]:
+    return mixed_bodies(feature_rows(registered.panel, 60))
+
+
+def audit_verify(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serving", "audit", "verify"],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
+    )  # fmt: skip
+
+
+def assert_every_200_stored(result: LoadResult, audit_url: str) -> set[str]:
+    acked = result.acknowledged
+    assert len(acked) == len(set(acked)), "a decision id was answered twice"
+    stored = set(stored_ids(audit_url))
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged decisions are not in the audit store"
+    return stored
+
+
+def assert_statuses(result: LoadResult, allowed: set[int]) -> None:
+    unexpected = [o for o in result.outcomes if o.status not in allowed]
+    assert not unexpected, f"unexpected outcomes {unexpected[:5]}; {result.summary()}"
+
+
+def wait_until(t: float, load: LoadGenerator) -> None:
+    time.sleep(max(0.0, t - load.now()))
+
+
+# -- SQLite: one 2-worker server for the kill and the lock ------------------------------------
+@pytest.fixture(scope="module")
+def sqlite_server(
+    workdir: Path, registered: Registered, server_keys: dict[str, str]
+) -> Iterator[tuple[StressServer, dict[str, str], Path]]:
+    db = workdir / "audit.db"
+    env = server_env(workdir, registered.tracking_uri, f"sqlite:///{db}?timeout={LOCK_TIMEOUT_S}")
+    with StressServer(workdir, env, workers=2) as srv:
+        srv.wait_workers(2)
+        yield srv, env, db
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision(
+    sqlite_server: tuple[StressServer, dict[str, str], Path],
+    server_keys: dict[str, str],
+    bodies: list[tuple[str, bytes]],
+) -> None:
+    srv, env, db = sqlite_server
+    victims = srv.worker_pids()
+    assert len(victims) == 2, victims
+    started = srv.workers_started()
+    prior = set(stored_ids(env["SCF_RISK_AUDIT_DB"]))
+    load = LoadGenerator(
+        srv.url, bodies, {"X-API-Key": server_keys["scorer"]}, connections=CONNECTIONS
+    )
+    with load:
+        time.sleep(4)
+        t_kill = load.now()
+        os.kill(victims[0], signal.SIGKILL)
+        srv.wait_workers(started + 1, timeout=120)  # uvicorn's supervisor started a new one
+        t_back = load.now()
+        time.sleep(4)
+        result = load.stop()
+    # Only requests in flight on the killed worker may fail, and only without a response.
+    failures = result.failures
+    assert all(o.status == 0 for o in failures), result.summary()
+    assert len(failures) <= CONNECTIONS, result.summary()
+    assert all(o.start <= t_kill + 1.0 for o in failures), result.summary()
+    assert sum(o.status == 200 and o.start > t_kill for o in result.outcomes) >= 20
+    assert sum(o.status == 200 and o.start > t_back for o in result.outcomes) >= 10
+    stored = assert_every_200_stored(result, env["SCF_RISK_AUDIT_DB"])
+    # A decision committed just before the kill may have lost its response: at most one per
+    # request that failed.
+    unanswered = stored - prior - set(result.acknowledged)
+    assert len(unanswered) <= len(failures), (len(unanswered), result.summary())
+    now = srv.worker_pids()
+    assert len(now) == 2 and victims[0] not in now, now
+    verify = audit_verify(env)
+    assert verify.returncode == 0 and "intact" in verify.stdout, verify.stdout + verify.stderr
+    assert sqlite_integrity(db) == "ok"
+
+
+@pytest.mark.slow
+def test_sqlite_write_locked_mid_load_fails_closed_then_recovers(
+    sqlite_server: tuple[StressServer, dict[str, str], Path],
+    server_keys: dict[str, str],
+    bodies: list[tuple[str, bytes]],
+) -> None:
+    srv, env, db = sqlite_server
+    load = LoadGenerator(
+        srv.url, bodies, {"X-API-Key": server_keys["scorer"]}, connections=CONNECTIONS
+    )
+    with load:
+        time.sleep(3)
+        blocker = sqlite3.connect(db, timeout=30, isolation_level=None)
+        try:
+            blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+            t_locked = load.now()
+            ready = httpx.get(f"{srv.url}/readyz", timeout=30)
+            wait_until(t_locked + 3 * LOCK_TIMEOUT_S, load)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        t_free = load.now()
+        time.sleep(LOCK_TIMEOUT_S + 5)
+        result = load.stop()
+    assert ready.status_code == 503 and ready.json()["audit_store_writable"] is False
+    assert_statuses(result, FAIL_CLOSED)
+    locked = result.window(t_locked, t_free)
+    refused = [o for o in locked if o.status == 503]
+    assert refused, result.summary()
+    assert all(o.status == 503 for o in locked), "a decision was answered while unwritable"
+    assert all("no decision made" in o.error for o in refused)
+    after = result.window(t_free + LOCK_TIMEOUT_S + 1, result.seconds + 1)
+    assert len(after) >= 10 and all(o.status == 200 for o in after), result.summary()
+    assert_every_200_stored(result, env["SCF_RISK_AUDIT_DB"])
+    verify = audit_verify(env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert sqlite_integrity(db) == "ok"
+
+
+# -- PostgreSQL: refusing connections, then read-only ------------------------------------------
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgres_unreachable_or_read_only_mid_load_fails_closed_then_recovers(
+    workdir: Path,
+    registered: Registered,
+    server_keys: dict[str, str],
+    bodies: list[tuple[str, bytes]],
+) -> None:
+    admin = require_postgres()
+    with postgres_database(admin) as db:
+        env = server_env(workdir, registered.tracking_uri, db.url)
+        with StressServer(workdir, env, workers=2) as srv:
+            srv.wait_workers(2)
+            hdr = {"X-API-Key": server_keys["scorer"]}
+            load = LoadGenerator(srv.url, bodies, hdr, connections=CONNECTIONS)
+            windows: list[tuple[str, float, float, int]] = []
+            with load:
+                time.sleep(3)
+                for name, fault, heal in (
+                    ("refusing connections", db.refuse_connections, db.accept_connections),
+                    ("read-only", db.read_only, db.read_write),
+                ):
+                    fault()
+                    t0 = load.now()
+                    time.sleep(1)
+                    ready = httpx.get(f"{srv.url}/readyz", timeout=30).status_code
+                    wait_until(t0 + 4, load)
+                    heal()
+                    windows.append((name, t0, load.now(), ready))
+                    time.sleep(6)
+                result = load.stop()
+            assert_statuses(result, FAIL_CLOSED)
+            for name, t0, t1, ready in windows:
+                assert ready == 503, name
+                down = result.window(t0, t1)
+                assert down and all(o.status == 503 for o in down), (name, result.summary())
+                assert all("no decision made" in o.error for o in down), name
+                healed = result.window(t1 + 2, t1 + 6)
+                assert len(healed) >= 10, (name, result.summary())
+                bad = [o for o in healed if o.status != 200]
+                assert not bad, (name, bad[:3])
+            assert_every_200_stored(result, db.url)
+            verify = audit_verify(env)
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# -- the model registry and the model artifact ---------------------------------------------------
+@pytest.mark.slow
+def test_registry_unreachable_at_start_is_not_ready_with_a_clear_log_line(
+    workdir: Path, registered: Registered, server_keys: dict[str, str]
+) -> None:
+    port = free_port()  # nothing listens there
+    env = server_env(
+        workdir,
+        f"http://127.0.0.1:{port}",
+        f"sqlite:///{workdir / 'unreachable.db'}",
+        SCF_RISK_MODEL_LOAD_WAIT_SECONDS="2",
+    )
+    with StressServer(workdir, env, workers=2, wait_for="/healthz") as srv:
+        srv.wait_workers(2)
+        ready = httpx.get(f"{srv.url}/readyz", timeout=30)
+        score = httpx.post(
+            f"{srv.url}/v1/scores",
+            json={"sme_id": "S00001", "features": {}},
+            headers={"X-API-Key": server_keys["scorer"]},
+            timeout=30,
+        )
+        deadline = time.monotonic() + 60
+        while srv.output().count("model not loaded") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        log = srv.output()
+        assert srv.proc is not None and srv.proc.poll() is None, "the server died"
+        assert len(srv.worker_pids()) == 2
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["ready"] is False and body["model"] is None
+    assert f"127.0.0.1:{port}" in body["model_error"]
+    assert score.status_code == 503 and score.headers.get("retry-after")
+    assert "model not ready" in score.json()["detail"]
+    lines = [ln for ln in log.splitlines() if "model not loaded" in ln]
+    assert len(lines) >= 2, log[-3000:]  # one per worker
+    for line in lines:
+        assert "ERROR" in line and "models:/sme-default-pd@champion" in line, line
+        assert f"127.0.0.1:{port}" in line, line
+    assert "Traceback" not in log, log[-3000:]
+
+
+def private_registry(registered: Registered, root: Path) -> str:
+    """A copy of the registered model's MLflow database (same artifacts), to move aliases in."""
+    root.mkdir(parents=True, exist_ok=True)
+    src = urlsplit(registered.tracking_uri).path
+    with sqlite3.connect(src) as a, sqlite3.connect(root / "mlflow.db") as b:
+        a.backup(b)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def register_corrupt_champion(tracking_uri: str, root: Path) -> str:
+    """Register a copy of the champion whose booster.txt lost its second half; make it champion."""
+    from training.registry import CHAMPION, MODEL_NAME, client_for
+
+    client = client_for(tracking_uri)
+    mv = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    source = Path(urlsplit(client.get_model_version_download_uri(mv.name, mv.version)).path)
+    copy = root / "corrupt-model"
+    shutil.copytree(source, copy)
+    booster = copy / "artifacts" / "scoring_model" / "booster.txt"
+    text = booster.read_text(encoding="utf-8")
+    booster.write_text(text[: len(text) // 2], encoding="utf-8")  # an interrupted copy
+    bad = client.create_model_version(MODEL_NAME, copy.as_uri(), run_id=mv.run_id)
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, bad.version)
+    return str(bad.version)
+
+
+@pytest.mark.slow
+def test_corrupt_model_artifact_is_refused_and_the_old_model_keeps_serving(
+    workdir: Path,
+    registered: Registered,
+    server_keys: dict[str, str],
+    bodies: list[tuple[str, bytes]],
+) -> None:
+    root = workdir / "corrupt"
+    tracking = private_registry(registered, root)
+    env = server_env(workdir, tracking, f"sqlite:///{root / 'audit.db'}")
+    admin, scorer = {"X-API-Key": server_keys["admin"]}, {"X-API-Key": server_keys["scorer"]}
+    path, body = bodies[0]
+    with StressServer(workdir, env, workers=1) as srv:
+        first = httpx.post(f"{srv.url}{path}", content=body, headers=scorer, timeout=30)
+        assert first.status_code == 200
+        good = first.json()["model"]["version"]
+        bad = register_corrupt_champion(tracking, root)
+        reload = httpx.post(f"{srv.url}/v1/admin/reload", headers=admin, timeout=300)
+        assert srv.proc is not None and srv.proc.poll() is None, "the corrupt model killed it"
+        after = httpx.post(f"{srv.url}{path}", content=body, headers=scorer, timeout=30)
+        model = httpx.get(f"{srv.url}/v1/model", headers=admin, timeout=30).json()
+        ready = httpx.get(f"{srv.url}/readyz", timeout=30)
+        log = srv.output()
+    assert bad != good
+    assert reload.status_code == 503, reload.text
+    detail = reload.json()["detail"]
+    assert "booster.txt" in detail and "corrupt" in detail, detail
+    assert f"still serving models:/sme-default-pd/{good}" in detail, detail
+    assert after.status_code == 200 and after.json()["model"]["version"] == good
+    assert model["version"] == good and ready.status_code == 200
+    assert any("booster.txt" in ln and "ERROR" in ln for ln in log.splitlines()), log[-3000:]
+
+
+# -- in process: an audit database gone from the start, or one that never answers --------------
+@contextmanager
+def silent_listener() -> Iterator[int]:
+    """A 127.0.0.1 port that accepts connections and never says a word (a hung server)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+BODY = {"sme_id": "S1", "as_of": "2024-01-31", "grade": "B", "score": 600.0, "pd": 0.02}
+
+
+def test_postgres_that_never_answers_is_unavailable_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(audit, "CONNECT_TIMEOUT_SECONDS", 1)
+    with silent_listener() as port:
+        store = AuditStore(f"postgresql+psycopg://scf@127.0.0.1:{port}/audit")
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(AuditUnavailable, match="audit store"):
+                store.append([BODY])
+        finally:
+            store.dispose()
+        assert time.monotonic() - t0 < 15  # seconds (libpq waits at least 2 s a try), no hang
+
+
+@pytest.mark.parametrize("where", ["postgres refused", "sqlite impossible path"])
+def test_audit_store_gone_from_the_start_is_503_never_500(
+    where: str,
+    settings: Settings,
+    keys: dict[str, str],
+    registry: Registry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = (
+        f"postgresql+psycopg://scf@127.0.0.1:{free_port()}/audit"
+        if where == "postgres refused"
+        else "sqlite:////dev/null/no/audit.db"
+    )
+    caplog.set_level(logging.ERROR, logger="scf_risk.serving")
+    with TestClient(create_app(settings, loader=registry, store=AuditStore(url))) as c:
+        ready = c.get("/readyz")
+        score = c.post(
+            "/v1/scores",
+            json={"sme_id": "S1", "features": {}},
+            headers={"X-API-Key": keys["scorer"]},
+        )
+        batch = c.post(
+            "/v1/scores/batch",
+            json=[{"sme_id": "S1", "features": {}}],
+            headers={"X-API-Key": keys["scorer"]},
+        )
+        read = c.get(
+            "/v1/decisions/00000000-0000-4000-8000-000000000000",
+            headers={"X-API-Key": keys["auditor"]},
+        )
+        listed = c.get("/v1/decisions?sme_id=S1", headers={"X-API-Key": keys["auditor"]})
+    assert ready.status_code == 503 and ready.json()["audit_store_writable"] is False
+    assert ready.json()["model"] is not None  # the model is fine: only the store is missing
+    for r in (score, batch):
+        assert r.status_code == 503 and "no decision made" in r.json()["detail"], r.text
+    for r in (read, listed):
+        assert r.status_code == 503, r.text
+    assert any("audit store not available at start" in m for m in caplog.messages)
+
+
+# -- in process: every kind of corrupt model file is refused, the served model stays ----------
+def _truncate(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text[: len(text) // 2], encoding="utf-8")
+
+
+def _drop_tree(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index("Tree=3\n"), text.index("Tree=4\n")
+    path.write_text(text[:start] + text[end:], encoding="utf-8")
+
+
+CORRUPTIONS: dict[str, tuple[str, Callable[[Path], object], str]] = {
+    "booster truncated": ("booster.txt", _truncate, "crashed LightGBM's parser"),
+    "booster missing a tree": ("booster.txt", _drop_tree, "crashed LightGBM's parser"),
+    "booster garbage": ("booster.txt", lambda p: p.write_text("hello"), "LightGBMError"),
+    "booster zeroed": ("booster.txt", lambda p: p.write_bytes(b"\0" * 4096), "corrupt"),
+    "booster gone": ("booster.txt", lambda p: p.unlink(), "does not hold a scoring model"),
+    "card truncated": ("model.json", _truncate, "JSONDecodeError"),
+    "card of the wrong shape": ("model.json", lambda p: p.write_text("[]"), "AttributeError"),
+    "card not UTF-8": ("model.json", lambda p: p.write_bytes(b"\xff\xfe{}"), "UnicodeDecodeError"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_a_corrupt_model_file_is_refused_and_the_served_model_stays(
+    case: str, scoring_model: ScoringModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    scoring_model.save(good / "artifacts" / "scoring_model")
+    shutil.copytree(good, bad)
+    name, corrupt, message = CORRUPTIONS[case]
+    corrupt(bad / "artifacts" / "scoring_model" / name)
+    holder = ModelHolder(
+        default_loader,
+        model_uri=str(good),
+        tracking_uri=f"sqlite:///{tmp_path / 'unused.db'}",
+        explain_method="pred_contrib",
+    )
+    served = holder.load()
+    with pytest.raises(ModelLoadFailed, match=re.escape(message)) as refused:
+        holder.load(str(bad))  # this process survives whatever the file holds
+    assert holder.current is served and holder.get() is served
+    assert holder.last_error is not None and message in holder.last_error
+    assert str(bad) in str(refused.value)
+
+
+def test_the_sqlite_lock_timeout_comes_from_the_audit_url(tmp_path: Path) -> None:
+    assert AuditStore(f"sqlite:///{tmp_path / 'a.db'}?timeout=2.5").lock_timeout == 2.5
+    assert AuditStore(f"sqlite:///{tmp_path / 'a.db'}").lock_timeout == audit.DEFAULT_LOCK_TIMEOUT
+    with pytest.raises(ValueError, match="timeout='soon' is not a number of seconds"):
+        AuditStore(f"sqlite:///{tmp_path / 'a.db'}?timeout=soon")
