@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     # --- the scoring service (serving/) ---
     max_body_bytes: int = Field(
-        default=2_000_000,
+        default=16_000_000,  # a full batch of 1,000 SMEs with every feature is ~3.4 MB
         gt=0,
         validation_alias="SCF_RISK_MAX_BODY_BYTES",
         description="Largest request body accepted; larger ones get 413.",
