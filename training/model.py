@@ -9,6 +9,7 @@ is ``offset + factor·ln(odds of good) = offset − factor·z``. With SHAP ``m =
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from features.reference import Reference
 
 FORMAT_VERSION = 1
+CHECKSUMS = "checksums.json"
+"""sha256 of every file of a saved model, written last by `save` and checked first by `load`."""
 KEY_COLUMNS: tuple[str, ...] = ("sme_id", "as_of", "default_12m")
 """Panel columns that are not features; `prepare` ignores them."""
 EXPLAIN_METHODS: tuple[str, ...] = ("pred_contrib", "tree_shap")
@@ -302,6 +305,9 @@ class ScoringModel:
         )
         if self.reference is not None:
             self.reference.to_dir(folder / "reference")
+        (folder / CHECKSUMS).write_text(
+            json.dumps(_digests(folder), indent=2, sort_keys=True), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, folder: Path) -> ScoringModel:
@@ -312,6 +318,7 @@ class ScoringModel:
             raise ModelLoadError(
                 f"{folder} does not hold a scoring model (model.json, booster.txt)"
             )
+        _verify_digests(folder)
         card = json.loads(card_path.read_text(encoding="utf-8"))
         if card.get("format_version") != FORMAT_VERSION:
             raise ModelLoadError(
@@ -336,6 +343,37 @@ class ScoringModel:
             reference=reference,
             metrics={k: float(v) for k, v in card["metrics"].items()},
             params=dict(card["params"]),
+        )
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under a model folder (but the checksums file), by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != CHECKSUMS
+    }
+
+
+def _verify_digests(folder: Path) -> None:
+    """Refuse a model whose files are not exactly those `save` wrote (altered, added, missing):
+    a silently corrupted booster would otherwise load and score wrong."""
+    path = folder / CHECKSUMS
+    try:
+        expected = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"{folder}: no {CHECKSUMS}, so the model's files cannot be proven intact"
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{folder}: {CHECKSUMS} is unreadable: {exc}") from None
+    actual = _digests(folder)
+    if not isinstance(expected, dict) or expected != actual:
+        known = expected if isinstance(expected, dict) else {}
+        differ = sorted(k for k in known.keys() | actual.keys() if known.get(k) != actual.get(k))
+        raise ModelLoadError(
+            f"{folder}: file(s) {differ} do not match the sha256 recorded when the model was "
+            "saved (corrupt or altered); refusing to load it"
         )
 
 

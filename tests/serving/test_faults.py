@@ -443,15 +443,35 @@ def _drop_tree(path: Path) -> None:
     path.write_text(text[:start] + text[end:], encoding="utf-8")
 
 
+def _alter_a_leaf(path: Path) -> None:
+    """Silent corruption: one digit of a leaf value changes; LightGBM still parses the file."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index("leaf_value=") + len("leaf_value=")
+    digit = next(i for i in range(start, len(text)) if text[i] in "123456789")
+    path.write_text(
+        text[:digit] + str(int(text[digit]) % 9 + 1) + text[digit + 1 :], encoding="utf-8"
+    )
+
+
 CORRUPTIONS: dict[str, tuple[str, Callable[[Path], object], str]] = {
     "booster truncated": ("booster.txt", _truncate, "crashed LightGBM's parser"),
     "booster missing a tree": ("booster.txt", _drop_tree, "crashed LightGBM's parser"),
     "booster garbage": ("booster.txt", lambda p: p.write_text("hello"), "LightGBMError"),
     "booster zeroed": ("booster.txt", lambda p: p.write_bytes(b"\0" * 4096), "corrupt"),
     "booster gone": ("booster.txt", lambda p: p.unlink(), "does not hold a scoring model"),
-    "card truncated": ("model.json", _truncate, "JSONDecodeError"),
-    "card of the wrong shape": ("model.json", lambda p: p.write_text("[]"), "AttributeError"),
-    "card not UTF-8": ("model.json", lambda p: p.write_bytes(b"\xff\xfe{}"), "UnicodeDecodeError"),
+    "booster leaf altered": ("booster.txt", _alter_a_leaf, "do not match the sha256"),
+    "card truncated": ("model.json", _truncate, "do not match the sha256"),
+    "card of the wrong shape": (
+        "model.json",
+        lambda p: p.write_text("[]"),
+        "do not match the sha256",
+    ),
+    "card not UTF-8": (
+        "model.json",
+        lambda p: p.write_bytes(b"\xff\xfe{}"),
+        "do not match the sha256",
+    ),
+    "checksums gone": ("checksums.json", lambda p: p.unlink(), "cannot be proven intact"),
 }
 
 
