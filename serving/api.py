@@ -165,15 +165,8 @@ def list_decisions(
     return {"sme_id": sme_id, "decisions": svc.store.find(sme_id=sme_id, limit=limit)}
 
 
-class ServedModelCard(ServedModelInfo):
-    """The served model; a metric undefined on the model's data (e.g. the AUC of a segment
-    without defaults in the OOT months) is null."""
-
-    metrics: dict[str, float | None]  # type: ignore[assignment]
-
-
 @router.get(
-    "/v1/model", response_model=ServedModelCard, tags=["model"], responses=responses(401, 403, 503)
+    "/v1/model", response_model=ServedModelInfo, tags=["model"], responses=responses(401, 403, 503)
 )
 def get_model(_: Annotated[Caller, Depends(require(*READ_MODEL))], svc: SvcDep) -> dict[str, Any]:
     """The served model: version, training metrics, catalog, score and master scales."""

@@ -245,7 +245,8 @@ class ServedModelInfo(BaseModel):
     uri: str
     loaded_at: str
     explain_method: str
-    metrics: dict[str, float]
+    # a metric undefined on the model's data (a segment without defaults) is null
+    metrics: dict[str, float | None]
     catalog: list[dict[str, Any]]
     scale: dict[str, Any]
     master_scale: dict[str, Any]
