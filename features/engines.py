@@ -21,8 +21,8 @@ import pyarrow as pa
 from features.contract import Tables
 from features.exceptions import FeatureError
 from features.own import _codes
-from features.pipeline import DEFAULT_HORIZON_DAYS, as_of_days, data_range, finish_panel
-from features.reference import Reference, build_reference, feature_rows, sme_ids_of
+from features.pipeline import DEFAULT_HORIZON_DAYS, finish_panel, panel_plan
+from features.reference import Reference, feature_rows, sme_ids_of
 
 Engine = Literal["pandas", "dask"]
 ENGINES: tuple[str, ...] = ("pandas", "dask")
@@ -135,13 +135,7 @@ def build_panel(
     date (pandas) or partition (dask)."""
     if engine not in ENGINES:
         raise FeatureError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if horizon_days < 1:
-        raise FeatureError(f"horizon_days must be at least 1, got {horizon_days}")
-    start, end = data_range(tables)
-    if data_end is not None:
-        end = pd.Timestamp(data_end).normalize().as_unit("ns")  # type: ignore[arg-type]
-    days = as_of_days(as_of_dates, start, end)
-    reference = build_reference(tables) if reference is None else reference
+    days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
     if engine == "pandas":
         tick = progress(len(days)) if progress is not None else None
         rows = feature_rows(

@@ -130,6 +130,25 @@ def finish_panel(rows: pd.DataFrame, horizon_days: int, data_end: pd.Timestamp) 
     return panel
 
 
+def panel_plan(
+    tables: Tables,
+    as_of_dates: Iterable[object],
+    horizon_days: int,
+    reference: Reference | None,
+    data_end: object | None,
+) -> tuple[list[int], Reference, pd.Timestamp]:
+    """What every engine resolves before computing a panel: the checked as-of days, the
+    reference (built from `tables` when not given) and the last date the data covers."""
+    if horizon_days < 1:
+        raise FeatureError(f"horizon_days must be at least 1, got {horizon_days}")
+    start, end = data_range(tables)
+    if data_end is not None:
+        end = pd.Timestamp(data_end).normalize().as_unit("ns")  # type: ignore[arg-type]
+    days = as_of_days(as_of_dates, start, end)
+    reference = build_reference(tables) if reference is None else reference
+    return days, reference, end
+
+
 def build_features(
     tables: Tables,
     as_of_dates: Iterable[object],
@@ -145,13 +164,7 @@ def build_features(
     `reference` defaults to `build_reference(tables)`; `data_end` to the last date the data
     covers (`data_range`). FeatureError for an as-of date outside the data's range or an empty
     population."""
-    if horizon_days < 1:
-        raise FeatureError(f"horizon_days must be at least 1, got {horizon_days}")
-    start, end = data_range(tables)
-    if data_end is not None:
-        end = pd.Timestamp(data_end).normalize().as_unit("ns")  # type: ignore[arg-type]
-    days = as_of_days(as_of_dates, start, end)
-    reference = build_reference(tables) if reference is None else reference
+    days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
     rows = feature_rows(
         tables,
         days,
