@@ -7,7 +7,6 @@ the training package's own functions on seeded synthetic rows over the real feat
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from features.settings import Settings
 from serving.app import create_app
 from serving.audit import AuditStore
 from serving.keys import ROLES, add_key
+from tests.serving.stress import require_postgres
 from training.exceptions import ModelLoadError
 from training.model import LogOddsCalibration, ScoringModel, prepare_frame, to_matrix
 from training.registry import LoadedModel
@@ -168,16 +168,6 @@ def headers(keys: dict[str, str]) -> Callable[[str], dict[str, str]]:
     return lambda role: {"X-API-Key": keys[role]}
 
 
-POSTGRES_ENV = "SCF_RISK_TEST_POSTGRES_URL"
-
-
-def store_urls(tmp_path: Path) -> list[str]:
-    urls = [f"sqlite:///{tmp_path}/audit.db"]
-    if os.environ.get(POSTGRES_ENV):
-        urls.append(os.environ[POSTGRES_ENV])
-    return urls
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditStore]:
     """An empty audit store on SQLite, and on PostgreSQL when SCF_RISK_TEST_POSTGRES_URL is set
@@ -185,10 +175,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditStore
     if request.param == "sqlite":
         s = AuditStore(f"sqlite:///{tmp_path}/audit.db")
     else:
-        url = os.environ.get(POSTGRES_ENV)
-        if not url:
-            pytest.skip(f"{POSTGRES_ENV} not set (no PostgreSQL on this machine)")
-        s = AuditStore(url, prefix=f"t{uuid.uuid4().hex[:10]}_")
+        s = AuditStore(require_postgres(), prefix=f"t{uuid.uuid4().hex[:10]}_")
     yield s
     if request.param == "postgres":
         s.drop_all()
