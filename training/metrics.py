@@ -13,6 +13,8 @@ import pandas as pd
 from scipy.stats import beta, norm
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from features import drift
+from features.drift import bin_shares, build_bins
 from training.model import MasterScale
 
 EPS = 1e-15
@@ -165,15 +167,8 @@ def by_grade(y: np.ndarray, p: np.ndarray, scale: MasterScale, level: float = 0.
     return pd.DataFrame(rows)
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, n_bins: int = 10) -> float:
-    """Population stability index of ``actual`` against ``expected`` (deciles of expected)."""
-    e = np.asarray(expected, dtype=np.float64)
-    a = np.asarray(actual, dtype=np.float64)
-    edges = np.unique(np.quantile(e, np.linspace(0, 1, n_bins + 1)))
-    if edges.size < 3:
-        return 0.0
-    edges[0], edges[-1] = -np.inf, np.inf
-    pe = np.histogram(e, edges)[0] / e.size
-    pa = np.histogram(a, edges)[0] / a.size
-    pe, pa = np.clip(pe, 1e-6, None), np.clip(pa, 1e-6, None)
-    return float(np.sum((pa - pe) * np.log(pa / pe)))
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of ``actual`` against ``expected``, binned as the drift
+    monitor bins (`features.drift`: training deciles, a missing bin, empty-bin epsilon)."""
+    bins = build_bins("pd", np.asarray(expected, dtype=np.float64))
+    return drift.psi(bins.expected, bin_shares(bins, np.asarray(actual, dtype=np.float64)))
