@@ -6,6 +6,7 @@ import itertools
 import json
 import multiprocessing as mp
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from serving.audit import GENESIS_HASH, AuditStore, canonical_json, materialize, record_hash
+from serving.audit import (
+    GENESIS_HASH,
+    AuditStore,
+    canonical_json,
+    legacy_record_hash,
+    materialize,
+    record_hash,
+)
 from serving.exceptions import AuditUnavailable, DecisionNotFound
 
 
@@ -151,6 +159,88 @@ def test_concurrent_appends_from_threads_keep_one_chain(store: AuditStore) -> No
     assert store.verify().ok
 
 
+def _hold_first_group(store: AuditStore, monkeypatch: pytest.MonkeyPatch, others: int) -> list[int]:
+    """Make the first group's writer wait until `others` more callers are queued; returns the
+    size of every committed group."""
+    original = store._commit_group
+    sizes: list[int] = []
+
+    def held(group: list) -> None:  # type: ignore[type-arg]
+        if not sizes:
+            deadline = time.monotonic() + 20
+            while len(store._queue) < others and time.monotonic() < deadline:
+                time.sleep(0.005)
+        sizes.append(len(group))
+        original(group)
+
+    monkeypatch.setattr(store, "_commit_group", held)
+    return sizes
+
+
+def _append_all(
+    store: AuditStore, n: int
+) -> tuple[list[list[dict[str, object]]], list[BaseException]]:
+    results: list[list[dict[str, object]]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        try:
+            results[k] = store.append([body(k), body(1000 + k)])
+        except BaseException as exc:  # collected and checked by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    return results, errors
+
+
+def test_concurrent_appends_are_committed_as_one_group(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.ensure_schema()
+    sizes = _hold_first_group(store, monkeypatch, others=11)
+    results, errors = _append_all(store, 12)
+    assert not errors
+    assert sizes == [1, 11]  # the 11 callers that queued meanwhile shared one transaction
+    for k, payloads in enumerate(results):  # each caller got back its own two records
+        assert [p["score"] for p in payloads] == [body(k)["score"], body(1000 + k)["score"]]
+        assert payloads[1]["sequence"] == payloads[0]["sequence"] + 1
+        for p in payloads:
+            assert store.get(str(p["decision_id"])) == p
+    assert store.count() == 24
+    report = store.verify()
+    assert report.ok, str(report)
+
+
+def test_a_failed_group_fails_every_caller_in_it_and_stores_none(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(store, 2)
+    sizes = _hold_first_group(store, monkeypatch, others=5)
+    real_row = AuditStore._row
+    calls = 0
+
+    def row(payload: dict[str, object]) -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        out = real_row(payload)
+        if sizes == [1, 5] and calls > 4:  # inside the second (grouped) transaction: break it
+            out["decision_id"] = None  # NOT NULL: the insert fails
+        return out
+
+    monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
+    results, errors = _append_all(store, 6)
+    assert sizes == [1, 5]
+    assert len(errors) == 5 and all(isinstance(e, AuditUnavailable) for e in errors)
+    assert sum(1 for r in results if r) == 1  # only the first caller's records were stored
+    assert store.count() == 2 + 2
+    report = store.verify()
+    assert report.ok, str(report)
+
+
 def _append_in_process(url: str, prefix: str, k: int, n: int) -> None:
     s = AuditStore(url, prefix=prefix)
     for i in range(n):
@@ -228,9 +318,35 @@ def test_materialize_keeps_each_smes_latest_row(store: AuditStore) -> None:
     assert str(as_of) == "2024-03-31" and feats is not None and feats["dso_90d"] == 9.0
 
 
-def test_canonical_json_is_stable_and_refuses_nan() -> None:
+def test_canonical_json_is_stable_and_stores_non_finite_as_missing() -> None:
     assert canonical_json({"b": 1, "a": [1.5, None]}) == '{"a":[1.5,null],"b":1}'
-    with pytest.raises(ValueError):
-        canonical_json({"x": float("nan")})
+    assert canonical_json({"b": {"z": 1, "y": 2}, "a": "é"}) == '{"a":"é","b":{"y":2,"z":1}}'
+    nonfinite = {"x": float("nan"), "y": float("inf"), "z": np.float64("-inf")}
+    assert canonical_json(nonfinite) == '{"x":null,"y":null,"z":null}'
+    assert canonical_json({"x": np.float64(0.25), 1: "k"}) == '{"1":"k","x":0.25}'
     p = json.loads(canonical_json({"x": 0.1 + 0.2}))
     assert p["x"] == 0.1 + 0.2  # floats round-trip exactly
+
+
+def test_chains_written_with_the_legacy_canonical_form_still_verify(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records hashed by an earlier release (json.dumps) verify; an edit to one is still caught."""
+    import serving.audit as audit
+
+    monkeypatch.setattr(audit, "record_hash", legacy_record_hash)
+    old = store.append([{**body(1), "pd": 1.5e-05}, body(2)])
+    monkeypatch.undo()
+    assert record_hash(old[0]) != old[0]["record_hash"]  # the two forms differ on this float
+    fill(store, 2)
+    report = store.verify()
+    assert report.ok and report.records == 4, str(report)
+    payload = dict(old[0], score=1.0)
+    _exec(
+        store,
+        sa.update(store.decisions)
+        .where(store.decisions.c.seq == 1)
+        .values(payload=json.dumps(payload)),
+    )
+    report = store.verify()
+    assert not report.ok and "does not match its hash" in str(report)
