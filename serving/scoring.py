@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.exceptions import ContractError, FeatureError
-from serving.audit import canonical_json, json_value
+from serving.audit import canonical_bytes, json_value
 from serving.exceptions import InvalidInput
 from serving.schemas import ScoreRequestBase, request_features, today
 
@@ -142,7 +142,7 @@ def explain_rows(
     names = list(model.feature_names)
     by_name = {f.name: f for f in model.catalog}
     values = recorded_values(model, rows)
-    points = expl.points[names].to_numpy(dtype=np.float64)
+    points = expl.point_values  # the model's feature order, as `names`
     decisions: list[Decision] = []
     for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta):
         row_points = points[i]
@@ -199,7 +199,7 @@ def recorded_values(
 
 
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_bytes(obj)).hexdigest()
 
 
 def _inputs(

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ KEY_COLUMNS: tuple[str, ...] = ("sme_id", "as_of", "default_12m")
 """Panel columns that are not features; `prepare` ignores them."""
 EXPLAIN_METHODS: tuple[str, ...] = ("pred_contrib", "tree_shap")
 Frame = pd.DataFrame  # `Explanation` has a field named `pd`
+Labels = pd.Index
 
 
 @dataclass(frozen=True)
@@ -114,15 +116,30 @@ class LogOddsCalibration:
 class Explanation:
     """PD, score, grade and each feature's score points for every row.
 
-    ``base_points + points.sum(axis=1) == score`` (to 1e-6)."""
+    ``base_points + points.sum(axis=1) == score`` (to 1e-6). The per-feature values are kept as
+    arrays (``point_values``, ``shap_values``: n × every feature, in the model's order); the
+    labelled frames ``points`` and ``shap`` are built only when asked for (the per-request path
+    never needs them)."""
 
     pd: np.ndarray
     score: np.ndarray
     grade: np.ndarray
-    points: Frame  # n × every feature (the model's order): score points per feature
+    point_values: np.ndarray  # n × every feature: score points per feature
     base_points: np.ndarray  # n (the same value on each row)
     logodds: np.ndarray  # calibrated log-odds of default z
-    shap: Frame  # n × every feature: raw-margin SHAP values φi
+    shap_values: np.ndarray  # n × every feature: raw-margin SHAP values φi
+    columns: Labels  # the feature names, in the model's order
+    index: Labels | None = None  # the rows' labels (a RangeIndex when None)
+
+    @cached_property
+    def points(self) -> Frame:
+        """Score points per feature (n × every feature, the model's order)."""
+        return pd.DataFrame(self.point_values, columns=self.columns, index=self.index)
+
+    @cached_property
+    def shap(self) -> Frame:
+        """Raw-margin SHAP values per feature."""
+        return pd.DataFrame(self.shap_values, columns=self.columns, index=self.index)
 
 
 @dataclass
@@ -142,6 +159,7 @@ class ScoringModel:
     _slots: dict[str, tuple[int, dict[str, int] | None]] = field(
         init=False, repr=False, compare=False
     )
+    _columns: pd.Index = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.catalog]
@@ -150,6 +168,7 @@ class ScoringModel:
         for f in self.catalog:
             if f.kind == "categorical" and f.name not in self.categories:
                 raise ValueError(f"no trained categories for categorical feature {f.name}")
+        self._columns = pd.Index(names)
         # column of each feature in the matrix, and the codes of a categorical's trained levels
         self._slots = {
             f.name: (
@@ -266,10 +285,12 @@ class ScoringModel:
             pd=pd_,
             score=score,
             grade=self.master_scale.grade(pd_),
-            points=pd.DataFrame(points, columns=self.feature_names, index=index),
+            point_values=points,
             base_points=base,
             logodds=z,
-            shap=pd.DataFrame(phi, columns=self.feature_names, index=index),
+            shap_values=phi,
+            columns=self._columns,
+            index=index,
         )
 
     # -- description and persistence ---------------------------------------------------------
