@@ -11,6 +11,7 @@ data stored with the model), ``stored`` (neither: the SME's latest materialised 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -189,7 +190,9 @@ def recorded_values(
         rec: dict[str, float | str | None] = {}
         for name in model.feature_names:
             v = row.get(name)
-            if name in categorical:
+            if type(v) is float and name not in categorical:  # the common case, kept cheap
+                rec[name] = v if math.isfinite(v) else None
+            elif name in categorical:
                 text = None if v is None or (isinstance(v, float) and v != v) else str(v)
                 rec[name] = text if text in categorical[name] else None
             else:
