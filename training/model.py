@@ -160,6 +160,7 @@ class ScoringModel:
         init=False, repr=False, compare=False
     )
     _columns: pd.Index = field(init=False, repr=False, compare=False)
+    _explainer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.catalog]
@@ -267,9 +268,7 @@ class ScoringModel:
             contrib = np.asarray(self.booster.predict(M, pred_contrib=True), dtype=np.float64)
             phi, phi0 = contrib[:, :k], contrib[:, k]
         else:
-            import shap
-
-            values = shap.TreeExplainer(self.booster)(M)
+            values = self._shap_explainer()(M)
             phi = np.asarray(values.values, dtype=np.float64)
             phi0 = np.broadcast_to(np.asarray(values.base_values, np.float64), (len(M),))
         if phi.shape != (len(M), k):
@@ -292,6 +291,18 @@ class ScoringModel:
             columns=self._columns,
             index=index,
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the cached TreeExplainer (rebuilt on demand where it lands)."""
+        return {**self.__dict__, "_explainer": None}
+
+    def _shap_explainer(self) -> Any:
+        """shap's TreeExplainer of the booster, built once (it parses every tree)."""
+        if self._explainer is None:
+            import shap
+
+            self._explainer = shap.TreeExplainer(self.booster)
+        return self._explainer
 
     # -- description and persistence ---------------------------------------------------------
     def describe(self) -> dict[str, Any]:
