@@ -116,13 +116,14 @@ def sqlite_server(
         yield srv, env, db
 
 
-@pytest.mark.slow
-def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision(
-    sqlite_server: tuple[StressServer, dict[str, str], Path],
+def kill_9_scenario(
+    srv: StressServer,
+    env: dict[str, str],
     server_keys: dict[str, str],
     bodies: list[tuple[str, bytes]],
 ) -> None:
-    srv, env, db = sqlite_server
+    """kill -9 one of two workers under load: only its in-flight requests fail (without a
+    response), the supervisor replaces it, every 200 is stored and the chain verifies."""
     victims = srv.worker_pids()
     assert len(victims) == 2, victims
     started = srv.workers_started()
@@ -154,7 +155,32 @@ def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision(
     assert len(now) == 2 and victims[0] not in now, now
     verify = audit_verify(env)
     assert verify.returncode == 0 and "intact" in verify.stdout, verify.stdout + verify.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision(
+    sqlite_server: tuple[StressServer, dict[str, str], Path],
+    server_keys: dict[str, str],
+    bodies: list[tuple[str, bytes]],
+) -> None:
+    srv, env, db = sqlite_server
+    kill_9_scenario(srv, env, server_keys, bodies)
     assert sqlite_integrity(db) == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision_on_postgres(
+    workdir: Path,
+    registered: Registered,
+    server_keys: dict[str, str],
+    bodies: list[tuple[str, bytes]],
+) -> None:
+    with postgres_database(require_postgres()) as db:
+        env = server_env(workdir, registered.tracking_uri, db.url)
+        with StressServer(workdir, env, workers=2) as srv:
+            srv.wait_workers(2)
+            kill_9_scenario(srv, env, server_keys, bodies)
 
 
 @pytest.mark.slow
