@@ -6,6 +6,13 @@ text all read this module. Nothing else in the code lists feature names by hand.
 Windowed features (suffix ``_90d``, ``_180d``, ``_365d``) cover the trailing window
 ``(t - W days, t]`` ending at the as-of date ``t``. Where a denominator is zero the value is
 missing (NaN), never 0 or infinity. ``fin_*`` features are added per dataset by `catalog_for`.
+
+Change features (suffix ``_change_365d``) compare the last 90 days with the SME's own level over
+the last 365 days. Habits make levels differ between firms (one keeps 40 days of stock, another
+80; one always pays a week late), so a level mixes habit and health while the change against the
+firm's own year isolates the deterioration. A model cannot derive the change from the two windows
+itself: the 365-day window is constrained in the same risk direction as the 90-day one, so it can
+never act as the firm's baseline (a higher own baseline makes the same 90-day value less alarming).
 """
 
 from __future__ import annotations
@@ -127,6 +134,14 @@ _RECEIVABLES: tuple[Feature, ...] = (
         "share",
         1,
     ),
+    Feature(
+        "dispute_rate_change_365d",
+        "receivables",
+        "Dispute rate of the last 90 days minus the SME's own dispute rate over the last 365 days",
+        "share",
+        1,
+        window_days=365,
+    ),
     *_windowed(
         "ar_confirmed_share",
         "receivables",
@@ -182,6 +197,14 @@ _PAYABLES: tuple[Feature, ...] = (
         "Change in days beyond terms: the last 90 days minus the 90 days before",
         "days",
         1,
+    ),
+    Feature(
+        "ap_days_beyond_terms_change_365d",
+        "payment behaviour",
+        "Days beyond terms of the last 90 days minus the SME's own level over the last 365 days",
+        "days",
+        1,
+        window_days=365,
     ),
     Feature(
         "payment_index_365d",
@@ -301,6 +324,15 @@ _INVENTORY: tuple[Feature, ...] = (
         1,
     ),
     Feature(
+        "dio_change_365d",
+        "inventory",
+        "Days inventory outstanding of the last 90 days relative to the SME's own level over the "
+        "last 365 days (ratio minus 1): inventory building up against sales",
+        "ratio",
+        1,
+        window_days=365,
+    ),
+    Feature(
         "inventory_change_90d",
         "inventory",
         "Change of the latest inventory value against the value 90 days earlier",
@@ -310,7 +342,8 @@ _INVENTORY: tuple[Feature, ...] = (
     Feature(
         "pledged_share",
         "inventory",
-        "Share of the latest inventory pledged to lenders (warehouse receipts)",
+        "Share of the latest inventory pledged to lenders (warehouse receipts); missing when the "
+        "SME pledged no inventory in the last 365 days",
         "share",
         1,
     ),

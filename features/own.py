@@ -510,6 +510,7 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
     disputed = _window(r.by_issue(rv.disputed.astype(float)))
     for w in WINDOWS:
         out[f"dispute_rate_{w}d"] = _ratio(disputed[w], sales_n[w])
+    out["dispute_rate_change_365d"] = out["dispute_rate_90d"] - out["dispute_rate_365d"]
     confirmed = _window(r.by_issue(rv.amount * (rv.confirmed <= t)))
     for w in WINDOWS:
         out[f"ar_confirmed_share_{w}d"] = _ratio(confirmed[w], sales[w])
@@ -535,6 +536,9 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
     late_days_w = _window(paid_late_days)
     for w in WINDOWS:
         out[f"ap_days_beyond_terms_{w}d"] = _ratio(late_days_w[w] + od_days, paid_in[w] + od_amount)
+    out["ap_days_beyond_terms_change_365d"] = (
+        out["ap_days_beyond_terms_90d"] - out["ap_days_beyond_terms_365d"]
+    )
     out["ap_past_due_share"] = _ratio(od_amount, ap_open)
     worst_flat = np.full(n * N_BUCKETS, -1.0)
     late_by = np.where(q.open, np.maximum(t - qv.due, 0), beyond).astype(float)
@@ -615,7 +619,11 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
     earlier_value = np.where(ok90, p.i_value[pos90] if len(p.i_key) else np.nan, np.nan)
     out["inventory_change_90d"] = _ratio(latest_value, earlier_value) - 1.0
     latest_pledged = np.where(ok, p.i_pledged[pos] if len(p.i_key) else np.nan, np.nan)
-    out["pledged_share"] = _ratio(latest_pledged, latest_value)
+    # a firm that pledged nothing in the last 365 days does not use warehouse-receipt financing:
+    # missing, not 0 (a share of 0 would rank it with the safest pledgers, see the catalog)
+    year = (p.i_day <= t) & (p.i_day > t - 365) & (p.i_pledged > 0)
+    pledger = np.bincount(p.i_sme[year], minlength=n) > 0
+    out["pledged_share"] = np.where(pledger, _ratio(latest_pledged, latest_value), np.nan)
     avg_inv: dict[int, np.ndarray] = {}
     cogs: dict[int, np.ndarray] = {}
     has_cogs = ~np.isnan(p.i_cogs)
@@ -633,6 +641,7 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
     dio = {w: _ratio(avg_inv[w], cogs[w] / w) for w in WINDOWS}
     for w in WINDOWS:
         out[f"dio_{w}d"] = dio[w]
+    out["dio_change_365d"] = _ratio(dio[90], dio[365]) - 1.0
     dpo = {w: _ratio(ap_open, purchases[w] / w) for w in WINDOWS}
     for w in WINDOWS:
         out[f"dpo_{w}d"] = dpo[w]

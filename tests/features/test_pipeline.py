@@ -197,6 +197,7 @@ def test_disputes_confirmation_and_concentration(s1):
     assert s1["dispute_rate_90d"] == pytest.approx(1 / 5)
     assert s1["dispute_rate_180d"] == pytest.approx(1 / 6)
     assert s1["dispute_rate_365d"] == pytest.approx(1 / 8)
+    assert s1["dispute_rate_change_365d"] == pytest.approx(1 / 5 - 1 / 8)  # against its own year
     # confirmed by T: R3 500 and R4 1500 (R2's confirmation comes after T)
     assert s1["ar_confirmed_share_90d"] == pytest.approx(2000 / 5100)
     assert s1["ar_confirmed_share_365d"] == pytest.approx(2000 / 7100)
@@ -213,6 +214,7 @@ def test_own_payment_behaviour(s1):
     # 180 d adds P4, paid 5 days early: counts 0 days (400)
     assert s1["ap_days_beyond_terms_180d"] == pytest.approx(21_000 / 2100)
     assert s1["ap_days_beyond_terms_365d"] == pytest.approx(10.0)
+    assert s1["ap_days_beyond_terms_change_365d"] == pytest.approx(21_000 / 1700 - 10.0)
     assert s1["ap_max_days_past_due_90d"] == 20
     assert s1["ap_max_days_past_due_365d"] == 20
     assert s1["ap_late_rate_90d"] == 1.0  # P1
@@ -259,6 +261,7 @@ def test_inventory(s1, panel):
     assert s1["dio_90d"] == pytest.approx(800 / (500 / 90))  # 144 days
     assert s1["inventory_turnover_180d"] == pytest.approx(1.1)
     assert s1["dio_365d"] == pytest.approx(1000 / (1400 / 365))
+    assert s1["dio_change_365d"] == pytest.approx((800 / (500 / 90)) / (1000 / (1400 / 365)) - 1)
     # DPO: open payables 1000 / (purchases / W)
     assert s1["dpo_90d"] == pytest.approx(90)
     assert s1["dpo_180d"] == pytest.approx(1000 / (2400 / 180))
@@ -267,6 +270,30 @@ def test_inventory(s1, panel):
     s2 = panel.set_index("sme_id").loc["S2"]
     assert s2["inventory_turnover_90d"] == pytest.approx(250 / 500)
     assert s2["dio_90d"] == pytest.approx(500 / (250 / 90))
+    # S2 pledged nothing in the last 365 days: it does not use warehouse receipts, so its share
+    # is missing rather than 0 (which would rank it with the safest pledgers)
+    assert math.isnan(s2["pledged_share"])
+
+
+def test_pledged_share_of_a_firm_that_stopped_pledging_is_zero_not_missing():
+    # P1 pledged 300 at T-100 and nothing at T-10: a pledging firm with nothing pledged now (0);
+    # P2 never pledged: missing; P3 pledged 500 days ago only, outside the 365-day year: missing
+    enterprises = [{"enterprise_id": "C1", "role": "core"}] + [
+        {"enterprise_id": s, "role": "sme"} for s in ("P1", "P2", "P3")
+    ]
+    invoices = [inv(f"I{s}", s, "C1", -20, 10, 100) for s in ("P1", "P2", "P3")]
+    snap = [
+        ("P1", -100, 1000, 300), ("P1", -10, 800, 0), ("P2", -10, 800, 0),
+        ("P3", -500, 900, 450), ("P3", -10, 800, 0),
+    ]  # fmt: skip
+    inventory = [
+        {"sme_id": s, "snapshot_date": d(k), "inventory_value": v, "pledged_value": pv}
+        for s, k, v, pv in snap
+    ]
+    rows = build_features(make_tables(enterprises, invoices, inventory), [T], data_end=d(400))
+    share = rows.set_index("sme_id")["pledged_share"]
+    assert share["P1"] == 0.0
+    assert math.isnan(share["P2"]) and math.isnan(share["P3"])
 
 
 def test_core_enterprises_and_peers(s1):
