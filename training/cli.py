@@ -96,6 +96,15 @@ def register(app: typer.Typer) -> None:
                 "(N = the horizon, 365: no training label overlaps the OOT period). 0 = none.",
             ),
         ] = 0,
+        calibration_months: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="The last N training months (at most half) are held out to fit the "
+                "log-odds calibration on a booster grown on the earlier months, as OOT stands "
+                "to the model. 0 = calibrate on cross-fitted SMEs instead.",
+            ),
+        ] = 6,
         horizon_days: Annotated[
             int, typer.Option(min=1, help="Label horizon when building the panel from --data.")
         ] = 365,
@@ -151,7 +160,8 @@ def register(app: typer.Typer) -> None:
             for bar in bars:
                 bar.close()
             folds = TrainConfig().calibration_folds
-            total = 6 + folds + (tune + 1 if tune else 0)  # the progress messages of `fit`
+            # the progress messages of `fit` (one more with a calibration booster)
+            total = 6 + folds + (calibration_months > 0) + (tune + 1 if tune else 0)
             steps = tqdm(total=total, desc="train", unit="step", file=sys.stderr)
             bars.append(steps)
 
@@ -168,6 +178,7 @@ def register(app: typer.Typer) -> None:
                 num_threads=threads,
                 max_rounds=max_rounds,
                 embargo_days=embargo_days,
+                calibration_months=calibration_months,
             )
             registered, result = train_and_register(
                 inputs,

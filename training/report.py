@@ -230,6 +230,14 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
     data = r.panel
     mono_ok = r.monotonicity.ok
     mono_class, mono_text = ("ok", "passed") if mono_ok else ("bad", "FAILED")
+    calibration_text = (
+        f"is fitted on the held-out training months {', '.join(split.calibration_months)} "
+        f"({len(split.cal):,} rows), scored by a booster grown with the same settings on the fit "
+        "SMEs' earlier months: they stand to that booster as the OOT months stand to the model."
+        if split.calibration_months
+        else "is fitted on cross-fitted margins of the fit SMEs (each scored by a booster grown "
+        "without its fold): the training months were too few to hold out calibration months."
+    )
     headline = [
         ("OOT AUC", mt.get("auc_oot")),
         ("OOT Gini", mt.get("gini_oot")),
@@ -244,6 +252,10 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         (
             "OOT AUC / ECE, each SME scored by a booster that never saw it",
             f"{mt['auc_oot_unseen_sme']:.4f} / {mt['ece_oot_unseen_sme']:.4f}",
+        ),
+        (
+            "OOT default rows whose default a training label already records",
+            mt.get("oot_defaults_revealed_share", float("nan")),
         ),
         (
             "validation AUC / cross-fitted AUC and ECE (training months)",
@@ -303,8 +315,7 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "the past 365 days and no earlier default, per month end; immature rows (horizon beyond "
         "the data) are excluded. Out-of-time: the last OOT months; the training months are "
         "split by SME into fit and validation (early stopping) sets; the log-odds calibration "
-        "is fitted on cross-fitted margins of the fit SMEs (each scored by a booster grown "
-        "without its fold).</p>",
+        f"{calibration_text}</p>",
         _kv(population),
         "<h2>2. Model</h2>",
         _kv(model_facts),

@@ -38,6 +38,7 @@ SUMMARY_KEYS = (
     "auc_static_rating_oot",
     "auc_oracle_oot",
     "auc_oot_unseen_sme",
+    "oot_defaults_revealed_share",
     "n_oot",
     "best_iteration",
 )

@@ -11,6 +11,14 @@
   also cut into ``folds`` groups for cross-fitted calibration: fold k's margins come from a
   booster grown without fold k's SMEs. No SME is in two of these sets. OOT rows may belong to
   any SME: OOT tests the model on a later period, as it will be used.
+- Calibration months: the last ``calibration_months`` training months (at most half of them)
+  are held out in time, mirroring the OOT split inside the training months: a booster grown on
+  the fit rows of the earlier months (``cal_grow``, with the same embargo before the held-out
+  months) scores every training row of the held-out months (``cal``). Those rows then stand to
+  their booster as the OOT rows stand to the model: a later period, SMEs mostly seen before,
+  with the same overlap of label windows. When the training months cannot hold that mirror (too
+  few months for the embargo, or a set without both classes) ``calibration_months`` is empty
+  and calibration falls back to the cross-fitted margins of the fit SMEs.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ class Split:
     train_months: tuple[str, ...]
     oot_months: tuple[str, ...]
     embargoed_months: tuple[str, ...]  # months left out between training and OOT
+    cal_grow: np.ndarray  # fit rows before the calibration months (the calibration booster)
+    cal: np.ndarray  # training rows of the calibration months (the calibration set)
+    calibration_months: tuple[str, ...]  # empty: calibrate on cross-fitted margins instead
 
     @property
     def train(self) -> np.ndarray:
@@ -112,14 +123,19 @@ def make_split(
     val_fraction: float = 0.15,
     folds: int = 5,
     embargo_days: int = 0,
+    calibration_months: int = 6,
 ) -> Split:
-    """Split a matured panel (every row labelled) out of time, then the training months by SME."""
+    """Split a matured panel (every row labelled) out of time, then the training months by SME,
+    and hold out the last training months for calibration (module docstring)."""
     train_mask, oot_mask = out_of_time(panel["as_of"], oot_months, embargo_days)
     train_idx = np.flatnonzero(train_mask)
     fit, val, fold = group_split(panel["sme_id"].to_numpy()[train_idx], seed, val_fraction, folds)
     y = panel["default_12m"].to_numpy(dtype=np.float64)
     m = months(panel["as_of"])
     gap = ~train_mask & ~oot_mask
+    cal_grow, cal, cal_months = _calibration_months(
+        m, panel["as_of"], train_idx[fit], train_idx, y, calibration_months, embargo_days
+    )
     split = Split(
         fit=train_idx[fit],
         val=train_idx[val],
@@ -128,6 +144,9 @@ def make_split(
         train_months=tuple(sorted(set(m[train_mask]))),
         oot_months=tuple(sorted(set(m[oot_mask]))),
         embargoed_months=tuple(sorted(set(m[gap]))),
+        cal_grow=cal_grow,
+        cal=cal,
+        calibration_months=cal_months,
     )
     for name in ("fit", "val", "oot"):
         labels = y[getattr(split, name)]
@@ -137,3 +156,33 @@ def make_split(
                 "defaults and non-defaults: too few matured rows or defaults to train and evaluate"
             )
     return split
+
+
+def _calibration_months(
+    m: np.ndarray,
+    as_of: pd.Series,
+    fit: np.ndarray,
+    train: np.ndarray,
+    y: np.ndarray,
+    calibration_months: int,
+    embargo_days: int,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(calibration booster rows, calibration rows, calibration months); all empty when the
+    training months cannot hold the time mirror of the OOT split (module docstring). `m`: the
+    as-of month of each row (`months`)."""
+    none = (np.empty(0, np.int64), np.empty(0, np.int64), ())
+    distinct = sorted(set(m[train]))
+    k = min(calibration_months, len(distinct) // 2)
+    if k < 1:
+        return none
+    held = set(distinct[-k:])
+    dates = pd.to_datetime(as_of).to_numpy()
+    in_held = np.fromiter((x in held for x in m), dtype=bool, count=len(m))
+    cal = train[in_held[train]]
+    first = dates[cal].min()
+    grow = fit[~in_held[fit] & (dates[fit] + np.timedelta64(embargo_days, "D") <= first)]
+    for rows in (grow, cal):
+        labels = y[rows]
+        if not (0 < labels.sum() < labels.size):
+            return none
+    return grow, cal, tuple(sorted(held))

@@ -4,15 +4,28 @@ out-of-time evaluation. Plain functions, no MLflow (see `training.registry` for 
 Steps of `fit`: validate the panel against the catalog; keep matured rows; split out of time and
 by SME (`training.split`); grow the booster on the fit SMEs with monotone constraints and early
 stopping on the validation SMEs (optionally after an Optuna search); calibrate the log-odds on
-cross-fitted margins (fold k of the fit SMEs scored by a booster grown with the same settings
-without fold k: every SME held out, and every fit SME used, which a single small calibration set
-cannot offer); evaluate on the OOT months; verify monotonicity on real OOT rows.
+held-out training months (`training.split`: the last training months scored by a booster grown
+with the same settings and rounds on the earlier months, so the calibration rows stand to their
+booster as the OOT rows stand to the model); evaluate on the OOT months; verify monotonicity on
+real OOT rows. Cross-fitted margins (fold k of the fit SMEs scored by a booster grown without
+fold k) give the unseen-SME metrics below, and the calibration when the training months are too
+few for the held-out months.
+
+Why months and not cross-fitted SMEs: an OOT row's SME was mostly seen in training, and with no
+embargo its earlier rows' label windows reach into the OOT period, so the model's OOT margins are
+sharper than a cross-fitted booster's margins on unseen SMEs. On the 2,000-SME demo the
+cross-fitted slope was 0.75 where the OOT called for 1.14, and the OOT ECE was 0.015; calibrated
+on held-out months it was 0.0045-0.0061 over three seeds.
 
 Besides the headline OOT metrics (the registered model on every OOT row), ``*_oot_unseen_sme``
 scores each OOT row with a booster that never saw its SME (the cross-fitting boosters, or the
 final booster for validation SMEs): the gap between the two shows how much the model gains from
 having seen an SME's earlier rows, whose label windows can reach into the OOT period unless an
-embargo (`TrainConfig.embargo_days`) separates training and OOT.
+embargo (`TrainConfig.embargo_days`) separates training and OOT. ``oot_defaults_revealed_share``
+says how much of the OOT there is to gain that way: the share of OOT default rows whose SME has a
+training row labelled 1, i.e. whose OOT default the training labels already record (with the
+default 6 OOT months and no embargo, most of them: every default within a year of the last
+training month is in a training label).
 
 Products (metrics by product): an OOT row (SME, t) belongs to product P when the SME has a loan of
 product P outstanding at t: ``disbursed_date <= t < maturity_date`` and not defaulted by t. A row
@@ -75,7 +88,8 @@ class TrainConfig:
     early_stopping_rounds: int = 100
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
-    calibration_folds: int = 5  # cross-fitting folds of the fit SMEs for calibration
+    calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
+    calibration_months: int = 6  # last training months held out to calibrate (training.split)
     embargo_days: int = 0  # training rows need as_of + embargo_days <= first OOT as-of
     ece_bins: int = 10
     scale: ScoreScale = field(default_factory=ScoreScale)
@@ -95,6 +109,7 @@ class TrainConfig:
             "early_stopping_rounds": self.early_stopping_rounds,
             "val_fraction": self.val_fraction,
             "calibration_folds": self.calibration_folds,
+            "calibration_months": self.calibration_months,
             "embargo_days": self.embargo_days,
             "ece_bins": self.ece_bins,
             "pdo": self.scale.pdo,
@@ -245,6 +260,7 @@ def fit(
         val_fraction=cfg.val_fraction,
         folds=cfg.calibration_folds,
         embargo_days=cfg.embargo_days,
+        calibration_months=cfg.calibration_months,
     )
     categories = trained_categories(data.iloc[split.train], cat)
     X = to_matrix(prepare_frame(data[[f.name for f in cat]], cat, categories), cat)
@@ -271,12 +287,18 @@ def fit(
         overrides.update(best)
     params = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
 
-    grown, oof, unseen = _grow(X, y, data["sme_id"].to_numpy(), split, cat, params, cfg, say)
+    sme = data["sme_id"].to_numpy()
+    grown, oof, unseen, cal_margin = _grow(X, y, sme, split, cat, params, cfg, say)
     booster = grown.booster
     margin = np.asarray(booster.predict(X, raw_score=True), dtype=np.float64)
 
     say("calibrating the log-odds")
-    calibrator = LogOddsCalibrator().fit(oof, y[split.fit])
+    by_months = bool(split.calibration_months)
+    calibrator = (
+        LogOddsCalibrator().fit(cal_margin, y[split.cal])
+        if by_months
+        else LogOddsCalibrator().fit(oof, y[split.fit])
+    )
     if not calibrator.b_ > 0:
         raise TrainingError(
             f"calibration slope {calibrator.b_:.3g} is not positive: the model does not rank "
@@ -311,11 +333,14 @@ def fit(
         metrics[f"{key}_oof"] = value
     p_unseen = np.asarray(expit(calibrator.calibration_.logodds(unseen)), dtype=np.float64)
     metrics["auc_oot_unseen_sme"] = m.auc(y_oot, p_unseen)
+    metrics["oot_defaults_revealed_share"] = revealed_share(sme, y, split.train, oot_idx)
     metrics["ece_oot_unseen_sme"] = m.ece(y_oot, p_unseen, cfg.ece_bins)
     metrics["best_iteration"] = float(grown.best_iteration)
     metrics["val_log_loss_lgb"] = grown.val_loss
     metrics["calibration_a"] = calibrator.a_
     metrics["calibration_b"] = calibrator.b_
+    metrics["calibration_by_months"] = 1.0 if by_months else 0.0  # 0: cross-fitted SMEs
+    metrics["calibration_rows"] = float(len(split.cal) if by_months else len(split.fit))
 
     oot = data.iloc[oot_idx].reset_index(drop=True)
     oot["pd"] = p_oot
@@ -392,9 +417,11 @@ def _grow(
     params: dict[str, Any],
     cfg: TrainConfig,
     say: Progress,
-) -> tuple[boosting.BoosterFit, np.ndarray, np.ndarray]:
+) -> tuple[boosting.BoosterFit, np.ndarray, np.ndarray, np.ndarray]:
     """The model's booster (fit SMEs, early stopping on the validation SMEs), the cross-fitted
-    margins of the fit rows, and OOT margins from boosters that never saw the row's SME."""
+    margins of the fit rows, OOT margins from boosters that never saw the row's SME, and the
+    margins of the calibration rows from the calibration booster (empty without calibration
+    months)."""
     trainer: boosting.LocalTrainer | boosting.DaskTrainer = (
         boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers)
         if cfg.engine == "dask"
@@ -422,7 +449,25 @@ def _grow(
             # pandas' hash-based isin: numpy's isin on object arrays compares all pairs
             in_fold = pd.Series(sme[split.oot]).isin(set(sme[split.fit[held]])).to_numpy()
             unseen[in_fold] = fold_booster.predict(X[split.oot[in_fold]], raw_score=True)
-    return grown, oof, unseen
+        cal_margin = np.empty(0)
+        if split.calibration_months:
+            say(f"calibration booster: months before {split.calibration_months[0]}")
+            cal_booster = trainer.train(
+                X[split.cal_grow], y[split.cal_grow], rounds=grown.best_iteration
+            ).booster
+            cal_margin = np.asarray(cal_booster.predict(X[split.cal], raw_score=True), np.float64)
+    return grown, oof, unseen, cal_margin
+
+
+def revealed_share(sme: np.ndarray, y: np.ndarray, train: np.ndarray, oot: np.ndarray) -> float:
+    """Share of the OOT default rows (positions `oot`) whose SME has a training row (positions
+    `train`) labelled 1: OOT defaults the training labels already record (module docstring).
+    NaN without OOT defaults."""
+    bad = y[oot] == 1
+    if not bad.any():
+        return float("nan")
+    known = set(sme[train][y[train] == 1])
+    return float(pd.Series(sme[oot][bad]).isin(known).mean())
 
 
 def _static_rating(oot: pd.DataFrame, tables: Tables | None) -> np.ndarray | None:

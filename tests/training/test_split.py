@@ -67,3 +67,35 @@ def test_split_errors(matured: pd.DataFrame) -> None:
     few = matured[matured["sme_id"].isin(["S00000", "S00001", "S00002"])]
     with pytest.raises(TrainingError, match="SME"):
         make_split(few, oot_months=4, seed=0, folds=3)
+
+
+def test_calibration_months_mirror_the_oot_split(matured: pd.DataFrame) -> None:
+    # 12 matured months, 4 OOT: 8 training months, at most half (4) held out to calibrate
+    split = make_split(matured, 4, seed=5, folds=3, calibration_months=6)
+    m = months(matured["as_of"])
+    assert split.calibration_months == split.train_months[-4:]
+    assert set(m[split.cal]) == set(split.calibration_months)
+    assert np.array_equal(split.cal, split.train[np.isin(m[split.train], split.calibration_months)])
+    # the calibration booster grows on the fit SMEs' earlier months only
+    assert set(split.cal_grow) <= set(split.fit)
+    assert set(m[split.cal_grow]) == set(split.train_months[:-4])
+    assert len(split.cal_grow) == np.isin(m[split.fit], split.train_months[:-4]).sum()
+    two = make_split(matured, 4, seed=5, folds=3, calibration_months=2)
+    assert two.calibration_months == split.train_months[-2:]
+
+
+def test_calibration_months_keep_the_embargo(matured: pd.DataFrame) -> None:
+    split = make_split(matured, 4, seed=5, folds=3, calibration_months=1, embargo_days=95)
+    first_cal = matured["as_of"].iloc[split.cal].min()
+    grown_on = matured["as_of"].iloc[split.cal_grow]
+    assert len(grown_on) > 0 and (grown_on + pd.Timedelta(days=95) <= first_cal).all()
+
+
+def test_too_few_training_months_fall_back_to_cross_fitting(matured: pd.DataFrame) -> None:
+    # one training month cannot be split in time; an embargo can leave nothing to grow on
+    for split in (
+        make_split(matured, 11, seed=5, folds=3),
+        make_split(matured, 4, seed=5, folds=3, calibration_months=4, embargo_days=95),
+    ):
+        assert split.calibration_months == ()
+        assert split.cal.size == 0 and split.cal_grow.size == 0

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from training.exceptions import TrainingError
-from training.train import TrainConfig, active_products, fit, validate_panel
+from training.train import TrainConfig, active_products, fit, revealed_share, validate_panel
 
 from .conftest import CATALOG, FAST, make_panel
 
@@ -31,6 +31,20 @@ def test_model_learns_the_known_effects(trained) -> None:
     for key in ("auc_oot", "gini_oot", "ks_oot", "brier_oot", "log_loss_oot", "pr_auc_oot"):
         assert np.isfinite(mt[key])
     assert {"auc_oot_unseen_sme", "ece_oot_unseen_sme", "auc_oof", "ece_oof"} <= set(mt)
+    assert 0.0 <= mt["oot_defaults_revealed_share"] <= 1.0
+    # calibrated on held-out training months (the synthetic panel has enough of them)
+    assert mt["calibration_by_months"] == 1.0
+    assert mt["calibration_rows"] == len(trained.split.cal) > 0
+
+
+def test_revealed_share_counts_oot_defaults_already_labelled_in_training() -> None:
+    # A defaults in OOT and had a training row labelled 1 (revealed); B defaults in OOT but was
+    # labelled 0 in training; C's OOT row is not a default (not counted)
+    sme = np.array(["A", "A", "B", "B", "C", "C", "A", "B", "C"], dtype=object)
+    y = np.array([0, 1, 0, 0, 1, 0, 1, 1, 0], dtype=np.float64)
+    train, oot = np.arange(6), np.arange(6, 9)
+    assert revealed_share(sme, y, train, oot) == pytest.approx(0.5)
+    assert np.isnan(revealed_share(sme, y, train, np.array([8])))
 
 
 def test_same_data_and_seed_give_the_same_model(synthetic) -> None:
@@ -51,6 +65,15 @@ def test_tuning_runs_seeded_trials() -> None:
     assert len(a.tuning) == 2 and a.tuning[0]["num_leaves"] == 15  # the defaults come first
     b = fit(panel, CATALOG, config)
     assert a.tuning == b.tuning
+
+
+def test_no_calibration_months_calibrates_on_cross_fitted_smes() -> None:
+    panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
+    config = TrainConfig(seed=2, calibration_folds=2, max_rounds=100, calibration_months=0)
+    r = fit(panel, CATALOG, config)
+    assert r.split.calibration_months == ()
+    assert r.metrics["calibration_by_months"] == 0.0
+    assert r.metrics["calibration_rows"] == len(r.split.fit)
 
 
 def _panel() -> pd.DataFrame:
