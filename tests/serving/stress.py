@@ -77,17 +77,25 @@ def mixed_bodies(
     return out
 
 
+def decisions_asked(body: bytes) -> int:
+    """How many decisions a request body asks for: a batch's length, else 1."""
+    doc = json.loads(body)
+    return len(doc) if isinstance(doc, list) else 1
+
+
 # -- the load generator --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
     """One request: when it ended (s since the load started), its status (0: no response), how
-    long it took, the decision ids of a 200, and what went wrong otherwise."""
+    long it took, the decision ids of a 200, what went wrong otherwise, and how many decisions it
+    asked for (1, or the size of a batch)."""
 
     start: float
     end: float
     status: int
     ids: tuple[str, ...] = ()
     error: str = ""
+    asked: int = 1
 
     @property
     def latency(self) -> float:
@@ -159,6 +167,7 @@ class LoadGenerator:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.requests = list(requests)
+        self.asked = [decisions_asked(body) for _, body in self.requests]
         self.headers = {"Content-Type": "application/json", **headers}
         self.connections = connections
         self.timeout = timeout
@@ -229,6 +238,7 @@ class LoadGenerator:
         i = k
         while not self._stop.is_set():
             path, body = self.requests[i % len(self.requests)]
+            asked = self.asked[i % len(self.requests)]
             i += self.connections
             start = self.now()
             try:
@@ -236,7 +246,7 @@ class LoadGenerator:
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException) as exc:
-                local.append(Outcome(start, self.now(), TRANSPORT, error=repr(exc)))
+                local.append(Outcome(start, self.now(), TRANSPORT, error=repr(exc), asked=asked))
                 conn.close()
                 conn = self._connect()
                 time.sleep(0.02)  # the server may be down: do not spin
@@ -247,12 +257,14 @@ class LoadGenerator:
                     doc = json.loads(data)
                     ids = tuple(d["decision_id"] for d in (doc if isinstance(doc, list) else [doc]))
                 except (ValueError, KeyError, TypeError) as exc:
-                    local.append(Outcome(start, end, -1, error=f"200 with a bad body: {exc!r}"))
+                    local.append(
+                        Outcome(start, end, -1, error=f"200 with a bad body: {exc!r}", asked=asked)
+                    )
                     continue
-                local.append(Outcome(start, end, 200, ids))
+                local.append(Outcome(start, end, 200, ids, asked=asked))
             else:
                 text = data[:300].decode("utf-8", "replace")
-                local.append(Outcome(start, end, resp.status, error=text))
+                local.append(Outcome(start, end, resp.status, error=text, asked=asked))
             if resp.will_close:
                 conn.close()
                 conn = self._connect()
