@@ -294,11 +294,8 @@ def fit(
 
     say("calibrating the log-odds")
     by_months = bool(split.calibration_months)
-    calibrator = (
-        LogOddsCalibrator().fit(cal_margin, y[split.cal])
-        if by_months
-        else LogOddsCalibrator().fit(oof, y[split.fit])
-    )
+    cal_x, cal_y = (cal_margin, y[split.cal]) if by_months else (oof, y[split.fit])
+    calibrator = LogOddsCalibrator().fit(cal_x, cal_y)
     if not calibrator.b_ > 0:
         raise TrainingError(
             f"calibration slope {calibrator.b_:.3g} is not positive: the model does not rank "
@@ -340,7 +337,7 @@ def fit(
     metrics["calibration_a"] = calibrator.a_
     metrics["calibration_b"] = calibrator.b_
     metrics["calibration_by_months"] = 1.0 if by_months else 0.0  # 0: cross-fitted SMEs
-    metrics["calibration_rows"] = float(len(split.cal) if by_months else len(split.fit))
+    metrics["calibration_rows"] = float(len(cal_y))
 
     oot = data.iloc[oot_idx].reset_index(drop=True)
     oot["pd"] = p_oot
