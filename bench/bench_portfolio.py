@@ -2,9 +2,9 @@
 
 A seeded simulation (N_SMES SMEs, 20 cores, 36 months) is generated into a temporary folder, its
 feature panel built and a model trained on it with the training package's defaults (no MLflow:
-the model is used in memory). Then the population at the last month end is scored RUNS times by
-`serving.portfolio.score_population`, which computes the point-in-time features of every SME and
-explains every score (PD, score, grade, top 4 reasons), on:
+the model is used in memory). Then the population at the last month end is scored RUNS times
+by `serving.portfolio.batch.score_population`, which computes the point-in-time features of
+every SME and explains every score (PD, score, grade, top 4 reasons), on:
 
 - pandas (one process);
 - pandas without explanations (PD, score and grade only), to show what the explanations cost;
@@ -42,7 +42,7 @@ def run(report: Report) -> None:
 
     from features.pipeline import data_range
     from features.simulate import SimConfig, generate_to_folder
-    from serving.portfolio import score_population
+    from serving.portfolio.batch import score_population
     from training.registry import MODEL_NAME, LoadedModel
     from training.run import load_inputs
     from training.train import TrainConfig, fit

@@ -311,7 +311,7 @@ def run(report: Report) -> None:
 
 
 def _run(report: Report, root: Path) -> None:
-    from serving.keys import add_key
+    from serving.api.keys import add_key
 
     t0 = time.perf_counter()
     tracking, version, rows = train_model(root)

@@ -10,7 +10,7 @@ COMMAND_MODULES = (
     "features.cli",
     "training.cli",
     "serving.commands",
-    "serving.portfolio_commands",
+    "serving.portfolio.commands",
 )
 
 

@@ -16,7 +16,7 @@ from features.edge import domain_errors_exit, fail_usage
 
 
 class RoleChoice(StrEnum):
-    """The roles a key can have (serving.keys.ROLES)."""
+    """The roles a key can have (serving.api.keys.ROLES)."""
 
     scorer = "scorer"
     auditor = "auditor"
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from features.settings import Settings
-        from serving.metrics import MULTIPROC_ENV
+        from serving.api.metrics import MULTIPROC_ENV
 
         settings = Settings()
         host = host or settings.host
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
             _print_demo(demo_data, settings, host, port, created.get("scorer"))
         typer.echo(f"serving on http://{host}:{port} with {workers} worker(s); docs at /docs")
         uvicorn.run(
-            "serving.app:app_from_env",
+            "serving.api.app:app_from_env",
             factory=True,
             host=host,
             port=port,
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
         """Re-derive the hash chain of every stored decision (SCF_RISK_AUDIT_DB); exit 1 if an
         edited, deleted or reordered record is found."""
         from features.settings import Settings
-        from serving.audit import AuditStore
+        from serving.audit.store import AuditStore
         from serving.exceptions import AuditCorrupt
 
         store = AuditStore(Settings().audit_db)
@@ -109,11 +109,11 @@ def register(app: typer.Typer) -> None:
         """Re-score a stored decision with its recorded model version and features; exit 1
         unless it matches exactly."""
         from features.settings import Settings
-        from serving.audit import AuditStore
+        from serving.audit.store import AuditStore
         from serving.exceptions import AuditCorrupt
-        from serving.model import default_loader
         from serving.schemas import DECISION_ID_PATTERN
         from serving.scoring import replay
+        from serving.served import default_loader
 
         if not re.match(DECISION_ID_PATTERN, decision_id):
             fail_usage(f"DECISION_ID: expected a UUID, got {decision_id!r}")
@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create an API key; only its hash is stored. The key is printed alone on the last line."""
         from features.settings import Settings
-        from serving.keys import Role, add_key
+        from serving.api.keys import Role, add_key
 
         settings = Settings()
         record, key = add_key(settings.api_keys, cast(Role, role.value), name)
@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
 
 def _keys_created(settings: Any) -> dict[str, str]:
     """Create the development keys file if needed (printing it once); the new keys by role."""
-    from serving.keys import ensure_development_keys
+    from serving.api.keys import ensure_development_keys
 
     if settings.api_keys.exists():
         return {}

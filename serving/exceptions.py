@@ -1,6 +1,6 @@
 """Domain errors of the serving package.
 
-Only the API layer (`serving.errors`) turns them into HTTP responses, and only the command line
+Only the API layer (`serving.api.errors`) turns them into HTTP responses, and only the command line
 (`features.edge.domain_errors_exit`) into exit codes.
 """
 

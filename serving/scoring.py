@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 
 from features.exceptions import ContractError, FeatureError
-from serving.audit import canonical_bytes, json_value
+from serving.audit.canonical import canonical_bytes, json_value
 from serving.exceptions import InvalidInput
 from serving.schemas import ScoreRequestBase, request_features, today
 
 if TYPE_CHECKING:
-    from serving.keys import Caller
-    from serving.model import Loader, ServedModel
+    from serving.api.keys import Caller
+    from serving.served import Loader, ServedModel
     from training.model import ScoringModel
 
 N_REASONS = 4

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 
 from features.catalog import CATALOG, monotone_constraints
 from features.settings import Settings
-from serving.app import create_app
-from serving.audit import AuditStore
-from serving.keys import ROLES, add_key
+from serving.api.app import create_app
+from serving.api.keys import ROLES, add_key
+from serving.audit.store import AuditStore
 from tests.serving.stress import require_postgres
 from training.exceptions import ModelLoadError
 from training.model import LogOddsCalibration, ScoringModel, prepare_frame, to_matrix

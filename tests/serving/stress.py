@@ -30,8 +30,8 @@ import pandas as pd
 import sqlalchemy as sa
 
 from features.catalog import CATALOG
-from serving.audit import AuditStore
-from serving.keys import ROLES, add_key
+from serving.api.keys import ROLES, add_key
+from serving.audit.store import AuditStore
 from tests.serving.server import Server
 
 POSTGRES_ENV = "SCF_RISK_TEST_POSTGRES_URL"

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.settings import Settings
-from serving.app import create_app
-from serving.audit import AuditStore
+from serving.api.app import create_app
+from serving.audit.store import AuditStore
 from tests.serving.conftest import Registry
 from training.model import ScoringModel
 

@@ -14,15 +14,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from serving.audit import (
-    GENESIS_HASH,
-    AuditStore,
-    canonical_json,
-    legacy_record_hash,
-    materialize,
-    record_hash,
-)
+from serving.audit.canonical import canonical_json, legacy_record_hash, record_hash
+from serving.audit.store import GENESIS_HASH, AuditStore
 from serving.exceptions import AuditUnavailable, DecisionNotFound
+from serving.online import OnlineFeatures, materialize
 
 
 def body(i: int, sme: str = "S1", grade: str = "G03") -> dict[str, object]:
@@ -306,15 +301,15 @@ def test_materialize_keeps_each_smes_latest_row(store: AuditStore) -> None:
         }
     )
     assert materialize(store, panel) == 2
-    as_of, feats = store.latest_features("A") or (None, None)
+    as_of, feats = OnlineFeatures(store).latest("A") or (None, None)
     assert str(as_of) == "2024-02-29"
     assert feats == {"dso_90d": None, "industry": "metals"}
-    assert store.latest_features("C") is None
+    assert OnlineFeatures(store).latest("C") is None
     older = panel.assign(as_of=pd.to_datetime("2023-12-31"), dso_90d=7.0)
     assert materialize(store, older) == 0  # never replaced by an older as-of
     newer = panel.iloc[[2]].assign(as_of=pd.to_datetime("2024-03-31"), dso_90d=9.0)
     assert materialize(store.url if not store.prefix else store, newer) == 1
-    as_of, feats = store.latest_features("B") or (None, None)
+    as_of, feats = OnlineFeatures(store).latest("B") or (None, None)
     assert str(as_of) == "2024-03-31" and feats is not None and feats["dso_90d"] == 9.0
 
 
@@ -332,7 +327,7 @@ def test_chains_written_with_the_legacy_canonical_form_still_verify(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records hashed by an earlier release (json.dumps) verify; an edit to one is still caught."""
-    import serving.audit as audit
+    import serving.audit.store as audit
 
     monkeypatch.setattr(audit, "record_hash", legacy_record_hash)
     old = store.append([{**body(1), "pd": 1.5e-05}, body(2)])

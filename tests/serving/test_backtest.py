@@ -1,4 +1,4 @@
-"""The dynamic-versus-static backtest (`serving.backtest`, `scf-risk backtest`)."""
+"""The dynamic-versus-static backtest (`serving.portfolio.backtest`, `scf-risk backtest`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from features.contract import RATING_SCALE
 from features.exceptions import FeatureError
-from serving.backtest import (
+from serving.portfolio.backtest import (
     lead_summary,
     lead_times,
     matched_threshold,

@@ -37,11 +37,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.settings import Settings
-from serving import audit
-from serving.app import create_app
-from serving.audit import AuditStore
+from serving.api.app import create_app
+from serving.audit import database
+from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
-from serving.model import ModelHolder, default_loader
+from serving.served import ModelHolder, default_loader
 from tests.serving.conftest import Registered, Registry
 from tests.serving.server import free_port
 from tests.serving.stress import (
@@ -405,7 +405,7 @@ BODY = {"sme_id": "S1", "as_of": "2024-01-31", "grade": "B", "score": 600.0, "pd
 def test_postgres_that_never_answers_is_unavailable_within_the_connect_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(audit, "CONNECT_TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(database, "CONNECT_TIMEOUT_SECONDS", 1)
     with silent_listener() as port:
         store = AuditStore(f"postgresql+psycopg://scf@127.0.0.1:{port}/audit")
         t0 = time.monotonic()
@@ -526,6 +526,8 @@ def test_a_corrupt_model_file_is_refused_and_the_served_model_stays(
 
 def test_the_sqlite_lock_timeout_comes_from_the_audit_url(tmp_path: Path) -> None:
     assert AuditStore(f"sqlite:///{tmp_path / 'a.db'}?timeout=2.5").lock_timeout == 2.5
-    assert AuditStore(f"sqlite:///{tmp_path / 'a.db'}").lock_timeout == audit.DEFAULT_LOCK_TIMEOUT
+    assert (
+        AuditStore(f"sqlite:///{tmp_path / 'a.db'}").lock_timeout == database.DEFAULT_LOCK_TIMEOUT
+    )
     with pytest.raises(ValueError, match="timeout='soon' is not a number of seconds"):
         AuditStore(f"sqlite:///{tmp_path / 'a.db'}?timeout=soon")

@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from features.settings import Settings
-from serving.app import create_app
+from serving.api.app import create_app
 from tests.serving.conftest import Registered
 from tests.serving.stress import feature_rows, make_keys
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from serving.api.keys import KeyStore, add_key, ensure_development_keys, read_keys
 from serving.exceptions import KeysError
-from serving.keys import KeyStore, add_key, ensure_development_keys, read_keys
 
 
 def test_added_key_authenticates_and_only_its_hash_is_stored(tmp_path: Path) -> None:

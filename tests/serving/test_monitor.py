@@ -1,5 +1,5 @@
-"""Monitoring (`serving.monitor`, `scf-risk monitor`): migration, early warning, dates, the
-training reference, the report and its JSON summary, MLflow logging, bad inputs."""
+"""Monitoring (`serving.portfolio.monitor`, `scf-risk monitor`): migration, early warning, dates,
+the training reference, the report and its JSON summary, MLflow logging, bad inputs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from features.drift import PROFILE_ARTIFACT, SCORE
 from serving.exceptions import ModelLoadFailed
-from serving.monitor import (
+from serving.portfolio.monitor import (
     DEFAULTED,
     LEFT,
     MONITORING_EXPERIMENT,
@@ -25,7 +25,7 @@ from serving.monitor import (
     months_before,
     training_profile,
 )
-from serving.report import axis, publish
+from serving.portfolio.report import axis, publish
 from tests.serving.conftest import Registered, train_small_model
 from tests.serving.server import Browser, chromium_or_skip
 from tests.serving.test_portfolio import (
@@ -318,7 +318,7 @@ def test_score_psi_is_stable_on_the_training_months(profiled: Profiled) -> None:
     """The population of a training month against the training reference: the score's PSI is
     small (the reference pools all training months, so a single month differs a little)."""
     from features.io import load_tables
-    from serving.monitor import monitor
+    from serving.portfolio.monitor import monitor
     from training.registry import load_scoring_model
 
     loaded = load_scoring_model(profiled.uri, profiled.tracking_uri)

@@ -11,9 +11,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from features.settings import Settings
-from serving.app import create_app
-from serving.keys import add_key
-from serving.pages import waterfall
+from serving.api.app import create_app
+from serving.api.keys import add_key
+from serving.api.pages import waterfall
 from tests.serving.conftest import Registry
 
 Headers = Callable[[str], dict[str, str]]

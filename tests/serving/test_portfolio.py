@@ -1,4 +1,4 @@
-"""Batch scoring (`serving.portfolio`, `scf-risk score`) with a real registered model.
+"""Batch scoring (`serving.portfolio.batch`, `scf-risk score`) with a real registered model.
 
 The model is the serving tests' `registered` one (simulator -> pipeline -> training -> MLflow).
 `profiled_version` registers a copy of it whose training run also carries the drift profile
@@ -22,9 +22,10 @@ from features.drift import PROFILE_ARTIFACT, TrainingProfile
 from features.exceptions import FeatureError
 from features.io import load_tables
 from features.pipeline import build_features
-from serving.audit import AuditStore
+from serving.audit.store import AuditStore
 from serving.cli import build_app
-from serving.portfolio import REASONS_TYPE, reasons_of, score_population
+from serving.online import OnlineFeatures
+from serving.portfolio.batch import REASONS_TYPE, reasons_of, score_population
 from tests.serving.conftest import Registered, train_small_model
 from training.registry import MODEL_NAME, LoadedModel, client_for, load_scoring_model
 
@@ -235,7 +236,7 @@ def test_score_command_writes_parquet_and_materializes_features(
     store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
     try:
         for i in (0, len(panel) - 1):
-            as_of, values = store.latest_features(str(panel["sme_id"].iloc[i]))  # type: ignore[misc]
+            as_of, values = OnlineFeatures(store).latest(str(panel["sme_id"].iloc[i]))  # type: ignore[misc]
             assert as_of.isoformat() == AS_OF
             row = panel.iloc[i]
             assert values["dso_90d"] == (None if pd.isna(row["dso_90d"]) else row["dso_90d"])
@@ -293,7 +294,7 @@ def test_the_service_scores_materialized_smes_by_id_alone(
     features exactly as the batch did."""
     from fastapi.testclient import TestClient
 
-    from serving.app import create_app
+    from serving.api.app import create_app
     from tests.serving.conftest import Registry
 
     assert settings.audit_db == f"sqlite:///{tmp_path}/audit.db"

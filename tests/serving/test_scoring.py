@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.audit import AuditStore
+from serving.audit.store import AuditStore
 from serving.exceptions import InvalidInput
-from serving.model import ServedModel, build_served
+from serving.online import OnlineFeatures
 from serving.scoring import N_REASONS, replay, score, score_many
+from serving.served import ServedModel, build_served
 from tests.serving.conftest import CHAMPION, Registry, synthetic_rows
 from training.model import ScoringModel
 from training.registry import LoadedModel
@@ -97,7 +98,7 @@ def test_pred_contrib_and_tree_shap_agree(served: ServedModel) -> None:
 def test_stored_mode_uses_the_latest_materialised_features(
     served: ServedModel, store: AuditStore
 ) -> None:
-    from serving.audit import materialize
+    from serving.online import materialize
 
     panel = pd.DataFrame(
         {
@@ -109,7 +110,7 @@ def test_stored_mode_uses_the_latest_materialised_features(
     )
     materialize(store, panel)
     req = served.request_model.model_validate({"sme_id": "S7"})
-    d = score(served, req, latest=store.latest_features)
+    d = score(served, req, latest=OnlineFeatures(store).latest)
     assert d.mode == "stored" and d.as_of == date(2024, 2, 29)
     assert d.features["dso_90d"] == 80.0 and d.features["industry"] == "metals"
     direct = score(
@@ -124,12 +125,12 @@ def test_stored_mode_uses_the_latest_materialised_features(
         score(
             served,
             served.request_model.model_validate({"sme_id": "S8"}),
-            latest=store.latest_features,
+            latest=OnlineFeatures(store).latest,
         )
     assert missing.value.loc == ("sme_id",)
     early = served.request_model.model_validate_json('{"sme_id": "S7", "as_of": "2024-01-31"}')
     with pytest.raises(InvalidInput) as after:
-        score(served, early, latest=store.latest_features)
+        score(served, early, latest=OnlineFeatures(store).latest)
     assert after.value.loc == ("as_of",)
 
 

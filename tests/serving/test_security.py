@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.keys import add_key, read_keys
+from serving.api.keys import add_key, read_keys
 from tests.serving.conftest import Registered
 from tests.serving.stress import StressServer, feature_rows, make_keys, server_env
 

@@ -20,9 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.settings import Settings
-from serving.app import create_app
+from serving.api.app import create_app
+from serving.api.keys import ROLES, add_key
 from serving.demo import demo_request
-from serving.keys import ROLES, add_key
 from tests.serving.conftest import Registered, register_copy
 from tests.serving.server import Browser, Server, chromium_or_skip
 

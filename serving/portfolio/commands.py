@@ -93,8 +93,9 @@ def register(app: typer.Typer) -> None:
         service's sme_id-only requests."""
         from features.io import load_tables
         from features.settings import Settings
-        from serving.audit import AuditStore, materialize
-        from serving.portfolio import ENGINES, progress_bar, score_population, write_scores
+        from serving.audit.store import AuditStore
+        from serving.online import materialize
+        from serving.portfolio.batch import ENGINES, progress_bar, score_population, write_scores
 
         if engine not in ENGINES:
             raise typer.BadParameter(
@@ -175,9 +176,9 @@ def register(app: typer.Typer) -> None:
         report and a JSON summary, and logs both to MLflow (experiment 'monitoring')."""
         from features.io import load_tables
         from features.settings import Settings
-        from serving.monitor import log_to_mlflow, monitor, summary, training_profile
-        from serving.portfolio import progress_bar
-        from serving.report import publish, render_monitor
+        from serving.portfolio.batch import progress_bar
+        from serving.portfolio.monitor import log_to_mlflow, monitor, summary, training_profile
+        from serving.portfolio.report import publish, render_monitor
         from training.registry import check_tracking
 
         if not 0.0 < pd_threshold < 1.0:
@@ -267,9 +268,9 @@ def register(app: typer.Typer) -> None:
         from features.exceptions import FeatureError
         from features.io import load_tables
         from features.pipeline import data_range, month_ends
-        from serving.backtest import backtest
-        from serving.portfolio import progress_bar
-        from serving.report import publish, render_backtest
+        from serving.portfolio.backtest import backtest
+        from serving.portfolio.batch import progress_bar
+        from serving.portfolio.report import publish, render_backtest
 
         first = _parse_date(from_, "--from") if from_ is not None else None
         last = _parse_date(to, "--to") if to is not None else None

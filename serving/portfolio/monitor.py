@@ -38,7 +38,7 @@ import pandas as pd
 from features.drift import PROFILE_ARTIFACT, SCORE, TrainingProfile, psi_table
 from features.exceptions import FeatureError
 from serving.exceptions import ModelLoadFailed
-from serving.portfolio import Progress, Scored, model_info, reasons_of, score_population
+from serving.portfolio.batch import Progress, Scored, model_info, reasons_of, score_population
 
 if TYPE_CHECKING:
     from features.contract import Tables

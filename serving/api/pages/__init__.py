@@ -139,7 +139,7 @@ class Pages:
 
     def __init__(self) -> None:
         self.env = Environment(
-            loader=PackageLoader("serving", "templates"),
+            loader=PackageLoader("serving.api.pages", "templates"),
             autoescape=select_autoescape(["html"]),
             trim_blocks=True,
             lstrip_blocks=True,

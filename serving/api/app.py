@@ -1,6 +1,6 @@
 """The app factory: `create_app(settings)` builds the FastAPI app; its lifespan loads the model.
 
-Nothing happens at import. `scf-risk serve` runs ``serving.app:app_from_env`` under uvicorn
+Nothing happens at import. `scf-risk serve` runs ``serving.api.app:app_from_env`` under uvicorn
 (a factory, so each worker builds its own app from the environment).
 """
 
@@ -17,14 +17,16 @@ from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from features.settings import Settings
-from serving import errors
-from serving.api import models_for_openapi, router
-from serving.audit import AuditStore
-from serving.keys import redact
-from serving.metrics import MetricsMiddleware
-from serving.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
-from serving.model import Loader
-from serving.service import Service
+from serving.api import errors
+from serving.api.errors import error_schemas
+from serving.api.keys import redact
+from serving.api.metrics import MetricsMiddleware
+from serving.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from serving.api.pages import routes as pages
+from serving.api.routes import admin, decisions, health, model, scores
+from serving.api.service import Service
+from serving.audit.store import AuditStore
+from serving.served import Loader
 
 log = logging.getLogger("scf_risk.serving")
 
@@ -58,7 +60,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.include_router(router)
+    for module in (scores, decisions, model, admin, health, pages):
+        app.include_router(module.router)
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -96,6 +99,17 @@ def _openapi_of(app: FastAPI, service: Service) -> Any:
         return cache[key][1]
 
     return openapi
+
+
+def models_for_openapi(svc: Service) -> dict[str, Any]:
+    """The current request schemas, for the OpenAPI document's components."""
+    single, batch = svc.request_models()
+    schemas: dict[str, Any] = error_schemas()
+    for request_model in (single, batch):
+        schema = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[request_model.__name__] = schema
+    return schemas
 
 
 class RedactKeys(logging.Filter):

@@ -39,8 +39,8 @@ import pandas as pd
 from features.contract import RATING_SCALE
 from features.exceptions import FeatureError
 from features.own import rating_ordinal
-from serving.monitor import to_date
-from serving.portfolio import Progress, model_info, score_population
+from serving.portfolio.batch import Progress, model_info, score_population
+from serving.portfolio.monitor import to_date
 
 if TYPE_CHECKING:
     from features.contract import Tables

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from features.exceptions import ScfRiskError
-from serving.audit import AuditStore
+from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed, ModelNotReady
 from serving.schemas import ScoreRequestBase, request_models
 

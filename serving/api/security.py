@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from serving.keys import Caller, KeyStore, Role
+from serving.api.keys import Caller, KeyStore, Role
 
 SCORE: tuple[Role, ...] = ("scorer",)
 READ_DECISIONS: tuple[Role, ...] = ("auditor", "admin")

@@ -14,14 +14,15 @@ from typing import Any
 from pydantic import RootModel
 
 from features.settings import Settings
-from serving.audit import AuditStore
+from serving.api.keys import Caller, KeyStore, ensure_development_keys
+from serving.api.metrics import Metrics
+from serving.api.pages import Pages
+from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
-from serving.keys import Caller, KeyStore, ensure_development_keys
-from serving.metrics import Metrics
-from serving.model import Loader, ModelHolder, ServedModel, Watcher, default_loader
-from serving.pages import Pages
+from serving.online import OnlineFeatures
 from serving.schemas import ScoreRequestBase, request_models
 from serving.scoring import Decision
+from serving.served import Loader, ModelHolder, ServedModel, Watcher, default_loader
 
 log = logging.getLogger("scf_risk.serving")
 
@@ -48,6 +49,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.store = store if store is not None else AuditStore(settings.audit_db)
+        self.online = OnlineFeatures(self.store)
         self.metrics = Metrics()
         self.pages = Pages()
         self.holder = ModelHolder(

@@ -10,94 +10,35 @@ chain stays linear under concurrent threads and several worker processes, and de
 records is detected as well. `verify` re-derives everything and reports edited, deleted and
 reordered records.
 
-The same database holds ``features_latest`` (the materialised latest features per SME, written by
-`materialize`) and a small ``serving_state`` table the workers use to agree on the served model.
+The same database holds ``features_latest`` (the online feature table, `serving.online`) and a small
+``serving_state`` table the workers use to agree on the served model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from serving.exceptions import AuditUnavailable, DecisionNotFound, InvalidInput
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: SQLite's busy handler alone arbitrates between processes
-    fcntl = None  # type: ignore[assignment]
+from serving.audit.canonical import canonical_json, legacy_record_hash, record_hash
+from serving.audit.database import WriterTurn, make_engine, url_lock_timeout
+from serving.exceptions import AuditUnavailable, DecisionNotFound
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 MAX_PROBLEMS = 50
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
-
-
-_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-def canonical_bytes(obj: Any) -> bytes:
-    """The one serialisation that is hashed (orjson): sorted keys, compact, UTF-8, floats in
-    their shortest round-trip form, NaN and infinities as null."""
-    return orjson.dumps(obj, option=_CANONICAL)
-
-
-def canonical_json(obj: Any) -> str:
-    """`canonical_bytes` as text (what the payload column stores)."""
-    return canonical_bytes(obj).decode("utf-8")
-
-
-def record_hash(payload: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of a payload without its own ``record_hash``."""
-    body = {k: v for k, v in payload.items() if k != "record_hash"}
-    return hashlib.sha256(canonical_bytes(body)).hexdigest()
-
-
-def legacy_record_hash(payload: Mapping[str, Any]) -> str:
-    """The record hash of stores written before the canonical form moved to orjson (the
-    standard library's ``json.dumps``, sorted keys, compact): `verify` accepts either, so an
-    upgrade leaves older chains verifiable. Floats are the one difference (``1e-05`` there,
-    ``1e-5`` here)."""
-    body = {k: v for k, v in payload.items() if k != "record_hash"}
-    text = json.dumps(
-        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def json_value(value: Any) -> Any:
-    """A feature value as stored in JSON: finite float, str, or None for missing."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | np.bool_):
-        return float(value)
-    if isinstance(value, int | float | np.integer | np.floating):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, pd.Timestamp | datetime | date):
-        return value.isoformat()
-    return str(value)
 
 
 @dataclass(eq=False)
@@ -185,125 +126,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-DEFAULT_LOCK_TIMEOUT = 30.0
-CONNECT_TIMEOUT_SECONDS = 10
-
-
-def url_lock_timeout(url: str, default: float = DEFAULT_LOCK_TIMEOUT) -> float:
-    """The lock timeout a SQLite URL asks for (``sqlite:///audit.db?timeout=5``, pysqlite's own
-    parameter, in seconds), else `default`."""
-    raw = sa.make_url(url).query.get("timeout")
-    if raw is None:
-        return default
-    try:
-        value = float(raw if isinstance(raw, str) else raw[-1])
-    except ValueError:
-        raise ValueError(
-            f"audit database URL: timeout={raw!r} is not a number of seconds"
-        ) from None
-    if not value >= 0:
-        raise ValueError(f"audit database URL: timeout={raw!r} must be >= 0 seconds")
-    return value
-
-
-class WriterTurn:
-    """The writers' turn across processes on one SQLite file: an advisory ``flock`` on
-    ``<database>-writers.lock``, taken before ``BEGIN IMMEDIATE``.
-
-    SQLite's own busy handler retries after sleeping 1, 2, 5, 10 ... 100 ms, so under a steady
-    stream of commits from several worker processes a waiting writer keeps waking to find the lock
-    taken again, and some decisions wait hundreds of milliseconds. Here a waiter polls the file
-    lock every half millisecond instead. Only our writers take it: anything else holding the
-    database is still arbitrated by SQLite's busy timeout. A lock file that cannot be opened (a
-    read-only folder) leaves SQLite's arbitration alone in charge."""
-
-    POLL_SECONDS = 0.0005
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._unusable = False
-
-    def acquire(self, timeout: float) -> bool:
-        """True once this process holds the turn (or no lock file can be used); False after
-        `timeout` seconds."""
-        fd = self._open()
-        if fd is None:
-            return True
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(self.POLL_SECONDS)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _open(self) -> int | None:
-        if self._fd is None and not self._unusable:
-            try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError:
-                self._unusable = True
-        return self._fd
-
-    @classmethod
-    def for_url(cls, url: str) -> WriterTurn | None:
-        """The turn of a file-backed SQLite URL (None for memory, URI-style or read-only ones,
-        and where ``flock`` does not exist)."""
-        sa_url = sa.make_url(url)
-        database = sa_url.database or ""
-        if (
-            fcntl is None
-            or sa_url.get_backend_name() != "sqlite"
-            or database in ("", ":memory:")
-            or database.startswith("file:")
-            or "mode" in sa_url.query
-        ):
-            return None
-        return cls(Path(f"{database}-writers.lock"))
-
-
-def make_engine(url: str, *, immediate: bool = False, lock_timeout: float | None = None) -> Engine:
-    """An engine for the audit database. SQLite: WAL, synchronous=FULL, a busy timeout of
-    `lock_timeout` seconds (default: the URL's ``timeout``, else 30 s), and (``immediate=True``)
-    write transactions that take the write lock at BEGIN. PostgreSQL: connections checked before
-    use and a connect timeout (an unreachable server is an error in seconds, not a hang)."""
-    sa_url = sa.make_url(url)
-    if sa_url.get_backend_name() != "sqlite":
-        args: dict[str, Any] = {}
-        if sa_url.get_backend_name() == "postgresql" and "connect_timeout" not in sa_url.query:
-            args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
-        return sa.create_engine(url, pool_pre_ping=True, connect_args=args)
-    timeout = url_lock_timeout(url) if lock_timeout is None else lock_timeout
-    engine = sa.create_engine(url, connect_args={"timeout": timeout})
-    begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy's pysqlite recipe)
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")  # the busy timeout is the connect timeout
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql(begin_sql)
-
-    return engine
-
-
 class AuditStore:
     """The decisions of the service, chained by hash, plus the materialised latest features.
 
@@ -364,9 +186,9 @@ class AuditStore:
             except SQLAlchemyError:
                 created = False
             if not created:
-                raise AuditUnavailable(f"audit store {self.safe_url}: {_reason(exc)}") from exc
+                raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 exists = conn.execute(
                     sa.select(self.head.c.id).where(self.head.c.id == HEAD_ID)
                 ).first()
@@ -377,7 +199,7 @@ class AuditStore:
         except IntegrityError:
             pass  # another worker inserted the head row first
         except SQLAlchemyError as exc:
-            raise AuditUnavailable(f"audit store {self.safe_url}: {_reason(exc)}") from exc
+            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
         self._schema_ready = True
 
     def dispose(self) -> None:
@@ -394,7 +216,7 @@ class AuditStore:
         self._schema_ready = False
 
     @contextmanager
-    def _write(self, *, commit: bool = True) -> Iterator[sa.Connection]:
+    def transaction(self, *, commit: bool = True) -> Iterator[sa.Connection]:
         """A write transaction (committed, or rolled back when `commit` is false).
 
         On SQLite this process's writers first queue for their turn (at most the lock timeout).
@@ -447,7 +269,7 @@ class AuditStore:
         """True if a write transaction can be opened and a row updated right now (rolled back)."""
         try:
             self.ensure_schema()
-            with self._write(commit=False) as conn:
+            with self.transaction(commit=False) as conn:
                 conn.execute(
                     sa.update(self.head)
                     .where(self.head.c.id == HEAD_ID)
@@ -501,7 +323,7 @@ class AuditStore:
     def _commit_group(self, group: list[_Pending]) -> None:
         """Chain and commit every queued entry in one transaction; settle each entry."""
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 row = conn.execute(self._head_for_update).one()
                 seq, prev = int(row.seq), str(row.record_hash)
                 rows: list[dict[str, Any]] = []
@@ -525,7 +347,7 @@ class AuditStore:
                 conn.execute(self._insert_decisions, rows)
                 conn.execute(self._move_head, {"new_seq": seq, "new_hash": prev})
         except SQLAlchemyError as exc:
-            error = AuditUnavailable(f"audit store {self.safe_url} is not writable: {_reason(exc)}")
+            error = AuditUnavailable(f"audit store {self.safe_url} is not writable: {reason(exc)}")
             error.__cause__ = exc
             for entry in group:
                 entry.settle(error=error)
@@ -553,7 +375,7 @@ class AuditStore:
         stmt = sa.select(self.decisions.c.payload).where(
             self.decisions.c.decision_id == decision_id
         )
-        rows = self._read(stmt)
+        rows = self.read(stmt)
         if not rows:
             raise DecisionNotFound(f"no decision with id {decision_id}")
         return dict(json.loads(rows[0][0]))
@@ -568,21 +390,21 @@ class AuditStore:
         if grade is not None:
             stmt = stmt.where(self.decisions.c.grade == grade)
         stmt = stmt.order_by(self.decisions.c.seq.desc()).limit(limit)
-        return [dict(json.loads(r[0])) for r in self._read(stmt)]
+        return [dict(json.loads(r[0])) for r in self.read(stmt)]
 
     def count(self) -> int:
         """How many decisions are stored."""
-        rows = self._read(sa.select(sa.func.count()).select_from(self.decisions))
+        rows = self.read(sa.select(sa.func.count()).select_from(self.decisions))
         return int(rows[0][0])
 
-    def _read(self, stmt: sa.Executable) -> list[Any]:
+    def read(self, stmt: sa.Executable) -> list[Any]:
         self.ensure_schema()
         try:
             with self._reader.connect() as conn:
                 return list(conn.execute(stmt).all())
         except SQLAlchemyError as exc:
             raise AuditUnavailable(
-                f"audit store {self.safe_url} is not readable: {_reason(exc)}"
+                f"audit store {self.safe_url} is not readable: {reason(exc)}"
             ) from exc
 
     # -- verification ---------------------------------------------------------------------------
@@ -639,7 +461,7 @@ class AuditStore:
                     )
             prev = str(row.record_hash)
             expected_seq = seq + 1
-        head = self._read(sa.select(self.head.c.seq, self.head.c.record_hash))
+        head = self.read(sa.select(self.head.c.seq, self.head.c.record_hash))
         if len(head) != 1:
             problems.append(f"head table has {len(head)} rows, expected 1")
         else:
@@ -662,34 +484,23 @@ class AuditStore:
                 .order_by(self.decisions.c.seq)
                 .limit(batch)
             )
-            rows = self._read(stmt)
+            rows = self.read(stmt)
             if not rows:
                 return
             yield from rows
             last = int(rows[-1].seq)
 
-    # -- materialised latest features -----------------------------------------------------------
-    def latest_features(self, sme_id: str) -> tuple[date, dict[str, Any]] | None:
-        """The latest materialised features of an SME: (as_of, feature -> value), or None."""
-        stmt = sa.select(self.latest.c.as_of, self.latest.c.features).where(
-            self.latest.c.sme_id == sme_id
-        )
-        rows = self._read(stmt)
-        if not rows:
-            return None
-        return rows[0][0], dict(json.loads(rows[0][1]))
-
     # -- state shared by the workers ------------------------------------------------------------
     def get_state(self, name: str) -> str | None:
         """A value of the small serving_state table (None if unset)."""
-        rows = self._read(sa.select(self.state.c.value).where(self.state.c.name == name))
+        rows = self.read(sa.select(self.state.c.value).where(self.state.c.name == name))
         return str(rows[0][0]) if rows else None
 
     def set_state(self, name: str, value: str) -> None:
         """Set a serving_state value (insert or update)."""
         self.ensure_schema()
         try:
-            with self._write() as conn:
+            with self.transaction() as conn:
                 done = conn.execute(
                     sa.update(self.state)
                     .where(self.state.c.name == name)
@@ -700,85 +511,9 @@ class AuditStore:
                         sa.insert(self.state).values(name=name, value=value, updated_at=_now())
                     )
         except SQLAlchemyError as exc:
-            raise AuditUnavailable(f"audit store {self.safe_url}: {_reason(exc)}") from exc
+            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     return str(orig if orig is not None else exc).strip().splitlines()[0]
-
-
-NON_FEATURE_COLUMNS = ("sme_id", "as_of", "default_12m")
-
-
-def materialize(
-    engine_or_url: Engine | AuditStore | str, panel: pd.DataFrame, *, prefix: str = ""
-) -> int:
-    """Write each SME's latest row of a feature panel into ``features_latest``.
-
-    `panel` has ``sme_id``, ``as_of`` and feature columns (``default_12m`` is ignored). A stored
-    row is replaced only by a row of the same or a later as-of date. Returns the rows written.
-    """
-    if isinstance(engine_or_url, AuditStore):
-        store = engine_or_url
-    elif isinstance(engine_or_url, Engine):
-        store = AuditStore(engine_or_url.url.render_as_string(hide_password=False), prefix=prefix)
-    else:
-        store = AuditStore(engine_or_url, prefix=prefix)
-    for col in ("sme_id", "as_of"):
-        if col not in panel.columns:
-            raise InvalidInput(("panel", col), "column missing from the feature panel")
-    if panel.empty:
-        return 0
-    as_of = pd.to_datetime(panel["as_of"], errors="coerce")
-    if as_of.isna().any():
-        row = int(np.flatnonzero(as_of.isna().to_numpy())[0]) + 1
-        raise InvalidInput(("panel", row, "as_of"), "not a date")
-    frame = panel.assign(as_of=as_of).sort_values(["sme_id", "as_of"], kind="stable")
-    latest = frame.groupby("sme_id", sort=False).tail(1)
-    feature_cols = [c for c in latest.columns if c not in NON_FEATURE_COLUMNS]
-    now = _now()
-    rows = [
-        {
-            "sme_id": str(sme),
-            "as_of": ts.date(),
-            "features": canonical_json(
-                {c: json_value(v) for c, v in zip(feature_cols, vals, strict=True)}
-            ),
-            "materialized_at": now,
-        }
-        for sme, ts, vals in zip(
-            latest["sme_id"],
-            latest["as_of"],
-            latest[feature_cols].itertuples(index=False),
-            strict=True,
-        )
-    ]
-    store.ensure_schema()
-    t = store.latest
-    written = 0
-    try:
-        with store._write() as conn:
-            for start in range(0, len(rows), 500):
-                chunk = rows[start : start + 500]
-                ids = [r["sme_id"] for r in chunk]
-                stored = dict(
-                    conn.execute(sa.select(t.c.sme_id, t.c.as_of).where(t.c.sme_id.in_(ids))).all()
-                )
-                fresh = [
-                    r
-                    for r in chunk
-                    if r["sme_id"] not in stored or stored[r["sme_id"]] <= r["as_of"]
-                ]
-                replace = [r["sme_id"] for r in fresh if r["sme_id"] in stored]
-                if replace:
-                    conn.execute(sa.delete(t).where(t.c.sme_id.in_(replace)))
-                if fresh:
-                    conn.execute(sa.insert(t), fresh)
-                written += len(fresh)
-    except SQLAlchemyError as exc:
-        raise AuditUnavailable(f"audit store {store.safe_url}: {_reason(exc)}") from exc
-    finally:
-        if store is not engine_or_url:
-            store.dispose()
-    return written

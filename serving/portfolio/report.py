@@ -304,7 +304,7 @@ PSI_CHART_ROWS = 30
 
 
 def render_monitor(doc: dict[str, Any]) -> str:
-    """The monitoring report of a `serving.monitor.summary` document."""
+    """The monitoring report of a `serving.portfolio.monitor.summary` document."""
     psi = doc["psi"]
     feats = psi["features"]
     shown = feats[:PSI_CHART_ROWS]
@@ -484,7 +484,8 @@ def _migration_table(mig: dict[str, Any]) -> str:
 
 # -- the backtest report --------------------------------------------------------------------------
 def render_backtest(doc: dict[str, Any]) -> str:
-    """The dynamic-versus-static backtest report of a `serving.backtest.summary` document."""
+    """The dynamic-versus-static backtest report of a `serving.portfolio.backtest.summary`
+    document."""
     rules = doc["rules"]
     dyn, stat = doc["dynamic"], doc["static"]
     months = [str(m) for m in doc["lead_months"]]

@@ -1,0 +1,1 @@
+"""The routes of the scoring API, one module per resource."""

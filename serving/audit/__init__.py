@@ -1,0 +1,1 @@
+"""The hash-chained decision record: canonical form, database connection, store, verification."""

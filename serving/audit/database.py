@@ -1,0 +1,136 @@
+"""The audit database's connection: engines (SQLite WAL + FULL sync, PostgreSQL) and the
+cross-process writer turn on one SQLite file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite's busy handler alone arbitrates between processes
+    fcntl = None  # type: ignore[assignment]
+
+DEFAULT_LOCK_TIMEOUT = 30.0
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def url_lock_timeout(url: str, default: float = DEFAULT_LOCK_TIMEOUT) -> float:
+    """The lock timeout a SQLite URL asks for (``sqlite:///audit.db?timeout=5``, pysqlite's own
+    parameter, in seconds), else `default`."""
+    raw = sa.make_url(url).query.get("timeout")
+    if raw is None:
+        return default
+    try:
+        value = float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        raise ValueError(
+            f"audit database URL: timeout={raw!r} is not a number of seconds"
+        ) from None
+    if not value >= 0:
+        raise ValueError(f"audit database URL: timeout={raw!r} must be >= 0 seconds")
+    return value
+
+
+class WriterTurn:
+    """The writers' turn across processes on one SQLite file: an advisory ``flock`` on
+    ``<database>-writers.lock``, taken before ``BEGIN IMMEDIATE``.
+
+    SQLite's own busy handler retries after sleeping 1, 2, 5, 10 ... 100 ms, so under a steady
+    stream of commits from several worker processes a waiting writer keeps waking to find the lock
+    taken again, and some decisions wait hundreds of milliseconds. Here a waiter polls the file
+    lock every half millisecond instead. Only our writers take it: anything else holding the
+    database is still arbitrated by SQLite's busy timeout. A lock file that cannot be opened (a
+    read-only folder) leaves SQLite's arbitration alone in charge."""
+
+    POLL_SECONDS = 0.0005
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._unusable = False
+
+    def acquire(self, timeout: float) -> bool:
+        """True once this process holds the turn (or no lock file can be used); False after
+        `timeout` seconds."""
+        fd = self._open()
+        if fd is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(self.POLL_SECONDS)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self) -> int | None:
+        if self._fd is None and not self._unusable:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                self._unusable = True
+        return self._fd
+
+    @classmethod
+    def for_url(cls, url: str) -> WriterTurn | None:
+        """The turn of a file-backed SQLite URL (None for memory, URI-style or read-only ones,
+        and where ``flock`` does not exist)."""
+        sa_url = sa.make_url(url)
+        database = sa_url.database or ""
+        if (
+            fcntl is None
+            or sa_url.get_backend_name() != "sqlite"
+            or database in ("", ":memory:")
+            or database.startswith("file:")
+            or "mode" in sa_url.query
+        ):
+            return None
+        return cls(Path(f"{database}-writers.lock"))
+
+
+def make_engine(url: str, *, immediate: bool = False, lock_timeout: float | None = None) -> Engine:
+    """An engine for the audit database. SQLite: WAL, synchronous=FULL, a busy timeout of
+    `lock_timeout` seconds (default: the URL's ``timeout``, else 30 s), and (``immediate=True``)
+    write transactions that take the write lock at BEGIN. PostgreSQL: connections checked before
+    use and a connect timeout (an unreachable server is an error in seconds, not a hang)."""
+    sa_url = sa.make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        args: dict[str, Any] = {}
+        if sa_url.get_backend_name() == "postgresql" and "connect_timeout" not in sa_url.query:
+            args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+        return sa.create_engine(url, pool_pre_ping=True, connect_args=args)
+    timeout = url_lock_timeout(url) if lock_timeout is None else lock_timeout
+    engine = sa.create_engine(url, connect_args={"timeout": timeout})
+    begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy's pysqlite recipe)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # the busy timeout is the connect timeout
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(begin_sql)
+
+    return engine
