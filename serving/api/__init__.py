@@ -1,1 +1,2 @@
-"""The HTTP service: app factory, typed dependencies, security and keys, one router module per resource, the auditor pages."""
+"""The HTTP service: app factory, typed dependencies, security and keys, one router module per
+resource, the auditor pages."""
