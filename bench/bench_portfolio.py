@@ -43,7 +43,7 @@ def run(report: Report) -> None:
     from features.pipeline import data_range
     from features.simulate import SimConfig, generate_to_folder
     from serving.portfolio.batch import score_population
-    from training.registry import MODEL_NAME, LoadedModel
+    from training.bundle import MODEL_NAME, LoadedModel
     from training.run import load_inputs
     from training.train import TrainConfig, fit
 

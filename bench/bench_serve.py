@@ -256,9 +256,9 @@ def _explain_methods(
 ) -> None:
     import numpy as np
 
-    from training.registry import load_scoring_model
+    from training.bundle import load_model
 
-    model = load_scoring_model(f"models:/sme-default-pd/{version}", tracking).model
+    model = load_model(f"models:/sme-default-pd/{version}", tracking).model
     for n in (1, BATCH):
         records = [r["features"] for r in rows[:n]]
         reps = 200 if n == 1 else 1  # one row takes well under a millisecond: time 200 calls

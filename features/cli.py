@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from features.contract import DEFAULT_HORIZON_DAYS
 from features.edge import domain_errors_exit, fail_usage
 from features.exceptions import FeatureError
 
@@ -103,9 +104,9 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 min=1,
                 help="Label horizon: default_12m = 1 if the SME defaults within this many days "
-                "after the as-of date.",
+                "after the as-of date (recorded in the panel file).",
             ),
-        ] = 365,
+        ] = DEFAULT_HORIZON_DAYS,
         engine: Annotated[
             str,
             typer.Option(

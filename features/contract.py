@@ -31,6 +31,11 @@ RATING_SCALE: tuple[str, ...] = (
 
 ROLES: tuple[str, ...] = ("core", "sme")
 PRODUCTS: tuple[str, ...] = ("receivable_financing", "inventory_pledge", "prepayment")
+DEFAULT_HORIZON_DAYS = 365
+"""The label horizon: ``default_12m`` looks this many days ahead. Declared here only; a trained
+model carries the horizon of its panel in its bundle."""
+HORIZON_ATTR = "scf_risk.horizon_days"
+"""`DataFrame.attrs` key of a panel's label horizon (pandas keeps attrs in Parquet metadata)."""
 FINANCIALS_PUBLICATION_LAG_DAYS = 120  # default published_date = period_end + 120 days
 KNOWN_EXTRA_FILES: tuple[str, ...] = ("truth.parquet",)
 """Files a data folder may hold beside its tables (the simulator's truth): not warned about."""

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.contract import Tables
+from features.contract import DEFAULT_HORIZON_DAYS, Tables
 from features.exceptions import FeatureError
 from features.own import _codes
-from features.pipeline import DEFAULT_HORIZON_DAYS, finish_panel, panel_plan
+from features.pipeline import finish_panel, panel_plan
 from features.reference import Reference, feature_rows, sme_ids_of
 
 Engine = Literal["pandas", "dask"]

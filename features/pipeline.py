@@ -24,7 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.contract import FINANCIALS_PUBLICATION_LAG_DAYS, Tables
+from features.contract import (
+    DEFAULT_HORIZON_DAYS,
+    FINANCIALS_PUBLICATION_LAG_DAYS,
+    HORIZON_ATTR,
+    Tables,
+)
 from features.exceptions import FeatureError
 from features.own import META_ACTIVE, META_DEFAULTED, META_EVENT, NEVER, day_of, to_days
 from features.reference import Reference, build_reference, feature_rows, sme_features
@@ -42,7 +47,6 @@ __all__ = [
 ]
 
 LABEL = "default_12m"
-DEFAULT_HORIZON_DAYS = 365
 
 _OBSERVED_DATES: dict[str, tuple[str, ...]] = {
     "invoices": ("issue_date", "paid_date", "confirmed_date"),
@@ -127,6 +131,7 @@ def finish_panel(rows: pd.DataFrame, horizon_days: int, data_end: pd.Timestamp) 
     label = rows[META_EVENT].astype("Int8").mask(~mature)
     panel = rows.drop(columns=[META_ACTIVE, META_DEFAULTED, META_EVENT])
     panel[LABEL] = label
+    panel.attrs[HORIZON_ATTR] = int(horizon_days)  # travels with the panel, in Parquet too
     return panel
 
 

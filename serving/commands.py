@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         from serving.exceptions import AuditCorrupt
         from serving.schemas import DECISION_ID_PATTERN
         from serving.scoring import replay
-        from serving.served import default_loader
+        from training.bundle import load_model
 
         if not re.match(DECISION_ID_PATTERN, decision_id):
             fail_usage(f"DECISION_ID: expected a UUID, got {decision_id!r}")
@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
             stored = store.get(decision_id)
         finally:
             store.dispose()
-        result = replay(stored, loader=default_loader, tracking_uri=settings.mlflow_tracking_uri)
+        result = replay(stored, loader=load_model, tracking_uri=settings.mlflow_tracking_uri)
         if not result.matches:
             raise AuditCorrupt(str(result))
         typer.echo(str(result))

@@ -12,22 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
-import re
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
@@ -40,141 +30,16 @@ from serving.schemas import ScoreRequestBase, request_models
 if TYPE_CHECKING:
     from pydantic import RootModel
 
+    from training.bundle import LoadedModel
     from training.model import ScoringModel
-    from training.registry import LoadedModel
 
 log = logging.getLogger("scf_risk.serving")
 
 Loader = Callable[[str, str], "LoadedModel"]
+"""How a worker loads a model URI: `training.bundle.load_model`, the one loader (tests pass their
+own to serve in-memory models)."""
 STATE_KEY = "served_model"
 ADDITIVITY_TOLERANCE = 1e-6
-
-
-def default_loader(model_uri: str, tracking_uri: str) -> LoadedModel:
-    """Resolve a ``models:/name@alias`` (or ``/version``, ``runs:/ID/model``, a local model
-    folder) through the MLflow registry, check its files in a throwaway process
-    (`probe_artifact`), then load it here."""
-    from training.model import ScoringModel
-    from training.registry import LoadedModel
-
-    with tempfile.TemporaryDirectory(prefix="scf-risk-model-") as tmp:
-        found = locate_model(model_uri, tracking_uri, Path(tmp))
-        probe_artifact(found.folder)
-        model = ScoringModel.load(found.folder)
-    return LoadedModel(model, found.name, found.version, found.run_id, model_uri)
-
-
-@dataclass(frozen=True)
-class ModelFiles:
-    """Where a model's scoring files are (a local folder) and which version they are."""
-
-    folder: Path
-    name: str
-    version: str | None
-    run_id: str | None
-
-
-def locate_model(model_uri: str, tracking_uri: str, tmp: Path) -> ModelFiles:
-    """The local folder of a model URI's scoring files (read in place for local artifact
-    stores, else downloaded into `tmp`), as `training.registry.load_scoring_model` finds it."""
-    from mlflow.exceptions import MlflowException
-
-    from training.exceptions import ModelLoadError
-    from training.pyfunc import ARTIFACT_KEY
-    from training.registry import MODEL_NAME, MODEL_PATH, client_for, resolve_version
-
-    name, version, run_id = MODEL_NAME, None, None
-    try:
-        if model_uri.startswith("models:/"):
-            client = client_for(tracking_uri)
-            mv = resolve_version(client, model_uri)
-            name, version, run_id = str(mv.name), str(mv.version), mv.run_id
-            root = _local(client.get_model_version_download_uri(mv.name, mv.version), tmp)
-        elif model_uri.startswith("runs:/"):
-            run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
-            base = client_for(tracking_uri).get_run(run_id).info.artifact_uri.rstrip("/")
-            root = _local(f"{base}/{path or MODEL_PATH}", tmp)
-        else:
-            root = Path(model_uri)
-    except MlflowException as exc:
-        raise ModelLoadError(f"model URI {model_uri!r}: {exc.message}") from None
-    folder = root / "artifacts" / ARTIFACT_KEY
-    if not folder.is_dir():
-        raise ModelLoadError(f"model URI {model_uri!r} holds no scf-risk scoring model ({folder})")
-    return ModelFiles(folder, name, version, run_id)
-
-
-def _local(source: str, tmp: Path) -> Path:
-    parts = urlsplit(source)
-    if parts.scheme == "file" or (parts.scheme == "" and Path(source).exists()):
-        return Path(url2pathname(parts.path) if parts.scheme == "file" else source)
-    import mlflow.artifacts
-
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
-
-
-PROBE_TIMEOUT_SECONDS = 120.0
-_PROBE_CODE = """
-import ctypes, pathlib, sys
-lib = ctypes.cdll.LoadLibrary(sys.argv[1])
-lib.LGBM_GetLastError.restype = ctypes.c_char_p
-handle, iterations = ctypes.c_void_p(), ctypes.c_int()
-text = ctypes.c_char_p(pathlib.Path(sys.argv[2]).read_bytes())
-if lib.LGBM_BoosterLoadModelFromString(text, ctypes.byref(iterations), ctypes.byref(handle)):
-    sys.exit("LightGBMError: " + lib.LGBM_GetLastError().decode("utf-8", "replace"))
-lib.LGBM_BoosterFree(handle)
-"""
-
-
-def lightgbm_library() -> Path:
-    """The LightGBM shared library the `lightgbm` package loads (found as its libpath does)."""
-    import lightgbm
-
-    suffix = {"Windows": "dll", "Darwin": "dylib"}.get(platform.system(), "so")
-    package = Path(lightgbm.__file__).resolve().parent
-    for folder in (package.parent, package / "bin", package / "lib"):
-        if (folder / f"lib_lightgbm.{suffix}").is_file():
-            return folder / f"lib_lightgbm.{suffix}"
-    raise ModelLoadFailed(f"LightGBM's library lib_lightgbm.{suffix} not found near {package}")
-
-
-def probe_artifact(folder: Path, timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
-    """Parse a model's ``booster.txt`` with LightGBM in a throwaway child process first.
-
-    LightGBM's native model parser does not raise on a damaged file: a truncated booster, a
-    missing tree or an inconsistent count aborts or crashes the whole process (SIGABRT,
-    SIGSEGV). Parsed here first, a corrupt champion would take down the worker that reloads it
-    and, through the alias, every worker the supervisor restarts. The child calls LightGBM's C
-    API directly (``LGBM_BoosterLoadModelFromString``, what `lightgbm.Booster` calls), so it
-    costs tens of milliseconds. A child that fails or dies means `ModelLoadFailed`, naming the
-    file and the parser's last words. (No booster file: the load itself says so.)
-    """
-    booster = folder / "booster.txt"
-    if not booster.is_file():
-        return
-    cmd = [sys.executable, "-c", _PROBE_CODE, str(lightgbm_library()), str(booster)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    try:
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, errors="replace", env=env, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        raise ModelLoadFailed(
-            f"model file {booster}: parsing took more than {timeout:.0f} s"
-        ) from None
-    if done.returncode == 0:
-        return
-    lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
-    if done.returncode < 0:
-        said = [ln for ln in lines if ln.startswith("[LightGBM]")]
-        last = said[-1] if said else (lines[-1] if lines else "no message")
-        last = re.sub(r"^(\[LightGBM\] )?(\[\w+\] )?", "", last).split(" met ", 1)[0]
-        name = signal.Signals(-done.returncode).name
-        raise ModelLoadFailed(
-            f"model file {booster} is corrupt: it crashed LightGBM's parser ({name}): {last[:200]}"
-        )
-    last = lines[-1][:300] if lines else "no message"
-    raise ModelLoadFailed(f"model file {booster} is corrupt: {last}")
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:

@@ -106,8 +106,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 6,
         horizon_days: Annotated[
-            int, typer.Option(min=1, help="Label horizon when building the panel from --data.")
-        ] = 365,
+            int | None,
+            typer.Option(
+                min=1,
+                help="Label horizon when building the panel from --data (default 365). With "
+                "--features, the panel file's own horizon; giving another one is an error.",
+            ),
+        ] = None,
         max_rounds: Annotated[
             int, typer.Option(min=1, help="Most boosting rounds (early stopping picks fewer).")
         ] = 2000,
@@ -170,6 +175,7 @@ def register(app: typer.Typer) -> None:
                 steps.update(1)
 
             config = TrainConfig(
+                horizon_days=inputs.horizon_days,
                 oot_months=oot_months,
                 seed=seed,
                 engine="dask" if engine == "dask" else "pandas",

@@ -24,12 +24,15 @@ import pandas as pd
 from scipy.special import expit
 
 from features.catalog import Feature
+from features.contract import DEFAULT_HORIZON_DAYS
+from features.drift import PROFILE_ARTIFACT, TrainingProfile
 from training.exceptions import ModelInputError, ModelLoadError
 
 if TYPE_CHECKING:
     from features.reference import Reference
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the bundle carries its label horizon, training and OOT months, thresholds, drift profile."""
 CHECKSUMS = "checksums.json"
 """sha256 of every file of a saved model, written last by `save` and checked first by `load`."""
 KEY_COLUMNS: tuple[str, ...] = ("sme_id", "as_of", "default_12m")
@@ -144,8 +147,10 @@ class Explanation:
 
 @dataclass
 class ScoringModel:
-    """A trained model with everything serving needs: booster, calibration, catalog, scales,
-    trained categories, reference data of the single-SME path, training metrics."""
+    """The model bundle: everything that decides how a model scores, is monitored or is replayed
+    (booster, calibration, catalog, scales, trained categories, reference data of the single-SME
+    path, training metrics, label horizon, training and OOT months, thresholds, drift profile).
+    Read back through `training.bundle.load_model` only."""
 
     booster: lgb.Booster
     catalog: tuple[Feature, ...]
@@ -156,6 +161,11 @@ class ScoringModel:
     reference: Reference | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    horizon_days: int = DEFAULT_HORIZON_DAYS  # the label's horizon: default within this many days
+    train_months: tuple[str, ...] = ()  # as-of months (YYYY-MM) of the training rows
+    oot_months: tuple[str, ...] = ()  # as-of months of the out-of-time evaluation rows
+    thresholds: dict[str, float] = field(default_factory=dict)  # what it was gated/monitored with
+    drift_profile: TrainingProfile | None = None  # training-decile bins for drift monitoring
     _slots: dict[str, tuple[int, dict[str, int] | None]] = field(
         init=False, repr=False, compare=False
     )
@@ -324,6 +334,10 @@ class ScoringModel:
             },
             "metrics": dict(self.metrics),
             "params": dict(self.params),
+            "horizon_days": self.horizon_days,
+            "train_months": list(self.train_months),
+            "oot_months": list(self.oot_months),
+            "thresholds": dict(self.thresholds),
         }
 
     def save(self, folder: Path) -> None:
@@ -337,6 +351,8 @@ class ScoringModel:
         )
         if self.reference is not None:
             self.reference.to_dir(folder / "reference")
+        if self.drift_profile is not None:
+            (folder / PROFILE_ARTIFACT).write_text(self.drift_profile.to_json(), encoding="utf-8")
         (folder / CHECKSUMS).write_text(
             json.dumps(_digests(folder), indent=2, sort_keys=True), encoding="utf-8"
         )
@@ -354,7 +370,8 @@ class ScoringModel:
         card = json.loads(card_path.read_text(encoding="utf-8"))
         if card.get("format_version") != FORMAT_VERSION:
             raise ModelLoadError(
-                f"{folder}: model format {card.get('format_version')!r}, expected {FORMAT_VERSION}"
+                f"{folder}: model format {card.get('format_version')!r}, expected {FORMAT_VERSION} "
+                "(a bundle that carries its label horizon and months): retrain the model"
             )
         booster = lgb.Booster(model_str=booster_path.read_text(encoding="utf-8"))
         reference = None
@@ -375,7 +392,22 @@ class ScoringModel:
             reference=reference,
             metrics={k: float(v) for k, v in card["metrics"].items()},
             params=dict(card["params"]),
+            horizon_days=int(card["horizon_days"]),
+            train_months=tuple(card["train_months"]),
+            oot_months=tuple(card["oot_months"]),
+            thresholds={k: float(v) for k, v in card["thresholds"].items()},
+            drift_profile=_read_profile(folder / PROFILE_ARTIFACT),
         )
+
+
+def _read_profile(path: Path) -> TrainingProfile | None:
+    """The bundle's drift profile (None when it was saved without one)."""
+    if not path.is_file():
+        return None
+    try:
+        return TrainingProfile.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path}: unreadable drift profile: {exc}") from None
 
 
 def _digests(folder: Path) -> dict[str, str]:

@@ -22,18 +22,16 @@ import numpy as np
 import pandas as pd
 
 from training import metrics as m
+from training.bundle import MODEL_NAME, LoadedModel, load_model
 from training.exceptions import ModelLoadError, PromotionRejectedError
 from training.monotone import check_monotonicity
 from training.registry import (
     CHALLENGER,
     CHAMPION,
-    MODEL_NAME,
     PROMOTIONS_EXPERIMENT,
-    LoadedModel,
     check_tracking,
     ensure_experiment,
     load_oot_rows,
-    load_scoring_model,
 )
 
 MAX_AUC_DROP = 0.005
@@ -134,7 +132,7 @@ def promote(
             )
     else:
         candidate_version = str(version)
-    candidate = load_scoring_model(f"models:/{model_name}/{candidate_version}", tracking_uri)
+    candidate = load_model(f"models:/{model_name}/{candidate_version}", tracking_uri)
     if candidate.run_id is None:
         raise ModelLoadError(f"version {candidate_version} of {model_name} has no training run")
     rows = load_oot_rows(client, candidate.run_id)
@@ -153,7 +151,7 @@ def promote(
         if champion_version == candidate_version:
             auc_champion = metrics["auc_candidate_oot"]
         else:
-            champion = load_scoring_model(f"models:/{model_name}/{champion_version}", tracking_uri)
+            champion = load_model(f"models:/{model_name}/{champion_version}", tracking_uri)
             auc_champion = m.auc(y, champion.model.predict(_features_for(champion, rows)))
         metrics["auc_champion_oot"] = auc_champion
         metrics["auc_delta_oot"] = metrics["auc_candidate_oot"] - auc_champion

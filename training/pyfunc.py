@@ -1,6 +1,6 @@
 """The MLflow pyfunc flavour of a scoring model: `mlflow.pyfunc.load_model(uri).predict(frame)`
 returns a frame of `pd`, `score`, `grade`. Serving loads the `ScoringModel` itself
-(`training.registry.load_scoring_model`); this wrapper makes the logged model usable by any MLflow
+(`training.registry.load_model`); this wrapper makes the logged model usable by any MLflow
 tool (batch scoring, `mlflow models serve`)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 from scipy.special import expit
 
+from training.bundle import ARTIFACT_KEY
 from training.model import ScoringModel
 
-ARTIFACT_KEY = "scoring_model"
 MODEL_CODE = """\
 # MLflow models-from-code entry point of an scf-risk scoring model (no pickled objects).
 from mlflow.models import set_model

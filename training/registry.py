@@ -16,37 +16,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
 
-from features.drift import PROFILE_ARTIFACT, TrainingProfile, build_profile
+from features.drift import PROFILE_ARTIFACT
+from training.bundle import MODEL_NAME, MODEL_PATH, client_for, local_artifacts
 from training.exceptions import ModelLoadError, TrackingUnavailableError
 from training.model import ScoringModel
 
-MODEL_NAME = "sme-default-pd"
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 DEFAULT_EXPERIMENT = "sme-default-pd"
 PROMOTIONS_EXPERIMENT = "promotions"
-MODEL_PATH = "model"
 OOT_PATH = "oot"
 OOT_FILE = "oot_rows.parquet"
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
 CONNECT_TIMEOUT_SECONDS = 5
 REQUIREMENTS = ("mlflow", "lightgbm", "pandas", "numpy", "scipy", "scikit-learn", "shap", "pyarrow")
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A scoring model and where it came from."""
-
-    model: ScoringModel
-    name: str
-    version: str | None
-    run_id: str | None
-    uri: str
 
 
 @dataclass(frozen=True)
@@ -87,13 +74,6 @@ def redact(uri: str) -> str:
         return uri
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
-
-
-def client_for(tracking_uri: str) -> Any:
-    """An MlflowClient on the tracking store, which is also the registry."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def check_tracking(tracking_uri: str) -> Any:
@@ -235,7 +215,8 @@ def log_training(
     import mlflow.pyfunc
     from mlflow.entities import Metric, Param, RunTag
 
-    from training.pyfunc import ARTIFACT_KEY, MODEL_CODE
+    from training.bundle import ARTIFACT_KEY
+    from training.pyfunc import MODEL_CODE
     from training.report import write_artifacts
 
     client = client or check_tracking(tracking_uri)
@@ -271,7 +252,7 @@ def log_training(
             folder = Path(tmp)
             write_artifacts(result, folder / "evidence", {"run_id": run_id, **facts})
             client.log_artifacts(run_id, str(folder / "evidence"))
-            profile = training_profile(result)
+            profile = result.model.drift_profile
             (folder / PROFILE_ARTIFACT).write_text(profile.to_json(), encoding="utf-8")
             client.log_artifact(run_id, str(folder / PROFILE_ARTIFACT))
             (folder / OOT_PATH).mkdir()
@@ -304,13 +285,6 @@ def log_training(
     )
 
 
-def training_profile(result: Any) -> TrainingProfile:
-    """The drift reference of a trained model (`features.drift`): training-decile bins of every
-    feature and of the score over the training months' rows; `scf-risk monitor` reads it."""
-    rows = result.panel.iloc[result.split.train]
-    return build_profile(rows, result.model.score(rows), result.model.catalog)
-
-
 def _register(client: Any, name: str, run: Any, result: Any, facts: dict[str, str]) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -341,71 +315,6 @@ def _register(client: Any, name: str, run: Any, result: Any, facts: dict[str, st
     return str(mv.version)
 
 
-# -- loading ------------------------------------------------------------------------------------
-def resolve_version(client: Any, model_uri: str) -> Any:
-    """The ModelVersion of ``models:/name@alias`` or ``models:/name/version``."""
-    from mlflow.exceptions import MlflowException
-
-    spec = model_uri.removeprefix("models:/")
-    try:
-        if "@" in spec:
-            name, alias = spec.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, _, version = spec.partition("/")
-        if not version:
-            raise ModelLoadError(
-                f"model URI {model_uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION"
-            )
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise ModelLoadError(f"model URI {model_uri!r} does not resolve: {exc.message}") from None
-
-
-def load_scoring_model(model_uri: str, tracking_uri: str) -> LoadedModel:
-    """Load the `ScoringModel` of a registered version (``models:/NAME@ALIAS``,
-    ``models:/NAME/VERSION``), a run (``runs:/RUN_ID/model``) or a local MLflow model folder."""
-    from mlflow.exceptions import MlflowException
-
-    from training.pyfunc import ARTIFACT_KEY
-
-    client = client_for(tracking_uri)
-    name, version, run_id = MODEL_NAME, None, None
-    with tempfile.TemporaryDirectory(prefix="scf-risk-model-") as tmp:
-        try:
-            if model_uri.startswith("models:/"):
-                mv = resolve_version(client, model_uri)
-                name, version, run_id = mv.name, str(mv.version), mv.run_id
-                source = client.get_model_version_download_uri(mv.name, mv.version)
-                local = Path(_download(source, tmp))
-            elif model_uri.startswith("runs:/"):
-                run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
-                root = client.get_run(run_id).info.artifact_uri.rstrip("/")
-                local = Path(_download(f"{root}/{path or MODEL_PATH}", tmp))
-            else:
-                local = Path(model_uri)
-        except MlflowException as exc:
-            raise ModelLoadError(f"model URI {model_uri!r}: {exc.message}") from None
-        folder = local / "artifacts" / ARTIFACT_KEY
-        if not folder.is_dir():
-            raise ModelLoadError(f"model URI {model_uri!r} holds no scf-risk scoring model")
-        model = ScoringModel.load(folder)
-    return LoadedModel(model=model, name=name, version=version, run_id=run_id, uri=model_uri)
-
-
-def _download(source: str, dst: str) -> str:
-    """A local folder holding the artifacts at `source`: the folder itself for file URIs (read
-    in place, no copy), else a download into `dst`."""
-    parts = urlsplit(source)
-    if parts.scheme == "file" or (parts.scheme == "" and Path(source).exists()):
-        local = Path(url2pathname(parts.path) if parts.scheme == "file" else source)
-        if not local.exists():
-            raise ModelLoadError(f"artifact location {source} does not exist")
-        return str(local)
-    import mlflow.artifacts
-
-    return str(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst))
-
-
 def load_oot_rows(client: Any, run_id: str) -> pd.DataFrame:
     """The OOT rows logged by a training run."""
     from mlflow.exceptions import MlflowException
@@ -413,7 +322,7 @@ def load_oot_rows(client: Any, run_id: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix="scf-risk-oot-") as tmp:
         try:
             root = client.get_run(run_id).info.artifact_uri.rstrip("/")
-            path = Path(_download(f"{root}/{OOT_PATH}", tmp)) / OOT_FILE
+            path = local_artifacts(f"{root}/{OOT_PATH}", Path(tmp)) / OOT_FILE
             return pd.read_parquet(path)
         except (MlflowException, OSError, ModelLoadError) as exc:
             raise ModelLoadError(f"run {run_id} has no OOT rows artifact: {exc}") from None

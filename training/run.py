@@ -51,6 +51,7 @@ class TrainingInputs:
     reference: Reference | None
     truth: pd.DataFrame | None
     info: dict[str, str]  # source and sha256 fingerprints, logged as tags
+    horizon_days: int  # the panel's label horizon (stored in the model's bundle)
 
 
 def _table_files(folder: Path) -> list[Path]:
@@ -80,14 +81,17 @@ def load_inputs(
     features: Path | None,
     truth: Path | None = None,
     *,
-    horizon_days: int = 365,
+    horizon_days: int | None = None,
     engine: str = "pandas",
     scheduler: str | None = None,
     on_dates: Callable[[int], Callable[[], object]] | None = None,
 ) -> TrainingInputs:
     """The panel (read from `features`, or built from the tables in `data`), the tables and
     their reference data (when `data` is given) and the truth (`truth`, else
-    `data/truth.parquet` when present)."""
+    `data/truth.parquet` when present). `horizon_days`: the label horizon to build the panel
+    with (default `DEFAULT_HORIZON_DAYS`); a panel file's recorded horizon must agree with it."""
+    from features.contract import DEFAULT_HORIZON_DAYS, HORIZON_ATTR
+
     if data is None and features is None:
         raise TrainingError("give --data DIR or --features FILE.parquet")
     info: dict[str, str] = {}
@@ -104,6 +108,18 @@ def load_inputs(
         info["data_sha256"] = fingerprint_files(_table_files(data))
     if features is not None:
         panel = read_parquet(features, "features file")
+        recorded = panel.attrs.get(HORIZON_ATTR)
+        if recorded is None and horizon_days is None:
+            raise TrainingError(
+                f"features file {features} does not record its label horizon (written by an "
+                "earlier release): give --horizon-days"
+            )
+        if recorded is not None and horizon_days is not None and int(recorded) != horizon_days:
+            raise TrainingError(
+                f"features file {features} was built with a {recorded}-day label horizon, "
+                f"not --horizon-days {horizon_days}"
+            )
+        horizon = int(recorded) if recorded is not None else int(horizon_days or 0)
         info["features"] = str(features)
         info["features_sha256"] = fingerprint_files([features])
     else:
@@ -111,13 +127,14 @@ def load_inputs(
         from features.engines import build_panel
         from features.pipeline import data_range, month_ends
 
+        horizon = DEFAULT_HORIZON_DAYS if horizon_days is None else horizon_days
         start, end = data_range(tables)
         panel = build_panel(
             tables,
             month_ends(start, end),
             engine="dask" if engine == "dask" else "pandas",
             scheduler=scheduler,
-            horizon_days=horizon_days,
+            horizon_days=horizon,
             reference=reference,
             progress=on_dates,
         )
@@ -128,7 +145,7 @@ def load_inputs(
         truth_frame = read_parquet(truth_path, "truth file")
         info["truth"] = str(truth_path)
         info["truth_sha256"] = fingerprint_files([truth_path])
-    return TrainingInputs(panel, tables, reference, truth_frame, info)
+    return TrainingInputs(panel, tables, reference, truth_frame, info, horizon)
 
 
 def train_and_register(
@@ -142,6 +159,11 @@ def train_and_register(
 ) -> tuple[RegisteredRun, TrainResult]:
     """Train on the inputs and log + register the model (alias `challenger`). The tracking
     store is checked first (pass `client` from an earlier `check_tracking` to skip that)."""
+    if config.horizon_days != inputs.horizon_days:
+        raise TrainingError(
+            f"the training configuration says a {config.horizon_days}-day label horizon, the "
+            f"panel was built with {inputs.horizon_days} days"
+        )
     client = client or check_tracking(tracking_uri)
     result = fit(
         inputs.panel,

@@ -45,7 +45,8 @@ import pandas as pd
 from scipy.special import expit
 
 from features.catalog import FIN_PREFIX, Feature, catalog_for
-from features.contract import PRODUCTS, RATING_SCALE
+from features.contract import DEFAULT_HORIZON_DAYS, PRODUCTS, RATING_SCALE
+from features.drift import ACT_ABOVE, STABLE_BELOW, build_profile
 from training import booster as boosting
 from training import metrics as m
 from training.calibration import LogOddsCalibrator
@@ -59,6 +60,7 @@ from training.model import (
     to_matrix,
 )
 from training.monotone import MonotonicityReport, check_monotonicity
+from training.promote import MAX_AUC_DROP, MAX_ECE
 from training.split import Split, make_split, months
 
 if TYPE_CHECKING:
@@ -71,6 +73,16 @@ STATIC_RATING = "static_rating_ordinal"
 NO_LOAN = "no_loan"
 Engine = Literal["pandas", "dask"]
 Progress = Callable[[str], None]
+EARLY_WARNING_PD = 0.10
+"""PD above which `scf-risk monitor` lists an SME as an early warning (unless told otherwise)."""
+MODEL_THRESHOLDS: Mapping[str, float] = {
+    "promotion_max_auc_drop": MAX_AUC_DROP,
+    "promotion_max_ece": MAX_ECE,
+    "monitor_early_warning_pd": EARLY_WARNING_PD,
+    "drift_psi_watch": STABLE_BELOW,
+    "drift_psi_act": ACT_ABOVE,
+}
+"""The thresholds a model is gated and monitored with, recorded in its bundle."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class TrainConfig:
     calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
     calibration_months: int = 6  # last training months held out to calibrate (training.split)
     embargo_days: int = 0  # training rows need as_of + embargo_days <= first OOT as-of
+    horizon_days: int = DEFAULT_HORIZON_DAYS  # the panel's label horizon (stored in the bundle)
     ece_bins: int = 10
     scale: ScoreScale = field(default_factory=ScoreScale)
     master_scale: MasterScale = field(default_factory=MasterScale)
@@ -111,6 +124,7 @@ class TrainConfig:
             "calibration_folds": self.calibration_folds,
             "calibration_months": self.calibration_months,
             "embargo_days": self.embargo_days,
+            "horizon_days": self.horizon_days,
             "ece_bins": self.ece_bins,
             "pdo": self.scale.pdo,
             "base_score": self.scale.base_score,
@@ -309,6 +323,10 @@ def fit(
         scale=cfg.scale,
         master_scale=cfg.master_scale,
         reference=reference,
+        horizon_days=cfg.horizon_days,
+        train_months=split.train_months,
+        oot_months=split.oot_months,
+        thresholds=dict(MODEL_THRESHOLDS),
         params={
             "lightgbm": {k: v for k, v in params.items()},
             "best_iteration": grown.best_iteration,
@@ -386,6 +404,8 @@ def fit(
         }
     ).sort_values("mean_abs_points", ascending=False, kind="stable")
     model.metrics = dict(metrics)
+    train_rows = data.iloc[split.train]
+    model.drift_profile = build_profile(train_rows, model.score(train_rows), model.catalog)
     return TrainResult(
         model=model,
         metrics=metrics,

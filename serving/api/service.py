@@ -22,7 +22,8 @@ from serving.exceptions import AuditUnavailable, ModelLoadFailed
 from serving.online import OnlineFeatures
 from serving.schemas import ScoreRequestBase, request_models
 from serving.scoring import Decision
-from serving.served import Loader, ModelHolder, ServedModel, Watcher, default_loader
+from serving.served import Loader, ModelHolder, ServedModel, Watcher
+from training.bundle import load_model
 
 log = logging.getLogger("scf_risk.serving")
 
@@ -53,7 +54,7 @@ class Service:
         self.metrics = Metrics()
         self.pages = Pages()
         self.holder = ModelHolder(
-            loader or default_loader,
+            loader or load_model,
             model_uri=settings.model_uri,
             tracking_uri=settings.mlflow_tracking_uri,
             explain_method=settings.explain_method,

@@ -44,7 +44,7 @@ from serving.portfolio.monitor import to_date
 
 if TYPE_CHECKING:
     from features.contract import Tables
-    from training.registry import LoadedModel
+    from training.bundle import LoadedModel
 
 DEFAULT_STATIC_CUTOFF = "B+"
 LOOKBACK_MONTHS = 12

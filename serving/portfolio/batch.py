@@ -35,13 +35,13 @@ import pandas as pd
 import pyarrow as pa
 
 from features.exceptions import FeatureError
-from features.pipeline import DEFAULT_HORIZON_DAYS, LABEL, as_of_days, data_range, finish_panel
+from features.pipeline import LABEL, as_of_days, data_range, finish_panel
 
 if TYPE_CHECKING:
     from features.contract import Tables
     from features.reference import Reference
+    from training.bundle import LoadedModel
     from training.model import ScoringModel
-    from training.registry import LoadedModel
 
 Engine = Literal["pandas", "dask"]
 ENGINES: tuple[str, ...] = ("pandas", "dask")
@@ -199,7 +199,7 @@ def score_population(
     partitions: int | None = None,
     method: str = "pred_contrib",
     explain: bool = True,
-    horizon_days: int = DEFAULT_HORIZON_DAYS,
+    horizon_days: int | None = None,
     data_end: object | None = None,
     progress: Progress | None = None,
 ) -> Scored:
@@ -208,7 +208,10 @@ def score_population(
     FeatureError for a date outside the data's range or an empty population; the model's input
     errors as the service reports them. `data_end` (default: the data's last date) decides which
     labels are mature. Dask: connect to `scheduler` if given, else a LocalCluster of `n_workers`
-    processes (default one per core)."""
+    processes (default one per core). The labels' horizon is the model's own (its bundle's)
+    unless `horizon_days` says otherwise."""
+    if horizon_days is None:
+        horizon_days = loaded.model.horizon_days
     from features.engines import default_partitions, partition_smes, split_tables
     from features.reference import build_reference, feature_rows, sme_ids_of
 

@@ -11,7 +11,7 @@ import typer
 from features.edge import domain_errors_exit, fail_usage
 
 if TYPE_CHECKING:
-    from training.registry import LoadedModel
+    from training.bundle import LoadedModel
 
 MONITORING_FOLDER = Path("models/monitoring")
 
@@ -28,12 +28,13 @@ def _parse_date(value: str, option: str) -> date:
 def _load_model(uri: str | None) -> tuple[LoadedModel, str]:
     """The model to use (default SCF_RISK_MODEL) and the tracking URI it came from."""
     from features.settings import Settings
-    from training.registry import check_tracking, load_scoring_model
+    from training.bundle import load_model
+    from training.registry import check_tracking
 
     settings = Settings()
     check_tracking(settings.mlflow_tracking_uri)
     return (
-        load_scoring_model(uri or settings.model_uri, settings.mlflow_tracking_uri),
+        load_model(uri or settings.model_uri, settings.mlflow_tracking_uri),
         settings.mlflow_tracking_uri,
     )
 
@@ -156,12 +157,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         pd_threshold: Annotated[
-            float,
+            float | None,
             typer.Option(
                 help="Early warning: flag SMEs whose PD is at or above this (strictly between 0 "
-                "and 1) and was below it at the comparison date.",
+                "and 1) and was below it at the comparison date. Default: the threshold the "
+                "model's bundle records (0.10 for models trained now).",
             ),
-        ] = 0.10,
+        ] = None,
         min_notches: Annotated[
             int,
             typer.Option(
@@ -177,11 +179,11 @@ def register(app: typer.Typer) -> None:
         from features.io import load_tables
         from features.settings import Settings
         from serving.portfolio.batch import progress_bar
-        from serving.portfolio.monitor import log_to_mlflow, monitor, summary, training_profile
+        from serving.portfolio.monitor import drift_profile, log_to_mlflow, monitor, summary
         from serving.portfolio.report import publish, render_monitor
         from training.registry import check_tracking
 
-        if not 0.0 < pd_threshold < 1.0:
+        if pd_threshold is not None and not 0.0 < pd_threshold < 1.0:
             raise typer.BadParameter(
                 f"expected a PD strictly between 0 and 1, got {pd_threshold}",
                 param_hint="--pd-threshold",
@@ -194,7 +196,7 @@ def register(app: typer.Typer) -> None:
         settings = Settings()
         tables = load_tables(data)
         loaded, tracking_uri = _load_model(model)
-        profile = training_profile(loaded, tracking_uri)
+        profile = drift_profile(loaded)
         make, close = progress_bar("monitor")
         try:
             result = monitor(

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from features.contract import DEFAULT_HORIZON_DAYS
 from features.drift import PROFILE_ARTIFACT, SCORE, TrainingProfile, psi_table
 from features.exceptions import FeatureError
 from serving.exceptions import ModelLoadFailed
@@ -42,13 +43,11 @@ from serving.portfolio.batch import Progress, Scored, model_info, reasons_of, sc
 
 if TYPE_CHECKING:
     from features.contract import Tables
-    from training.registry import LoadedModel
+    from training.bundle import LoadedModel
 
 MONITORING_EXPERIMENT = "monitoring"
-DEFAULT_PD_THRESHOLD = 0.10
 DOWNGRADE_NOTCHES = 2
 COMPARE_MONTHS = 3
-HORIZON_DAYS = 365
 NEW = "(new)"
 DEFAULTED = "(defaulted)"
 LEFT = "(left)"
@@ -70,7 +69,7 @@ def months_before(as_of: object, months: int = COMPARE_MONTHS) -> pd.Timestamp:
 
 
 def matured_cohort(
-    as_of: object, first: object, horizon_days: int = HORIZON_DAYS
+    as_of: object, first: object, horizon_days: int = DEFAULT_HORIZON_DAYS
 ) -> pd.Timestamp | None:
     """The latest month end ``c`` with ``first <= c`` and ``c + horizon_days <= as_of``: the
     latest cohort whose default labels are known at `as_of`; None when there is none yet."""
@@ -229,51 +228,20 @@ def defaulted_between(tables: Tables, start: object, end: object) -> set[str]:
 
 
 # -- the training reference ------------------------------------------------------------------------
-def training_profile(loaded: LoadedModel, tracking_uri: str | None = None) -> TrainingProfile:
-    """The drift reference stored with a model: its ``drift_profile`` attribute, else the
-    ``drift_profile.json`` artifact of the model's training run. ModelLoadFailed when neither."""
-    found = getattr(loaded.model, "drift_profile", None)
-    if isinstance(found, TrainingProfile):
-        return found
-    if loaded.run_id is not None and tracking_uri is not None:
-        text = _run_artifact_text(tracking_uri, loaded.run_id, PROFILE_ARTIFACT)
-        if text is not None:
-            try:
-                return TrainingProfile.from_json(text)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ModelLoadFailed(
-                    f"model {loaded.uri}: its training reference {PROFILE_ARTIFACT} is unreadable: "
-                    f"{exc}"
-                ) from None
-    version = f" (version {loaded.version})" if loaded.version is not None else ""
-    raise ModelLoadFailed(
-        f"model {loaded.uri}{version} carries no training reference for drift monitoring "
-        f"({PROFILE_ARTIFACT}: training-decile bins of every feature and of the score); "
-        "monitor a model trained with it"
-    )
+def drift_profile(loaded: LoadedModel) -> TrainingProfile:
+    """The drift reference carried by a model's bundle (training-decile bins of every feature
+    and of the score). ModelLoadFailed for a bundle without one."""
+    found = loaded.model.drift_profile
+    if found is None:
+        version = f" (version {loaded.version})" if loaded.version is not None else ""
+        raise ModelLoadFailed(
+            f"model {loaded.uri}{version} carries no training reference for drift monitoring "
+            f"({PROFILE_ARTIFACT}: training-decile bins of every feature and of the score); "
+            "monitor a model trained with it"
+        )
+    return found
 
 
-def _run_artifact_text(tracking_uri: str, run_id: str, path: str) -> str | None:
-    """The text of a run artifact, or None when the run has no such artifact."""
-    import tempfile
-
-    from mlflow.exceptions import MlflowException
-
-    from training.registry import client_for
-
-    client = client_for(tracking_uri)
-    try:
-        listed = {a.path for a in client.list_artifacts(run_id)}
-        if path not in listed:
-            return None
-        with tempfile.TemporaryDirectory(prefix="scf-risk-profile-") as tmp:
-            local = client.download_artifacts(run_id, path, tmp)
-            return Path(local).read_text(encoding="utf-8")
-    except (MlflowException, OSError) as exc:
-        raise ModelLoadFailed(f"run {run_id}: cannot read {path}: {exc}") from None
-
-
-# -- the whole view --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MonitorResult:
     """Everything the monitoring report shows (see `summary`)."""
@@ -303,18 +271,21 @@ def monitor(
     as_of: object,
     *,
     compare: object | None = None,
-    pd_threshold: float = DEFAULT_PD_THRESHOLD,
+    pd_threshold: float | None = None,
     min_notches: int = DOWNGRADE_NOTCHES,
-    horizon_days: int = HORIZON_DAYS,
     method: str = "pred_contrib",
     progress: Progress | None = None,
 ) -> MonitorResult:
     """Score the population at `as_of` and `compare` (default: 3 months earlier) and compute the
     monitoring view (module docstring). FeatureError for dates without population or out of the
-    data's range, or a comparison date not before the as-of date."""
+    data's range, or a comparison date not before the as-of date. The label horizon and (unless
+    `pd_threshold` is given) the early-warning PD come from the model's bundle."""
     from features.pipeline import data_range
     from training.metrics import by_grade
 
+    horizon_days = loaded.model.horizon_days
+    if pd_threshold is None:
+        pd_threshold = loaded.model.thresholds["monitor_early_warning_pd"]
     as_of_t = to_date(as_of)
     compare_t = months_before(as_of_t) if compare is None else to_date(compare)
     if compare_t >= as_of_t:
@@ -413,7 +384,7 @@ def _scored(
     *,
     explain: bool,
     method: str,
-    horizon_days: int = HORIZON_DAYS,
+    horizon_days: int | None = None,
     data_end: object | None = None,
     progress: Progress | None = None,
 ) -> Scored:

@@ -25,9 +25,9 @@ from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
 from serving.audit.store import AuditStore
 from tests.serving.stress import require_postgres
+from training.bundle import LoadedModel
 from training.exceptions import ModelLoadError
 from training.model import LogOddsCalibration, ScoringModel, prepare_frame, to_matrix
-from training.registry import LoadedModel
 
 MODEL_NAME = "sme-default-pd"
 CHAMPION = f"models:/{MODEL_NAME}@champion"
@@ -227,7 +227,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
 
 def register_copy(reg: Registered) -> str:
     """Register the champion's artifacts again as a new version and make it champion."""
-    from training.registry import CHAMPION, MODEL_NAME, client_for
+    from training.bundle import MODEL_NAME, client_for
+    from training.registry import CHAMPION
 
     client = client_for(reg.tracking_uri)
     source = client.get_model_version_download_uri(MODEL_NAME, reg.version)

@@ -41,7 +41,7 @@ from serving.api.app import create_app
 from serving.audit import database
 from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
-from serving.served import ModelHolder, default_loader
+from serving.served import ModelHolder
 from tests.serving.conftest import Registered, Registry
 from tests.serving.server import free_port
 from tests.serving.stress import (
@@ -57,6 +57,7 @@ from tests.serving.stress import (
     sqlite_integrity,
     stored_ids,
 )
+from training.bundle import load_model
 from training.model import ScoringModel
 
 CONNECTIONS = 16
@@ -321,7 +322,8 @@ def private_registry(registered: Registered, root: Path) -> str:
 
 def register_corrupt_champion(tracking_uri: str, root: Path) -> str:
     """Register a copy of the champion whose booster.txt lost its second half; make it champion."""
-    from training.registry import CHAMPION, MODEL_NAME, client_for
+    from training.bundle import MODEL_NAME, client_for
+    from training.registry import CHAMPION
 
     client = client_for(tracking_uri)
     mv = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
@@ -511,7 +513,7 @@ def test_a_corrupt_model_file_is_refused_and_the_served_model_stays(
     name, corrupt, message = CORRUPTIONS[case]
     corrupt(bad / "artifacts" / "scoring_model" / name)
     holder = ModelHolder(
-        default_loader,
+        load_model,
         model_uri=str(good),
         tracking_uri=f"sqlite:///{tmp_path / 'unused.db'}",
         explain_method="pred_contrib",

@@ -17,13 +17,13 @@ from serving.portfolio.monitor import (
     LEFT,
     MONITORING_EXPERIMENT,
     NEW,
+    drift_profile,
     early_warnings,
     grade_distribution,
     matured_cohort,
     migration_counts,
     migration_matrix,
     months_before,
-    training_profile,
 )
 from serving.portfolio.report import axis, publish
 from tests.serving.conftest import Registered, train_small_model
@@ -36,7 +36,7 @@ from tests.serving.test_portfolio import (
     model_without_reference,
     profiled_version,
 )
-from training.registry import LoadedModel, client_for
+from training.bundle import LoadedModel, client_for, load_model
 
 SCALE = ("A", "B", "C", "D", "E", "F")
 
@@ -147,18 +147,13 @@ def test_comparison_and_cohort_dates() -> None:
 def test_a_model_without_training_reference_is_refused(tmp_path) -> None:
     loaded = LoadedModel(train_small_model(seed=5, rounds=5), "m", None, None, str(tmp_path))
     with pytest.raises(ModelLoadFailed, match="carries no training reference"):
-        training_profile(loaded, f"sqlite:///{tmp_path}/mlflow.db")
+        drift_profile(loaded)
 
 
-def test_the_profile_is_read_from_the_model_or_its_run(profiled: Profiled) -> None:
-    from training.registry import load_scoring_model
-
-    loaded = load_scoring_model(profiled.uri, profiled.tracking_uri)
-    assert training_profile(loaded, profiled.tracking_uri) == profiled.profile
-    # a profile carried by the model object itself takes precedence
-    model = train_small_model(seed=5, rounds=5)
-    model.drift_profile = profiled.profile  # type: ignore[attr-defined]
-    assert training_profile(LoadedModel(model, "m", None, None, "x")) == profiled.profile
+def test_the_profile_travels_in_the_bundle(profiled: Profiled) -> None:
+    loaded = load_model(profiled.uri, profiled.tracking_uri)
+    assert drift_profile(loaded) == profiled.profile
+    assert loaded.model.drift_profile == profiled.profile
 
 
 # -- report writing -------------------------------------------------------------------------------
@@ -319,9 +314,8 @@ def test_score_psi_is_stable_on_the_training_months(profiled: Profiled) -> None:
     small (the reference pools all training months, so a single month differs a little)."""
     from features.io import load_tables
     from serving.portfolio.monitor import monitor
-    from training.registry import load_scoring_model
 
-    loaded = load_scoring_model(profiled.uri, profiled.tracking_uri)
+    loaded = load_model(profiled.uri, profiled.tracking_uri)
     result = monitor(load_tables(profiled.data), loaded, profiled.profile, "2022-09-30")
     score_psi = float(result.psi.loc[result.psi["name"] == SCORE, "psi"].iloc[0])
     assert score_psi < 0.25

@@ -27,7 +27,7 @@ from serving.cli import build_app
 from serving.online import OnlineFeatures
 from serving.portfolio.batch import REASONS_TYPE, reasons_of, score_population
 from tests.serving.conftest import Registered, train_small_model
-from training.registry import MODEL_NAME, LoadedModel, client_for, load_scoring_model
+from training.bundle import MODEL_NAME, LoadedModel, client_for, load_model
 
 AS_OF = "2023-11-30"
 
@@ -68,7 +68,7 @@ def profiled(registered: Registered) -> Profiled:
 
 @pytest.fixture(scope="module")
 def loaded(profiled: Profiled) -> LoadedModel:
-    return load_scoring_model(profiled.uri, profiled.tracking_uri)
+    return load_model(profiled.uri, profiled.tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def broken_folder(folder: Path) -> Path:
 
 def model_without_reference(folder: Path) -> Path:
     """A local MLflow-style model folder holding a real scoring model but no drift profile."""
-    from training.pyfunc import ARTIFACT_KEY
+    from training.bundle import ARTIFACT_KEY
 
     train_small_model(seed=5, rounds=10).save(folder / "artifacts" / ARTIFACT_KEY)
     return folder

@@ -10,6 +10,7 @@ import pytest
 from scipy.special import expit
 
 from features.catalog import get_feature
+from features.contract import DEFAULT_HORIZON_DAYS, HORIZON_ATTR
 
 FEATURES = (
     "ap_days_beyond_terms_90d",  # +1: grows with the SME's current stress
@@ -69,7 +70,9 @@ def make_panel(
         frames.append(frame)
     full = pd.concat(frames, ignore_index=True)
     truth = full[["sme_id", "as_of", "pd_true"]].copy()
-    return full.drop(columns="pd_true"), truth
+    panel = full.drop(columns="pd_true")
+    panel.attrs[HORIZON_ATTR] = DEFAULT_HORIZON_DAYS  # as `scf-risk features` records it
+    return panel, truth
 
 
 @pytest.fixture(scope="session")

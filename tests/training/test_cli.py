@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from training.bundle import MODEL_NAME, client_for, load_model
 from training.cli import register
-from training.registry import MODEL_NAME, client_for, load_scoring_model
 
 from .conftest import make_panel
 
@@ -56,7 +56,7 @@ def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Pat
     # the simulator's truth.parquet and static ratings give the two baselines
     assert 0.5 < line["auc_static_rating_oot"] < 1 and 0.5 < line["auc_oracle_oot"] < 1
     # the model carries the reference data of the single-SME path
-    loaded = load_scoring_model(f"models:/{MODEL_NAME}@challenger", uri)
+    loaded = load_model(f"models:/{MODEL_NAME}@challenger", uri)
     assert loaded.model.reference is not None
     assert len(loaded.model.reference.enterprises) == 306
     run = client_for(uri).get_run(line["run_id"])

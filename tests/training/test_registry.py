@@ -10,18 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from training.bundle import MODEL_NAME, client_for, load_model
 from training.exceptions import ModelLoadError, PromotionRejectedError
 from training.model import LogOddsCalibration
 from training.promote import evaluate_gates, promote
 from training.registry import (
     CHALLENGER,
     CHAMPION,
-    MODEL_NAME,
     PROMOTIONS_EXPERIMENT,
     artifact_root,
-    client_for,
     load_oot_rows,
-    load_scoring_model,
     log_training,
 )
 from training.train import TrainConfig, fit
@@ -78,13 +76,13 @@ def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:
 def test_registry_round_trip(trained, store: str, first) -> None:
     import mlflow.pyfunc
 
-    loaded = load_scoring_model(f"models:/{MODEL_NAME}@{CHALLENGER}", store)
+    loaded = load_model(f"models:/{MODEL_NAME}@{CHALLENGER}", store)
     assert (loaded.name, loaded.version, loaded.run_id) == (MODEL_NAME, "1", first.run_id)
     X = trained.oot[trained.model.feature_names]
     assert np.array_equal(loaded.model.predict(X), trained.model.predict(X))
-    by_version = load_scoring_model(f"models:/{MODEL_NAME}/1", store)
+    by_version = load_model(f"models:/{MODEL_NAME}/1", store)
     assert np.array_equal(by_version.model.predict(X), trained.model.predict(X))
-    by_run = load_scoring_model(f"runs:/{first.run_id}/model", store)
+    by_run = load_model(f"runs:/{first.run_id}/model", store)
     assert by_run.run_id == first.run_id
     source = client_for(store).get_model_version_download_uri(MODEL_NAME, "1")
     out = mlflow.pyfunc.load_model(source).predict(X.head(50))
@@ -93,7 +91,7 @@ def test_registry_round_trip(trained, store: str, first) -> None:
     rows = load_oot_rows(client_for(store), first.run_id)
     assert len(rows) == len(trained.oot) and {"sme_id", "as_of", "default_12m"} <= set(rows)
     with pytest.raises(ModelLoadError, match="does not resolve"):
-        load_scoring_model(f"models:/{MODEL_NAME}@nobody", store)
+        load_model(f"models:/{MODEL_NAME}@nobody", store)
 
 
 def test_gates_as_a_function() -> None:
