@@ -320,3 +320,32 @@ def test_score_psi_is_stable_on_the_training_months(profiled: Profiled) -> None:
     score_psi = float(result.psi.loc[result.psi["name"] == SCORE, "psi"].iloc[0])
     assert score_psi < 0.25
     assert result.cohort is None and result.realised is None
+
+
+def test_a_model_trained_with_a_180_day_horizon_is_monitored_with_180_days(
+    profiled: Profiled, tmp_path: Path
+) -> None:
+    """The label horizon travels in the bundle: saved and loaded back, a 180-day model's matured
+    cohort is the one 180 days back, not 365."""
+    from dataclasses import replace
+
+    from features.io import load_tables
+    from features.pipeline import data_range
+    from serving.portfolio.monitor import monitor
+    from training.model import ScoringModel
+
+    loaded = load_model(profiled.uri, profiled.tracking_uri)
+    short = replace(loaded.model, horizon_days=180)
+    short.save(tmp_path / "bundle")
+    reloaded = ScoringModel.load(tmp_path / "bundle")
+    assert reloaded.horizon_days == 180
+    tables = load_tables(profiled.data)
+    as_of = "2023-06-30"
+    start, _ = data_range(tables)
+    result = monitor(tables, replace(loaded, model=reloaded), profiled.profile, as_of)
+    assert result.cohort == matured_cohort(as_of, start, 180)
+    assert result.cohort != matured_cohort(as_of, start, 365)
+    assert "within 180 days" in result.realised_note
+    # the 365-day model, on the same data and date, uses its own horizon
+    default = monitor(tables, loaded, profiled.profile, as_of)
+    assert default.cohort == matured_cohort(as_of, start, 365)

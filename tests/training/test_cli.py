@@ -12,6 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
+from features.contract import HORIZON_ATTR
 from training.bundle import MODEL_NAME, client_for, load_model
 from training.cli import register
 
@@ -70,6 +71,24 @@ def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Pat
     rejected = _run(app, "promote", "--tracking-uri", uri, "--max-ece", "0.0")
     assert rejected.exit_code == 1
     assert "not promoted" in rejected.stderr and "ece" in rejected.stderr
+
+
+def test_the_panels_label_horizon_travels_into_the_bundle(app, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
+    panel.attrs[HORIZON_ATTR] = 180
+    path = tmp_path / "panel-180.parquet"
+    panel.to_parquet(path, index=False)
+    clash = _run(app, "train", "--features", path, "--tracking-uri", uri, "--horizon-days", 365)
+    assert clash.exit_code == 1 and "built with a 180-day label horizon" in clash.stderr
+    assert _versions(uri) == []
+    done = _run(app, "train", "--features", path, "--tracking-uri", uri, "--max-rounds", 50)
+    assert done.exit_code == 0, done.output
+    assert load_model(f"models:/{MODEL_NAME}@challenger", uri).model.horizon_days == 180
+    del panel.attrs[HORIZON_ATTR]  # a panel file of an earlier release: the horizon is asked for
+    panel.to_parquet(path, index=False)
+    unknown = _run(app, "train", "--features", path, "--tracking-uri", uri)
+    assert unknown.exit_code == 1 and "give --horizon-days" in unknown.stderr
 
 
 def test_bad_features_files_register_nothing(app, tmp_path: Path) -> None:
