@@ -8,7 +8,8 @@ Typed frames produced by the loader:
 - ``date``  -> ``datetime64[ns]``, missing = NaT
 - ``float`` -> ``float64``, missing = NaN
 - ``bool``  -> ``bool`` (missing filled with the column's default, False)
-Unknown extra columns are kept (and ignored by the pipeline); financials' extra columns are float64.
+Unknown extra columns are kept (and ignored by the pipeline); financials' extra columns are float64,
+named by FINANCIALS_COLUMN_PATTERN. No table may have more than MAX_EXTRA_COLUMNS extra columns.
 Empty ``financials.published_date`` is filled with period_end + FINANCIALS_PUBLICATION_LAG_DAYS.
 The rules of each column (enums, bounds, cross-column order, references to enterprises) are
 declared on its `Column`; `features.io` checks them and words each violation from them.
@@ -37,6 +38,13 @@ model carries the horizon of its panel in its bundle."""
 HORIZON_ATTR = "scf_risk.horizon_days"
 """`DataFrame.attrs` key of a panel's label horizon (pandas keeps attrs in Parquet metadata)."""
 FINANCIALS_PUBLICATION_LAG_DAYS = 120  # default published_date = period_end + 120 days
+MAX_EXTRA_COLUMNS = 200
+"""Most columns a table may have beyond its declared ones (financials' statement columns, or the
+unknown columns other tables keep and ignore). More is a violation, found before any value is read:
+a request or file with thousands of columns costs no more than reading its header."""
+FINANCIALS_COLUMN_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+"""Names of financials' statement columns: they become feature names `fin_<name>`, so a lower case
+letter, then at most 63 lower case letters, digits or underscores."""
 KNOWN_EXTRA_FILES: tuple[str, ...] = ("truth.parquet",)
 """Files a data folder may hold beside its tables (the simulator's truth): not warned about."""
 

@@ -21,10 +21,13 @@ class Violation:
     column: str | None
     rule: str
     value: str | None = None
+    line: int | None = None  # 1-based line of a text (CSV) file where the row starts; else None
 
     def __str__(self) -> str:
         where = self.table
-        if self.row is not None:
+        if self.row is not None and self.line is not None:
+            where += f", line {self.line} (data row {self.row})"
+        elif self.row is not None:
             where += f", row {self.row}"
         if self.column is not None:
             where += f", column {self.column}"

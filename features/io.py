@@ -11,11 +11,23 @@ Row numbers: a violation's `row` is the 1-based number of the data row as it is 
 header not counted (row 1 is the line after a CSV's header, or a Parquet file's first row; for
 in-memory frames the 1-based position in each frame, whatever its index). A CSV row skipped for
 having the wrong number of fields keeps its number, so the rows after it keep theirs. `row` None
-means the whole file, table or column.
+means the whole file, table or column. For CSV files a violation also carries `line`, the 1-based
+line of the file where the row starts (data row 11 is on line 12, later if an earlier value ran
+over several lines), shown as "line 12 (data row 11)".
 
-CSV: UTF-8 (a BOM is allowed), comma-separated, one header row, `"` quotes, no line breaks inside
-values. An empty cell is a missing value (a literal `NaN` in a number column is not missing: it is
-an error). Dates are `YYYY-MM-DD`; booleans `true`/`false`/`1`/`0` (any case). Parquet: strings as
+Hostile input is a violation, never a traceback or a long computation: input files must be regular
+files (a symbolic link is refused, not followed); a file named like a table in another case
+(`Invoices.csv`) is reported, not read; a CSV header longer than MAX_HEADER_BYTES, or a table with
+more than `features.contract.MAX_EXTRA_COLUMNS` columns beyond its declared ones, is refused before
+any value is read (every check of column names is linear in their number); financials' statement
+columns must be named by `features.contract.FINANCIALS_COLUMN_PATTERN` (they become feature
+names). A message shows at most a short excerpt of an offending value, file or column name
+(`_MAX_VALUE_CHARS` characters; names and foreign error texts with control characters escaped).
+
+CSV: UTF-8 (a BOM is allowed), comma-separated, one header row of at most MAX_HEADER_BYTES bytes,
+`"` quotes, no line breaks inside values (an unterminated quote is reported where it starts). An
+empty cell is a missing value (a literal `NaN` in a number column is not missing: it is an error).
+Dates are `YYYY-MM-DD`; booleans `true`/`false`/`1`/`0` (any case). Parquet: strings as
 string columns, dates as date or midnight timestamp columns (or ISO strings), numbers as integer or
 float columns (or strings that parse). In frames, NaN/None/NaT in any column means missing.
 
@@ -30,6 +42,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import mmap
+import os
+import re
+import stat
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +60,9 @@ import pyarrow.parquet as pq
 
 from features.contract import (
     ENTERPRISES,
+    FINANCIALS_COLUMN_PATTERN,
     KNOWN_EXTRA_FILES,
+    MAX_EXTRA_COLUMNS,
     ROLES,
     TABLES,
     TABLES_BY_NAME,
@@ -54,7 +73,7 @@ from features.contract import (
 )
 from features.exceptions import ContractError, Violation
 
-__all__ = ["DATE_RANGE", "SUFFIXES", "load_tables", "validate_frames"]
+__all__ = ["DATE_RANGE", "MAX_HEADER_BYTES", "SUFFIXES", "load_tables", "validate_frames"]
 
 SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
 DATE_RANGE: tuple[dt.date, dt.date] = (dt.date(1678, 1, 1), dt.date(2261, 12, 31))
@@ -70,7 +89,11 @@ _EXPECTED = {
     "float": "a number",
     "bool": "a boolean (true/false)",
 }
-_MAX_VALUE_CHARS = 200
+_MAX_VALUE_CHARS = 80
+MAX_HEADER_BYTES = 131_072
+"""Longest CSV header line read (the csv module's field limit): a longer one is a violation."""
+_COLUMN_NAME = re.compile(FINANCIALS_COLUMN_PATTERN)
+_EXACT = 2**53  # the largest integer size a float64 holds exactly
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,15 +115,20 @@ def load_tables(folder: Path, *, max_violations: int = 100, today: dt.date | Non
         raise out.error(str(folder))
     warnings: list[str] = []
     found: dict[str, list[Path]] = {}
+    seen: set[str] = set()
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name in KNOWN_EXTRA_FILES:
             continue
-        if path.is_file() and path.suffix in SUFFIXES and path.stem in TABLES_BY_NAME:
-            found.setdefault(path.stem, []).append(path)
+        stem, suffix = path.stem.lower(), path.suffix.lower()
+        if suffix not in SUFFIXES or stem not in TABLES_BY_NAME:
+            warnings.append(f"{_excerpt(path.name)}: not a table of the data contract; ignored")
+        elif path.name != stem + suffix:
+            seen.add(stem)
+            rule = f"found {path.name}; table names are lower case: rename it to {stem}{suffix}"
+            out.add(Violation(stem, None, None, rule))
         else:
-            warnings.append(f"{path.name}: not a table of the data contract; ignored")
+            found.setdefault(stem, []).append(path)
     raws: dict[str, _Raw] = {}
-    seen: set[str] = set()
     for name, paths in found.items():
         seen.add(name)
         table = TABLES_BY_NAME[name]
@@ -109,11 +137,15 @@ def load_tables(folder: Path, *, max_violations: int = 100, today: dt.date | Non
             out.add(Violation(name, None, None, f"both {both} present: keep only one"))
             continue
         path = paths[0]
+        content = _open(path, table, out)
+        if content is None:
+            continue
         raw = (
-            _read_csv(path, table, out)
+            _read_csv(content, path.name, table, out)
             if path.suffix == ".csv"
-            else _read_parquet(path, table, out)
+            else _read_parquet(content, path.name, table, out)
         )
+        del content
         if raw is not None:
             raws[name] = raw
     return _validate(
@@ -145,15 +177,17 @@ def validate_frames(
     raws: dict[str, _Raw] = {}
     for name, frame in raw.items():
         if name not in TABLES_BY_NAME:
-            warnings.append(f"{name}: not a table of the data contract; ignored")
+            warnings.append(f"{_excerpt(name)}: not a table of the data contract; ignored")
             continue
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"{name}: expected a pandas DataFrame, got {type(frame).__name__}")
         table = TABLES_BY_NAME[name]
+        names = [str(c) for c in frame.columns]
+        if not _check_names(table, names, out, repeated="column appears more than once"):
+            continue
         bad: dict[str, np.ndarray] = {}
         converted = _arrow_from_frame(frame, table, out, bad)
-        if converted is not None:
-            raws[name] = _Raw(table, f"{name} ({source})", converted, None, len(frame), bad)
+        raws[name] = _Raw(table, f"{name} ({source})", converted, None, len(frame), bad)
     return _validate(
         raws,
         set(raw),
@@ -210,6 +244,8 @@ class _Raw:
     rows: np.ndarray | None  # row number of each position; None = position + 1
     n: int
     bad: dict[str, np.ndarray] = field(default_factory=dict)  # cells reported while reading
+    text: bool = False  # read from a text (CSV) file: violations carry line numbers
+    lines: np.ndarray | None = None  # line where each position's row starts; None = row + 1
 
 
 @dataclass
@@ -221,6 +257,8 @@ class _Part:
     n: int
     rows: np.ndarray | None
     out: _Collector
+    text: bool = False  # read from a text (CSV) file: violations carry line numbers
+    lines: np.ndarray | None = None  # line where each position's row starts; None = row + 1
     cols: dict[str, pa.ChunkedArray] = field(default_factory=dict)
     present: set[str] = field(default_factory=set)
     bad: dict[str, np.ndarray] = field(default_factory=dict)
@@ -232,6 +270,18 @@ class _Part:
 
     def row_numbers(self, positions: np.ndarray) -> np.ndarray:
         return positions + 1 if self.rows is None else self.rows[positions]
+
+    def line_numbers(self, positions: np.ndarray) -> list[int | None]:
+        if not self.text:
+            return [None] * len(positions)
+        lines = self.row_numbers(positions) + 1 if self.lines is None else self.lines[positions]
+        return [int(line) for line in lines.tolist()]
+
+    def where(self, position: int) -> str:
+        """Where one row is, as a message says it: "line 12, data row 11" or "row 11"."""
+        at = np.array([position])
+        row, line = int(self.row_numbers(at)[0]), self.line_numbers(at)[0]
+        return f"row {row}" if line is None else f"line {line}, data row {row}"
 
     def is_bad(self, column: str) -> np.ndarray:
         found = self.bad.get(column)
@@ -263,10 +313,11 @@ class _Part:
         elif callable(values):
             texts = list(values(shown))
         else:
-            texts = [_fmt(v) for v in values.take(pa.array(shown)).to_pylist()]
+            texts = list(_cells(values, shown))
         rows = self.row_numbers(shown)
-        for row, text in zip(rows.tolist(), texts, strict=True):
-            self.out.add(Violation(self.name, int(row), column, rule, text))
+        lines = self.line_numbers(shown)
+        for row, line, text in zip(rows.tolist(), lines, texts, strict=True):
+            self.out.add(Violation(self.name, int(row), column, rule, text, line))
         self.out.total += positions.size - shown.size
 
     def flag_column(self, column: str | None, rule: str, value: str | None = None) -> None:
@@ -286,6 +337,32 @@ def _fmt(value: object) -> str:
     else:
         text = str(value)
     return text if len(text) <= _MAX_VALUE_CHARS else text[:_MAX_VALUE_CHARS] + "..."
+
+
+def _excerpt(value: object, limit: int = _MAX_VALUE_CHARS) -> str:
+    """A name or foreign text for a message: at most `limit` characters, the characters that are
+    not printable escaped (a NUL as \\x00, a line break as \\n), "..." when cut."""
+    text = str(value)
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return shown if len(text) <= limit else shown + "..."
+
+
+def _cells(values: pa.ChunkedArray, positions: np.ndarray) -> list[str]:
+    """The cells at `positions` for a message; values Python cannot hold (a timestamp beyond
+    year 9999) are shown as their stored integer and type."""
+    taken = values.take(pa.array(positions))
+    try:
+        return [_fmt(v) for v in taken.to_pylist()]
+    except (OverflowError, ValueError, pa.ArrowException):
+        pass
+    texts = []
+    for scalar in taken:
+        try:
+            texts.append(_fmt(scalar.as_py()))
+        except (OverflowError, ValueError, pa.ArrowException):
+            stored = getattr(scalar, "value", None)
+            texts.append(f"{stored} (stored as {scalar.type})")
+    return texts
 
 
 def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -314,27 +391,111 @@ def _null_where(values: pa.ChunkedArray, mask: np.ndarray) -> pa.ChunkedArray:
 # reading files
 
 
-def _read_csv(path: Path, table: Table, out: _Collector) -> _Raw | None:
-    name = table.name
-    if path.stat().st_size == 0:
-        out.add(Violation(name, None, None, f"{path.name} is an empty file (no header row)"))
+def _open(path: Path, table: Table, out: _Collector) -> pa.Buffer | None:
+    """The bytes of a table's file, mapped read-only; None (reported) unless it is a regular file.
+
+    A symbolic link is refused, not followed (O_NOFOLLOW closes the gap between the check and
+    the open), and a FIFO or device is refused without reading from it."""
+    shown = _excerpt(path.name)
+    if path.is_symlink():
+        rule = f"{shown} is a symbolic link: input files must be regular files (links are not read)"
+        out.add(Violation(table.name, None, None, rule))
         return None
-    with path.open("rb") as fh:
-        head = fh.readline()
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        rule = f"{shown} cannot be opened: {_excerpt(exc.strerror)}"
+        out.add(Violation(table.name, None, None, rule))
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            rule = f"{shown} is not a regular file: input files must be regular files"
+            out.add(Violation(table.name, None, None, rule))
+            return None
+        if info.st_size == 0:
+            return pa.py_buffer(b"")
+        return pa.py_buffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
+    finally:
+        os.close(fd)
+
+
+def _check_names(table: Table, names: list[str], out: _Collector, *, repeated: str) -> bool:
+    """A table's column names, before any value is read: false (reported) if the table cannot be
+    read with them. Linear in the number of names; more than MAX_EXTRA_COLUMNS extra ones is a
+    violation found before anything else."""
+    declared = {c.name for c in table.columns}
+    extra = sum(1 for n in names if n not in declared)
+    if extra > MAX_EXTRA_COLUMNS:
+        rule = (
+            f"too many columns: {extra} beyond the {len(declared)} declared ones; "
+            f"at most {MAX_EXTRA_COLUMNS} are allowed"
+        )
+        out.add(Violation(table.name, None, None, rule))
+        return False
+    twice = sorted(n for n, k in Counter(names).items() if k > 1)
+    for col in twice:
+        out.add(Violation(table.name, None, _excerpt(col), repeated))
+    fine = not twice
+    if table.extra_numeric:
+        rule = (
+            f"column name must match {FINANCIALS_COLUMN_PATTERN} (a lower case letter, then at "
+            "most 63 lower case letters, digits or _): it becomes a feature name"
+        )
+        for col in dict.fromkeys(n for n in names if n not in declared):
+            if _COLUMN_NAME.fullmatch(col) is None:
+                out.add(Violation(table.name, None, _excerpt(col), rule))
+                fine = False
+    return fine
+
+
+def _line_breaks(values: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """Line breaks (LF, CR or CRLF) in each cell, or None when no cell holds one."""
+    found = pc.any(pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r")))
+    if not found.as_py():
+        return None
+
+    def count(pattern: str) -> np.ndarray:
+        counted = pc.fill_null(pc.count_substring(values, pattern), 0)
+        return np.asarray(_chunked(counted).to_numpy(), dtype=np.int64)
+
+    return count("\n") + count("\r") - count("\r\n")
+
+
+def _text_breaks(text: str) -> int:
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
+def _read_csv(content: pa.Buffer, file: str, table: Table, out: _Collector) -> _Raw | None:
+    name = table.name
+    shown = _excerpt(file)
+    if content.size == 0:
+        out.add(Violation(name, None, None, f"{shown} is an empty file (no header row)"))
+        return None
+    head = content.slice(0, min(content.size, MAX_HEADER_BYTES + 1)).to_pybytes()
+    end = head.find(b"\n")
+    if end < 0 and len(head) > MAX_HEADER_BYTES:
+        rule = f"header of {shown} is longer than {MAX_HEADER_BYTES} bytes (the longest read)"
+        out.add(Violation(name, None, None, rule))
+        return None
+    head = head if end < 0 else head[:end]
     try:
         header = head.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
     except UnicodeDecodeError as exc:
-        rule = f"header of {path.name} is not valid UTF-8 (byte offset {exc.start})"
+        rule = f"header of {shown} is not valid UTF-8 (byte offset {exc.start})"
         out.add(Violation(name, None, None, rule))
         return None
-    names = next(csv.reader([header]), [])
-    if not names or names == [""]:
-        out.add(Violation(name, None, None, f"{path.name} has no header row"))
+    try:
+        names = next(csv.reader([header], strict=True), [])
+    except csv.Error as exc:  # an unterminated quote, a quote inside a quoted name
+        rule = f"header of {shown} is not valid CSV: {_excerpt(exc)}"
+        out.add(Violation(name, None, None, rule, _fmt(header)))
         return None
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    for col in repeated:
-        out.add(Violation(name, None, col, "column appears more than once in the header"))
-    if repeated:
+    if not names or names == [""]:
+        out.add(Violation(name, None, None, f"{shown} has no header row"))
+        return None
+    if not _check_names(table, names, out, repeated="column appears more than once in the header"):
         return None
 
     declared = {c.name: c for c in table.columns}
@@ -349,11 +510,14 @@ def _read_csv(path: Path, table: Table, out: _Collector) -> _Raw | None:
         return "skip"
 
     def read(threads: bool) -> pa.Table:
+        # one thread: quotes are followed across lines, so rows are numbered as parsed
         return pacsv.read_csv(
-            path,
+            pa.BufferReader(content),
             read_options=pacsv.ReadOptions(use_threads=threads, column_names=names, skip_rows=1),
             parse_options=pacsv.ParseOptions(
-                invalid_row_handler=on_invalid, ignore_empty_lines=False
+                invalid_row_handler=on_invalid,
+                ignore_empty_lines=False,
+                newlines_in_values=not threads,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types=types,
@@ -369,25 +533,60 @@ def _read_csv(path: Path, table: Table, out: _Collector) -> _Raw | None:
             invalid.clear()
             data = read(threads=False)
     except pa.ArrowInvalid as exc:
-        out.add(Violation(name, None, None, f"unreadable CSV file {path.name}: {exc}"))
+        rule = f"unreadable CSV file {shown}: {_excerpt(exc, 2 * _MAX_VALUE_CHARS)}"
+        out.add(Violation(name, None, None, rule))
         return None
-    rows: np.ndarray | None = None
-    if invalid:
-        skipped = np.array(sorted(row.number - 1 for row in invalid), dtype=np.int64)
-        for row in sorted(invalid, key=lambda r: r.number)[: out.cap]:
+    n = data.num_rows
+    columns = {c: data.column(c) for c in names}
+    del data
+    # data row of each kept position: a skipped row keeps its number, so the rows after keep theirs
+    rows = np.arange(1, n + 1, dtype=np.int64)
+    invalid.sort(key=lambda r: r.number)
+    skipped = np.array([row.number - 1 for row in invalid], dtype=np.int64)
+    if skipped.size:
+        before = skipped - np.arange(skipped.size)
+        rows += np.searchsorted(before - 1, rows - 1, side="right")
+    # line of each data row: one more than its number, plus the line breaks inside earlier rows
+    breaks = {c: b for c, values in columns.items() if (b := _line_breaks(values)) is not None}
+    skipped_breaks = np.array([_text_breaks(row.text) for row in invalid], dtype=np.int64)
+    starts = np.arange(n + skipped.size + 1, dtype=np.int64) + 1  # by data row number
+    lines: np.ndarray | None = None
+    if breaks or skipped_breaks.any():
+        spans = np.zeros(starts.size, dtype=np.int64)
+        for counted in breaks.values():
+            spans[rows] += counted
+        spans[skipped] = skipped_breaks
+        starts[1:] += np.cumsum(spans)[:-1]
+        lines = starts[rows]
+    for row, extra in list(zip(invalid, skipped_breaks.tolist(), strict=True))[: out.cap]:
+        number = row.number - 1
+        line = int(starts[number])
+        if extra:
+            rule = (
+                f"a quoted value runs from line {line} to line {line + extra}: unterminated "
+                "quote? (line breaks are not allowed inside values)"
+            )
+        elif row.text.count('"') % 2:
+            rule = f'unterminated quote: a value opened with " is not closed on line {line}'
+        else:
             rule = (
                 f"wrong number of fields: expected {row.expected_columns}, got {row.actual_columns}"
             )
-            out.add(Violation(name, row.number - 1, None, rule, _fmt(row.text)))
-        out.total += max(0, len(invalid) - out.cap)
-        # kept position k is file row k + 1 + (number of skipped rows before it)
-        before = skipped - np.arange(skipped.size)
-        positions = np.arange(data.num_rows, dtype=np.int64)
-        rows = positions + 1 + np.searchsorted(before - 1, positions, side="right")
-    columns = {n: data.column(n) for n in names}
-    n = data.num_rows
-    del data
-    return _without_blank_rows(_Raw(table, path.name, columns, rows, n), out)
+        out.add(Violation(name, number, None, rule, _fmt(row.text), line))
+    out.total += max(0, len(invalid) - out.cap)
+    bad: dict[str, np.ndarray] = {}
+    rule = "line break inside a value: unterminated quote? (line breaks are not allowed in values)"
+    for col, counted in breaks.items():
+        mask = counted > 0
+        positions = np.flatnonzero(mask)
+        texts = _cells(columns[col], positions[: out.cap])
+        for at, text in zip(positions[: out.cap].tolist(), texts, strict=True):
+            out.add(Violation(name, int(rows[at]), col, rule, text, int(starts[rows[at]])))
+        out.total += max(0, positions.size - out.cap)
+        columns[col] = _null_where(columns[col], mask)
+        bad[col] = mask
+    raw = _Raw(table, file, columns, rows if skipped.size else None, n, bad, True, lines)
+    return _without_blank_rows(raw, out)
 
 
 def _without_blank_rows(raw: _Raw, out: _Collector) -> _Raw:
@@ -395,6 +594,8 @@ def _without_blank_rows(raw: _Raw, out: _Collector) -> _Raw:
     blank = np.ones(raw.n, dtype=bool)
     for values in raw.columns.values():
         blank &= ~_valid(values)
+    for mask in raw.bad.values():  # a cell emptied after it was reported is not blank
+        blank &= ~mask
     if not blank.any():
         return raw
     filled = np.flatnonzero(~blank)
@@ -402,57 +603,58 @@ def _without_blank_rows(raw: _Raw, out: _Collector) -> _Raw:
     if end < raw.n:
         raw.columns = {k: v.slice(0, end) for k, v in raw.columns.items()}
         raw.rows = None if raw.rows is None else raw.rows[:end]
+        raw.lines = None if raw.lines is None else raw.lines[:end]
+        raw.bad = {k: v[:end] for k, v in raw.bad.items()}
         raw.n, blank = end, blank[:end]
-    positions = np.flatnonzero(blank)
+    positions = np.flatnonzero(blank)[: out.cap]
     rows = positions + 1 if raw.rows is None else raw.rows[positions]
-    for row in rows[: out.cap].tolist():
-        out.add(Violation(raw.table.name, int(row), None, "empty row (no values)"))
-    out.total += max(0, rows.size - out.cap)
-    raw.bad = {name: blank for name in raw.columns}
+    lines = rows + 1 if raw.lines is None else raw.lines[positions]
+    for row, line in zip(rows.tolist(), lines.tolist(), strict=True):
+        rule = "empty row (no values)"
+        out.add(Violation(raw.table.name, int(row), None, rule, None, line if raw.text else None))
+    out.total += max(0, int(blank.sum()) - out.cap)
+    raw.bad = {name: blank | raw.bad.get(name, False) for name in raw.columns}
     return raw
 
 
-def _read_parquet(path: Path, table: Table, out: _Collector) -> _Raw | None:
+def _read_parquet(content: pa.Buffer, file: str, table: Table, out: _Collector) -> _Raw | None:
     name = table.name
-    if path.stat().st_size == 0:
-        out.add(Violation(name, None, None, f"{path.name} is an empty file"))
+    shown = _excerpt(file)
+    if content.size == 0:
+        out.add(Violation(name, None, None, f"{shown} is an empty file"))
         return None
     try:
-        data = pq.read_table(path)
-    except pa.ArrowException as exc:
-        out.add(Violation(name, None, None, f"unreadable Parquet file {path.name}: {exc}"))
-        return None
-    meta = data.schema.pandas_metadata or {}
-    index_columns = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
-    names = [n for n in data.column_names if n not in index_columns]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    for col in repeated:
-        out.add(Violation(name, None, col, "column appears more than once"))
-    if repeated:
+        parquet = pq.ParquetFile(pa.BufferReader(content))
+        schema = parquet.schema_arrow
+        meta = schema.pandas_metadata or {}
+        index_columns = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+        names = [n for n in schema.names if n not in index_columns]
+        if not _check_names(table, names, out, repeated="column appears more than once"):
+            return None
+        data = parquet.read(columns=names)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        rule = f"unreadable Parquet file {shown}: {_excerpt(exc, 2 * _MAX_VALUE_CHARS)}"
+        out.add(Violation(name, None, None, rule))
         return None
     columns = {n: data.column(n) for n in names}
     n = data.num_rows
     del data
-    return _Raw(table, path.name, columns, None, n)
+    return _Raw(table, file, columns, None, n)
 
 
 def _arrow_from_frame(
     frame: pd.DataFrame, table: Table, out: _Collector, bad: dict[str, np.ndarray]
-) -> dict[str, pa.ChunkedArray] | None:
+) -> dict[str, pa.ChunkedArray]:
     """A frame's columns as Arrow arrays; in object columns of mixed types Arrow cannot convert,
-    cells of a type the column cannot hold are reported (and marked in `bad`) and become null."""
+    cells of a type the column cannot hold are reported (and marked in `bad`) and become null.
+    Its column names have been checked (`_check_names`)."""
     names = [str(c) for c in frame.columns]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    for col in repeated:
-        out.add(Violation(table.name, None, col, "column appears more than once"))
-    if repeated:
-        return None
     declared = {c.name: c for c in table.columns}
     columns: dict[str, pa.ChunkedArray] = {}
     for name, (_, series) in zip(names, frame.items(), strict=True):
         try:
             columns[name] = _chunked(pa.array(series, from_pandas=True))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
             spec = declared.get(name)
             kind = spec.kind if spec else "float" if table.extra_numeric else "str"
             columns[name], bad[name] = _mixed_to_text(series, table, name, kind, out)
@@ -562,10 +764,18 @@ def _typed(part: _Part, col: Column, values: pa.ChunkedArray) -> pa.ChunkedArray
         return values.cast(pa.date32())
     if kind == "date" and pa.types.is_timestamp(t) and t.tz is None:
         return _midnights(part, col.name, values)
+    if kind == "float" and t.bit_width == 64 and pa.types.is_integer(t):
+        # a float64 holds integers exactly only up to 2**53: a larger one is reported, not rounded
+        big = _mask(pc.greater(values, _EXACT))
+        if pa.types.is_signed_integer(t):
+            big |= _mask(pc.less(values, -_EXACT))
+        rule = f"integer too large to hold exactly as a number (more than {_EXACT} in size)"
+        part.flag(col.name, rule, big, values)
+        return _null_where(values, big).cast(pa.float64(), safe=False)
     if kind == "float" and (
         pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
     ):
-        return values.cast(pa.float64())
+        return values.cast(pa.float64(), safe=False)  # decimals round, as text does
     if kind == "bool" and pa.types.is_boolean(t):
         return values
     if kind == "bool" and pa.types.is_integer(t):
@@ -633,7 +843,7 @@ def _finite(part: _Part, name: str, numbers: pa.ChunkedArray) -> pa.ChunkedArray
 
 def _type_part(raw: _Raw, out: _Collector, warnings: list[str]) -> _Part:
     table = raw.table
-    part = _Part(table, raw.origin, raw.n, raw.rows, out, bad=raw.bad)
+    part = _Part(table, raw.origin, raw.n, raw.rows, out, raw.text, raw.lines, bad=raw.bad)
     columns = raw.columns
     raw.columns = {}
     for col in table.columns:
@@ -658,7 +868,7 @@ def _type_part(raw: _Raw, out: _Collector, warnings: list[str]) -> _Part:
             part.cols[name] = _finite(part, name, _typed(part, number, values))
         else:
             warnings.append(
-                f"{raw.origin}: column {name!r} is not in the data contract; kept, unused"
+                f"{raw.origin}: column '{_excerpt(name)}' is not in the data contract; kept, unused"
             )
             part.cols[name] = _decode(part, name, values) if _is_bytes(values.type) else values
         part.extras.append(name)
@@ -764,13 +974,13 @@ def _check_key(part: _Part) -> None:
         return
     repeat = np.zeros(part.n, dtype=bool)
     repeat[positions] = True
-    first_row = dict(zip(positions.tolist(), part.row_numbers(firsts).tolist(), strict=True))
+    first_at = dict(zip(positions.tolist(), firsts.tolist(), strict=True))
 
     def show(shown: np.ndarray) -> list[str]:
         index = pa.array(shown)
         values = [part.cols[k].take(index).to_pylist() for k in key]
         return [
-            f"{', '.join(_fmt(v) for v in vals)} (first at row {first_row[at]})"
+            f"{', '.join(_fmt(v) for v in vals)} (first at {part.where(first_at[at])})"
             for vals, at in zip(zip(*values, strict=True), shown.tolist(), strict=True)
         ]
 
@@ -851,7 +1061,8 @@ def _check_references(
             index = np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int64)
             if registry.strict:
                 part.flag(col.name, "not in enterprises", given & (index < 0), values)
-            role = np.where(index >= 0, registry.roles[np.maximum(index, 0)], -1)
+            role = np.full(index.size, -1, dtype=np.int64)  # registry may be empty
+            role[index >= 0] = registry.roles[index[index >= 0]]
             looked_up[col.name] = role
             if col.refers_to in ROLES:
                 want = ROLES.index(col.refers_to)

@@ -458,8 +458,13 @@ def test_violation_carries_the_offending_value(tmp_path: Path) -> None:
     with pytest.raises(ContractError) as info:
         load_tables(folder, today=TODAY)
     values = [v.value for v in info.value.violations]
-    assert values == ["2024-01-09 (issue_date 2024-01-10)", "I1 (first at row 1)", "C2 (role core)"]
-    assert "invoices, row 2, column due_date: must be >= issue_date" in str(info.value)
+    assert values == [
+        "2024-01-09 (issue_date 2024-01-10)",
+        "I1 (first at line 2, data row 1)",
+        "C2 (role core)",
+    ]
+    shown = str(info.value)
+    assert "invoices, line 3 (data row 2), column due_date: must be >= issue_date" in shown
 
 
 def test_many_violations_are_collected_at_once(tmp_path: Path) -> None:
@@ -543,8 +548,8 @@ def test_a_duplicate_points_at_the_first_row_with_that_key(tmp_path: Path) -> No
     with pytest.raises(ContractError) as info:
         load_tables(folder, today=TODAY)
     assert [(v.row, v.value) for v in info.value.violations] == [
-        (3, "I2 (first at row 2)"),
-        (4, "I2 (first at row 2)"),
+        (3, "I2 (first at line 3, data row 2)"),
+        (4, "I2 (first at line 3, data row 2)"),
     ]
 
 

@@ -36,10 +36,10 @@ def test_validate_a_corrupted_copy_exits_1_naming_table_row_and_column(tmp_path:
     result = CliRunner().invoke(build_app(), ["validate", str(folder)])
     assert result.exit_code == 1
     assert "error: 2 data contract violation(s):" in result.output
-    assert "invoices, row 3, column amount: must be > 0: '-12.0'" in result.output
+    assert "invoices, line 4 (data row 3), column amount: must be > 0: '-12.0'" in result.output
     assert (
-        "loans, row 2, column maturity_date: not a date in the form YYYY-MM-DD: '2024-13-01'"
-        in result.output
+        "loans, line 3 (data row 2), column maturity_date: "
+        "not a date in the form YYYY-MM-DD: '2024-13-01'" in result.output
     )
     assert "valid" not in result.output.replace("violation", "")
     assert snapshot(tmp_path) == before

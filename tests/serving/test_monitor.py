@@ -298,7 +298,7 @@ def test_monitor_bad_input_exits_nonzero_and_writes_nothing(
     expected = {
         "reference": f"carries no training reference for drift monitoring ({PROFILE_ARTIFACT}",
         "empty": "as-of date 2021-12-31: no SME is in the population",
-        "broken": "invoices, row 1, column amount",
+        "broken": "invoices, line 2 (data row 1), column amount",
         "compare": "must be before the as-of date",
         "threshold": "expected a PD strictly between 0 and 1",
     }[case]

@@ -249,7 +249,7 @@ def test_score_command_writes_parquet_and_materializes_features(
     ("case", "message"),
     [
         ("empty", "no SME is in the population at 2021-12-31"),
-        ("broken", "invoices, row 1, column amount"),
+        ("broken", "invoices, line 2 (data row 1), column amount"),
         ("date", "expected a date YYYY-MM-DD"),
         ("model", "does not resolve"),
     ],
