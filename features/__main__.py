@@ -1,6 +1,6 @@
-"""`python -m features` runs the scf-risk command line."""
+"""`python -m features` runs the features commands (generate, validate, features)."""
 
-from serving.cli import main
+from features.cli import app
 
 if __name__ == "__main__":
-    main()
+    app()

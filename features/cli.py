@@ -2,169 +2,159 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
+from features.cli_helpers import (
+    check_engine,
+    domain_errors_exit,
+    fail_usage,
+    parse_date,
+    progress_bar,
+)
 from features.contract import DEFAULT_HORIZON_DAYS
-from features.edge import domain_errors_exit, fail_usage
 from features.exceptions import FeatureError
-
-
-def _parse_date(value: str) -> date:
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise typer.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}") from None
-
 
 DateOpt = Annotated[str, typer.Option(help="ISO date YYYY-MM-DD.")]
 
 
-def register(app: typer.Typer) -> None:
-    """Add this package's commands to the `scf-risk` app."""
+app = typer.Typer(
+    help="Data: generate a simulation, validate a data folder, build the feature panel.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+"""The features package's commands (`python -m features`; part of `scf-risk`)."""
 
-    @app.command()
-    @domain_errors_exit
-    def generate(
-        out: Annotated[
-            Path, typer.Option(help="Folder to write the contract's tables and truth.parquet into.")
-        ],
-        smes: Annotated[int, typer.Option(min=1, help="Number of SMEs.")] = 2000,
-        cores: Annotated[int, typer.Option(min=1, help="Number of core enterprises.")] = 20,
-        months: Annotated[int, typer.Option(min=1, help="Months of history to simulate.")] = 36,
-        start: Annotated[str, typer.Option(help="First day simulated, YYYY-MM-DD.")] = "2022-01-01",
-        seed: Annotated[
-            int, typer.Option(help="Random seed: same seed, byte-identical tables.")
-        ] = 1,
-    ) -> None:
-        """Simulate a supply chain (cores, SMEs, invoices, inventory, loans) with ground truth."""
-        from features.simulate import SimConfig, generate_to_folder
 
-        config = SimConfig(
-            n_smes=smes, n_cores=cores, months=months, start=_parse_date(start), seed=seed
+@app.command()
+@domain_errors_exit
+def generate(
+    out: Annotated[
+        Path, typer.Option(help="Folder to write the contract's tables and truth.parquet into.")
+    ],
+    smes: Annotated[int, typer.Option(min=1, help="Number of SMEs.")] = 2000,
+    cores: Annotated[int, typer.Option(min=1, help="Number of core enterprises.")] = 20,
+    months: Annotated[int, typer.Option(min=1, help="Months of history to simulate.")] = 36,
+    start: Annotated[str, typer.Option(help="First day simulated, YYYY-MM-DD.")] = "2022-01-01",
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, byte-identical tables.")] = 1,
+) -> None:
+    """Simulate a supply chain (cores, SMEs, invoices, inventory, loans) with ground truth."""
+    from features.simulate import SimConfig, generate_to_folder
+
+    config = SimConfig(
+        n_smes=smes, n_cores=cores, months=months, start=parse_date(start, "--start"), seed=seed
+    )
+    generate_to_folder(config, out)
+
+
+@app.command()
+@domain_errors_exit
+def validate(
+    data: Annotated[Path, typer.Argument(help="Folder of NAME.csv / NAME.parquet tables.")],
+) -> None:
+    """Check a folder against the data contract; exit 1 listing every violation."""
+    from features.io import load_tables
+
+    tables = load_tables(data)
+    for warning in tables.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for name, frame in tables.frames().items():
+        typer.echo(f"{name}: {len(frame):,} rows")
+    typer.echo(f"{data}: valid")
+
+
+@app.command("features")
+@domain_errors_exit
+def features_command(
+    data: Annotated[
+        Path, typer.Option(help="Folder of the contract's tables (NAME.csv / NAME.parquet).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(help="Parquet file to write the panel to (written whole or not at all)."),
+    ],
+    as_of: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--as-of",
+            help="An as-of date YYYY-MM-DD; repeat for several. Default: every month end "
+            "in the data's range (first to last observed event date).",
+        ),
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="With --to: every month end from this date YYYY-MM-DD (default: the "
+            "data's first date).",
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            help="With --from: every month end up to this date YYYY-MM-DD (default: the "
+            "data's last date)."
+        ),
+    ] = None,
+    horizon_days: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Label horizon: default_12m = 1 if the SME defaults within this many days "
+            "after the as-of date (recorded in the panel file).",
+        ),
+    ] = DEFAULT_HORIZON_DAYS,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Engine: 'pandas' (in process) or 'dask' (dask.distributed; same panel)."
+        ),
+    ] = "pandas",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address (e.g. tcp://127.0.0.1:8786) for --engine dask; "
+            "default: a local cluster with one worker process per core."
+        ),
+    ] = None,
+) -> None:
+    """Compute the point-in-time feature panel (one row per SME in the population at each
+    as-of date, every catalog feature and the default_12m label) and write it to Parquet."""
+    from features.engines import build_panel
+    from features.io import load_tables
+    from features.pipeline import data_range, month_ends, write_panel
+
+    check_engine(engine)
+    if scheduler is not None and engine != "dask":
+        fail_usage("--scheduler needs --engine dask")
+    if as_of and (from_ is not None or to is not None):
+        fail_usage("give either --as-of dates or --from/--to, not both")
+    explicit = [parse_date(d, "--as-of") for d in as_of or []]
+    first = parse_date(from_, "--from") if from_ is not None else None
+    last = parse_date(to, "--to") if to is not None else None
+
+    tables = load_tables(data)
+    start, end = data_range(tables)
+    dates: list[object] = [*explicit] or [*month_ends(first or start, last or end)]
+    if not dates:
+        raise FeatureError(
+            f"no month end between {(first or start):%Y-%m-%d} and {(last or end):%Y-%m-%d}"
         )
-        generate_to_folder(config, out)
 
-    @app.command()
-    @domain_errors_exit
-    def validate(
-        data: Annotated[Path, typer.Argument(help="Folder of NAME.csv / NAME.parquet tables.")],
-    ) -> None:
-        """Check a folder against the data contract; exit 1 listing every violation."""
-        from features.io import load_tables
-
-        tables = load_tables(data)
-        for warning in tables.warnings:
-            typer.echo(f"warning: {warning}", err=True)
-        for name, frame in tables.frames().items():
-            typer.echo(f"{name}: {len(frame):,} rows")
-        typer.echo(f"{data}: valid")
-
-    @app.command("features")
-    @domain_errors_exit
-    def features_command(
-        data: Annotated[
-            Path, typer.Option(help="Folder of the contract's tables (NAME.csv / NAME.parquet).")
-        ],
-        out: Annotated[
-            Path,
-            typer.Option(help="Parquet file to write the panel to (written whole or not at all)."),
-        ],
-        as_of: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--as-of",
-                help="An as-of date YYYY-MM-DD; repeat for several. Default: every month end "
-                "in the data's range (first to last observed event date).",
-            ),
-        ] = None,
-        from_: Annotated[
-            str | None,
-            typer.Option(
-                "--from",
-                help="With --to: every month end from this date YYYY-MM-DD (default: the "
-                "data's first date).",
-            ),
-        ] = None,
-        to: Annotated[
-            str | None,
-            typer.Option(
-                help="With --from: every month end up to this date YYYY-MM-DD (default: the "
-                "data's last date)."
-            ),
-        ] = None,
-        horizon_days: Annotated[
-            int,
-            typer.Option(
-                min=1,
-                help="Label horizon: default_12m = 1 if the SME defaults within this many days "
-                "after the as-of date (recorded in the panel file).",
-            ),
-        ] = DEFAULT_HORIZON_DAYS,
-        engine: Annotated[
-            str,
-            typer.Option(
-                help="Engine: 'pandas' (in process) or 'dask' (dask.distributed; same panel)."
-            ),
-        ] = "pandas",
-        scheduler: Annotated[
-            str | None,
-            typer.Option(
-                help="Dask scheduler address (e.g. tcp://127.0.0.1:8786) for --engine dask; "
-                "default: a local cluster with one worker process per core."
-            ),
-        ] = None,
-    ) -> None:
-        """Compute the point-in-time feature panel (one row per SME in the population at each
-        as-of date, every catalog feature and the default_12m label) and write it to Parquet."""
-        from features.engines import ENGINES, build_panel
-        from features.io import load_tables
-        from features.pipeline import data_range, month_ends, write_panel
-
-        if engine not in ENGINES:
-            raise typer.BadParameter(
-                f"expected one of {', '.join(ENGINES)}, got {engine!r}", param_hint="--engine"
-            )
-        if scheduler is not None and engine != "dask":
-            fail_usage("--scheduler needs --engine dask")
-        if as_of and (from_ is not None or to is not None):
-            fail_usage("give either --as-of dates or --from/--to, not both")
-        explicit = [_parse_date(d) for d in as_of or []]
-        first = _parse_date(from_) if from_ is not None else None
-        last = _parse_date(to) if to is not None else None
-
-        tables = load_tables(data)
-        start, end = data_range(tables)
-        dates: list[object] = [*explicit] or [*month_ends(first or start, last or end)]
-        if not dates:
-            raise FeatureError(
-                f"no month end between {(first or start):%Y-%m-%d} and {(last or end):%Y-%m-%d}"
-            )
-
-        def progress(total: int) -> Callable[[], object]:
-            unit = "date" if engine == "pandas" else "partition"
-            bar = tqdm(total=total, unit=unit, desc="features", file=sys.stderr)
-            bars.append(bar)
-            return lambda: bar.update(1)
-
-        bars: list[tqdm] = []
-        try:
-            panel = build_panel(
-                tables,
-                dates,
-                engine=engine,  # type: ignore[arg-type]
-                scheduler=scheduler,
-                horizon_days=horizon_days,
-                progress=progress,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
-        write_panel(panel, out)
-        typer.echo(f"{out}: {len(panel):,} rows x {panel.shape[1]} columns")
+    progress, close = progress_bar("features", "date" if engine == "pandas" else "partition")
+    try:
+        panel = build_panel(
+            tables,
+            dates,
+            engine=engine,  # type: ignore[arg-type]
+            scheduler=scheduler,
+            horizon_days=horizon_days,
+            progress=progress,
+        )
+    finally:
+        close()
+    write_panel(panel, out)
+    typer.echo(f"{out}: {len(panel):,} rows x {panel.shape[1]} columns")

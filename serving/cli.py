@@ -1,21 +1,29 @@
-"""The `scf-risk` console script: one Typer app fronting every package's commands."""
+"""The `scf-risk` console script: the composition root of the command line.
+
+Each package declares its own Typer app (`features.cli.app`, `training.cli.app`,
+`serving.commands.app`, `serving.portfolio.commands.app`); the root adds them here, explicitly, so
+that a missing module is an import error rather than a command that silently disappears.
+"""
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-COMMAND_MODULES = (
-    "features.cli",
-    "training.cli",
-    "serving.commands",
-    "serving.portfolio.commands",
+from features import cli as features_cli
+from serving import commands as serving_cli
+from serving.portfolio import commands as portfolio_cli
+from training import cli as training_cli
+
+PACKAGE_APPS: tuple[typer.Typer, ...] = (
+    features_cli.app,
+    training_cli.app,
+    serving_cli.app,
+    portfolio_cli.app,
 )
 
 
 def build_app() -> typer.Typer:
-    """Assemble the command line from each package's `register(app)`."""
+    """The `scf-risk` app: every package's commands at the top level."""
     app = typer.Typer(
         name="scf-risk",
         help="Credit risk scoring for SMEs in supply chains.",
@@ -23,14 +31,8 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # that package's commands are not built yet
-        module.register(app)
+    for package_app in PACKAGE_APPS:
+        app.add_typer(package_app)
     return app
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from features.edge import domain_errors_exit, fail_usage
+from features.cli_helpers import domain_errors_exit, fail_usage
 
 
 class RoleChoice(StrEnum):
@@ -23,137 +23,146 @@ class RoleChoice(StrEnum):
     admin = "admin"
 
 
-def register(app: typer.Typer) -> None:
-    """Add this package's commands to the `scf-risk` app."""
+app = typer.Typer(
+    help="The service: serve, audit, keys.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+"""The serving commands (part of `scf-risk`)."""
 
-    @app.command()
-    @domain_errors_exit
-    def serve(
-        host: Annotated[
-            str | None,
-            typer.Option(help="Interface to listen on (default SCF_RISK_HOST or 127.0.0.1)."),
-        ] = None,
-        port: Annotated[
-            int | None, typer.Option(min=0, max=65535, help="Port (default SCF_RISK_PORT or 8000).")
-        ] = None,
-        workers: Annotated[
-            int | None,
-            typer.Option(min=1, help="Worker processes (default SCF_RISK_WORKERS or 1)."),
-        ] = None,
-        demo_data: Annotated[
-            Path | None,
-            typer.Option(
-                help="A data folder: write an example request for one of its SMEs and print the "
-                "curl command that scores it."
-            ),
-        ] = None,
-    ) -> None:
-        """Run the scoring service under uvicorn (model loaded once per worker at start)."""
-        import uvicorn
 
-        from features.settings import Settings
-        from serving.api.metrics import MULTIPROC_ENV
+@app.command()
+@domain_errors_exit
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to listen on (default SCF_RISK_HOST or 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (default SCF_RISK_PORT or 8000).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Worker processes (default SCF_RISK_WORKERS or 1)."),
+    ] = None,
+    demo_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A data folder: write an example request for one of its SMEs and print the "
+            "curl command that scores it."
+        ),
+    ] = None,
+) -> None:
+    """Run the scoring service under uvicorn (model loaded once per worker at start)."""
+    import uvicorn
 
-        settings = Settings()
-        host = host or settings.host
-        port = settings.port if port is None else port
-        workers = workers or settings.workers
-        created = _keys_created(settings)
-        # One OpenMP thread per worker: a request explains a few rows, where LightGBM's thread
-        # start-up costs more than it saves (measured: 4 ms vs 16 ms per row on a busy machine).
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        # An unreachable tracking server should be noticed in seconds, not after MLflow's
-        # default 7 retries with back-off (minutes): the service starts not ready and retries.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        if workers > 1 and not os.environ.get(MULTIPROC_ENV):
-            os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="scf-risk-metrics-")
-        if demo_data is not None:
-            _print_demo(demo_data, settings, host, port, created.get("scorer"))
-        typer.echo(f"serving on http://{host}:{port} with {workers} worker(s); docs at /docs")
-        uvicorn.run(
-            "serving.api.app:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="info",
-        )
+    from serving.api.metrics import MULTIPROC_ENV
+    from serving.settings import Settings
 
-    audit = typer.Typer(help="Check and replay the audit trail.", no_args_is_help=True)
-    app.add_typer(audit, name="audit")
+    settings = Settings()
+    host = host or settings.host
+    port = settings.port if port is None else port
+    workers = workers or settings.workers
+    created = _keys_created(settings)
+    # One OpenMP thread per worker: a request explains a few rows, where LightGBM's thread
+    # start-up costs more than it saves (measured: 4 ms vs 16 ms per row on a busy machine).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # An unreachable tracking server should be noticed in seconds, not after MLflow's
+    # default 7 retries with back-off (minutes): the service starts not ready and retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="scf-risk-metrics-")
+    if demo_data is not None:
+        _print_demo(demo_data, settings, host, port, created.get("scorer"))
+    typer.echo(f"serving on http://{host}:{port} with {workers} worker(s); docs at /docs")
+    uvicorn.run(
+        "serving.api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )
 
-    @audit.command("verify")
-    @domain_errors_exit
-    def audit_verify() -> None:
-        """Re-derive the hash chain of every stored decision (SCF_RISK_AUDIT_DB); exit 1 if an
-        edited, deleted or reordered record is found."""
-        from features.settings import Settings
-        from serving.audit.store import AuditStore
-        from serving.exceptions import AuditCorrupt
 
-        store = AuditStore(Settings().audit_db)
-        try:
-            report = store.verify()
-        finally:
-            store.dispose()
-        if not report.ok:
-            raise AuditCorrupt(str(report))
-        typer.echo(str(report))
+audit = typer.Typer(help="Check and replay the audit trail.", no_args_is_help=True)
+app.add_typer(audit, name="audit")
 
-    @audit.command("replay")
-    @domain_errors_exit
-    def audit_replay(
-        decision_id: Annotated[str, typer.Argument(help="The decision's id (a UUID).")],
-    ) -> None:
-        """Re-score a stored decision with its recorded model version and features; exit 1
-        unless it matches exactly."""
-        from features.settings import Settings
-        from serving.audit.store import AuditStore
-        from serving.exceptions import AuditCorrupt
-        from serving.schemas import DECISION_ID_PATTERN
-        from serving.scoring import replay
-        from training.bundle import load_model
 
-        if not re.match(DECISION_ID_PATTERN, decision_id):
-            fail_usage(f"DECISION_ID: expected a UUID, got {decision_id!r}")
-        settings = Settings()
-        store = AuditStore(settings.audit_db)
-        try:
-            stored = store.get(decision_id)
-        finally:
-            store.dispose()
-        result = replay(stored, loader=load_model, tracking_uri=settings.mlflow_tracking_uri)
-        if not result.matches:
-            raise AuditCorrupt(str(result))
-        typer.echo(str(result))
+@audit.command("verify")
+@domain_errors_exit
+def audit_verify() -> None:
+    """Re-derive the hash chain of every stored decision (SCF_RISK_AUDIT_DB); exit 1 if an
+    edited, deleted or reordered record is found."""
+    from serving.audit.store import AuditStore
+    from serving.exceptions import AuditCorrupt
+    from serving.settings import Settings
 
-    keys = typer.Typer(help="Manage API keys (SCF_RISK_API_KEYS).", no_args_is_help=True)
-    app.add_typer(keys, name="keys")
+    store = AuditStore(Settings().audit_db)
+    try:
+        report = store.verify()
+    finally:
+        store.dispose()
+    if not report.ok:
+        raise AuditCorrupt(str(report))
+    typer.echo(str(report))
 
-    @keys.command("add")
-    @domain_errors_exit
-    def keys_add(
-        role: Annotated[
-            RoleChoice,
-            typer.Option(
-                help="scorer (lending systems), auditor (read decisions) or admin (reload).",
-            ),
-        ],
-        name: Annotated[
-            str | None, typer.Option(help="Who the key is for (default: the role).")
-        ] = None,
-    ) -> None:
-        """Create an API key; only its hash is stored. The key is printed alone on the last line."""
-        from features.settings import Settings
-        from serving.api.keys import Role, add_key
 
-        settings = Settings()
-        record, key = add_key(settings.api_keys, cast(Role, role.value), name)
-        typer.echo(
-            f"added key {record.key_id} ({record.role}, {record.name}) to {settings.api_keys}"
-        )
-        typer.echo(key)
+@audit.command("replay")
+@domain_errors_exit
+def audit_replay(
+    decision_id: Annotated[str, typer.Argument(help="The decision's id (a UUID).")],
+) -> None:
+    """Re-score a stored decision with its recorded model version and features; exit 1
+    unless it matches exactly."""
+    from serving.audit.store import AuditStore
+    from serving.exceptions import AuditCorrupt
+    from serving.schemas import DECISION_ID_PATTERN
+    from serving.scoring import replay
+    from serving.settings import Settings
+    from training.bundle import load_model
+
+    if not re.match(DECISION_ID_PATTERN, decision_id):
+        fail_usage(f"DECISION_ID: expected a UUID, got {decision_id!r}")
+    settings = Settings()
+    store = AuditStore(settings.audit_db)
+    try:
+        stored = store.get(decision_id)
+    finally:
+        store.dispose()
+    result = replay(stored, loader=load_model, tracking_uri=settings.mlflow_tracking_uri)
+    if not result.matches:
+        raise AuditCorrupt(str(result))
+    typer.echo(str(result))
+
+
+keys = typer.Typer(help="Manage API keys (SCF_RISK_API_KEYS).", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("add")
+@domain_errors_exit
+def keys_add(
+    role: Annotated[
+        RoleChoice,
+        typer.Option(
+            help="scorer (lending systems), auditor (read decisions) or admin (reload).",
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Who the key is for (default: the role).")
+    ] = None,
+) -> None:
+    """Create an API key; only its hash is stored. The key is printed alone on the last line."""
+    from serving.api.keys import Role, add_key
+    from serving.settings import Settings
+
+    settings = Settings()
+    record, key = add_key(settings.api_keys, cast(Role, role.value), name)
+    typer.echo(f"added key {record.key_id} ({record.role}, {record.name}) to {settings.api_keys}")
+    typer.echo(key)
 
 
 def _keys_created(settings: Any) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Domain errors of the serving package.
 
 Only the API layer (`serving.api.errors`) turns them into HTTP responses, and only the command line
-(`features.edge.domain_errors_exit`) into exit codes.
+(`features.cli_helpers.domain_errors_exit`) into exit codes.
 """
 
 from __future__ import annotations

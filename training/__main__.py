@@ -1,6 +1,6 @@
-"""`python -m training` runs the scf-risk command line."""
+"""`python -m training` runs the training commands (train, promote)."""
 
-from serving.cli import main
+from training.cli import app
 
 if __name__ == "__main__":
-    main()
+    app()

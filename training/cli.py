@@ -10,13 +10,11 @@ from typing import Annotated
 
 import typer
 
-from features.edge import domain_errors_exit, fail_usage
-
-ENGINES = ("pandas", "dask")
+from features.cli_helpers import check_engine, domain_errors_exit, fail_usage
 
 
 def _tracking_uri(option: str | None) -> str:
-    from features.settings import Settings
+    from serving.settings import Settings
 
     return option if option is not None else Settings().mlflow_tracking_uri
 
@@ -30,201 +28,205 @@ TrackingOpt = Annotated[
 ]
 
 
-def register(app: typer.Typer) -> None:
-    """Add this package's commands to the `scf-risk` app."""
+app = typer.Typer(
+    help="Models: train and register, promote the challenger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+"""The training package's commands (`python -m training`; part of `scf-risk`)."""
 
-    @app.command()
-    @domain_errors_exit
-    def train(
-        data: Annotated[
-            Path | None,
-            typer.Option(
-                help="Folder of the contract's tables: the panel is built from it (unless "
-                "--features is given), and it supplies reference data, loans (metrics by "
-                "product) and truth.parquet when present."
-            ),
-        ] = None,
-        features: Annotated[
-            Path | None,
-            typer.Option(help="Feature panel (Parquet, from `scf-risk features`) to train on."),
-        ] = None,
-        oot_months: Annotated[
-            int,
-            typer.Option(min=1, help="The last N matured as-of months form the out-of-time set."),
-        ] = 6,
-        experiment: Annotated[
-            str, typer.Option(help="MLflow experiment of the training run.")
-        ] = "sme-default-pd",
-        engine: Annotated[
-            str,
-            typer.Option(
-                help="'pandas' (lightgbm.train in process) or 'dask' (DaskLGBMClassifier on "
-                "dask.distributed; also builds the panel on Dask)."
-            ),
-        ] = "pandas",
-        scheduler: Annotated[
-            str | None,
-            typer.Option(
-                help="Dask scheduler address for --engine dask; default: a local cluster of "
-                "two worker processes."
-            ),
-        ] = None,
-        seed: Annotated[
-            int,
-            typer.Option(
-                help="Seed of the splits, LightGBM and tuning: same data and seed, same model."
-            ),
-        ] = 0,
-        tune: Annotated[
-            int,
-            typer.Option(
-                min=0, help="Optuna trials (seeded TPE) on the validation split; 0 = defaults."
-            ),
-        ] = 0,
-        truth: Annotated[
-            Path | None,
-            typer.Option(
-                help="truth.parquet (sme_id, as_of, pd_true) for the oracle AUC; default: "
-                "DATA/truth.parquet when present."
-            ),
-        ] = None,
-        embargo_days: Annotated[
-            int,
-            typer.Option(
-                min=0,
-                help="Leave out training rows with as_of + N days after the first OOT date "
-                "(N = the horizon, 365: no training label overlaps the OOT period). 0 = none.",
-            ),
-        ] = 0,
-        calibration_months: Annotated[
-            int,
-            typer.Option(
-                min=0,
-                help="The last N training months (at most half) are held out to fit the "
-                "log-odds calibration on a booster grown on the earlier months, as OOT stands "
-                "to the model. 0 = calibrate on cross-fitted SMEs instead.",
-            ),
-        ] = 6,
-        horizon_days: Annotated[
-            int | None,
-            typer.Option(
-                min=1,
-                help="Label horizon when building the panel from --data (default 365). With "
-                "--features, the panel file's own horizon; giving another one is an error.",
-            ),
-        ] = None,
-        max_rounds: Annotated[
-            int, typer.Option(min=1, help="Most boosting rounds (early stopping picks fewer).")
-        ] = 2000,
-        threads: Annotated[
-            int,
-            typer.Option(
-                min=1,
-                help="LightGBM threads; part of the model's definition (same data, seed and "
-                "threads -> same model).",
-            ),
-        ] = 1,
-        tracking_uri: TrackingOpt = None,
-    ) -> None:
-        """Train a calibrated, monotone LightGBM default model, log it to MLflow and register it
-        as a new version of sme-default-pd with alias 'challenger'. Prints one JSON line."""
-        from tqdm import tqdm
 
-        from training.registry import check_tracking
-        from training.run import load_inputs, summary, train_and_register
-        from training.train import TrainConfig
+@app.command()
+@domain_errors_exit
+def train(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the contract's tables: the panel is built from it (unless "
+            "--features is given), and it supplies reference data, loans (metrics by "
+            "product) and truth.parquet when present."
+        ),
+    ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(help="Feature panel (Parquet, from `scf-risk features`) to train on."),
+    ] = None,
+    oot_months: Annotated[
+        int,
+        typer.Option(min=1, help="The last N matured as-of months form the out-of-time set."),
+    ] = 6,
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment of the training run.")
+    ] = "sme-default-pd",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="'pandas' (lightgbm.train in process) or 'dask' (DaskLGBMClassifier on "
+            "dask.distributed; also builds the panel on Dask)."
+        ),
+    ] = "pandas",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address for --engine dask; default: a local cluster of "
+            "two worker processes."
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed of the splits, LightGBM and tuning: same data and seed, same model."
+        ),
+    ] = 0,
+    tune: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Optuna trials (seeded TPE) on the validation split; 0 = defaults."
+        ),
+    ] = 0,
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="truth.parquet (sme_id, as_of, pd_true) for the oracle AUC; default: "
+            "DATA/truth.parquet when present."
+        ),
+    ] = None,
+    embargo_days: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Leave out training rows with as_of + N days after the first OOT date "
+            "(N = the horizon, 365: no training label overlaps the OOT period). 0 = none.",
+        ),
+    ] = 0,
+    calibration_months: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="The last N training months (at most half) are held out to fit the "
+            "log-odds calibration on a booster grown on the earlier months, as OOT stands "
+            "to the model. 0 = calibrate on cross-fitted SMEs instead.",
+        ),
+    ] = 6,
+    horizon_days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Label horizon when building the panel from --data (default 365). With "
+            "--features, the panel file's own horizon; giving another one is an error.",
+        ),
+    ] = None,
+    max_rounds: Annotated[
+        int, typer.Option(min=1, help="Most boosting rounds (early stopping picks fewer).")
+    ] = 2000,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="LightGBM threads; part of the model's definition (same data, seed and "
+            "threads -> same model).",
+        ),
+    ] = 1,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Train a calibrated, monotone LightGBM default model, log it to MLflow and register it
+    as a new version of sme-default-pd with alias 'challenger'. Prints one JSON line."""
+    from tqdm import tqdm
 
-        if engine not in ENGINES:
-            raise typer.BadParameter(
-                f"expected one of {', '.join(ENGINES)}, got {engine!r}", param_hint="--engine"
-            )
-        if scheduler is not None and engine != "dask":
-            fail_usage("--scheduler needs --engine dask")
-        if data is None and features is None:
-            fail_usage("give --data DIR or --features FILE.parquet")
-        uri = _tracking_uri(tracking_uri)
-        client = check_tracking(uri)  # before any work: an unreachable store fails fast
+    from training.registry import check_tracking
+    from training.run import load_inputs, summary, train_and_register
+    from training.train import TrainConfig
 
-        bars: list[tqdm] = []
+    check_engine(engine)
+    if scheduler is not None and engine != "dask":
+        fail_usage("--scheduler needs --engine dask")
+    if data is None and features is None:
+        fail_usage("give --data DIR or --features FILE.parquet")
+    uri = _tracking_uri(tracking_uri)
+    client = check_tracking(uri)  # before any work: an unreachable store fails fast
 
-        def on_dates(total: int) -> Callable[[], object]:
-            bar = tqdm(total=total, unit="date", desc="features", file=sys.stderr)
-            bars.append(bar)
-            return lambda: bar.update(1)
+    bars: list[tqdm] = []
 
-        try:
-            inputs = load_inputs(
-                data,
-                features,
-                truth,
-                horizon_days=horizon_days,
-                engine=engine,
-                scheduler=scheduler,
-                on_dates=on_dates,
-            )
-            for bar in bars:
-                bar.close()
-            folds = TrainConfig().calibration_folds
-            # the progress messages of `fit` (one more with a calibration booster)
-            total = 6 + folds + (calibration_months > 0) + (tune + 1 if tune else 0)
-            steps = tqdm(total=total, desc="train", unit="step", file=sys.stderr)
-            bars.append(steps)
+    def on_dates(total: int) -> Callable[[], object]:
+        bar = tqdm(total=total, unit="date", desc="features", file=sys.stderr)
+        bars.append(bar)
+        return lambda: bar.update(1)
 
-            def progress(message: str) -> None:
-                steps.set_postfix_str(message, refresh=False)
-                steps.update(1)
-
-            config = TrainConfig(
-                horizon_days=inputs.horizon_days,
-                oot_months=oot_months,
-                seed=seed,
-                engine="dask" if engine == "dask" else "pandas",
-                scheduler=scheduler,
-                tune_trials=tune,
-                num_threads=threads,
-                max_rounds=max_rounds,
-                embargo_days=embargo_days,
-                calibration_months=calibration_months,
-            )
-            registered, result = train_and_register(
-                inputs,
-                config,
-                tracking_uri=uri,
-                experiment=experiment,
-                progress=progress,
-                client=client,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
-        typer.echo(json.dumps(summary(registered, result)))
-
-    @app.command()
-    @domain_errors_exit
-    def promote(
-        version: Annotated[
-            int | None,
-            typer.Option(min=1, help="Model version to promote; default: the 'challenger'."),
-        ] = None,
-        max_auc_drop: Annotated[
-            float,
-            typer.Option(help="Gate: largest OOT AUC drop allowed against the champion."),
-        ] = 0.005,
-        max_ece: Annotated[
-            float, typer.Option(help="Gate: largest OOT expected calibration error allowed.")
-        ] = 0.02,
-        tracking_uri: TrackingOpt = None,
-    ) -> None:
-        """Move the alias 'champion' of sme-default-pd to the challenger (or --version) if its
-        gates pass: OOT AUC within --max-auc-drop of the champion's on the same rows, ECE at
-        most --max-ece, monotonicity verified. The decision is recorded in MLflow; a failed gate
-        exits 1 with the reasons."""
-        from training.promote import promote as run_promote
-
-        decision = run_promote(
-            _tracking_uri(tracking_uri),
-            version,
-            max_auc_drop=max_auc_drop,
-            max_ece=max_ece,
+    try:
+        inputs = load_inputs(
+            data,
+            features,
+            truth,
+            horizon_days=horizon_days,
+            engine=engine,
+            scheduler=scheduler,
+            on_dates=on_dates,
         )
-        typer.echo(json.dumps(decision.to_json()))
+        for bar in bars:
+            bar.close()
+        folds = TrainConfig().calibration_folds
+        # the progress messages of `fit` (one more with a calibration booster)
+        total = 6 + folds + (calibration_months > 0) + (tune + 1 if tune else 0)
+        steps = tqdm(total=total, desc="train", unit="step", file=sys.stderr)
+        bars.append(steps)
+
+        def progress(message: str) -> None:
+            steps.set_postfix_str(message, refresh=False)
+            steps.update(1)
+
+        config = TrainConfig(
+            horizon_days=inputs.horizon_days,
+            oot_months=oot_months,
+            seed=seed,
+            engine="dask" if engine == "dask" else "pandas",
+            scheduler=scheduler,
+            tune_trials=tune,
+            num_threads=threads,
+            max_rounds=max_rounds,
+            embargo_days=embargo_days,
+            calibration_months=calibration_months,
+        )
+        registered, result = train_and_register(
+            inputs,
+            config,
+            tracking_uri=uri,
+            experiment=experiment,
+            progress=progress,
+            client=client,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    typer.echo(json.dumps(summary(registered, result)))
+
+
+@app.command()
+@domain_errors_exit
+def promote(
+    version: Annotated[
+        int | None,
+        typer.Option(min=1, help="Model version to promote; default: the 'challenger'."),
+    ] = None,
+    max_auc_drop: Annotated[
+        float,
+        typer.Option(help="Gate: largest OOT AUC drop allowed against the champion."),
+    ] = 0.005,
+    max_ece: Annotated[
+        float, typer.Option(help="Gate: largest OOT expected calibration error allowed.")
+    ] = 0.02,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Move the alias 'champion' of sme-default-pd to the challenger (or --version) if its
+    gates pass: OOT AUC within --max-auc-drop of the champion's on the same rows, ECE at
+    most --max-ece, monotonicity verified. The decision is recorded in MLflow; a failed gate
+    exits 1 with the reasons."""
+    from training.promote import promote as run_promote
+
+    decision = run_promote(
+        _tracking_uri(tracking_uri),
+        version,
+        max_auc_drop=max_auc_drop,
+        max_ece=max_ece,
+    )
+    typer.echo(json.dumps(decision.to_json()))

@@ -16,7 +16,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from features.settings import Settings
 from serving.api import errors
 from serving.api.errors import error_schemas
 from serving.api.keys import redact
@@ -27,6 +26,7 @@ from serving.api.routes import admin, decisions, health, model, scores
 from serving.api.service import Service
 from serving.audit.store import AuditStore
 from serving.served import Loader
+from serving.settings import Settings
 
 log = logging.getLogger("scf_risk.serving")
 

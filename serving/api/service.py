@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import RootModel
 
-from features.settings import Settings
 from serving.api.keys import Caller, KeyStore, ensure_development_keys
 from serving.api.metrics import Metrics
 from serving.api.pages import Pages
@@ -23,6 +22,7 @@ from serving.online import OnlineFeatures
 from serving.schemas import ScoreRequestBase, request_models
 from serving.scoring import Decision
 from serving.served import Loader, ModelHolder, ServedModel, Watcher
+from serving.settings import Settings
 from training.bundle import load_model
 
 log = logging.getLogger("scf_risk.serving")

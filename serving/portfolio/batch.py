@@ -22,7 +22,6 @@ number, null when missing or categorical), ``value_text`` (the value as text, nu
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
     from training.model import ScoringModel
 
 Engine = Literal["pandas", "dask"]
-ENGINES: tuple[str, ...] = ("pandas", "dask")
 Progress = Callable[[int], Callable[[], object]]
 """``progress(total)`` returns a callback called once per finished unit of work."""
 
@@ -212,7 +210,7 @@ def score_population(
     unless `horizon_days` says otherwise."""
     if horizon_days is None:
         horizon_days = loaded.model.horizon_days
-    from features.engines import default_partitions, partition_smes, split_tables
+    from features.engines import ENGINES, default_partitions, partition_smes, split_tables
     from features.reference import build_reference, feature_rows, sme_ids_of
 
     if engine not in ENGINES:
@@ -333,21 +331,3 @@ def reasons_of(scores: pd.DataFrame) -> list[list[dict[str, Any]]]:
     if isinstance(column.dtype, pd.ArrowDtype):
         return list(pa.array(column).to_pylist())
     return [[dict(r) for r in reasons] for reasons in column]
-
-
-def progress_bar(desc: str) -> tuple[Progress, Callable[[], None]]:
-    """A tqdm progress factory on stderr and the function closing its bars."""
-    from tqdm import tqdm
-
-    bars: list[Any] = []
-
-    def make(total: int) -> Callable[[], object]:
-        bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
-        bars.append(bar)
-        return lambda: bar.update(1)
-
-    def close() -> None:
-        for bar in bars:
-            bar.close()
-
-    return make, close

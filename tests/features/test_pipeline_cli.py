@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from features.catalog import catalog_for, feature_names
+from features.cli import app
 from features.io import load_tables
 from features.pipeline import LABEL, data_range
-from serving.cli import build_app
 from tests.features.conftest import random_tables
 
 
@@ -25,7 +25,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def run(*args: str):
-    return CliRunner().invoke(build_app(), ["features", *args])
+    return CliRunner().invoke(app, ["features", *args])
 
 
 def test_writes_the_panel_at_every_month_end(data_dir, tmp_path):
@@ -86,7 +86,7 @@ def test_invalid_folder_exits_1_with_the_validator_message(data_dir, tmp_path):
     out = tmp_path / "panel.parquet"
     result = run("--data", str(bad), "--out", str(out))
     assert result.exit_code == 1
-    validate = CliRunner().invoke(build_app(), ["validate", str(bad)])
+    validate = CliRunner().invoke(app, ["validate", str(bad)])
     assert validate.exit_code == 1
     assert "loans, row 1, column amount" in result.output
     assert result.output.strip() == validate.output.strip()
@@ -106,7 +106,7 @@ def test_usage_errors_exit_2(data_dir, tmp_path):
 
 
 def test_help_explains_every_option():
-    result = CliRunner().invoke(build_app(), ["features", "--help"])
+    result = CliRunner().invoke(app, ["features", "--help"])
     assert result.exit_code == 0
     for option in ("--data", "--out", "--as-of", "--from", "--to", "--horizon-days", "--engine",
                    "--scheduler"):  # fmt: skip

@@ -17,12 +17,12 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 import features.simulate as simulate_module
+from features.cli import app
 from features.contract import FINANCIALS, RATING_SCALE, TABLES
 from features.exceptions import ScfRiskError
 from features.io import load_tables
 from features.sim import model
 from features.simulate import SimConfig, SimResult, generate_to_folder, simulate
-from serving.cli import build_app
 
 SMALL = SimConfig(n_smes=200, months=24, seed=3, progress=False)
 DEFAULT = SimConfig(seed=1, progress=False)  # the default dataset: 2,000 SMEs x 36 months
@@ -161,11 +161,11 @@ def test_cli_generate_then_validate(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     runner = CliRunner()
     args = ["generate", "--out", str(out), "--smes", "300", "--months", "24", "--seed", "1"]
-    result = runner.invoke(build_app(), args)
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == FILES
-    assert runner.invoke(build_app(), ["validate", str(out)]).exit_code == 0
-    again = runner.invoke(build_app(), args)
+    assert runner.invoke(app, ["validate", str(out)]).exit_code == 0
+    again = runner.invoke(app, args)
     assert again.exit_code == 1
     assert "not empty" in again.output
 

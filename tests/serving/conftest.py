@@ -20,10 +20,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.catalog import CATALOG, monotone_constraints
-from features.settings import Settings
 from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
 from serving.audit.store import AuditStore
+from serving.settings import Settings
 from tests.serving.stress import require_postgres
 from training.bundle import LoadedModel
 from training.exceptions import ModelLoadError

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from features.settings import Settings
 from serving.api.app import create_app
 from serving.audit.store import AuditStore
+from serving.settings import Settings
 from tests.serving.conftest import Registry
 from training.model import ScoringModel
 

@@ -36,12 +36,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from features.settings import Settings
 from serving.api.app import create_app
 from serving.audit import database
 from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
 from serving.served import ModelHolder
+from serving.settings import Settings
 from tests.serving.conftest import Registered, Registry
 from tests.serving.server import free_port
 from tests.serving.stress import (

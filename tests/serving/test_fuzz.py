@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from features.settings import Settings
 from serving.api.app import create_app
+from serving.settings import Settings
 from tests.serving.conftest import Registered
 from tests.serving.stress import feature_rows, make_keys
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from features.settings import Settings
 from serving.api.app import create_app
 from serving.api.keys import add_key
 from serving.api.pages import waterfall
+from serving.settings import Settings
 from tests.serving.conftest import Registry
 
 Headers = Callable[[str], dict[str, str]]

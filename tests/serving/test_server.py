@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from features.settings import Settings
 from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
 from serving.demo import demo_request
+from serving.settings import Settings
 from tests.serving.conftest import Registered, register_copy
 from tests.serving.server import Browser, Server, chromium_or_skip
 

@@ -14,16 +14,14 @@ from typer.testing import CliRunner, Result
 
 from features.contract import HORIZON_ATTR
 from training.bundle import MODEL_NAME, client_for, load_model
-from training.cli import register
+from training.cli import app as training_app
 
 from .conftest import make_panel
 
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-    return app
+    return training_app
 
 
 def _run(app: typer.Typer, *args: object) -> Result:

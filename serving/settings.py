@@ -1,4 +1,6 @@
-"""The project's one typed settings object, read from the environment with laptop-safe defaults."""
+"""The scoring service's typed settings, read from the environment with laptop-safe defaults.
+
+They extend the training package's `TrackingSettings` (the MLflow store and default model)."""
 
 from __future__ import annotations
 
@@ -6,22 +8,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.settings import TrackingSettings
 
 ExplainMethod = Literal["pred_contrib", "tree_shap"]
 
 
-class Settings(BaseSettings):
+class Settings(TrackingSettings):
     """Environment configuration (interfaces.md). Build it where needed; never at import time."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
-
-    mlflow_tracking_uri: str = Field(
-        default="sqlite:///models/mlflow.db", validation_alias="MLFLOW_TRACKING_URI"
-    )
-    model_uri: str = Field(
-        default="models:/sme-default-pd@champion", validation_alias="SCF_RISK_MODEL"
-    )
     audit_db: str = Field(default="sqlite:///models/audit.db", validation_alias="SCF_RISK_AUDIT_DB")
     api_keys: Path = Field(
         default=Path("models/api-keys.json"), validation_alias="SCF_RISK_API_KEYS"
