@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from features.cli_helpers import check_engine, domain_errors_exit, fail_usage
+from features.cli_helpers import check_engine, domain_errors_exit, fail_usage, progress_bar
 
 
 def _tracking_uri(option: str | None) -> str:
@@ -136,7 +135,7 @@ def train(
 
     from training.registry import check_tracking
     from training.run import load_inputs, summary, train_and_register
-    from training.train import TrainConfig
+    from training.train import Steps, TrainConfig
 
     check_engine(engine)
     if scheduler is not None and engine != "dask":
@@ -146,34 +145,29 @@ def train(
     uri = _tracking_uri(tracking_uri)
     client = check_tracking(uri)  # before any work: an unreachable store fails fast
 
+    on_dates, close_dates = progress_bar("features", "date")
     bars: list[tqdm] = []
 
-    def on_dates(total: int) -> Callable[[], object]:
-        bar = tqdm(total=total, unit="date", desc="features", file=sys.stderr)
-        bars.append(bar)
-        return lambda: bar.update(1)
+    def plan(total: int) -> None:  # `fit` says how many steps it will report
+        bars.append(tqdm(total=total, desc="train", unit="step", file=sys.stderr))
+
+    def say(message: str) -> None:
+        bars[-1].set_postfix_str(message, refresh=False)
+        bars[-1].update(1)
 
     try:
-        inputs = load_inputs(
-            data,
-            features,
-            truth,
-            horizon_days=horizon_days,
-            engine=engine,
-            scheduler=scheduler,
-            on_dates=on_dates,
-        )
-        for bar in bars:
-            bar.close()
-        folds = TrainConfig().calibration_folds
-        # the progress messages of `fit` (one more with a calibration booster)
-        total = 6 + folds + (calibration_months > 0) + (tune + 1 if tune else 0)
-        steps = tqdm(total=total, desc="train", unit="step", file=sys.stderr)
-        bars.append(steps)
-
-        def progress(message: str) -> None:
-            steps.set_postfix_str(message, refresh=False)
-            steps.update(1)
+        try:
+            inputs = load_inputs(
+                data,
+                features,
+                truth,
+                horizon_days=horizon_days,
+                engine=engine,
+                scheduler=scheduler,
+                on_dates=on_dates,
+            )
+        finally:
+            close_dates()
 
         config = TrainConfig(
             horizon_days=inputs.horizon_days,
@@ -192,7 +186,7 @@ def train(
             config,
             tracking_uri=uri,
             experiment=experiment,
-            progress=progress,
+            progress=Steps(say, plan),
             client=client,
         )
     finally:

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from training.train import STATIC_RATING, TrainResult
+from training.evaluate import STATIC_RATING
+from training.train import TrainResult
 
 PLOTS = ("roc", "calibration_by_grade", "shap_summary", "importance", "stability")
 

@@ -15,6 +15,7 @@ from training.exceptions import TrainingError
 from training.registry import DEFAULT_EXPERIMENT, RegisteredRun, check_tracking, log_training
 from training.train import (
     Progress,
+    Steps,
     TrainConfig,
     TrainResult,
     fingerprint_files,
@@ -154,7 +155,7 @@ def train_and_register(
     *,
     tracking_uri: str,
     experiment: str = DEFAULT_EXPERIMENT,
-    progress: Progress | None = None,
+    progress: Progress | Steps | None = None,
     client: Any = None,
 ) -> tuple[RegisteredRun, TrainResult]:
     """Train on the inputs and log + register the model (alias `challenger`). The tracking
@@ -165,16 +166,18 @@ def train_and_register(
             f"panel was built with {inputs.horizon_days} days"
         )
     client = client or check_tracking(tracking_uri)
+    steps = progress if isinstance(progress, Steps) else Steps(progress)
+    outer = steps.plan
+    steps = Steps(steps.say, lambda n: outer(n + 1))  # + logging and registering
     result = fit(
         inputs.panel,
         config=config,
         reference=inputs.reference,
         truth=inputs.truth,
         tables=inputs.tables,
-        progress=progress,
+        progress=steps,
     )
-    if progress is not None:
-        progress("logging to MLflow and registering")
+    steps.say("logging to MLflow and registering")
     registered = log_training(
         result, tracking_uri=tracking_uri, experiment=experiment, info=inputs.info, client=client
     )

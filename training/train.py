@@ -42,13 +42,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 
 from features.catalog import FIN_PREFIX, Feature, catalog_for
-from features.contract import DEFAULT_HORIZON_DAYS, PRODUCTS, RATING_SCALE
+from features.contract import DEFAULT_HORIZON_DAYS
 from features.drift import ACT_ABOVE, STABLE_BELOW, build_profile
+from features.pipeline import LABEL
 from training import booster as boosting
-from training import metrics as m
 from training.calibration import LogOddsCalibrator
 from training.exceptions import TrainingError
 from training.model import (
@@ -59,18 +58,15 @@ from training.model import (
     prepare_frame,
     to_matrix,
 )
-from training.monotone import MonotonicityReport, check_monotonicity
+from training.monotone import MonotonicityReport
 from training.promote import MAX_AUC_DROP, MAX_ECE
-from training.split import Split, make_split, months
+from training.split import Split, make_split
 
 if TYPE_CHECKING:
     from features.contract import Tables
     from features.reference import Reference
 
-LABEL = "default_12m"
 KEYS: tuple[str, str] = ("sme_id", "as_of")
-STATIC_RATING = "static_rating_ordinal"
-NO_LOAN = "no_loan"
 Engine = Literal["pandas", "dask"]
 Progress = Callable[[str], None]
 EARLY_WARNING_PD = 0.10
@@ -248,6 +244,61 @@ def trained_categories(
     return out
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The matured panel as LightGBM sees it: rows, catalog, trained categories, matrix, labels."""
+
+    data: pd.DataFrame
+    catalog: tuple[Feature, ...]
+    categories: dict[str, tuple[str, ...]]
+    X: np.ndarray
+    y: np.ndarray
+    split: Split
+
+
+@dataclass(frozen=True)
+class Grown:
+    """The boosters' output: the model's booster and the held-out margins the other steps use."""
+
+    booster: Any  # lightgbm.Booster
+    best_iteration: int
+    val_loss: float
+    oof: np.ndarray  # cross-fitted margins of the fit rows
+    unseen: np.ndarray  # OOT margins from boosters that never saw the row's SME
+    cal_margin: np.ndarray  # calibration rows' margins (empty without calibration months)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The log-odds calibration and what it was fitted on."""
+
+    calibrator: LogOddsCalibrator
+    by_months: bool  # False: cross-fitted SMEs (too few training months)
+    rows: int
+
+
+class Steps:
+    """What `fit` reports while it works. `plan(total)` is called once, as soon as the number of
+    steps is known (after the split), then `say(message)` once per step: the count is declared
+    here, by `fit` itself, so a progress bar never ends short or long."""
+
+    def __init__(
+        self,
+        say: Progress | None = None,
+        plan: Callable[[int], None] | None = None,
+    ) -> None:
+        self.say = say or (lambda _msg: None)
+        self.plan = plan or (lambda _n: None)
+
+    @staticmethod
+    def count(cfg: TrainConfig, split: Split) -> int:
+        """The messages `fit` sends: tuning (1 + one per trial), growing, one per cross-fitting
+        fold, the calibration booster (when there are calibration months), calibrating,
+        evaluating, monotonicity, explaining."""
+        tuning = cfg.tune_trials + 1 if cfg.tune_trials > 0 else 0
+        return tuning + 1 + split.folds + bool(split.calibration_months) + 4
+
+
 def fit(
     panel: pd.DataFrame,
     catalog: Sequence[Feature] | None = None,
@@ -256,16 +307,50 @@ def fit(
     reference: Reference | None = None,
     truth: pd.DataFrame | None = None,
     tables: Tables | None = None,
-    progress: Progress | None = None,
+    progress: Progress | Steps | None = None,
 ) -> TrainResult:
-    """Train and evaluate a scoring model on a labelled panel (module docstring).
+    """Train and evaluate a scoring model on a labelled panel (module docstring): prepare, choose
+    the parameters, grow, calibrate, assemble the bundle, evaluate (`training.evaluate`).
 
     `truth` (sme_id, as_of, pd_true) adds the oracle AUC; `tables` adds metrics by product and,
     when the panel has no `static_rating_ordinal`, the static rating from `external_rating`."""
     cfg = config or TrainConfig()
-    say = progress or (lambda _msg: None)
+    steps = progress if isinstance(progress, Steps) else Steps(progress)
     if cfg.engine not in ("pandas", "dask"):
         raise TrainingError(f"engine must be pandas or dask, got {cfg.engine!r}")
+    prep = prepare(panel, catalog, cfg)
+    steps.plan(Steps.count(cfg, prep.split))
+    params, tuning = choose_params(prep, cfg, steps)
+    grown = grow(prep, params, cfg, steps)
+    calibrated = calibrate(prep, grown, steps)
+    model = assemble(prep, grown, calibrated, params, cfg, reference)
+    from training.evaluate import evaluate
+
+    ev = evaluate(model, prep, grown, calibrated, cfg, truth=truth, tables=tables, say=steps.say)
+    model.metrics = dict(ev.metrics)
+    train_rows = prep.data.iloc[prep.split.train]
+    model.drift_profile = build_profile(train_rows, model.score(train_rows), model.catalog)
+    return TrainResult(
+        model=model,
+        metrics=ev.metrics,
+        config=cfg,
+        split=prep.split,
+        panel=prep.data,
+        oot=ev.oot,
+        grades=ev.grades,
+        products=ev.products,
+        stability=ev.stability,
+        monotonicity=ev.monotonicity,
+        explanation=ev.explanation,
+        importance=ev.importance,
+        tuning=tuning,
+        lgb_params=params,
+        panel_rows=len(panel),
+    )
+
+
+def prepare(panel: pd.DataFrame, catalog: Sequence[Feature] | None, cfg: TrainConfig) -> Prepared:
+    """Validate the panel, split it out of time, and build LightGBM's matrix."""
     data, cat = validate_panel(panel, catalog)
     split = make_split(
         data,
@@ -279,12 +364,20 @@ def fit(
     categories = trained_categories(data.iloc[split.train], cat)
     X = to_matrix(prepare_frame(data[[f.name for f in cat]], cat, categories), cat)
     y = data[LABEL].to_numpy(dtype=np.float64)
+    return Prepared(data, cat, categories, X, y, split)
 
+
+def choose_params(
+    prep: Prepared, cfg: TrainConfig, steps: Steps
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """LightGBM's parameters: the defaults with the config's overrides, after an Optuna search
+    on the validation SMEs when `tune_trials` > 0. Returns (params, trials)."""
+    X, y, split, cat = prep.X, prep.y, prep.split, prep.catalog
     tuning: list[dict[str, Any]] = []
     overrides = dict(cfg.params)
     base = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
     if cfg.tune_trials > 0:
-        say(f"tuning: {cfg.tune_trials} Optuna trials")
+        steps.say(f"tuning: {cfg.tune_trials} Optuna trials")
         best, tuning = boosting.tune(
             X[split.fit],
             y[split.fit],
@@ -296,36 +389,48 @@ def fit(
             seed=cfg.seed,
             max_rounds=cfg.max_rounds,
             early_stopping_rounds=cfg.early_stopping_rounds,
-            on_trial=lambda i: say(f"tuning: trial {i}/{cfg.tune_trials}"),
+            on_trial=lambda i: steps.say(f"tuning: trial {i}/{cfg.tune_trials}"),
         )
         overrides.update(best)
-    params = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
+    return boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides), tuning
 
-    sme = data["sme_id"].to_numpy()
-    grown, oof, unseen, cal_margin = _grow(X, y, sme, split, cat, params, cfg, say)
-    booster = grown.booster
-    margin = np.asarray(booster.predict(X, raw_score=True), dtype=np.float64)
 
-    say("calibrating the log-odds")
+def calibrate(prep: Prepared, grown: Grown, steps: Steps) -> Calibrated:
+    """Fit the log-odds calibration on the held-out training months' margins (or the
+    cross-fitted margins of the fit SMEs when there are no calibration months)."""
+    steps.say("calibrating the log-odds")
+    split, y = prep.split, prep.y
     by_months = bool(split.calibration_months)
-    cal_x, cal_y = (cal_margin, y[split.cal]) if by_months else (oof, y[split.fit])
+    cal_x, cal_y = (grown.cal_margin, y[split.cal]) if by_months else (grown.oof, y[split.fit])
     calibrator = LogOddsCalibrator().fit(cal_x, cal_y)
     if not calibrator.b_ > 0:
         raise TrainingError(
             f"calibration slope {calibrator.b_:.3g} is not positive: the model does not rank "
             "held-out SMEs (too little signal or data)"
         )
-    model = ScoringModel(
-        booster=booster,
-        catalog=cat,
-        categories=categories,
-        calibration=calibrator.calibration_,
+    return Calibrated(calibrator, by_months, len(cal_y))
+
+
+def assemble(
+    prep: Prepared,
+    grown: Grown,
+    calibrated: Calibrated,
+    params: dict[str, Any],
+    cfg: TrainConfig,
+    reference: Reference | None,
+) -> ScoringModel:
+    """The model bundle (metrics and drift profile are added once evaluated)."""
+    return ScoringModel(
+        booster=grown.booster,
+        catalog=prep.catalog,
+        categories=prep.categories,
+        calibration=calibrated.calibrator.calibration_,
         scale=cfg.scale,
         master_scale=cfg.master_scale,
         reference=reference,
         horizon_days=cfg.horizon_days,
-        train_months=split.train_months,
-        oot_months=split.oot_months,
+        train_months=prep.split.train_months,
+        oot_months=prep.split.oot_months,
         thresholds=dict(MODEL_THRESHOLDS),
         params={
             "lightgbm": {k: v for k, v in params.items()},
@@ -334,111 +439,15 @@ def fit(
         },
     )
 
-    say("evaluating out of time")
-    z = calibrator.calibration_.logodds(margin)
-    pd_all = np.asarray(expit(z), dtype=np.float64)
-    oot_idx = split.oot
-    y_oot, p_oot = y[oot_idx], pd_all[oot_idx]
-    metrics: dict[str, float] = {}
-    for name, idx in (("oot", oot_idx), ("val", split.val)):
-        for key, value in m.summary(y[idx], pd_all[idx], cfg.ece_bins).items():
-            metrics[f"{key}_{name}"] = value
-    p_oof = np.asarray(expit(calibrator.calibration_.logodds(oof)), dtype=np.float64)
-    for key, value in m.summary(y[split.fit], p_oof, cfg.ece_bins).items():
-        metrics[f"{key}_oof"] = value
-    p_unseen = np.asarray(expit(calibrator.calibration_.logodds(unseen)), dtype=np.float64)
-    metrics["auc_oot_unseen_sme"] = m.auc(y_oot, p_unseen)
-    metrics["oot_defaults_revealed_share"] = revealed_share(sme, y, split.train, oot_idx)
-    metrics["ece_oot_unseen_sme"] = m.ece(y_oot, p_unseen, cfg.ece_bins)
-    metrics["best_iteration"] = float(grown.best_iteration)
-    metrics["val_log_loss_lgb"] = grown.val_loss
-    metrics["calibration_a"] = calibrator.a_
-    metrics["calibration_b"] = calibrator.b_
-    metrics["calibration_by_months"] = 1.0 if by_months else 0.0  # 0: cross-fitted SMEs
-    metrics["calibration_rows"] = float(len(cal_y))
 
-    oot = data.iloc[oot_idx].reset_index(drop=True)
-    oot["pd"] = p_oot
-    oot["score"] = cfg.scale.score(z[oot_idx])
-    oot["grade"] = cfg.master_scale.grade(p_oot)
-
-    static = _static_rating(oot, tables)
-    if static is not None:
-        has = ~np.isnan(static)
-        metrics["auc_static_rating_oot"] = m.auc(y_oot[has], static[has])
-        metrics["static_rating_coverage_oot"] = float(has.mean())
-    if truth is not None:
-        _oracle_metrics(oot, truth, metrics)
-
-    grades = m.by_grade(y_oot, p_oot, cfg.master_scale)
-    metrics["grades_within_ci_share_oot"] = float(grades.loc[grades["n"] > 0, "within_ci"].mean())
-    products = (
-        _product_metrics(oot, tables.loans, cfg.ece_bins) if tables is not None else pd.DataFrame()
-    )
-    for product, value in zip(products.get("product", []), products.get("auc", []), strict=True):
-        metrics[f"auc_oot_{product}"] = float(value)
-    stability = _stability(data, split, pd_all)
-
-    say("checking monotonicity on OOT rows")
-    mono = check_monotonicity(
-        lambda M: np.asarray(booster.predict(M, raw_score=True)),
-        X[oot_idx],
-        cat,
-        n_rows=cfg.monotonicity_rows,
-        n_grid=cfg.monotonicity_grid,
-        seed=cfg.seed,
-    )
-    metrics["monotonicity_ok"] = 1.0 if mono.ok else 0.0
-    metrics["monotonicity_violating_features"] = float(len(mono.violations()))
-
-    say("explaining a sample of OOT rows")
-    rng = np.random.default_rng(cfg.seed)
-    sample = np.sort(rng.choice(len(oot), size=min(cfg.explain_rows, len(oot)), replace=False))
-    explanation = model.explain(oot.iloc[sample][[f.name for f in cat]])
-    importance = pd.DataFrame(
-        {
-            "feature": model.feature_names,
-            "gain": booster.feature_importance("gain"),
-            "splits": booster.feature_importance("split"),
-            "mean_abs_points": explanation.points.abs().mean().to_numpy(),
-        }
-    ).sort_values("mean_abs_points", ascending=False, kind="stable")
-    model.metrics = dict(metrics)
-    train_rows = data.iloc[split.train]
-    model.drift_profile = build_profile(train_rows, model.score(train_rows), model.catalog)
-    return TrainResult(
-        model=model,
-        metrics=metrics,
-        config=cfg,
-        split=split,
-        panel=data,
-        oot=oot,
-        grades=grades,
-        products=products,
-        stability=stability,
-        monotonicity=mono,
-        explanation=explanation,
-        importance=importance.reset_index(drop=True),
-        tuning=tuning,
-        lgb_params=params,
-        panel_rows=len(panel),
-    )
-
-
-def _grow(
-    X: np.ndarray,
-    y: np.ndarray,
-    sme: np.ndarray,
-    split: Split,
-    catalog: tuple[Feature, ...],
-    params: dict[str, Any],
-    cfg: TrainConfig,
-    say: Progress,
-) -> tuple[boosting.BoosterFit, np.ndarray, np.ndarray, np.ndarray]:
+def grow(prep: Prepared, params: dict[str, Any], cfg: TrainConfig, steps: Steps) -> Grown:
     """The model's booster (fit SMEs, early stopping on the validation SMEs), the cross-fitted
     margins of the fit rows, OOT margins from boosters that never saw the row's SME, and the
     margins of the calibration rows from the calibration booster (empty without calibration
     months)."""
+    X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
+    sme = prep.data["sme_id"].to_numpy()
+    say = steps.say
     trainer: boosting.LocalTrainer | boosting.DaskTrainer = (
         boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers)
         if cfg.engine == "dask"
@@ -473,141 +482,14 @@ def _grow(
                 X[split.cal_grow], y[split.cal_grow], rounds=grown.best_iteration
             ).booster
             cal_margin = np.asarray(cal_booster.predict(X[split.cal], raw_score=True), np.float64)
-    return grown, oof, unseen, cal_margin
-
-
-def revealed_share(sme: np.ndarray, y: np.ndarray, train: np.ndarray, oot: np.ndarray) -> float:
-    """Share of the OOT default rows (positions `oot`) whose SME has a training row (positions
-    `train`) labelled 1: OOT defaults the training labels already record (module docstring).
-    NaN without OOT defaults."""
-    bad = y[oot] == 1
-    if not bad.any():
-        return float("nan")
-    known = set(sme[train][y[train] == 1])
-    return float(pd.Series(sme[oot][bad]).isin(known).mean())
-
-
-def _static_rating(oot: pd.DataFrame, tables: Tables | None) -> np.ndarray | None:
-    """The static onboarding rating of each OOT row as an ordinal (higher = worse), NaN when
-    unrated: the panel's `static_rating_ordinal`, else the SMEs' `external_rating`."""
-    if STATIC_RATING in oot.columns:
-        return pd.to_numeric(oot[STATIC_RATING], errors="coerce").to_numpy(dtype=np.float64)
-    if tables is None or "external_rating" not in tables.enterprises.columns:
-        return None
-    ordinal = {r: float(i) for i, r in enumerate(RATING_SCALE)}
-    ent = tables.enterprises
-    rating = dict(zip(ent["enterprise_id"].astype("str"), ent["external_rating"], strict=True))
-    return np.array(
-        [ordinal.get(str(rating.get(s)), np.nan) for s in oot["sme_id"]], dtype=np.float64
+    return Grown(
+        booster=grown.booster,
+        best_iteration=grown.best_iteration,
+        val_loss=grown.val_loss,
+        oof=oof,
+        unseen=unseen,
+        cal_margin=cal_margin,
     )
-
-
-def _oracle_metrics(oot: pd.DataFrame, truth: pd.DataFrame, metrics: dict[str, float]) -> None:
-    """AUC of the simulator's true PD on the OOT rows it covers, and the model's on those rows."""
-    need = {"sme_id", "as_of", "pd_true"}
-    if not need <= set(truth.columns):
-        raise TrainingError(f"the truth file needs columns {sorted(need)}, has {list(truth)}")
-    t = pd.DataFrame(
-        {
-            "sme_id": truth["sme_id"].astype("str"),
-            "as_of": pd.to_datetime(truth["as_of"]).astype("datetime64[ns]"),
-            "pd_true": pd.to_numeric(truth["pd_true"], errors="coerce"),
-        }
-    ).drop_duplicates(["sme_id", "as_of"])
-    keys = pd.DataFrame({"sme_id": oot["sme_id"], "as_of": oot["as_of"].astype("datetime64[ns]")})
-    merged = keys.merge(t, on=["sme_id", "as_of"], how="left", validate="one_to_one")
-    pd_true = merged["pd_true"].to_numpy(dtype=np.float64)
-    has = ~np.isnan(pd_true)
-    oot["pd_true"] = pd_true
-    metrics["truth_coverage_oot"] = float(has.mean())
-    if not has.any():
-        return
-    y = oot["default_12m"].to_numpy(dtype=np.float64)
-    metrics["auc_oracle_oot"] = m.auc(y[has], pd_true[has])
-    metrics["auc_model_on_truth_rows_oot"] = m.auc(y[has], oot["pd"].to_numpy()[has])
-    metrics["ece_oracle_oot"] = m.ece(y[has], pd_true[has])
-
-
-def active_products(loans: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """For each row (sme_id, as_of): one boolean column per product, True when the SME has a
-    loan of that product outstanding at as_of (module docstring)."""
-    out = pd.DataFrame(False, index=rows.index, columns=list(PRODUCTS))
-    if loans.empty:
-        return out
-    keyed = pd.DataFrame(
-        {"row": np.arange(len(rows)), "sme_id": rows["sme_id"].astype("str").to_numpy()}
-    )
-    keyed["as_of"] = pd.to_datetime(rows["as_of"]).to_numpy()
-    lo = pd.DataFrame(
-        {
-            "sme_id": loans["sme_id"].astype("str"),
-            "product": loans["product"].astype("str"),
-            "disbursed": pd.to_datetime(loans["disbursed_date"]),
-            "maturity": pd.to_datetime(loans["maturity_date"]),
-            "default": pd.to_datetime(loans["default_date"]) if "default_date" in loans else pd.NaT,
-        }
-    )
-    pairs = keyed.merge(lo, on="sme_id", how="inner")
-    active = (
-        (pairs["disbursed"] <= pairs["as_of"])
-        & (pairs["as_of"] < pairs["maturity"])
-        & ~(pairs["default"] <= pairs["as_of"])
-    )
-    hit = pairs.loc[active, ["row", "product"]].drop_duplicates()
-    for product in PRODUCTS:
-        r = hit.loc[hit["product"] == product, "row"].to_numpy()
-        col = np.zeros(len(rows), dtype=bool)
-        col[r] = True
-        out[product] = col
-    return out
-
-
-def _product_metrics(oot: pd.DataFrame, loans: pd.DataFrame, n_bins: int) -> pd.DataFrame:
-    flags = active_products(loans, oot)
-    groups: dict[str, np.ndarray] = {p: flags[p].to_numpy(dtype=bool) for p in PRODUCTS}
-    groups[NO_LOAN] = ~np.asarray(flags.to_numpy(dtype=bool).any(axis=1))
-    y = oot["default_12m"].to_numpy(dtype=np.float64)
-    p = oot["pd"].to_numpy(dtype=np.float64)
-    rows = []
-    for name, mask in groups.items():
-        n = int(mask.sum())
-        rows.append(
-            {
-                "product": name,
-                "n": n,
-                "defaults": int(y[mask].sum()),
-                "observed_rate": float(y[mask].mean()) if n else float("nan"),
-                "mean_pd": float(p[mask].mean()) if n else float("nan"),
-                "auc": m.auc(y[mask], p[mask]) if n else float("nan"),
-                "ks": m.ks(y[mask], p[mask]) if n else float("nan"),
-                "ece": m.ece(y[mask], p[mask], n_bins) if n else float("nan"),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def _stability(data: pd.DataFrame, split: Split, pd_all: np.ndarray) -> pd.DataFrame:
-    """Per as-of month: period, n, default rate, mean PD, AUC and the PSI of the PD against
-    the training months' PD distribution."""
-    month = months(data["as_of"])
-    y = data[LABEL].to_numpy(dtype=np.float64)
-    train_pd = pd_all[split.train]
-    oot_set = set(split.oot_months)
-    rows = []
-    for mo in sorted(set(month)):
-        mask = month == mo
-        rows.append(
-            {
-                "month": mo,
-                "period": "oot" if mo in oot_set else "train",
-                "n": int(mask.sum()),
-                "default_rate": float(y[mask].mean()),
-                "mean_pd": float(pd_all[mask].mean()),
-                "auc": m.auc(y[mask], pd_all[mask]),
-                "psi": m.psi(train_pd, pd_all[mask]),
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> str:

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
-from training.train import TrainConfig, active_products, fit, revealed_share, validate_panel
+from training.train import Steps, TrainConfig, fit, validate_panel
 
 from .conftest import CATALOG, FAST, make_panel
 
@@ -143,3 +144,19 @@ def test_active_products_at_the_as_of_date() -> None:
     ]  # B matured, C defaulted
     assert flags["inventory_pledge"].tolist() == [False, True, False, False, False]
     assert not flags["receivable_financing"].any()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"calibration_months": 0}, {"tune_trials": 2}],
+    ids=["calibration-months", "cross-fitted", "tuned"],
+)
+def test_fit_announces_exactly_the_steps_it_reports(settings: dict[str, int]) -> None:
+    """The progress total is declared by `fit` itself: a bar never ends short or long."""
+    panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
+    planned: list[int] = []
+    said: list[str] = []
+    config = TrainConfig(seed=2, **{**FAST, "max_rounds": 60, **settings})
+    fit(panel, CATALOG, config, progress=Steps(said.append, planned.append))
+    assert planned == [len(said)], said
+    assert any("calibrating" in s for s in said)
