@@ -466,17 +466,53 @@ def _latest_index(keys: np.ndarray, n: int, t: int) -> tuple[np.ndarray, np.ndar
     return np.maximum(pos, 0), np.asarray(ok, dtype=bool)
 
 
-def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray | pd.Series]:
-    """Every own-row feature of every prepared SME at day `t` (int days since 1970-01-01), plus
-    the meta arrays `META_*` (main core id, population flags, label event)."""
-    n = p.n
-    out: dict[str, np.ndarray | pd.Series] = {}
-    n_pairs = len(p.pair_sme)
-    r = _Side(p.recv, n, t)
-    rv = r.v
-    zero = 0.0
+@dataclass(frozen=True)
+class _Receivables:
+    """What the other groups reuse of the receivables at t."""
 
-    # ---- receivables: aging at t
+    sales: dict[int, np.ndarray]  # amount issued in each window
+    sales_n: dict[int, np.ndarray]  # invoices issued in each window
+    sales_b: np.ndarray  # (n, 5) amounts by issue-age bucket
+    dso: dict[int, np.ndarray]
+    per_buyer: np.ndarray  # last year's sales per (SME, counterparty) pair
+    in_year: np.ndarray  # receivable rows issued in the last year
+
+
+@dataclass(frozen=True)
+class _Trade:
+    """What the other groups reuse of the trade activity at t."""
+
+    purchases: dict[int, np.ndarray]
+    purchases_n: dict[int, np.ndarray]
+    pair_trade: np.ndarray  # last year's trade (both sides) per (SME, counterparty) pair
+
+
+Out = dict[str, np.ndarray | pd.Series]
+
+
+def own_features(p: Prepared, t: int, horizon_days: int) -> Out:
+    """Every own-row feature of every prepared SME at day `t` (int days since 1970-01-01), plus
+    the meta arrays `META_*` (main core id, population flags, label event): one function per
+    catalog group, in catalog order."""
+    out: Out = {}
+    r = _Side(p.recv, p.n, t)
+    q = _Side(p.pay, p.n, t)
+    recv = _receivables(p, r, out)
+    ap_open = _payment(p, q, out)
+    trade = _trade_activity(p, r, q, recv, out)
+    _inventory(p, t, recv, trade, ap_open, out)
+    main_core = _core_enterprises(p, trade, out)
+    _financing(p, t, recv, out)
+    _firm(p, t, out)
+    _statements(p, t, out)
+    _meta(p, t, horizon_days, main_core, recv, trade, out)
+    return out
+
+
+def _receivables(p: Prepared, r: _Side, out: Out) -> _Receivables:
+    """Receivables: aging, DSO, collection, lateness, dilution, disputes, confirmation, buyers."""
+    n, t, rv, zero = p.n, r.t, r.v, 0.0
+    n_pairs = len(p.pair_sme)
     r_open_amount = np.where(r.open, rv.amount, zero)
     aging = np.searchsorted(AGING_EDGES, t - rv.due, side="left")
     aged = np.bincount(
@@ -520,9 +556,12 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
         np.bincount(p.pair_sme, per_buyer**2, minlength=n),
         np.bincount(p.pair_sme, per_buyer, minlength=n) ** 2,
     )
+    return _Receivables(sales, sales_n, sales_b, dso, per_buyer, in_year)
 
-    # ---- own payment behaviour
-    q = _Side(p.pay, n, t)
+
+def _payment(p: Prepared, q: _Side, out: Out) -> np.ndarray:
+    """The SME's own payment behaviour; returns its open payables at t."""
+    n, t, zero = p.n, q.t, 0.0
     qv = q.v
     q_settled = ~q.open
     bought_paid = q.by_paid(qv.amount)
@@ -570,8 +609,15 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
     )
     weight = np.where(scored, qv.amount, zero)
     out["payment_index_365d"] = _ratio(q.per_sme(weight * score), q.per_sme(weight))
+    return ap_open
 
-    # ---- trade activity
+
+def _trade_activity(p: Prepared, r: _Side, q: _Side, recv: _Receivables, out: Out) -> _Trade:
+    """Trade activity: sales and purchases by window, growth, volatility, age, recency, cores."""
+    n, t, rv, qv, zero = p.n, r.t, r.v, q.v, 0.0
+    n_pairs = len(p.pair_sme)
+    sales, sales_n, sales_b = recv.sales, recv.sales_n, recv.sales_b
+    in_year, per_buyer = recv.in_year, recv.per_buyer
     purchases_b = q.by_issue(qv.amount)
     purchases = _window(purchases_b)
     purchases_n = _window(q.by_issue())
@@ -611,8 +657,14 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
     out["active_cores_365d"] = np.bincount(
         p.pair_sme, (p.pair_is_core & (pair_trade > 0)).astype(float), minlength=n
     )
+    return _Trade(purchases, purchases_n, pair_trade)
 
-    # ---- inventory
+
+def _inventory(
+    p: Prepared, t: int, recv: _Receivables, trade: _Trade, ap_open: np.ndarray, out: Out
+) -> None:
+    """Inventory: change, pledged share, turnover, DIO, DPO, cash conversion cycle."""
+    n, dso, purchases = p.n, recv.dso, trade.purchases
     pos, ok = _latest_index(p.i_key, n, t)
     latest_value = np.where(ok, p.i_value[pos] if len(p.i_key) else np.nan, np.nan)
     pos90, ok90 = _latest_index(p.i_key, n, t - 90)
@@ -648,7 +700,10 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
     for w in WINDOWS:
         out[f"cash_conversion_cycle_{w}d"] = dso[w] + dio[w] - dpo[w]
 
-    # ---- core enterprises: main core = largest 365 d trade (ties: smallest id)
+
+def _core_enterprises(p: Prepared, trade: _Trade, out: Out) -> pd.Series:
+    """Core enterprises: main core = largest 365 d trade (ties: smallest id); returns its id."""
+    n, pair_trade = p.n, trade.pair_trade
     core_trade = np.where(p.pair_is_core, pair_trade, 0.0)
     best = np.zeros(n)
     np.maximum.at(best, p.pair_sme, core_trade)
@@ -672,8 +727,12 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
         np.bincount(p.pair_sme[rated], pair_trade[rated], minlength=n),
     )
     main_core = pd.Series(main_ids, dtype="str")
+    return main_core
 
-    # ---- financing
+
+def _financing(p: Prepared, t: int, recv: _Receivables, out: Out) -> None:
+    """Financing: active loans, exposure, exposure to sales, guaranteed share."""
+    n, sales = p.n, recv.sales
     active = (p.l_disbursed <= t) & (p.l_maturity > t) & (p.l_default > t)
     exposure = np.bincount(p.l_sme[active], p.l_amount[active], minlength=n)
     out["active_loans"] = np.bincount(p.l_sme[active], minlength=n).astype(float)
@@ -684,13 +743,18 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
         np.bincount(p.l_sme[g], p.l_amount[g], minlength=n), exposure
     )
 
-    # ---- firm
+
+def _firm(p: Prepared, t: int, out: Out) -> None:
+    """Firm attributes."""
     out["firm_age_years"] = (t - p.founded) / DAYS_PER_YEAR
     out["industry"] = p.industry
     out["region"] = p.region
     out["static_rating_ordinal"] = p.static_rating
 
-    # ---- latest published statement
+
+def _statements(p: Prepared, t: int, out: Out) -> None:
+    """The latest published financial statement: its age and every value."""
+    n = p.n
     idx = np.flatnonzero(p.f_published <= t)
     s = p.f_sme[idx]
     last = idx[np.r_[s[1:] != s[:-1], True]] if len(idx) else idx
@@ -702,7 +766,19 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
         col[p.f_sme[last]] = p.f_values[last, j]
         out[f"{FIN_PREFIX}{column}"] = col
 
-    # ---- meta: population and label event
+
+def _meta(
+    p: Prepared,
+    t: int,
+    horizon_days: int,
+    main_core: pd.Series,
+    recv: _Receivables,
+    trade: _Trade,
+    out: Out,
+) -> None:
+    """Meta arrays: main core id, population flags, the label event within the horizon."""
+    n = p.n
+    sales_n, purchases_n = recv.sales_n, trade.purchases_n
     out[META_MAIN_CORE] = main_core
     out[META_ACTIVE] = (sales_n[365] + purchases_n[365]) > 0
     out[META_DEFAULTED] = p.first_default_day <= t
@@ -711,4 +787,3 @@ def own_features(p: Prepared, t: int, horizon_days: int) -> dict[str, np.ndarray
         p.default_key, np.arange(n) * _KEY + t + horizon_days + _SHIFT, side="right"
     )
     out[META_EVENT] = hi > lo
-    return out
