@@ -403,7 +403,7 @@ def _run(report: Report, root: Path) -> None:
 
 def soak(report: Report, root: Path, tracking: str, rows: list[dict[str, Any]]) -> None:
     """SOAK_S at SOAK_CONNECTIONS against WORKERS workers, SQLite then PostgreSQL."""
-    from tests.serving.stress import load_scenario, postgres_database, postgres_url
+    from tests.support.load import load_scenario, postgres_database, postgres_url
 
     stores: list[tuple[str, str | None]] = [("SQLite", f"sqlite:///{root / 'soak.db'}")]
     admin = postgres_url()

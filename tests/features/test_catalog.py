@@ -149,7 +149,7 @@ def test_the_code_computes_exactly_the_catalog():
     """No feature computed that the catalog does not declare, none declared and not computed."""
     from features.own import own_features, prepare
     from features.reference import build_reference, sme_ids_of
-    from tests.features.conftest import random_tables
+    from tests.support.tables import random_tables
 
     tables = random_tables(n_smes=6, n_cores=2, n_invoices=200, days=400, seed=3)
     reference = build_reference(tables)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from serving.cli import build_app
-from tests.features.test_contract import set_cell, write_folder
+from tests.support.contract_folder import set_cell, write_folder
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

@@ -13,33 +13,10 @@ import pytest
 from features.contract import ENTERPRISES, Tables
 from features.exceptions import ContractError
 from features.io import load_tables, validate_frames
-from tests.features.test_contract import TODAY, write_folder
+from tests.support.contract_folder import TODAY, history, write_folder
 
 Found = tuple[str, int | None, str | None, str]
 NOT_INVOLVED = "neither seller_id nor buyer_id is the SME of this history"
-
-
-def history() -> dict[str, pd.DataFrame]:
-    """SME S1's own rows, as JSON lists parsed into frames (dates as text, ids as text)."""
-    return {
-        "invoices": pd.DataFrame(
-            [
-                {"invoice_id": "I1", "seller_id": "S1", "buyer_id": "C9",
-                 "issue_date": "2024-01-05", "due_date": "2024-02-05", "amount": 120.0,
-                 "paid_date": "2024-02-01", "paid_amount": 120.0, "disputed": False},
-                {"invoice_id": "I2", "seller_id": "X7", "buyer_id": "S1",
-                 "issue_date": "2024-01-09", "due_date": "2024-03-09", "amount": 80.5,
-                 "paid_date": None, "paid_amount": None, "disputed": None},
-            ]
-        ),
-        "loans": pd.DataFrame(
-            [
-                {"loan_id": "L1", "sme_id": "S1", "product": "receivable_financing",
-                 "core_id": "C9", "disbursed_date": "2024-01-10", "maturity_date": "2024-04-10",
-                 "amount": 100.0},
-            ]
-        ),
-    }  # fmt: skip
 
 
 def known() -> pd.DataFrame:

@@ -8,7 +8,7 @@ import pytest
 from features.engines import build_panel, partition_smes, split_tables
 from features.exceptions import FeatureError
 from features.pipeline import build_features, month_ends
-from tests.features.conftest import random_tables
+from tests.support.tables import random_tables
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,16 @@ import pytest
 from features.contract import FINANCIALS_COLUMN_PATTERN, MAX_EXTRA_COLUMNS
 from features.exceptions import ContractError, Violation
 from features.io import MAX_HEADER_BYTES, load_tables, validate_frames
-from tests.features.test_contract import (
+from tests.support.contract_folder import (
     BASE,
     TODAY,
+    history,
     read_rows,
     set_cell,
     violations,
     write_folder,
     write_rows,
 )
-from tests.features.test_contract_frames import history
 
 NAME_RULE = (
     f"column name must match {FINANCIALS_COLUMN_PATTERN} (a lower case letter, then at most 63 "

@@ -18,7 +18,7 @@ from features.engines import split_tables
 from features.exceptions import FeatureError
 from features.pipeline import LABEL, build_features, data_range, month_ends
 from features.reference import build_reference, sme_features
-from tests.features.conftest import make_tables
+from tests.support.tables import make_tables
 
 T = date(2024, 6, 30)
 

@@ -12,7 +12,7 @@ from features.catalog import catalog_for, feature_names
 from features.cli import app
 from features.io import load_tables
 from features.pipeline import LABEL, data_range
-from tests.features.conftest import random_tables
+from tests.support.tables import random_tables
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from features.engines import split_tables
 from features.own import META_EVENT, day_of
 from features.pipeline import LABEL, build_features
 from features.reference import build_reference, feature_rows, sme_features, sme_ids_of
-from tests.features.conftest import make_tables
+from tests.support.tables import make_tables
 
 BASE = date(2023, 1, 1)
 SPAN = 500  # days of data

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from serving.api.app import create_app
 from serving.audit.store import AuditStore
 from serving.settings import Settings
-from tests.serving.conftest import Registry
+from tests.support.models import Registry
 from training.model import ScoringModel
 
 Headers = Callable[[str], dict[str, str]]

@@ -18,9 +18,9 @@ from serving.portfolio.backtest import (
     static_flags,
     whole_months,
 )
-from tests.serving.conftest import Registered
-from tests.serving.server import Browser, chromium_or_skip
-from tests.serving.test_portfolio import Profiled, cli, profiled_version
+from tests.support.models import Registered
+from tests.support.portfolio import Profiled, cli, profiled_version
+from tests.support.server import Browser, chromium_or_skip
 
 
 @pytest.fixture(scope="session")

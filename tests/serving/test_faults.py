@@ -42,9 +42,7 @@ from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
 from serving.served import ModelHolder
 from serving.settings import Settings
-from tests.serving.conftest import Registered, Registry
-from tests.serving.server import free_port
-from tests.serving.stress import (
+from tests.support.load import (
     LoadGenerator,
     LoadResult,
     StressServer,
@@ -57,6 +55,8 @@ from tests.serving.stress import (
     sqlite_integrity,
     stored_ids,
 )
+from tests.support.models import Registered, Registry
+from tests.support.server import free_port
 from training.bundle import load_model
 from training.model import ScoringModel
 

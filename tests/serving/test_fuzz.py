@@ -39,8 +39,8 @@ from schemathesis.specs.openapi.checks import (
 
 from serving.api.app import create_app
 from serving.settings import Settings
-from tests.serving.conftest import Registered
-from tests.serving.stress import feature_rows, make_keys
+from tests.support.load import feature_rows, make_keys
+from tests.support.models import Registered
 
 CHECKS = [
     not_a_server_error,

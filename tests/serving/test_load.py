@@ -13,13 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.conftest import Registered
-from tests.serving.stress import (
-    feature_rows,
-    load_scenario,
-    postgres_database,
-    require_postgres,
-)
+from tests.support.load import feature_rows, load_scenario, postgres_database, require_postgres
+from tests.support.models import Registered
 
 LOAD_SECONDS = 15
 CONNECTIONS = 16

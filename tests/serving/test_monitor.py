@@ -26,9 +26,8 @@ from serving.portfolio.monitor import (
     months_before,
 )
 from serving.portfolio.report import axis, publish
-from tests.serving.conftest import Registered, train_small_model
-from tests.serving.server import Browser, chromium_or_skip
-from tests.serving.test_portfolio import (
+from tests.support.models import Registered, train_small_model
+from tests.support.portfolio import (
     Profiled,
     broken_folder,
     cli,
@@ -36,6 +35,7 @@ from tests.serving.test_portfolio import (
     model_without_reference,
     profiled_version,
 )
+from tests.support.server import Browser, chromium_or_skip
 from training.bundle import LoadedModel, client_for, load_model
 
 SCALE = ("A", "B", "C", "D", "E", "F")

@@ -14,7 +14,7 @@ from serving.api.app import create_app
 from serving.api.keys import add_key
 from serving.api.pages import waterfall
 from serving.settings import Settings
-from tests.serving.conftest import Registry
+from tests.support.models import Registry
 
 Headers = Callable[[str], dict[str, str]]
 

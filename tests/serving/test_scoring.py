@@ -14,7 +14,7 @@ from serving.exceptions import InvalidInput
 from serving.online import OnlineFeatures
 from serving.scoring import N_REASONS, replay, score, score_many
 from serving.served import ServedModel, build_served
-from tests.serving.conftest import CHAMPION, Registry, synthetic_rows
+from tests.support.models import CHAMPION, Registry, synthetic_rows
 from training.bundle import LoadedModel
 from training.model import ScoringModel
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from serving.api.keys import add_key, read_keys
-from tests.serving.conftest import Registered
-from tests.serving.stress import StressServer, feature_rows, make_keys, server_env
+from tests.support.load import StressServer, feature_rows, make_keys, server_env
+from tests.support.models import Registered
 
 pytestmark = pytest.mark.slow
 

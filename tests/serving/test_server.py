@@ -23,8 +23,8 @@ from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
 from serving.demo import demo_request
 from serving.settings import Settings
-from tests.serving.conftest import Registered, register_copy
-from tests.serving.server import Browser, Server, chromium_or_skip
+from tests.support.models import Registered, register_copy
+from tests.support.server import Browser, Server, chromium_or_skip
 
 FEATURES = {"dso_90d": 35.0, "industry": "food"}
 
@@ -233,7 +233,7 @@ def test_two_workers_share_one_chain_metrics_and_reloads(
 def test_unreachable_registry_at_start_serves_healthz_not_ready(
     workdir: Path, registered: Registered, server_keys: dict[str, str]
 ) -> None:
-    from tests.serving.server import free_port
+    from tests.support.server import free_port
 
     env = server_env(workdir, registered, "unreachable.db")
     env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there

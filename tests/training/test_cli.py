@@ -13,10 +13,9 @@ import typer
 from typer.testing import CliRunner, Result
 
 from features.contract import HORIZON_ATTR
+from tests.support.panels import make_panel
 from training.bundle import MODEL_NAME, client_for, load_model
 from training.cli import app as training_app
-
-from .conftest import make_panel
 
 
 @pytest.fixture(scope="module")

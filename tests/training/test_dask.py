@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from tests.support.panels import CATALOG, make_panel
 from training.booster import best_iteration_by_patience
 from training.train import TrainConfig, fit
-
-from .conftest import CATALOG, make_panel
 
 
 def test_early_stopping_rule() -> None:

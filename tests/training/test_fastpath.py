@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.panels import INDUSTRY_EFFECT
 from training.exceptions import ModelInputError
 from training.model import ScoringModel
-
-from .conftest import INDUSTRY_EFFECT
 
 
 def _value(kind: str) -> st.SearchStrategy[object]:

@@ -13,6 +13,7 @@ import pytest
 from scipy.special import expit, logit
 
 from features.catalog import get_feature
+from tests.support.panels import CATALOG, INDUSTRY_EFFECT
 from training.exceptions import ModelInputError, ModelLoadError
 from training.model import (
     LogOddsCalibration,
@@ -20,8 +21,6 @@ from training.model import (
     ScoreScale,
     ScoringModel,
 )
-
-from .conftest import CATALOG, INDUSTRY_EFFECT
 
 
 def test_score_scale_anchors_and_pdo() -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.panels import CATALOG
 from training.bundle import MODEL_NAME, client_for, load_model
 from training.exceptions import ModelLoadError, PromotionRejectedError
 from training.model import LogOddsCalibration
@@ -23,8 +24,6 @@ from training.registry import (
     log_training,
 )
 from training.train import TrainConfig, fit
-
-from .conftest import CATALOG
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.panels import CATALOG, make_panel
 from training.exceptions import TrainingError
 from training.split import make_split, months
 from training.train import validate_panel
-
-from .conftest import CATALOG, make_panel
 
 
 @pytest.fixture(scope="module")

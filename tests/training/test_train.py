@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.panels import CATALOG, FAST, make_panel
 from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
 from training.train import Steps, TrainConfig, fit, validate_panel
-
-from .conftest import CATALOG, FAST, make_panel
 
 
 def test_model_learns_the_known_effects(trained) -> None:

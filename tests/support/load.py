@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from features.catalog import CATALOG
 from serving.api.keys import ROLES, add_key
 from serving.audit.store import AuditStore
-from tests.serving.server import Server
+from tests.support.server import Server
 
 POSTGRES_ENV = "SCF_RISK_TEST_POSTGRES_URL"
 TRANSPORT = 0  # the status recorded for a request that got no HTTP response at all
@@ -290,7 +290,7 @@ def server_env(workdir: Path, tracking_uri: str, audit_db: str, **extra: str) ->
 
 
 class StressServer(Server):
-    """`Server` (tests/serving/server.py) with its uvicorn worker processes made visible."""
+    """`Server` (tests/support/server.py) with its uvicorn worker processes made visible."""
 
     STARTED = re.compile(r"Application startup complete")
 
