@@ -57,7 +57,7 @@ def serve(
     """Run the scoring service under uvicorn (model loaded once per worker at start)."""
     import uvicorn
 
-    from serving.api.metrics import MULTIPROC_ENV
+    from serving.api.prometheus import MULTIPROC_ENV
     from serving.settings import Settings
 
     settings = Settings()

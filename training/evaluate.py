@@ -267,7 +267,7 @@ def _stability(data: pd.DataFrame, split: Split, pd_all: np.ndarray) -> pd.DataF
                 "default_rate": float(y[mask].mean()),
                 "mean_pd": float(pd_all[mask].mean()),
                 "auc": m.auc(y[mask], pd_all[mask]),
-                "psi": m.psi(train_pd, pd_all[mask]),
+                "psi": m.psi_of_values(train_pd, pd_all[mask]),
             }
         )
     return pd.DataFrame(rows)

@@ -167,8 +167,9 @@ def by_grade(y: np.ndarray, p: np.ndarray, scale: MasterScale, level: float = 0.
     return pd.DataFrame(rows)
 
 
-def psi(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Population stability index of ``actual`` against ``expected``, binned as the drift
+def psi_of_values(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of raw values ``actual`` against raw values ``expected``
+    (`features.drift.psi` compares bin shares), binned as the drift
     monitor bins (`features.drift`: training deciles, a missing bin, empty-bin epsilon)."""
     bins = build_bins("pd", np.asarray(expected, dtype=np.float64))
     return drift.psi(bins.expected, bin_shares(bins, np.asarray(actual, dtype=np.float64)))

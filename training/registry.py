@@ -217,7 +217,7 @@ def log_training(
 
     from training.bundle import ARTIFACT_KEY
     from training.pyfunc import MODEL_CODE
-    from training.report import write_artifacts
+    from training.validation_report import write_artifacts
 
     client = client or check_tracking(tracking_uri)
     facts = dict(info or {})

@@ -19,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from serving.api import errors
 from serving.api.errors import error_schemas
 from serving.api.keys import redact
-from serving.api.metrics import MetricsMiddleware
 from serving.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from serving.api.pages import routes as pages
+from serving.api.prometheus import MetricsMiddleware
 from serving.api.routes import admin, decisions, health, model, scores
 from serving.api.service import Service
 from serving.audit.store import AuditStore

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import RootModel
 
 from serving.api.keys import Caller, KeyStore, ensure_development_keys
-from serving.api.metrics import Metrics
 from serving.api.pages import Pages
+from serving.api.prometheus import Metrics
 from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
 from serving.online import OnlineFeatures

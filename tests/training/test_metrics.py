@@ -69,5 +69,5 @@ def test_by_grade_counts_every_row_once() -> None:
 def test_psi() -> None:
     rng = np.random.default_rng(1)
     a = rng.normal(size=20000)
-    assert m.psi(a, rng.normal(size=20000)) < 0.01
-    assert m.psi(a, rng.normal(1.0, 1.0, size=20000)) > 0.25
+    assert m.psi_of_values(a, rng.normal(size=20000)) < 0.01
+    assert m.psi_of_values(a, rng.normal(1.0, 1.0, size=20000)) > 0.25
