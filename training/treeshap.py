@@ -21,8 +21,13 @@ Algorithm 2), rearranged per leaf instead of recursing:
   features has ``2**d`` possible contributions;
 - for each leaf, the weights of LightGBM's ``ExtendPath`` / ``UnwoundPathSum`` at that leaf
   are computed at parse time for every one of those ``2**d`` patterns (times the leaf value and
-  ``one - zero``), within a memory budget (`TABLE_BUDGET`); a row then adds the ``d`` values
-  of its pattern. Leaves beyond the budget run ``ExtendPath`` / ``UnwoundPathSum`` per row.
+  ``one - zero``), within a memory budget (`TABLE_BUDGET`). Leaves beyond it run
+  ``ExtendPath`` / ``UnwoundPathSum`` per row;
+- the leaves of a small subtree are then tabulated together (`_Groups`): their summed
+  contributions keyed by the one fractions of the features on the path to the subtree and the
+  row's decisions at the subtree's nodes (at most `GROUP_KEY_BITS` bits), so that a row adds
+  one table row per group (a 15-leaf tree has 2-3 groups) instead of one per leaf. This needs
+  the tree's decisions as a 64-bit mask: trees of more than 64 internal nodes go leaf by leaf.
 
 The bias column is the sum over trees of ``Tree::ExpectedValue`` (the cover-weighted mean leaf
 value; a single-leaf tree's only value), a constant computed at parse time.
@@ -58,7 +63,8 @@ PARALLEL_MIN_ROWS = 256
 
 # columns of the packed integer arrays
 _N_FEATURE, _N_FLAGS, _N_CAT_START, _N_CAT_LEN, _N_LEFT, _N_RIGHT = range(6)
-_T_NODE_START, _T_NODE_END, _T_LEAF_START, _T_LEAF_END = range(4)
+_T_NODE_START, _T_NODE_END, _T_LEAF_START, _T_LEAF_END, _T_GROUP_START, _T_GROUP_END = range(6)
+_G_PRE_START, _G_PRE_END, _G_DEC_START, _G_DEC_END, _G_FEAT_START, _G_FEAT_END, _G_TABLE = range(7)
 _L_ELEM_START, _L_ELEM_END, _L_TABLE = range(3)
 _E_FEATURE, _E_SPLIT_START, _E_SPLIT_END = range(3)
 
@@ -79,7 +85,12 @@ class _Forest:
       ``masks`` (elements × 2, uint64): the same as bit masks over the tree's nodes (bit ``s``
       of ``masks[e, 0]``: node ``s`` is a split of the element; of ``masks[e, 1]``: the path
       goes left there), used when the tree has at most 64 internal nodes;
-    - ``tables``: per tabulated leaf, ``2**d`` rows of ``d`` contributions."""
+    - ``tables``: per tabulated leaf, ``2**d`` rows of ``d`` contributions;
+    - ``groups`` (groups × 7): prefix element start/end in ``group_masks`` (uint64 mask / want
+      of each feature on the path to the group), node start/end in ``group_nodes`` (local
+      ids), feature start/end in ``group_features``, table offset in ``group_tables`` (rows of
+      as many contributions as the group has features). Trees (columns 4-5) list their groups;
+      a tree without groups goes leaf by leaf."""
 
     trees: np.ndarray
     nodes: np.ndarray
@@ -92,6 +103,11 @@ class _Forest:
     splits: np.ndarray
     masks: np.ndarray
     tables: np.ndarray
+    groups: np.ndarray
+    group_masks: np.ndarray
+    group_nodes: np.ndarray
+    group_features: np.ndarray
+    group_tables: np.ndarray
     factors: np.ndarray  # 4 × (D+1) × (D+1): ExtendPath / UnwoundPathSum factors
     max_depth: int  # the most unique features on a path
     max_nodes: int  # the most internal nodes of a tree
@@ -167,6 +183,11 @@ class TreeShap:
             f.splits,
             f.masks,
             f.tables,
+            f.groups,
+            f.group_masks,
+            f.group_nodes,
+            f.group_features,
+            f.group_tables,
             f.factors,
             f.max_depth,
             f.max_nodes,
@@ -225,7 +246,7 @@ def _parse(
 ) -> _Forest:
     """The packed arrays of LightGBM's ``dump_model()["tree_info"]`` (numerical thresholds from
     ``exact_thresholds``, by tree and split index)."""
-    tree_rows: list[tuple[int, int, int, int]] = []
+    tree_rows: list[tuple[int, ...]] = []
     nodes: list[list[int]] = []
     thresholds: list[float] = []
     words: list[int] = []
@@ -236,6 +257,10 @@ def _parse(
     splits: list[tuple[int, int]] = []
     masks: list[tuple[int, int]] = []
     max_nodes, bias = 0, 0.0
+    # per tree of at most 64 internal nodes: (tree, root, first leaf, each leaf's unique
+    # features in LightGBM's order with the splits of each: (feature, [(split, went left)]))
+    groupable: list[tuple[int, dict[str, Any], int, list[list[tuple[int, list[tuple[int, int]]]]]]]
+    groupable = []
 
     for info, tree_thresholds in zip(trees, exact_thresholds, strict=True):
         root = info["tree_structure"]
@@ -244,7 +269,7 @@ def _parse(
             leaf_values.append(float(root["leaf_value"]))
             leaf_rows.append([len(elems), len(elems), -1])
             bias += float(root["leaf_value"])
-            tree_rows.append((node_start, node_start, leaf_start, leaf_start + 1))
+            tree_rows.append((node_start, node_start, leaf_start, leaf_start + 1, 0, 0))
             continue
         n_internal = int(info["num_leaves"]) - 1
         max_nodes = max(max_nodes, n_internal)
@@ -292,6 +317,7 @@ def _parse(
 
         total = float(root["internal_count"])
         expected = 0.0
+        leaf_elements: list[list[tuple[int, list[tuple[int, int]]]]] = []
         for leaf in range(len(found)):
             value, count, path = found[leaf]
             expected += (count / total) * value
@@ -323,8 +349,11 @@ def _parse(
                 else:
                     masks.append((0, 0))
             leaf_rows.append([first, len(elems), -1])
+            leaf_elements.append([(feature, steps[feature]) for feature in order])
         bias += expected
-        tree_rows.append((node_start, len(nodes), leaf_start, len(leaf_values)))
+        if n_internal <= 64:
+            groupable.append((len(tree_rows), root, leaf_start, leaf_elements))
+        tree_rows.append((node_start, len(nodes), leaf_start, len(leaf_values), 0, 0))
 
     leaves = np.asarray(leaf_rows, dtype=np.int64).reshape(-1, 3)
     depth = leaves[:, _L_ELEM_END] - leaves[:, _L_ELEM_START]
@@ -346,9 +375,13 @@ def _parse(
         offset += int(size[leaf])
     tables = np.zeros(offset, dtype=np.float64)
     _fill_tables(tables, leaves, values, zero_pair, factors)
+    tree_arr = np.asarray(tree_rows, dtype=np.int64).reshape(-1, 6)
+    groups = _Groups()
+    for t, root, leaf_start, leaf_elements in groupable:
+        groups.add_tree(t, root, leaf_start, leaf_elements, leaves, tables, tree_arr, table_budget)
 
     return _Forest(
-        trees=np.asarray(tree_rows, dtype=np.int64).reshape(-1, 4),
+        trees=tree_arr,
         nodes=np.asarray(nodes, dtype=np.int64).reshape(-1, 6),
         thresholds=np.asarray(thresholds, dtype=np.float64),
         cat_words=np.asarray(words, dtype=np.uint32),
@@ -359,11 +392,148 @@ def _parse(
         splits=np.asarray(splits, dtype=np.int64).reshape(-1, 2),
         masks=np.asarray(masks, dtype=np.uint64).reshape(-1, 2),
         tables=tables,
+        groups=np.asarray(groups.rows, dtype=np.int64).reshape(-1, 7),
+        group_masks=np.asarray(groups.masks, dtype=np.uint64).reshape(-1, 2),
+        group_nodes=np.asarray(groups.nodes, dtype=np.int64),
+        group_features=np.asarray(groups.features, dtype=np.int64),
+        group_tables=(
+            np.concatenate(groups.tables).ravel() if groups.tables else np.zeros(0, np.float64)
+        ),
         factors=factors,
         max_depth=max_depth,
         max_nodes=max_nodes,
         bias=bias,
     )
+
+
+GROUP_KEY_BITS = 10
+"""Most one-fraction and decision bits of a leaf group's table (``2**bits`` rows)."""
+
+
+class _Groups:
+    """Leaf groups: a subtree's leaves whose summed contributions are tabulated together, keyed
+    by the row's one fractions of the features on the path to the subtree (``p`` bits) and the
+    decisions at the subtree's ``m`` internal nodes (``p + m <= GROUP_KEY_BITS``). A row then
+    adds one table row per group instead of one per leaf. The tables are sums of the leaves'
+    own tables (`_fill_tables`), so the values are the same to float rounding."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, ...]] = []
+        self.masks: list[tuple[int, int]] = []
+        self.nodes: list[int] = []
+        self.features: list[int] = []
+        self.tables: list[np.ndarray] = []
+        self.size = 0
+
+    def add_tree(
+        self,
+        t: int,
+        root: dict[str, Any],
+        leaf_start: int,
+        leaf_elements: list[list[tuple[int, list[tuple[int, int]]]]],
+        leaves: np.ndarray,
+        tables: np.ndarray,
+        trees: np.ndarray,
+        budget: int,
+    ) -> None:
+        """Group one tree's leaves (when they all have tables and the budget allows)."""
+        if any(leaves[leaf_start + i, _L_TABLE] < 0 for i in range(len(leaf_elements))):
+            return
+        made: list[tuple[list[tuple[int, int, int]], list[int], list[int], np.ndarray]] = []
+
+        def visit(node: dict[str, Any], prefix: list[tuple[int, int, int]]) -> None:
+            inner, below = _subtree(node)
+            features = list(dict.fromkeys(f for _, _, f in prefix))
+            if inner and len(features) + len(inner) > GROUP_KEY_BITS:
+                s, f = int(node["split_index"]), int(node["split_feature"])
+                visit(node["left_child"], [*prefix, (s, 1, f)])
+                visit(node["right_child"], [*prefix, (s, 0, f)])
+                return
+            made.append(
+                self._table(prefix, inner, below, leaf_start, leaf_elements, leaves, tables)
+            )
+
+        visit(root, [])
+        size = sum(table.size for *_, table in made)
+        if self.size + size > budget:
+            return
+        offset = self.size
+        self.size += size
+        first = len(self.rows)
+        for prefix_masks, inner, features, table in made:
+            m0, n0, f0 = len(self.masks), len(self.nodes), len(self.features)
+            self.masks += [(mask, want) for _, mask, want in prefix_masks]
+            self.nodes += inner
+            self.features += features
+            row = (m0, len(self.masks), n0, len(self.nodes), f0, len(self.features), offset)
+            self.rows.append(row)
+            offset += table.size
+            self.tables.append(table)
+        trees[t, _T_GROUP_START], trees[t, _T_GROUP_END] = first, len(self.rows)
+
+    @staticmethod
+    def _table(
+        prefix: list[tuple[int, int, int]],
+        inner: list[int],
+        below: list[int],
+        leaf_start: int,
+        leaf_elements: list[list[tuple[int, list[tuple[int, int]]]]],
+        leaves: np.ndarray,
+        tables: np.ndarray,
+    ) -> tuple[list[tuple[int, int, int]], list[int], list[int], np.ndarray]:
+        """(prefix features with their split masks, inner nodes, the group's features, table)."""
+        prefix_features = list(dict.fromkeys(f for _, _, f in prefix))
+        prefix_masks = [
+            (
+                f,
+                sum(1 << s for s, _, g in prefix if g == f),
+                sum(1 << s for s, went_left, g in prefix if g == f and went_left),
+            )
+            for f in prefix_features
+        ]
+        p, m = len(prefix_features), len(inner)
+        bit_of = {f: k for k, f in enumerate(prefix_features)}
+        node_bit = {s: p + j for j, s in enumerate(inner)}
+        features = list(prefix_features)
+        for leaf in below:
+            for f, _ in leaf_elements[leaf]:
+                if f not in features:
+                    features.append(f)
+        column = {f: c for c, f in enumerate(features)}
+        keys = np.arange(1 << (p + m), dtype=np.int64)
+        table = np.zeros((len(keys), len(features)))
+        for leaf in below:
+            elements = leaf_elements[leaf]
+            d = len(elements)
+            pattern = np.zeros(len(keys), dtype=np.int64)
+            for k, (f, steps) in enumerate(elements):
+                one = np.ones(len(keys), dtype=np.int64)
+                if f in bit_of:
+                    one &= (keys >> bit_of[f]) & 1
+                for s, went_left in steps:
+                    if s in node_bit:  # a split inside the subtree (else in the prefix)
+                        one &= (((keys >> node_bit[s]) & 1) == went_left).astype(np.int64)
+                pattern |= one << k
+            off = int(leaves[leaf_start + leaf, _L_TABLE])
+            own = tables[off : off + (1 << d) * d].reshape(1 << d, d)[pattern]
+            for k, (f, _) in enumerate(elements):
+                table[:, column[f]] += own[:, k]
+        return prefix_masks, inner, features, table.ravel()
+
+
+def _subtree(node: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(internal split indices, leaf indices) of the subtree at ``node``."""
+    inner: list[int] = []
+    below: list[int] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if "split_index" in n:
+            inner.append(int(n["split_index"]))
+            stack += [n["right_child"], n["left_child"]]
+        else:
+            below.append(int(n["leaf_index"]))
+    return inner, below
 
 
 def _count(node: dict[str, Any]) -> float:
@@ -500,6 +670,11 @@ def _shap_row(
     splits,
     masks,
     tables,
+    groups,
+    group_masks,
+    group_nodes,
+    group_features,
+    group_tables,
     factors,
     left,
     pw,
@@ -510,6 +685,25 @@ def _shap_row(
     scratch."""
     for t in range(trees.shape[0]):
         bits = _route(x, t, trees, nodes, thresholds, cat_words, left)
+        if trees[t, _T_GROUP_END] > trees[t, _T_GROUP_START]:
+            for g in range(trees[t, _T_GROUP_START], trees[t, _T_GROUP_END]):
+                # the table row: the one fractions of the features on the path to the group,
+                # then the decisions at the group's nodes
+                key = 0
+                k = 0
+                for q in range(groups[g, _G_PRE_START], groups[g, _G_PRE_END]):
+                    off_path = (bits ^ group_masks[q, 1]) & group_masks[q, 0]
+                    key |= int(off_path == np.uint64(0)) << k
+                    k += 1
+                for q in range(groups[g, _G_DEC_START], groups[g, _G_DEC_END]):
+                    key |= int((bits >> np.uint64(group_nodes[q])) & np.uint64(1)) << k
+                    k += 1
+                f0 = groups[g, _G_FEAT_START]
+                u = groups[g, _G_FEAT_END] - f0
+                base = groups[g, _G_TABLE] + key * u
+                for c in range(u):
+                    phi[group_features[f0 + c]] += group_tables[base + c]
+            continue
         use_bits = trees[t, _T_NODE_END] - trees[t, _T_NODE_START] <= 64
         for leaf in range(trees[t, _T_LEAF_START], trees[t, _T_LEAF_END]):
             e0 = leaves[leaf, _L_ELEM_START]
@@ -560,6 +754,11 @@ def _shap_serial(
     splits,
     masks,
     tables,
+    groups,
+    group_masks,
+    group_nodes,
+    group_features,
+    group_tables,
     factors,
     max_depth,
     max_nodes,
@@ -583,6 +782,11 @@ def _shap_serial(
             splits,
             masks,
             tables,
+            groups,
+            group_masks,
+            group_nodes,
+            group_features,
+            group_tables,
             factors,
             left,
             pw,
@@ -606,6 +810,11 @@ def _shap_parallel(
     splits,
     masks,
     tables,
+    groups,
+    group_masks,
+    group_nodes,
+    group_features,
+    group_tables,
     factors,
     max_depth,
     max_nodes,
@@ -632,6 +841,11 @@ def _shap_parallel(
                 splits,
                 masks,
                 tables,
+                groups,
+                group_masks,
+                group_nodes,
+                group_features,
+                group_tables,
                 factors,
                 left,
                 pw,

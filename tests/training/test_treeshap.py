@@ -141,9 +141,13 @@ def test_equals_pred_contrib_on_many_random_models() -> None:
         data = lgb.Dataset(X, y, categorical_feature=list(CATEGORICAL), free_raw_data=False)
         booster = lgb.train(params, data, num_boost_round=rounds)
         _dump_stats(booster, seen)
-        # every third model without precomputed tables: the per-row path of long leaves
-        budget = 0 if case % 3 == 0 else 4_000_000
+        # precomputed tables: none (every leaf's weights per row), all, or as many as fit
+        budget = (0, 4_000_000, 5_000)[case % 3]
         engine = TreeShap.from_booster(booster, table_budget=budget)
+        trees = engine._f.trees
+        grouped = trees[:, 5] > trees[:, 4]  # group end > group start: tabulated leaf groups
+        seen["grouped tree"] += int(grouped.sum())
+        seen["per-leaf tree"] += int((~grouped & (trees[:, 1] > trees[:, 0])).sum())
         _assert_exact(booster, engine, _rows(rng, booster, 300))
     # the cases really exercised what they are meant to
     for kind in (
@@ -154,6 +158,8 @@ def test_equals_pred_contrib_on_many_random_models() -> None:
         "default_left False",
         "categorical one",
         "categorical many",
+        "grouped tree",
+        "per-leaf tree",
     ):
         assert seen[kind] > 0, (kind, seen)
     assert time.perf_counter() - start < 45
