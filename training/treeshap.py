@@ -281,6 +281,8 @@ def _parse(
         while stack:
             node, path = stack.pop()
             if "split_index" not in node:
+                if "leaf_coeff" in node:
+                    raise ValueError("TreeShap does not support linear trees (linear_tree)")
                 found[int(node["leaf_index"])] = (
                     float(node["leaf_value"]),
                     float(node["leaf_count"]),

@@ -233,13 +233,17 @@ def test_threads_and_input_checks() -> None:
     assert serial.warm_up() >= 0
 
 
-def test_rejects_multiclass() -> None:
+def test_rejects_multiclass_and_linear_trees() -> None:
     rng = np.random.default_rng(6)
     X = rng.normal(size=(300, 3))
     y = rng.integers(0, 3, 300)
     params = {"objective": "multiclass", "num_class": 3, "verbose": -1, "num_threads": 1}
     booster = lgb.train(params, lgb.Dataset(X, y), 2)
     with pytest.raises(ValueError, match="single-output"):
+        TreeShap.from_booster(booster)
+    linear = {"objective": "binary", "linear_tree": True, "verbose": -1, "num_threads": 1}
+    booster = lgb.train(linear, lgb.Dataset(X, (y > 0).astype(float)), 2)
+    with pytest.raises(ValueError, match="linear trees"):
         TreeShap.from_booster(booster)
 
 
