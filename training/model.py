@@ -39,6 +39,8 @@ CHECKSUMS = "checksums.json"
 KEY_COLUMNS: tuple[str, ...] = ("sme_id", "as_of", "default_12m")
 """Panel columns that are not features; `prepare` ignores them."""
 EXPLAIN_METHODS: tuple[str, ...] = ("pred_contrib", "tree_shap", "fast")
+DEFAULT_EXPLAIN_METHOD = "fast"
+"""The compiled exact TreeSHAP of `training.treeshap`: pred_contrib to 1e-9, about 10x faster."""
 Frame = pd.DataFrame  # `Explanation` has a field named `pd`
 Labels = pd.Index
 
@@ -258,20 +260,20 @@ class ScoringModel:
     def score(self, X: pd.DataFrame) -> np.ndarray:
         return self.scale.score(self.predict_logodds(X))
 
-    def explain(self, X: pd.DataFrame, method: str = "pred_contrib") -> Explanation:
+    def explain(self, X: pd.DataFrame, method: str = DEFAULT_EXPLAIN_METHOD) -> Explanation:
         """PD, score, grade and score points per feature. ``method``: "pred_contrib" (LightGBM's
         TreeSHAP), "tree_shap" (shap.TreeExplainer) or "fast" (`training.treeshap`, LightGBM's
         TreeSHAP compiled with numba); all give the same points."""
         return self.explain_matrix(self.matrix(X), method, index=X.index)
 
     def explain_records(
-        self, rows: Sequence[Mapping[str, Any]], method: str = "pred_contrib"
+        self, rows: Sequence[Mapping[str, Any]], method: str = DEFAULT_EXPLAIN_METHOD
     ) -> Explanation:
         """`explain` for feature records ({feature: value}): the per-request fast path."""
         return self.explain_matrix(self.records_matrix(rows), method)
 
     def explain_matrix(
-        self, M: np.ndarray, method: str = "pred_contrib", *, index: pd.Index | None = None
+        self, M: np.ndarray, method: str = DEFAULT_EXPLAIN_METHOD, *, index: pd.Index | None = None
     ) -> Explanation:
         """`explain` on LightGBM's matrix (see `matrix` / `records_matrix`)."""
         if method not in EXPLAIN_METHODS:

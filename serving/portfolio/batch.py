@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from features.exceptions import FeatureError
 from features.pipeline import LABEL, as_of_days, data_range, finish_panel
+from training.model import DEFAULT_EXPLAIN_METHOD
 
 if TYPE_CHECKING:
     from features.contract import Tables
@@ -90,7 +91,7 @@ def score_rows(
     rows: pd.DataFrame,
     *,
     info: dict[str, str | None],
-    method: str = "pred_contrib",
+    method: str = DEFAULT_EXPLAIN_METHOD,
     explain: bool = True,
 ) -> pd.DataFrame:
     """Score feature rows (`sme_id`, `as_of`, feature columns; other columns ignored): a frame
@@ -195,7 +196,7 @@ def score_population(
     scheduler: str | None = None,
     n_workers: int | None = None,
     partitions: int | None = None,
-    method: str = "pred_contrib",
+    method: str = DEFAULT_EXPLAIN_METHOD,
     explain: bool = True,
     horizon_days: int | None = None,
     data_end: object | None = None,

@@ -40,6 +40,7 @@ from features.drift import PROFILE_ARTIFACT, SCORE, TrainingProfile, psi_table
 from features.exceptions import FeatureError
 from serving.exceptions import ModelLoadFailed
 from serving.portfolio.batch import Progress, Scored, model_info, reasons_of, score_population
+from training.model import DEFAULT_EXPLAIN_METHOD
 
 if TYPE_CHECKING:
     from features.contract import Tables
@@ -273,7 +274,7 @@ def monitor(
     compare: object | None = None,
     pd_threshold: float | None = None,
     min_notches: int = DOWNGRADE_NOTCHES,
-    method: str = "pred_contrib",
+    method: str = DEFAULT_EXPLAIN_METHOD,
     progress: Progress | None = None,
 ) -> MonitorResult:
     """Score the population at `as_of` and `compare` (default: 3 months earlier) and compute the

@@ -223,7 +223,7 @@ def test_body_size_limit_gives_413(
 # -- the model: reload, not ready, metadata --------------------------------------------------------
 def test_model_endpoint_describes_the_served_model(client: TestClient, headers: Headers) -> None:
     info = client.get("/v1/model", headers=headers("scorer")).json()
-    assert info["version"] == "1" and info["explain_method"] == "pred_contrib"
+    assert info["version"] == "1" and info["explain_method"] == "fast"
     assert info["metrics"]["auc_oot"] == 0.75
     assert {f["name"] for f in info["catalog"]} >= {"dso_90d", "industry"}
     assert info["scale"]["pdo"] == 20.0 and len(info["master_scale"]["grades"]) >= 10

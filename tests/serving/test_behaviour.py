@@ -37,7 +37,7 @@ DAYS_BEYOND_TERMS = [f.name for f in CATALOG if f.name.startswith("ap_days_beyon
 
 def _served(model: ScoringModel) -> ServedModel:
     return build_served(
-        LoadedModel(model, "sme-default-pd", "1", "run1", "in-memory"), "pred_contrib"
+        LoadedModel(model, "sme-default-pd", "1", "run1", "in-memory"), "fast"
     )
 
 

@@ -73,7 +73,7 @@ def _random_rows(n: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-@pytest.mark.parametrize("method", ["pred_contrib", "tree_shap"])
+@pytest.mark.parametrize("method", ["pred_contrib", "tree_shap", "fast"])
 def test_points_add_up_to_the_score_exactly(trained, method: str) -> None:
     model: ScoringModel = trained.model
     X = _random_rows(3000, seed=7)
@@ -145,7 +145,7 @@ def test_shap_values_match_brute_force_shapley_values() -> None:
                 for subset in itertools.combinations(others, size):
                     w = math.factorial(size) * math.factorial(k - size - 1) / math.factorial(k)
                     phi[r, i] += w * (v(x, {*subset, i}) - v(x, set(subset)))
-    for method in ("pred_contrib", "tree_shap"):
+    for method in ("pred_contrib", "tree_shap", "fast"):
         e = model.explain(rows, method=method)
         np.testing.assert_allclose(e.shap.to_numpy(), phi, atol=1e-9)
         factor, b = model.scale.factor, model.calibration.b
