@@ -116,6 +116,26 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+JEFFREYS_ALPHA = 0.05
+"""Significance of the per-grade Jeffreys test (ECB instructions for IRB validation: 5 %)."""
+
+
+def jeffreys_test(k: int, n: int, pd_: float, level: float = 0.95) -> tuple[float, float, float]:
+    """The Jeffreys test of a grade's PD (ECB, instructions for reporting the validation results
+    of IRB models, section 2.5.3.1): with ``k`` defaults among ``n`` obligors the posterior of the
+    default rate under the Jeffreys prior is Beta(k + 1/2, n - k + 1/2); the one-sided p-value of
+    "the PD is not underestimated" is its distribution function at ``pd_``, i.e. the posterior
+    probability that the true rate is at most the PD. A p-value below `JEFFREYS_ALPHA` rejects
+    the PD as too low. Returns (p_value, interval low, interval high) with the equal-tailed
+    `level` interval of the posterior; NaNs when n = 0."""
+    if n <= 0 or not np.isfinite(pd_):
+        return float("nan"), float("nan"), float("nan")
+    a, b = k + 0.5, n - k + 0.5
+    alpha = 1.0 - level
+    p_value = float(beta.cdf(pd_, a, b))
+    return p_value, float(beta.ppf(alpha / 2, a, b)), float(beta.ppf(1 - alpha / 2, a, b))
+
+
 def summary(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, float]:
     """The headline metrics of predicted PDs ``p`` against labels ``y``."""
     a = auc(y, p)
@@ -136,8 +156,10 @@ def summary(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, float]:
 
 def by_grade(y: np.ndarray, p: np.ndarray, scale: MasterScale, level: float = 0.95) -> pd.DataFrame:
     """Per grade of the master scale: PD band, n, defaults, observed default rate with its
-    Clopper–Pearson and Wilson intervals, mean PD, and whether the mean PD lies in the exact
-    interval. Grades without rows are listed with n = 0."""
+    Clopper–Pearson and Wilson intervals, mean PD, whether the mean PD lies in the exact
+    interval, and the Jeffreys test of the mean PD (`jeffreys_test`: p-value, interval, and
+    ``jeffreys_pass`` = the PD is not rejected as too low). Grades without rows are listed with
+    n = 0 (and pass)."""
     yy, pp = _arrays(y, p)
     grades = scale.grade(pp)
     rows = []
@@ -148,6 +170,7 @@ def by_grade(y: np.ndarray, p: np.ndarray, scale: MasterScale, level: float = 0.
         cp_low, cp_high = clopper_pearson(k, n, level)
         w_low, w_high = wilson(k, n, level)
         mean_pd = float(pp[mask].mean()) if n else float("nan")
+        j_p, j_low, j_high = jeffreys_test(k, n, mean_pd, level)
         rows.append(
             {
                 "grade": g,
@@ -162,6 +185,10 @@ def by_grade(y: np.ndarray, p: np.ndarray, scale: MasterScale, level: float = 0.
                 "wilson_low": w_low,
                 "wilson_high": w_high,
                 "within_ci": bool(n and cp_low <= mean_pd <= cp_high),
+                "jeffreys_p_value": j_p,
+                "jeffreys_low": j_low,
+                "jeffreys_high": j_high,
+                "jeffreys_pass": bool(not n or j_p >= JEFFREYS_ALPHA),
             }
         )
     return pd.DataFrame(rows)

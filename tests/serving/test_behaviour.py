@@ -36,9 +36,7 @@ DAYS_BEYOND_TERMS = [f.name for f in CATALOG if f.name.startswith("ap_days_beyon
 
 
 def _served(model: ScoringModel) -> ServedModel:
-    return build_served(
-        LoadedModel(model, "sme-default-pd", "1", "run1", "in-memory"), "fast"
-    )
+    return build_served(LoadedModel(model, "sme-default-pd", "1", "run1", "in-memory"), "fast")
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,25 @@ def test_psi() -> None:
     a = rng.normal(size=20000)
     assert m.psi_of_values(a, rng.normal(size=20000)) < 0.01
     assert m.psi_of_values(a, rng.normal(1.0, 1.0, size=20000)) > 0.25
+
+
+def test_jeffreys_test_against_the_beta_posterior_worked_by_hand() -> None:
+    # 10 defaults in 200 obligors: posterior Beta(10.5, 190.5); PD 2 % is too low, 6 % is fine
+    p_low, lo, hi = m.jeffreys_test(10, 200, 0.02)
+    p_ok, _, _ = m.jeffreys_test(10, 200, 0.06)
+    assert p_low < m.JEFFREYS_ALPHA < p_ok
+    from scipy.stats import beta as beta_dist
+
+    assert p_low == pytest.approx(beta_dist.cdf(0.02, 10.5, 190.5), rel=1e-12)
+    assert lo < 10 / 200 < hi
+    assert all(np.isnan(v) for v in m.jeffreys_test(0, 0, 0.01))
+
+
+def test_by_grade_flags_a_grade_whose_pd_is_too_low() -> None:
+    scale = MasterScale()
+    p = np.r_[np.full(1000, 0.01), np.full(100, 0.5)]
+    y = np.r_[np.zeros(950), np.ones(50), np.ones(50), np.zeros(50)]  # 1 % PD: 5 % realised
+    table = m.by_grade(y, p, scale).set_index("grade")
+    low, high = scale.grade(np.array([0.01, 0.5]))
+    assert not table.loc[low, "jeffreys_pass"] and table.loc[high, "jeffreys_pass"]
+    assert table.loc[[g for g in table.index if g not in (low, high)], "jeffreys_pass"].all()
