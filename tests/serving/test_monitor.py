@@ -213,9 +213,23 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     assert doc["model"]["uri"] == profiled.uri
     names = [f["name"] for f in doc["psi"]["features"]]
     assert sorted(names) == sorted(b.name for b in profiled.profile.features)
+    signals = ("stable", "watch", "act", "time-like", "negligible")
     assert doc["psi"]["band_counts"] == {
-        b: sum(f["band"] == b for f in doc["psi"]["features"]) for b in ("stable", "watch", "act")
+        b: sum(f["signal"] == b for f in doc["psi"]["features"]) for b in signals
     }
+    for f in doc["psi"]["features"]:
+        # a counted signal is the PSI band of a feature that is not time-like and matters
+        if f["signal"] in ("watch", "act"):
+            assert f["band"] == f["signal"] and not f["time_like"]
+            assert f["attribution_share"] >= 0.02
+    time_like = {f["name"] for f in doc["psi"]["features"] if f["signal"] == "time-like"}
+    assert time_like == {"firm_age_years", "months_since_first_invoice", "financials_age_days"}
+    # the features' mean point changes add up to the mean score's change
+    shift = doc["score_shift"]
+    assert shift["change"] == pytest.approx(
+        shift["mean_score_as_of"] - shift["mean_score_compare"], abs=1e-6
+    )
+    assert doc["actions"]
     grades = doc["grade_distribution"]
     assert sum(g["count_as_of"] for g in grades) == doc["population"]["as_of"]
     counts = np.array(doc["migration"]["counts"])
@@ -228,6 +242,9 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     for s in ew["smes"]:
         assert ("PD crossed" in s["rule"] and s["pd_now"] >= 0.02) or s["notches_down"] >= 2
         assert 1 <= len(s["reasons"]) <= 4 and all(r["points"] < 0 for r in s["reasons"])
+        for d in s["drivers"]:
+            assert d["change"] < 0
+            assert d["change"] == pytest.approx(d["points_now"] - d["points_before"])
     realised = doc["realised_by_grade"]
     assert realised["cohort"] == "2022-12-31" and realised["grades"]
     assert sum(g["n"] for g in realised["grades"]) > 0
