@@ -366,3 +366,34 @@ def test_a_model_trained_with_a_180_day_horizon_is_monitored_with_180_days(
     # the 365-day model, on the same data and date, uses its own horizon
     default = monitor(tables, loaded, profiled.profile, as_of)
     assert default.cohort == matured_cohort(as_of, start, 365)
+
+
+def test_monthly_command_writes_one_folder_of_reports(
+    tmp_path, monkeypatch, profiled: Profiled
+) -> None:
+    out = tmp_path / "month"
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "monthly", "--data", str(profiled.data), "--as-of", "2023-12-31", "--out", str(out),
+        "--model", profiled.uri,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["scores.parquet", "monitor.html", "monitor.json", "early_warnings.csv", "performance.csv"]
+    )
+    doc = json.loads((out / "monitor.json").read_text())
+    assert doc["kind"] == "monthly" and doc["actions"]
+    perf = pd.read_csv(out / "performance.csv")
+    assert len(perf) == 24  # every month end of the data up to the as-of date
+    assert perf["mature"].sum() == 12 and perf.loc[perf["mature"], "auc_realised"].notna().all()
+    warnings = pd.read_csv(out / "early_warnings.csv")
+    assert len(warnings) == doc["early_warning"]["count"]
+    # numbers are rounded for people: no 16-digit PDs
+    assert all(len(str(v).split(".")[-1]) <= 4 for v in warnings["pd_now"])
+    # a second run into the same, now full, folder is refused and changes nothing
+    again = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "monthly", "--data", str(profiled.data), "--as-of", "2023-12-31", "--out", str(out),
+        "--model", profiled.uri,
+    )  # fmt: skip
+    assert again.exit_code == 1 and "not an empty folder" in again.output
