@@ -459,6 +459,13 @@ CATALOG: tuple[Feature, ...] = (
 )
 """The static catalog; `fin_*` features are added per dataset by `catalog_for`."""
 
+TIME_LIKE: frozenset[str] = frozenset(
+    {"firm_age_years", "months_since_first_invoice", "financials_age_days"}
+)
+"""Features that move with the calendar by construction (ages; the age of the latest statement
+follows the publication season), so their distribution drifts from training's without any
+change in risk: monitoring lists their drift apart and does not count it as a signal."""
+
 
 def financial_columns(source: Tables | pd.DataFrame | Iterable[str]) -> list[str]:
     """The numeric statement columns of a financials table (sorted), i.e. the `fin_*` sources.

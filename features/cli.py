@@ -40,12 +40,27 @@ def generate(
     months: Annotated[int, typer.Option(min=1, help="Months of history to simulate.")] = 36,
     start: Annotated[str, typer.Option(help="First day simulated, YYYY-MM-DD.")] = "2022-01-01",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, byte-identical tables.")] = 1,
+    shock: Annotated[
+        str | None,
+        typer.Option(
+            help="Inject a shock from a month on: TARGET[+TARGET...]@YYYY-MM, a target being "
+            "core:ID (that core enterprise stays in stress: it pays late and cuts orders) or "
+            "industry:NAME (a downturn of that industry), e.g. core:C01+industry:textiles@2023-06. "
+            "Before that month the data are those of the same seed without the shock."
+        ),
+    ] = None,
 ) -> None:
     """Simulate a supply chain (cores, SMEs, invoices, inventory, loans) with ground truth."""
-    from features.simulate import SimConfig, generate_to_folder
+    from features.simulate import SimConfig, generate_to_folder, parse_shock
 
+    first = parse_date(start, "--start")
     config = SimConfig(
-        n_smes=smes, n_cores=cores, months=months, start=parse_date(start, "--start"), seed=seed
+        n_smes=smes,
+        n_cores=cores,
+        months=months,
+        start=first,
+        seed=seed,
+        shock=None if shock is None else parse_shock(shock, start=first, n_cores=cores),
     )
     generate_to_folder(config, out)
 

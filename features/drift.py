@@ -20,6 +20,12 @@ Binning (documented, deterministic):
 - an empty bin would make the logarithm infinite: a share of 0 (expected or actual) is replaced by
   ``EPSILON`` = 0.0001 before the sum (shares are not renormalised; the effect is below 1e-3).
 
+PSI alone alarms on features that move with the calendar by construction (ages: declared in
+`features.catalog.TIME_LIKE`) and on features the model barely uses. `rank_drift` therefore reads
+each feature's PSI together with its share of the model's attributions (mean |score points| over
+the population, `attribution_shares`) and gives each a signal: ``time-like`` (listed, never
+counted), ``negligible`` (drifted, but under `MIN_SHARE` of the attributions), else the PSI band.
+
 Pure functions on NumPy/pandas; nothing here imports training or serving, so training can build
 the profile and serving can read it.
 """
@@ -45,12 +51,14 @@ __all__ = [
     "SCORE",
     "Bins",
     "TrainingProfile",
+    "attribution_shares",
     "bin_shares",
     "build_bins",
     "build_profile",
     "psi",
     "psi_band",
     "psi_table",
+    "rank_drift",
 ]
 
 EPSILON = 1e-4
@@ -60,6 +68,10 @@ N_BINS = 10
 STABLE_BELOW = 0.1
 ACT_ABOVE = 0.25
 BANDS: tuple[str, ...] = ("stable", "watch", "act")
+MIN_SHARE = 0.02
+"""A drifted feature carrying less than this share of the model's mean |points| is negligible."""
+TIME_LIKE_SIGNAL = "time-like"
+NEGLIGIBLE = "negligible"
 SCORE = "score"
 """The name of the score's bins in a profile (not a feature name)."""
 PROFILE_ARTIFACT = "drift_profile.json"
@@ -374,3 +386,54 @@ def psi_table(
         ["psi", "name"], ascending=[False, True], kind="stable"
     )
     return pd.concat([head, rest], ignore_index=True)
+
+
+def attribution_shares(points: pd.DataFrame) -> pd.Series:
+    """Each feature's share of the model's attributions over a population: mean |score points|
+    per column, divided by their sum (all zeros when every point is 0)."""
+    if points.empty:
+        raise FeatureError("attribution shares: no explained rows")
+    mean_abs = points.abs().mean(axis=0)
+    total = float(mean_abs.sum())
+    return mean_abs / total if total > 0 else mean_abs * 0.0
+
+
+def rank_drift(
+    psi: pd.DataFrame,
+    shares: Mapping[Any, float],
+    *,
+    time_like: frozenset[str] | set[str] = frozenset(),
+    points_change: Mapping[Any, float] | None = None,
+    min_share: float = MIN_SHARE,
+) -> pd.DataFrame:
+    """The feature rows of a `psi_table`, ranked by what their drift does to the score.
+
+    Adds ``attribution_share`` (from `shares`; 0 for a feature without one), ``impact`` = PSI x
+    share, ``points_change`` (the change of the feature's mean points between two dates, when
+    given; they sum to the change of the mean score), ``time_like`` and ``signal``:
+    ``time-like`` for `time_like` features, ``stable`` in the stable band, ``negligible`` for a
+    drifted feature under `min_share` of the attributions, else the band (watch / act). Rows:
+    counted signals first (act, watch), by impact descending."""
+    rows = psi[psi["kind"] != SCORE].copy()
+    rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
+    rows["impact"] = rows["psi"] * rows["attribution_share"]
+    rows["points_change"] = [
+        float(points_change.get(n, float("nan"))) if points_change is not None else float("nan")
+        for n in rows["name"]
+    ]
+    rows["time_like"] = [n in time_like for n in rows["name"]]
+
+    def signal(r: Mapping[Any, Any]) -> str:
+        if r["time_like"]:
+            return TIME_LIKE_SIGNAL
+        if r["band"] == "stable":
+            return "stable"
+        return NEGLIGIBLE if r["attribution_share"] < min_share else str(r["band"])
+
+    rows["signal"] = [signal(r) for r in rows.to_dict("records")]
+    order = {"act": 0, "watch": 1}
+    rows["_rank"] = [order.get(s, 2) for s in rows["signal"]]
+    rows = rows.sort_values(
+        ["_rank", "impact", "name"], ascending=[True, False, True], kind="stable"
+    )
+    return rows.drop(columns="_rank").reset_index(drop=True)

@@ -71,6 +71,11 @@ Loans (rolling financing, so that every default is visible through a loan)
     inventory (warehouse receipts) and draw an inventory-pledge loan every quarter (120-210 days).
     Month 0's loans are disbursed on the start date, so an SME always has an open loan.
 
+Shocks (`SimConfig.shock`, ``scf-risk generate --shock``)
+    From a given month on, chosen core enterprises stay in stress and chosen industries' factors
+    are lowered (a downturn). The random draws are unchanged, so everything dated before the
+    shock is identical to the same seed without it; the oracle is not told of the shock.
+
 Truth
     ``truth.parquet`` has one row per SME and month end at which the SME is alive and has not
     defaulted (on or before that date). ``pd_true`` = P(default in (t, t + 365 d] | latent state
@@ -118,9 +123,11 @@ from features.sim.chunk import (
     simulate_chunk,
 )
 from features.sim.model import (
+    INDUSTRIES,
     Calendar,
     CommonRandomNumbers,
     ModelParams,
+    Shock,
     draw_cores,
     draw_market,
 )
@@ -143,6 +150,7 @@ class SimConfig:
     chunk_size: int = 2000  # SMEs simulated (and held in memory) at a time
     progress: bool = True  # a progress bar on stderr
     params: ModelParams = field(default_factory=ModelParams)
+    shock: Shock | None = None  # a core in stress / an industry downturn from a month on
 
     def check(self) -> None:
         """Raise ScfRiskError naming the first field out of range."""
@@ -162,6 +170,53 @@ class SimConfig:
             raise ScfRiskError(f"simulation config: start must be a date, got {self.start!r}")
         if self.seed < 0:
             raise ScfRiskError(f"simulation config: seed must be >= 0, got {self.seed!r}")
+        if self.shock is not None:
+            s = self.shock
+            if not 0 <= s.month < self.months:
+                raise ScfRiskError(
+                    f"simulation config: the shock's month must be in [0, {self.months}), "
+                    f"got {s.month}"
+                )
+            bad = [c for c in s.cores if not 0 <= c < self.n_cores]
+            if bad:
+                raise ScfRiskError(f"simulation config: shock cores {bad} out of range")
+            if any(not 0 <= i < len(INDUSTRIES) for i in s.industries):
+                raise ScfRiskError(f"simulation config: shock industries {s.industries} unknown")
+            if not s.cores and not s.industries:
+                raise ScfRiskError("simulation config: a shock needs a core or an industry")
+
+
+def parse_shock(text: str, *, start: date, n_cores: int) -> Shock:
+    """A `Shock` from its command-line form ``TARGET[+TARGET...]@YYYY-MM``, where a target is
+    ``core:ID`` (an enterprise id, C01 ...) or ``industry:NAME`` (one of the simulator's
+    industries): e.g. ``core:C01+industry:textiles@2023-06``. ScfRiskError naming what is wrong."""
+    head, sep, when = text.strip().partition("@")
+    if not sep or not head:
+        raise ScfRiskError(
+            f"shock {text!r}: expected TARGET[+TARGET...]@YYYY-MM, e.g. core:C01@2023-06"
+        )
+    try:
+        month = pd.Period(when, freq="M")
+    except ValueError:
+        raise ScfRiskError(
+            f"shock {text!r}: expected a month YYYY-MM after '@', got {when!r}"
+        ) from None
+    index = (month.year - start.year) * 12 + (month.month - start.month)
+    ids = _enterprise_ids(n_cores, 1).to_pylist()[:n_cores]
+    cores: list[int] = []
+    industries: list[int] = []
+    for target in head.split("+"):
+        kind, _, name = target.partition(":")
+        if kind == "core" and name in ids:
+            cores.append(ids.index(name))
+        elif kind == "industry" and name in INDUSTRIES:
+            industries.append(INDUSTRIES.index(name))
+        else:
+            raise ScfRiskError(
+                f"shock {text!r}: unknown target {target!r}; expected core:ID (ID one of "
+                f"{ids[0]}..{ids[-1]}) or industry:NAME (NAME one of {', '.join(INDUSTRIES)})"
+            )
+    return Shock(month=index, cores=tuple(cores), industries=tuple(industries))
 
 
 @dataclass(frozen=True)
@@ -240,7 +295,7 @@ def build_world(config: SimConfig) -> World:
     calendar = Calendar.build(config.start, config.months)
     market_rng = _stream(config, _STREAM_MARKET)
     cores = draw_cores(market_rng, config.n_cores, int(calendar.month_start[0]), p)
-    market = draw_market(market_rng, cores, config.months, p)
+    market = draw_market(market_rng, cores, config.months, p, config.shock)
     crn = CommonRandomNumbers.draw(_stream(config, _STREAM_ORACLE), config.mc_paths, cores.n)
     ids = _enterprise_ids(config.n_cores, config.n_smes)
     return World(p, calendar, cores, market, crn, ids)

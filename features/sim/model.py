@@ -238,6 +238,23 @@ class Cores:
 
 
 @dataclass(frozen=True)
+class Shock:
+    """A shock injected into the market path from month period `month` on (0 = the first).
+
+    `cores`: indices of core enterprises held in stress from then on (they pay their suppliers
+    late and cut orders, and their SMEs' health targets fall, as in any stress episode);
+    `industries`: indices of industries whose factor is lowered by `depth` from then on (a
+    downturn: its SMEs weaken and its cores enter stress more often). The oracle (`pd_true`) is
+    not told: it forecasts from the state at each date with the usual dynamics, so it expects the
+    downturn to revert. Before `month` the path is the unshocked one, draw for draw."""
+
+    month: int
+    cores: tuple[int, ...] = ()
+    industries: tuple[int, ...] = ()
+    depth: float = 0.6  # about 2 stationary standard deviations of an industry factor
+
+
+@dataclass(frozen=True)
 class Market:
     """The realised shared paths: industry factors and core regimes at each month end."""
 
@@ -282,18 +299,34 @@ def _stationary_stress(cores: Cores) -> np.ndarray:
     return cores.entry / (cores.entry + cores.exit)
 
 
-def draw_market(rng: np.random.Generator, cores: Cores, months: int, p: ModelParams) -> Market:
-    """Simulate the industry factors and the cores' regimes over the whole horizon."""
+def draw_market(
+    rng: np.random.Generator,
+    cores: Cores,
+    months: int,
+    p: ModelParams,
+    shock: Shock | None = None,
+) -> Market:
+    """Simulate the industry factors and the cores' regimes over the whole horizon (with the
+    `shock`, if any, from its month on; the random draws are the same either way)."""
     n_ind = len(INDUSTRIES)
     stationary_sd = p.industry_sigma / np.sqrt(1.0 - p.industry_phi**2)
     industry0 = rng.normal(0.0, stationary_sd, size=n_ind)
     stressed0 = rng.random(cores.n) < _stationary_stress(cores)
     industry = np.empty((months, n_ind))
     stressed = np.empty((months, cores.n), dtype=bool)
-    ind, st = industry0, stressed0
+    offset = np.zeros(n_ind)
+    forced = np.zeros(cores.n, dtype=bool)
+    if shock is not None:
+        offset[list(shock.industries)] = -shock.depth
+        forced[list(shock.cores)] = True
+    base, st = industry0, stressed0
     for m in range(months):
-        ind = industry_step(ind, rng.standard_normal(n_ind), p)
+        base = industry_step(base, rng.standard_normal(n_ind), p)
+        shocked = shock is not None and m >= shock.month
+        ind = base + offset if shocked else base
         st = core_step(st, ind[cores.industry], rng.random(cores.n), cores.entry, cores.exit, p)
+        if shocked:
+            st = st | forced
         industry[m], stressed[m] = ind, st
     return Market(industry, stressed, industry0, stressed0)
 

@@ -1,4 +1,4 @@
-"""Commands of the portfolio view: score, monitor, backtest."""
+"""Commands of the portfolio view: score, monitor, backtest, monthly."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ ModelOpt = Annotated[
 
 
 app = typer.Typer(
-    help="The portfolio: score, monitor, backtest.",
+    help="The portfolio: score, monitor, backtest, monthly.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -311,3 +311,62 @@ def backtest_command(
         f"static {doc['static']['share_ahead']:.0%}, at an alert rate of "
         f"{doc['static']['alert_rate']:.1%} of SME-months"
     )
+
+
+@app.command("monthly")
+@domain_errors_exit
+def monthly_command(
+    data: DataOpt,
+    as_of: Annotated[str, typer.Option(help="Month end of the run, YYYY-MM-DD.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder to write (must not exist, or be empty): scores.parquet, monitor.html "
+            "and .json (with the list of actions), early_warnings.csv, performance.csv. "
+            "Default models/monitoring/monthly-<as-of>."
+        ),
+    ] = None,
+    model: ModelOpt = None,
+) -> None:
+    """What the risk team does each month: score the population (and materialise its latest
+    features for the service), monitor it, list the early warnings, and estimate the
+    performance of the months whose labels have not matured (realised beside it where they
+    have). One folder of reports, logged to MLflow (experiment 'monitoring')."""
+    from features.io import load_tables
+    from serving.audit.store import AuditStore
+    from serving.online import materialize
+    from serving.portfolio.monitor import log_to_mlflow
+    from serving.portfolio.monthly import monthly
+    from serving.settings import Settings
+    from training.registry import check_tracking
+
+    when = parse_date(as_of, "--as-of")
+    target = out or MONITORING_FOLDER / f"monthly-{when.isoformat()}"
+    settings = Settings()
+    tables = load_tables(data)
+    loaded, tracking_uri = _load_model(model)
+    client = check_tracking(tracking_uri)
+    store = AuditStore(settings.audit_db)
+    runs: list[str] = []
+    try:
+        run = monthly(
+            tables,
+            loaded,
+            when,
+            target,
+            method=settings.explain_method,
+            materialise=lambda features: materialize(store, features),
+            log=lambda doc, files: runs.append(
+                log_to_mlflow(doc, files, tracking_uri=tracking_uri, client=client)
+            ),
+        )
+    finally:
+        store.dispose()
+    doc = run.doc
+    typer.echo(
+        f"{run.folder}: {doc['population']['as_of']:,} SMEs scored; "
+        f"{doc['early_warning']['count']} early warnings; MLflow run {runs[0]} "
+        "(experiment monitoring). To do:"
+    )
+    for line in doc["actions"]:
+        typer.echo(f"- {line}")

@@ -35,8 +35,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from features.catalog import TIME_LIKE
 from features.contract import DEFAULT_HORIZON_DAYS
-from features.drift import PROFILE_ARTIFACT, SCORE, TrainingProfile, psi_table
+from features.drift import (
+    MIN_SHARE,
+    PROFILE_ARTIFACT,
+    SCORE,
+    TrainingProfile,
+    attribution_shares,
+    psi_table,
+    rank_drift,
+)
 from features.exceptions import FeatureError
 from serving.exceptions import ModelLoadFailed
 from serving.portfolio.batch import Progress, Scored, model_info, reasons_of, score_population
@@ -52,6 +61,13 @@ COMPARE_MONTHS = 3
 NEW = "(new)"
 DEFAULTED = "(defaulted)"
 LEFT = "(left)"
+DRIVERS = 3
+"""Features listed per early warning: those whose points fell most between the two dates."""
+SEGMENT_MIN_SMES = 20
+SEGMENT_PD_RATIO = 1.5
+SEGMENT_PD_RISE = 0.01
+"""A segment (industry) whose mean PD rose by this factor and by at least this much (absolute)
+since the comparison date is flagged."""
 
 
 # -- dates ---------------------------------------------------------------------------------------
@@ -218,6 +234,90 @@ def early_warnings(
     ).reset_index(drop=True)
 
 
+def points_of(
+    model: Any, features: pd.DataFrame, method: str = DEFAULT_EXPLAIN_METHOD
+) -> pd.DataFrame:
+    """Every feature's score points per SME (index sme_id, the model's feature order)."""
+    names = list(model.feature_names)
+    points = model.explain(features[names].reset_index(drop=True), method).points
+    points.index = pd.Index(features["sme_id"].astype(str).to_numpy(), name="sme_id")
+    return points
+
+
+def warning_drivers(
+    sme_ids: Iterable[str],
+    points_now: pd.DataFrame,
+    points_before: pd.DataFrame,
+    top: int = DRIVERS,
+) -> list[list[dict[str, Any]]]:
+    """Per SME, the `top` features whose points fell most between the two dates (what drove the
+    downgrade): feature, points_before, points_now, change (negative = riskier); only falls, and
+    none for an SME not scored at the earlier date."""
+    out: list[list[dict[str, Any]]] = []
+    names = [str(c) for c in points_now.columns]
+    row_now = {str(k): i for i, k in enumerate(points_now.index)}
+    row_before = {str(k): i for i, k in enumerate(points_before.index)}
+    now_m = points_now.to_numpy(dtype=np.float64)
+    before_m = points_before[points_now.columns].to_numpy(dtype=np.float64)
+    for sme in sme_ids:
+        i, j = row_now.get(str(sme)), row_before.get(str(sme))
+        if i is None or j is None:
+            out.append([])
+            continue
+        change = now_m[i] - before_m[j]
+        order = [k for k in np.argsort(change, kind="stable")[:top] if change[k] < 0]
+        out.append(
+            [
+                {
+                    "feature": names[k],
+                    "points_before": float(before_m[j, k]),
+                    "points_now": float(now_m[i, k]),
+                    "change": float(change[k]),
+                }
+                for k in order
+            ]
+        )
+    return out
+
+
+def segment_table(
+    now: Scored, before: Scored, by: str = "industry", *, min_smes: int = SEGMENT_MIN_SMES
+) -> pd.DataFrame:
+    """Mean PD per segment (`by`, a categorical feature) at both dates: segment, n, mean_pd,
+    mean_pd_compare, ratio, flagged (at least `min_smes` SMEs and a mean PD up by
+    `SEGMENT_PD_RATIO` times and `SEGMENT_PD_RISE` or more). Ordered by ratio, highest first."""
+    if by not in now.features.columns:
+        return pd.DataFrame(
+            columns=["segment", "n", "mean_pd", "mean_pd_compare", "ratio", "flagged"]
+        )
+
+    def means(scored: Scored) -> pd.DataFrame:
+        frame = pd.DataFrame(
+            {
+                "segment": scored.features[by].astype("object").fillna("(missing)").astype(str),
+                "pd": scored.scores["pd"].to_numpy(),
+            }
+        )
+        return frame.groupby("segment")["pd"].agg(["size", "mean"])
+
+    a, b = means(now), means(before)
+    table = pd.DataFrame(
+        {
+            "segment": a.index.astype(str),
+            "n": a["size"].astype(int).to_numpy(),
+            "mean_pd": a["mean"].to_numpy(),
+            "mean_pd_compare": b["mean"].reindex(a.index).to_numpy(),
+        }
+    )
+    table["ratio"] = table["mean_pd"] / table["mean_pd_compare"]
+    table["flagged"] = (
+        (table["n"] >= min_smes)
+        & (table["ratio"] >= SEGMENT_PD_RATIO)
+        & (table["mean_pd"] - table["mean_pd_compare"] >= SEGMENT_PD_RISE)
+    )
+    return table.sort_values(["ratio", "segment"], ascending=[False, True]).reset_index(drop=True)
+
+
 def defaulted_between(tables: Tables, start: object, end: object) -> set[str]:
     """SMEs with a loan default date in ``(start, end]``."""
     loans = tables.loans
@@ -257,6 +357,8 @@ class MonitorResult:
     now: Scored
     before: Scored
     psi: pd.DataFrame
+    drift: pd.DataFrame  # features.drift.rank_drift: PSI with attribution shares and signals
+    segments: pd.DataFrame  # segment_table by industry
     distribution: pd.DataFrame  # grade, count_as_of, share_as_of, count_compare, share_compare
     migration: pd.DataFrame
     warnings: pd.DataFrame
@@ -313,6 +415,14 @@ def monitor(
         now.features[[c for c in now.features.columns if c in profile.feature_names]],
         now.scores["score"].to_numpy(),
     )
+    points_now = points_of(model, now.features, method)
+    points_before = points_of(model, before.features, method)
+    drift = rank_drift(
+        psi,
+        attribution_shares(points_now).to_dict(),
+        time_like=TIME_LIKE,
+        points_change=(points_now.mean() - points_before.mean()).to_dict(),
+    )
     dist_now = grade_distribution(now.scores["grade"], scale)
     dist_before = grade_distribution(before.scores["grade"], scale)
     distribution = pd.DataFrame(
@@ -332,6 +442,9 @@ def monitor(
     )
     warnings = early_warnings(
         now.scores, before.scores, scale, pd_threshold=pd_threshold, min_notches=min_notches
+    )
+    warnings["drivers"] = pd.Series(
+        warning_drivers(warnings["sme_id"], points_now, points_before), dtype=object
     )
     cohort = matured_cohort(as_of_t, start, horizon_days)
     realised: pd.DataFrame | None = None
@@ -368,6 +481,8 @@ def monitor(
         now=now,
         before=before,
         psi=psi,
+        drift=drift,
+        segments=segment_table(now, before),
         distribution=distribution,
         migration=matrix,
         warnings=warnings,
@@ -421,9 +536,11 @@ def summary(result: MonitorResult) -> dict[str, Any]:
     """The JSON summary of a monitoring run (the report is rendered from it)."""
     psi = result.psi
     score_row = psi[psi["kind"] == SCORE].iloc[0]
-    features = psi[psi["kind"] != SCORE]
-    bands = features["band"].value_counts()
+    features = result.drift
+    signals = features["signal"].value_counts()
     m = result.migration
+    change = features.set_index("name")["points_change"]
+    movers = change.reindex(change.abs().sort_values(ascending=False).index).head(5)
     realised: list[dict[str, Any]] = []
     if result.realised is not None:
         for row in result.realised.to_dict("records"):
@@ -437,9 +554,11 @@ def summary(result: MonitorResult) -> dict[str, Any]:
                     "ci_low": _num(row["ci_low"]),
                     "ci_high": _num(row["ci_high"]),
                     "within_ci": bool(row["within_ci"]),
+                    "jeffreys_p_value": _num(row["jeffreys_p_value"]),
+                    "jeffreys_pass": bool(row["jeffreys_pass"]),
                 }
             )
-    return {
+    doc: dict[str, Any] = {
         "kind": "monitoring",
         "as_of": result.as_of.date().isoformat(),
         "compare": result.compare.date().isoformat(),
@@ -456,19 +575,49 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "training_rows": result.profile.rows,
             "training_as_of": [result.profile.as_of_from, result.profile.as_of_to],
             "score": {"psi": float(score_row["psi"]), "band": str(score_row["band"])},
-            "band_counts": {b: int(bands.get(b, 0)) for b in ("stable", "watch", "act")},
+            "signals": "a feature counts (watch / act, its PSI band) only if it is not time-like "
+            f"(ages: {', '.join(sorted(TIME_LIKE))}) and carries at least {MIN_SHARE:.0%} of "
+            "the model's mean |points|; ranked by impact = PSI x attribution share",
+            "band_counts": {
+                b: int(signals.get(b, 0))
+                for b in ("stable", "watch", "act", "time-like", "negligible")
+            },
             "features": [
                 {
                     "name": str(r["name"]),
                     "kind": str(r["kind"]),
                     "psi": float(r["psi"]),
                     "band": str(r["band"]),
+                    "signal": str(r["signal"]),
+                    "attribution_share": float(r["attribution_share"]),
+                    "impact": float(r["impact"]),
+                    "points_change": _num(r["points_change"]),
+                    "time_like": bool(r["time_like"]),
                     "expected_missing": float(r["expected_missing"]),
                     "actual_missing": float(r["actual_missing"]),
                 }
                 for r in features.to_dict("records")
             ],
         },
+        "score_shift": {
+            "mean_score_as_of": float(result.now.scores["score"].mean()),
+            "mean_score_compare": float(result.before.scores["score"].mean()),
+            "change": float(change.sum()),
+            "note": "the change of the mean score since the comparison date is the sum of the "
+            "features' mean point changes (base points are constant); largest first",
+            "by_feature": [{"name": str(k), "points_change": float(v)} for k, v in movers.items()],
+        },
+        "segments": [
+            {
+                "segment": str(r["segment"]),
+                "n": int(r["n"]),
+                "mean_pd": float(r["mean_pd"]),
+                "mean_pd_compare": _num(r["mean_pd_compare"]),
+                "ratio": _num(r["ratio"]),
+                "flagged": bool(r["flagged"]),
+            }
+            for r in result.segments.to_dict("records")
+        ],
         "grade_distribution": [
             {
                 "grade": str(r["grade"]),
@@ -502,6 +651,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
                         {k: (_num(v) if k in ("value", "points") else v) for k, v in reason.items()}
                         for reason in r["reasons"]
                     ],
+                    "drivers": list(r.get("drivers") or []),
                 }
                 for r in result.warnings.to_dict("records")
             ],
@@ -512,6 +662,61 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "grades": realised,
         },
     }
+    doc["actions"] = actions(doc)
+    return doc
+
+
+def actions(doc: dict[str, Any]) -> list[str]:
+    """The summary as a short list of what to do, most urgent first (a single line saying so
+    when there is nothing to act on)."""
+    out: list[str] = []
+    psi = doc["psi"]
+    counted = [f for f in psi["features"] if f["signal"] in ("act", "watch")]
+    if psi["score"]["band"] != "stable":
+        movers = ", ".join(
+            f"{m['name']} ({m['points_change']:+.1f} pts)"
+            for m in doc["score_shift"]["by_feature"][:3]
+        )
+        out.append(
+            f"{psi['score']['band'].upper()}: the score's PSI against training is "
+            f"{psi['score']['psi']:.2f}; the mean score moved {doc['score_shift']['change']:+.1f} "
+            f"points since {doc['compare']}, mostly {movers}. Review whether the shift is risk "
+            "(keep) or data (fix the feed)."
+        )
+    for f in counted:
+        out.append(
+            f"{f['signal'].upper()}: {f['name']} drifted (PSI {f['psi']:.2f}) and carries "
+            f"{f['attribution_share']:.0%} of the model's attributions; check the data feed and "
+            "whether the model still ranks well."
+        )
+    for seg in doc["segments"]:
+        if seg["flagged"]:
+            out.append(
+                f"WATCH: industry {seg['segment']}: mean PD {seg['mean_pd']:.2%} against "
+                f"{seg['mean_pd_compare']:.2%} on {doc['compare']} (x{seg['ratio']:.1f}, "
+                f"{seg['n']} SMEs); review limits in this segment."
+            )
+    failed = [g for g in doc["realised_by_grade"]["grades"] if not g["jeffreys_pass"]]
+    for g in failed:
+        out.append(
+            f"ACT: grade {g['grade']} under-predicts: {g['defaults']} defaults in {g['n']} "
+            f"({g['observed_rate']:.2%}) against a mean PD of {g['mean_pd']:.2%} (Jeffreys "
+            f"p = {g['jeffreys_p_value']:.3f}); recalibrate or review the grade."
+        )
+    ew = doc["early_warning"]
+    if ew["count"]:
+        out.append(
+            f"WORKOUT: {ew['count']} early warning(s) (down {ew['min_notches']}+ grades or PD "
+            f"crossed {ew['pd_threshold']:.0%}); review them with the workout team."
+        )
+    if not out or all(a.startswith("WORKOUT") for a in out):
+        out.insert(
+            0,
+            f"Nothing to act on in the model: the score is {psi['score']['band']} (PSI "
+            f"{psi['score']['psi']:.2f}), no counted feature drifted, no industry's mean PD "
+            f"rose {SEGMENT_PD_RATIO:g}x, no grade failed its Jeffreys test.",
+        )
+    return out
 
 
 def metrics_of(doc: dict[str, Any]) -> dict[str, float]:

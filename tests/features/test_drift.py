@@ -178,3 +178,25 @@ def test_profile_bad_inputs() -> None:
         build_profile(panel.iloc[:0], [], CATALOG)
     with pytest.raises(ValueError, match="expected shares"):
         Bins.from_dict({"name": "x", "kind": "numeric", "edges": [1.0], "expected": [1.0], "n": 1})
+
+
+def test_rank_drift_counts_only_drift_that_matters() -> None:
+    from features.drift import attribution_shares, rank_drift
+
+    psi_rows = pd.DataFrame(
+        {
+            "name": ["score", "age", "tiny", "big", "calm"],
+            "kind": ["score", "numeric", "numeric", "numeric", "numeric"],
+            "psi": [0.05, 0.9, 0.5, 0.3, 0.01],
+            "band": ["stable", "act", "act", "act", "stable"],
+        }
+    )
+    points = pd.DataFrame(
+        {"age": [1.0, -1.0], "tiny": [0.01, 0.0], "big": [-3.0, 3.0], "calm": [1, 1]}
+    )
+    shares = attribution_shares(points)
+    assert shares.sum() == pytest.approx(1.0)
+    ranked = rank_drift(psi_rows, shares.to_dict(), time_like={"age"})
+    assert ranked["name"].tolist()[0] == "big"
+    signal = dict(zip(ranked["name"], ranked["signal"], strict=True))
+    assert signal == {"big": "act", "age": "time-like", "tiny": "negligible", "calm": "stable"}

@@ -443,3 +443,46 @@ def test_core_stress_slows_payment_and_cuts_orders(default: SimResult) -> None:
     relative = orders / orders.groupby(level=0).transform("mean")
     flagged = stress.reindex(relative.index).to_numpy()
     assert relative[flagged].mean() < 0.9 * relative[~flagged].mean()
+
+
+# -- shocks ---------------------------------------------------------------------------------------
+def test_shock_parses_and_refuses_bad_targets() -> None:
+    from datetime import date
+
+    from features.simulate import parse_shock
+
+    shock = parse_shock("core:C02+industry:textiles@2022-07", start=date(2022, 1, 1), n_cores=8)
+    assert shock == model.Shock(
+        month=6, cores=(1,), industries=(model.INDUSTRIES.index("textiles"),)
+    )
+    with pytest.raises(ScfRiskError, match="unknown target 'core:C99'"):
+        parse_shock("core:C99@2022-07", start=date(2022, 1, 1), n_cores=8)
+    with pytest.raises(ScfRiskError, match="expected TARGET"):
+        parse_shock("industry:textiles", start=date(2022, 1, 1), n_cores=8)
+    with pytest.raises(ScfRiskError, match="shock's month"):
+        replace(SMALL, shock=model.Shock(month=30, cores=(0,))).check()
+
+
+def test_a_shock_changes_nothing_before_its_month_and_hurts_its_targets_after() -> None:
+    config = replace(SMALL, n_smes=150, n_cores=6, months=18)
+    industry = 0
+    shock = model.Shock(month=9, cores=(0,), industries=(industry,), depth=0.8)
+    calm, hit = simulate(config), simulate(replace(config, shock=shock))
+    cut = calm.truth["as_of"].sort_values().unique()[9]  # the shock month's end
+    before_calm = calm.truth[calm.truth["as_of"] < cut].reset_index(drop=True)
+    before_hit = hit.truth[hit.truth["as_of"] < cut].reset_index(drop=True)
+    pd.testing.assert_frame_equal(before_calm, before_hit)
+    stressed = hit.core_stress[hit.core_stress["as_of"] >= cut]
+    assert stressed[stressed["core_id"] == calm.enterprises["enterprise_id"].iloc[0]][
+        "stressed"
+    ].all()
+    # the SMEs of the hit industry: their true PD rises against the same SMEs unshocked
+    ents = calm.enterprises.set_index("enterprise_id")
+    members = ents.index[ents["industry"] == model.INDUSTRIES[industry]]
+    after = [
+        t[(t["as_of"] >= cut) & t["sme_id"].isin(members)].set_index(["sme_id", "as_of"])["pd_true"]
+        for t in (calm.truth, hit.truth)
+    ]
+    both = pd.concat(after, axis=1, join="inner", keys=["calm", "hit"])
+    assert len(both) > 20
+    assert both["hit"].mean() > 1.5 * both["calm"].mean()

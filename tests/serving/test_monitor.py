@@ -213,9 +213,23 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     assert doc["model"]["uri"] == profiled.uri
     names = [f["name"] for f in doc["psi"]["features"]]
     assert sorted(names) == sorted(b.name for b in profiled.profile.features)
+    signals = ("stable", "watch", "act", "time-like", "negligible")
     assert doc["psi"]["band_counts"] == {
-        b: sum(f["band"] == b for f in doc["psi"]["features"]) for b in ("stable", "watch", "act")
+        b: sum(f["signal"] == b for f in doc["psi"]["features"]) for b in signals
     }
+    for f in doc["psi"]["features"]:
+        # a counted signal is the PSI band of a feature that is not time-like and matters
+        if f["signal"] in ("watch", "act"):
+            assert f["band"] == f["signal"] and not f["time_like"]
+            assert f["attribution_share"] >= 0.02
+    time_like = {f["name"] for f in doc["psi"]["features"] if f["signal"] == "time-like"}
+    assert time_like == {"firm_age_years", "months_since_first_invoice", "financials_age_days"}
+    # the features' mean point changes add up to the mean score's change
+    shift = doc["score_shift"]
+    assert shift["change"] == pytest.approx(
+        shift["mean_score_as_of"] - shift["mean_score_compare"], abs=1e-6
+    )
+    assert doc["actions"]
     grades = doc["grade_distribution"]
     assert sum(g["count_as_of"] for g in grades) == doc["population"]["as_of"]
     counts = np.array(doc["migration"]["counts"])
@@ -228,6 +242,9 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     for s in ew["smes"]:
         assert ("PD crossed" in s["rule"] and s["pd_now"] >= 0.02) or s["notches_down"] >= 2
         assert 1 <= len(s["reasons"]) <= 4 and all(r["points"] < 0 for r in s["reasons"])
+        for d in s["drivers"]:
+            assert d["change"] < 0
+            assert d["change"] == pytest.approx(d["points_now"] - d["points_before"])
     realised = doc["realised_by_grade"]
     assert realised["cohort"] == "2022-12-31" and realised["grades"]
     assert sum(g["n"] for g in realised["grades"]) > 0
@@ -349,3 +366,34 @@ def test_a_model_trained_with_a_180_day_horizon_is_monitored_with_180_days(
     # the 365-day model, on the same data and date, uses its own horizon
     default = monitor(tables, loaded, profiled.profile, as_of)
     assert default.cohort == matured_cohort(as_of, start, 365)
+
+
+def test_monthly_command_writes_one_folder_of_reports(
+    tmp_path, monkeypatch, profiled: Profiled
+) -> None:
+    out = tmp_path / "month"
+    result = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "monthly", "--data", str(profiled.data), "--as-of", "2023-12-31", "--out", str(out),
+        "--model", profiled.uri,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["scores.parquet", "monitor.html", "monitor.json", "early_warnings.csv", "performance.csv"]
+    )
+    doc = json.loads((out / "monitor.json").read_text())
+    assert doc["kind"] == "monthly" and doc["actions"]
+    perf = pd.read_csv(out / "performance.csv")
+    assert len(perf) == 24  # every month end of the data up to the as-of date
+    assert perf["mature"].sum() == 12 and perf.loc[perf["mature"], "auc_realised"].notna().all()
+    warnings = pd.read_csv(out / "early_warnings.csv")
+    assert len(warnings) == doc["early_warning"]["count"]
+    # numbers are rounded for people: no 16-digit PDs
+    assert all(len(str(v).split(".")[-1]) <= 4 for v in warnings["pd_now"])
+    # a second run into the same, now full, folder is refused and changes nothing
+    again = cli(
+        tmp_path, monkeypatch, profiled.tracking_uri,
+        "monthly", "--data", str(profiled.data), "--as-of", "2023-12-31", "--out", str(out),
+        "--model", profiled.uri,
+    )  # fmt: skip
+    assert again.exit_code == 1 and "not an empty folder" in again.output
