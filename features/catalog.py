@@ -23,7 +23,7 @@ from typing import Literal
 
 import pandas as pd
 
-from features.contract import FINANCIALS, Tables
+from features.contract import FINANCIALS, RATING_SCALE, Tables
 from features.exceptions import FeatureError
 
 Direction = Literal[-1, 0, 1]
@@ -533,3 +533,244 @@ def monotone_constraints(
 def categorical_features(catalog: Sequence[Feature] = CATALOG) -> list[str]:
     """Names of the categorical features of a catalog, in catalog order."""
     return [f.name for f in catalog if f.kind == "categorical"]
+
+
+# -- domains: the values a feature can take ----------------------------------------------------
+@dataclass(frozen=True)
+class Domain:
+    """The valid values of a feature: a closed numeric range ``[low, high]`` (finite both ends)
+    or, for a categorical feature, the categories the model was trained on (declared with the
+    model, in its bundle: `ScoringModel.categories`)."""
+
+    low: float = -1e15
+    high: float = 1e15
+    categorical: bool = False
+
+    def describe(self, categories: Sequence[str] = ()) -> str:
+        if self.categorical:
+            return "one of " + ", ".join(repr(c) for c in categories)
+        return f"[{_plain(self.low)}, {_plain(self.high)}]"
+
+    def violation(self, value: float | str, categories: Sequence[str] = ()) -> str | None:
+        """Why `value` lies outside the domain (None when inside)."""
+        if self.categorical:
+            if value in categories:
+                return None
+            return f"unknown category {value!r}: expected {self.describe(categories)}"
+        if isinstance(value, str) or not (self.low <= value <= self.high):
+            return f"value {value!r} outside the domain {self.describe()}"
+        return None
+
+
+def _plain(x: float) -> str:
+    return f"{x:g}" if abs(x) < 1e6 else f"{x:.0e}"
+
+
+DAYS_SPAN = 36_500.0  # a century, in days
+UNIT_DOMAINS: dict[str, Domain] = {
+    "share": Domain(0.0, 1.0),
+    "index 0-1": Domain(0.0, 1.0),
+    "index 1-100": Domain(1.0, 100.0),
+    "days": Domain(0.0, DAYS_SPAN),
+    "months": Domain(0.0, 2_400.0),
+    "years": Domain(0.0, 300.0),
+    "invoices": Domain(0.0, 1e9),
+    "enterprises": Domain(0.0, 1e6),
+    "loans": Domain(0.0, 1e6),
+    "currency": Domain(0.0, 1e15),
+    "times": Domain(0.0, 1e6),
+    "ratio": Domain(0.0, 1e6),
+    "rating notches": Domain(0.0, float(len(RATING_SCALE) - 1)),
+    "as reported": Domain(-1e15, 1e15),
+    "category": Domain(categorical=True),
+}
+"""The domain of every unit; a feature whose values differ from its unit's says so below."""
+
+_SIGNED_DAYS = Domain(-DAYS_SPAN, DAYS_SPAN)
+_GROWTH = Domain(-1.0, 1e6)  # a ratio minus 1: never below -1
+DOMAIN_OVERRIDES: dict[str, Domain] = {
+    "dispute_rate_change_365d": Domain(-1.0, 1.0),
+    "ap_days_beyond_terms_trend": _SIGNED_DAYS,
+    "ap_days_beyond_terms_change_365d": _SIGNED_DAYS,
+    "main_core_payment_stress": _SIGNED_DAYS,
+    **{f"cash_conversion_cycle_{w}d": _SIGNED_DAYS for w in WINDOWS},
+    "sales_growth_qoq": _GROWTH,
+    "sales_growth_yoy": _GROWTH,
+    "purchases_growth_qoq": _GROWTH,
+    "purchases_growth_yoy": _GROWTH,
+    "dio_change_365d": _GROWTH,
+    "inventory_change_90d": _GROWTH,
+}
+"""Features whose domain is not their unit's (differences and growth rates can be negative)."""
+
+
+def domain_of(feature: Feature) -> Domain:
+    """A feature's domain: its own override, else its unit's; a unit without one is an error."""
+    if feature.name in DOMAIN_OVERRIDES:
+        return DOMAIN_OVERRIDES[feature.name]
+    if feature.unit in UNIT_DOMAINS:
+        return UNIT_DOMAINS[feature.unit]
+    raise FeatureError(
+        f"feature {feature.name!r}: unit {feature.unit!r} has no domain; declare one in "
+        "UNIT_DOMAINS or DOMAIN_OVERRIDES (features/catalog.py)"
+    )
+
+
+# -- reason codes and their wording ------------------------------------------------------------
+ReasonSide = Literal["HIGH", "LOW", "CATEGORY", "MISSING"]
+
+
+@dataclass(frozen=True)
+class ReasonCode:
+    """A stable code for one feature and one side (its value is high, low, a category, or
+    missing), with the sentence a lending system can show (``{value}`` is filled in)."""
+
+    code: str
+    feature: str
+    side: ReasonSide
+    template: str
+
+
+def _window_words(days: int | None) -> str:
+    return {None: "", 365: "the last year"}.get(days, f"the last {days} days")
+
+
+# Sentences written for people, by feature stem (windowed names without ``_{w}d``): the
+# present-value wording per side, and the missing-value wording. ``{window}`` is "the last year"
+# or "the last 90 days"; ``{value}`` the value formatted by unit. A feature without an entry
+# reads its catalog description (see `reason_codes`).
+SENTENCES: dict[str, dict[str, str]] = {
+    "ap_days_beyond_terms": {
+        "HIGH": "Pays its suppliers {value} beyond terms on average over {window}",
+        "MISSING": "No supplier invoices paid or overdue in {window}",
+    },
+    "ap_late_rate": {
+        "HIGH": "Paid {value} of its supplier invoices late over {window}",
+        "MISSING": "No supplier invoices paid in {window}",
+    },
+    "ap_max_days_past_due": {
+        "HIGH": "Paid a supplier as late as {value} past the due date over {window}",
+        "MISSING": "No supplier invoices paid or open in {window}",
+    },
+    "ap_past_due_share": {
+        "HIGH": "{value} of its unpaid supplier invoices are past due",
+        "MISSING": "No unpaid supplier invoices",
+    },
+    "payment_index": {
+        "LOW": "Payment index of {value} over {window} (80 = pays on terms)",
+        "MISSING": "No supplier payments in {window} to compute a payment index",
+    },
+    "dso": {
+        "HIGH": "Buyers take {value} to pay (days sales outstanding over {window})",
+        "MISSING": "No sales in {window} to compute days sales outstanding",
+    },
+    "pledged_share": {
+        "HIGH": "{value} of its latest inventory is pledged to lenders",
+        "MISSING": "No inventory pledged in the last 365 days",
+    },
+    "dispute_rate": {
+        "HIGH": "{value} of its invoices to buyers in {window} are disputed",
+        "MISSING": "No invoices to buyers in {window}",
+    },
+    "days_since_last_sale": {
+        "HIGH": "Last invoiced a buyer {value} ago",
+        "MISSING": "No sale on record",
+    },
+    "firm_age_years": {
+        "LOW": "The firm was founded {value} ago",
+        "MISSING": "The firm's founding date is not known",
+    },
+    "months_since_first_invoice": {
+        "LOW": "First invoice on record {value} ago",
+        "MISSING": "No invoice on record",
+    },
+    "peer_default_share": {
+        "HIGH": "{value} of the SMEs trading with its main core enterprise defaulted in {window}",
+        "MISSING": "No other SMEs trade with its main core enterprise",
+    },
+    "main_core_rating_ordinal": {
+        "HIGH": "Its main core enterprise is rated {value} below AAA",
+        "MISSING": "No main core enterprise in the last year",
+    },
+}
+
+
+def stem(name: str) -> str:
+    """A feature name without its window suffix (``dso_90d`` -> ``dso``; ``_365d`` too)."""
+    for w in WINDOWS:
+        if name.endswith(f"_{w}d"):
+            return name[: -len(f"_{w}d")]
+    return name
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def reason_codes(feature: Feature) -> dict[ReasonSide, ReasonCode]:
+    """The codes of one feature, by side: HIGH and LOW (numeric) or CATEGORY (categorical),
+    and MISSING; each with its sentence template (`SENTENCES`, else the catalog description)."""
+    written = SENTENCES.get(stem(feature.name), {})
+    window = _window_words(feature.window_days)
+    sides: tuple[ReasonSide, ...] = (
+        ("CATEGORY", "MISSING") if feature.kind == "categorical" else ("HIGH", "LOW", "MISSING")
+    )
+    out: dict[ReasonSide, ReasonCode] = {}
+    for side in sides:
+        if side in written:
+            template = written[side].replace("{window}", window)
+        elif side == "MISSING":
+            template = f"Not known: {_lower_first(feature.description)}"
+        elif side == "CATEGORY":
+            template = f"{feature.description}: {{value}}"
+        else:
+            level = "high" if side == "HIGH" else "low"
+            template = f"{feature.description} is {level}: {{value}}"
+        code = f"{feature.name.upper()}_{side}"
+        out[side] = ReasonCode(code, feature.name, side, template)
+    return out
+
+
+def all_reason_codes(catalog: Sequence[Feature] = CATALOG) -> list[ReasonCode]:
+    """Every reason code of a catalog, in catalog order."""
+    return [rc for f in catalog for rc in reason_codes(f).values()]
+
+
+def format_value(feature: Feature, value: float | str | None) -> str:
+    """A value written for a person, by the feature's unit (``34%``, ``12 days``, ``1,234,567``);
+    no float noise and no negative zero."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "missing"
+    if isinstance(value, str):
+        return value
+    v = float(value)
+    unit = feature.unit
+    if unit in ("share", "index 0-1") and stem(feature.name) != "buyer_hhi":
+        pct = v * 100
+        text = f"{pct:.1f}%" if 0 < abs(pct) < 10 and round(pct) != pct else f"{pct:.0f}%"
+        return _no_negative_zero(text)
+    if unit == "days":
+        n = round(v)
+        return _no_negative_zero(f"{n:,} day" + ("" if abs(n) == 1 else "s"))
+    if unit in ("currency", "as reported"):
+        return _no_negative_zero(f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}")
+    if unit in ("months", "years"):
+        return _no_negative_zero(f"{v:.1f} {unit}" if v < 10 else f"{v:.0f} {unit}")
+    if unit in ("invoices", "enterprises", "loans"):
+        return f"{round(v):,} {unit}"
+    if unit == "rating notches":
+        return _no_negative_zero(f"{v:.1f} notches")
+    if unit == "times":
+        return _no_negative_zero(f"{v:.2f} times")
+    if unit == "index 1-100":
+        return f"{v:.0f}"
+    if feature.name in DOMAIN_OVERRIDES and DOMAIN_OVERRIDES[feature.name] is _GROWTH:
+        return _no_negative_zero(f"{v * 100:+.0f}%")
+    return _no_negative_zero(f"{v:,.2f}")
+
+
+def _no_negative_zero(text: str) -> str:
+    stripped = text.lstrip("-+")
+    if stripped and not any(ch in "123456789" for ch in stripped.split(" ")[0]):
+        return stripped
+    return text

@@ -8,11 +8,12 @@ lists feature names by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,15 +24,28 @@ from pydantic import (
     model_validator,
 )
 
-from features.catalog import Feature
+from features.catalog import Feature, domain_of
 from features.contract import TABLES, Column, Table
 
 SME_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 DECISION_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 MAX_TEXT = 256
 
+FIRST_DATE = date(1900, 1, 1)
+LAST_DATE = date(2262, 4, 11)  # pandas' datetime64[ns] ends on 2262-04-11
+
+
+def _supported_date(value: date) -> date:
+    if not FIRST_DATE <= value <= LAST_DATE:
+        raise ValueError(
+            f"date {value.isoformat()} outside the supported range "
+            f"{FIRST_DATE.isoformat()} to {LAST_DATE.isoformat()}"
+        )
+    return value
+
+
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-IsoDate = Annotated[date, Strict()]
+IsoDate = Annotated[date, Strict(), AfterValidator(_supported_date)]
 Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT)]
 SmeId = Annotated[str, Field(pattern=SME_ID_PATTERN, description="The SME's enterprise_id.")]
 DecisionId = Annotated[str, Field(pattern=DECISION_ID_PATTERN, description="A decision's UUID.")]
@@ -49,14 +63,19 @@ class ScoreRequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sme_id: SmeId
-    as_of: IsoDate | None = Field(
-        default=None, description="The as-of date (YYYY-MM-DD, not in the future); default today."
+    as_of: IsoDate = Field(
+        description="The as-of date (YYYY-MM-DD, required, from 1900-01-01, not in the future)."
+    )
+    allow_sparse: bool = Field(
+        default=False,
+        description="Score even when the features present carry less of the model's gain "
+        "importance than the service's minimum coverage; the decision records it.",
     )
 
     @field_validator("as_of")
     @classmethod
-    def _not_future(cls, value: date | None) -> date | None:
-        if value is not None and value > today():
+    def _not_future(cls, value: date) -> date:
+        if value > today():
             raise ValueError(f"as_of {value.isoformat()} is in the future (today is {today()})")
         return value
 
@@ -127,14 +146,39 @@ def history_model() -> type[BaseModel]:
     return create_model("History", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def features_model(catalog: Iterable[Feature]) -> type[BaseModel]:
-    """One optional field per catalog feature, named by the feature, described by the catalog."""
+def _in_domain(feature: Feature, categories: Sequence[str]) -> Any:
+    domain = domain_of(feature)
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            problem = domain.violation(value, categories)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+def features_model(
+    catalog: Iterable[Feature], categories: Mapping[str, Sequence[str]] | None = None
+) -> type[BaseModel]:
+    """One optional field per catalog feature, named by the feature, described by the catalog,
+    checked against the feature's domain (a categorical against the model's trained categories:
+    an unknown one is an error, never silently missing)."""
+    categories = categories or {}
     fields: dict[str, Any] = {}
     for i, f in enumerate(catalog):
         kind: Any = Text if f.kind == "categorical" else FiniteFloat
+        known = tuple(categories.get(f.name, ()))
+        domain = domain_of(f)
+        where = domain.describe(known) if (known or not domain.categorical) else "a category"
         fields[f"f{i}"] = (
-            kind | None,
-            Field(default=None, alias=f.name, description=f"{f.description} [{f.unit}]"),
+            Annotated[kind | None, _in_domain(f, known)],
+            Field(
+                default=None,
+                alias=f.name,
+                description=f"{f.description} [{f.unit}; {where}]",
+            ),
         )
     return create_model(
         "Features", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields
@@ -142,10 +186,10 @@ def features_model(catalog: Iterable[Feature]) -> type[BaseModel]:
 
 
 def request_models(
-    catalog: Iterable[Feature],
+    catalog: Iterable[Feature], categories: Mapping[str, Sequence[str]] | None = None
 ) -> tuple[type[ScoreRequestBase], type[RootModel[Any]]]:
-    """The single and batch scoring request models of a catalog."""
-    Features: Any = features_model(catalog)
+    """The single and batch scoring request models of a catalog (and the model's categories)."""
+    Features: Any = features_model(catalog, categories)
     History: Any = history_model()
     ScoreRequest = create_model(
         "ScoreRequest",
@@ -174,10 +218,52 @@ def request_features(request: BaseModel) -> dict[str, Any]:
 
 # -- responses ------------------------------------------------------------------------------------
 class Reason(BaseModel):
+    code: str = Field(default="", description="Stable reason code (GET /v1/reason-codes).")
     feature: str
     value: FeatureValue
     points: float = Field(description="Score points of this feature (negative = more risk).")
-    text: str = Field(description="The catalog's description of the feature.")
+    text: str = Field(description="The code's sentence, with the value written for a person.")
+
+
+class Coverage(BaseModel):
+    present: int = Field(description="Features with a value.")
+    of: int = Field(description="Features of the model.")
+    gain_share: float = Field(description="Share of the model's gain importance present.")
+    missing_top: list[str] = Field(description="The most important missing features.")
+
+
+class GradeBand(BaseModel):
+    grade: str
+    rank: int = Field(description="1 = the best grade.")
+    of: int
+    pd_low: float = Field(description="Lower end of the grade's PD band (exclusive).")
+    pd_high: float = Field(description="Upper end of the grade's PD band (inclusive).")
+    text: str
+
+
+class Improvement(BaseModel):
+    """For the top reason: the nearest value of its feature that moves the SME one grade up,
+    the model held fixed (``to`` and ``grade`` null when no change of it alone does)."""
+
+    feature: str
+    from_: FeatureValue = Field(alias="from")
+    to: float | None
+    grade: str | None
+    text: str
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class ReasonCodeInfo(BaseModel):
+    code: str
+    feature: str
+    side: str = Field(description="HIGH, LOW, CATEGORY or MISSING.")
+    template: str = Field(description="The sentence; {value} is the value written by unit.")
+
+
+class RecordedInput(BaseModel):
+    raw: Any = Field(description="The request item exactly as the caller sent it (parsed JSON).")
+    normalised: dict[str, Any] = Field(description="The request as validated.")
 
 
 class ModelInfo(BaseModel):
@@ -197,10 +283,28 @@ class ScoreResponse(BaseModel):
     model: ModelInfo
     mode: str = Field(description="features, history or stored (latest materialised features).")
     base_points: float
+    coverage: Coverage
+    allow_sparse: bool
+    features_as_of: date | None = Field(
+        description="stored mode: the as-of date of the materialised features used."
+    )
+    grade_band: GradeBand
+    improvement: Improvement | None
 
 
-class BatchScoreResponse(RootModel[list[ScoreResponse]]):
-    pass
+class ItemError(BaseModel):
+    index: int = Field(description="The item's position in the batch (0-based).")
+    errors: list[dict[str, Any]] = Field(description="The item's problems (capped).")
+    error_count: int = Field(description="How many problems the item has in all.")
+
+
+class BatchScoreResponse(BaseModel):
+    scored: int
+    failed: int
+    results: list[ScoreResponse | None] = Field(
+        description="One entry per item, in order: its decision, or null when it failed."
+    )
+    errors: list[ItemError] = Field(description="The failed items, each with its index.")
 
 
 class CallerInfo(BaseModel):
@@ -229,6 +333,12 @@ class DecisionRecord(BaseModel):
     reasons: list[Reason]
     model: ModelInfo
     explain_method: str
+    coverage: Coverage | None = None
+    allow_sparse: bool = False
+    features_as_of: date | None = None
+    grade_band: GradeBand | None = None
+    improvement: Improvement | None = None
+    input: RecordedInput | None = None
     prev_hash: str
     record_hash: str
 

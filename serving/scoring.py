@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import date
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,17 +31,30 @@ if TYPE_CHECKING:
     from training.model import ScoringModel
 
 N_REASONS = 4
+DEFAULT_MIN_COVERAGE = 0.5
+DEFAULT_MAX_FEATURE_AGE_DAYS = 45
 LatestLookup = Callable[[str], "tuple[date, dict[str, Any]] | None"]
 
 
 @dataclass(frozen=True)
 class Reason:
-    """One risk driver: a feature that lowers the score, its value, its points, its description."""
+    """One risk driver: a feature that lowers the score, its stable code (catalog), its value,
+    its points and the code's sentence with the value written for a person."""
 
+    code: str
     feature: str
     value: float | str | None
     points: float
     text: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The service's refusal thresholds (settings): minimum coverage (share of the model's gain
+    importance carried by the features present) and the oldest materialised features accepted."""
+
+    min_coverage: float = DEFAULT_MIN_COVERAGE
+    max_feature_age_days: int = DEFAULT_MAX_FEATURE_AGE_DAYS
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,12 @@ class Decision:
     reasons: tuple[Reason, ...]
     model: dict[str, str | None]
     explain_method: str
+    coverage: dict[str, Any] = field(default_factory=dict)
+    allow_sparse: bool = False
+    features_as_of: date | None = None
+    grade_band: dict[str, Any] = field(default_factory=dict)
+    improvement: dict[str, Any] | None = None
+    input: dict[str, Any] = field(default_factory=dict)
 
     def body(self, caller: Caller | None = None) -> dict[str, Any]:
         """The JSON-able record the audit store chains (it adds id, sequence, time, hashes)."""
@@ -82,6 +101,14 @@ class Decision:
             "reasons": [asdict(r) for r in self.reasons],
             "model": dict(self.model),
             "explain_method": self.explain_method,
+            "coverage": dict(self.coverage),
+            "allow_sparse": self.allow_sparse,
+            "features_as_of": (
+                None if self.features_as_of is None else self.features_as_of.isoformat()
+            ),
+            "grade_band": dict(self.grade_band),
+            "improvement": self.improvement,
+            "input": dict(self.input),
         }
 
 
@@ -92,13 +119,23 @@ class _Inputs:
     mode: str
     features: dict[str, Any]
     inputs_hash: str
+    features_as_of: date | None = None
+    coverage: dict[str, Any] = field(default_factory=dict)
+    allow_sparse: bool = False
+    input: dict[str, Any] = field(default_factory=dict)
 
 
 def score(
-    served: ServedModel, request: ScoreRequestBase, *, latest: LatestLookup | None = None
+    served: ServedModel,
+    request: ScoreRequestBase,
+    *,
+    latest: LatestLookup | None = None,
+    limits: Limits = Limits(),
+    raw: Any = None,
 ) -> Decision:
-    """Score one validated request (see the module docstring for the three modes)."""
-    return score_many(served, [request], latest=latest, batch=False)[0]
+    """Score one validated request (see the module docstring for the three modes); `raw` is
+    what the caller sent (kept in the record beside the normalised request)."""
+    return score_many(served, [request], latest=latest, batch=False, limits=limits, raw=[raw])[0]
 
 
 def score_many(
@@ -107,21 +144,46 @@ def score_many(
     *,
     latest: LatestLookup | None = None,
     batch: bool = True,
+    limits: Limits = Limits(),
+    raw: Sequence[Any] | None = None,
 ) -> list[Decision]:
     """Score several requests with one explanation call (one decision per request, in order).
 
     Errors name the field; in a batch the location starts with the item's index.
     """
+    raws = list(raw) if raw is not None else [None] * len(requests)
     inputs = [
-        _inputs(served, req, latest, loc=(i,) if batch else ()) for i, req in enumerate(requests)
+        prepare(served, req, latest, loc=(i,) if batch else (), limits=limits, raw=raws[i])
+        for i, req in enumerate(requests)
     ]
-    return explain_rows(
+    return decide(served, inputs)
+
+
+def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
+    """Explain prepared inputs (see `prepare`) with one call: one decision each, in order."""
+    if not inputs:
+        return []
+    decisions = explain_rows(
         served.model,
         [x.features for x in inputs],
         method=served.explain_method,
         model_info=served.info,
         meta=[(x.sme_id, x.as_of, x.mode, x.inputs_hash) for x in inputs],
     )
+    out = []
+    for d, x in zip(decisions, inputs, strict=True):
+        out.append(
+            replace(
+                d,
+                coverage=x.coverage,
+                allow_sparse=x.allow_sparse,
+                features_as_of=x.features_as_of,
+                grade_band=grade_band(served.model, d.grade),
+                improvement=improvement(served.model, x.features, d),
+                input=x.input,
+            )
+        )
+    return out
 
 
 def explain_rows(
@@ -141,7 +203,6 @@ def explain_rows(
     except ModelInputError as exc:
         raise InvalidInput(("features",), str(exc)) from exc
     names = list(model.feature_names)
-    by_name = {f.name: f for f in model.catalog}
     values = recorded_values(model, rows)
     points = expl.point_values  # the model's feature order, as `names`
     decisions: list[Decision] = []
@@ -149,9 +210,7 @@ def explain_rows(
         row_points = points[i]
         order = np.argsort(row_points, kind="stable")
         reasons = tuple(
-            Reason(
-                names[j], values[i][names[j]], float(row_points[j]), by_name[names[j]].description
-            )
+            reason(model, names[j], values[i], float(row_points[j]))
             for j in order[:N_REASONS]
             if row_points[j] < 0
         )
@@ -205,58 +264,276 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(canonical_bytes(obj)).hexdigest()
 
 
-def _inputs(
+def prepare(
     served: ServedModel,
     request: ScoreRequestBase,
     latest: LatestLookup | None,
     *,
     loc: tuple[str | int, ...],
+    limits: Limits = Limits(),
+    raw: Any = None,
 ) -> _Inputs:
+    """A request's feature values (by mode), checked for coverage and staleness; raises
+    `InvalidInput` naming the field when it cannot be scored."""
     mode = request.mode
     received = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+    record_input = {"raw": raw, "normalised": received}
+    as_of = request.as_of
+    features_as_of: date | None = None
     if mode == "features":
-        as_of = request.as_of or today()
-        return _Inputs(
-            request.sme_id,
-            as_of,
-            mode,
-            request_features(request),
-            _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received}),
-        )
-    if mode == "history":
-        as_of = request.as_of or today()
+        values = request_features(request)
+        digest = _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received})
+    elif mode == "history":
         values = history_features(served.model, request, as_of, loc=loc)
-        return _Inputs(
-            request.sme_id,
-            as_of,
-            mode,
-            values,
-            _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received}),
+        digest = _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received})
+    else:
+        features_as_of, values = _stored(served, request, latest, loc=loc, limits=limits)
+        digest = _hash(
+            {
+                "mode": mode,
+                "request": received,
+                "materialized": {"as_of": features_as_of.isoformat(), "features": values},
+            }
         )
+    cov = coverage(served.model, values)
+    if cov["gain_share"] < limits.min_coverage and not request.allow_sparse:
+        field_name = {"features": "features", "history": "history"}.get(mode, "sme_id")
+        raise InvalidInput(
+            (*loc, field_name),
+            f"coverage too low: the {cov['present']} feature(s) present carry "
+            f"{cov['gain_share']:.1%} of the model's gain importance, below the minimum "
+            f"{limits.min_coverage:.0%}; send more features or set allow_sparse to true "
+            f"(missing: {', '.join(cov['missing_top'])})",
+        )
+    return _Inputs(
+        request.sme_id,
+        as_of,
+        mode,
+        values,
+        digest,
+        features_as_of=features_as_of,
+        coverage=cov,
+        allow_sparse=request.allow_sparse,
+        input=record_input,
+    )
+
+
+def _stored(
+    served: ServedModel,
+    request: ScoreRequestBase,
+    latest: LatestLookup | None,
+    *,
+    loc: tuple[str | int, ...],
+    limits: Limits,
+) -> tuple[date, dict[str, Any]]:
     found = latest(request.sme_id) if latest is not None else None
     if found is None:
-        raise InvalidInput(
-            (*loc, "sme_id"),
-            f"no materialised features for SME {request.sme_id}: send features or history",
+        reference = served.model.reference
+        known = reference is not None and bool(
+            (reference.enterprises["enterprise_id"].astype(str) == request.sme_id).any()
         )
+        if known:
+            message = (
+                f"SME {request.sme_id} is known to the model's reference data but its features "
+                "were never materialised (run scf-risk score or monthly): send features or history"
+            )
+        else:
+            message = (
+                f"unknown SME {request.sme_id}: no materialised features and not in the "
+                "model's reference data: send features or history"
+            )
+        raise InvalidInput((*loc, "sme_id"), message)
     stored_as_of, stored = found
-    if request.as_of is not None and stored_as_of > request.as_of:
+    if stored_as_of > request.as_of:
         raise InvalidInput(
             (*loc, "as_of"),
             f"the latest materialised features of {request.sme_id} are as of "
             f"{stored_as_of.isoformat()}, after the requested as_of {request.as_of.isoformat()}: "
             "send features or history",
         )
-    known = set(served.model.feature_names)
-    values = {k: v for k, v in stored.items() if k in known}
-    digest = _hash(
-        {
-            "mode": mode,
-            "request": received,
-            "materialized": {"as_of": stored_as_of.isoformat(), "features": values},
-        }
+    oldest = request.as_of - timedelta(days=limits.max_feature_age_days)
+    if stored_as_of < oldest:
+        raise InvalidInput(
+            (*loc, "as_of"),
+            f"the latest materialised features of {request.sme_id} are as of "
+            f"{stored_as_of.isoformat()}, more than {limits.max_feature_age_days} days before "
+            f"the requested as_of {request.as_of.isoformat()} (stale): send features or history",
+        )
+    known_names = set(served.model.feature_names)
+    return stored_as_of, {k: v for k, v in stored.items() if k in known_names}
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value)
+
+
+def coverage(model: ScoringModel, values: dict[str, Any]) -> dict[str, Any]:
+    """How much of the model the values cover: features present, and the share of the
+    booster's total gain importance those features carry (1.0 for a model without splits)."""
+    gains = gain_importance(model)
+    total = sum(gains.values())
+    present = [n for n in model.feature_names if _present(values.get(n))]
+    share = 1.0 if total <= 0 else sum(gains[n] for n in present) / total
+    missing = sorted(
+        (n for n in model.feature_names if n not in set(present) and gains[n] > 0),
+        key=lambda n: -gains[n],
     )
-    return _Inputs(request.sme_id, stored_as_of, mode, values, digest)
+    return {
+        "present": len(present),
+        "of": len(model.feature_names),
+        "gain_share": round(share, 6),
+        "missing_top": missing[:5],
+    }
+
+
+def gain_importance(model: ScoringModel) -> dict[str, float]:
+    """The booster's gain importance per feature (cached per booster)."""
+    key = id(model.booster)
+    hit = _GAIN_CACHE.get(key)
+    if hit is None or hit[0] is not model.booster:
+        gains = model.booster.feature_importance(importance_type="gain")
+        hit = (model.booster, dict(zip(model.feature_names, map(float, gains), strict=True)))
+        _GAIN_CACHE[key] = hit
+    return hit[1]
+
+
+_GAIN_CACHE: dict[int, tuple[Any, dict[str, float]]] = {}
+_SPLITS_CACHE: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
+
+
+def split_points(model: ScoringModel) -> dict[str, np.ndarray]:
+    """The sorted numeric split thresholds of each feature over all trees (cached per booster):
+    the only values at which the model's output for that feature can change."""
+    key = id(model.booster)
+    hit = _SPLITS_CACHE.get(key)
+    if hit is None or hit[0] is not model.booster:
+        names = model.feature_names
+        found: dict[str, set[float]] = {n: set() for n in names}
+
+        def walk(node: dict[str, Any]) -> None:
+            if "split_feature" in node:
+                if node.get("decision_type") == "<=":
+                    found[names[node["split_feature"]]].add(float(node["threshold"]))
+                walk(node["left_child"])
+                walk(node["right_child"])
+
+        for tree in model.booster.dump_model()["tree_info"]:
+            walk(tree["tree_structure"])
+        hit = (model.booster, {n: np.array(sorted(v)) for n, v in found.items()})
+        _SPLITS_CACHE[key] = hit
+    return hit[1]
+
+
+def _grades_of(model: ScoringModel, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    from scipy.special import expit
+
+    M = model.records_matrix(rows)
+    margin = np.asarray(model.booster.predict(M, raw_score=True), dtype=np.float64)
+    return model.master_scale.grade(expit(model.calibration.logodds(margin)))
+
+
+def _side(model: ScoringModel, name: str, row: dict[str, Any]) -> str:
+    """For a present numeric value: HIGH when its level adds risk because it is high (declared
+    by the catalog's direction; for an unconstrained feature, probed at the nearest splits)."""
+    from features.catalog import get_feature
+
+    f = get_feature(name, model.catalog)
+    if f.direction != 0:
+        return "HIGH" if f.direction > 0 else "LOW"
+    value = float(row[name])
+    cuts = split_points(model).get(name, np.array([]))
+    below, above = cuts[cuts < value], cuts[cuts >= value]
+    probes = [value]
+    if len(below):
+        probes.append(float(below[-1]))
+    if len(above):
+        probes.append(float(np.nextafter(above[0], np.inf)))
+    M = model.records_matrix([{**row, name: p} for p in probes])
+    margin = np.asarray(model.booster.predict(M, raw_score=True), dtype=np.float64)
+    down = margin[1] if len(below) else margin[0]
+    up = margin[-1] if len(above) else margin[0]
+    return "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
+
+
+def reason(model: ScoringModel, name: str, row: dict[str, Any], points: float) -> Reason:
+    """One risk driver with its catalog code and sentence."""
+    from features.catalog import format_value, get_feature, reason_codes
+
+    f = get_feature(name, model.catalog)
+    value = row.get(name)
+    codes = reason_codes(f)
+    if not _present(value):
+        rc = codes["MISSING"]
+    elif f.kind == "categorical":
+        rc = codes["CATEGORY"]
+    else:
+        rc = codes[_side(model, name, row)]  # type: ignore[index]
+    return Reason(rc.code, name, value, points, rc.template.format(value=format_value(f, value)))
+
+
+def grade_band(model: ScoringModel, grade: str) -> dict[str, Any]:
+    """What a grade means: its PD band (lower end exclusive, upper inclusive)."""
+    scale = model.master_scale
+    k = list(scale.grades).index(grade)
+    low, high = scale.lower_pd()[k], scale.upper_pd[k]
+    days = model.horizon_days
+    return {
+        "grade": grade,
+        "rank": k + 1,
+        "of": len(scale.grades),
+        "pd_low": low,
+        "pd_high": high,
+        "text": f"Grade {grade} ({k + 1} of {len(scale.grades)}, best first): probability of "
+        f"default within {days} days above {low:.2%} and up to {high:.2%}",
+    }
+
+
+def improvement(
+    model: ScoringModel, values: dict[str, Any], decision: Decision
+) -> dict[str, Any] | None:
+    """For the top reason: the nearest value of that feature, along its monotone direction, that
+    moves the SME one grade up with the model held fixed (None when there is no reason)."""
+    from features.catalog import domain_of, format_value, get_feature
+
+    if not decision.reasons:
+        return None
+    name = decision.reasons[0].feature
+    f = get_feature(name, model.catalog)
+    grades = list(model.master_scale.grades)
+    k = grades.index(decision.grade)
+    base = {"feature": name, "from": decision.reasons[0].value, "to": None, "grade": None}
+    value = values.get(name)
+    if k == 0:
+        return {**base, "text": "already in the best grade"}
+    if f.kind == "categorical" or f.direction == 0 or not _present(value):
+        why = (
+            "its value is missing"
+            if not _present(value)
+            else "it has no monotone direction in the model"
+        )
+        return {**base, "text": f"no what-if for {name}: {why}"}
+    domain = domain_of(f)
+    cuts = split_points(model).get(name, np.array([]))
+    current = float(value)  # type: ignore[arg-type]
+    if f.direction > 0:  # less is better: go left of each split below the value, nearest first
+        candidates = [float(c) for c in cuts[cuts < current][::-1] if c >= domain.low]
+    else:  # more is better: go right of each split at or above the value, nearest first
+        candidates = [
+            float(np.nextafter(c, np.inf)) for c in cuts[cuts >= current] if c < domain.high
+        ]
+    if candidates:
+        got = _grades_of(model, [{**values, name: c} for c in candidates])
+        for c, g in zip(candidates, got, strict=True):
+            if grades.index(str(g)) < k:
+                verb = "Lowering" if f.direction > 0 else "Raising"
+                return {
+                    **base,
+                    "to": c,
+                    "grade": str(g),
+                    "text": f"{verb} {name} from {format_value(f, current)} to "
+                    f"{format_value(f, c)} would move the SME from {decision.grade} to {g}",
+                }
+    return {**base, "text": "no change of this feature alone moves it up a grade"}
 
 
 def history_features(

@@ -105,7 +105,7 @@ def build_served(loaded: LoadedModel, explain_method: str) -> ServedModel:
         raise ModelLoadFailed(
             f"model {loaded.uri}: base points + feature points differ from the score by {gap:g}"
         )
-    single, batch = request_models(model.catalog)
+    single, batch = request_models(model.catalog, model.categories)
     return ServedModel(
         loaded=loaded,
         request_model=single,

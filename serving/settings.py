@@ -5,11 +5,14 @@ They extend the training package's `TrackingSettings` (the MLflow store and defa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
 from training.settings import TrackingSettings
+
+if TYPE_CHECKING:
+    from serving.scoring import Limits
 
 ExplainMethod = Literal["fast", "pred_contrib", "tree_shap"]
 
@@ -35,6 +38,21 @@ class Settings(TrackingSettings):
         gt=0,
         validation_alias="SCF_RISK_BATCH_LIMIT",
         description="Most items in one POST /v1/scores/batch; more get 422.",
+    )
+    min_coverage: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        validation_alias="SCF_RISK_MIN_COVERAGE",
+        description="Least share of the model's gain importance the features present must "
+        "carry; below it a request is refused (422) unless it sets allow_sparse.",
+    )
+    max_feature_age_days: int = Field(
+        default=45,
+        ge=0,
+        validation_alias="SCF_RISK_MAX_FEATURE_AGE_DAYS",
+        description="sme_id-only requests: refuse materialised features older than this many "
+        "days before as_of.",
     )
     cors_origins: list[str] = Field(
         default_factory=list,
@@ -70,6 +88,13 @@ class Settings(TrackingSettings):
         if value not in ("development", "test", "production"):
             raise ValueError(f"expected development, test or production, got {value!r}")
         return value
+
+    @property
+    def limits(self) -> Limits:
+        """The scoring core's refusal thresholds."""
+        from serving.scoring import Limits
+
+        return Limits(self.min_coverage, self.max_feature_age_days)
 
     @property
     def is_development(self) -> bool:

@@ -22,7 +22,7 @@ from serving.api.keys import redact
 from serving.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from serving.api.pages import routes as pages
 from serving.api.prometheus import MetricsMiddleware
-from serving.api.routes import admin, decisions, health, model, scores
+from serving.api.routes import admin, decisions, health, model, reason_codes, scores
 from serving.api.service import Service
 from serving.audit.store import AuditStore
 from serving.served import Loader
@@ -60,7 +60,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    for module in (scores, decisions, model, admin, health, pages):
+    for module in (scores, decisions, model, reason_codes, admin, health, pages):
         app.include_router(module.router)
     errors.install(app)
     if settings.cors_origins:

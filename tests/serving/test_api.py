@@ -24,7 +24,13 @@ FEATURES = {"dso_90d": 42.5, "industry": "food"}
 
 
 def score_one(client: TestClient, headers: Headers, **body: Any) -> dict[str, Any]:
-    payload = {"sme_id": "S1", "features": FEATURES, **body}
+    payload = {
+        "sme_id": "S1",
+        "as_of": "2024-06-30",
+        "allow_sparse": True,
+        "features": FEATURES,
+        **body,
+    }
     r = client.post("/v1/scores", json=payload, headers=headers("scorer"))
     assert r.status_code == 200, r.text
     return dict(r.json())
@@ -33,7 +39,7 @@ def score_one(client: TestClient, headers: Headers, **body: Any) -> dict[str, An
 # -- the role matrix -------------------------------------------------------------------------------
 def endpoints(decision_id: str) -> list[tuple[str, str, Any, tuple[str, ...]]]:
     """(method, path, json body, roles allowed) of every endpoint that needs a key."""
-    one = {"sme_id": "S1", "features": FEATURES}
+    one = {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES}
     return [
         ("POST", "/v1/scores", one, ("scorer",)),
         ("POST", "/v1/scores/batch", [one, one], ("scorer",)),
@@ -82,10 +88,19 @@ def test_score_response_and_stored_decision(client: TestClient, headers: Headers
 
 
 def test_batch_scores_one_decision_per_item(client: TestClient, headers: Headers) -> None:
-    items = [{"sme_id": f"S{i}", "features": {"dso_90d": float(i)}} for i in range(5)]
+    items = [
+        {
+            "sme_id": f"S{i}",
+            "as_of": "2024-06-30",
+            "allow_sparse": True,
+            "features": {"dso_90d": float(i)},
+        }
+        for i in range(5)
+    ]
     r = client.post("/v1/scores/batch", json=items, headers=headers("scorer"))
     assert r.status_code == 200
-    out = r.json()
+    assert (r.json()["scored"], r.json()["failed"], r.json()["errors"]) == (5, 0, [])
+    out = r.json()["results"]
     assert [d["sme_id"] for d in out] == [f"S{i}" for i in range(5)]
     assert len({d["decision_id"] for d in out}) == 5
     store: AuditStore = client.app.state.service.store  # type: ignore[attr-defined]
@@ -99,33 +114,83 @@ LOAN = (
     '"maturity_date":"2024-02-01","amount":NaN}'
 )
 BAD_BODIES: list[tuple[str, str, list[Any]]] = [
-    ('{"sme_id":"S1","features":{"nope":1}}', "unknown feature", [*F, "nope"]),
-    ('{"sme_id":"S1","features":{"dso_90d":"abc"}}', "wrong type", [*F, "dso_90d"]),
-    ('{"sme_id":"S1","features":{"dso_90d":true}}', "bool as number", [*F, "dso_90d"]),
-    ('{"sme_id":"S1","features":{"industry":3}}', "number as category", [*F, "industry"]),
-    ('{"sme_id":"S1","features":{"dso_90d":NaN}}', "NaN", [*F, "dso_90d"]),
-    ('{"sme_id":"S1","features":{"dso_90d":Infinity}}', "inf", [*F, "dso_90d"]),
-    ('{"sme_id":"S1","features":{"dso_90d":-1e999}}', "overflow", [*F, "dso_90d"]),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"nope":1}}',
+        "unknown feature",
+        [*F, "nope"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"dso_90d":"abc"}}',
+        "wrong type",
+        [*F, "dso_90d"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"dso_90d":true}}',
+        "bool as number",
+        [*F, "dso_90d"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"industry":3}}',
+        "number as category",
+        [*F, "industry"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"dso_90d":NaN}}',
+        "NaN",
+        [*F, "dso_90d"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"dso_90d":Infinity}}',
+        "inf",
+        [*F, "dso_90d"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"dso_90d":-1e999}}',
+        "overflow",
+        [*F, "dso_90d"],
+    ),
     ('{"sme_id":"S1","as_of":"2024-02-30","features":{}}', "bad date", ["body", "as_of"]),
     ('{"sme_id":"S1","as_of":"yesterday","features":{}}', "not a date", ["body", "as_of"]),
     ('{"sme_id":"S1","as_of":1700000000,"features":{}}', "number date", ["body", "as_of"]),
     ('{"sme_id":"S1","as_of":"2999-01-01","features":{}}', "future as_of", ["body", "as_of"]),
-    ('{"sme_id":"../../etc/passwd","features":{}}', "path traversal id", ["body", "sme_id"]),
-    ('{"sme_id":"S1\' OR 1=1 --","features":{}}', "SQL id", ["body", "sme_id"]),
-    ('{"features":{}}', "missing sme_id", ["body", "sme_id"]),
-    ('{"sme_id":"S1","features":{},"history":{}}', "both modes", ["body"]),
-    ('{"sme_id":"S1","extra":1}', "unknown field", ["body", "extra"]),
     (
-        '{"sme_id":"S1","history":{"invoices":[{"invoice_id":"i1"}]}}',
+        '{"sme_id":"../../etc/passwd","as_of":"2024-06-30","allow_sparse":true,"features":{}}',
+        "path traversal id",
+        ["body", "sme_id"],
+    ),
+    (
+        '{"sme_id":"S1\' OR 1=1 --","as_of":"2024-06-30","allow_sparse":true,"features":{}}',
+        "SQL id",
+        ["body", "sme_id"],
+    ),
+    ('{"features":{}}', "missing sme_id", ["body", "sme_id"]),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{},"history":{}}',
+        "both modes",
+        ["body"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"extra":1}',
+        "unknown field",
+        ["body", "extra"],
+    ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"history":{"invoices":[{"invoice_id":"i1"}]}}',
         "history row",
         ["body", "history", "invoices", 0, "seller_id"],
     ),
     (
-        '{"sme_id":"S1","history":{"loans":[' + LOAN + "]}}",
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"history":{"loans":['
+        + LOAN
+        + "]}}",
         "history NaN",
         ["body", "history", "loans", 0, "amount"],
     ),
-    ('{"sme_id":"S1","features":', "truncated JSON", ["body"]),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":',
+        "truncated JSON",
+        ["body"],
+    ),
     ("", "empty body", ["body"]),
     ("[]", "not an object", ["body"]),
 ]
@@ -150,6 +215,7 @@ def test_history_without_reference_data_is_a_clear_422(
 ) -> None:
     body = {
         "sme_id": "S1",
+        "as_of": "2024-06-30",
         "history": {"invoices": []},
     }
     r = client.post("/v1/scores", json=body, headers=headers("scorer"))
@@ -158,7 +224,11 @@ def test_history_without_reference_data_is_a_clear_422(
 
 
 def test_no_materialised_features_is_a_clear_422(client: TestClient, headers: Headers) -> None:
-    r = client.post("/v1/scores", json={"sme_id": "S404"}, headers=headers("scorer"))
+    r = client.post(
+        "/v1/scores",
+        json={"sme_id": "S404", "as_of": "2024-06-30", "allow_sparse": True},
+        headers=headers("scorer"),
+    )
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["body", "sme_id"]
 
@@ -186,16 +256,24 @@ def test_batch_limits(
     small = settings.model_copy(update={"batch_limit": 3})
     with TestClient(create_app(small, loader=registry)) as c:
         h = {"X-API-Key": keys["scorer"]}
-        item = {"sme_id": "S1", "features": {}}
+        item = {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": {}}
         assert c.post("/v1/scores/batch", json=[item] * 3, headers=h).status_code == 200
         over = c.post("/v1/scores/batch", json=[item] * 4, headers=h)
         assert over.status_code == 422 and "1 to 3 items" in over.text
         assert c.post("/v1/scores/batch", json=[], headers=h).status_code == 422
         bad = c.post(
-            "/v1/scores/batch", json=[item, {"sme_id": "S2", "features": {"x": 1}}], headers=h
+            "/v1/scores/batch",
+            json=[
+                item,
+                {"sme_id": "S2", "as_of": "2024-06-30", "allow_sparse": True, "features": {"x": 1}},
+            ],
+            headers=h,
         )
-        assert bad.status_code == 422
-        assert bad.json()["detail"][0]["loc"] == ["body", 1, "features", "x"]
+        assert bad.status_code == 200  # the good item is scored, the bad one has its error
+        out = bad.json()
+        assert (out["scored"], out["failed"]) == (1, 1) and out["results"][1] is None
+        assert out["errors"][0]["index"] == 1
+        assert out["errors"][0]["errors"][0]["loc"] == ["body", 1, "features", "x"]
 
 
 def test_body_size_limit_gives_413(
@@ -204,7 +282,11 @@ def test_body_size_limit_gives_413(
     small = settings.model_copy(update={"max_body_bytes": 2000})
     with TestClient(create_app(small, loader=registry)) as c:
         h = {"X-API-Key": keys["scorer"], "Content-Type": "application/json"}
-        big = '{"sme_id":"S1","features":{"industry":"' + "x" * 5000 + '"}}'
+        big = (
+            '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"industry":"'
+            + "x" * 5000
+            + '"}}'
+        )
         r = c.post("/v1/scores", content=big, headers=h)
         assert r.status_code == 413 and "limit of 2000 bytes" in r.text
 
@@ -215,7 +297,11 @@ def test_body_size_limit_gives_413(
         r = c.post("/v1/scores", content=chunks(), headers=h)  # chunked, no Content-Length
         assert r.status_code == 413
         assert (
-            c.post("/v1/scores", json={"sme_id": "S1", "features": {}}, headers=h).status_code
+            c.post(
+                "/v1/scores",
+                json={"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": {}},
+                headers=h,
+            ).status_code
             == 200
         )
 
@@ -259,7 +345,7 @@ def test_registry_unreachable_at_start_means_not_ready_then_recovers(
         assert any("model not loaded at start" in m and "unreachable" in m for m in caplog.messages)
         s = c.post(
             "/v1/scores",
-            json={"sme_id": "S1", "features": {}},
+            json={"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": {}},
             headers={"X-API-Key": keys["scorer"]},
         )
         assert s.status_code == 503
@@ -276,7 +362,7 @@ def test_audit_store_not_writable_fails_closed_and_recovers(
     db = tmp_path / "audit.db"
     store = AuditStore(f"sqlite:///{db}", lock_timeout=0.3)
     h = {"X-API-Key": keys["scorer"]}
-    body = {"sme_id": "S1", "features": {}}
+    body = {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": {}}
     with TestClient(create_app(settings, loader=registry, store=store)) as c:
         assert c.post("/v1/scores", json=body, headers=h).status_code == 200
         blocker = sqlite3.connect(db, isolation_level=None)

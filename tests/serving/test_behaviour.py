@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,11 @@ def _requests(served: ServedModel, n: int, seed: int, sme: str = "S") -> list[An
             for f in served.model.catalog
             for v in [frame.at[i, f.name]]
         }
-        out.append(served.request_model.model_validate({"sme_id": f"{sme}{i}", "features": values}))
+        out.append(
+            served.request_model.model_validate(
+                {"sme_id": f"{sme}{i}", "as_of": date(2024, 6, 30), "features": values}
+            )
+        )
     return out
 
 
@@ -132,11 +137,13 @@ def _reason_rows(served: ServedModel) -> list[dict[str, str]]:
                     "grade": d.grade,
                     "score": f"{d.score:.6f}",
                     "rank": str(rank),
+                    "code": r.code,
                     "feature": r.feature,
                     "value": ""
                     if r.value is None
                     else (r.value if isinstance(r.value, str) else f"{r.value:.6g}"),
                     "points": f"{r.points:.6f}",
+                    "text": r.text,
                 }
             )
     return rows

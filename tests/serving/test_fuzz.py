@@ -57,6 +57,7 @@ BUDGET: dict[tuple[str, str], tuple[int, int]] = {
     ("GET", "/v1/decisions/{decision_id}"): (60, 60),
     ("GET", "/v1/decisions"): (60, 60),
     ("GET", "/v1/model"): (1, 0),
+    ("GET", "/v1/reason-codes"): (1, 0),
     ("POST", "/v1/admin/reload"): (1, 0),
     ("GET", "/healthz"): (1, 0),
     ("GET", "/readyz"): (1, 0),

@@ -21,7 +21,14 @@ Headers = Callable[[str], dict[str, str]]
 
 def make_decision(client: TestClient, headers: Headers, sme: str = "S1") -> dict[str, object]:
     r = client.post(
-        "/v1/scores", json={"sme_id": sme, "features": {"dso_90d": 12.0}}, headers=headers("scorer")
+        "/v1/scores",
+        json={
+            "sme_id": sme,
+            "as_of": "2024-06-30",
+            "allow_sparse": True,
+            "features": {"dso_90d": 12.0},
+        },
+        headers=headers("scorer"),
     )
     assert r.status_code == 200
     return dict(r.json())
@@ -79,7 +86,9 @@ def test_page_content_is_escaped(
     _, sneaky = add_key(settings.api_keys, "scorer", "<script>alert(1)</script>")
     with TestClient(create_app(settings, loader=registry)) as c:
         r = c.post(
-            "/v1/scores", json={"sme_id": "S1", "features": {}}, headers={"X-API-Key": sneaky}
+            "/v1/scores",
+            json={"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": {}},
+            headers={"X-API-Key": sneaky},
         )
         page = c.get(
             f"/audit/decisions/{r.json()['decision_id']}", headers={"X-API-Key": keys["auditor"]}

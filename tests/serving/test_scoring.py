@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
+from features.catalog import domain_of, format_value, reason_codes
 from serving.audit.store import AuditStore
 from serving.exceptions import InvalidInput
 from serving.online import OnlineFeatures
@@ -17,6 +19,8 @@ from serving.served import ServedModel, build_served
 from tests.support.models import CHAMPION, Registry, synthetic_rows
 from training.bundle import LoadedModel
 from training.model import ScoringModel
+
+AS_OF = date(2024, 6, 30)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +41,15 @@ def random_requests(served: ServedModel, n: int, seed: int) -> list[Any]:
                 continue  # not sent
             v: Any = frame.at[i, f.name]
             if f.kind == "categorical":
-                values[f.name] = str(v) if rng.random() < 0.9 else "unseen-category"
+                values[f.name] = str(v) if rng.random() < 0.9 else None  # unseen ones: 422
             else:
-                values[f.name] = None if pd.isna(v) else float(v) * rng.choice([1.0, -1.0, 10.0])
-        out.append(served.request_model.model_validate({"sme_id": f"S{i}", "features": values}))
+                d = domain_of(f)  # in the domain, its ends included
+                values[f.name] = None if pd.isna(v) else float(rng.choice([v, d.low, d.high]))
+        out.append(
+            served.request_model.model_validate(
+                {"sme_id": f"S{i}", "as_of": AS_OF, "allow_sparse": True, "features": values}
+            )
+        )
     return out
 
 
@@ -60,7 +69,7 @@ def test_decision_matches_the_model(served: ServedModel) -> None:
     X = served.model.prepare(pd.DataFrame([d.features]))
     assert d.pd == pytest.approx(float(served.model.predict(X)[0]), rel=1e-12)
     assert d.grade == served.model.master_scale.grade(np.array([d.pd]))[0]
-    assert d.mode == "features" and d.as_of == date.today()
+    assert d.mode == "features" and d.as_of == AS_OF
     assert d.model == {"name": "sme-default-pd", "version": "1", "run_id": "run1"}
 
 
@@ -73,16 +82,24 @@ def test_reasons_are_the_top_risk_increasing_features_with_catalog_text(
         expected = [n for _, n in negative[:N_REASONS]]
         assert [r.feature for r in d.reasons] == expected
         for r in d.reasons:
-            assert r.text == by_name[r.feature].description
+            f = by_name[r.feature]
+            codes = {rc.code: rc for rc in reason_codes(f).values()}
+            assert r.text == codes[r.code].template.format(value=format_value(f, r.value))
+            assert (r.value is None) == r.code.endswith("_MISSING")
             assert r.points == d.contributions[r.feature] < 0
             assert r.value == d.features[r.feature]
 
 
-def test_unseen_category_is_recorded_as_missing(served: ServedModel) -> None:
-    req = served.request_model.model_validate(
-        {"sme_id": "S1", "features": {"industry": "never-seen"}}
-    )
-    assert score(served, req).features["industry"] is None
+def test_unseen_category_is_refused_naming_the_known_ones(served: ServedModel) -> None:
+    with pytest.raises(ValidationError, match="unknown category 'never-seen': expected one of"):
+        served.request_model.model_validate(
+            {
+                "sme_id": "S1",
+                "as_of": AS_OF,
+                "allow_sparse": True,
+                "features": {"industry": "never-seen"},
+            }
+        )
 
 
 def test_pred_contrib_and_tree_shap_agree(served: ServedModel) -> None:
@@ -109,14 +126,22 @@ def test_stored_mode_uses_the_latest_materialised_features(
         }
     )
     materialize(store, panel)
-    req = served.request_model.model_validate({"sme_id": "S7"})
+    req = served.request_model.model_validate(
+        {"sme_id": "S7", "as_of": date(2024, 3, 15), "allow_sparse": True}
+    )
     d = score(served, req, latest=OnlineFeatures(store).latest)
-    assert d.mode == "stored" and d.as_of == date(2024, 2, 29)
+    assert d.mode == "stored" and d.as_of == date(2024, 3, 15)
+    assert d.features_as_of == date(2024, 2, 29)
     assert d.features["dso_90d"] == 80.0 and d.features["industry"] == "metals"
     direct = score(
         served,
         served.request_model.model_validate(
-            {"sme_id": "S7", "features": {"dso_90d": 80.0, "industry": "metals"}}
+            {
+                "sme_id": "S7",
+                "as_of": AS_OF,
+                "allow_sparse": True,
+                "features": {"dso_90d": 80.0, "industry": "metals"},
+            }
         ),
     )
     assert d.score == direct.score and d.contributions == direct.contributions
@@ -124,7 +149,9 @@ def test_stored_mode_uses_the_latest_materialised_features(
     with pytest.raises(InvalidInput) as missing:
         score(
             served,
-            served.request_model.model_validate({"sme_id": "S8"}),
+            served.request_model.model_validate(
+                {"sme_id": "S8", "as_of": AS_OF, "allow_sparse": True}
+            ),
             latest=OnlineFeatures(store).latest,
         )
     assert missing.value.loc == ("sme_id",)
@@ -132,12 +159,19 @@ def test_stored_mode_uses_the_latest_materialised_features(
     with pytest.raises(InvalidInput) as after:
         score(served, early, latest=OnlineFeatures(store).latest)
     assert after.value.loc == ("as_of",)
+    stale = served.request_model.model_validate(
+        {"sme_id": "S7", "as_of": AS_OF, "allow_sparse": True}
+    )
+    with pytest.raises(InvalidInput, match="as of 2024-02-29, more than 45 days before"):
+        score(served, stale, latest=OnlineFeatures(store).latest)
 
 
 def test_batch_errors_name_the_item(served: ServedModel) -> None:
     reqs = [
-        served.request_model.model_validate({"sme_id": "S1", "features": {}}),
-        served.request_model.model_validate({"sme_id": "S2"}),
+        served.request_model.model_validate(
+            {"sme_id": "S1", "as_of": AS_OF, "allow_sparse": True, "features": {}}
+        ),
+        served.request_model.model_validate({"sme_id": "S2", "as_of": AS_OF, "allow_sparse": True}),
     ]
     with pytest.raises(InvalidInput) as exc:
         score_many(served, reqs, latest=lambda _: None)

@@ -11,7 +11,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features.catalog import CATALOG, monotone_constraints
+from features.catalog import CATALOG, domain_of, monotone_constraints
 from training.bundle import MODEL_NAME, LoadedModel
 from training.exceptions import ModelLoadError
 from training.model import LogOddsCalibration, ScoringModel, prepare_frame, to_matrix
@@ -21,7 +21,10 @@ CHAMPION = f"models:/{MODEL_NAME}@champion"
 
 
 def synthetic_rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """Seeded feature rows over the catalog and a default label driven by a few features."""
+    """Seeded feature rows over the catalog and a default label driven by a few features.
+
+    Values lie in each feature's catalog domain: raw draws scaled (monotonically) into the
+    domain when it is narrower than the draws, after the label is drawn from the raw values."""
     rng = np.random.default_rng(seed)
     cols: dict[str, Any] = {}
     for f in CATALOG:
@@ -37,6 +40,11 @@ def synthetic_rows(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     z = -3.0 + sum(frame[c].fillna(20).to_numpy() / 20 for c in risky)
     z = z - sum(frame[c].fillna(20).to_numpy() / 25 for c in safe)
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    for f in CATALOG:
+        if f.kind != "categorical":
+            d = domain_of(f)
+            scale = 1.0 if d.high >= 100 else d.high / 100
+            frame[f.name] = (frame[f.name] * scale).clip(d.low, d.high)
     return frame, y
 
 

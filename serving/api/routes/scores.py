@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from serving import scoring
 from serving.api.deps import Body, SvcDep, parse_body, score_body
-from serving.api.errors import responses
+from serving.api.errors import responses, validation_detail
 from serving.api.keys import Caller
 from serving.api.security import SCORE, require
 from serving.exceptions import InvalidInput
-from serving.schemas import ScoreRequestBase, ScoreResponse
+from serving.schemas import BatchScoreResponse, ScoreRequestBase, ScoreResponse
 
 router = APIRouter(tags=["scores"])
+MAX_ERRORS_PER_ITEM = 20
+MAX_ITEMS_WITH_ERRORS = 100
+
+
+def _raw(body: bytes) -> Any:
+    """What the caller sent, as JSON (the body already passed schema validation)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
 
 
 @router.post(
@@ -34,29 +47,76 @@ async def post_score(
     # features lookup, and the durable audit commit.
     served = svc.holder.get()
     request: ScoreRequestBase = parse_body(served.request_model, body)
+    limits, raw = svc.settings.limits, _raw(body)
     if request.mode == "features":
-        decision = scoring.score(served, request)
+        decision = scoring.score(served, request, limits=limits, raw=raw)
     else:
-        decision = await run_in_threadpool(scoring.score, served, request, latest=svc.online.latest)
+        decision = await run_in_threadpool(
+            scoring.score, served, request, latest=svc.online.latest, limits=limits, raw=raw
+        )
     stored = await run_in_threadpool(svc.record, [decision], caller)
     return stored[0]
 
 
 @router.post(
     "/v1/scores/batch",
-    response_model=list[ScoreResponse],
+    response_model=BatchScoreResponse,
     openapi_extra=score_body("BatchScoreRequest"),
     responses=responses(401, 403, 413, 422, 503),
 )
 def post_score_batch(
     caller: Annotated[Caller, Depends(require(*SCORE))], body: Body, svc: SvcDep
-) -> list[dict[str, Any]]:
-    """Score a list of requests, one decision each, stored together before answering."""
+) -> dict[str, Any]:
+    """Score a list of requests: each item gets its own decision or its own error (with its
+    index); failed items are neither scored nor recorded. The scored ones are stored together
+    before answering."""
     served = svc.holder.get()
-    items = parse_body(served.batch_model, body).root
+    try:
+        items = json.loads(body)
+    except ValueError:
+        items = None
+    if not isinstance(items, list):
+        parse_body(served.batch_model, body)  # the schema's own 422 for a body that is no list
+        raise InvalidInput((), "expected a JSON list of scoring requests")
     if not items or len(items) > svc.settings.batch_limit:
         raise InvalidInput(
             (), f"a batch holds 1 to {svc.settings.batch_limit} items, got {len(items)}"
         )
-    decisions = scoring.score_many(served, items, latest=svc.online.latest)
-    return svc.record(decisions, caller)
+    prepared: list[tuple[int, Any]] = []
+    failed: dict[int, list[dict[str, Any]]] = {}
+    for i, item in enumerate(items):
+        try:
+            request = served.request_model.model_validate_json(json.dumps(item))
+            prepared.append(
+                (
+                    i,
+                    scoring.prepare(
+                        served,
+                        request,
+                        svc.online.latest,
+                        loc=(i,),
+                        limits=svc.settings.limits,
+                        raw=item,
+                    ),
+                )
+            )
+        except ValidationError as exc:
+            failed[i] = validation_detail(exc.errors(include_url=False), prefix=("body", i))
+        except RequestValidationError as exc:
+            failed[i] = validation_detail(exc.errors(), prefix=("body", i))
+        except InvalidInput as exc:
+            failed[i] = [{"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}]
+    decisions = scoring.decide(served, [x for _, x in prepared])
+    stored = svc.record(decisions, caller) if decisions else []
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    for (i, _), payload in zip(prepared, stored, strict=True):
+        results[i] = payload
+    return {
+        "scored": len(stored),
+        "failed": len(failed),
+        "results": results,
+        "errors": [
+            {"index": i, "errors": errs[:MAX_ERRORS_PER_ITEM], "error_count": len(errs)}
+            for i, errs in sorted(failed.items())[:MAX_ITEMS_WITH_ERRORS]
+        ],
+    }
