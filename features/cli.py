@@ -11,6 +11,7 @@ from features.cli_helpers import (
     check_engine,
     domain_errors_exit,
     fail_usage,
+    package_app,
     parse_date,
     progress_bar,
 )
@@ -20,12 +21,7 @@ from features.exceptions import FeatureError
 DateOpt = Annotated[str, typer.Option(help="ISO date YYYY-MM-DD.")]
 
 
-app = typer.Typer(
-    help="Data: generate a simulation, validate a data folder, build the feature panel.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = package_app("Data: generate a simulation, validate a data folder, build the feature panel.")
 """The features package's commands (`python -m features`; part of `scf-risk`)."""
 
 

@@ -83,3 +83,16 @@ def progress_bar(
             bar.close()
 
     return make, close
+
+
+def package_app(help: str) -> typer.Typer:
+    """A package's command group, as the `scf-risk` root adds it (serving/cli.py): plain help
+    text wrapped by click (no rich panels, no ``<bool>`` type tags), no shell-completion options,
+    no rich tracebacks (errors are messages and exit codes, see `domain_errors_exit`)."""
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )

@@ -30,6 +30,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,
     )
     for package_app in PACKAGE_APPS:
         app.add_typer(package_app)

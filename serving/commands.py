@@ -12,7 +12,7 @@ from typing import Annotated, Any, cast
 
 import typer
 
-from features.cli_helpers import domain_errors_exit, fail_usage
+from features.cli_helpers import domain_errors_exit, fail_usage, package_app
 
 
 class RoleChoice(StrEnum):
@@ -23,12 +23,7 @@ class RoleChoice(StrEnum):
     admin = "admin"
 
 
-app = typer.Typer(
-    help="The service: serve, audit, keys.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = package_app("The service: serve, audit, keys.")
 """The serving commands (part of `scf-risk`)."""
 
 

@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from features.cli_helpers import check_engine, domain_errors_exit, fail_usage, progress_bar
+from features.cli_helpers import (
+    check_engine,
+    domain_errors_exit,
+    fail_usage,
+    package_app,
+    progress_bar,
+)
 
 
 def _tracking_uri(option: str | None) -> str:
@@ -27,12 +33,7 @@ TrackingOpt = Annotated[
 ]
 
 
-app = typer.Typer(
-    help="Models: train and register, promote the challenger.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = package_app("Models: train and register, promote the challenger.")
 """The training package's commands (`python -m training`; part of `scf-risk`)."""
 
 

@@ -11,6 +11,7 @@ from features.cli_helpers import (
     check_engine,
     domain_errors_exit,
     fail_usage,
+    package_app,
     parse_date,
     progress_bar,
 )
@@ -47,12 +48,7 @@ ModelOpt = Annotated[
 ]
 
 
-app = typer.Typer(
-    help="The portfolio: score, monitor, backtest, monthly.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = package_app("The portfolio: score, monitor, backtest, monthly.")
 """The portfolio commands (part of `scf-risk`)."""
 
 

@@ -287,7 +287,7 @@ def test_registry_unreachable_at_start_is_not_ready_with_a_clear_log_line(
         ready = httpx.get(f"{srv.url}/readyz", timeout=30)
         score = httpx.post(
             f"{srv.url}/v1/scores",
-            json={"sme_id": "S00001", "features": {}},
+            json={"sme_id": "S00001", "as_of": "2023-12-31", "features": {}, "allow_sparse": True},
             headers={"X-API-Key": server_keys["scorer"]},
             timeout=30,
         )
@@ -437,12 +437,12 @@ def test_audit_store_gone_from_the_start_is_503_never_500(
         ready = c.get("/readyz")
         score = c.post(
             "/v1/scores",
-            json={"sme_id": "S1", "features": {}},
+            json={"sme_id": "S1", "as_of": "2023-12-31", "features": {}, "allow_sparse": True},
             headers={"X-API-Key": keys["scorer"]},
         )
         batch = c.post(
             "/v1/scores/batch",
-            json=[{"sme_id": "S1", "features": {}}],
+            json=[{"sme_id": "S1", "as_of": "2023-12-31", "features": {}, "allow_sparse": True}],
             headers={"X-API-Key": keys["scorer"]},
         )
         read = c.get(

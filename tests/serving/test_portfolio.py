@@ -12,13 +12,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from features.catalog import get_feature
 from features.exceptions import FeatureError
 from features.io import load_tables
 from features.pipeline import build_features
 from serving.audit.store import AuditStore
 from serving.online import OnlineFeatures
 from serving.portfolio.batch import REASONS_TYPE, reasons_of, score_population
+from serving.scoring import reason
 from tests.support.models import Registered
 from tests.support.portfolio import (
     Profiled,
@@ -73,7 +73,8 @@ def test_scores_are_the_pipeline_features_explained_by_the_model(tables, loaded)
         for r in reasons:
             j = model.feature_names.index(r["feature"])
             assert r["points"] == points[i, j] < 0
-            assert r["text"] == get_feature(r["feature"], model.catalog).description
+            row = panel.iloc[i][model.feature_names].to_dict()
+            assert r["text"] == reason(model, r["feature"], row, r["points"]).text
             value = panel[r["feature"]].iloc[i]
             if r["value"] is None:
                 assert r["value_text"] == (None if pd.isna(value) else str(value))

@@ -26,7 +26,8 @@ from serving.settings import Settings
 from tests.support.models import Registered, register_copy
 from tests.support.server import Browser, Server, chromium_or_skip
 
-FEATURES = {"dso_90d": 35.0, "industry": "food"}
+FEATURES = {"dso_90d": 35.0}
+SPARSE = {"as_of": "2023-12-31", "allow_sparse": True}  # a server test, not a contract test
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def server(workdir: Path, registered: Registered, server_keys: dict[str, str]) -
 
 
 def post_score(base: str, key: str, body: dict[str, Any] | None = None) -> httpx.Response:
-    payload = body or {"sme_id": "S00001", "features": FEATURES}
+    payload = body or {"sme_id": "S00001", "features": FEATURES, **SPARSE}
     return httpx.post(f"{base}/v1/scores", json=payload, headers={"X-API-Key": key}, timeout=30)
 
 
@@ -122,7 +123,7 @@ def test_reload_under_concurrent_load_fails_no_request(
             for _ in range(50):
                 r = client.post(
                     f"{server.url}/v1/scores",
-                    json={"sme_id": "S00002", "features": FEATURES},
+                    json={"sme_id": "S00002", "features": FEATURES, **SPARSE},
                     headers={"X-API-Key": server_keys["scorer"]},
                 )
                 version = r.json()["model"]["version"] if r.status_code == 200 else None
@@ -191,7 +192,7 @@ def test_two_workers_share_one_chain_metrics_and_reloads(
                 for i in range(30):
                     r = client.post(
                         f"{srv.url}/v1/scores",
-                        json={"sme_id": f"S{i:05d}", "features": FEATURES},
+                        json={"sme_id": f"S{i:05d}", "features": FEATURES, **SPARSE},
                         headers={"X-API-Key": server_keys["scorer"]},
                     )
                     statuses.append(r.status_code)

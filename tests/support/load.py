@@ -63,6 +63,16 @@ def feature_rows(panel: pd.DataFrame, n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def decision_ids(doc: Any) -> tuple[str, ...]:
+    """The decision ids of a 200 answer: one score, or a batch (`results`, one per item; an item
+    that failed has none). KeyError/TypeError for a body of neither shape."""
+    if "results" in doc:
+        if doc["failed"]:
+            raise ValueError(f"{doc['failed']} batch item(s) failed: {doc['errors'][:1]}")
+        return tuple(d["decision_id"] for d in doc["results"])
+    return (doc["decision_id"],)
+
+
 def mixed_bodies(
     rows: list[dict[str, Any]], *, batch_every: int = 10, batch_size: int = 4
 ) -> list[tuple[str, bytes]]:
@@ -255,7 +265,7 @@ class LoadGenerator:
             if resp.status == 200:
                 try:
                     doc = json.loads(data)
-                    ids = tuple(d["decision_id"] for d in (doc if isinstance(doc, list) else [doc]))
+                    ids = decision_ids(doc)
                 except (ValueError, KeyError, TypeError) as exc:
                     local.append(
                         Outcome(start, end, -1, error=f"200 with a bad body: {exc!r}", asked=asked)

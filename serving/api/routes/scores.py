@@ -18,6 +18,28 @@ from serving.api.security import SCORE, require
 from serving.exceptions import InvalidInput
 from serving.schemas import BatchScoreResponse, ScoreRequestBase, ScoreResponse
 
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "description": "A ScoreRequest (see that schema). Each item is validated "
+                        "on its own: an item that breaks it gets its own error in the answer and "
+                        "is neither scored nor recorded, while the others are scored.",
+                    },
+                }
+            }
+        },
+    }
+}
+"""The batch body as the service validates it: a list whose items are checked one by one (so the
+per-item schema belongs to each item's answer, not to the request as a whole)."""
+
 router = APIRouter(tags=["scores"])
 MAX_ERRORS_PER_ITEM = 20
 MAX_ITEMS_WITH_ERRORS = 100
@@ -61,7 +83,7 @@ async def post_score(
 @router.post(
     "/v1/scores/batch",
     response_model=BatchScoreResponse,
-    openapi_extra=score_body("BatchScoreRequest"),
+    openapi_extra=BATCH_BODY,
     responses=responses(401, 403, 413, 422, 503),
 )
 def post_score_batch(
@@ -106,6 +128,9 @@ def post_score_batch(
             failed[i] = validation_detail(exc.errors(), prefix=("body", i))
         except InvalidInput as exc:
             failed[i] = [{"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}]
+    if not prepared:  # no item is valid: nothing is scored, and the request as a whole is refused
+        errors = [e for _, errs in sorted(failed.items()) for e in errs[:MAX_ERRORS_PER_ITEM]]
+        raise RequestValidationError(errors[: MAX_ERRORS_PER_ITEM * 5], body=None)
     decisions = scoring.decide(served, [x for _, x in prepared])
     stored = svc.record(decisions, caller) if decisions else []
     results: list[dict[str, Any] | None] = [None] * len(items)
