@@ -22,7 +22,7 @@ from serving.api.keys import redact
 from serving.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from serving.api.pages import routes as pages
 from serving.api.prometheus import MetricsMiddleware
-from serving.api.routes import admin, decisions, health, model, reason_codes, scores
+from serving.api.routes import admin, decisions, docs, health, model, reason_codes, scores
 from serving.api.service import Service
 from serving.audit.store import AuditStore
 from serving.served import Loader
@@ -58,10 +58,13 @@ def create_app(
         ),
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served from local assets by routes/docs.py
+        redoc_url=None,
     )
     app.state.service = service
-    for module in (scores, decisions, model, reason_codes, admin, health, pages):
+    for module in (scores, decisions, model, reason_codes, admin, health, pages, docs):
         app.include_router(module.router)
+    app.mount(docs.ASSETS, docs.assets(), name="docs-assets")
     errors.install(app)
     if settings.cors_origins:
         app.add_middleware(

@@ -6,9 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Pages of ours set their own Content-Security-Policy (with a nonce); everything else that has
-# none gets this one. FastAPI's own /docs and /redoc pages load their scripts from a CDN and are
-# left without a CSP so that they keep working.
+# Pages of ours set their own Content-Security-Policy (with a nonce, or for the documentation
+# pages the hashes of their inline scripts); everything else that has none gets this one.
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
@@ -16,7 +15,6 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 )
-DOCS_PATHS = ("/docs", "/redoc", "/docs/oauth2-redirect")
 
 
 class BodyTooLarge(Exception):
@@ -102,14 +100,13 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope.get("path", "") in DOCS_PATHS
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _ in headers}
                 headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
-                if not docs and b"content-security-policy" not in present:
+                if b"content-security-policy" not in present:
                     headers.append((b"content-security-policy", DEFAULT_CSP.encode()))
                 message = {**message, "headers": headers}
             await send(message)

@@ -5,6 +5,7 @@ real headless Chromium."""
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import subprocess
 import sys
@@ -308,3 +309,36 @@ def test_auditor_page_renders_in_headless_chromium(
     assert page["rows"] == len(contributions)
     assert shot.stat().st_size > 10_000
     assert "may not" in denied  # a scorer's key is refused (403)
+
+
+def test_docs_render_offline_in_headless_chromium(server: Server, workdir: Path) -> None:
+    """/docs and /redoc load nothing but this server's own files (Chromium runs with networking
+    off but loopback) and show the operations."""
+    binary = chromium_or_skip()
+    for path in ("/docs", "/redoc"):
+        page = httpx.get(f"{server.url}{path}", timeout=30)
+        assert (
+            page.status_code == 200
+            and "script-src 'self'" in page.headers["content-security-policy"]
+        )
+        assert not re.search(r"""(src|href)=["']https?://""", page.text), page.text
+    with Browser(binary) as browser:
+        swagger = browser.visit(
+            f"{server.url}/docs",
+            headers={},
+            until="document.querySelectorAll('.opblock').length > 0",
+            script="JSON.stringify([...document.querySelectorAll('.opblock-summary-path')]"
+            ".map(e => e.innerText.replace(/\\u200b/g, '')))",
+            screenshot=workdir / "docs.png",
+        )
+        redoc = browser.visit(
+            f"{server.url}/redoc",
+            headers={},
+            until="document.body.innerText.includes('/v1/scores')",
+            script="JSON.stringify(document.body.innerText)",
+        )
+    assert (
+        "/v1/scores" in swagger and "/v1/scores/batch" in swagger and "/v1/reason-codes" in swagger
+    )
+    assert "/v1/decisions/{decision_id}" in swagger
+    assert "Score one SME" in redoc

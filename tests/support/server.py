@@ -137,13 +137,26 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def visit(
-        self, url: str, *, headers: dict[str, str], script: str, screenshot: Path | None = None
+        self,
+        url: str,
+        *,
+        headers: dict[str, str],
+        script: str,
+        screenshot: Path | None = None,
+        until: str | None = None,
     ) -> Any:
-        """Load `url` with extra request headers, then return the JSON value of `script`."""
-        return asyncio.run(self._visit(url, headers, script, screenshot))
+        """Load `url` with extra request headers, wait until the page is loaded (and, when given,
+        until the expression `until` is truthy: pages that render with JavaScript), then return
+        the JSON value of `script`."""
+        return asyncio.run(self._visit(url, headers, script, screenshot, until))
 
     async def _visit(
-        self, url: str, headers: dict[str, str], script: str, screenshot: Path | None
+        self,
+        url: str,
+        headers: dict[str, str],
+        script: str,
+        screenshot: Path | None,
+        until: str | None,
     ) -> Any:
         import aiohttp
 
@@ -176,7 +189,11 @@ class Browser:
                 state = await call(
                     "Runtime.evaluate", expression="document.readyState", returnByValue=True
                 )
-                if state["result"].get("value") == "complete":
+                ready = state["result"].get("value") == "complete"
+                if ready and until is not None:
+                    done = await call("Runtime.evaluate", expression=until, returnByValue=True)
+                    ready = bool(done["result"].get("value"))
+                if ready:
                     result = await call("Runtime.evaluate", expression=script, returnByValue=True)
                     break
                 await asyncio.sleep(0.1)
