@@ -127,3 +127,40 @@ def test_waterfall_adds_up_and_aggregates_the_rest() -> None:
     for prev, cur in itertools.pairwise(steps):
         assert math.isclose(prev.end, cur.start)
     assert all(b.width > 0 for b in chart.bars)
+
+
+def test_pages_read_like_a_person_wrote_them(client: TestClient, headers: Headers) -> None:
+    """Values by unit (no float noise), points that round to zero neither green nor negative,
+    the axis break said, mode and caller in the list, what was sent beside what was used."""
+    r = client.post(
+        "/v1/scores",
+        json={
+            "sme_id": "S9",
+            "as_of": "2024-06-30",
+            "allow_sparse": True,
+            "features": {"dso_90d": 12.25, "sales_amount_365d": 992607.0900000003},
+        },
+        headers=headers("scorer"),
+    )
+    assert r.status_code == 200, r.text
+    d = r.json()
+    page = client.get(f"/audit/decisions/{d['decision_id']}", headers=headers("auditor")).text
+    shown = re.sub(r"<pre.*?</pre>", "", page, flags=re.S)  # all but the inputs as sent/used
+    assert "992607.09" not in shown and "992,607" in shown
+    assert "12 days" in shown  # dso_90d by its unit
+    assert ">\u22120.00<" not in shown and ">-0.00<" not in shown  # shown cells, not data-*
+    assert re.search(r'class="num zero">0\.00<', page)  # unused features: neutral, not green
+    assert 'id="axis-break"' in page and "not 0" in page
+    raw = re.search(r'<pre id="raw-input">(.*?)</pre>', page, re.S)
+    used = re.search(r'<pre id="normalised-input">(.*?)</pre>', page, re.S)
+    assert raw and used and "992607.0900000003" in raw.group(1)
+    listing = client.get("/audit/decisions?sme_id=S9", headers=headers("auditor")).text
+    assert "<th>mode</th><th>caller</th>" in listing and ">features<" in listing
+
+
+def test_points_format_has_no_negative_zero() -> None:
+    from serving.api.pages import _fmt, points_class
+
+    assert _fmt(-0.0001) == "0.00" and points_class(-0.0001) == "zero"
+    assert _fmt(-1.5) == "\u22121.50" and points_class(-1.5) == "neg"
+    assert _fmt(2.0) == "+2.00" and points_class(2.0) == "pos"

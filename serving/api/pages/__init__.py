@@ -46,11 +46,37 @@ class Waterfall:
     ticks: list[tuple[float, str]]
     left: int
     plot_width: int
+    axis_from: float  # the axis starts here, not at 0: the chart marks the break
 
 
 def _fmt(points: float, signed: bool = True) -> str:
+    """Points for a person: two decimals, a real minus sign, never a negative zero."""
+    if round(points, 2) == 0:
+        return "0.00"
     text = f"{points:+.2f}" if signed else f"{points:.2f}"
     return text.replace("-", "\u2212")
+
+
+def points_class(points: float) -> str:
+    """`neg` (more risk), `pos` (less risk) or `zero` for points that round to 0.00."""
+    if round(points, 2) == 0:
+        return "zero"
+    return "neg" if points < 0 else "pos"
+
+
+def format_feature(name: str, value: Any) -> str:
+    """A feature's value written by its unit (`features.catalog.format_value`); a value of a
+    feature the catalog does not know is shown with at most 6 significant digits."""
+    from features.catalog import format_value, get_feature
+    from features.exceptions import FeatureError
+
+    try:
+        feature = get_feature(name)
+    except (FeatureError, KeyError):
+        if value is None:
+            return "missing"
+        return value if isinstance(value, str) else f"{float(value):,.6g}"
+    return format_value(feature, value)
 
 
 def waterfall(
@@ -110,6 +136,7 @@ def waterfall(
         ticks=ticks,
         left=LABEL_WIDTH,
         plot_width=PLOT_WIDTH,
+        axis_from=lo,
     )
 
 
@@ -119,6 +146,13 @@ def _nice_step(raw: float) -> float:
         if raw <= m * 10**exp:
             return m * 10**exp
     return 10.0 ** (exp + 1)
+
+
+def _pretty(obj: Any) -> str | None:
+    """Indented JSON of a recorded input (None when the record has none)."""
+    import json
+
+    return None if obj is None else json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def new_nonce() -> str:
@@ -152,15 +186,24 @@ class Pages:
             {
                 "name": name,
                 "description": catalog.get(name, ""),
-                "value": record["features"].get(name),
+                "value": format_feature(name, record["features"].get(name)),
                 "points": points,
             }
             for name, points in sorted(
                 record["contributions"].items(), key=lambda kv: (kv[1], kv[0])
             )
         ]
+        inputs = record.get("input") or {}
         return self.env.get_template("decision.html").render(
-            d=record, chart=chart, rows=rows, nonce=nonce, fmt=_fmt
+            d=record,
+            chart=chart,
+            rows=rows,
+            nonce=nonce,
+            fmt=_fmt,
+            points_class=points_class,
+            value_of=format_feature,
+            raw_input=_pretty(inputs.get("raw")),
+            normalised_input=_pretty(inputs.get("normalised")),
         )
 
     def index(
