@@ -17,6 +17,7 @@ never act as the firm's baseline (a higher own baseline makes the same 90-day va
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -707,6 +708,7 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+@functools.lru_cache(maxsize=4096)
 def reason_codes(feature: Feature) -> dict[ReasonSide, ReasonCode]:
     """The codes of one feature, by side: HIGH and LOW (numeric) or CATEGORY (categorical),
     and MISSING; each with its sentence template (`SENTENCES`, else the catalog description)."""

@@ -199,7 +199,8 @@ def explain_rows(
     from training.exceptions import ModelInputError
 
     try:
-        expl = model.explain_records(rows, method=method)
+        M = model.records_matrix(rows)
+        expl = model.explain_matrix(M, method)
     except ModelInputError as exc:
         raise InvalidInput(("features",), str(exc)) from exc
     names = list(model.feature_names)
@@ -211,7 +212,7 @@ def explain_rows(
     for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta):
         row_points = points[i]
         reasons = tuple(
-            reason(model, names[j], values[i], float(row_points[j]))
+            reason(model, names[j], values[i], float(row_points[j]), base=M[i])
             for j in orders[i]
             if row_points[j] < 0
         )
@@ -375,8 +376,9 @@ def coverage(model: ScoringModel, values: dict[str, Any]) -> dict[str, Any]:
     total = sum(gains.values())
     present = [n for n in model.feature_names if _present(values.get(n))]
     share = 1.0 if total <= 0 else sum(gains[n] for n in present) / total
+    here = set(present)
     missing = sorted(
-        (n for n in model.feature_names if n not in set(present) and gains[n] > 0),
+        (n for n in model.feature_names if n not in here and gains[n] > 0),
         key=lambda n: -gains[n],
     )
     return {
@@ -426,11 +428,17 @@ def split_points(model: ScoringModel) -> dict[str, np.ndarray]:
 
 
 def _margins_varying(
-    model: ScoringModel, row: dict[str, Any], name: str, values: Sequence[float]
+    model: ScoringModel,
+    row: dict[str, Any],
+    name: str,
+    values: Sequence[float],
+    base: np.ndarray | None = None,
 ) -> np.ndarray:
     """The raw margin of `row` with feature `name` set to each of `values` (the others as they
-    are): one matrix row per value, through the compiled trees (microseconds, no thread pool)."""
-    base = model.records_matrix([row])[0]
+    are): one matrix row per value, through the compiled trees (microseconds, no thread pool).
+    `base`: the row's matrix row when the caller has it already."""
+    if base is None:
+        base = model.records_matrix([row])[0]
     M = np.repeat(base[None, :], len(values), axis=0)
     M[:, model.feature_names.index(name)] = values
     return model.treeshap().margin(M)
@@ -445,7 +453,9 @@ def _grades_of(
     return model.master_scale.grade(expit(model.calibration.logodds(margin)))
 
 
-def _side(model: ScoringModel, name: str, row: dict[str, Any]) -> str:
+def _side(
+    model: ScoringModel, name: str, row: dict[str, Any], base: np.ndarray | None = None
+) -> str:
     """For a present numeric value: HIGH when its level adds risk because it is high (declared
     by the catalog's direction; for an unconstrained feature, probed at the nearest splits)."""
     from features.catalog import get_feature
@@ -461,14 +471,22 @@ def _side(model: ScoringModel, name: str, row: dict[str, Any]) -> str:
         probes.append(float(below[-1]))
     if len(above):
         probes.append(float(np.nextafter(above[0], np.inf)))
-    margin = _margins_varying(model, row, name, probes)
+    margin = _margins_varying(model, row, name, probes, base)
     down = margin[1] if len(below) else margin[0]
     up = margin[-1] if len(above) else margin[0]
     return "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
 
 
-def reason(model: ScoringModel, name: str, row: dict[str, Any], points: float) -> Reason:
-    """One risk driver with its catalog code and sentence."""
+def reason(
+    model: ScoringModel,
+    name: str,
+    row: dict[str, Any],
+    points: float,
+    *,
+    base: np.ndarray | None = None,
+) -> Reason:
+    """One risk driver with its catalog code and sentence (`base`: the row's matrix row, when
+    the caller has it)."""
     from features.catalog import format_value, get_feature, reason_codes
 
     f = get_feature(name, model.catalog)
@@ -479,7 +497,7 @@ def reason(model: ScoringModel, name: str, row: dict[str, Any], points: float) -
     elif f.kind == "categorical":
         rc = codes["CATEGORY"]
     else:
-        rc = codes[_side(model, name, row)]  # type: ignore[index]
+        rc = codes[_side(model, name, row, base)]  # type: ignore[index]
     return Reason(rc.code, name, value, points, rc.template.format(value=format_value(f, value)))
 
 
