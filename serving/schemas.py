@@ -186,6 +186,16 @@ class ModelInfo(BaseModel):
     run_id: str | None
 
 
+class Receipt(BaseModel):
+    """The caller's proof that its decision is in the audit chain: the record's sequence number
+    and hash, signed by the service's key (check with `scf-risk audit verify-receipt`)."""
+
+    sequence: int
+    record_hash: str
+    signature: str
+    key_id: str
+
+
 class ScoreResponse(BaseModel):
     decision_id: str
     sme_id: str
@@ -197,6 +207,9 @@ class ScoreResponse(BaseModel):
     model: ModelInfo
     mode: str = Field(description="features, history or stored (latest materialised features).")
     base_points: float
+    receipt: Receipt | None = Field(
+        default=None, description="Signed proof of the audit record (sequence, hash)."
+    )
 
 
 class BatchScoreResponse(RootModel[list[ScoreResponse]]):

@@ -16,6 +16,8 @@ from pydantic import RootModel
 from serving.api.keys import Caller, KeyStore, ensure_development_keys
 from serving.api.pages import Pages
 from serving.api.prometheus import Metrics
+from serving.audit.anchors import CheckpointLog
+from serving.audit.signing import ensure_signing_key
 from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
 from serving.online import OnlineFeatures
@@ -36,6 +38,31 @@ def bootstrap_keys(settings: Settings) -> None:
         lines += [f"  {role:8s} {key}" for role, key in created.items()]
         lines.append("  (shown once; only their hashes are stored)")
         print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+def bootstrap_signing(settings: Settings, store: AuditStore) -> None:
+    """Give the store its signing key and checkpoint file (fail loudly if the key is unusable;
+    in development create it on first run and say where)."""
+    signer, created = ensure_signing_key(
+        settings.signing_key_path, settings.public_keys_path, development=settings.is_development
+    )
+    if created:
+        print(
+            f"scf-risk: created the audit signing key {settings.signing_key_path.resolve()} "
+            f"(key id {signer.key_id}, mode 0600); its public key is in "
+            f"{settings.public_keys_path.resolve()}. Keep the private key out of the audit "
+            "database's backups.",
+            file=sys.stdout,
+            flush=True,
+        )
+    store.signer = signer
+    store.checkpoints = CheckpointLog(
+        settings.checkpoints_path,
+        signer,
+        store=store.chain_name,
+        every_records=settings.checkpoint_every_records,
+        every_seconds=settings.checkpoint_every_seconds,
+    )
 
 
 class Service:
@@ -68,6 +95,7 @@ class Service:
         """Keys (fail loudly if unusable), audit store, model (log why not, stay up), watcher."""
         bootstrap_keys(self.settings)
         self.keys = KeyStore(self.settings.api_keys, development=self.settings.is_development)
+        bootstrap_signing(self.settings, self.store)
         try:
             self.store.ensure_schema()
         except AuditUnavailable as exc:
@@ -108,6 +136,11 @@ class Service:
 
     def follow(self) -> None:
         """One watcher poll: pick up a model another worker published, or retry a failed start."""
+        if self.store.checkpoints is not None:
+            try:
+                self.store.checkpoints.poll()
+            except AuditUnavailable as exc:
+                log.error("checkpoint not written: %s", exc)
         before = self.holder.current
         self.holder.follow(self.store)
         after = self.holder.current

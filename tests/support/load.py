@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from features.catalog import CATALOG
 from serving.api.keys import ROLES, add_key
+from serving.audit.signing import new_signing_key
 from serving.audit.store import AuditStore
 from tests.support.server import Server
 
@@ -273,8 +274,17 @@ class LoadGenerator:
 
 # -- the server ----------------------------------------------------------------------------------
 def make_keys(path: Path) -> dict[str, str]:
-    """One fresh key per role in the keys file at `path`."""
+    """One fresh key per role in the keys file at `path`, and an audit signing key beside it."""
+    make_signing_key(path.parent)
     return {role: add_key(path, role)[1] for role in ROLES}
+
+
+def make_signing_key(folder: Path) -> None:
+    """The audit signing key and public keys file at their default places in `folder` (the test
+    settings are not development: the service never creates them there)."""
+    private = folder / "audit-signing-key.pem"
+    if not private.exists():
+        new_signing_key(private, folder / "audit-public-keys.json")
 
 
 def server_env(workdir: Path, tracking_uri: str, audit_db: str, **extra: str) -> dict[str, str]:
