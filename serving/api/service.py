@@ -122,6 +122,7 @@ class Service:
         try:
             served = self.holder.load()
             self.metrics.set_model(**_labels(served))
+            self.record_model_change(None, served, by="start-up")
         except ModelLoadFailed as exc:
             log.error(
                 "model not loaded at start (not ready; retrying every %.0f s): %s",
@@ -146,6 +147,7 @@ class Service:
         after = self.holder.current
         if after is not None and after is not before:
             self.metrics.set_model(**_labels(after))
+            self.record_model_change(before, after, by="reload signalled by another worker")
 
     # -- operations -----------------------------------------------------------------------------
     def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
@@ -155,7 +157,24 @@ class Service:
             self.metrics.decisions.labels(payload["grade"]).inc()
         return stored
 
-    def reload(self) -> ServedModel:
+    def record_model_change(
+        self, before: ServedModel | None, after: ServedModel, *, by: str
+    ) -> None:
+        """Chain a model_change record, unless the chain's last one already names this model
+        (several workers starting or following the same change)."""
+        try:
+            last = self.store.last_model_change()
+            if last is not None and last.get("new_model") == after.info:
+                return
+            if before is None and last is not None:
+                old: dict[str, Any] | None = last.get("new_model")
+            else:
+                old = before.info if before is not None else None
+            self.store.record_model_change(old, after.info, by=by)
+        except AuditUnavailable as exc:
+            log.error("model change not recorded in the audit chain: %s", exc)
+
+    def reload(self, *, by: str = "admin reload") -> ServedModel:
         """Load the configured model URI (the champion alias) and tell the other workers."""
         previous = self.holder.current
         try:
@@ -165,6 +184,7 @@ class Service:
             log.error("reload refused, still serving %s: %s", kept, exc)
             raise
         self.metrics.set_model(**_labels(served))
+        self.record_model_change(previous, served, by=by)
         try:
             self.holder.publish(self.store, served)
         except AuditUnavailable as exc:

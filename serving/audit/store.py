@@ -44,6 +44,8 @@ log = logging.getLogger("scf_risk.serving")
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 MAX_PROBLEMS = 50
+MODEL_CHANGE = "model_change"
+MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
 
@@ -73,10 +75,16 @@ class VerifyReport:
     records: int
     problems: list[str] = field(default_factory=list)
     total_problems: int = 0
+    model_changes: int = 0
+
+    @property
+    def decisions(self) -> int:
+        return self.records - self.model_changes
 
     def __str__(self) -> str:
         if self.ok:
-            return f"audit chain intact: {self.records} record(s)"
+            changes = f" ({self.model_changes} model change(s))" if self.model_changes else ""
+            return f"audit chain intact: {self.records} record(s){changes}"
         more = self.total_problems - len(self.problems)
         tail = [f"... and {more} more"] if more > 0 else []
         lines = [
@@ -451,18 +459,52 @@ class AuditStore:
     def get(self, decision_id: str) -> dict[str, Any]:
         """One stored decision; DecisionNotFound if there is none with that id."""
         stmt = sa.select(self.decisions.c.payload).where(
-            self.decisions.c.decision_id == decision_id
+            self.decisions.c.decision_id == decision_id,
+            self.decisions.c.sme_id != MODEL_CHANGE_SME,
         )
         rows = self.read(stmt)
         if not rows:
             raise DecisionNotFound(f"no decision with id {decision_id}")
         return dict(json.loads(rows[0][0]))
 
+    # -- model changes: records of the chain that are not decisions ---------------------------
+    def record_model_change(
+        self, old: Mapping[str, Any] | None, new: Mapping[str, Any], *, by: str
+    ) -> dict[str, Any]:
+        """Chain a ``model_change`` record (old and new name, version, run id; who or what made
+        the change) like any decision: hashed, signed, durable before returning."""
+        body = {
+            "kind": MODEL_CHANGE,
+            "sme_id": MODEL_CHANGE_SME,
+            "as_of": datetime.now(UTC).date().isoformat(),
+            "grade": "",
+            "score": 0.0,
+            "pd": 0.0,
+            "old_model": dict(old) if old is not None else None,
+            "new_model": dict(new),
+            "by": by,
+        }
+        return self.append([body])[0]
+
+    def last_model_change(self) -> dict[str, Any] | None:
+        """The newest ``model_change`` record (None if there is none)."""
+        t = self.decisions
+        stmt = (
+            sa.select(t.c.payload)
+            .where(t.c.sme_id == MODEL_CHANGE_SME)
+            .order_by(t.c.seq.desc())
+            .limit(1)
+        )
+        rows = self.read(stmt)
+        return dict(json.loads(rows[0][0])) if rows else None
+
     def find(
         self, *, sme_id: str | None = None, grade: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Stored decisions, newest first, optionally of one SME and/or one grade."""
-        stmt = sa.select(self.decisions.c.payload)
+        stmt = sa.select(self.decisions.c.payload).where(
+            self.decisions.c.sme_id != MODEL_CHANGE_SME
+        )
         if sme_id is not None:
             stmt = stmt.where(self.decisions.c.sme_id == sme_id)
         if grade is not None:
@@ -471,8 +513,11 @@ class AuditStore:
         return [dict(json.loads(r[0])) for r in self.read(stmt)]
 
     def count(self) -> int:
-        """How many decisions are stored."""
-        rows = self.read(sa.select(sa.func.count()).select_from(self.decisions))
+        """How many decisions are stored (model_change records left out)."""
+        t = self.decisions
+        rows = self.read(
+            sa.select(sa.func.count()).select_from(t).where(t.c.sme_id != MODEL_CHANGE_SME)
+        )
         return int(rows[0][0])
 
     def read(self, stmt: sa.Executable) -> list[Any]:
@@ -559,10 +604,11 @@ class AuditStore:
             self.ensure_schema()
         expected_seq = 1
         prev = GENESIS_HASH
-        n = 0
+        n = changes = 0
         with self.snapshot() as conn:
             for row in self._scan(conn, batch):
                 n += 1
+                changes += row.sme_id == MODEL_CHANGE_SME
                 seq = int(row.seq)
                 where = f"record seq {seq} (decision {row.decision_id})"
                 if seq != expected_seq:
@@ -603,7 +649,7 @@ class AuditStore:
                 )
         if require_records and n == 0 and not problems:
             problems.append(f"audit store {self.safe_url} holds no decisions: nothing to verify")
-        return VerifyReport(not problems, n, problems[:MAX_PROBLEMS], len(problems))
+        return VerifyReport(not problems, n, problems[:MAX_PROBLEMS], len(problems), changes)
 
     def _check_row(
         self, row: Any, prev: str, where: str, public_keys: PublicKeys | None

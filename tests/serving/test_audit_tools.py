@@ -58,7 +58,7 @@ def test_every_score_response_carries_a_receipt_that_verifies(
     file.write_text(json.dumps(scored[1]))
     code, out = run(settings, "verify-receipt", str(file))
     assert code == 0, out
-    assert "receipt proven: record seq 2" in out
+    assert f"receipt proven: record seq {scored[1]['receipt']['sequence']}" in out
     file.write_text(json.dumps(scored[2]["receipt"]))  # the receipt alone
     assert run(settings, "verify-receipt", str(file))[0] == 0
 
@@ -69,7 +69,8 @@ def test_a_receipt_whose_record_was_replaced_is_not_proven(
     store = AuditStore(settings.audit_db)
     t = store.decisions
     with store.transaction() as conn:
-        conn.execute(sa.update(t).where(t.c.seq == 2).values(record_hash="f" * 64))
+        seq = scored[1]["receipt"]["sequence"]
+        conn.execute(sa.update(t).where(t.c.seq == seq).values(record_hash="f" * 64))
     store.dispose()
     file = tmp_path / "receipt.json"
     file.write_text(json.dumps(scored[1]))
@@ -85,7 +86,7 @@ def test_verify_passes_an_intact_store_and_accepts_a_plain_path(
     scored: list[dict], settings: Settings
 ) -> None:
     code, out = run(settings, "verify")
-    assert code == 0 and "intact: 4 record(s)" in out, out
+    assert code == 0 and "intact: 5 record(s) (1 model change(s))" in out, out
     path = sa.make_url(settings.audit_db).database
     assert path is not None
     code, out = run(settings, "verify", "--db", path)
@@ -154,7 +155,7 @@ def test_rotated_keys_keep_old_records_verifiable(
     score_some(settings.model_copy(update={"audit_signing_key": new_key}))
     assert len(PublicKeys.read(settings.public_keys_path).keys) == 2
     code, out = run(settings, "verify")
-    assert code == 0 and "intact: 4 record(s)" in out, out
+    assert code == 0 and "intact: 5 record(s) (1 model change(s))" in out, out
 
 
 def test_signing_key_is_created_0600_in_development_and_refused_elsewhere(

@@ -503,7 +503,7 @@ def load_scenario(
         result=result,
         stored=stored_ids(audit_url),
         chain_ok=report.ok,
-        chain_records=report.records,
+        chain_records=report.decisions,
         metrics_decisions=metrics,
         log=srv.output(),
     )
