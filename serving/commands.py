@@ -77,6 +77,8 @@ def serve(
     if demo_data is not None:
         _print_demo(demo_data, settings, host, port, created.get("scorer"))
     typer.echo(f"serving on http://{host}:{port} with {workers} worker(s); docs at /docs")
+    from serving.api.protocol import HeaderDeadlineProtocol
+
     uvicorn.run(
         "serving.api.app:app_from_env",
         factory=True,
@@ -84,6 +86,9 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
+        http=HeaderDeadlineProtocol,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 
@@ -259,6 +264,36 @@ def keys_add(
     record, key = add_key(settings.api_keys, cast(Role, role.value), name)
     typer.echo(f"added key {record.key_id} ({record.role}, {record.name}) to {settings.api_keys}")
     typer.echo(key)
+
+
+@keys.command("list")
+@domain_errors_exit
+def keys_list() -> None:
+    """List the keys (id, role, name, creation time); never the keys themselves."""
+    from serving.api.keys import read_keys
+    from serving.settings import Settings
+
+    settings = Settings()
+    records = read_keys(settings.api_keys)
+    typer.echo(f"{len(records)} key(s) in {settings.api_keys}")
+    typer.echo(f"{'KEY_ID':16s}  {'ROLE':8s}  {'CREATED':25s}  NAME")
+    for r in records:
+        dev = "  (development)" if r.development else ""
+        typer.echo(f"{r.key_id:16s}  {r.role:8s}  {r.created_at:25s}  {r.name}{dev}")
+
+
+@keys.command("revoke")
+@domain_errors_exit
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The id of the key (from `keys list`).")],
+) -> None:
+    """Remove a key: running services refuse it from their next request on."""
+    from serving.api.keys import revoke_key
+    from serving.settings import Settings
+
+    settings = Settings()
+    record = revoke_key(settings.api_keys, key_id)
+    typer.echo(f"revoked key {record.key_id} ({record.role}, {record.name}) in {settings.api_keys}")
 
 
 def _keys_created(settings: Any) -> dict[str, str]:

@@ -96,6 +96,20 @@ class Settings(TrackingSettings):
         description="When set, GET /metrics needs it (header X-Metrics-Key or a bearer token).",
     )
 
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias="SCF_RISK_HEADER_TIMEOUT_SECONDS",
+        description="A connection must send each request's head (request line and headers) "
+        "within this many seconds, or it is closed.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5,
+        gt=0,
+        validation_alias="SCF_RISK_KEEP_ALIVE_SECONDS",
+        description="How long an idle keep-alive connection stays open.",
+    )
+
     @property
     def signing_key_path(self) -> Path:
         return self.audit_signing_key or self.api_keys.parent / "audit-signing-key.pem"

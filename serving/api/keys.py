@@ -132,6 +132,21 @@ def add_key(path: Path, role: Role, name: str | None = None) -> tuple[KeyRecord,
     return record, key
 
 
+def revoke_key(path: Path, key_id: str) -> KeyRecord:
+    """Remove a key from the keys file (running services stop accepting it at their next
+    request: they re-read the file when it changes). KeysError if there is no such key or it
+    is the last one."""
+    records = read_keys(path)
+    gone = [r for r in records if r.key_id == key_id]
+    if not gone:
+        raise KeysError(f"{path}: no key with id {key_id!r} (see `scf-risk keys list`)")
+    kept = [r for r in records if r.key_id != key_id]
+    if not kept:
+        raise KeysError(f"{path}: {key_id} is the last key; add another before revoking it")
+    write_keys(path, kept)
+    return gone[0]
+
+
 def ensure_development_keys(path: Path, *, development: bool) -> dict[Role, str] | None:
     """Create the development keys file (one key per role) when it does not exist.
 

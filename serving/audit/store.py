@@ -44,6 +44,8 @@ log = logging.getLogger("scf_risk.serving")
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 MAX_PROBLEMS = 50
+PROBE_SECONDS = 2.0
+PROBE_KEY = "readiness_probe"
 MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
@@ -281,7 +283,9 @@ class AuditStore:
         self._schema_ready = False
 
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[sa.Connection]:
+    def transaction(
+        self, *, commit: bool = True, timeout: float | None = None
+    ) -> Iterator[sa.Connection]:
         """A write transaction (committed, or rolled back when `commit` is false).
 
         On SQLite this process's writers first queue for their turn (at most the lock timeout).
@@ -290,22 +294,22 @@ class AuditStore:
         a session starts) or half broken, and reusing it would keep refusing decisions after the
         database came back."""
         local, turn = self._local_writer, self._writer_turn
+        limit = self.lock_timeout if timeout is None else timeout
         start = time.monotonic()
-        if local is not None and not local.acquire(timeout=self.lock_timeout):
-            raise AuditUnavailable(
-                f"audit store {self.safe_url}: no write turn within {self.lock_timeout:g} s"
-            )
-        left = max(0.0, self.lock_timeout - (time.monotonic() - start))
+        if local is not None and not local.acquire(timeout=limit):
+            raise AuditUnavailable(f"audit store {self.safe_url}: no write turn within {limit:g} s")
+        left = max(0.0, limit - (time.monotonic() - start))
         if turn is not None and not turn.acquire(left):
             if local is not None:
                 local.release()
             raise AuditUnavailable(
-                f"audit store {self.safe_url}: another process kept the write turn for "
-                f"{self.lock_timeout:g} s"
+                f"audit store {self.safe_url}: another process kept the write turn for {limit:g} s"
             )
         try:
             with self._writer.connect() as conn:
                 try:
+                    if timeout is not None:
+                        self._bound_waits(conn, max(0.0, limit - (time.monotonic() - start)))
                     trans = conn.begin()
                     try:
                         yield conn
@@ -319,11 +323,29 @@ class AuditStore:
                 except SQLAlchemyError:
                     conn.invalidate()
                     raise
+                finally:
+                    if timeout is not None and not conn.invalidated:
+                        self._bound_waits(conn, None)
         finally:
             if turn is not None:
                 turn.release()
             if local is not None:
                 local.release()
+
+    def _bound_waits(self, conn: sa.Connection, seconds: float | None) -> None:
+        """Make this connection wait at most `seconds` for a lock (None: back to the default)."""
+        if self._sqlite:
+            ms = int(1000 * (self.lock_timeout if seconds is None else seconds))
+            driver: Any = conn.connection.driver_connection
+            driver.execute(f"PRAGMA busy_timeout = {ms}")
+        elif seconds is not None:
+            conn.exec_driver_sql(f"SET lock_timeout = {max(1, int(1000 * seconds))}")
+            conn.exec_driver_sql(f"SET statement_timeout = {max(1, int(1000 * seconds))}")
+            conn.commit()
+        else:
+            conn.exec_driver_sql("RESET lock_timeout")
+            conn.exec_driver_sql("RESET statement_timeout")
+            conn.commit()
 
     @property
     def safe_url(self) -> str:
@@ -333,17 +355,26 @@ class AuditStore:
             return self.display_name
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
-    def probe_writable(self) -> bool:
-        """True if a write transaction can be opened and a row updated right now (rolled back)."""
+    def probe_writable(self, timeout: float = PROBE_SECONDS) -> bool:
+        """True if a row can be written and committed (durably) within `timeout` seconds: a held
+        lock, a full disk or a read-only database answer False in about that time, not after
+        the decisions' lock timeout."""
         try:
             self.ensure_schema()
-            with self.transaction(commit=False) as conn:
-                conn.execute(
-                    sa.update(self.head)
-                    .where(self.head.c.id == HEAD_ID)
-                    .values(seq=self.head.c.seq)
-                )
-        except (AuditUnavailable, SQLAlchemyError):
+            with self.transaction(timeout=timeout) as conn:
+                done = conn.execute(
+                    sa.update(self.state)
+                    .where(self.state.c.name == PROBE_KEY)
+                    .values(value=_now(), updated_at=_now())
+                ).rowcount
+                if not done:
+                    conn.execute(
+                        sa.insert(self.state).values(
+                            name=PROBE_KEY, value=_now(), updated_at=_now()
+                        )
+                    )
+        except (AuditUnavailable, SQLAlchemyError) as exc:
+            log.error("audit store not writable (readiness probe): %s", exc)
             return False
         return True
 
