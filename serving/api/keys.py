@@ -211,6 +211,14 @@ class KeyStore:
             self._by_id = {r.key_id: r for r in records}
             self._stamp = stamp
 
+    def caller_of(self, key_id: str) -> Caller | None:
+        """The caller of a key id that is still in the file (None once revoked)."""
+        self.refresh()
+        record = self._by_id.get(key_id)
+        if record is None:
+            return None
+        return Caller(record.key_id, record.name, cast(Role, record.role))
+
     def authenticate(self, presented: str | None) -> Caller | None:
         """The caller a presented key belongs to, or None (missing, malformed or wrong key)."""
         if not presented:

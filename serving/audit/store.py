@@ -16,10 +16,12 @@ The same database holds ``features_latest`` (the online feature table, `serving.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -95,7 +97,9 @@ class VerifyReport:
         return "\n".join(lines + [f"  {p}" for p in self.problems] + tail)
 
 
-def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.Table]:
+def _tables(
+    prefix: str,
+) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.Table, sa.Table]:
     md = sa.MetaData()
     decisions = sa.Table(
         f"{prefix}decisions",
@@ -140,7 +144,15 @@ def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.
         sa.Column("value", sa.Text, nullable=False),
         sa.Column("updated_at", sa.String(40), nullable=False),
     )
-    return md, decisions, head, latest, state
+    sessions = sa.Table(
+        f"{prefix}page_sessions",
+        md,
+        sa.Column("token_hash", sa.String(64), primary_key=True),
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("created_at", sa.String(40), nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+    )
+    return md, decisions, head, latest, state, sessions
 
 
 def _now() -> str:
@@ -167,7 +179,9 @@ class AuditStore:
             raise ValueError(f"prefix: letters, digits and _ only, got {prefix!r}")
         self.url = url
         self.prefix = prefix
-        self._md, self.decisions, self.head, self.latest, self.state = _tables(prefix)
+        self._md, self.decisions, self.head, self.latest, self.state, self.sessions = _tables(
+            prefix
+        )
         self._sqlite = sa.make_url(url).get_backend_name() == "sqlite"
         self.lock_timeout = url_lock_timeout(url) if lock_timeout is None else lock_timeout
         # SQLite: this process's writers queue here, so SQLite's busy handler (sleep and retry,
@@ -770,6 +784,49 @@ class AuditStore:
             yield from rows
             last = int(rows[-1].seq)
 
+    # -- sign-in sessions of the auditor pages ----------------------------------------------------
+    def create_session(self, key_id: str, ttl_seconds: float) -> str:
+        """A new opaque session token for `key_id` (only its hash is stored)."""
+        token = secrets.token_urlsafe(32)
+        self.ensure_schema()
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    sa.delete(self.sessions).where(self.sessions.c.expires_at < time.time())
+                )
+                conn.execute(
+                    sa.insert(self.sessions).values(
+                        token_hash=_token_hash(token),
+                        key_id=key_id,
+                        created_at=_now(),
+                        expires_at=time.time() + ttl_seconds,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
+        return token
+
+    def session_key_id(self, token: str) -> str | None:
+        """The key id of a live session, or None (unknown, expired or revoked)."""
+        t = self.sessions
+        rows = self.read(
+            sa.select(t.c.key_id).where(
+                t.c.token_hash == _token_hash(token), t.c.expires_at >= time.time()
+            )
+        )
+        return str(rows[0][0]) if rows else None
+
+    def end_session(self, token: str) -> None:
+        """Revoke one session (sign-out)."""
+        self.ensure_schema()
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    sa.delete(self.sessions).where(self.sessions.c.token_hash == _token_hash(token))
+                )
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
+
     # -- state shared by the workers ------------------------------------------------------------
     def get_state(self, name: str) -> str | None:
         """A value of the small serving_state table (None if unset)."""
@@ -850,6 +907,10 @@ def _legacy_text(payload: Mapping[str, Any]) -> str:
     return json.dumps(
         payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def reason(exc: SQLAlchemyError) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -161,3 +162,58 @@ def test_connections_that_never_finish_their_request_head_are_closed(tmp_path: P
         import httpx
 
         assert httpx.get(f"{srv.url}/healthz", timeout=5).status_code == 200
+
+
+def _sign_in(client: TestClient, key: str, **headers: str) -> tuple[int, str | None]:
+    r = client.post(
+        "/audit/login",
+        data={"api_key": key, "next": "/audit/decisions"},
+        headers=headers,
+        follow_redirects=False,
+    )
+    return r.status_code, r.cookies.get("scf_risk_key")
+
+
+def test_the_sign_in_cookie_is_an_opaque_revocable_expiring_session(
+    client: TestClient, keys: dict[str, str], settings: Settings
+) -> None:
+    status, token = _sign_in(client, keys["auditor"])
+    assert status == 303 and token
+    assert keys["auditor"] not in token and keys["auditor"].split("_")[1] not in token
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    stored = svc.store.read(sa.select(svc.store.sessions.c.token_hash))
+    assert [r[0] for r in stored] != [token]  # only its hash is kept
+    cookies = {"scf_risk_key": token}
+    client.cookies.clear()
+    assert client.get("/audit/decisions", cookies=cookies).status_code == 200
+    assert (
+        client.get("/audit/decisions", cookies={"scf_risk_key": keys["auditor"]}).status_code == 401
+    )
+    client.post("/audit/logout", cookies=cookies, follow_redirects=False)
+    client.cookies.clear()
+    assert client.get("/audit/decisions", cookies=cookies).status_code == 401  # revoked
+    # expiry
+    _, token2 = _sign_in(client, keys["auditor"])
+    client.cookies.clear()
+    assert token2
+    with svc.store.transaction() as conn:
+        conn.execute(sa.update(svc.store.sessions).values(expires_at=time.time() - 1))
+    assert client.get("/audit/decisions", cookies={"scf_risk_key": token2}).status_code == 401
+    # revoking the key ends its sessions
+    _, token3 = _sign_in(client, keys["admin"])
+    client.cookies.clear()
+    assert client.get("/audit/decisions", cookies={"scf_risk_key": token3}).status_code == 200
+    time.sleep(0.01)
+    from serving.api.keys import revoke_key
+
+    revoke_key(settings.api_keys, keys["admin"].split("_")[1])
+    assert client.get("/audit/decisions", cookies={"scf_risk_key": token3}).status_code == 401
+
+
+def test_sign_in_from_another_site_is_refused(client: TestClient, keys: dict[str, str]) -> None:
+    status, token = _sign_in(client, keys["auditor"], Origin="https://evil.example")
+    assert status == 403 and token is None
+    status, token = _sign_in(client, keys["auditor"], Referer="https://evil.example/x")
+    assert status == 403 and token is None
+    status, token = _sign_in(client, keys["auditor"], Origin="http://testserver")
+    assert status == 303 and token
