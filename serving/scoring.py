@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ import pandas as pd
 from features.exceptions import ContractError, FeatureError
 from serving.audit.canonical import canonical_bytes, json_value
 from serving.exceptions import InvalidInput
-from serving.schemas import ScoreRequestBase, request_features, today
+from serving.schemas import ScoreRequestBase, request_features, request_models, today
 
 if TYPE_CHECKING:
     from serving.api.keys import Caller
@@ -61,6 +61,9 @@ class Decision:
     reasons: tuple[Reason, ...]
     model: dict[str, str | None]
     explain_method: str
+    # history mode: what the caller sent (the object whose hash is ``inputs_hash``), kept so
+    # `replay` recomputes the features from the raw rows
+    inputs: dict[str, Any] | None = None
 
     def body(self, caller: Caller | None = None) -> dict[str, Any]:
         """The JSON-able record the audit store chains (it adds id, sequence, time, hashes)."""
@@ -82,6 +85,7 @@ class Decision:
             "reasons": [asdict(r) for r in self.reasons],
             "model": dict(self.model),
             "explain_method": self.explain_method,
+            **({"inputs": self.inputs} if self.inputs is not None else {}),
         }
 
 
@@ -92,6 +96,7 @@ class _Inputs:
     mode: str
     features: dict[str, Any]
     inputs_hash: str
+    raw: dict[str, Any] | None = None
 
 
 def score(
@@ -115,13 +120,17 @@ def score_many(
     inputs = [
         _inputs(served, req, latest, loc=(i,) if batch else ()) for i, req in enumerate(requests)
     ]
-    return explain_rows(
+    decisions = explain_rows(
         served.model,
         [x.features for x in inputs],
         method=served.explain_method,
         model_info=served.info,
         meta=[(x.sme_id, x.as_of, x.mode, x.inputs_hash) for x in inputs],
     )
+    return [
+        d if x.raw is None else replace(d, inputs=x.raw)
+        for d, x in zip(decisions, inputs, strict=True)
+    ]
 
 
 def explain_rows(
@@ -226,13 +235,8 @@ def _inputs(
     if mode == "history":
         as_of = request.as_of or today()
         values = history_features(served.model, request, as_of, loc=loc)
-        return _Inputs(
-            request.sme_id,
-            as_of,
-            mode,
-            values,
-            _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received}),
-        )
+        raw = {"mode": mode, "as_of": as_of.isoformat(), "request": received}
+        return _Inputs(request.sme_id, as_of, mode, values, _hash(raw), raw)
     found = latest(request.sme_id) if latest is not None else None
     if found is None:
         raise InvalidInput(
@@ -329,11 +333,14 @@ class ReplayResult:
     model_uri: str
     matches: bool
     differences: list[str] = field(default_factory=list)
+    compared: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         if self.matches:
-            return f"decision {self.decision_id}: replayed with {self.model_uri}: matches exactly"
+            head = f"decision {self.decision_id}: replayed with {self.model_uri}: matches exactly"
+            return "\n".join([head] + [f"  {c}" for c in self.compared])
         lines = [f"decision {self.decision_id}: replayed with {self.model_uri}: DIFFERS"]
+        lines += [f"  {c}" for c in self.compared]
         return "\n".join(lines + [f"  {d}" for d in self.differences])
 
 
@@ -351,9 +358,13 @@ def replay(stored: dict[str, Any], *, loader: Loader, tracking_uri: str) -> Repl
         "version": None if loaded.version is None else str(loaded.version),
         "run_id": loaded.run_id,
     }
+    features: dict[str, Any] = stored["features"]
+    from_inputs: list[str] = []
+    if stored.get("inputs") is not None:
+        features, from_inputs = _features_from_inputs(stored, loaded.model)
     decision = explain_rows(
         loaded.model,
-        [stored["features"]],
+        [features],
         method=stored["explain_method"],
         model_info=info,
         meta=[
@@ -380,4 +391,26 @@ def replay(stored: dict[str, Any], *, loader: Loader, tracking_uri: str) -> Repl
         diffs.append(f"contributions differ for {len(changed)} feature(s): {changed[:10]}")
     if stored.get("reasons") != again["reasons"]:
         diffs.append(f"reasons: stored {stored.get('reasons')!r}, replayed {again['reasons']!r}")
-    return ReplayResult(str(stored["decision_id"]), uri, not diffs, diffs)
+    diffs = from_inputs + diffs
+    compared = [
+        f"{key}: stored {stored.get(key)!r}, replayed {again[key]!r}"
+        for key in ("pd", "score", "grade")
+    ]
+    if stored.get("inputs") is not None:
+        compared.insert(0, "features recomputed from the recorded history rows")
+    return ReplayResult(str(stored["decision_id"]), uri, not diffs, diffs, compared)
+
+
+def _features_from_inputs(
+    stored: dict[str, Any], model: ScoringModel
+) -> tuple[dict[str, Any], list[str]]:
+    """A history decision's features recomputed from the rows its caller sent (checked against
+    the recorded inputs hash first), and the problems found."""
+    inputs = stored["inputs"]
+    problems: list[str] = []
+    if _hash(inputs) != stored.get("inputs_hash"):
+        problems.append("inputs: the recorded rows do not match the recorded inputs hash")
+    single, _ = request_models(model.catalog)
+    request = single.model_validate_json(canonical_bytes(inputs["request"]))
+    values = history_features(model, request, date.fromisoformat(inputs["as_of"]), loc=())
+    return values, problems
