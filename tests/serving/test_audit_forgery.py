@@ -315,3 +315,14 @@ def test_verify_under_concurrent_writes_gives_no_false_alarm(signed: Signed) -> 
     bad = [r for r in reports if not r.ok]
     assert not bad, bad[0]
     assert reports[-1].records > reports[0].records  # the writer really wrote meanwhile
+
+
+def test_a_checkpoint_is_written_at_shutdown(store: AuditStore, tmp_path: Path) -> None:
+    signed = Signed(store, tmp_path / "cp.jsonl", every=1000)
+    signed.fill(3)
+    assert not signed.path.exists()  # not due yet
+    store.dispose()
+    lines = [json.loads(x) for x in signed.path.read_text().splitlines()]
+    assert [x["sequence"] for x in lines] == [3]
+    assert oct(signed.path.stat().st_mode & 0o777) == "0o600"
+    assert signed.verify().ok

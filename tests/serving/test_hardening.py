@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from serving.api.app import create_app
 from serving.api.keys import KeyStore
+from serving.audit.store import AuditStore
 from serving.commands import app as cli
 from serving.settings import Settings
 from tests.support.models import Registry
@@ -217,3 +218,31 @@ def test_sign_in_from_another_site_is_refused(client: TestClient, keys: dict[str
     assert status == 403 and token is None
     status, token = _sign_in(client, keys["auditor"], Origin="http://testserver")
     assert status == 303 and token
+
+
+def test_the_write_probe_gives_up_within_seconds_on_a_locked_store(store: AuditStore) -> None:
+    """Both stores: another session holding the lock makes the probe say False in ~2 s."""
+    store.ensure_schema()
+    assert store.probe_writable()
+    if store.url.startswith("sqlite"):
+        holder = sqlite3.connect(store.url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        release = holder.close
+    else:
+        engine = sa.create_engine(store.url)
+        conn = engine.connect()
+        conn.exec_driver_sql(f"LOCK TABLE {store.state.name} IN ACCESS EXCLUSIVE MODE")
+
+        def release() -> None:
+            conn.rollback()
+            conn.close()
+            engine.dispose()
+
+    try:
+        start = time.monotonic()
+        writable = store.probe_writable()
+        took = time.monotonic() - start
+    finally:
+        release()
+    assert not writable and took < 4.0, took
+    assert store.probe_writable()  # the connection is usable again afterwards
