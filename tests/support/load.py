@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from features.catalog import CATALOG
 from serving.api.keys import ROLES, add_key
 from serving.audit.signing import new_signing_key
-from serving.audit.store import AuditStore
+from serving.audit.store import MODEL_CHANGE_SME, AuditStore
 from tests.support.server import Server
 
 POSTGRES_ENV = "SCF_RISK_TEST_POSTGRES_URL"
@@ -336,12 +336,13 @@ class StressServer(Server):
 
 # -- the audit store from outside ------------------------------------------------------------------
 def stored_ids(url: str) -> list[str]:
-    """Every decision id in the audit store at `url`."""
+    """Every decision id in the audit store at `url` (model_change records left out)."""
     table = AuditStore(url).decisions
     engine = sa.create_engine(url)
+    stmt = sa.select(table.c.decision_id).where(table.c.sme_id != MODEL_CHANGE_SME)
     try:
         with engine.connect() as conn:
-            return [str(r[0]) for r in conn.execute(sa.select(table.c.decision_id))]
+            return [str(r[0]) for r in conn.execute(stmt)]
     finally:
         engine.dispose()
 
