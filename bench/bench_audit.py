@@ -22,7 +22,7 @@ from serving.audit.store import AuditStore
 SECTION = "audit signing"
 THREADS = 8
 SECONDS = 2.0
-RUNS = 7
+RUNS = 9
 
 
 def _body(i: int) -> dict[str, Any]:
