@@ -148,6 +148,12 @@ def audit_verify(
         store.dispose()
     if not report.ok:
         raise AuditCorrupt(str(report))
+    if not cps.exists():
+        typer.echo(
+            f"warning: no checkpoints file at {cps}: a truncated or rolled-back chain cannot be "
+            "told from an intact one (the service writes one every few seconds and at shutdown)",
+            err=True,
+        )
     typer.echo(str(report))
 
 

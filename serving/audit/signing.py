@@ -139,18 +139,25 @@ def read_signer(path: Path) -> Signer:
 
 
 def write_private(path: Path, signer: Signer) -> None:
-    """Write a private key file, readable by its owner only; never overwrites one."""
+    """Write a private key file, readable by its owner only; never overwrites one. Written
+    aside, then linked into place: a worker starting at the same time sees no file or the
+    whole key, never half of it (FileExistsError if one is there)."""
     pem = signer.private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def add_public(path: Path, signer: Signer) -> None:

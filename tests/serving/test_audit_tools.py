@@ -184,3 +184,11 @@ def test_signing_key_is_created_0600_in_development_and_refused_elsewhere(
     ):
         pass
     assert not prod.signing_key_path.exists()
+
+
+def test_verify_warns_when_there_is_no_checkpoints_file(
+    scored: list[dict], settings: Settings
+) -> None:
+    settings.checkpoints_path.unlink(missing_ok=True)
+    code, out = run(settings, "verify")
+    assert code == 0 and "warning: no checkpoints file" in out, out
