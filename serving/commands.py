@@ -72,6 +72,8 @@ def serve(
     if demo_data is not None:
         _print_demo(demo_data, settings, host, port, created.get("scorer"))
     typer.echo(f"serving on http://{host}:{port} with {workers} worker(s); docs at /docs")
+    from serving.api.protocol import HeaderDeadlineProtocol
+
     uvicorn.run(
         "serving.api.app:app_from_env",
         factory=True,
@@ -79,6 +81,9 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
+        http=HeaderDeadlineProtocol,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        h11_max_incomplete_event_size=64 * 1024,
     )
 
 
@@ -86,33 +91,135 @@ audit = typer.Typer(help="Check and replay the audit trail.", no_args_is_help=Tr
 app.add_typer(audit, name="audit")
 
 
-@audit.command("verify")
-@domain_errors_exit
-def audit_verify() -> None:
-    """Re-derive the hash chain of every stored decision (SCF_RISK_AUDIT_DB); exit 1 if an
-    edited, deleted or reordered record is found."""
-    from serving.audit.store import AuditStore
-    from serving.exceptions import AuditCorrupt
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="The audit database: a SQLAlchemy URL or a SQLite file path (default "
+        "SCF_RISK_AUDIT_DB). Must exist and hold a chain; nothing is created.",
+    ),
+]
+PublicKeysOption = Annotated[
+    Path | None,
+    typer.Option(help="The public keys file (default SCF_RISK_AUDIT_PUBLIC_KEYS)."),
+]
+CheckpointsOption = Annotated[
+    Path | None,
+    typer.Option(help="The checkpoints file (default SCF_RISK_AUDIT_CHECKPOINTS)."),
+]
+
+
+def _audit_inputs(
+    db: str | None, public_keys: Path | None, checkpoints: Path | None
+) -> tuple[Any, Any, Path]:
+    """The read-only store, the public keys and the checkpoints file the audit tools use."""
+    from serving.audit.signing import PublicKeys
+    from serving.audit.store import open_existing
     from serving.settings import Settings
 
-    store = AuditStore(Settings().audit_db)
+    settings = Settings()
+    keys = PublicKeys.read(public_keys or settings.public_keys_path)
+    store = open_existing(db or settings.audit_db)
+    return store, keys, checkpoints or settings.checkpoints_path
+
+
+@audit.command("verify")
+@domain_errors_exit
+def audit_verify(
+    db: DbOption = None,
+    public_keys: PublicKeysOption = None,
+    checkpoints: CheckpointsOption = None,
+) -> None:
+    """Re-derive the hash chain of every stored decision from one snapshot, check every
+    record's signature with the public keys and the chain against every signed checkpoint;
+    exit 1 if a record was edited, deleted, reordered, forged or the chain truncated or rolled
+    back (or if there is no chain to check)."""
+    from serving.exceptions import AuditCorrupt
+
+    store, keys, cps = _audit_inputs(db, public_keys, checkpoints)
     try:
-        report = store.verify()
+        report = store.verify(public_keys=keys, checkpoints=cps, require_records=True)
     finally:
         store.dispose()
     if not report.ok:
         raise AuditCorrupt(str(report))
+    if not cps.exists():
+        typer.echo(
+            f"warning: no checkpoints file at {cps}: a truncated or rolled-back chain cannot be "
+            "told from an intact one (the service writes one every few seconds and at shutdown)",
+            err=True,
+        )
     typer.echo(str(report))
+
+
+@audit.command("verify-receipt")
+@domain_errors_exit
+def audit_verify_receipt(
+    file: Annotated[
+        Path, typer.Argument(help="A JSON file: the receipt, or a whole score response.")
+    ],
+    db: DbOption = None,
+    public_keys: PublicKeysOption = None,
+    checkpoints: CheckpointsOption = None,
+) -> None:
+    """Prove a receipt's record is in the chain: its signature, the record it names, and the
+    whole chain up to the newest checkpoint; exit 1 saying why not."""
+    from serving.exceptions import AuditCorrupt
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AuditCorrupt(f"{file}: not a JSON file: {exc}") from None
+    receipt = data.get("receipt", data) if isinstance(data, dict) else data
+    store, keys, cps = _audit_inputs(db, public_keys, checkpoints)
+    try:
+        problems = store.check_receipt(receipt, keys)
+        report = store.verify(public_keys=keys, checkpoints=cps) if not problems else None
+    finally:
+        store.dispose()
+    if problems:
+        raise AuditCorrupt(f"{file}: receipt NOT proven:\n  " + "\n  ".join(problems))
+    assert report is not None
+    if not report.ok:
+        raise AuditCorrupt(f"{file}: the record is there, but the chain is not intact:\n{report}")
+    typer.echo(
+        f"{file}: receipt proven: record seq {receipt['sequence']} is in the chain, signed by "
+        f"key {receipt['key_id']} ({report})"
+    )
+
+
+@audit.command("new-key")
+@domain_errors_exit
+def audit_new_key(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the new private key (default the configured path)."),
+    ] = None,
+) -> None:
+    """Create an audit signing key (0600) and add its public key to the public keys file; to
+    rotate, write it to a new path and point SCF_RISK_AUDIT_SIGNING_KEY at it (old public keys
+    stay, so old records keep verifying)."""
+    from serving.audit.signing import new_signing_key
+    from serving.settings import Settings
+
+    settings = Settings()
+    path = out or settings.signing_key_path
+    signer = new_signing_key(path, settings.public_keys_path)
+    typer.echo(
+        f"created audit signing key {path} (key id {signer.key_id}); public key added to "
+        f"{settings.public_keys_path}"
+    )
 
 
 @audit.command("replay")
 @domain_errors_exit
 def audit_replay(
     decision_id: Annotated[str, typer.Argument(help="The decision's id (a UUID).")],
+    db: DbOption = None,
 ) -> None:
     """Re-score a stored decision with its recorded model version and features; exit 1
     unless it matches exactly."""
-    from serving.audit.store import AuditStore
+    from serving.audit.store import open_existing
     from serving.exceptions import AuditCorrupt
     from serving.schemas import DECISION_ID_PATTERN
     from serving.scoring import replay
@@ -122,7 +229,7 @@ def audit_replay(
     if not re.match(DECISION_ID_PATTERN, decision_id):
         fail_usage(f"DECISION_ID: expected a UUID, got {decision_id!r}")
     settings = Settings()
-    store = AuditStore(settings.audit_db)
+    store = open_existing(db or settings.audit_db)
     try:
         stored = store.get(decision_id)
     finally:
@@ -158,6 +265,36 @@ def keys_add(
     record, key = add_key(settings.api_keys, cast(Role, role.value), name)
     typer.echo(f"added key {record.key_id} ({record.role}, {record.name}) to {settings.api_keys}")
     typer.echo(key)
+
+
+@keys.command("list")
+@domain_errors_exit
+def keys_list() -> None:
+    """List the keys (id, role, name, creation time); never the keys themselves."""
+    from serving.api.keys import read_keys
+    from serving.settings import Settings
+
+    settings = Settings()
+    records = read_keys(settings.api_keys)
+    typer.echo(f"{len(records)} key(s) in {settings.api_keys}")
+    typer.echo(f"{'KEY_ID':16s}  {'ROLE':8s}  {'CREATED':25s}  NAME")
+    for r in records:
+        dev = "  (development)" if r.development else ""
+        typer.echo(f"{r.key_id:16s}  {r.role:8s}  {r.created_at:25s}  {r.name}{dev}")
+
+
+@keys.command("revoke")
+@domain_errors_exit
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The id of the key (from `keys list`).")],
+) -> None:
+    """Remove a key: running services refuse it from their next request on."""
+    from serving.api.keys import revoke_key
+    from serving.settings import Settings
+
+    settings = Settings()
+    record = revoke_key(settings.api_keys, key_id)
+    typer.echo(f"revoked key {record.key_id} ({record.role}, {record.name}) in {settings.api_keys}")
 
 
 def _keys_created(settings: Any) -> dict[str, str]:

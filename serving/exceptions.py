@@ -46,3 +46,7 @@ class InvalidInput(ServingError):
 
 class KeysError(ServingError):
     """The API keys file is missing, unreadable, malformed or holds placeholder keys."""
+
+
+class SigningKeyError(ServingError):
+    """The audit signing key or public keys file is missing, unreadable or malformed."""

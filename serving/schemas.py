@@ -272,6 +272,16 @@ class ModelInfo(BaseModel):
     run_id: str | None
 
 
+class Receipt(BaseModel):
+    """The caller's proof that its decision is in the audit chain: the record's sequence number
+    and hash, signed by the service's key (check with `scf-risk audit verify-receipt`)."""
+
+    sequence: int
+    record_hash: str
+    signature: str
+    key_id: str
+
+
 class ScoreResponse(BaseModel):
     decision_id: str
     sme_id: str
@@ -290,6 +300,9 @@ class ScoreResponse(BaseModel):
     )
     grade_band: GradeBand
     improvement: Improvement | None
+    receipt: Receipt | None = Field(
+        default=None, description="Signed proof of the audit record (sequence, hash)."
+    )
 
 
 class ItemError(BaseModel):

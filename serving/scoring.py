@@ -23,7 +23,7 @@ import pandas as pd
 from features.exceptions import ContractError, FeatureError
 from serving.audit.canonical import canonical_bytes, json_value
 from serving.exceptions import InvalidInput
-from serving.schemas import ScoreRequestBase, request_features, today
+from serving.schemas import ScoreRequestBase, request_features, request_models, today
 
 if TYPE_CHECKING:
     from serving.api.keys import Caller
@@ -636,11 +636,14 @@ class ReplayResult:
     model_uri: str
     matches: bool
     differences: list[str] = field(default_factory=list)
+    compared: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         if self.matches:
-            return f"decision {self.decision_id}: replayed with {self.model_uri}: matches exactly"
+            head = f"decision {self.decision_id}: replayed with {self.model_uri}: matches exactly"
+            return "\n".join([head] + [f"  {c}" for c in self.compared])
         lines = [f"decision {self.decision_id}: replayed with {self.model_uri}: DIFFERS"]
+        lines += [f"  {c}" for c in self.compared]
         return "\n".join(lines + [f"  {d}" for d in self.differences])
 
 
@@ -658,9 +661,14 @@ def replay(stored: dict[str, Any], *, loader: Loader, tracking_uri: str) -> Repl
         "version": None if loaded.version is None else str(loaded.version),
         "run_id": loaded.run_id,
     }
+    features: dict[str, Any] = stored["features"]
+    from_inputs: list[str] = []
+    sent = history_inputs(stored)
+    if sent is not None:
+        features, from_inputs = _features_from_inputs(stored, sent, loaded.model)
     decision = explain_rows(
         loaded.model,
-        [stored["features"]],
+        [features],
         method=stored["explain_method"],
         model_info=info,
         meta=[
@@ -687,4 +695,38 @@ def replay(stored: dict[str, Any], *, loader: Loader, tracking_uri: str) -> Repl
         diffs.append(f"contributions differ for {len(changed)} feature(s): {changed[:10]}")
     if stored.get("reasons") != again["reasons"]:
         diffs.append(f"reasons: stored {stored.get('reasons')!r}, replayed {again['reasons']!r}")
-    return ReplayResult(str(stored["decision_id"]), uri, not diffs, diffs)
+    diffs = from_inputs + diffs
+    compared = [
+        f"{key}: stored {stored.get(key)!r}, replayed {again[key]!r}"
+        for key in ("pd", "score", "grade")
+    ]
+    if sent is not None:
+        compared.insert(0, "features recomputed from the recorded history rows")
+    return ReplayResult(str(stored["decision_id"]), uri, not diffs, diffs, compared)
+
+
+def history_inputs(stored: dict[str, Any]) -> dict[str, Any] | None:
+    """The object whose sha256 is a history decision's ``inputs_hash``: its mode, as-of date
+    and the request as the service normalised it (kept in the record's ``input``); None for
+    the other modes or a record without its input."""
+    recorded = stored.get("input")
+    if stored.get("mode") != "history" or not isinstance(recorded, dict):
+        return None
+    normalised = recorded.get("normalised")
+    if not isinstance(normalised, dict):
+        return None
+    return {"mode": "history", "as_of": stored["as_of"], "request": normalised}
+
+
+def _features_from_inputs(
+    stored: dict[str, Any], inputs: dict[str, Any], model: ScoringModel
+) -> tuple[dict[str, Any], list[str]]:
+    """A history decision's features recomputed from the rows its caller sent (checked against
+    the recorded inputs hash first), and the problems found."""
+    problems: list[str] = []
+    if _hash(inputs) != stored.get("inputs_hash"):
+        problems.append("inputs: the recorded rows do not match the recorded inputs hash")
+    single, _ = request_models(model.catalog)
+    request = single.model_validate_json(canonical_bytes(inputs["request"]))
+    values = history_features(model, request, date.fromisoformat(inputs["as_of"]), loc=())
+    return values, problems

@@ -4,8 +4,11 @@
 keeps it to the end, so a reload (which builds the new one completely, checks it, then replaces
 the reference) never fails a request in flight. A failed load keeps the old model and says why.
 
-Several uvicorn workers are separate processes: the worker that reloads writes the exact model
-version it loaded into the audit database (``serving_state``); the others poll it and follow.
+Several uvicorn workers are separate processes: the worker that reloads bumps a generation counter
+in the audit database (``serving_state``); the others poll it and reload the configured model URI
+(the registry's champion), verified by the bundle's checksums. The row only signals "reload": it
+never names what to load, so a database writer cannot make the workers serve an unpromoted
+version. Every change of the served model is an audit record (`AuditStore.record_model_change`).
 """
 
 from __future__ import annotations
@@ -169,9 +172,9 @@ class ModelHolder:
 
     # -- keeping the workers in step ------------------------------------------------------------
     def publish(self, store: AuditStore, served: ServedModel) -> None:
-        """Tell the other workers which exact version to serve now."""
+        """Tell the other workers to reload the configured model (a new generation; no URI)."""
         generation = uuid.uuid4().hex
-        store.set_state(STATE_KEY, json.dumps({"generation": generation, "uri": served.exact_uri}))
+        store.set_state(STATE_KEY, json.dumps({"generation": generation}))
         self.generation = generation
 
     def adopt_generation(self, store: AuditStore) -> None:
@@ -180,8 +183,9 @@ class ModelHolder:
         self.generation = state.get("generation") if state else None
 
     def follow(self, store: AuditStore) -> None:
-        """One poll: load the model if none is loaded yet, or the version another worker
-        published. Failures are logged (once per distinct reason) and retried next time."""
+        """One poll: load the model if none is loaded yet, or reload the configured one when
+        another worker signalled a new generation (anything else in the row is ignored).
+        Failures are logged (once per distinct reason) and retried next time."""
         if self._lock.locked():
             return  # a load is under way (start-up or reload)
         try:
@@ -190,10 +194,9 @@ class ModelHolder:
             state = None
         if self.current is not None and not (state and state.get("generation") != self.generation):
             return
-        uri = state.get("uri") if state and self.current is not None else None
         previous = self.last_error
         try:
-            self.load(uri)
+            self.load()
         except ModelLoadFailed as exc:
             if str(exc) != previous:
                 log.error("model still not loaded: %s", exc)

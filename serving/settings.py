@@ -82,6 +82,64 @@ class Settings(TrackingSettings):
         description="How often each worker checks whether another worker reloaded the model.",
     )
 
+    # --- the signed audit trail (serving/audit/) ---
+    audit_signing_key: Path | None = Field(
+        default=None,
+        validation_alias="SCF_RISK_AUDIT_SIGNING_KEY",
+        description="Ed25519 private key (PEM) that signs every record and checkpoint; never "
+        "in the audit database. Default: audit-signing-key.pem beside the API keys (created "
+        "0600 on first run in development only).",
+    )
+    audit_public_keys: Path | None = Field(
+        default=None,
+        validation_alias="SCF_RISK_AUDIT_PUBLIC_KEYS",
+        description="Every public key the trail was signed with (JSON); all `audit verify` "
+        "needs. Default: audit-public-keys.json beside the API keys.",
+    )
+    audit_checkpoints: Path | None = Field(
+        default=None,
+        validation_alias="SCF_RISK_AUDIT_CHECKPOINTS",
+        description="Append-only file of signed checkpoints (sequence, head hash, time), outside "
+        "the audit database. Default: audit-checkpoints.jsonl beside the API keys.",
+    )
+    checkpoint_every_records: int = Field(
+        default=1000, gt=0, validation_alias="SCF_RISK_CHECKPOINT_EVERY_RECORDS"
+    )
+    checkpoint_every_seconds: float = Field(
+        default=10.0, gt=0, validation_alias="SCF_RISK_CHECKPOINT_EVERY_SECONDS"
+    )
+    metrics_key: str | None = Field(
+        default=None,
+        validation_alias="SCF_RISK_METRICS_KEY",
+        description="When set, GET /metrics needs it (header X-Metrics-Key or a bearer token).",
+    )
+
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias="SCF_RISK_HEADER_TIMEOUT_SECONDS",
+        description="A connection must send each request's head (request line and headers) "
+        "within this many seconds, or it is closed.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5,
+        gt=0,
+        validation_alias="SCF_RISK_KEEP_ALIVE_SECONDS",
+        description="How long an idle keep-alive connection stays open.",
+    )
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.audit_signing_key or self.api_keys.parent / "audit-signing-key.pem"
+
+    @property
+    def public_keys_path(self) -> Path:
+        return self.audit_public_keys or self.api_keys.parent / "audit-public-keys.json"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.audit_checkpoints or self.api_keys.parent / "audit-checkpoints.jsonl"
+
     @field_validator("env")
     @classmethod
     def _known_env(cls, value: str) -> str:

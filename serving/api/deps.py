@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -25,8 +25,19 @@ async def service(request: Request) -> Service:
     return app_service(request)
 
 
+JSON_MEDIA_TYPE = "application/json"
+
+
 async def raw_body(request: Request) -> bytes:
-    """The request body, read once (validated by the served model's generated schema)."""
+    """The request body, read once (validated by the served model's generated schema); 415
+    unless it is declared JSON (a form or text/plain body is what a cross-site page can send
+    without a CORS preflight)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        raise HTTPException(
+            status_code=415,
+            detail=f"Content-Type must be {JSON_MEDIA_TYPE}, got {media_type or 'none'}",
+        )
     return await request.body()
 
 

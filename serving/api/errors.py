@@ -56,6 +56,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "The key's role may not do this.",
     404: "No such decision.",
     413: "Request body larger than the configured limit (SCF_RISK_MAX_BODY_BYTES).",
+    415: "The body is not declared JSON (Content-Type: application/json).",
     422: "Invalid input; each problem names its field.",
     503: "Not ready: no model loaded, audit store not writable, or keys unusable. No decision "
     "was made; retry after the Retry-After seconds.",
@@ -178,7 +179,8 @@ async def _not_ready(_: Request, exc: Exception) -> JSONResponse:
 
 async def _audit_unavailable(_: Request, exc: Exception) -> JSONResponse:
     log.error("refusing to decide without an audit record: %s", exc)
-    return _unavailable(f"audit store unavailable, no decision made: {exc}")
+    # The reason (which names the database) goes to the log only.
+    return _unavailable("audit store unavailable, no decision made; see the server log")
 
 
 async def _load_failed(_: Request, exc: Exception) -> JSONResponse:

@@ -132,6 +132,21 @@ def add_key(path: Path, role: Role, name: str | None = None) -> tuple[KeyRecord,
     return record, key
 
 
+def revoke_key(path: Path, key_id: str) -> KeyRecord:
+    """Remove a key from the keys file (running services stop accepting it at their next
+    request: they re-read the file when it changes). KeysError if there is no such key or it
+    is the last one."""
+    records = read_keys(path)
+    gone = [r for r in records if r.key_id == key_id]
+    if not gone:
+        raise KeysError(f"{path}: no key with id {key_id!r} (see `scf-risk keys list`)")
+    kept = [r for r in records if r.key_id != key_id]
+    if not kept:
+        raise KeysError(f"{path}: {key_id} is the last key; add another before revoking it")
+    write_keys(path, kept)
+    return gone[0]
+
+
 def ensure_development_keys(path: Path, *, development: bool) -> dict[Role, str] | None:
     """Create the development keys file (one key per role) when it does not exist.
 
@@ -195,6 +210,14 @@ class KeyStore:
                 raise KeysError(f"{self.path}: no API keys")
             self._by_id = {r.key_id: r for r in records}
             self._stamp = stamp
+
+    def caller_of(self, key_id: str) -> Caller | None:
+        """The caller of a key id that is still in the file (None once revoked)."""
+        self.refresh()
+        record = self._by_id.get(key_id)
+        if record is None:
+            return None
+        return Caller(record.key_id, record.name, cast(Role, record.role))
 
     def authenticate(self, presented: str | None) -> Caller | None:
         """The caller a presented key belongs to, or None (missing, malformed or wrong key)."""

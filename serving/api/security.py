@@ -1,13 +1,16 @@
 """Who may call what: the role of each endpoint, declared once, and the FastAPI dependencies.
 
-The key comes in the ``X-API-Key`` header; the auditor pages also accept it from the HttpOnly
-cookie their sign-in form sets (browsers cannot add headers when following a link). Missing or
+The key comes in the ``X-API-Key`` header; the auditor pages also accept the HttpOnly cookie their
+sign-in form sets (browsers cannot add headers when following a link): an opaque session id
+whose hash is kept server-side with an expiry (never the key itself), revoked at sign-out or
+when its key is revoked. Missing or
 wrong key: 401. Right key, wrong role: 403. Keys are never logged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
@@ -59,6 +62,24 @@ def require(*roles: Role) -> Callable[..., Awaitable[Caller]]:
 
 
 def page_caller(request: Request, key: str | None) -> Caller | None:
-    """The caller of an auditor page: header first, then the sign-in cookie."""
+    """The caller of an auditor page: header first, then the sign-in session cookie."""
     keys = _keys(request)
-    return keys.authenticate(key or request.cookies.get(COOKIE))
+    if key:
+        return keys.authenticate(key)
+    token = request.cookies.get(COOKIE)
+    if not token or len(token) > 128:
+        return None
+    key_id = request.app.state.service.store.session_key_id(token)
+    return keys.caller_of(key_id) if key_id is not None else None
+
+
+def same_origin(request: Request) -> bool:
+    """False when the request says it comes from another site (Origin, else Referer, naming
+    another scheme, host or port than this server's); True when it says nothing (a non-browser
+    client) or names this server."""
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if not claimed:
+        return True
+    parts = urlsplit(claimed)
+    host = request.headers.get("host", "")
+    return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{host}"

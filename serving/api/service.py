@@ -16,6 +16,8 @@ from pydantic import RootModel
 from serving.api.keys import Caller, KeyStore, ensure_development_keys
 from serving.api.pages import Pages
 from serving.api.prometheus import Metrics
+from serving.audit.anchors import CheckpointLog
+from serving.audit.signing import ensure_signing_key
 from serving.audit.store import AuditStore
 from serving.exceptions import AuditUnavailable, ModelLoadFailed
 from serving.online import OnlineFeatures
@@ -36,6 +38,31 @@ def bootstrap_keys(settings: Settings) -> None:
         lines += [f"  {role:8s} {key}" for role, key in created.items()]
         lines.append("  (shown once; only their hashes are stored)")
         print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+def bootstrap_signing(settings: Settings, store: AuditStore) -> None:
+    """Give the store its signing key and checkpoint file (fail loudly if the key is unusable;
+    in development create it on first run and say where)."""
+    signer, created = ensure_signing_key(
+        settings.signing_key_path, settings.public_keys_path, development=settings.is_development
+    )
+    if created:
+        print(
+            f"scf-risk: created the audit signing key {settings.signing_key_path.resolve()} "
+            f"(key id {signer.key_id}, mode 0600); its public key is in "
+            f"{settings.public_keys_path.resolve()}. Keep the private key out of the audit "
+            "database's backups.",
+            file=sys.stdout,
+            flush=True,
+        )
+    store.signer = signer
+    store.checkpoints = CheckpointLog(
+        settings.checkpoints_path,
+        signer,
+        store=store.chain_name,
+        every_records=settings.checkpoint_every_records,
+        every_seconds=settings.checkpoint_every_seconds,
+    )
 
 
 class Service:
@@ -68,6 +95,7 @@ class Service:
         """Keys (fail loudly if unusable), audit store, model (log why not, stay up), watcher."""
         bootstrap_keys(self.settings)
         self.keys = KeyStore(self.settings.api_keys, development=self.settings.is_development)
+        bootstrap_signing(self.settings, self.store)
         try:
             self.store.ensure_schema()
         except AuditUnavailable as exc:
@@ -94,6 +122,7 @@ class Service:
         try:
             served = self.holder.load()
             self.metrics.set_model(**_labels(served))
+            self.record_model_change(None, served, by="start-up")
         except ModelLoadFailed as exc:
             log.error(
                 "model not loaded at start (not ready; retrying every %.0f s): %s",
@@ -108,11 +137,17 @@ class Service:
 
     def follow(self) -> None:
         """One watcher poll: pick up a model another worker published, or retry a failed start."""
+        if self.store.checkpoints is not None:
+            try:
+                self.store.checkpoints.poll()
+            except AuditUnavailable as exc:
+                log.error("checkpoint not written: %s", exc)
         before = self.holder.current
         self.holder.follow(self.store)
         after = self.holder.current
         if after is not None and after is not before:
             self.metrics.set_model(**_labels(after))
+            self.record_model_change(before, after, by="reload signalled by another worker")
 
     # -- operations -----------------------------------------------------------------------------
     def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
@@ -122,7 +157,24 @@ class Service:
             self.metrics.decisions.labels(payload["grade"]).inc()
         return stored
 
-    def reload(self) -> ServedModel:
+    def record_model_change(
+        self, before: ServedModel | None, after: ServedModel, *, by: str
+    ) -> None:
+        """Chain a model_change record, unless the chain's last one already names this model
+        (several workers starting or following the same change)."""
+        try:
+            last = self.store.last_model_change()
+            if last is not None and last.get("new_model") == after.info:
+                return
+            if before is None and last is not None:
+                old: dict[str, Any] | None = last.get("new_model")
+            else:
+                old = before.info if before is not None else None
+            self.store.record_model_change(old, after.info, by=by)
+        except AuditUnavailable as exc:
+            log.error("model change not recorded in the audit chain: %s", exc)
+
+    def reload(self, *, by: str = "admin reload") -> ServedModel:
         """Load the configured model URI (the champion alias) and tell the other workers."""
         previous = self.holder.current
         try:
@@ -132,6 +184,7 @@ class Service:
             log.error("reload refused, still serving %s: %s", kept, exc)
             raise
         self.metrics.set_model(**_labels(served))
+        self.record_model_change(previous, served, by=by)
         try:
             self.holder.publish(self.store, served)
         except AuditUnavailable as exc:

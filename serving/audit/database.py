@@ -120,10 +120,13 @@ def make_engine(url: str, *, immediate: bool = False, lock_timeout: float | None
     timeout = url_lock_timeout(url) if lock_timeout is None else lock_timeout
     engine = sa.create_engine(url, connect_args={"timeout": timeout})
     begin_sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+    read_only = sa_url.query.get("mode") == "ro"
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (SQLAlchemy's pysqlite recipe)
+        if read_only:  # the audit tools: read the file as it is, change nothing
+            return
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")  # the busy timeout is the connect timeout

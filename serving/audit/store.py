@@ -16,7 +16,12 @@ The same database holds ``features_latest`` (the online feature table, `serving.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
+import os
+import secrets
 import threading
 import time
 import uuid
@@ -30,13 +35,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from serving.audit.anchors import Checkpoint, CheckpointLog, check_signatures, read_checkpoints
 from serving.audit.canonical import canonical_json, legacy_record_hash, record_hash
 from serving.audit.database import WriterTurn, make_engine, url_lock_timeout
-from serving.exceptions import AuditUnavailable, DecisionNotFound
+from serving.audit.signing import PublicKeys, Signer
+from serving.exceptions import AuditCorrupt, AuditUnavailable, DecisionNotFound
+
+log = logging.getLogger("scf_risk.serving")
 
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 MAX_PROBLEMS = 50
+PROBE_SECONDS = 2.0
+PROBE_KEY = "readiness_probe"
+MODEL_CHANGE = "model_change"
+MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
 
@@ -66,10 +79,16 @@ class VerifyReport:
     records: int
     problems: list[str] = field(default_factory=list)
     total_problems: int = 0
+    model_changes: int = 0
+
+    @property
+    def decisions(self) -> int:
+        return self.records - self.model_changes
 
     def __str__(self) -> str:
         if self.ok:
-            return f"audit chain intact: {self.records} record(s)"
+            changes = f" ({self.model_changes} model change(s))" if self.model_changes else ""
+            return f"audit chain intact: {self.records} record(s){changes}"
         more = self.total_problems - len(self.problems)
         tail = [f"... and {more} more"] if more > 0 else []
         lines = [
@@ -78,7 +97,9 @@ class VerifyReport:
         return "\n".join(lines + [f"  {p}" for p in self.problems] + tail)
 
 
-def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.Table]:
+def _tables(
+    prefix: str,
+) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.Table, sa.Table]:
     md = sa.MetaData()
     decisions = sa.Table(
         f"{prefix}decisions",
@@ -94,6 +115,10 @@ def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("record_hash", sa.String(64), nullable=False),
+        # Ed25519 signature of record_hash by the service's key (serving.audit.signing); not
+        # part of the hashed payload. Null in stores written before signing.
+        sa.Column("signature", sa.String(128), nullable=True),
+        sa.Column("key_id", sa.String(32), nullable=True),
         sa.Index(f"ix_{prefix}decisions_sme", "sme_id", "seq"),
         sa.Index(f"ix_{prefix}decisions_grade", "grade", "seq"),
     )
@@ -119,7 +144,15 @@ def _tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table, sa.
         sa.Column("value", sa.Text, nullable=False),
         sa.Column("updated_at", sa.String(40), nullable=False),
     )
-    return md, decisions, head, latest, state
+    sessions = sa.Table(
+        f"{prefix}page_sessions",
+        md,
+        sa.Column("token_hash", sa.String(64), primary_key=True),
+        sa.Column("key_id", sa.String(32), nullable=False),
+        sa.Column("created_at", sa.String(40), nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+    )
+    return md, decisions, head, latest, state, sessions
 
 
 def _now() -> str:
@@ -133,12 +166,22 @@ class AuditStore:
     failure is raised as `AuditUnavailable` (the API answers 503: no unaudited decision).
     """
 
-    def __init__(self, url: str, *, prefix: str = "", lock_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "",
+        lock_timeout: float | None = None,
+        signer: Signer | None = None,
+        checkpoints: CheckpointLog | None = None,
+    ) -> None:
         if prefix and not prefix.replace("_", "").isalnum():
             raise ValueError(f"prefix: letters, digits and _ only, got {prefix!r}")
         self.url = url
         self.prefix = prefix
-        self._md, self.decisions, self.head, self.latest, self.state = _tables(prefix)
+        self._md, self.decisions, self.head, self.latest, self.state, self.sessions = _tables(
+            prefix
+        )
         self._sqlite = sa.make_url(url).get_backend_name() == "sqlite"
         self.lock_timeout = url_lock_timeout(url) if lock_timeout is None else lock_timeout
         # SQLite: this process's writers queue here, so SQLite's busy handler (sleep and retry,
@@ -164,6 +207,23 @@ class AuditStore:
         self._writer = make_engine(url, immediate=True, lock_timeout=lock_timeout)
         self._reader = make_engine(url, lock_timeout=lock_timeout) if self._sqlite else self._writer
         self._schema_ready = False
+        self.signer = signer
+        self.checkpoints = checkpoints
+        self.display_name: str | None = None
+
+    @property
+    def chain_name(self) -> str:
+        """What checkpoints call this chain: the database (a SQLite file's absolute path, or the
+        server URL without password or options) and its decisions table. A copy of the file
+        elsewhere is another chain; an older copy put back in its place is the same one."""
+        url = sa.make_url(self.url)
+        if self._sqlite:
+            database = url.database or ""
+            database = database.removeprefix("file:")
+            where = f"sqlite:{Path(database).resolve() if database != ':memory:' else database}"
+        else:
+            where = url.set(password=None, query={}).render_as_string(hide_password=True)
+        return f"{where}#{self.decisions.name}"
 
     # -- lifecycle -------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -174,6 +234,8 @@ class AuditStore:
         if self._sqlite and database and database != ":memory:" and "mode=ro" not in self.url:
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+                # Created readable by its owner only (SQLite gives -wal and -shm the same mode).
+                os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
             except OSError as exc:
                 raise AuditUnavailable(f"audit store {self.safe_url}: {exc}") from exc
         try:
@@ -187,6 +249,7 @@ class AuditStore:
                 created = False
             if not created:
                 raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
+        self._add_signature_columns()
         try:
             with self.transaction() as conn:
                 exists = conn.execute(
@@ -202,8 +265,26 @@ class AuditStore:
             raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
         self._schema_ready = True
 
+    def _add_signature_columns(self) -> None:
+        """Stores made before records were signed get the two (nullable) signature columns."""
+        try:
+            columns = {c["name"] for c in sa.inspect(self._writer).get_columns(self.decisions.name)}
+            for name, kind in (("signature", "VARCHAR(128)"), ("key_id", "VARCHAR(32)")):
+                if name not in columns:
+                    with self.transaction() as conn:
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {self.decisions.name} ADD COLUMN {name} {kind}"
+                        )
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
+
     def dispose(self) -> None:
-        """Close every pooled connection (and the writers' lock file)."""
+        """Write a last checkpoint, close every pooled connection (and the writers' lock file)."""
+        if self.checkpoints is not None:
+            try:
+                self.checkpoints.flush()
+            except AuditUnavailable as exc:
+                log.error("no checkpoint at shutdown: %s", exc)
         self._writer.dispose()
         if self._writer_turn is not None:
             self._writer_turn.close()
@@ -216,7 +297,9 @@ class AuditStore:
         self._schema_ready = False
 
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[sa.Connection]:
+    def transaction(
+        self, *, commit: bool = True, timeout: float | None = None
+    ) -> Iterator[sa.Connection]:
         """A write transaction (committed, or rolled back when `commit` is false).
 
         On SQLite this process's writers first queue for their turn (at most the lock timeout).
@@ -225,22 +308,22 @@ class AuditStore:
         a session starts) or half broken, and reusing it would keep refusing decisions after the
         database came back."""
         local, turn = self._local_writer, self._writer_turn
+        limit = self.lock_timeout if timeout is None else timeout
         start = time.monotonic()
-        if local is not None and not local.acquire(timeout=self.lock_timeout):
-            raise AuditUnavailable(
-                f"audit store {self.safe_url}: no write turn within {self.lock_timeout:g} s"
-            )
-        left = max(0.0, self.lock_timeout - (time.monotonic() - start))
+        if local is not None and not local.acquire(timeout=limit):
+            raise AuditUnavailable(f"audit store {self.safe_url}: no write turn within {limit:g} s")
+        left = max(0.0, limit - (time.monotonic() - start))
         if turn is not None and not turn.acquire(left):
             if local is not None:
                 local.release()
             raise AuditUnavailable(
-                f"audit store {self.safe_url}: another process kept the write turn for "
-                f"{self.lock_timeout:g} s"
+                f"audit store {self.safe_url}: another process kept the write turn for {limit:g} s"
             )
         try:
             with self._writer.connect() as conn:
                 try:
+                    if timeout is not None:
+                        self._bound_waits(conn, max(0.0, limit - (time.monotonic() - start)))
                     trans = conn.begin()
                     try:
                         yield conn
@@ -254,28 +337,58 @@ class AuditStore:
                 except SQLAlchemyError:
                     conn.invalidate()
                     raise
+                finally:
+                    if timeout is not None and not conn.invalidated:
+                        self._bound_waits(conn, None)
         finally:
             if turn is not None:
                 turn.release()
             if local is not None:
                 local.release()
 
+    def _bound_waits(self, conn: sa.Connection, seconds: float | None) -> None:
+        """Make this connection wait at most `seconds` for a lock (None: back to the default)."""
+        if self._sqlite:
+            ms = int(1000 * (self.lock_timeout if seconds is None else seconds))
+            driver: Any = conn.connection.driver_connection
+            driver.execute(f"PRAGMA busy_timeout = {ms}")
+        elif seconds is not None:
+            conn.exec_driver_sql(f"SET lock_timeout = {max(1, int(1000 * seconds))}")
+            conn.exec_driver_sql(f"SET statement_timeout = {max(1, int(1000 * seconds))}")
+            conn.commit()
+        else:
+            conn.exec_driver_sql("RESET lock_timeout")
+            conn.exec_driver_sql("RESET statement_timeout")
+            conn.commit()
+
     @property
     def safe_url(self) -> str:
-        """The URL with any password hidden (for logs and messages)."""
+        """The URL with any password hidden (for logs and messages), or the name the store was
+        opened by (`open_existing`)."""
+        if self.display_name:
+            return self.display_name
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
-    def probe_writable(self) -> bool:
-        """True if a write transaction can be opened and a row updated right now (rolled back)."""
+    def probe_writable(self, timeout: float = PROBE_SECONDS) -> bool:
+        """True if a row can be written and committed (durably) within `timeout` seconds: a held
+        lock, a full disk or a read-only database answer False in about that time, not after
+        the decisions' lock timeout."""
         try:
             self.ensure_schema()
-            with self.transaction(commit=False) as conn:
-                conn.execute(
-                    sa.update(self.head)
-                    .where(self.head.c.id == HEAD_ID)
-                    .values(seq=self.head.c.seq)
-                )
-        except (AuditUnavailable, SQLAlchemyError):
+            with self.transaction(timeout=timeout) as conn:
+                done = conn.execute(
+                    sa.update(self.state)
+                    .where(self.state.c.name == PROBE_KEY)
+                    .values(value=_now(), updated_at=_now())
+                ).rowcount
+                if not done:
+                    conn.execute(
+                        sa.insert(self.state).values(
+                            name=PROBE_KEY, value=_now(), updated_at=_now()
+                        )
+                    )
+        except (AuditUnavailable, SQLAlchemyError) as exc:
+            log.error("audit store not writable (readiness probe): %s", exc)
             return False
         return True
 
@@ -340,7 +453,18 @@ class AuditStore:
                             prev_hash=prev,
                         )
                         payload["record_hash"] = record_hash(payload)
-                        rows.append(self._row(payload))
+                        record = self._row(payload)
+                        if self.signer is not None:
+                            record["signature"] = self.signer.sign(payload["record_hash"])
+                            record["key_id"] = self.signer.key_id
+                            # Not stored in the payload (it signs it): the caller's proof.
+                            payload["receipt"] = {
+                                "sequence": seq,
+                                "record_hash": payload["record_hash"],
+                                "signature": record["signature"],
+                                "key_id": record["key_id"],
+                            }
+                        rows.append(record)
                         payloads.append(payload)
                         prev = payload["record_hash"]
                     chained.append(payloads)
@@ -358,6 +482,11 @@ class AuditStore:
         else:
             for entry, payloads in zip(group, chained, strict=True):
                 entry.settle(payloads=payloads)
+            if self.checkpoints is not None:
+                try:
+                    self.checkpoints.note(seq, prev)
+                except AuditUnavailable as exc:  # the decisions are durable; the anchor is late
+                    log.error("checkpoint not written: %s", exc)
 
     @staticmethod
     def _row(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,24 +496,60 @@ class AuditStore:
             payload=canonical_json(payload),
             prev_hash=payload["prev_hash"],
             record_hash=payload["record_hash"],
+            signature=None,
+            key_id=None,
         )
         return row
 
     def get(self, decision_id: str) -> dict[str, Any]:
         """One stored decision; DecisionNotFound if there is none with that id."""
         stmt = sa.select(self.decisions.c.payload).where(
-            self.decisions.c.decision_id == decision_id
+            self.decisions.c.decision_id == decision_id,
+            self.decisions.c.sme_id != MODEL_CHANGE_SME,
         )
         rows = self.read(stmt)
         if not rows:
             raise DecisionNotFound(f"no decision with id {decision_id}")
         return dict(json.loads(rows[0][0]))
 
+    # -- model changes: records of the chain that are not decisions ---------------------------
+    def record_model_change(
+        self, old: Mapping[str, Any] | None, new: Mapping[str, Any], *, by: str
+    ) -> dict[str, Any]:
+        """Chain a ``model_change`` record (old and new name, version, run id; who or what made
+        the change) like any decision: hashed, signed, durable before returning."""
+        body = {
+            "kind": MODEL_CHANGE,
+            "sme_id": MODEL_CHANGE_SME,
+            "as_of": datetime.now(UTC).date().isoformat(),
+            "grade": "",
+            "score": 0.0,
+            "pd": 0.0,
+            "old_model": dict(old) if old is not None else None,
+            "new_model": dict(new),
+            "by": by,
+        }
+        return self.append([body])[0]
+
+    def last_model_change(self) -> dict[str, Any] | None:
+        """The newest ``model_change`` record (None if there is none)."""
+        t = self.decisions
+        stmt = (
+            sa.select(t.c.payload)
+            .where(t.c.sme_id == MODEL_CHANGE_SME)
+            .order_by(t.c.seq.desc())
+            .limit(1)
+        )
+        rows = self.read(stmt)
+        return dict(json.loads(rows[0][0])) if rows else None
+
     def find(
         self, *, sme_id: str | None = None, grade: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Stored decisions, newest first, optionally of one SME and/or one grade."""
-        stmt = sa.select(self.decisions.c.payload)
+        stmt = sa.select(self.decisions.c.payload).where(
+            self.decisions.c.sme_id != MODEL_CHANGE_SME
+        )
         if sme_id is not None:
             stmt = stmt.where(self.decisions.c.sme_id == sme_id)
         if grade is not None:
@@ -393,8 +558,11 @@ class AuditStore:
         return [dict(json.loads(r[0])) for r in self.read(stmt)]
 
     def count(self) -> int:
-        """How many decisions are stored."""
-        rows = self.read(sa.select(sa.func.count()).select_from(self.decisions))
+        """How many decisions are stored (model_change records left out)."""
+        t = self.decisions
+        rows = self.read(
+            sa.select(sa.func.count()).select_from(t).where(t.c.sme_id != MODEL_CHANGE_SME)
+        )
         return int(rows[0][0])
 
     def read(self, stmt: sa.Executable) -> list[Any]:
@@ -408,74 +576,200 @@ class AuditStore:
             ) from exc
 
     # -- verification ---------------------------------------------------------------------------
-    def verify(self, *, batch: int = 1000) -> VerifyReport:
-        """Re-derive the whole chain: every hash, every link, every sequence number, the head.
+    @contextmanager
+    def snapshot(self) -> Iterator[sa.Connection]:
+        """One read transaction: everything read through it is one consistent state of the
+        database while the service keeps writing (SQLite WAL: a read transaction; PostgreSQL:
+        REPEATABLE READ, read only)."""
+        try:
+            if self._sqlite:
+                with self._reader.connect() as conn, conn.begin():
+                    yield conn
+            else:
+                with self._reader.connect() as raw:
+                    conn = raw.execution_options(isolation_level="REPEATABLE READ")
+                    with conn.begin():
+                        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                        yield conn
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(
+                f"audit store {self.safe_url} is not readable: {reason(exc)}"
+            ) from exc
 
-        Detects an edited record (payload or indexed column), a deleted one (gap, broken link, or
-        a head ahead of the last record) and a reordered one (sequence/payload mismatch, broken
-        links).
+    def require_chain(self) -> None:
+        """AuditCorrupt unless the database holds this store's chain (tables and head row);
+        creates nothing (the audit tools open stores they must not change)."""
+        try:
+            inspector = sa.inspect(self._reader)
+            missing = [
+                t.name for t in (self.decisions, self.head) if not inspector.has_table(t.name)
+            ]
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(
+                f"audit store {self.safe_url} is not readable: {reason(exc)}"
+            ) from exc
+        if missing:
+            raise AuditCorrupt(
+                f"audit store {self.safe_url} holds no audit chain (no table {', '.join(missing)})"
+            )
+        self._schema_ready = True  # nothing to create: never write from a tool
+
+    def verify(
+        self,
+        *,
+        batch: int = 1000,
+        public_keys: PublicKeys | None = None,
+        checkpoints: Path | None = None,
+        require_records: bool = False,
+    ) -> VerifyReport:
+        """Re-derive the whole chain from one snapshot: every hash, link, sequence number, the
+        head, and (given `public_keys`) every record's signature and (given a `checkpoints`
+        file) every signed checkpoint of this store.
+
+        Detects an edited record (payload, its text, or an indexed column), a deleted one (gap,
+        broken link, or a head ahead of the last record), a reordered one, and, with the keys
+        and checkpoints, a re-chained, forged, truncated or rolled-back chain. Malformed payloads
+        are problems, never crashes.
         """
         problems: list[str] = []
-        self.ensure_schema()
+        anchors: list[Checkpoint] = []
+        if checkpoints is not None:
+            # Read before the snapshot: a checkpoint is written after its records commit, so
+            # the snapshot holds every record the file names.
+            found, bad = read_checkpoints(checkpoints, self.chain_name)
+            problems += bad
+            if public_keys is not None:
+                found, bad = check_signatures(found, public_keys, checkpoints)
+                problems += bad
+            anchors = found
+        by_seq: dict[int, list[Checkpoint]] = {}
+        for cp in anchors:
+            by_seq.setdefault(cp.sequence, []).append(cp)
+        if not self._schema_ready:
+            self.ensure_schema()
         expected_seq = 1
         prev = GENESIS_HASH
-        n = 0
-        for row in self._scan(batch):
-            n += 1
-            seq = int(row.seq)
-            where = f"record seq {seq} (decision {row.decision_id})"
-            if seq != expected_seq:
-                problems.append(
-                    f"{where}: expected seq {expected_seq}: "
-                    f"{seq - expected_seq} record(s) deleted before it"
-                    if seq > expected_seq
-                    else f"{where}: expected seq {expected_seq}"
-                )
-            try:
-                payload = json.loads(row.payload)
-            except json.JSONDecodeError:
-                problems.append(f"{where}: payload is not JSON (edited)")
-                prev, expected_seq = str(row.record_hash), seq + 1
-                continue
-            if payload.get("sequence") != seq:
-                problems.append(
-                    f"{where}: payload says sequence {payload.get('sequence')} (reordered)"
-                )
-            if row.prev_hash != payload.get("prev_hash"):
-                problems.append(f"{where}: prev_hash column differs from the payload (edited)")
-            if payload.get("prev_hash") != prev:
-                problems.append(
-                    f"{where}: does not link to the previous record "
-                    "(a record before it was deleted, edited or reordered)"
-                )
-            digest = record_hash(payload)
-            if digest != row.record_hash and legacy_record_hash(payload) == row.record_hash:
-                digest = row.record_hash  # written by a release before the orjson form
-            if digest != payload.get("record_hash") or digest != row.record_hash:
-                problems.append(f"{where}: content does not match its hash (edited)")
-            for col in INDEXED:
-                if getattr(row, col) != payload.get(col):
+        n = changes = 0
+        with self.snapshot() as conn:
+            for row in self._scan(conn, batch):
+                n += 1
+                changes += row.sme_id == MODEL_CHANGE_SME
+                seq = int(row.seq)
+                where = f"record seq {seq} (decision {row.decision_id})"
+                if seq != expected_seq:
                     problems.append(
-                        f"{where}: column {col} = {getattr(row, col)!r} but the hashed "
-                        f"record says {payload.get(col)!r} (edited)"
+                        f"{where}: expected seq {expected_seq}: "
+                        f"{seq - expected_seq} record(s) deleted before it"
+                        if seq > expected_seq
+                        else f"{where}: expected seq {expected_seq}"
                     )
-            prev = str(row.record_hash)
-            expected_seq = seq + 1
-        head = self.read(sa.select(self.head.c.seq, self.head.c.record_hash))
+                problems += self._check_row(row, prev, where, public_keys)
+                for cp in by_seq.get(seq, []):
+                    if cp.record_hash != row.record_hash:
+                        problems.append(
+                            f"{where}: checkpoint of {cp.time} (line {cp.line}) says its hash is "
+                            f"{cp.record_hash[:16]}..., the database {str(row.record_hash)[:16]}"
+                            "...: the chain was rewritten or rolled back"
+                        )
+                prev = str(row.record_hash)
+                expected_seq = seq + 1
+            head = list(conn.execute(sa.select(self.head.c.seq, self.head.c.record_hash)).all())
+        last = expected_seq - 1
         if len(head) != 1:
             problems.append(f"head table has {len(head)} rows, expected 1")
         else:
             head_seq, head_hash = int(head[0][0]), str(head[0][1])
-            if head_seq != expected_seq - 1 or head_hash != prev:
+            if head_seq != last or head_hash != prev:
                 problems.append(
                     f"head says the last record is seq {head_seq}, the table ends at seq "
-                    f"{expected_seq - 1}: the last record(s) were deleted or the head was edited"
+                    f"{last}: the last record(s) were deleted or the head was edited"
                 )
-        return VerifyReport(not problems, n, problems[:MAX_PROBLEMS], len(problems))
+        if anchors:
+            newest = max(anchors, key=lambda cp: cp.sequence)
+            if newest.sequence > last:
+                problems.append(
+                    f"the chain ends at seq {last}, but a checkpoint of {newest.time} (line "
+                    f"{newest.line}) names seq {newest.sequence}: the database was truncated or "
+                    "rolled back to an older copy"
+                )
+        if require_records and n == 0 and not problems:
+            problems.append(f"audit store {self.safe_url} holds no decisions: nothing to verify")
+        return VerifyReport(not problems, n, problems[:MAX_PROBLEMS], len(problems), changes)
 
-    def _scan(self, batch: int) -> Iterator[Any]:
+    def _check_row(
+        self, row: Any, prev: str, where: str, public_keys: PublicKeys | None
+    ) -> list[str]:
+        """The problems of one stored record, given the previous record's hash."""
+        seq = int(row.seq)
+        payload, why = parse_payload(row.payload)
+        if payload is None:
+            return [f"{where}: payload {why} (edited)"]
+        problems: list[str] = []
+        if row.payload not in (canonical_json(payload), _legacy_text(payload)):
+            problems.append(
+                f"{where}: stored text is not the canonical form of its payload (edited)"
+            )
+        if payload.get("sequence") != seq:
+            problems.append(f"{where}: payload says sequence {payload.get('sequence')} (reordered)")
+        if row.prev_hash != payload.get("prev_hash"):
+            problems.append(f"{where}: prev_hash column differs from the payload (edited)")
+        if payload.get("prev_hash") != prev:
+            problems.append(
+                f"{where}: does not link to the previous record "
+                "(a record before it was deleted, edited or reordered)"
+            )
+        digest = record_hash(payload)
+        if digest != row.record_hash and legacy_record_hash(payload) == row.record_hash:
+            digest = row.record_hash  # written by a release before the orjson form
+        if digest != payload.get("record_hash") or digest != row.record_hash:
+            problems.append(f"{where}: content does not match its hash (edited)")
+        for col in INDEXED:
+            if getattr(row, col) != payload.get(col):
+                problems.append(
+                    f"{where}: column {col} = {getattr(row, col)!r} but the hashed "
+                    f"record says {payload.get(col)!r} (edited)"
+                )
+        if public_keys is not None:
+            bad = public_keys.check(str(row.record_hash), row.signature, row.key_id)
+            if bad is not None:
+                problems.append(f"{where}: {bad}")
+        return problems
+
+    def check_receipt(self, receipt: Any, public_keys: PublicKeys) -> list[str]:
+        """Why a receipt is not proof of a record in this chain (empty: it is)."""
+        need = {"sequence": int, "record_hash": str, "signature": str, "key_id": str}
+        if not isinstance(receipt, dict) or any(
+            not isinstance(receipt.get(k), t) or isinstance(receipt.get(k), bool)
+            for k, t in need.items()
+        ):
+            return ["not a receipt: expected sequence (integer), record_hash, signature, key_id"]
+        seq, digest = receipt["sequence"], receipt["record_hash"]
+        bad = public_keys.check(digest, receipt["signature"], receipt["key_id"])
+        if bad is not None:
+            return [f"receipt of seq {seq}: {bad}"]
+        row = self.record_at(seq)
+        if row is None:
+            return [f"receipt of seq {seq}: the chain holds no record seq {seq} (deleted)"]
+        if row.record_hash != digest:
+            return [
+                f"receipt of seq {seq}: the chain's record has hash "
+                f"{str(row.record_hash)[:16]}..., the receipt {digest[:16]}... "
+                "(the record was replaced)"
+            ]
+        before = self.record_at(seq - 1) if seq > 1 else None
+        prev = GENESIS_HASH if seq == 1 else str(before.record_hash) if before else "(missing)"
+        return self._check_row(row, prev, f"record seq {seq}", public_keys)
+
+    def record_at(self, sequence: int) -> Any | None:
+        """The stored row of one sequence number (every column), or None."""
         cols = [self.decisions.c[c] for c in ("seq", "payload", "prev_hash", "record_hash")]
-        cols += [self.decisions.c[c] for c in INDEXED]
+        cols += [self.decisions.c[c] for c in (*INDEXED, "signature", "key_id")]
+        rows = self.read(sa.select(*cols).where(self.decisions.c.seq == sequence))
+        return rows[0] if rows else None
+
+    def _scan(self, conn: sa.Connection, batch: int) -> Iterator[Any]:
+        cols = [self.decisions.c[c] for c in ("seq", "payload", "prev_hash", "record_hash")]
+        cols += [self.decisions.c[c] for c in (*INDEXED, "signature", "key_id")]
         last = -(2**62)
         while True:
             stmt = (
@@ -484,11 +778,54 @@ class AuditStore:
                 .order_by(self.decisions.c.seq)
                 .limit(batch)
             )
-            rows = self.read(stmt)
+            rows = list(conn.execute(stmt).all())
             if not rows:
                 return
             yield from rows
             last = int(rows[-1].seq)
+
+    # -- sign-in sessions of the auditor pages ----------------------------------------------------
+    def create_session(self, key_id: str, ttl_seconds: float) -> str:
+        """A new opaque session token for `key_id` (only its hash is stored)."""
+        token = secrets.token_urlsafe(32)
+        self.ensure_schema()
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    sa.delete(self.sessions).where(self.sessions.c.expires_at < time.time())
+                )
+                conn.execute(
+                    sa.insert(self.sessions).values(
+                        token_hash=_token_hash(token),
+                        key_id=key_id,
+                        created_at=_now(),
+                        expires_at=time.time() + ttl_seconds,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
+        return token
+
+    def session_key_id(self, token: str) -> str | None:
+        """The key id of a live session, or None (unknown, expired or revoked)."""
+        t = self.sessions
+        rows = self.read(
+            sa.select(t.c.key_id).where(
+                t.c.token_hash == _token_hash(token), t.c.expires_at >= time.time()
+            )
+        )
+        return str(rows[0][0]) if rows else None
+
+    def end_session(self, token: str) -> None:
+        """Revoke one session (sign-out)."""
+        self.ensure_schema()
+        try:
+            with self.transaction() as conn:
+                conn.execute(
+                    sa.delete(self.sessions).where(self.sessions.c.token_hash == _token_hash(token))
+                )
+        except SQLAlchemyError as exc:
+            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
 
     # -- state shared by the workers ------------------------------------------------------------
     def get_state(self, name: str) -> str | None:
@@ -514,6 +851,95 @@ class AuditStore:
             raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
 
 
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Duplicate(f"has the key {k!r} twice")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"holds {name}, which JSON does not allow")
+
+
+def parse_payload(text: Any) -> tuple[dict[str, Any] | None, str]:
+    """A stored payload as a dict, or None and what is wrong with it (not JSON, not an object,
+    duplicate keys, a non-finite number such as ``1e999``)."""
+    if not isinstance(text, str):
+        return None, f"is {type(text).__name__}, not text"
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _Duplicate as exc:
+        return None, str(exc)
+    except ValueError as exc:
+        return None, f"is not JSON ({exc})"
+    if not isinstance(value, dict):
+        return None, f"is not a JSON object (a {type(value).__name__})"
+    bad = _non_finite(value)
+    if bad is not None:
+        return None, f"holds a number out of range at {bad}"
+    return value, ""
+
+
+def _non_finite(value: Any, path: str = "$") -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _non_finite(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _non_finite(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _legacy_text(payload: Mapping[str, Any]) -> str:
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 def reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     return str(orig if orig is not None else exc).strip().splitlines()[0]
+
+
+def open_existing(target: str, *, prefix: str = "") -> AuditStore:
+    """An audit store the tools only read: `target` is a SQLAlchemy URL or a plain path to a
+    SQLite file. Refuses (AuditCorrupt, naming the store) a file that does not exist or a
+    database without a chain; creates nothing (SQLite opened read-only)."""
+    if "://" not in target:
+        target = f"sqlite:///{target}"
+    url = sa.make_url(target)
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise AuditCorrupt(f"audit store {target}: expected a database file")
+        path = Path(database)
+        if not path.is_file():
+            raise AuditCorrupt(f"audit store {target}: {path} does not exist")
+        readonly = url.set(database=f"file:{path.resolve()}", query={"mode": "ro", "uri": "true"})
+        store = AuditStore(readonly.render_as_string(hide_password=False), prefix=prefix)
+        store.display_name = str(path)
+    else:
+        store = AuditStore(target, prefix=prefix)
+    try:
+        store.require_chain()
+    except BaseException:
+        store.dispose()
+        raise
+    return store

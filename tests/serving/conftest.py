@@ -18,7 +18,7 @@ from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
 from serving.audit.store import AuditStore
 from serving.settings import Settings
-from tests.support.load import require_postgres
+from tests.support.load import make_signing_key, require_postgres
 from tests.support.models import Registered, Registry, train_small_model
 from training.model import ScoringModel
 
@@ -42,6 +42,7 @@ def registry(scoring_model: ScoringModel) -> Registry:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    make_signing_key(tmp_path)
     return Settings(
         mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
         audit_db=f"sqlite:///{tmp_path}/audit.db",

@@ -348,7 +348,8 @@ def test_corrupt_model_artifact_is_refused_and_the_old_model_keeps_serving(
     root = workdir / "corrupt"
     tracking = private_registry(registered, root)
     env = server_env(workdir, tracking, f"sqlite:///{root / 'audit.db'}")
-    admin, scorer = {"X-API-Key": server_keys["admin"]}, {"X-API-Key": server_keys["scorer"]}
+    admin = {"X-API-Key": server_keys["admin"]}
+    scorer = {"X-API-Key": server_keys["scorer"], "Content-Type": "application/json"}
     path, body = bodies[0]
     with StressServer(workdir, env, workers=1) as srv:
         first = httpx.post(f"{srv.url}{path}", content=body, headers=scorer, timeout=30)

@@ -24,6 +24,7 @@ from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
 from serving.demo import demo_request
 from serving.settings import Settings
+from tests.support.load import make_signing_key
 from tests.support.models import Registered, register_copy
 from tests.support.server import Browser, Server, chromium_or_skip
 
@@ -38,6 +39,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server_keys(workdir: Path) -> dict[str, str]:
+    make_signing_key(workdir)
     return {role: add_key(workdir / "keys.json", role)[1] for role in ROLES}
 
 
@@ -80,6 +82,7 @@ def test_history_mode_equals_the_batch_panel_row(registered: Registered, tmp_pat
         env="test",
     )
     key = add_key(settings.api_keys, "scorer")[1]
+    make_signing_key(tmp_path)
     body = demo_request(registered.data)
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/scores", json=body, headers={"X-API-Key": key})

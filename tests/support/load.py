@@ -31,7 +31,8 @@ import sqlalchemy as sa
 
 from features.catalog import CATALOG
 from serving.api.keys import ROLES, add_key
-from serving.audit.store import AuditStore
+from serving.audit.signing import new_signing_key
+from serving.audit.store import MODEL_CHANGE_SME, AuditStore
 from tests.support.server import Server
 
 POSTGRES_ENV = "SCF_RISK_TEST_POSTGRES_URL"
@@ -283,8 +284,17 @@ class LoadGenerator:
 
 # -- the server ----------------------------------------------------------------------------------
 def make_keys(path: Path) -> dict[str, str]:
-    """One fresh key per role in the keys file at `path`."""
+    """One fresh key per role in the keys file at `path`, and an audit signing key beside it."""
+    make_signing_key(path.parent)
     return {role: add_key(path, role)[1] for role in ROLES}
+
+
+def make_signing_key(folder: Path) -> None:
+    """The audit signing key and public keys file at their default places in `folder` (the test
+    settings are not development: the service never creates them there)."""
+    private = folder / "audit-signing-key.pem"
+    if not private.exists():
+        new_signing_key(private, folder / "audit-public-keys.json")
 
 
 def server_env(workdir: Path, tracking_uri: str, audit_db: str, **extra: str) -> dict[str, str]:
@@ -336,12 +346,13 @@ class StressServer(Server):
 
 # -- the audit store from outside ------------------------------------------------------------------
 def stored_ids(url: str) -> list[str]:
-    """Every decision id in the audit store at `url`."""
+    """Every decision id in the audit store at `url` (model_change records left out)."""
     table = AuditStore(url).decisions
     engine = sa.create_engine(url)
+    stmt = sa.select(table.c.decision_id).where(table.c.sme_id != MODEL_CHANGE_SME)
     try:
         with engine.connect() as conn:
-            return [str(r[0]) for r in conn.execute(sa.select(table.c.decision_id))]
+            return [str(r[0]) for r in conn.execute(stmt)]
     finally:
         engine.dispose()
 
@@ -503,7 +514,7 @@ def load_scenario(
         result=result,
         stored=stored_ids(audit_url),
         chain_ok=report.ok,
-        chain_records=report.records,
+        chain_records=report.decisions,
         metrics_decisions=metrics,
         log=srv.output(),
     )

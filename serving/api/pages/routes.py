@@ -6,7 +6,7 @@ import re
 from typing import Annotated
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from serving.api.deps import DecisionIdPath, SvcDep, app_service
@@ -20,15 +20,23 @@ from serving.api.security import (
     api_key_header,
     check,
     page_caller,
+    same_origin,
 )
 from serving.api.service import Service
 from serving.exceptions import DecisionNotFound, InvalidInput
 from serving.schemas import SME_ID_PATTERN
 
+SESSION_SECONDS = 8 * 3600
 GRADE_PATTERN = r"^[A-Za-z0-9+\-]{1,16}$"
 NEXT_RE = re.compile(r"^/audit/[A-Za-z0-9/_?=&.%+\-]*$")
 
 router = APIRouter(tags=["audit pages"])
+
+
+async def raw_form(request: Request) -> bytes:
+    """The sign-in form's body, read on the event loop (the route itself is ``def``: it writes
+    the session to the database)."""
+    return await request.body()
 
 
 def _or_empty(pattern: str) -> str:
@@ -144,11 +152,15 @@ def login_page(svc: SvcDep, next: str = "/audit/decisions") -> HTMLResponse:
         }
     },
 )
-async def login(request: Request) -> Response:
-    """Check a key (form field ``api_key``) and keep it in an HttpOnly cookie for /audit."""
+def login(request: Request, form_body: Annotated[bytes, Depends(raw_form)]) -> Response:
+    """Check a key (form field ``api_key``) and open a session: an opaque id in an HttpOnly
+    cookie for /audit (the key itself is never stored in the browser). A sign-in posted from
+    another site (Origin or Referer) is refused."""
     svc = app_service(request)
+    if not same_origin(request):
+        raise HTTPException(status_code=403, detail="sign-in from another site refused")
     try:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
+        form = parse_qs(form_body.decode("utf-8", "replace"), max_num_fields=4)
     except ValueError:  # more fields than a sign-in form has
         raise InvalidInput((), "a sign-in form has the fields api_key and next only") from None
     key = (form.get("api_key") or [""])[0].strip()
@@ -160,15 +172,16 @@ async def login(request: Request) -> Response:
         error = "wrong key" if caller is None else f"role {caller.role} cannot read decisions"
         page = svc.pages.login(next_url=target, error=error, nonce=nonce)
         return _html(page, nonce, 401 if caller is None else 403)
+    token = svc.store.create_session(caller.key_id, SESSION_SECONDS)
     resp = RedirectResponse(target, status_code=303)
     resp.set_cookie(
         COOKIE,
-        key,
+        token,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
         path=COOKIE_PATH,
-        max_age=8 * 3600,
+        max_age=SESSION_SECONDS,
     )
     return resp
 
@@ -179,8 +192,11 @@ async def login(request: Request) -> Response:
     status_code=303,
     responses={303: {"description": "Signed out: on to the sign-in page."}, **responses(413)},
 )
-async def logout() -> Response:
-    """Forget the sign-in cookie."""
+def logout(request: Request) -> Response:
+    """End the session (server-side) and forget the sign-in cookie."""
+    token = request.cookies.get(COOKIE)
+    if token and len(token) <= 128:
+        app_service(request).store.end_session(token)
     resp = RedirectResponse("/audit/login", status_code=303)
     resp.delete_cookie(COOKIE, path=COOKIE_PATH)
     return resp

@@ -21,11 +21,13 @@ router = APIRouter(tags=["admin"])
     response_model=ReloadResponse,
     responses=responses(401, 403, 413, 503),
 )
-def reload_model(_: Annotated[Caller, Depends(require(*ADMIN))], svc: SvcDep) -> dict[str, Any]:
+def reload_model(
+    caller: Annotated[Caller, Depends(require(*ADMIN))], svc: SvcDep
+) -> dict[str, Any]:
     """Load the current champion and swap it in; on failure keep serving the old model."""
     previous = svc.holder.current
     try:
-        served = svc.reload()
+        served = svc.reload(by=f"admin reload, key {caller.key_id} ({caller.name})")
     except ModelLoadFailed as exc:
         kept = previous.exact_uri if previous is not None else "no model"
         raise ModelLoadFailed(f"{exc}; still serving {kept}") from exc

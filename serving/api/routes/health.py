@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from serving.api.deps import SvcDep
 from serving.schemas import Health, Readiness
@@ -34,9 +35,25 @@ def readyz(svc: SvcDep, response: Response) -> dict[str, Any]:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"description": "Prometheus text format.", "content": {"text/plain": {}}}},
+    responses={
+        200: {"description": "Prometheus text format.", "content": {"text/plain": {}}},
+        401: {"description": "SCF_RISK_METRICS_KEY is set and was not presented."},
+    },
 )
-def metrics(svc: SvcDep) -> Response:
-    """Prometheus text: requests, latency, decisions by grade, served model."""
+def metrics(svc: SvcDep, request: Request) -> Response:
+    """Prometheus text: requests, latency, decisions by grade, served model. When
+    SCF_RISK_METRICS_KEY is set it needs that key (``Authorization: Bearer KEY`` or header
+    ``X-Metrics-Key``); otherwise no key."""
+    expected = svc.settings.metrics_key
+    if expected:
+        auth = request.headers.get("authorization", "")
+        presented = auth[7:] if auth.lower().startswith("bearer ") else ""
+        presented = presented or request.headers.get("x-metrics-key", "")
+        if not secrets.compare_digest(presented.encode(), expected.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="metrics need the metrics key (Authorization: Bearer or X-Metrics-Key)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     content, media_type = svc.metrics.render()
     return Response(content=content, media_type=media_type)

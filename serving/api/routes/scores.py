@@ -57,7 +57,7 @@ def _raw(body: bytes) -> Any:
     "/v1/scores",
     response_model=ScoreResponse,
     openapi_extra=score_body("ScoreRequest"),
-    responses=responses(401, 403, 413, 422, 503),
+    responses=responses(401, 403, 413, 415, 422, 503),
 )
 async def post_score(
     caller: Annotated[Caller, Depends(require(*SCORE))], body: Body, svc: SvcDep
@@ -84,7 +84,7 @@ async def post_score(
     "/v1/scores/batch",
     response_model=BatchScoreResponse,
     openapi_extra=BATCH_BODY,
-    responses=responses(401, 403, 413, 422, 503),
+    responses=responses(401, 403, 413, 415, 422, 503),
 )
 def post_score_batch(
     caller: Annotated[Caller, Depends(require(*SCORE))], body: Body, svc: SvcDep
