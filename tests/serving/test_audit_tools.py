@@ -20,7 +20,12 @@ from serving.commands import app
 from serving.settings import Settings
 from tests.support.models import Registry
 
-FEATURES_BODY = {"sme_id": "S00001", "features": {"dso_90d": 42.5, "industry": "food"}}
+FEATURES_BODY = {
+    "sme_id": "S00001",
+    "as_of": "2024-06-30",
+    "allow_sparse": True,
+    "features": {"dso_90d": 42.5, "industry": "food"},
+}
 
 
 def run(settings: Settings, *args: str) -> tuple[int, str]:

@@ -22,7 +22,12 @@ from serving.settings import Settings
 from tests.support.models import Registry
 
 Headers = Callable[[str], dict[str, str]]
-ONE = {"sme_id": "S1", "features": {"dso_90d": 42.5, "industry": "food"}}
+ONE = {
+    "sme_id": "S1",
+    "as_of": "2024-06-30",
+    "allow_sparse": True,
+    "features": {"dso_90d": 42.5, "industry": "food"},
+}
 
 
 def _db_path(settings: Settings) -> str:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from serving.api.app import create_app
 from serving.api.keys import add_key
 from serving.demo import demo_request
-from serving.scoring import _hash, replay
+from serving.scoring import _hash, history_inputs, replay
 from serving.settings import Settings
 from tests.support.load import make_signing_key
 from tests.support.models import Registered
@@ -33,7 +33,8 @@ def test_replay_recomputes_a_history_decision_from_its_recorded_rows(
         r = c.post("/v1/scores", json=body, headers={"X-API-Key": key})
         assert r.status_code == 200, r.text
         stored = c.app.state.service.store.get(r.json()["decision_id"])  # type: ignore[attr-defined]
-    inputs = stored["inputs"]
+    inputs = history_inputs(stored)
+    assert inputs is not None
     assert inputs["request"]["history"] and _hash(inputs) == stored["inputs_hash"]
     result = replay(stored, loader=load_model, tracking_uri=registered.tracking_uri)
     assert result.matches, str(result)
@@ -43,7 +44,7 @@ def test_replay_recomputes_a_history_decision_from_its_recorded_rows(
     assert "grade: stored" in text and "score: stored" in text
     # rows changed after the fact: the inputs hash says so, and so do the recomputed features
     forged = copy.deepcopy(stored)
-    invoices = forged["inputs"]["request"]["history"]["invoices"]
+    invoices = forged["input"]["normalised"]["history"]["invoices"]
     invoices[:] = invoices[: max(1, len(invoices) // 2)]
     bad = replay(forged, loader=load_model, tracking_uri=registered.tracking_uri)
     assert not bad.matches
