@@ -92,13 +92,14 @@ def train(
         ),
     ] = None,
     embargo_days: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
-            help="Leave out training rows with as_of + N days after the first OOT date "
-            "(N = the horizon, 365: no training label overlaps the OOT period). 0 = none.",
+            help="Leave out training rows with as_of + N days after the first OOT date. "
+            "Default: the label horizon (365), so no training label window reaches the OOT "
+            "period (leak-free figures). 0 = a plain split (leaky: for comparison only).",
         ),
-    ] = 0,
+    ] = None,
     calibration_months: Annotated[
         int,
         typer.Option(

@@ -98,7 +98,8 @@ class TrainConfig:
     val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
     calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
     calibration_months: int = 6  # last training months held out to calibrate (training.split)
-    embargo_days: int = 0  # training rows need as_of + embargo_days <= first OOT as-of
+    embargo_days: int | None = None  # training rows need as_of + embargo <= first OOT as-of;
+    # None = the label horizon (leak-free: no training label window reaches the OOT period)
     horizon_days: int = DEFAULT_HORIZON_DAYS  # the panel's label horizon (stored in the bundle)
     ece_bins: int = 10
     scale: ScoreScale = field(default_factory=ScoreScale)
@@ -106,6 +107,26 @@ class TrainConfig:
     monotonicity_rows: int = 200
     monotonicity_grid: int = 25
     explain_rows: int = 2000  # OOT rows explained for the SHAP summary and top drivers
+
+    @property
+    def embargo(self) -> int:
+        """The embargo in days: `embargo_days`, or the label horizon when not given."""
+        return self.horizon_days if self.embargo_days is None else self.embargo_days
+
+    @property
+    def protocol(self) -> str:
+        """One sentence saying how the OOT figures were obtained."""
+        if self.embargo >= self.horizon_days:
+            return (
+                f"leak-free out-of-time validation: the last {self.oot_months} matured months "
+                f"are OOT and every training row's {self.horizon_days}-day label window ends on "
+                f"or before the first OOT as-of date (embargo {self.embargo} days)"
+            )
+        return (
+            f"out-of-time validation WITH LABEL LEAKAGE: the last {self.oot_months} matured "
+            f"months are OOT but the embargo ({self.embargo} days) is shorter than the "
+            f"{self.horizon_days}-day label horizon, so training labels can record OOT outcomes"
+        )
 
     def as_params(self) -> dict[str, Any]:
         return {
@@ -119,7 +140,7 @@ class TrainConfig:
             "val_fraction": self.val_fraction,
             "calibration_folds": self.calibration_folds,
             "calibration_months": self.calibration_months,
-            "embargo_days": self.embargo_days,
+            "embargo_days": self.embargo,
             "horizon_days": self.horizon_days,
             "ece_bins": self.ece_bins,
             "pdo": self.scale.pdo,
@@ -358,7 +379,7 @@ def prepare(panel: pd.DataFrame, catalog: Sequence[Feature] | None, cfg: TrainCo
         cfg.seed,
         val_fraction=cfg.val_fraction,
         folds=cfg.calibration_folds,
-        embargo_days=cfg.embargo_days,
+        embargo_days=cfg.embargo,
         calibration_months=cfg.calibration_months,
     )
     categories = trained_categories(data.iloc[split.train], cat)

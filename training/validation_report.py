@@ -309,6 +309,8 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "<title>scf-risk validation report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Validation report: SME 12-month default model</h1>",
+        f"<p><b>Protocol:</b> {html.escape(r.config.protocol)}. The unseen-SME figure scores "
+        "each OOT row with a booster that never saw its SME.</p>",
         f"<p>Monotonicity check: <span class='{mono_class}'>{mono_text}</span>. "
         f"OOT AUC {_fmt(mt.get('auc_oot'))}, ECE {_fmt(mt.get('ece_oot'))}.</p>",
         "<h2>1. Data and population</h2>",

@@ -44,7 +44,14 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = _run(app, "train", "--data", simulated, "--tracking-uri", uri, "--seed", "3")
+    # 30 months cannot hold the default, leak-free split: the message says how many can
+    short = _run(app, "train", "--data", simulated, "--tracking-uri", uri, "--seed", "3")
+    assert short.exit_code == 1 and "needs about 48 months" in short.stderr
+    assert _versions(uri) == []
+    result = _run(
+        app, "train", "--data", simulated, "--tracking-uri", uri, "--seed", "3",
+        "--embargo-days", "0",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     (only_line,) = result.stdout.strip().splitlines()  # stdout holds the JSON line alone
     line = json.loads(only_line)

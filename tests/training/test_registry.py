@@ -66,6 +66,7 @@ def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:
     for section in ("Data and population", "Calibration", "Stability", "Top drivers", "Monoton"):
         assert section in report
     assert "is fitted on the held-out training months" in report
+    assert "Protocol:</b> leak-free out-of-time validation" in report
     catalog = json.loads((root / "catalog.json").read_text(encoding="utf-8"))
     assert [f["name"] for f in catalog] == [f.name for f in CATALOG]
     mlmodel = (root / "model/MLmodel").read_text(encoding="utf-8")

@@ -60,7 +60,9 @@ def test_same_data_and_seed_give_the_same_model(synthetic) -> None:
 
 def test_tuning_runs_seeded_trials() -> None:
     panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
-    config = TrainConfig(seed=2, tune_trials=2, calibration_folds=2, max_rounds=100)
+    config = TrainConfig(
+        seed=2, tune_trials=2, calibration_folds=2, max_rounds=100, embargo_days=0
+    )  # a plain split: 14 months are too few for the leak-free one
     a = fit(panel, CATALOG, config)
     assert len(a.tuning) == 2 and a.tuning[0]["num_leaves"] == 15  # the defaults come first
     b = fit(panel, CATALOG, config)
@@ -69,7 +71,9 @@ def test_tuning_runs_seeded_trials() -> None:
 
 def test_no_calibration_months_calibrates_on_cross_fitted_smes() -> None:
     panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
-    config = TrainConfig(seed=2, calibration_folds=2, max_rounds=100, calibration_months=0)
+    config = TrainConfig(
+        seed=2, calibration_folds=2, max_rounds=100, calibration_months=0, embargo_days=0
+    )
     r = fit(panel, CATALOG, config)
     assert r.split.calibration_months == ()
     assert r.metrics["calibration_by_months"] == 0.0
@@ -155,7 +159,7 @@ def test_fit_announces_exactly_the_steps_it_reports(settings: dict[str, int]) ->
     panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
     planned: list[int] = []
     said: list[str] = []
-    config = TrainConfig(seed=2, **{**FAST, "max_rounds": 60, **settings})
+    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, **settings})
     fit(panel, CATALOG, config, progress=Steps(said.append, planned.append))
     assert planned == [len(said)], said
     assert any("calibrating" in s for s in said)
