@@ -45,6 +45,28 @@ models that failed the monotonicity check (`training.monotone`) on our synthetic
 "basic" never did and cost no measurable AUC on the simulated portfolio."""
 
 
+DEFAULTS_PER_LEAF = 10
+"""`scaled_params`: a leaf must be large enough to expect this many defaults."""
+DEFAULTS_PER_TREE_LEAF = 100
+"""`scaled_params`: at most one leaf per this many defaults in the fit rows."""
+
+
+def scaled_params(n_rows: int, n_defaults: int) -> dict[str, Any]:
+    """Tree size from the data instead of constants tuned for 400,000 rows: a leaf must hold
+    enough rows to expect `DEFAULTS_PER_LEAF` defaults (its default rate is then estimable), but
+    never more than a twentieth of the rows (small data still splits); a tree has about one leaf
+    per `DEFAULTS_PER_TREE_LEAF` defaults, between 4 and 31."""
+    rate = max(n_defaults, 1) / max(n_rows, 1)
+    min_leaf = int(np.clip(round(DEFAULTS_PER_LEAF / rate), 20, 2000))
+    min_leaf = max(5, min(min_leaf, n_rows // 20))
+    leaves = int(np.clip(n_defaults // DEFAULTS_PER_TREE_LEAF, 4, 31))
+    return {
+        "min_data_in_leaf": min_leaf,
+        "num_leaves": leaves,
+        "min_data_per_group": min(int(DEFAULT_PARAMS["min_data_per_group"]), min_leaf),
+    }
+
+
 @dataclass(frozen=True)
 class BoosterFit:
     booster: lgb.Booster  # truncated to the best iteration

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 
 from features.cli_helpers import check_engine, domain_errors_exit, fail_usage, progress_bar
@@ -196,6 +197,49 @@ def train(
     typer.echo(json.dumps(summary(registered, result)))
 
 
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of the contract's tables: the models are compared on its newest matured "
+        "months that neither trained on (labels whose window overlaps either model's training "
+        "months excluded). Default: the OOT rows both training runs logged, the same way "
+        "restricted."
+    ),
+]
+
+
+def _comparison_panel(data: Path | None) -> pd.DataFrame | None:
+    """The labelled panel built from --data (None without it)."""
+    if data is None:
+        return None
+    from training.run import load_inputs
+
+    on_dates, close_dates = progress_bar("features", "date")
+    try:
+        return load_inputs(data, None, on_dates=on_dates).panel
+    finally:
+        close_dates()
+
+
+@app.command()
+@domain_errors_exit
+def compare(
+    data: DataOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Score the champion and the challenger on the same rows, rows neither trained on, and
+    print them side by side: AUC with DeLong 95% intervals and the interval of the difference,
+    KS, Brier score, ECE, default rates by grade. Reads only; exit 1 without a champion or a
+    challenger, or when no row is unseen by both."""
+    from training.promote import compare_registered
+
+    uri = _tracking_uri(tracking_uri)
+    from training.registry import check_tracking
+
+    check_tracking(uri, create=False)  # before building any panel
+    typer.echo(compare_registered(uri, panel=_comparison_panel(data)).table())
+
+
 @app.command()
 @domain_errors_exit
 def promote(
@@ -210,18 +254,56 @@ def promote(
     max_ece: Annotated[
         float, typer.Option(help="Gate: largest OOT expected calibration error allowed.")
     ] = 0.02,
+    data: DataOpt = None,
+    reload: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of a running service (e.g. http://127.0.0.1:8000) to reload the "
+            "champion into after a promotion; needs an admin key in SCF_RISK_ADMIN_KEY."
+        ),
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Move the alias 'champion' of sme-default-pd to the challenger (or --version) if its
-    gates pass: OOT AUC within --max-auc-drop of the champion's on the same rows, ECE at
-    most --max-ece, monotonicity verified. The decision is recorded in MLflow; a failed gate
-    exits 1 with the reasons."""
-    from training.promote import promote as run_promote
+    gates pass on rows neither model trained on (as `scf-risk compare`): AUC within
+    --max-auc-drop of the champion's, ECE at most --max-ece, monotonicity verified. The
+    decision is recorded in MLflow; a failed gate exits 1 with the reasons. Promoting the
+    current champion changes nothing."""
+    import os
 
+    from training.exceptions import ComparisonError
+    from training.promote import promote as run_promote
+    from training.promote import reload_service
+    from training.registry import check_tracking
+
+    uri = _tracking_uri(tracking_uri)
+    admin_key = os.environ.get("SCF_RISK_ADMIN_KEY")
+    if reload is not None and not admin_key:
+        raise ComparisonError(
+            "--reload needs an admin API key in SCF_RISK_ADMIN_KEY (create one with "
+            "`scf-risk keys add --role admin`); nothing was promoted"
+        )
+    check_tracking(uri, create=False)  # before building any panel
     decision = run_promote(
-        _tracking_uri(tracking_uri),
+        uri,
         version,
+        panel=_comparison_panel(data),
         max_auc_drop=max_auc_drop,
         max_ece=max_ece,
     )
+    if decision.noop:
+        typer.echo(f"version {decision.version} is already the champion: nothing to do", err=True)
+        typer.echo(json.dumps(decision.to_json()))
+        return
+    typer.echo(decision.comparison, err=True)
+    if reload is not None:
+        served = reload_service(reload, admin_key)
+        typer.echo(f"the service at {reload} reloaded: {json.dumps(served)}", err=True)
+    else:
+        typer.echo(
+            f"version {decision.version} is the champion; a running service keeps its old "
+            "model until reloaded (POST /v1/admin/reload with an admin key, or promote with "
+            "--reload URL)",
+            err=True,
+        )
     typer.echo(json.dumps(decision.to_json()))

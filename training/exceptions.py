@@ -36,3 +36,8 @@ class PromotionRejectedError(ScfRiskError):
             if reasons
             else f"version {version} not promoted"
         )
+
+
+class ComparisonError(ScfRiskError):
+    """Two models cannot be compared fairly: no champion, no rows unseen by both, a bundle that
+    does not record its training months."""

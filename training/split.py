@@ -18,7 +18,8 @@
   their booster as the OOT rows stand to the model: a later period, SMEs mostly seen before,
   with the same overlap of label windows. When the training months cannot hold that mirror (too
   few months for the embargo, or a set without both classes) ``calibration_months`` is empty
-  and calibration falls back to the cross-fitted margins of the fit SMEs.
+  and calibration falls back to the cross-fitted margins of the fit SMEs; so it does when either
+  set holds fewer than `MIN_CALIBRATION_DEFAULTS` defaults.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from training.exceptions import TrainingError
 
 MIN_SPLIT_TRAIN_MONTHS = 3
 """Fewest training months a split accepts (below it the figures mean nothing)."""
+MIN_CALIBRATION_DEFAULTS = 20
+"""The calibration mirror needs this many defaults in its booster's rows and in its held-out
+rows; with fewer (small data, or an embargo that leaves little to grow on) the booster cannot
+rank and calibration falls back to the cross-fitted margins."""
 MIN_TRAIN_MONTHS = 18
 """Training months an honest split should leave: a year to fit on plus calibration months."""
 
@@ -204,6 +209,6 @@ def _calibration_months(
     grow = fit[~in_held[fit] & (dates[fit] + np.timedelta64(embargo_days, "D") <= first)]
     for rows in (grow, cal):
         labels = y[rows]
-        if not (0 < labels.sum() < labels.size):
+        if not (MIN_CALIBRATION_DEFAULTS <= labels.sum() < labels.size):
             return none
     return grow, cal, tuple(sorted(held))

@@ -95,6 +95,7 @@ class TrainConfig:
     max_rounds: int = 2000
     early_stopping_rounds: int = 100
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
+    scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
     val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
     calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
     calibration_months: int = 6  # last training months held out to calibrate (training.split)
@@ -134,6 +135,7 @@ class TrainConfig:
             "seed": self.seed,
             "engine": self.engine,
             "tune_trials": self.tune_trials,
+            "scale_params": self.scale_params,
             "num_threads": self.num_threads,
             "max_rounds": self.max_rounds,
             "early_stopping_rounds": self.early_stopping_rounds,
@@ -391,11 +393,15 @@ def prepare(panel: pd.DataFrame, catalog: Sequence[Feature] | None, cfg: TrainCo
 def choose_params(
     prep: Prepared, cfg: TrainConfig, steps: Steps
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """LightGBM's parameters: the defaults with the config's overrides, after an Optuna search
-    on the validation SMEs when `tune_trials` > 0. Returns (params, trials)."""
+    """LightGBM's parameters: the defaults, the tree size scaled to the fit rows and defaults
+    (`scale_params`), the config's overrides, after an Optuna search on the validation SMEs
+    when `tune_trials` > 0. Returns (params, trials)."""
     X, y, split, cat = prep.X, prep.y, prep.split, prep.catalog
     tuning: list[dict[str, Any]] = []
-    overrides = dict(cfg.params)
+    overrides: dict[str, Any] = {}
+    if cfg.scale_params:
+        overrides.update(boosting.scaled_params(len(split.fit), int(y[split.fit].sum())))
+    overrides.update(cfg.params)  # explicit overrides win
     base = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
     if cfg.tune_trials > 0:
         steps.say(f"tuning: {cfg.tune_trials} Optuna trials")

@@ -14,7 +14,7 @@ from training.train import validate_panel
 
 @pytest.fixture(scope="module")
 def matured() -> pd.DataFrame:
-    panel, _ = make_panel(n_smes=200, n_months=12, immature_months=2, seed=3)
+    panel, _ = make_panel(n_smes=500, n_months=12, immature_months=2, seed=3)
     data, _ = validate_panel(panel, CATALOG)
     return data
 
@@ -95,6 +95,10 @@ def test_too_few_training_months_fall_back_to_cross_fitting(matured: pd.DataFram
     split = make_split(matured, 4, seed=5, folds=3, calibration_months=4, embargo_days=95)
     assert split.calibration_months == ()
     assert split.cal.size == 0 and split.cal_grow.size == 0
+    # too few defaults to grow a calibration booster that ranks: cross-fitting instead
+    few = matured[matured["sme_id"].isin(sorted(set(matured["sme_id"]))[:30])]
+    split = make_split(few.reset_index(drop=True), 4, seed=5, folds=3)
+    assert split.calibration_months == ()
     # one training month is refused outright: its figures would mean nothing
     with pytest.raises(TrainingError, match=r"1 training month\(s\) left"):
         make_split(matured, 11, seed=5, folds=3)
