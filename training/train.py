@@ -96,6 +96,7 @@ class TrainConfig:
     early_stopping_rounds: int = 100
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
+    benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)
     val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
     calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
     calibration_months: int = 6  # last training months held out to calibrate (training.split)
@@ -136,6 +137,7 @@ class TrainConfig:
             "engine": self.engine,
             "tune_trials": self.tune_trials,
             "scale_params": self.scale_params,
+            "benchmark": self.benchmark,
             "num_threads": self.num_threads,
             "max_rounds": self.max_rounds,
             "early_stopping_rounds": self.early_stopping_rounds,
