@@ -21,15 +21,15 @@ from training.monotone import monotone_constraints
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",
     "metric": "binary_logloss",
-    "learning_rate": 0.05,
+    "learning_rate": 0.02,
     "num_leaves": 15,
     "max_depth": -1,
     "min_data_in_leaf": 100,
     "min_sum_hessian_in_leaf": 1e-3,
-    "feature_fraction": 0.8,
+    "feature_fraction": 0.5,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
-    "lambda_l2": 5.0,
+    "lambda_l2": 20.0,
     "max_bin": 255,
     "cat_smooth": 10.0,
     "min_data_per_group": 50,
@@ -38,8 +38,12 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "force_col_wise": True,
     "verbose": -1,
 }
-"""Strong defaults for a few hundred thousand panel rows: shallow trees, bagging and
-column sampling, L2 shrinkage; `deterministic` with fixed threads and seed for reproducibility.
+"""Defaults for panels of correlated monthly rows (the tree size comes from `scaled_params`): a
+slow learning rate (0.02) so that the validation loss curve is smooth and early stopping is not
+stopped by one noisy round, half the columns per tree and a strong L2 shrinkage (many features
+carry the same few latent signals); bagging; `deterministic` with fixed threads and seed for
+reproducibility. On the 60-month demo (leak-free) these moved the OOT AUC from 0.829 to 0.835 and
+the ECE from 0.0137 to 0.0113 (README, issue 13).
 `monotone_constraints_method` is "basic": the "intermediate" and "advanced" methods produced
 models that failed the monotonicity check (`training.monotone`) on our synthetic panels, while
 "basic" never did and cost no measurable AUC on the simulated portfolio."""

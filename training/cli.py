@@ -120,7 +120,7 @@ def train(
     ] = None,
     max_rounds: Annotated[
         int, typer.Option(min=1, help="Most boosting rounds (early stopping picks fewer).")
-    ] = 2000,
+    ] = 3000,
     threads: Annotated[
         int,
         typer.Option(

@@ -92,8 +92,8 @@ class TrainConfig:
     dask_workers: int = 2  # workers of the LocalCluster
     tune_trials: int = 0
     num_threads: int = 1  # fixed: the model depends on it; 1 is fastest on a busy machine
-    max_rounds: int = 2000
-    early_stopping_rounds: int = 100
+    max_rounds: int = 3000
+    early_stopping_rounds: int = 200
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
     benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)
