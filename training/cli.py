@@ -271,7 +271,7 @@ def promote(
     current champion changes nothing."""
     import os
 
-    from training.exceptions import ComparisonError
+    from training.exceptions import ComparisonError, PromotionRejectedError
     from training.promote import promote as run_promote
     from training.promote import reload_service
     from training.registry import check_tracking
@@ -284,13 +284,17 @@ def promote(
             "`scf-risk keys add --role admin`); nothing was promoted"
         )
     check_tracking(uri, create=False)  # before building any panel
-    decision = run_promote(
-        uri,
-        version,
-        panel=_comparison_panel(data),
-        max_auc_drop=max_auc_drop,
-        max_ece=max_ece,
-    )
+    try:
+        decision = run_promote(
+            uri,
+            version,
+            panel=_comparison_panel(data),
+            max_auc_drop=max_auc_drop,
+            max_ece=max_ece,
+        )
+    except PromotionRejectedError as exc:
+        typer.echo(exc.comparison, err=True)
+        raise
     if decision.noop:
         typer.echo(f"version {decision.version} is already the champion: nothing to do", err=True)
         typer.echo(json.dumps(decision.to_json()))

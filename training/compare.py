@@ -156,7 +156,7 @@ class Comparison:
                 cells.append(
                     f"{n:>8,} {g[f'rate_{r}']:>9.4f} {g[f'mean_pd_{r}']:>9.4f}"
                     if n
-                    else f"{0:>8}" + " " * 20
+                    else f"{'-':>8}{'':>20}"
                 )
             lines.append(f"{g['grade']:8}" + "".join(f"{c:>30}" for c in cells))
         return "\n".join(lines)

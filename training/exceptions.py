@@ -28,9 +28,10 @@ class ModelLoadError(ScfRiskError):
 class PromotionRejectedError(ScfRiskError):
     """A promotion whose gates failed; the decision and its reasons were recorded in MLflow."""
 
-    def __init__(self, version: str, reasons: list[str]) -> None:
+    def __init__(self, version: str, reasons: list[str], comparison: str = "") -> None:
         self.version = version
         self.reasons = reasons
+        self.comparison = comparison  # the side-by-side table the gates were read from
         super().__init__(
             f"version {version} not promoted: " + "; ".join(reasons)
             if reasons

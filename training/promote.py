@@ -342,7 +342,7 @@ def promote(
     finally:
         client.set_terminated(run_id, status)
     if not promoted:
-        raise PromotionRejectedError(candidate_version, decision.reasons)
+        raise PromotionRejectedError(candidate_version, decision.reasons, decision.comparison)
     return decision
 
 

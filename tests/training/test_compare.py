@@ -52,8 +52,9 @@ def test_a_model_trained_on_fewer_smes_never_replaces_a_stronger_one(
     assert promote(store, panel=panel, max_ece=1.0).promoted  # no champion yet: own gates
     v2 = log_training(second, tracking_uri=store).version
     if order == "big first":
-        with pytest.raises(PromotionRejectedError, match="auc"):
+        with pytest.raises(PromotionRejectedError, match="auc") as info:
             promote(store, panel=panel, max_ece=1.0)
+        assert "AUC challenger - champion" in info.value.comparison  # what the gate read
         assert _champion(store) == v1
         # the rejection is recorded on the rejected version only
         assert _tags(store, v2)["promotion_decision"] == "rejected"
