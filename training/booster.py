@@ -284,10 +284,16 @@ def tune(
     max_rounds: int,
     early_stopping_rounds: int,
     on_trial: Callable[[int], None] | None = None,
+    timeout_seconds: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Optuna (seeded TPE) search of `n_trials` trials minimising the validation log loss.
-    Returns the best parameter overrides and one record per trial."""
+    """Optuna (seeded TPE) search of `n_trials` trials minimising the validation log loss,
+    stopping early once `timeout_seconds` have passed (after at least the first trial, the
+    defaults). Returns the best parameter overrides and one record per trial."""
+    import time
+
     import optuna
+
+    started = time.monotonic()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -319,6 +325,8 @@ def tune(
         study.optimize(objective, n_trials=1)
         if on_trial is not None:
             on_trial(i + 1)
+        if timeout_seconds is not None and time.monotonic() - started >= timeout_seconds:
+            break
     records = [
         {
             "trial": t.number,

@@ -85,6 +85,15 @@ def train(
             min=0, help="Optuna trials (seeded TPE) on the validation split; 0 = defaults."
         ),
     ] = 0,
+    tune_minutes: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Time budget (minutes) of an Optuna search that grows on the months before "
+            "the calibration months and judges on them (time-respecting); 0 = none. Not "
+            "with --tune.",
+        ),
+    ] = 0.0,
     truth: Annotated[
         Path | None,
         typer.Option(
@@ -144,6 +153,8 @@ def train(
         fail_usage("--scheduler needs --engine dask")
     if data is None and features is None:
         fail_usage("give --data DIR or --features FILE.parquet")
+    if tune > 0 and tune_minutes > 0:
+        fail_usage("give --tune N or --tune-minutes M, not both")
     uri = _tracking_uri(tracking_uri)
     client = check_tracking(uri)  # before any work: an unreachable store fails fast
 
@@ -178,6 +189,7 @@ def train(
             engine="dask" if engine == "dask" else "pandas",
             scheduler=scheduler,
             tune_trials=tune,
+            tune_minutes=tune_minutes,
             num_threads=threads,
             max_rounds=max_rounds,
             embargo_days=embargo_days,

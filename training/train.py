@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 KEYS: tuple[str, str] = ("sme_id", "as_of")
 Engine = Literal["pandas", "dask"]
 Progress = Callable[[str], None]
+MAX_BUDGET_TRIALS = 1000
+"""Most Optuna trials of a budgeted search (`TrainConfig.tune_minutes`)."""
 EARLY_WARNING_PD = 0.10
 """PD above which `scf-risk monitor` lists an SME as an early warning (unless told otherwise)."""
 MODEL_THRESHOLDS: Mapping[str, float] = {
@@ -91,6 +93,7 @@ class TrainConfig:
     scheduler: str | None = None  # dask.distributed scheduler address; None = a LocalCluster
     dask_workers: int = 2  # workers of the LocalCluster
     tune_trials: int = 0
+    tune_minutes: float = 0.0  # a time budget for the search on the calibration months instead
     num_threads: int = 1  # fixed: the model depends on it; 1 is fastest on a busy machine
     max_rounds: int = 3000
     early_stopping_rounds: int = 200
@@ -136,6 +139,7 @@ class TrainConfig:
             "seed": self.seed,
             "engine": self.engine,
             "tune_trials": self.tune_trials,
+            "tune_minutes": self.tune_minutes,
             "scale_params": self.scale_params,
             "benchmark": self.benchmark,
             "num_threads": self.num_threads,
@@ -320,7 +324,7 @@ class Steps:
         """The messages `fit` sends: tuning (1 + one per trial), growing, one per cross-fitting
         fold, the calibration booster (when there are calibration months), calibrating,
         evaluating, monotonicity, explaining."""
-        tuning = cfg.tune_trials + 1 if cfg.tune_trials > 0 else 0
+        tuning = cfg.tune_trials + 1 if cfg.tune_trials > 0 else int(cfg.tune_minutes > 0)
         return tuning + 1 + split.folds + bool(split.calibration_months) + 4
 
 
@@ -340,6 +344,8 @@ def fit(
     `truth` (sme_id, as_of, pd_true) adds the oracle AUC; `tables` adds metrics by product and,
     when the panel has no `static_rating_ordinal`, the static rating from `external_rating`."""
     cfg = config or TrainConfig()
+    if cfg.tune_trials > 0 and cfg.tune_minutes > 0:
+        raise TrainingError("give a number of tuning trials or a tuning budget, not both")
     steps = progress if isinstance(progress, Steps) else Steps(progress)
     if cfg.engine not in ("pandas", "dask"):
         raise TrainingError(f"engine must be pandas or dask, got {cfg.engine!r}")
@@ -397,7 +403,10 @@ def choose_params(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """LightGBM's parameters: the defaults, the tree size scaled to the fit rows and defaults
     (`scale_params`), the config's overrides, after an Optuna search on the validation SMEs
-    when `tune_trials` > 0. Returns (params, trials)."""
+    when `tune_trials` > 0, or a search within `tune_minutes` that grows on the months before
+    the calibration months and judges on them (time-respecting; the number of trials depends on
+    the machine, so a budgeted model is reproducible only from its logged parameters).
+    Returns (params, trials)."""
     X, y, split, cat = prep.X, prep.y, prep.split, prep.catalog
     tuning: list[dict[str, Any]] = []
     overrides: dict[str, Any] = {}
@@ -419,6 +428,27 @@ def choose_params(
             max_rounds=cfg.max_rounds,
             early_stopping_rounds=cfg.early_stopping_rounds,
             on_trial=lambda i: steps.say(f"tuning: trial {i}/{cfg.tune_trials}"),
+        )
+        overrides.update(best)
+    elif cfg.tune_minutes > 0:
+        # time-respecting: grow on the months before the calibration months (embargoed), judge
+        # on the calibration months, as the model will be judged on the OOT months
+        by_months = bool(split.calibration_months)
+        grow_rows, judge_rows = (split.cal_grow, split.cal) if by_months else (split.fit, split.val)
+        where = "the calibration months" if by_months else "the validation SMEs"
+        steps.say(f"tuning: {cfg.tune_minutes:g} minutes of Optuna trials on {where}")
+        best, tuning = boosting.tune(
+            X[grow_rows],
+            y[grow_rows],
+            X[judge_rows],
+            y[judge_rows],
+            cat,
+            base,
+            n_trials=MAX_BUDGET_TRIALS,
+            seed=cfg.seed,
+            max_rounds=cfg.max_rounds,
+            early_stopping_rounds=cfg.early_stopping_rounds,
+            timeout_seconds=60.0 * cfg.tune_minutes,
         )
         overrides.update(best)
     return boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides), tuning

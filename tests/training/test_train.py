@@ -177,3 +177,16 @@ def test_tree_size_scales_with_rows_and_defaults() -> None:
     assert large["min_data_in_leaf"] == 250 and large["num_leaves"] == 31
     rare = scaled_params(100_000, 500)  # 0.5 %: leaves must be larger to see defaults
     assert rare["min_data_in_leaf"] == 2000 and rare["num_leaves"] == 5
+
+
+def test_a_tuning_budget_searches_on_the_calibration_months() -> None:
+    panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
+    planned: list[int] = []
+    said: list[str] = []
+    config = TrainConfig(seed=2, embargo_days=0, tune_minutes=0.001, **FAST)
+    r = fit(panel, CATALOG, config, progress=Steps(said.append, planned.append))
+    assert planned == [len(said)]
+    assert any("on the calibration months" in s for s in said)
+    assert len(r.tuning) == 1  # the budget ran out after the first trial (the defaults)
+    with pytest.raises(TrainingError, match="not both"):
+        fit(panel, CATALOG, TrainConfig(tune_trials=1, tune_minutes=1.0))
