@@ -146,3 +146,41 @@ def test_bad_input_moves_no_alias_and_writes_no_tag(
     assert shown.exit_code == 1  # the challenger (v3) cannot be compared
     noop = runner.invoke(app, ["promote", "--version", v1, "--tracking-uri", store])
     assert noop.exit_code == 0 and "already the champion" in noop.stderr
+
+
+def test_reload_asks_the_service_with_the_admin_key() -> None:
+    import http.server
+    import json
+    import threading
+
+    from training.exceptions import ModelLoadError
+    from training.promote import reload_service
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append((self.path, self.headers.get("X-API-Key")))
+            ok = self.headers.get("X-API-Key") == "admin-secret"
+            body = json.dumps({"reloaded": True, "version": "2"} if ok else {"detail": "no"})
+            self.send_response(200 if ok else 403)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert reload_service(url, "admin-secret") == {"reloaded": True, "version": "2"}
+        with pytest.raises(ModelLoadError, match="answered 403"):
+            reload_service(url + "/", "wrong")
+        with pytest.raises(ComparisonError, match="SCF_RISK_ADMIN_KEY"):
+            reload_service(url, None)
+    finally:
+        server.shutdown()
+    assert seen == [("/v1/admin/reload", "admin-secret"), ("/v1/admin/reload", "wrong")]
