@@ -8,6 +8,7 @@ Figures:
   the OOT evaluation, the monotonicity check and a SHAP sample, so the ratio is the full cost of
   a validated model over one bare booster; the per-booster ratio divides that by the boosters
   grown (1 + K without calibration months).
+- Protocol: the default, leak-free split (embargo = the label horizon) on 60 simulated months.
 - OOT AUC against the oracle AUC (the simulator's pd_true on the same rows) and the static
   rating's AUC, the ECE, and the OOT AUC with every SME scored by a booster that never saw it.
 
@@ -26,6 +27,7 @@ from bench.report import Report, median_runs
 
 SECTION = "train"
 SEED = 1
+MONTHS = 60  # enough for the default, leak-free split (training.split.months_needed)
 
 
 def _dataset(n_smes: int) -> tuple[Path, Path]:
@@ -35,11 +37,11 @@ def _dataset(n_smes: int) -> tuple[Path, Path]:
     from features.pipeline import data_range, month_ends, write_panel
     from features.simulate import SimConfig, generate_to_folder
 
-    root = Path("data/bench") / f"sim-{n_smes}-seed{SEED}"
+    root = Path("data/bench") / f"sim-{n_smes}-seed{SEED}-{MONTHS}m"
     folder, panel = root / "tables", root / "panel.parquet"
     if not (folder / "truth.parquet").is_file():
         print(f"generating {n_smes:,} SMEs into {folder} (once)", flush=True)
-        generate_to_folder(SimConfig(n_smes=n_smes, seed=SEED), folder)
+        generate_to_folder(SimConfig(n_smes=n_smes, seed=SEED, months=MONTHS), folder)
     if panel.is_file() and not _panel_is_current(folder, panel):
         print(f"the cached panel {panel} is stale (feature code changed): rebuilding", flush=True)
         panel.unlink()
@@ -95,6 +97,8 @@ def run(report: Report) -> None:
         config.seed,
         val_fraction=config.val_fraction,
         folds=config.calibration_folds,
+        embargo_days=config.embargo,
+        calibration_months=config.calibration_months,
     )
     categories = trained_categories(data.iloc[split.train], catalog)
     X = to_matrix(prepare_frame(data[[f.name for f in catalog]], catalog, categories), catalog)
@@ -146,16 +150,30 @@ def run(report: Report) -> None:
         "oracle AUC - OOT AUC",
         mt["auc_oracle_oot"] - mt["auc_oot"],
         "",
-        target="<= 0.03",
+        target="<= 0.025",
     )
     report.add(
         SECTION,
         "OOT AUC - static rating AUC",
         mt["auc_oot"] - mt["auc_static_rating_oot"],
         "",
-        target=">= 0.08",
+        target=">= 0.15",
     )
     report.add(SECTION, "OOT ECE", mt["ece_oot"], "", target="<= 0.01", note="10 equal-count bins")
+    report.add(
+        SECTION,
+        "benchmark scorecard OOT AUC",
+        mt["auc_oot_benchmark_scorecard"],
+        "",
+        note="monotone-binned WoE logistic scorecard, same split",
+    )
+    report.add(
+        SECTION,
+        "OOT AUC - scorecard AUC",
+        mt["auc_oot"] - mt["auc_oot_benchmark_scorecard"],
+        "",
+        target="> 0",
+    )
     report.add(
         SECTION,
         "OOT AUC, SMEs unseen by their booster",

@@ -33,7 +33,13 @@ def generate(
     ],
     smes: Annotated[int, typer.Option(min=1, help="Number of SMEs.")] = 2000,
     cores: Annotated[int, typer.Option(min=1, help="Number of core enterprises.")] = 20,
-    months: Annotated[int, typer.Option(min=1, help="Months of history to simulate.")] = 36,
+    months: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Months of history to simulate (60: enough for a leak-free out-of-time split).",
+        ),
+    ] = 60,
     start: Annotated[str, typer.Option(help="First day simulated, YYYY-MM-DD.")] = "2022-01-01",
     seed: Annotated[int, typer.Option(help="Random seed: same seed, byte-identical tables.")] = 1,
     shock: Annotated[
@@ -59,6 +65,19 @@ def generate(
         shock=None if shock is None else parse_shock(shock, start=first, n_cores=cores),
     )
     generate_to_folder(config, out)
+    from features.contract import DEFAULT_HORIZON_DAYS
+    from training.split import MIN_TRAIN_MONTHS, months_needed
+
+    needed = months_needed(DEFAULT_HORIZON_DAYS)
+    if months < needed:
+        typer.echo(
+            f"note: {months} months are too few for an honest (leak-free) out-of-time split: "
+            f"with a {DEFAULT_HORIZON_DAYS}-day label horizon, 6 OOT months and "
+            f"{MIN_TRAIN_MONTHS} training months it needs {needed} (training, an embargo of "
+            "one horizon, OOT, and one horizon for the OOT labels to mature); `scf-risk train` "
+            "will refuse the default split (give --embargo-days 0 for a leaky one)",
+            err=True,
+        )
 
 
 @app.command()

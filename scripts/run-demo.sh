@@ -14,7 +14,7 @@ stage "1/6 demo data in $DEMO"
 if ls "$DEMO"/enterprises.* >/dev/null 2>&1; then
   echo "using the existing dataset in $DEMO"
 else
-  "$SCF" generate --out "$DEMO" --smes 2000 --cores 20 --months 36 --seed 1
+  "$SCF" generate --out "$DEMO" --smes 2000 --cores 20 --months 60 --seed 1
 fi
 
 stage "2/6 validate"

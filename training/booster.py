@@ -21,15 +21,15 @@ from training.monotone import monotone_constraints
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "binary",
     "metric": "binary_logloss",
-    "learning_rate": 0.05,
+    "learning_rate": 0.02,
     "num_leaves": 15,
     "max_depth": -1,
     "min_data_in_leaf": 100,
     "min_sum_hessian_in_leaf": 1e-3,
-    "feature_fraction": 0.8,
+    "feature_fraction": 0.5,
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
-    "lambda_l2": 5.0,
+    "lambda_l2": 20.0,
     "max_bin": 255,
     "cat_smooth": 10.0,
     "min_data_per_group": 50,
@@ -38,11 +38,37 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "force_col_wise": True,
     "verbose": -1,
 }
-"""Strong defaults for a few hundred thousand panel rows: shallow trees, bagging and
-column sampling, L2 shrinkage; `deterministic` with fixed threads and seed for reproducibility.
+"""Defaults for panels of correlated monthly rows (the tree size comes from `scaled_params`): a
+slow learning rate (0.02) so that the validation loss curve is smooth and early stopping is not
+stopped by one noisy round, half the columns per tree and a strong L2 shrinkage (many features
+carry the same few latent signals); bagging; `deterministic` with fixed threads and seed for
+reproducibility. On the 60-month demo (leak-free) these moved the OOT AUC from 0.829 to 0.835 and
+the ECE from 0.0137 to 0.0113 (README, issue 13).
 `monotone_constraints_method` is "basic": the "intermediate" and "advanced" methods produced
 models that failed the monotonicity check (`training.monotone`) on our synthetic panels, while
 "basic" never did and cost no measurable AUC on the simulated portfolio."""
+
+
+DEFAULTS_PER_LEAF = 10
+"""`scaled_params`: a leaf must be large enough to expect this many defaults."""
+DEFAULTS_PER_TREE_LEAF = 100
+"""`scaled_params`: at most one leaf per this many defaults in the fit rows."""
+
+
+def scaled_params(n_rows: int, n_defaults: int) -> dict[str, Any]:
+    """Tree size from the data instead of constants tuned for 400,000 rows: a leaf must hold
+    enough rows to expect `DEFAULTS_PER_LEAF` defaults (its default rate is then estimable), but
+    never more than a twentieth of the rows (small data still splits); a tree has about one leaf
+    per `DEFAULTS_PER_TREE_LEAF` defaults, between 4 and 31."""
+    rate = max(n_defaults, 1) / max(n_rows, 1)
+    min_leaf = int(np.clip(round(DEFAULTS_PER_LEAF / rate), 20, 2000))
+    min_leaf = max(5, min(min_leaf, n_rows // 20))
+    leaves = int(np.clip(n_defaults // DEFAULTS_PER_TREE_LEAF, 4, 31))
+    return {
+        "min_data_in_leaf": min_leaf,
+        "num_leaves": leaves,
+        "min_data_per_group": min(int(DEFAULT_PARAMS["min_data_per_group"]), min_leaf),
+    }
 
 
 @dataclass(frozen=True)
@@ -258,10 +284,16 @@ def tune(
     max_rounds: int,
     early_stopping_rounds: int,
     on_trial: Callable[[int], None] | None = None,
+    timeout_seconds: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Optuna (seeded TPE) search of `n_trials` trials minimising the validation log loss.
-    Returns the best parameter overrides and one record per trial."""
+    """Optuna (seeded TPE) search of `n_trials` trials minimising the validation log loss,
+    stopping early once `timeout_seconds` have passed (after at least the first trial, the
+    defaults). Returns the best parameter overrides and one record per trial."""
+    import time
+
     import optuna
+
+    started = time.monotonic()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -293,6 +325,8 @@ def tune(
         study.optimize(objective, n_trials=1)
         if on_trial is not None:
             on_trial(i + 1)
+        if timeout_seconds is not None and time.monotonic() - started >= timeout_seconds:
+            break
     records = [
         {
             "trial": t.number,

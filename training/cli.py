@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 
 from features.cli_helpers import (
@@ -85,6 +86,15 @@ def train(
             min=0, help="Optuna trials (seeded TPE) on the validation split; 0 = defaults."
         ),
     ] = 0,
+    tune_minutes: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Time budget (minutes) of an Optuna search that grows on the months before "
+            "the calibration months and judges on them (time-respecting); 0 = none. Not "
+            "with --tune.",
+        ),
+    ] = 0.0,
     truth: Annotated[
         Path | None,
         typer.Option(
@@ -93,13 +103,14 @@ def train(
         ),
     ] = None,
     embargo_days: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
-            help="Leave out training rows with as_of + N days after the first OOT date "
-            "(N = the horizon, 365: no training label overlaps the OOT period). 0 = none.",
+            help="Leave out training rows with as_of + N days after the first OOT date. "
+            "Default: the label horizon (365), so no training label window reaches the OOT "
+            "period (leak-free figures). 0 = a plain split (leaky: for comparison only).",
         ),
-    ] = 0,
+    ] = None,
     calibration_months: Annotated[
         int,
         typer.Option(
@@ -119,7 +130,7 @@ def train(
     ] = None,
     max_rounds: Annotated[
         int, typer.Option(min=1, help="Most boosting rounds (early stopping picks fewer).")
-    ] = 2000,
+    ] = 3000,
     threads: Annotated[
         int,
         typer.Option(
@@ -143,6 +154,8 @@ def train(
         fail_usage("--scheduler needs --engine dask")
     if data is None and features is None:
         fail_usage("give --data DIR or --features FILE.parquet")
+    if tune > 0 and tune_minutes > 0:
+        fail_usage("give --tune N or --tune-minutes M, not both")
     uri = _tracking_uri(tracking_uri)
     client = check_tracking(uri)  # before any work: an unreachable store fails fast
 
@@ -177,6 +190,7 @@ def train(
             engine="dask" if engine == "dask" else "pandas",
             scheduler=scheduler,
             tune_trials=tune,
+            tune_minutes=tune_minutes,
             num_threads=threads,
             max_rounds=max_rounds,
             embargo_days=embargo_days,
@@ -196,6 +210,49 @@ def train(
     typer.echo(json.dumps(summary(registered, result)))
 
 
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of the contract's tables: the models are compared on its newest matured "
+        "months that neither trained on (labels whose window overlaps either model's training "
+        "months excluded). Default: the OOT rows both training runs logged, the same way "
+        "restricted."
+    ),
+]
+
+
+def _comparison_panel(data: Path | None) -> pd.DataFrame | None:
+    """The labelled panel built from --data (None without it)."""
+    if data is None:
+        return None
+    from training.run import load_inputs
+
+    on_dates, close_dates = progress_bar("features", "date")
+    try:
+        return load_inputs(data, None, on_dates=on_dates).panel
+    finally:
+        close_dates()
+
+
+@app.command()
+@domain_errors_exit
+def compare(
+    data: DataOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Score the champion and the challenger on the same rows, rows neither trained on, and
+    print them side by side: AUC with DeLong 95% intervals and the interval of the difference,
+    KS, Brier score, ECE, default rates by grade. Reads only; exit 1 without a champion or a
+    challenger, or when no row is unseen by both."""
+    from training.promote import compare_registered
+
+    uri = _tracking_uri(tracking_uri)
+    from training.registry import check_tracking
+
+    check_tracking(uri, create=False)  # before building any panel
+    typer.echo(compare_registered(uri, panel=_comparison_panel(data)).table())
+
+
 @app.command()
 @domain_errors_exit
 def promote(
@@ -210,18 +267,60 @@ def promote(
     max_ece: Annotated[
         float, typer.Option(help="Gate: largest OOT expected calibration error allowed.")
     ] = 0.02,
+    data: DataOpt = None,
+    reload: Annotated[
+        str | None,
+        typer.Option(
+            help="Base URL of a running service (e.g. http://127.0.0.1:8000) to reload the "
+            "champion into after a promotion; needs an admin key in SCF_RISK_ADMIN_KEY."
+        ),
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Move the alias 'champion' of sme-default-pd to the challenger (or --version) if its
-    gates pass: OOT AUC within --max-auc-drop of the champion's on the same rows, ECE at
-    most --max-ece, monotonicity verified. The decision is recorded in MLflow; a failed gate
-    exits 1 with the reasons."""
-    from training.promote import promote as run_promote
+    gates pass on rows neither model trained on (as `scf-risk compare`): AUC within
+    --max-auc-drop of the champion's, ECE at most --max-ece, monotonicity verified. The
+    decision is recorded in MLflow; a failed gate exits 1 with the reasons. Promoting the
+    current champion changes nothing."""
+    import os
 
-    decision = run_promote(
-        _tracking_uri(tracking_uri),
-        version,
-        max_auc_drop=max_auc_drop,
-        max_ece=max_ece,
-    )
+    from training.exceptions import ComparisonError, PromotionRejectedError
+    from training.promote import promote as run_promote
+    from training.promote import reload_service
+    from training.registry import check_tracking
+
+    uri = _tracking_uri(tracking_uri)
+    admin_key = os.environ.get("SCF_RISK_ADMIN_KEY")
+    if reload is not None and not admin_key:
+        raise ComparisonError(
+            "--reload needs an admin API key in SCF_RISK_ADMIN_KEY (create one with "
+            "`scf-risk keys add --role admin`); nothing was promoted"
+        )
+    check_tracking(uri, create=False)  # before building any panel
+    try:
+        decision = run_promote(
+            uri,
+            version,
+            panel=_comparison_panel(data),
+            max_auc_drop=max_auc_drop,
+            max_ece=max_ece,
+        )
+    except PromotionRejectedError as exc:
+        typer.echo(exc.comparison, err=True)
+        raise
+    if decision.noop:
+        typer.echo(f"version {decision.version} is already the champion: nothing to do", err=True)
+        typer.echo(json.dumps(decision.to_json()))
+        return
+    typer.echo(decision.comparison, err=True)
+    if reload is not None:
+        served = reload_service(reload, admin_key)
+        typer.echo(f"the service at {reload} reloaded: {json.dumps(served)}", err=True)
+    else:
+        typer.echo(
+            f"version {decision.version} is the champion; a running service keeps its old "
+            "model until reloaded (POST /v1/admin/reload with an admin key, or promote with "
+            "--reload URL)",
+            err=True,
+        )
     typer.echo(json.dumps(decision.to_json()))

@@ -21,6 +21,7 @@ from training.monotone import MonotonicityReport, check_monotonicity
 from training.split import Split, months
 
 if TYPE_CHECKING:
+    from features.catalog import Feature
     from features.contract import Tables
     from training.train import Calibrated, Grown, Prepared, Progress, TrainConfig
 
@@ -94,6 +95,10 @@ def evaluate(
     if truth is not None:
         _oracle_metrics(oot, truth, metrics)
 
+    if cfg.benchmark:
+        _benchmark_metrics(data, y, split, cat, cfg, oot, metrics)
+    _validator_metrics(y_oot, p_oot, cfg, metrics)
+
     grades = m.by_grade(y_oot, p_oot, cfg.master_scale)
     metrics["grades_within_ci_share_oot"] = float(grades.loc[grades["n"] > 0, "within_ci"].mean())
     products = (
@@ -137,6 +142,51 @@ def evaluate(
         explanation=explanation,
         importance=importance.reset_index(drop=True),
     )
+
+
+def _benchmark_metrics(
+    data: pd.DataFrame,
+    y: np.ndarray,
+    split: Split,
+    catalog: tuple[Feature, ...],
+    cfg: TrainConfig,
+    oot: pd.DataFrame,
+    metrics: dict[str, float],
+) -> None:
+    """The benchmark scorecard (`training.scorecard`) trained on the training rows of the same
+    split and scored on the same OOT rows (`pd_benchmark_scorecard` column of `oot`)."""
+    from training.scorecard import Scorecard
+
+    names = [f.name for f in catalog]
+    card = Scorecard(catalog, random_state=cfg.seed).fit(
+        data.iloc[split.train][names], y[split.train]
+    )
+    p = card.predict(oot[names])
+    oot["pd_benchmark_scorecard"] = p
+    y_oot = oot[LABEL].to_numpy(dtype=np.float64)
+    metrics["auc_oot_benchmark_scorecard"] = m.auc(y_oot, p)
+    metrics["ks_oot_benchmark_scorecard"] = m.ks(y_oot, p)
+    metrics["brier_oot_benchmark_scorecard"] = m.brier(y_oot, p)
+    metrics["ece_oot_benchmark_scorecard"] = m.ece(y_oot, p, cfg.ece_bins)
+    metrics["benchmark_scorecard_features"] = float(len(card.binnings_))
+    if m.both_classes(y_oot):
+        diff, low, high, _ = m.auc_difference(y_oot, oot["pd"].to_numpy(), p)
+        metrics["auc_oot_minus_benchmark"] = diff
+        metrics["auc_oot_minus_benchmark_low"] = low
+        metrics["auc_oot_minus_benchmark_high"] = high
+
+
+def _validator_metrics(
+    y_oot: np.ndarray, p_oot: np.ndarray, cfg: TrainConfig, metrics: dict[str, float]
+) -> None:
+    """DeLong interval of the OOT AUC and the Herfindahl concentration of the OOT grades."""
+    _, low, high = m.auc_ci(y_oot, p_oot)
+    metrics["auc_oot_ci_low"] = low
+    metrics["auc_oot_ci_high"] = high
+    grades = cfg.master_scale.grade(p_oot)
+    counts = pd.Series(grades).value_counts().to_numpy()
+    metrics["herfindahl_grades_oot"] = m.herfindahl(counts)
+    metrics["herfindahl_grades_oot_even"] = 1.0 / len(cfg.master_scale.grades)
 
 
 def revealed_share(sme: np.ndarray, y: np.ndarray, train: np.ndarray, oot: np.ndarray) -> float:

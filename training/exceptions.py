@@ -28,11 +28,17 @@ class ModelLoadError(ScfRiskError):
 class PromotionRejectedError(ScfRiskError):
     """A promotion whose gates failed; the decision and its reasons were recorded in MLflow."""
 
-    def __init__(self, version: str, reasons: list[str]) -> None:
+    def __init__(self, version: str, reasons: list[str], comparison: str = "") -> None:
         self.version = version
         self.reasons = reasons
+        self.comparison = comparison  # the side-by-side table the gates were read from
         super().__init__(
             f"version {version} not promoted: " + "; ".join(reasons)
             if reasons
             else f"version {version} not promoted"
         )
+
+
+class ComparisonError(ScfRiskError):
+    """Two models cannot be compared fairly: no champion, no rows unseen by both, a bundle that
+    does not record its training months."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta, norm
+from scipy.stats import beta, norm, rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from features import drift
@@ -92,6 +92,62 @@ def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
     bins = calibration_bins(y, p, n_bins)
     weights = bins["n"] / bins["n"].sum()
     return float((weights * (bins["observed_rate"] - bins["mean_pd"]).abs()).sum())
+
+
+def delong(y: np.ndarray, scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of several scores on the same rows and their covariance matrix (DeLong, DeLong and
+    Clarke-Pearson 1988, in the fast midrank form of Sun and Xu 2014). Raises ValueError
+    without both classes."""
+    yy = np.asarray(y, dtype=np.float64).ravel()
+    if not both_classes(yy):
+        raise ValueError("DeLong's AUC variance needs defaults and non-defaults")
+    pos = yy == 1
+    m, n = int(pos.sum()), int((~pos).sum())
+    aucs = np.empty(len(scores))
+    v10 = np.empty((len(scores), m))  # per default: share of non-defaults scored below it
+    v01 = np.empty((len(scores), n))  # per non-default: share of defaults scored above it
+    for i, score in enumerate(scores):
+        _, ss = _arrays(yy, score)
+        x, z = ss[pos], ss[~pos]
+        tx, tz, txz = rankdata(x), rankdata(z), rankdata(np.concatenate([x, z]))
+        aucs[i] = (txz[:m].sum() - m * (m + 1) / 2) / (m * n)
+        v10[i] = (txz[:m] - tx) / n
+        v01[i] = 1.0 - (txz[m:] - tz) / m
+    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, cov
+
+
+def auc_ci(y: np.ndarray, score: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """(AUC, low, high): the AUC with its DeLong confidence interval (NaNs without both
+    classes)."""
+    if not both_classes(np.asarray(y)):
+        return float("nan"), float("nan"), float("nan")
+    aucs, cov = delong(y, [score])
+    half = float(norm.ppf(0.5 + level / 2)) * float(np.sqrt(max(cov[0, 0], 0.0)))
+    a = float(aucs[0])
+    return a, max(0.0, a - half), min(1.0, a + half)
+
+
+def auc_difference(
+    y: np.ndarray, first: np.ndarray, second: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float, float]:
+    """(AUC of `first` - AUC of `second`, low, high, two-sided p-value) on the same rows, with
+    DeLong's paired variance (the two scores' AUCs are correlated)."""
+    aucs, cov = delong(y, [first, second])
+    diff = float(aucs[0] - aucs[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    sd = float(np.sqrt(max(var, 0.0)))
+    half = float(norm.ppf(0.5 + level / 2)) * sd
+    p = float(2 * norm.sf(abs(diff) / sd)) if sd > 0 else (1.0 if diff == 0 else 0.0)
+    return diff, diff - half, diff + half, p
+
+
+def herfindahl(counts: np.ndarray) -> float:
+    """Herfindahl-Hirschman index of a distribution over grades: the sum of squared shares, from
+    1/k (rows spread evenly over k grades) to 1 (every row in one grade). NaN without rows."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    return float(((c / total) ** 2).sum()) if total > 0 else float("nan")
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

@@ -76,10 +76,12 @@ def redact(uri: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def check_tracking(tracking_uri: str) -> Any:
+def check_tracking(tracking_uri: str, *, create: bool = True) -> Any:
     """Fail fast (before any training) when the tracking store cannot be reached or created;
     return a client on it. MLflow itself retries an unreachable database for minutes, so the
-    database is first tried once directly, with a short timeout."""
+    database is first tried once directly, with a short timeout. Read commands (promote,
+    compare) pass ``create=False``: a SQLite store that does not exist is then an error, not a
+    new empty store."""
     import sqlalchemy
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
@@ -98,6 +100,11 @@ def check_tracking(tracking_uri: str) -> Any:
             raise TrackingUnavailableError(
                 f"{where}: folder {db.parent} does not exist (create it, or set "
                 "MLFLOW_TRACKING_URI)"
+            )
+        if not create and not db.is_file():
+            raise TrackingUnavailableError(
+                f"{where}: no tracking store at {db} (train and register a model first with "
+                "`scf-risk train`, or set MLFLOW_TRACKING_URI)"
             )
     if scheme in DATABASE_SCHEMES:
         args = (

@@ -18,17 +18,38 @@
   their booster as the OOT rows stand to the model: a later period, SMEs mostly seen before,
   with the same overlap of label windows. When the training months cannot hold that mirror (too
   few months for the embargo, or a set without both classes) ``calibration_months`` is empty
-  and calibration falls back to the cross-fitted margins of the fit SMEs.
+  and calibration falls back to the cross-fitted margins of the fit SMEs; so it does when either
+  set holds fewer than `MIN_CALIBRATION_DEFAULTS` defaults.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from training.exceptions import TrainingError
+
+MIN_SPLIT_TRAIN_MONTHS = 3
+"""Fewest training months a split accepts (below it the figures mean nothing)."""
+MIN_CALIBRATION_DEFAULTS = 20
+"""The calibration mirror needs this many defaults in its booster's rows and in its held-out
+rows; with fewer (small data, or an embargo that leaves little to grow on) the booster cannot
+rank and calibration falls back to the cross-fitted margins."""
+MIN_TRAIN_MONTHS = 18
+"""Training months an honest split should leave: a year to fit on plus calibration months."""
+
+
+def months_needed(
+    horizon_days: int, oot_months: int = 6, train_months: int = MIN_TRAIN_MONTHS
+) -> int:
+    """Months of data a leak-free out-of-time split needs: `train_months` training months, an
+    embargo of one label horizon, `oot_months` OOT months and, after them, one more horizon for
+    the OOT labels to mature."""
+    horizon = math.ceil(horizon_days / (365.25 / 12))
+    return train_months + horizon + oot_months + horizon
 
 
 @dataclass(frozen=True)
@@ -81,10 +102,15 @@ def out_of_time(
     dates = pd.to_datetime(as_of).to_numpy()
     first_oot = dates[oot].min()
     train = ~oot & (dates + np.timedelta64(embargo_days, "D") <= first_oot)
-    if not train.any():
+    left = len(set(m[train]))
+    if left < MIN_SPLIT_TRAIN_MONTHS:
         raise TrainingError(
-            f"no training month is left before the {oot_months} OOT month(s) with an embargo "
-            f"of {embargo_days} days: the data spans {len(distinct)} matured month(s)"
+            f"{left} training month(s) left before the {oot_months} OOT month(s) with an "
+            f"embargo of {embargo_days} days (at least {MIN_SPLIT_TRAIN_MONTHS} needed): the "
+            f"data spans {len(distinct)} matured month(s); a "
+            f"leak-free split with a {embargo_days}-day label horizon needs about "
+            f"{months_needed(embargo_days, oot_months)} months of data (or give --embargo-days 0 "
+            "for a plain, leaky split)"
         )
     return train, oot
 
@@ -183,6 +209,6 @@ def _calibration_months(
     grow = fit[~in_held[fit] & (dates[fit] + np.timedelta64(embargo_days, "D") <= first)]
     for rows in (grow, cal):
         labels = y[rows]
-        if not (0 < labels.sum() < labels.size):
+        if not (MIN_CALIBRATION_DEFAULTS <= labels.sum() < labels.size):
             return none
     return grow, cal, tuple(sorted(held))

@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 KEYS: tuple[str, str] = ("sme_id", "as_of")
 Engine = Literal["pandas", "dask"]
 Progress = Callable[[str], None]
+MAX_BUDGET_TRIALS = 1000
+"""Most Optuna trials of a budgeted search (`TrainConfig.tune_minutes`)."""
 EARLY_WARNING_PD = 0.10
 """PD above which `scf-risk monitor` lists an SME as an early warning (unless told otherwise)."""
 MODEL_THRESHOLDS: Mapping[str, float] = {
@@ -91,14 +93,18 @@ class TrainConfig:
     scheduler: str | None = None  # dask.distributed scheduler address; None = a LocalCluster
     dask_workers: int = 2  # workers of the LocalCluster
     tune_trials: int = 0
+    tune_minutes: float = 0.0  # a time budget for the search on the calibration months instead
     num_threads: int = 1  # fixed: the model depends on it; 1 is fastest on a busy machine
-    max_rounds: int = 2000
-    early_stopping_rounds: int = 100
+    max_rounds: int = 3000
+    early_stopping_rounds: int = 200
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
+    scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
+    benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)
     val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
     calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
     calibration_months: int = 6  # last training months held out to calibrate (training.split)
-    embargo_days: int = 0  # training rows need as_of + embargo_days <= first OOT as-of
+    embargo_days: int | None = None  # training rows need as_of + embargo <= first OOT as-of;
+    # None = the label horizon (leak-free: no training label window reaches the OOT period)
     horizon_days: int = DEFAULT_HORIZON_DAYS  # the panel's label horizon (stored in the bundle)
     ece_bins: int = 10
     scale: ScoreScale = field(default_factory=ScoreScale)
@@ -107,19 +113,42 @@ class TrainConfig:
     monotonicity_grid: int = 25
     explain_rows: int = 2000  # OOT rows explained for the SHAP summary and top drivers
 
+    @property
+    def embargo(self) -> int:
+        """The embargo in days: `embargo_days`, or the label horizon when not given."""
+        return self.horizon_days if self.embargo_days is None else self.embargo_days
+
+    @property
+    def protocol(self) -> str:
+        """One sentence saying how the OOT figures were obtained."""
+        if self.embargo >= self.horizon_days:
+            return (
+                f"leak-free out-of-time validation: the last {self.oot_months} matured months "
+                f"are OOT and every training row's {self.horizon_days}-day label window ends on "
+                f"or before the first OOT as-of date (embargo {self.embargo} days)"
+            )
+        return (
+            f"out-of-time validation WITH LABEL LEAKAGE: the last {self.oot_months} matured "
+            f"months are OOT but the embargo ({self.embargo} days) is shorter than the "
+            f"{self.horizon_days}-day label horizon, so training labels can record OOT outcomes"
+        )
+
     def as_params(self) -> dict[str, Any]:
         return {
             "oot_months": self.oot_months,
             "seed": self.seed,
             "engine": self.engine,
             "tune_trials": self.tune_trials,
+            "tune_minutes": self.tune_minutes,
+            "scale_params": self.scale_params,
+            "benchmark": self.benchmark,
             "num_threads": self.num_threads,
             "max_rounds": self.max_rounds,
             "early_stopping_rounds": self.early_stopping_rounds,
             "val_fraction": self.val_fraction,
             "calibration_folds": self.calibration_folds,
             "calibration_months": self.calibration_months,
-            "embargo_days": self.embargo_days,
+            "embargo_days": self.embargo,
             "horizon_days": self.horizon_days,
             "ece_bins": self.ece_bins,
             "pdo": self.scale.pdo,
@@ -295,7 +324,7 @@ class Steps:
         """The messages `fit` sends: tuning (1 + one per trial), growing, one per cross-fitting
         fold, the calibration booster (when there are calibration months), calibrating,
         evaluating, monotonicity, explaining."""
-        tuning = cfg.tune_trials + 1 if cfg.tune_trials > 0 else 0
+        tuning = cfg.tune_trials + 1 if cfg.tune_trials > 0 else int(cfg.tune_minutes > 0)
         return tuning + 1 + split.folds + bool(split.calibration_months) + 4
 
 
@@ -315,6 +344,8 @@ def fit(
     `truth` (sme_id, as_of, pd_true) adds the oracle AUC; `tables` adds metrics by product and,
     when the panel has no `static_rating_ordinal`, the static rating from `external_rating`."""
     cfg = config or TrainConfig()
+    if cfg.tune_trials > 0 and cfg.tune_minutes > 0:
+        raise TrainingError("give a number of tuning trials or a tuning budget, not both")
     steps = progress if isinstance(progress, Steps) else Steps(progress)
     if cfg.engine not in ("pandas", "dask"):
         raise TrainingError(f"engine must be pandas or dask, got {cfg.engine!r}")
@@ -358,7 +389,7 @@ def prepare(panel: pd.DataFrame, catalog: Sequence[Feature] | None, cfg: TrainCo
         cfg.seed,
         val_fraction=cfg.val_fraction,
         folds=cfg.calibration_folds,
-        embargo_days=cfg.embargo_days,
+        embargo_days=cfg.embargo,
         calibration_months=cfg.calibration_months,
     )
     categories = trained_categories(data.iloc[split.train], cat)
@@ -370,11 +401,18 @@ def prepare(panel: pd.DataFrame, catalog: Sequence[Feature] | None, cfg: TrainCo
 def choose_params(
     prep: Prepared, cfg: TrainConfig, steps: Steps
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """LightGBM's parameters: the defaults with the config's overrides, after an Optuna search
-    on the validation SMEs when `tune_trials` > 0. Returns (params, trials)."""
+    """LightGBM's parameters: the defaults, the tree size scaled to the fit rows and defaults
+    (`scale_params`), the config's overrides, after an Optuna search on the validation SMEs
+    when `tune_trials` > 0, or a search within `tune_minutes` that grows on the months before
+    the calibration months and judges on them (time-respecting; the number of trials depends on
+    the machine, so a budgeted model is reproducible only from its logged parameters).
+    Returns (params, trials)."""
     X, y, split, cat = prep.X, prep.y, prep.split, prep.catalog
     tuning: list[dict[str, Any]] = []
-    overrides = dict(cfg.params)
+    overrides: dict[str, Any] = {}
+    if cfg.scale_params:
+        overrides.update(boosting.scaled_params(len(split.fit), int(y[split.fit].sum())))
+    overrides.update(cfg.params)  # explicit overrides win
     base = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
     if cfg.tune_trials > 0:
         steps.say(f"tuning: {cfg.tune_trials} Optuna trials")
@@ -390,6 +428,27 @@ def choose_params(
             max_rounds=cfg.max_rounds,
             early_stopping_rounds=cfg.early_stopping_rounds,
             on_trial=lambda i: steps.say(f"tuning: trial {i}/{cfg.tune_trials}"),
+        )
+        overrides.update(best)
+    elif cfg.tune_minutes > 0:
+        # time-respecting: grow on the months before the calibration months (embargoed), judge
+        # on the calibration months, as the model will be judged on the OOT months
+        by_months = bool(split.calibration_months)
+        grow_rows, judge_rows = (split.cal_grow, split.cal) if by_months else (split.fit, split.val)
+        where = "the calibration months" if by_months else "the validation SMEs"
+        steps.say(f"tuning: {cfg.tune_minutes:g} minutes of Optuna trials on {where}")
+        best, tuning = boosting.tune(
+            X[grow_rows],
+            y[grow_rows],
+            X[judge_rows],
+            y[judge_rows],
+            cat,
+            base,
+            n_trials=MAX_BUDGET_TRIALS,
+            seed=cfg.seed,
+            max_rounds=cfg.max_rounds,
+            early_stopping_rounds=cfg.early_stopping_rounds,
+            timeout_seconds=60.0 * cfg.tune_minutes,
         )
         overrides.update(best)
     return boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides), tuning

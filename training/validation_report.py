@@ -198,12 +198,26 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}
 .ok{color:#176f2c;font-weight:bold}.bad{color:#b00020;font-weight:bold}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}
-.kv td:first-child{text-align:left}
+.kv td:first-child{text-align:left}.why{text-align:left;color:#555}
 """
 
 
+def human(v: float) -> str:
+    """A number as a person reads it: 4 decimals, thousands separated, tiny values as
+    '< 0.0001' (never '1.735e-18'), n/a for missing."""
+    if not np.isfinite(v):
+        return "n/a"
+    if v == 0:
+        return "0"
+    if abs(v) < 1e-4:
+        return "< 0.0001" if v > 0 else "> -0.0001"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.4f}"
+
+
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="")
+    return frame.to_html(index=False, border=0, float_format=human, na_rep="")
 
 
 def _img(path: Path, alt: str) -> str:
@@ -219,9 +233,58 @@ def _kv(pairs: Sequence[tuple[str, object]]) -> str:
 
 
 def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return "n/a" if not np.isfinite(v) else f"{v:.4g}"
+    if isinstance(v, float | np.floating):
+        return human(float(v))
     return str(v)
+
+
+def _explained(rows: Sequence[tuple[str, object, str]]) -> str:
+    """A table of (metric, value, one line saying what it means)."""
+    body = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td>"
+        f"<td class='why'>{html.escape(why)}</td></tr>"
+        for k, v, why in rows
+    )
+    return f'<table class="kv">{body}</table>'
+
+
+def _with_ci(mt: dict[str, float], key: str, low: str, high: str) -> str:
+    nan = float("nan")
+    return f"{human(mt.get(key, nan))} [{human(mt.get(low, nan))}, {human(mt.get(high, nan))}]"
+
+
+def failed_tests(result: TrainResult) -> list[str]:
+    """Every validation test the model fails, one sentence each (the report's headline)."""
+    r, mt = result, result.metrics
+    out: list[str] = []
+    if not r.monotonicity.ok:
+        out.append("monotonicity: " + "; ".join(r.monotonicity.violations()))
+    max_ece = float(r.model.thresholds.get("promotion_max_ece", np.inf))
+    if mt.get("ece_oot", 0.0) > max_ece:
+        out.append(f"calibration: OOT ECE {human(mt['ece_oot'])} above {human(max_ece)}")
+    g = r.grades[r.grades["n"] > 0]
+    for _, row in g[~g["jeffreys_pass"].astype(bool)].iterrows():
+        out.append(
+            f"Jeffreys test, grade {row['grade']}: PD {human(row['mean_pd'])} too low for "
+            f"{int(row['defaults'])} defaults in {int(row['n'])} "
+            f"(p = {human(row['jeffreys_p_value'])})"
+        )
+    for _, row in g[~g["within_ci"].astype(bool)].iterrows():
+        out.append(
+            f"binomial test, grade {row['grade']}: mean PD {human(row['mean_pd'])} outside the "
+            f"95% interval [{human(row['ci_low'])}, {human(row['ci_high'])}] of the observed "
+            f"rate {human(row['observed_rate'])}"
+        )
+    if mt.get("auc_oot_minus_benchmark_high", 1.0) < 0:
+        out.append("benchmark: the scorecard ranks significantly better than the model")
+    if not (mt.get("auc_oot_ci_low", 1.0) > 0.5):
+        out.append("discrimination: the OOT AUC interval reaches 0.5 (no better than chance)")
+    hhi = mt.get("herfindahl_grades_oot", 0.0)
+    if hhi > 0.3:
+        out.append(f"concentration: Herfindahl index of the grades {human(hhi)} above 0.30")
+    if r.config.embargo < r.config.horizon_days:
+        out.append("protocol: the OOT figures carry label leakage (embargo shorter than horizon)")
+    return out
 
 
 def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) -> str:
@@ -229,6 +292,7 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
     stability across months, top drivers, monotonicity check."""
     r, mt, split = result, result.metrics, result.split
     data = r.panel
+    failed = failed_tests(result)
     mono_ok = r.monotonicity.ok
     mono_class, mono_text = ("ok", "passed") if mono_ok else ("bad", "FAILED")
     calibration_text = (
@@ -240,27 +304,83 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "without its fold): the training months were too few to hold out calibration months."
     )
     headline = [
-        ("OOT AUC", mt.get("auc_oot")),
-        ("OOT Gini", mt.get("gini_oot")),
-        ("OOT KS", mt.get("ks_oot")),
-        ("OOT Brier score", mt.get("brier_oot")),
-        ("OOT log loss", mt.get("log_loss_oot")),
-        ("OOT ECE (10 equal-count bins)", mt.get("ece_oot")),
-        ("OOT PR-AUC", mt.get("pr_auc_oot")),
-        ("OOT default rate / mean PD", f"{mt['default_rate_oot']:.4f} / {mt['mean_pd_oot']:.4f}"),
-        ("static rating AUC (OOT)", mt.get("auc_static_rating_oot", float("nan"))),
-        ("oracle AUC, pd_true (OOT)", mt.get("auc_oracle_oot", float("nan"))),
+        (
+            "OOT AUC [95% DeLong CI]",
+            _with_ci(mt, "auc_oot", "auc_oot_ci_low", "auc_oot_ci_high"),
+            "probability that a defaulter gets a higher PD than a non-defaulter; 0.5 is chance",
+        ),
+        ("OOT Gini", mt.get("gini_oot"), "2·AUC − 1, the accuracy ratio"),
+        (
+            "OOT KS",
+            mt.get("ks_oot"),
+            "largest gap between the PD distributions of defaulters and non-defaulters",
+        ),
+        (
+            "OOT Brier score",
+            mt.get("brier_oot"),
+            "mean squared error of the PD against the 0/1 outcome; lower is better",
+        ),
+        (
+            "OOT log loss",
+            mt.get("log_loss_oot"),
+            "mean negative log-likelihood of the outcomes; lower is better",
+        ),
+        (
+            "OOT ECE (10 equal-count bins)",
+            mt.get("ece_oot"),
+            "mean gap between PD and observed default rate over bins of similar PD",
+        ),
+        ("OOT PR-AUC", mt.get("pr_auc_oot"), "average precision of ranking defaulters first"),
+        (
+            "OOT default rate / mean PD",
+            f"{human(mt['default_rate_oot'])} / {human(mt['mean_pd_oot'])}",
+            "observed share of defaults against the average predicted PD",
+        ),
+        (
+            "benchmark scorecard AUC (OOT)",
+            mt.get("auc_oot_benchmark_scorecard", float("nan")),
+            "a logistic scorecard on monotone bins, same training rows: what the booster must beat",
+        ),
+        (
+            "model − scorecard AUC [95% CI]",
+            _with_ci(
+                mt,
+                "auc_oot_minus_benchmark",
+                "auc_oot_minus_benchmark_low",
+                "auc_oot_minus_benchmark_high",
+            ),
+            "paired DeLong interval of the gain over the benchmark on the same OOT rows",
+        ),
+        (
+            "static rating AUC (OOT)",
+            mt.get("auc_static_rating_oot", float("nan")),
+            "the onboarding rating used as a score: the status quo",
+        ),
+        (
+            "oracle AUC, pd_true (OOT)",
+            mt.get("auc_oracle_oot", float("nan")),
+            "the simulator's true PD: the best any model could rank (simulated data only)",
+        ),
         (
             "OOT AUC / ECE, each SME scored by a booster that never saw it",
-            f"{mt['auc_oot_unseen_sme']:.4f} / {mt['ece_oot_unseen_sme']:.4f}",
+            f"{human(mt['auc_oot_unseen_sme'])} / {human(mt['ece_oot_unseen_sme'])}",
+            "the same OOT rows for SMEs new to the model: how it does on new clients",
         ),
         (
             "OOT default rows whose default a training label already records",
             mt.get("oot_defaults_revealed_share", float("nan")),
+            "0 under the leak-free protocol; above 0 the OOT figures are optimistic",
+        ),
+        (
+            "Herfindahl index of OOT grades",
+            f"{human(mt.get('herfindahl_grades_oot', np.nan))} "
+            f"(even spread: {human(mt.get('herfindahl_grades_oot_even', np.nan))})",
+            "sum of squared grade shares: near 1 means most rows crowd into one grade",
         ),
         (
             "validation AUC / cross-fitted AUC and ECE (training months)",
-            f"{mt['auc_val']:.4f} / {mt['auc_oof']:.4f}, {mt['ece_oof']:.4f}",
+            f"{human(mt['auc_val'])} / {human(mt['auc_oof'])}, {human(mt['ece_oof'])}",
+            "the same figures inside the training months, for SMEs the booster did not fit",
         ),
     ]
     population = [
@@ -309,6 +429,15 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "<title>scf-risk validation report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Validation report: SME 12-month default model</h1>",
+        (
+            "<p class='bad'>Failed tests:</p><ul>"
+            + "".join(f"<li class='bad'>{html.escape(t)}</li>" for t in failed)
+            + "</ul>"
+            if failed
+            else "<p class='ok'>Every validation test passed.</p>"
+        ),
+        f"<p><b>Protocol:</b> {html.escape(r.config.protocol)}. The unseen-SME figure scores "
+        "each OOT row with a booster that never saw its SME.</p>",
         f"<p>Monotonicity check: <span class='{mono_class}'>{mono_text}</span>. "
         f"OOT AUC {_fmt(mt.get('auc_oot'))}, ECE {_fmt(mt.get('ece_oot'))}.</p>",
         "<h2>1. Data and population</h2>",
@@ -321,7 +450,7 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "<h2>2. Model</h2>",
         _kv(model_facts),
         "<h2>3. Metrics, out of time</h2>",
-        _kv(headline),
+        _explained(headline),
         _img(plots / "roc.png", "ROC curves"),
     ]
     if not r.products.empty:
@@ -335,7 +464,9 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
     parts += [
         "<h2>4. Calibration</h2>",
         "<p>Observed default rate per grade of the master scale with 95% Clopper–Pearson "
-        "intervals (Wilson alongside), against the mean PD of the grade. ECE uses 10 "
+        "intervals (Wilson alongside), against the mean PD of the grade (binomial test: "
+        "<code>within_ci</code>), and the Jeffreys test of each grade's PD (ECB IRB "
+        "validation: p below 0.05 rejects the PD as too low). ECE uses 10 "
         "equal-count bins of predicted PD.</p>",
         _table(r.grades),
         _img(plots / "calibration_by_grade.png", "calibration by grade"),

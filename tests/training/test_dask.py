@@ -25,6 +25,7 @@ def test_dask_engine_matches_pandas_auc() -> None:
         "calibration_folds": 2,
         "max_rounds": 250,
         "early_stopping_rounds": 30,
+        "embargo_days": 0,  # engine parity on a short panel, not the protocol
     }
     local = fit(panel, CATALOG, TrainConfig(engine="pandas", **common))
     distributed = fit(panel, CATALOG, TrainConfig(engine="dask", dask_workers=2, **common))

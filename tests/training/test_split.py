@@ -14,7 +14,7 @@ from training.train import validate_panel
 
 @pytest.fixture(scope="module")
 def matured() -> pd.DataFrame:
-    panel, _ = make_panel(n_smes=200, n_months=12, immature_months=2, seed=3)
+    panel, _ = make_panel(n_smes=500, n_months=12, immature_months=2, seed=3)
     data, _ = validate_panel(panel, CATALOG)
     return data
 
@@ -53,7 +53,7 @@ def test_embargo_leaves_a_gap(matured: pd.DataFrame) -> None:
     first_oot = matured["as_of"].iloc[split.oot].min()
     assert (matured["as_of"].iloc[split.train] + pd.Timedelta(days=95) <= first_oot).all()
     assert len(split.embargoed_months) == 3  # three month ends fall within 95 days
-    with pytest.raises(TrainingError, match="no training month"):
+    with pytest.raises(TrainingError, match=r"training month\(s\) left"):
         make_split(matured, 4, seed=5, folds=3, embargo_days=400)
 
 
@@ -91,10 +91,38 @@ def test_calibration_months_keep_the_embargo(matured: pd.DataFrame) -> None:
 
 
 def test_too_few_training_months_fall_back_to_cross_fitting(matured: pd.DataFrame) -> None:
-    # one training month cannot be split in time; an embargo can leave nothing to grow on
-    for split in (
-        make_split(matured, 11, seed=5, folds=3),
-        make_split(matured, 4, seed=5, folds=3, calibration_months=4, embargo_days=95),
-    ):
-        assert split.calibration_months == ()
-        assert split.cal.size == 0 and split.cal_grow.size == 0
+    # an embargo can leave nothing to grow the calibration booster on
+    split = make_split(matured, 4, seed=5, folds=3, calibration_months=4, embargo_days=95)
+    assert split.calibration_months == ()
+    assert split.cal.size == 0 and split.cal_grow.size == 0
+    # too few defaults to grow a calibration booster that ranks: cross-fitting instead
+    few = matured[matured["sme_id"].isin(sorted(set(matured["sme_id"]))[:30])]
+    split = make_split(few.reset_index(drop=True), 4, seed=5, folds=3)
+    assert split.calibration_months == ()
+    # one training month is refused outright: its figures would mean nothing
+    with pytest.raises(TrainingError, match=r"1 training month\(s\) left"):
+        make_split(matured, 11, seed=5, folds=3)
+
+
+def test_months_needed_for_an_honest_split() -> None:
+    from training.split import months_needed
+
+    # 18 training months + 12 embargo + 6 OOT + 12 for the OOT labels to mature
+    assert months_needed(365) == 48
+    assert months_needed(365, oot_months=3, train_months=12) == 39
+    assert months_needed(180) == 18 + 6 + 6 + 6
+
+
+def test_the_default_split_is_leak_free(trained) -> None:
+    """The default configuration embargoes one label horizon: no training row's label window
+    reaches past the first OOT as-of date."""
+    cfg, split, data = trained.config, trained.split, trained.panel
+    assert cfg.embargo_days is None and cfg.embargo == cfg.horizon_days == 365
+    first_oot = data["as_of"].iloc[split.oot].min()
+    window_ends = data["as_of"].iloc[split.train] + pd.Timedelta(days=cfg.horizon_days)
+    assert (window_ends <= first_oot).all()
+    assert split.embargoed_months
+    assert "leak-free" in cfg.protocol and "LEAKAGE" not in cfg.protocol
+    from training.train import TrainConfig
+
+    assert "LEAKAGE" in TrainConfig(embargo_days=0).protocol

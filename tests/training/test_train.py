@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.support.panels import CATALOG, FAST, make_panel
+from training.booster import scaled_params
 from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
 from training.train import Steps, TrainConfig, fit, validate_panel
@@ -60,16 +61,24 @@ def test_same_data_and_seed_give_the_same_model(synthetic) -> None:
 
 def test_tuning_runs_seeded_trials() -> None:
     panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
-    config = TrainConfig(seed=2, tune_trials=2, calibration_folds=2, max_rounds=100)
+    config = TrainConfig(
+        seed=2, tune_trials=2, calibration_folds=2, max_rounds=100, embargo_days=0
+    )  # a plain split: 14 months are too few for the leak-free one
     a = fit(panel, CATALOG, config)
-    assert len(a.tuning) == 2 and a.tuning[0]["num_leaves"] == 15  # the defaults come first
+    fit_rows = a.split.fit
+    scaled = scaled_params(len(fit_rows), int(a.panel["default_12m"].iloc[fit_rows].sum()))
+    assert len(a.tuning) == 2  # the scaled defaults come first
+    assert a.tuning[0]["num_leaves"] == scaled["num_leaves"]
+    assert a.tuning[0]["min_data_in_leaf"] == scaled["min_data_in_leaf"]
     b = fit(panel, CATALOG, config)
     assert a.tuning == b.tuning
 
 
 def test_no_calibration_months_calibrates_on_cross_fitted_smes() -> None:
     panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
-    config = TrainConfig(seed=2, calibration_folds=2, max_rounds=100, calibration_months=0)
+    config = TrainConfig(
+        seed=2, calibration_folds=2, max_rounds=100, calibration_months=0, embargo_days=0
+    )
     r = fit(panel, CATALOG, config)
     assert r.split.calibration_months == ()
     assert r.metrics["calibration_by_months"] == 0.0
@@ -155,7 +164,29 @@ def test_fit_announces_exactly_the_steps_it_reports(settings: dict[str, int]) ->
     panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
     planned: list[int] = []
     said: list[str] = []
-    config = TrainConfig(seed=2, **{**FAST, "max_rounds": 60, **settings})
+    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, **settings})
     fit(panel, CATALOG, config, progress=Steps(said.append, planned.append))
     assert planned == [len(said)], said
     assert any("calibrating" in s for s in said)
+
+
+def test_tree_size_scales_with_rows_and_defaults() -> None:
+    small = scaled_params(700, 35)  # 5 % defaults on 700 rows
+    assert small["min_data_in_leaf"] == 35 and small["num_leaves"] == 4  # still splits
+    large = scaled_params(400_000, 16_000)  # 4 %: 250 rows hold 10 expected defaults
+    assert large["min_data_in_leaf"] == 250 and large["num_leaves"] == 31
+    rare = scaled_params(100_000, 500)  # 0.5 %: leaves must be larger to see defaults
+    assert rare["min_data_in_leaf"] == 2000 and rare["num_leaves"] == 5
+
+
+def test_a_tuning_budget_searches_on_the_calibration_months() -> None:
+    panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
+    planned: list[int] = []
+    said: list[str] = []
+    config = TrainConfig(seed=2, embargo_days=0, tune_minutes=0.001, **FAST)
+    r = fit(panel, CATALOG, config, progress=Steps(said.append, planned.append))
+    assert planned == [len(said)]
+    assert any("on the calibration months" in s for s in said)
+    assert len(r.tuning) == 1  # the budget ran out after the first trial (the defaults)
+    with pytest.raises(TrainingError, match="not both"):
+        fit(panel, CATALOG, TrainConfig(tune_trials=1, tune_minutes=1.0))
