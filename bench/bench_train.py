@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 
 import lightgbm as lgb
-import numpy as np
 
 from bench.report import Report, median_runs
 
@@ -75,10 +74,8 @@ def _panel_is_current(folder: Path, panel: Path) -> bool:
 
 def run(report: Report) -> None:
     from training.booster import categorical_indices
-    from training.model import prepare_frame, to_matrix
     from training.run import load_inputs
-    from training.split import make_split
-    from training.train import TrainConfig, fit, trained_categories, validate_panel
+    from training.train import TrainConfig, fit, prepare
 
     n_smes = int(os.environ.get("SCF_RISK_BENCH_SMES", "20000"))
     folder, panel_file = _dataset(n_smes)
@@ -90,19 +87,8 @@ def run(report: Report) -> None:
         lambda: fit(inputs.panel, config=config, truth=inputs.truth, tables=inputs.tables), 3
     )
 
-    data, catalog = validate_panel(inputs.panel)
-    split = make_split(
-        data,
-        config.oot_months,
-        config.seed,
-        val_fraction=config.val_fraction,
-        folds=config.calibration_folds,
-        embargo_days=config.embargo,
-        calibration_months=config.calibration_months,
-    )
-    categories = trained_categories(data.iloc[split.train], catalog)
-    X = to_matrix(prepare_frame(data[[f.name for f in catalog]], catalog, categories), catalog)
-    y = data["default_12m"].to_numpy(dtype=np.float64)
+    prep = prepare(inputs.panel, None, config)  # the same matrix and split as `fit`
+    X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     params = result.lgb_params
 
     def bare() -> lgb.Booster:
@@ -142,43 +128,32 @@ def run(report: Report) -> None:
         note=f"fit grows {boosters} boosters and validates the model",
     )
     report.add(SECTION, "fit / bare, per booster grown", t_fit / t_bare / boosters, "x")
-    report.add(SECTION, "OOT AUC", mt["auc_oot"], "", note=f"{int(mt['n_oot']):,} OOT rows")
-    report.add(SECTION, "oracle AUC (pd_true, same rows)", mt["auc_oracle_oot"], "")
-    report.add(SECTION, "static rating AUC", mt["auc_static_rating_oot"], "")
-    report.add(
-        SECTION,
-        "oracle AUC - OOT AUC",
-        mt["auc_oracle_oot"] - mt["auc_oot"],
-        "",
-        target="<= 0.025",
-    )
-    report.add(
-        SECTION,
-        "OOT AUC - static rating AUC",
-        mt["auc_oot"] - mt["auc_static_rating_oot"],
-        "",
-        target=">= 0.15",
-    )
-    report.add(SECTION, "OOT ECE", mt["ece_oot"], "", target="<= 0.01", note="10 equal-count bins")
-    report.add(
-        SECTION,
-        "benchmark scorecard OOT AUC",
-        mt["auc_oot_benchmark_scorecard"],
-        "",
-        note="monotone-binned WoE logistic scorecard, same split",
-    )
-    report.add(
-        SECTION,
-        "OOT AUC - scorecard AUC",
-        mt["auc_oot"] - mt["auc_oot_benchmark_scorecard"],
-        "",
-        target="> 0",
-    )
-    report.add(
-        SECTION,
-        "OOT AUC, SMEs unseen by their booster",
-        mt["auc_oot_unseen_sme"],
-        "",
-        note="cross-fitted: no SME scored by a booster trained on its earlier rows",
-    )
+    quality: list[tuple[str, float, str, str]] = [  # (name, value, target, note)
+        ("OOT AUC", mt["auc_oot"], "", f"{int(mt['n_oot']):,} OOT rows"),
+        ("oracle AUC (pd_true, same rows)", mt["auc_oracle_oot"], "", ""),
+        ("static rating AUC", mt["auc_static_rating_oot"], "", ""),
+        ("oracle AUC - OOT AUC", mt["auc_oracle_oot"] - mt["auc_oot"], "<= 0.025", ""),
+        (
+            "OOT AUC - static rating AUC",
+            mt["auc_oot"] - mt["auc_static_rating_oot"],
+            ">= 0.15",
+            "",
+        ),
+        ("OOT ECE", mt["ece_oot"], "<= 0.01", "10 equal-count bins"),
+        (
+            "benchmark scorecard OOT AUC",
+            mt["auc_oot_benchmark_scorecard"],
+            "",
+            "monotone-binned WoE logistic scorecard, same split",
+        ),
+        ("OOT AUC - scorecard AUC", mt["auc_oot"] - mt["auc_oot_benchmark_scorecard"], "> 0", ""),
+        (
+            "OOT AUC, SMEs unseen by their booster",
+            mt["auc_oot_unseen_sme"],
+            "",
+            "cross-fitted: no SME scored by a booster trained on its earlier rows",
+        ),
+    ]
+    for name, value, target, what in quality:
+        report.add(SECTION, name, value, "", target=target, note=what)
     report.add(SECTION, "OOT ECE, SMEs unseen by their booster", mt["ece_oot_unseen_sme"], "")

@@ -43,6 +43,12 @@ from serving.exceptions import AuditCorrupt, AuditUnavailable, DecisionNotFound
 
 log = logging.getLogger("scf_risk.serving")
 
+SIGNATURE_COLUMNS = {
+    "signature": sa.DDL("ALTER TABLE %(table)s ADD COLUMN signature VARCHAR(128)"),
+    "key_id": sa.DDL("ALTER TABLE %(table)s ADD COLUMN key_id VARCHAR(32)"),
+}
+"""The columns a store made before records were signed gets (the table name is quoted by
+SQLAlchemy, nothing else varies)."""
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 MAX_PROBLEMS = 50
@@ -269,12 +275,10 @@ class AuditStore:
         """Stores made before records were signed get the two (nullable) signature columns."""
         try:
             columns = {c["name"] for c in sa.inspect(self._writer).get_columns(self.decisions.name)}
-            for name, kind in (("signature", "VARCHAR(128)"), ("key_id", "VARCHAR(32)")):
+            for name, ddl in SIGNATURE_COLUMNS.items():
                 if name not in columns:
                     with self.transaction() as conn:
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE {self.decisions.name} ADD COLUMN {name} {kind}"
-                        )
+                        conn.execute(ddl.against(self.decisions))
         except SQLAlchemyError as exc:
             raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
 
@@ -351,10 +355,11 @@ class AuditStore:
         if self._sqlite:
             ms = int(1000 * (self.lock_timeout if seconds is None else seconds))
             driver: Any = conn.connection.driver_connection
-            driver.execute(f"PRAGMA busy_timeout = {ms}")
+            driver.execute(f"PRAGMA busy_timeout = {int(ms)}")  # an int: nothing to inject
         elif seconds is not None:
-            conn.exec_driver_sql(f"SET lock_timeout = {max(1, int(1000 * seconds))}")
-            conn.exec_driver_sql(f"SET statement_timeout = {max(1, int(1000 * seconds))}")
+            limit = {"ms": f"{max(1, int(1000 * seconds))}ms"}
+            conn.execute(sa.text("SELECT set_config('lock_timeout', :ms, false)"), limit)
+            conn.execute(sa.text("SELECT set_config('statement_timeout', :ms, false)"), limit)
             conn.commit()
         else:
             conn.exec_driver_sql("RESET lock_timeout")

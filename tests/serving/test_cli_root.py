@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from serving.cli import build_app
 
 FEATURES = ("generate", "validate", "features")
-TRAINING = ("train", "promote")
+TRAINING = ("train", "compare", "promote")
 SERVING = ("serve", "audit", "keys", "score", "monitor", "backtest", "monthly")
 
 

@@ -260,9 +260,22 @@ SQL_WORDS = re.compile(
 SQL_CALLS = {"execute", "executemany", "executescript", "exec_driver_sql", "text"}
 
 
+def _int_only(value: ast.FormattedValue) -> bool:
+    """An f-string value that is ``int(...)`` (no format spec): digits only."""
+    v = value.value
+    return (
+        value.format_spec is None
+        and isinstance(v, ast.Call)
+        and isinstance(v.func, ast.Name)
+        and v.func.id == "int"
+    )
+
+
 def _built_string(node: ast.AST) -> str | None:
     """The literal text of a string built at run time (f-string, %, .format, +), else None."""
     if isinstance(node, ast.JoinedStr):
+        if all(_int_only(v) for v in node.values if isinstance(v, ast.FormattedValue)):
+            return None  # every value interpolated is int(...): nothing can be injected
         return "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod | ast.Add):
         sides = (node.left, node.right)
@@ -301,6 +314,8 @@ def f(conn, sme, t):
     conn.exec_driver_sql("UPDATE x SET a = {}".format(sme))
     conn.execute(text("SELECT 1 FROM t WHERE id = " + sme))
     conn.execute(text(f"{sme}"))
+    conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(sme)}")
+    conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(sme)!r}{sme}")
 """
 GOOD_SQL = """
 def f(conn, sme):
@@ -311,7 +326,7 @@ def f(conn, sme):
 
 
 def test_the_scan_finds_sql_built_from_strings() -> None:
-    assert sorted({line for line, _ in sql_built_from_strings(BAD_SQL)}) == [3, 4, 5, 6, 7]
+    assert sorted({line for line, _ in sql_built_from_strings(BAD_SQL)}) == [3, 4, 5, 6, 7, 9]
     assert sql_built_from_strings(GOOD_SQL) == []
 
 

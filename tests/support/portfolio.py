@@ -53,61 +53,47 @@ def write_csv_folder(folder: Path, tables: dict[str, list[dict[str, object]]]) -
     return folder
 
 
+def _one_invoice_folder(
+    folder: Path, issued: str, due: str, amount: float, **extra: object
+) -> Path:
+    """A core C1 and an SME S1 with one invoice S1 -> C1, plus any `extra` tables."""
+    tables: dict[str, list[dict[str, object]]] = {
+        "enterprises": [
+            {"enterprise_id": "C1", "role": "core"},
+            {"enterprise_id": "S1", "role": "sme"},
+        ],
+        "invoices": [
+            {
+                "invoice_id": "I1",
+                "seller_id": "S1",
+                "buyer_id": "C1",
+                "issue_date": issued,
+                "due_date": due,
+                "amount": amount,
+            }
+        ],
+    }
+    tables.update(extra)  # type: ignore[arg-type]
+    return write_csv_folder(folder, tables)
+
+
 def empty_population_folder(folder: Path) -> Path:
     """Trade in 2020 only; a loan disbursed in 2022 stretches the data to 2022: at 2021-12-31
     nobody has an invoice in the last 365 days."""
-    return write_csv_folder(
-        folder,
-        {
-            "enterprises": [
-                {"enterprise_id": "C1", "role": "core"},
-                {"enterprise_id": "S1", "role": "sme"},
-            ],
-            "invoices": [
-                {
-                    "invoice_id": "I1",
-                    "seller_id": "S1",
-                    "buyer_id": "C1",
-                    "issue_date": "2020-01-10",
-                    "due_date": "2020-02-10",
-                    "amount": 100.0,
-                }
-            ],
-            "loans": [
-                {
-                    "loan_id": "L1",
-                    "sme_id": "S1",
-                    "product": "receivable_financing",
-                    "disbursed_date": "2022-01-01",
-                    "maturity_date": "2022-12-31",
-                    "amount": 50.0,
-                }
-            ],
-        },
-    )
+    loan = {
+        "loan_id": "L1",
+        "sme_id": "S1",
+        "product": "receivable_financing",
+        "disbursed_date": "2022-01-01",
+        "maturity_date": "2022-12-31",
+        "amount": 50.0,
+    }
+    return _one_invoice_folder(folder, "2020-01-10", "2020-02-10", 100.0, loans=[loan])
 
 
 def broken_folder(folder: Path) -> Path:
     """An invoice with a negative amount: breaks the data contract."""
-    return write_csv_folder(
-        folder,
-        {
-            "enterprises": [
-                {"enterprise_id": "C1", "role": "core"},
-                {"enterprise_id": "S1", "role": "sme"},
-            ],
-            "invoices": [
-                {
-                    "invoice_id": "I1",
-                    "seller_id": "S1",
-                    "buyer_id": "C1",
-                    "issue_date": "2023-01-10",
-                    "due_date": "2023-02-10",
-                    "amount": -5.0,
-                }
-            ],
-        },
-    )
+    return _one_invoice_folder(folder, "2023-01-10", "2023-02-10", -5.0)
 
 
 def model_without_reference(folder: Path) -> Path:
