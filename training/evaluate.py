@@ -23,7 +23,7 @@ from training.split import Split, months
 if TYPE_CHECKING:
     from features.catalog import Feature
     from features.contract import Tables
-    from training.train import Calibrated, Grown, Prepared, Progress, TrainConfig
+    from training.config import Calibrated, Grown, Prepared, Progress, TrainConfig
 
 STATIC_RATING = "static_rating_ordinal"
 NO_LOAN = "no_loan"

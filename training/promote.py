@@ -38,9 +38,7 @@ from training.registry import (
     ensure_experiment,
     load_oot_rows,
 )
-
-MAX_AUC_DROP = 0.005
-MAX_ECE = 0.02
+from training.thresholds import MAX_AUC_DROP, MAX_ECE
 
 
 @dataclass(frozen=True)

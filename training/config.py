@@ -1,0 +1,129 @@
+"""The typed values of training: the configuration that decides a model besides the data,
+and what each step of `training.train.fit` hands to the next (`Prepared` -> `Grown` ->
+`Calibrated`), so that `training.evaluate` can take them without importing the trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import Feature
+from features.contract import DEFAULT_HORIZON_DAYS
+from training.calibration import LogOddsCalibrator
+from training.model import MasterScale, ScoreScale
+from training.split import Split
+
+Engine = Literal["pandas", "dask"]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a model besides the data. Logged as the run's parameters."""
+
+    oot_months: int = 6
+    seed: int = 0
+    engine: Engine = "pandas"
+    scheduler: str | None = None  # dask.distributed scheduler address; None = a LocalCluster
+    dask_workers: int = 2  # workers of the LocalCluster
+    tune_trials: int = 0
+    tune_minutes: float = 0.0  # a time budget for the search on the calibration months instead
+    num_threads: int = 1  # fixed: the model depends on it; 1 is fastest on a busy machine
+    max_rounds: int = 3000
+    early_stopping_rounds: int = 200
+    params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
+    scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
+    benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)
+    val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
+    calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
+    calibration_months: int = 6  # last training months held out to calibrate (training.split)
+    embargo_days: int | None = None  # training rows need as_of + embargo <= first OOT as-of;
+    # None = the label horizon (leak-free: no training label window reaches the OOT period)
+    horizon_days: int = DEFAULT_HORIZON_DAYS  # the panel's label horizon (stored in the bundle)
+    ece_bins: int = 10
+    scale: ScoreScale = field(default_factory=ScoreScale)
+    master_scale: MasterScale = field(default_factory=MasterScale)
+    monotonicity_rows: int = 200
+    monotonicity_grid: int = 25
+    explain_rows: int = 2000  # OOT rows explained for the SHAP summary and top drivers
+
+    @property
+    def embargo(self) -> int:
+        """The embargo in days: `embargo_days`, or the label horizon when not given."""
+        return self.horizon_days if self.embargo_days is None else self.embargo_days
+
+    @property
+    def protocol(self) -> str:
+        """One sentence saying how the OOT figures were obtained."""
+        if self.embargo >= self.horizon_days:
+            return (
+                f"leak-free out-of-time validation: the last {self.oot_months} matured months "
+                f"are OOT and every training row's {self.horizon_days}-day label window ends on "
+                f"or before the first OOT as-of date (embargo {self.embargo} days)"
+            )
+        return (
+            f"out-of-time validation WITH LABEL LEAKAGE: the last {self.oot_months} matured "
+            f"months are OOT but the embargo ({self.embargo} days) is shorter than the "
+            f"{self.horizon_days}-day label horizon, so training labels can record OOT outcomes"
+        )
+
+    def as_params(self) -> dict[str, Any]:
+        return {
+            "oot_months": self.oot_months,
+            "seed": self.seed,
+            "engine": self.engine,
+            "tune_trials": self.tune_trials,
+            "tune_minutes": self.tune_minutes,
+            "scale_params": self.scale_params,
+            "benchmark": self.benchmark,
+            "num_threads": self.num_threads,
+            "max_rounds": self.max_rounds,
+            "early_stopping_rounds": self.early_stopping_rounds,
+            "val_fraction": self.val_fraction,
+            "calibration_folds": self.calibration_folds,
+            "calibration_months": self.calibration_months,
+            "embargo_days": self.embargo,
+            "horizon_days": self.horizon_days,
+            "ece_bins": self.ece_bins,
+            "pdo": self.scale.pdo,
+            "base_score": self.scale.base_score,
+            "base_odds": self.scale.base_odds,
+            "grades": len(self.master_scale.grades),
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The matured panel as LightGBM sees it: rows, catalog, trained categories, matrix, labels."""
+
+    data: pd.DataFrame
+    catalog: tuple[Feature, ...]
+    categories: dict[str, tuple[str, ...]]
+    X: np.ndarray
+    y: np.ndarray
+    split: Split
+
+
+@dataclass(frozen=True)
+class Grown:
+    """The boosters' output: the model's booster and the held-out margins the other steps use."""
+
+    booster: Any  # lightgbm.Booster
+    best_iteration: int
+    val_loss: float
+    oof: np.ndarray  # cross-fitted margins of the fit rows
+    unseen: np.ndarray  # OOT margins from boosters that never saw the row's SME
+    cal_margin: np.ndarray  # calibration rows' margins (empty without calibration months)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """The log-odds calibration and what it was fitted on."""
+
+    calibrator: LogOddsCalibrator
+    by_months: bool  # False: cross-fitted SMEs (too few training months)
+    rows: int
