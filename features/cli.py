@@ -12,6 +12,7 @@ from features.cli_helpers import (
     domain_errors_exit,
     fail_usage,
     package_app,
+    parquet_out,
     parse_date,
     progress_bar,
 )
@@ -158,6 +159,7 @@ def features_command(
     from features.pipeline import data_range, month_ends, write_panel
 
     check_engine(engine)
+    parquet_out(out)
     if scheduler is not None and engine != "dask":
         fail_usage("--scheduler needs --engine dask")
     if as_of and (from_ is not None or to is not None):

@@ -7,6 +7,7 @@ import functools
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -51,6 +52,17 @@ def parse_date(value: str, option: str) -> date:
         raise typer.BadParameter(
             f"expected a date YYYY-MM-DD, got {value!r}", param_hint=option
         ) from None
+
+
+def parquet_out(path: Path, option: str = "--out") -> Path:
+    """`path` if it names a Parquet file (``.parquet``), else a usage error naming `option`:
+    what is written is Parquet, and a file named ``.csv`` holding Parquet would mislead."""
+    if path.suffix.lower() != ".parquet":
+        raise typer.BadParameter(
+            f"expected a .parquet file (the output is written as Parquet), got {path.name!r}",
+            param_hint=option,
+        )
+    return path
 
 
 def check_engine(engine: str, option: str = "--engine") -> str:

@@ -12,6 +12,7 @@ from features.cli_helpers import (
     domain_errors_exit,
     fail_usage,
     package_app,
+    parquet_out,
     parse_date,
     progress_bar,
 )
@@ -97,6 +98,7 @@ def score_command(
     from serving.settings import Settings
 
     check_engine(engine)
+    parquet_out(out)
     if (scheduler is not None or workers is not None) and engine != "dask":
         fail_usage("--scheduler and --workers need --engine dask")
     if scheduler is not None and workers is not None:

@@ -112,3 +112,13 @@ def test_help_explains_every_option():
                    "--scheduler"):  # fmt: skip
         assert option in result.output
     assert "month end" in result.output
+
+
+def test_the_output_format_follows_the_file_name_or_is_refused(tmp_path) -> None:
+    """The panel is Parquet: `--out panel.csv` is a usage error naming --out, and nothing is
+    written (rather than Parquet bytes in a file called .csv)."""
+    out = tmp_path / "panel.csv"
+    result = CliRunner().invoke(app, ["features", "--data", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "--out" in result.output and "expected a .parquet file" in result.output
+    assert not out.exists()
