@@ -163,7 +163,7 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
     """Explain prepared inputs (see `prepare`) with one call: one decision each, in order."""
     if not inputs:
         return []
-    decisions = explain_rows(
+    decisions, M = _explain_rows(
         served.model,
         [x.features for x in inputs],
         method=served.explain_method,
@@ -171,7 +171,7 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
         meta=[(x.sme_id, x.as_of, x.mode, x.inputs_hash) for x in inputs],
     )
     out = []
-    for d, x in zip(decisions, inputs, strict=True):
+    for d, x, row in zip(decisions, inputs, M, strict=True):
         out.append(
             replace(
                 d,
@@ -179,7 +179,7 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
                 allow_sparse=x.allow_sparse,
                 features_as_of=x.features_as_of,
                 grade_band=grade_band(served.model, d.grade),
-                improvement=improvement(served.model, x.features, d),
+                improvement=improvement(served.model, x.features, d, row_vector=row),
                 input=x.input,
             )
         )
@@ -196,6 +196,18 @@ def explain_rows(
 ) -> list[Decision]:
     """Explain feature rows ({feature: value}, any subset) and build one `Decision` per row
     (``meta``: sme_id, as_of, mode, inputs hash of each row)."""
+    return _explain_rows(model, rows, method=method, model_info=model_info, meta=meta)[0]
+
+
+def _explain_rows(
+    model: ScoringModel,
+    rows: Sequence[dict[str, Any]],
+    *,
+    method: str,
+    model_info: dict[str, str | None],
+    meta: Sequence[tuple[str, date, str, str]],
+) -> tuple[list[Decision], np.ndarray]:
+    """`explain_rows`, and the matrix it explained (one row per input, for the what-if)."""
     from training.exceptions import ModelInputError
 
     try:
@@ -233,7 +245,7 @@ def explain_rows(
                 explain_method=method,
             )
         )
-    return decisions
+    return decisions, M
 
 
 def recorded_values(
@@ -445,11 +457,15 @@ def _margins_varying(
 
 
 def _grades_of(
-    model: ScoringModel, row: dict[str, Any], name: str, values: Sequence[float]
+    model: ScoringModel,
+    row: dict[str, Any],
+    name: str,
+    values: Sequence[float],
+    base: np.ndarray | None = None,
 ) -> np.ndarray:
     from scipy.special import expit
 
-    margin = _margins_varying(model, row, name, values)
+    margin = _margins_varying(model, row, name, values, base)
     return model.master_scale.grade(expit(model.calibration.logodds(margin)))
 
 
@@ -519,7 +535,11 @@ def grade_band(model: ScoringModel, grade: str) -> dict[str, Any]:
 
 
 def improvement(
-    model: ScoringModel, values: dict[str, Any], decision: Decision
+    model: ScoringModel,
+    values: dict[str, Any],
+    decision: Decision,
+    *,
+    row_vector: np.ndarray | None = None,
 ) -> dict[str, Any] | None:
     """For the top reason: the nearest value of that feature, along its monotone direction, that
     moves the SME one grade up with the model held fixed (None when there is no reason)."""
@@ -552,7 +572,7 @@ def improvement(
             float(np.nextafter(c, np.inf)) for c in cuts[cuts >= current] if c < domain.high
         ]
     if candidates:
-        got = _grades_of(model, values, name, candidates)
+        got = _grades_of(model, values, name, candidates, row_vector)
         for c, g in zip(candidates, got, strict=True):
             if grades.index(str(g)) < k:
                 verb = "Lowering" if f.direction > 0 else "Raising"

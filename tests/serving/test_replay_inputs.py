@@ -5,34 +5,16 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
-from serving.api.app import create_app
-from serving.api.keys import add_key
-from serving.demo import demo_request
 from serving.scoring import _hash, history_inputs, replay
-from serving.settings import Settings
-from tests.support.load import make_signing_key
-from tests.support.models import Registered
+from tests.support.models import Registered, demo_history_decision
 from training.bundle import load_model
 
 
 def test_replay_recomputes_a_history_decision_from_its_recorded_rows(
     registered: Registered, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        mlflow_tracking_uri=registered.tracking_uri,
-        audit_db=f"sqlite:///{tmp_path}/audit.db",
-        api_keys=tmp_path / "keys.json",
-        env="test",
-    )
-    key = add_key(settings.api_keys, "scorer")[1]
-    make_signing_key(tmp_path)
-    body = demo_request(registered.data)
-    with TestClient(create_app(settings)) as c:
-        r = c.post("/v1/scores", json=body, headers={"X-API-Key": key})
-        assert r.status_code == 200, r.text
-        stored = c.app.state.service.store.get(r.json()["decision_id"])  # type: ignore[attr-defined]
+    with demo_history_decision(registered, tmp_path) as (_, _, _, _, stored):
+        pass
     inputs = history_inputs(stored)
     assert inputs is not None
     assert inputs["request"]["history"] and _hash(inputs) == stored["inputs_hash"]

@@ -18,14 +18,10 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 
-from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
-from serving.demo import demo_request
-from serving.settings import Settings
 from tests.support.load import make_signing_key
-from tests.support.models import Registered, register_copy
+from tests.support.models import Registered, demo_history_decision, register_copy
 from tests.support.server import Browser, Server, chromium_or_skip
 
 FEATURES = {"dso_90d": 35.0}
@@ -75,20 +71,7 @@ def audit_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 def test_history_mode_equals_the_batch_panel_row(registered: Registered, tmp_path: Path) -> None:
     """The single-SME path with the model's reference data gives the panel's features."""
-    settings = Settings(
-        mlflow_tracking_uri=registered.tracking_uri,
-        audit_db=f"sqlite:///{tmp_path}/audit.db",
-        api_keys=tmp_path / "keys.json",
-        env="test",
-    )
-    key = add_key(settings.api_keys, "scorer")[1]
-    make_signing_key(tmp_path)
-    body = demo_request(registered.data)
-    with TestClient(create_app(settings)) as c:
-        r = c.post("/v1/scores", json=body, headers={"X-API-Key": key})
-        assert r.status_code == 200, r.text
-        decision_id = r.json()["decision_id"]
-        stored = c.app.state.service.store.get(decision_id)  # type: ignore[attr-defined]
+    with demo_history_decision(registered, tmp_path) as (c, key, body, first, stored):
         features = stored["features"]
         panel = registered.panel
         row = panel[
@@ -110,7 +93,7 @@ def test_history_mode_equals_the_batch_panel_row(registered: Registered, tmp_pat
             }},
             headers={"X-API-Key": key},
         )  # fmt: skip
-        assert again.json()["score"] == r.json()["score"]
+        assert again.json()["score"] == first["score"]
 
 
 def test_reload_under_concurrent_load_fails_no_request(

@@ -3,6 +3,8 @@ rows, and the registered model (simulator -> pipeline -> training -> MLflow) it 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,33 @@ class Registry:
             f"run{version}",
             f"models:/{MODEL_NAME}/{version}",
         )
+
+
+@contextmanager
+def demo_history_decision(
+    reg: Registered, folder: Path
+) -> Iterator[tuple[Any, str, dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """An app serving `reg`'s model (audit store, keys and signing key in `folder`) that has just
+    scored the demo history request: (client, scorer key, request body, response, stored)."""
+    from fastapi.testclient import TestClient
+
+    from serving.api.app import create_app
+    from serving.api.keys import add_key
+    from serving.demo import demo_request
+    from serving.settings import Settings
+    from tests.support.load import make_signing_key
+
+    settings = Settings(
+        mlflow_tracking_uri=reg.tracking_uri,
+        audit_db=f"sqlite:///{folder}/audit.db",
+        api_keys=folder / "keys.json",
+        env="test",
+    )
+    key = add_key(settings.api_keys, "scorer")[1]
+    make_signing_key(folder)
+    body = demo_request(reg.data)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/scores", json=body, headers={"X-API-Key": key})
+        assert r.status_code == 200, r.text
+        stored = client.app.state.service.store.get(r.json()["decision_id"])  # type: ignore[attr-defined]
+        yield client, key, body, r.json(), stored
