@@ -114,6 +114,29 @@ class _Forest:
     max_nodes: int  # the most internal nodes of a tree
     bias: float  # Σ trees' expected values
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays the SHAP kernels read, in `_shap_row`'s order (one tuple: numba unpacks
+        it at compile time, so the kernels share one argument instead of seventeen)."""
+        return (
+            self.trees,
+            self.nodes,
+            self.thresholds,
+            self.cat_words,
+            self.leaves,
+            self.leaf_values,
+            self.elems,
+            self.zeros,
+            self.splits,
+            self.masks,
+            self.tables,
+            self.groups,
+            self.group_masks,
+            self.group_nodes,
+            self.group_features,
+            self.group_tables,
+            self.factors,
+        )
+
 
 class TreeShap:
     """Exact TreeSHAP values and raw margins of a LightGBM single-output booster (module doc).
@@ -170,29 +193,7 @@ class TreeShap:
         f = self._f
         phi = np.zeros((X.shape[0], self.num_features), dtype=np.float64)
         kernel = _shap_parallel if self._parallel(X) else _shap_serial
-        kernel(
-            X,
-            phi,
-            f.trees,
-            f.nodes,
-            f.thresholds,
-            f.cat_words,
-            f.leaves,
-            f.leaf_values,
-            f.elems,
-            f.zeros,
-            f.splits,
-            f.masks,
-            f.tables,
-            f.groups,
-            f.group_masks,
-            f.group_nodes,
-            f.group_features,
-            f.group_tables,
-            f.factors,
-            f.max_depth,
-            f.max_nodes,
-        )
+        kernel(X, phi, f.arrays(), f.max_depth, f.max_nodes)
         return phi, np.full(X.shape[0], f.bias)
 
     def margin(self, M: np.ndarray) -> np.ndarray:
@@ -676,33 +677,28 @@ def _path_weights(e0, d, ones, zeros, factors, pw, w):
 
 
 @njit(cache=True)
-def _shap_row(
-    x,
-    phi,
-    trees,
-    nodes,
-    thresholds,
-    cat_words,
-    leaves,
-    leaf_values,
-    elems,
-    zeros,
-    splits,
-    masks,
-    tables,
-    groups,
-    group_masks,
-    group_nodes,
-    group_features,
-    group_tables,
-    factors,
-    left,
-    pw,
-    ones,
-    w,
-):
-    """Add one row's SHAP values (every tree) to ``phi``; ``left``, ``pw``, ``ones``, ``w`` are
-    scratch."""
+def _shap_row(x, phi, forest, left, pw, ones, w):
+    """Add one row's SHAP values (every tree) to ``phi``; ``forest`` is `_Forest.arrays()`;
+    ``left``, ``pw``, ``ones``, ``w`` are scratch."""
+    (
+        trees,
+        nodes,
+        thresholds,
+        cat_words,
+        leaves,
+        leaf_values,
+        elems,
+        zeros,
+        splits,
+        masks,
+        tables,
+        groups,
+        group_masks,
+        group_nodes,
+        group_features,
+        group_tables,
+        factors,
+    ) = forest
     for t in range(trees.shape[0]):
         bits = _route(x, t, trees, nodes, thresholds, cat_words, left)
         if trees[t, _T_GROUP_END] > trees[t, _T_GROUP_START]:
@@ -760,118 +756,27 @@ def _shap_row(
 
 
 @njit(cache=True)
-def _shap_serial(
-    X,
-    phi,
-    trees,
-    nodes,
-    thresholds,
-    cat_words,
-    leaves,
-    leaf_values,
-    elems,
-    zeros,
-    splits,
-    masks,
-    tables,
-    groups,
-    group_masks,
-    group_nodes,
-    group_features,
-    group_tables,
-    factors,
-    max_depth,
-    max_nodes,
-):
+def _shap_rows(X, phi, lo, hi, forest, max_depth, max_nodes):
+    """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays."""
     left = np.zeros(max(max_nodes, 1), dtype=np.int64)
     pw = np.zeros(max_depth + 2)
     ones = np.zeros(max_depth + 1)
     w = np.zeros(max_depth + 1)
-    for r in range(X.shape[0]):
-        _shap_row(
-            X[r],
-            phi[r],
-            trees,
-            nodes,
-            thresholds,
-            cat_words,
-            leaves,
-            leaf_values,
-            elems,
-            zeros,
-            splits,
-            masks,
-            tables,
-            groups,
-            group_masks,
-            group_nodes,
-            group_features,
-            group_tables,
-            factors,
-            left,
-            pw,
-            ones,
-            w,
-        )
+    for r in range(lo, hi):
+        _shap_row(X[r], phi[r], forest, left, pw, ones, w)
+
+
+@njit(cache=True)
+def _shap_serial(X, phi, forest, max_depth, max_nodes):
+    _shap_rows(X, phi, 0, X.shape[0], forest, max_depth, max_nodes)
 
 
 @njit(cache=True, parallel=True)
-def _shap_parallel(
-    X,
-    phi,
-    trees,
-    nodes,
-    thresholds,
-    cat_words,
-    leaves,
-    leaf_values,
-    elems,
-    zeros,
-    splits,
-    masks,
-    tables,
-    groups,
-    group_masks,
-    group_nodes,
-    group_features,
-    group_tables,
-    factors,
-    max_depth,
-    max_nodes,
-):
+def _shap_parallel(X, phi, forest, max_depth, max_nodes):
     n = X.shape[0]
     chunks = min(n, 64)
     for c in prange(chunks):
-        left = np.zeros(max(max_nodes, 1), dtype=np.int64)
-        pw = np.zeros(max_depth + 2)
-        ones = np.zeros(max_depth + 1)
-        w = np.zeros(max_depth + 1)
-        for r in range(c * n // chunks, (c + 1) * n // chunks):
-            _shap_row(
-                X[r],
-                phi[r],
-                trees,
-                nodes,
-                thresholds,
-                cat_words,
-                leaves,
-                leaf_values,
-                elems,
-                zeros,
-                splits,
-                masks,
-                tables,
-                groups,
-                group_masks,
-                group_nodes,
-                group_features,
-                group_tables,
-                factors,
-                left,
-                pw,
-                ones,
-                w,
-            )
+        _shap_rows(X, phi, c * n // chunks, (c + 1) * n // chunks, forest, max_depth, max_nodes)
 
 
 @njit(cache=True)
