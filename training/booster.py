@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import lightgbm as lgb
 import numpy as np
@@ -124,16 +124,20 @@ def staged_val_loss(booster: lgb.Booster, X_val: np.ndarray, y_val: np.ndarray) 
     return losses
 
 
-class LocalTrainer:
-    """`lightgbm.train` in process."""
+_Validation = tuple[np.ndarray, np.ndarray] | None  # (X_val, y_val), or none
 
-    engine = "pandas"
+
+class Trainer:
+    """Grows a booster on a matrix; the engines below differ only in `_grow`. Use as a context
+    manager (an engine may hold a cluster for the `with` block)."""
+
+    engine = ""
 
     def __init__(self, catalog: tuple[Feature, ...], params: dict[str, Any]) -> None:
         self.catalog = catalog
         self.params = params
 
-    def __enter__(self) -> LocalTrainer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -151,6 +155,23 @@ class LocalTrainer:
     ) -> BoosterFit:
         """Grow up to `rounds` trees; with a validation set, stop early after `patience`
         rounds without improvement and keep the best iteration."""
+        validation = None if X_val is None or y_val is None else (X_val, y_val)
+        return self._grow(X, y, rounds, validation, patience)
+
+    def _grow(
+        self, X: np.ndarray, y: np.ndarray, rounds: int, validation: _Validation, patience: int
+    ) -> BoosterFit:
+        raise NotImplementedError
+
+
+class LocalTrainer(Trainer):
+    """`lightgbm.train` in process."""
+
+    engine = "pandas"
+
+    def _grow(
+        self, X: np.ndarray, y: np.ndarray, rounds: int, validation: _Validation, patience: int
+    ) -> BoosterFit:
         names = [f.name for f in self.catalog]
         dfit = lgb.Dataset(
             X,
@@ -159,10 +180,10 @@ class LocalTrainer:
             categorical_feature=categorical_indices(self.catalog),
             free_raw_data=False,
         )
-        if X_val is None or y_val is None:
+        if validation is None:
             booster = lgb.train(self.params, dfit, num_boost_round=rounds)
             return BoosterFit(booster, booster.current_iteration(), float("nan"))
-        dval = lgb.Dataset(X_val, y_val, reference=dfit)
+        dval = lgb.Dataset(*validation, reference=dfit)
         booster = lgb.train(
             self.params,
             dfit,
@@ -176,7 +197,7 @@ class LocalTrainer:
         return BoosterFit(_truncate(booster, best), best, loss)
 
 
-class DaskTrainer:
+class DaskTrainer(Trainer):
     """`lightgbm.DaskLGBMClassifier` on a dask.distributed cluster: `scheduler` address, or a
     LocalCluster of `n_workers` single-threaded worker processes started (and stopped) by the
     `with` block. LightGBM's distributed training cannot stop early, so with a validation set
@@ -192,14 +213,13 @@ class DaskTrainer:
         scheduler: str | None = None,
         n_workers: int = 2,
     ) -> None:
-        self.catalog = catalog
-        self.params = params
+        super().__init__(catalog, params)
         self.scheduler = scheduler
         self.n_workers = n_workers
         self._client: Any = None
         self._cluster: Any = None
 
-    def __enter__(self) -> DaskTrainer:
+    def __enter__(self) -> Self:
         from distributed import Client, LocalCluster
 
         if self.scheduler is None:
@@ -221,15 +241,8 @@ class DaskTrainer:
         if self._cluster is not None:
             self._cluster.close()
 
-    def train(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        rounds: int,
-        X_val: np.ndarray | None = None,
-        y_val: np.ndarray | None = None,
-        patience: int = 100,
+    def _grow(
+        self, X: np.ndarray, y: np.ndarray, rounds: int, validation: _Validation, patience: int
     ) -> BoosterFit:
         import dask.array as da
 
@@ -253,9 +266,9 @@ class DaskTrainer:
                 categorical_feature=categorical_indices(self.catalog),
             )
         booster = model.booster_
-        if X_val is None or y_val is None:
+        if validation is None:
             return BoosterFit(booster, booster.current_iteration(), float("nan"))
-        losses = staged_val_loss(booster, X_val, y_val)
+        losses = staged_val_loss(booster, *validation)
         best = best_iteration_by_patience(losses, patience)
         return BoosterFit(_truncate(booster, best), best, float(losses[best - 1]))
 

@@ -385,7 +385,7 @@ def grow(prep: Prepared, params: dict[str, Any], cfg: TrainConfig, steps: Steps)
     X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     sme = prep.data["sme_id"].to_numpy()
     say = steps.say
-    trainer: boosting.LocalTrainer | boosting.DaskTrainer = (
+    trainer: boosting.Trainer = (
         boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers)
         if cfg.engine == "dask"
         else boosting.LocalTrainer(catalog, params)
