@@ -163,7 +163,7 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
     """Explain prepared inputs (see `prepare`) with one call: one decision each, in order."""
     if not inputs:
         return []
-    decisions, M = _explain_rows(
+    decisions, M = explain_rows(
         served.model,
         [x.features for x in inputs],
         method=served.explain_method,
@@ -193,21 +193,10 @@ def explain_rows(
     method: str,
     model_info: dict[str, str | None],
     meta: Sequence[tuple[str, date, str, str]],
-) -> list[Decision]:
-    """Explain feature rows ({feature: value}, any subset) and build one `Decision` per row
-    (``meta``: sme_id, as_of, mode, inputs hash of each row)."""
-    return _explain_rows(model, rows, method=method, model_info=model_info, meta=meta)[0]
-
-
-def _explain_rows(
-    model: ScoringModel,
-    rows: Sequence[dict[str, Any]],
-    *,
-    method: str,
-    model_info: dict[str, str | None],
-    meta: Sequence[tuple[str, date, str, str]],
 ) -> tuple[list[Decision], np.ndarray]:
-    """`explain_rows`, and the matrix it explained (one row per input, for the what-if)."""
+    """Explain feature rows ({feature: value}, any subset) and build one `Decision` per row
+    (``meta``: sme_id, as_of, mode, inputs hash of each row); also the matrix it explained (one
+    row per input, for the what-if)."""
     from training.exceptions import ModelInputError
 
     try:
@@ -686,7 +675,7 @@ def replay(stored: dict[str, Any], *, loader: Loader, tracking_uri: str) -> Repl
     sent = history_inputs(stored)
     if sent is not None:
         features, from_inputs = _features_from_inputs(stored, sent, loaded.model)
-    decision = explain_rows(
+    (decision,), _ = explain_rows(
         loaded.model,
         [features],
         method=stored["explain_method"],
@@ -699,7 +688,7 @@ def replay(stored: dict[str, Any], *, loader: Loader, tracking_uri: str) -> Repl
                 stored["inputs_hash"],
             )
         ],
-    )[0]
+    )
     again = decision.body()
     diffs = [
         f"{key}: stored {stored.get(key)!r}, replayed {again[key]!r}"

@@ -120,7 +120,7 @@ def score_rows(
         (str(s), pd.Timestamp(t).date(), "batch", "")
         for s, t in zip(rows["sme_id"], rows["as_of"], strict=True)
     ]
-    decisions = explain_rows(model, records, method=method, model_info=info, meta=meta)
+    decisions, _ = explain_rows(model, records, method=method, model_info=info, meta=meta)
     return _score_frame(
         rows.index,
         [d.pd for d in decisions],
