@@ -34,7 +34,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -200,25 +199,15 @@ def run_load(url: str, bodies: list[str], headers: dict[str, str], seconds: int)
 # -- the model ----------------------------------------------------------------------------------
 def train_model(root: Path) -> tuple[str, str, list[dict[str, Any]]]:
     """Simulate, train, register and promote; (tracking URI, version, feature rows to send)."""
-    from features.simulate import SimConfig, generate_to_folder
-    from training.bundle import MODEL_NAME, client_for
-    from training.run import load_inputs, train_and_register
+    from tests.support.models import register_simulated
     from training.train import TrainConfig
 
-    data = root / "data"
-    generate_to_folder(
-        SimConfig(n_smes=400, n_cores=8, months=24, start=date(2022, 1, 1), seed=7, progress=False),
-        data,
+    reg, result = register_simulated(
+        root, TrainConfig(oot_months=4, max_rounds=300, embargo_days=0)
     )
-    tracking = f"sqlite:///{root}/mlflow.db"
-    inputs = load_inputs(data, None)
-    run, result = train_and_register(
-        inputs, TrainConfig(oot_months=4, max_rounds=300, embargo_days=0), tracking_uri=tracking
-    )
-    # bench data is small (a plain, leaky split): gates are not the point, set the alias
-    client_for(tracking).set_registered_model_alias(MODEL_NAME, "champion", run.version)
+    tracking = reg.tracking_uri
     names = result.model.feature_names
-    panel = inputs.panel
+    panel = reg.panel
     # The most recent months, enough of them for BATCH distinct (SME, as-of) requests.
     months = sorted(panel["as_of"].unique(), reverse=True)
     recent = next((m for m in months if (panel["as_of"] >= m).sum() >= BATCH), months[-1])
@@ -237,7 +226,7 @@ def train_model(root: Path) -> tuple[str, str, list[dict[str, Any]]]:
         row["features"] = feats
         row["as_of"] = rec["as_of"].date().isoformat()
         rows.append(row)
-    return tracking, run.version, rows
+    return tracking, reg.version, rows
 
 
 def explain_methods(

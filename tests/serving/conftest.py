@@ -19,7 +19,7 @@ from serving.api.keys import ROLES, add_key
 from serving.audit.store import AuditStore
 from serving.settings import Settings
 from tests.support.load import make_signing_key, require_postgres
-from tests.support.models import Registered, Registry, train_small_model
+from tests.support.models import Registered, Registry, register_simulated, train_small_model
 from training.model import ScoringModel
 
 
@@ -88,21 +88,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditStore
 @pytest.fixture(scope="session")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
     """Simulate 400 SMEs over 24 months, build the panel, train, register and promote."""
-    from datetime import date
-
-    from features.simulate import SimConfig, generate_to_folder
-    from training.bundle import MODEL_NAME, client_for
-    from training.run import load_inputs, train_and_register
     from training.train import TrainConfig
 
-    root = tmp_path_factory.mktemp("registry")
-    data = root / "data"
-    generate_to_folder(
-        SimConfig(n_smes=400, n_cores=8, months=24, start=date(2022, 1, 1), seed=7, progress=False),
-        data,
-    )
-    tracking_uri = f"sqlite:///{root}/mlflow.db"
-    inputs = load_inputs(data, None)
     config = TrainConfig(
         oot_months=4,
         embargo_days=0,  # 24 months cannot hold the leak-free split; serving is tested here
@@ -112,7 +99,4 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
         monotonicity_rows=40,
         explain_rows=100,
     )
-    run, _ = train_and_register(inputs, config, tracking_uri=tracking_uri)
-    # tiny data, a plain (leaky) split: the gates are not tested here, the alias is set directly
-    client_for(tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", run.version)
-    return Registered(tracking_uri, data, run.run_id, run.version, inputs.panel)
+    return register_simulated(tmp_path_factory.mktemp("registry"), config)[0]

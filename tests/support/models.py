@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import numpy as np
@@ -17,6 +17,10 @@ from features.catalog import CATALOG, domain_of, monotone_constraints
 from training.bundle import MODEL_NAME, LoadedModel
 from training.exceptions import ModelLoadError
 from training.model import LogOddsCalibration, ScoringModel, prepare_frame, to_matrix
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.train import TrainResult
 
 CHAMPION = f"models:/{MODEL_NAME}@champion"
 """The champion's model URI, as the service asks for it by default."""
@@ -93,6 +97,28 @@ class Registered:
     run_id: str
     version: str
     panel: pd.DataFrame
+
+
+def register_simulated(root: Path, config: TrainConfig) -> tuple[Registered, TrainResult]:
+    """Simulate 400 SMEs over 24 months into ``root``/data, train with ``config``, register in
+    ``root``/mlflow.db and make the version champion. The data are small (a plain, leaky split):
+    the gates are not the point here, so the alias is set directly."""
+    from datetime import date
+
+    from features.simulate import SimConfig, generate_to_folder
+    from training.bundle import client_for
+    from training.run import load_inputs, train_and_register
+
+    data = root / "data"
+    generate_to_folder(
+        SimConfig(n_smes=400, n_cores=8, months=24, start=date(2022, 1, 1), seed=7, progress=False),
+        data,
+    )
+    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    inputs = load_inputs(data, None)
+    run, result = train_and_register(inputs, config, tracking_uri=tracking_uri)
+    client_for(tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", run.version)
+    return Registered(tracking_uri, data, run.run_id, run.version, inputs.panel), result
 
 
 def register_copy(reg: Registered) -> str:
