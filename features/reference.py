@@ -43,6 +43,7 @@ from features.own import (
     META_MAIN_CORE,
     NEVER,
     Counterparties,
+    Prepared,
     _codes,
     _id_array,
     _sorted_positions,
@@ -269,6 +270,17 @@ class Reference:
         base = self._counterparties
         return base if own is None else base.overlay(own)
 
+    def prepare(self, tables: Tables, sme_ids: Sequence[str]) -> Prepared:
+        """`features.own.prepare` of `sme_ids` against this reference, the request's own
+        enterprise rows overlaid (see `counterparties` and `sme_rows`)."""
+        return prepare(
+            tables,
+            sme_ids,
+            self.counterparties(tables.enterprises),
+            self.financial_columns,
+            self.sme_rows(sme_ids, tables.enterprises),
+        )
+
     def sme_rows(self, sme_ids: Sequence[str], own: pd.DataFrame | None = None) -> pd.DataFrame:
         """Enterprise rows of `sme_ids`: the request's own rows, their missing values (or missing
         rows) filled from the reference's rows. Indexed by enterprise_id."""
@@ -408,13 +420,7 @@ def feature_rows(
     after each date (progress)."""
     catalog = reference.catalog()
     ids = sme_ids_of(tables) if sme_ids is None else sorted({str(s) for s in sme_ids})
-    prepared = prepare(
-        tables,
-        ids,
-        reference.counterparties(tables.enterprises),
-        reference.financial_columns,
-        reference.sme_rows(ids, tables.enterprises),
-    )
+    prepared = reference.prepare(tables, ids)
     sme_col = pd.Series(prepared.sme_ids, dtype="str")
     frames = []
     for t in as_of_days:

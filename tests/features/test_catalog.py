@@ -147,20 +147,14 @@ def test_monotone_constraints_follow_the_requested_order():
 
 def test_the_code_computes_exactly_the_catalog():
     """No feature computed that the catalog does not declare, none declared and not computed."""
-    from features.own import own_features, prepare
+    from features.own import own_features
     from features.reference import build_reference, sme_ids_of
     from tests.support.tables import random_tables
 
     tables = random_tables(n_smes=6, n_cores=2, n_invoices=200, days=400, seed=3)
     reference = build_reference(tables)
     ids = sme_ids_of(tables)
-    prepared = prepare(
-        tables,
-        ids,
-        reference.counterparties(tables.enterprises),
-        reference.financial_columns,
-        reference.sme_rows(ids, tables.enterprises),
-    )
+    prepared = reference.prepare(tables, ids)
     own = {k for k in own_features(prepared, 19_700, 365) if not k.startswith("_")}
     from_reference = {"main_core_payment_stress", "peer_default_share_365d"}
     assert not own & from_reference
