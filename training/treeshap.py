@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import lightgbm as lgb
@@ -114,28 +115,13 @@ class _Forest:
     max_nodes: int  # the most internal nodes of a tree
     bias: float  # Σ trees' expected values
 
+    @cached_property
     def arrays(self) -> tuple[np.ndarray, ...]:
-        """The arrays the SHAP kernels read, in `_shap_row`'s order (one tuple: numba unpacks
-        it at compile time, so the kernels share one argument instead of seventeen)."""
-        return (
-            self.trees,
-            self.nodes,
-            self.thresholds,
-            self.cat_words,
-            self.leaves,
-            self.leaf_values,
-            self.elems,
-            self.zeros,
-            self.splits,
-            self.masks,
-            self.tables,
-            self.groups,
-            self.group_masks,
-            self.group_nodes,
-            self.group_features,
-            self.group_tables,
-            self.factors,
-        )
+        """The arrays the SHAP kernels read: the array fields, in declaration order, which is
+        `_shap_row`'s (one tuple: numba unpacks it at compile time, so the kernels share one
+        argument instead of seventeen)."""
+        values = (getattr(self, f.name) for f in fields(self))
+        return tuple(v for v in values if isinstance(v, np.ndarray))
 
 
 class TreeShap:
@@ -193,7 +179,7 @@ class TreeShap:
         f = self._f
         phi = np.zeros((X.shape[0], self.num_features), dtype=np.float64)
         kernel = _shap_parallel if self._parallel(X) else _shap_serial
-        kernel(X, phi, f.arrays(), f.max_depth, f.max_nodes)
+        kernel(X, phi, f.arrays, f.max_depth, f.max_nodes)
         return phi, np.full(X.shape[0], f.bias)
 
     def margin(self, M: np.ndarray) -> np.ndarray:
@@ -607,6 +593,16 @@ def _category_left(fval: float, cat_words: np.ndarray, start: int, length: int) 
 
 
 @njit(cache=True)
+def _goes_left(x, g, nodes, thresholds, cat_words):
+    """Does row ``x`` go left at node ``g`` (global id)?"""
+    fval = x[nodes[g, _N_FEATURE]]
+    flags = nodes[g, _N_FLAGS]
+    if flags & _CATEGORICAL:
+        return _category_left(fval, cat_words, nodes[g, _N_CAT_START], nodes[g, _N_CAT_LEN])
+    return _numeric_left(fval, flags, thresholds[g])
+
+
+@njit(cache=True)
 def _route(x, t, trees, nodes, thresholds, cat_words, left):
     """Each internal node's decision (1 = left) for row ``x`` in tree ``t`` into ``left`` (by
     local node id); also as a bit mask (the first 64 nodes)."""
@@ -614,12 +610,7 @@ def _route(x, t, trees, nodes, thresholds, cat_words, left):
     bits = np.uint64(0)
     for s in range(trees[t, _T_NODE_END] - n0):
         g = n0 + s
-        fval = x[nodes[g, _N_FEATURE]]
-        flags = nodes[g, _N_FLAGS]
-        if flags & _CATEGORICAL:
-            go = _category_left(fval, cat_words, nodes[g, _N_CAT_START], nodes[g, _N_CAT_LEN])
-        else:
-            go = _numeric_left(fval, flags, thresholds[g])
+        go = _goes_left(x, g, nodes, thresholds, cat_words)
         left[s] = go
         if go and s < 64:
             bits |= np.uint64(1) << np.uint64(s)
@@ -789,13 +780,11 @@ def _margin_row(x, trees, nodes, thresholds, cat_words, leaves, leaf_values):
             node = -1
         while node >= 0:
             g = n0 + node
-            fval = x[nodes[g, _N_FEATURE]]
-            flags = nodes[g, _N_FLAGS]
-            if flags & _CATEGORICAL:
-                go = _category_left(fval, cat_words, nodes[g, _N_CAT_START], nodes[g, _N_CAT_LEN])
-            else:
-                go = _numeric_left(fval, flags, thresholds[g])
-            node = nodes[g, _N_LEFT] if go else nodes[g, _N_RIGHT]
+            node = (
+                nodes[g, _N_LEFT]
+                if _goes_left(x, g, nodes, thresholds, cat_words)
+                else nodes[g, _N_RIGHT]
+            )
         total += leaf_values[trees[t, _T_LEAF_START] + ~node]
     return total
 
