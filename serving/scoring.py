@@ -445,16 +445,10 @@ def _margins_varying(
     return model.treeshap().margin(M)
 
 
-def _grades_of(
-    model: ScoringModel,
-    row: dict[str, Any],
-    name: str,
-    values: Sequence[float],
-    base: np.ndarray | None = None,
-) -> np.ndarray:
+def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
+    """The grade of each raw margin."""
     from scipy.special import expit
 
-    margin = _margins_varying(model, row, name, values, base)
     return model.master_scale.grade(expit(model.calibration.logodds(margin)))
 
 
@@ -561,7 +555,7 @@ def improvement(
             float(np.nextafter(c, np.inf)) for c in cuts[cuts >= current] if c < domain.high
         ]
     if candidates:
-        got = _grades_of(model, values, name, candidates, row_vector)
+        got = _grades_of(model, _margins_varying(model, values, name, candidates, row_vector))
         for c, g in zip(candidates, got, strict=True):
             if grades.index(str(g)) < k:
                 verb = "Lowering" if f.direction > 0 else "Raising"
