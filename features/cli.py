@@ -66,8 +66,7 @@ def generate(
         shock=None if shock is None else parse_shock(shock, start=first, n_cores=cores),
     )
     generate_to_folder(config, out)
-    from features.contract import DEFAULT_HORIZON_DAYS
-    from training.split import MIN_TRAIN_MONTHS, months_needed
+    from features.contract import DEFAULT_HORIZON_DAYS, MIN_TRAIN_MONTHS, months_needed
 
     needed = months_needed(DEFAULT_HORIZON_DAYS)
     if months < needed:

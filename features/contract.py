@@ -17,6 +17,7 @@ declared on its `Column`; `features.io` checks them and words each violation fro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,6 +38,20 @@ DEFAULT_HORIZON_DAYS = 365
 model carries the horizon of its panel in its bundle."""
 HORIZON_ATTR = "scf_risk.horizon_days"
 """`DataFrame.attrs` key of a panel's label horizon (pandas keeps attrs in Parquet metadata)."""
+MIN_TRAIN_MONTHS = 18
+"""Training months an honest split should leave: a year to fit on plus calibration months."""
+
+
+def months_needed(
+    horizon_days: int, oot_months: int = 6, train_months: int = MIN_TRAIN_MONTHS
+) -> int:
+    """Months of data a leak-free out-of-time split needs: `train_months` training months, an
+    embargo of one label horizon, `oot_months` OOT months and, after them, one more horizon for
+    the OOT labels to mature."""
+    horizon = math.ceil(horizon_days / (365.25 / 12))
+    return train_months + horizon + oot_months + horizon
+
+
 FINANCIALS_PUBLICATION_LAG_DAYS = 120  # default published_date = period_end + 120 days
 MAX_EXTRA_COLUMNS = 200
 """Most columns a table may have beyond its declared ones (financials' statement columns, or the

@@ -24,12 +24,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from features.contract import months_needed
 from training.exceptions import TrainingError
 
 MIN_SPLIT_TRAIN_MONTHS = 3
@@ -38,18 +38,6 @@ MIN_CALIBRATION_DEFAULTS = 20
 """The calibration mirror needs this many defaults in its booster's rows and in its held-out
 rows; with fewer (small data, or an embargo that leaves little to grow on) the booster cannot
 rank and calibration falls back to the cross-fitted margins."""
-MIN_TRAIN_MONTHS = 18
-"""Training months an honest split should leave: a year to fit on plus calibration months."""
-
-
-def months_needed(
-    horizon_days: int, oot_months: int = 6, train_months: int = MIN_TRAIN_MONTHS
-) -> int:
-    """Months of data a leak-free out-of-time split needs: `train_months` training months, an
-    embargo of one label horizon, `oot_months` OOT months and, after them, one more horizon for
-    the OOT labels to mature."""
-    horizon = math.ceil(horizon_days / (365.25 / 12))
-    return train_months + horizon + oot_months + horizon
 
 
 @dataclass(frozen=True)
