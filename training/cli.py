@@ -20,9 +20,9 @@ from features.cli_helpers import (
 
 
 def _tracking_uri(option: str | None) -> str:
-    from serving.settings import Settings
+    from training.settings import TrackingSettings
 
-    return option if option is not None else Settings().mlflow_tracking_uri
+    return option if option is not None else TrackingSettings().mlflow_tracking_uri
 
 
 TrackingOpt = Annotated[
