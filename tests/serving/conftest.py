@@ -18,7 +18,7 @@ from serving.api.app import create_app
 from serving.api.keys import ROLES, add_key
 from serving.audit.store import AuditStore
 from serving.settings import Settings
-from tests.support.load import make_signing_key, require_postgres
+from tests.support.load import make_keys, make_signing_key, require_postgres
 from tests.support.models import Registered, Registry, register_simulated, train_small_model
 from training.model import ScoringModel
 
@@ -82,6 +82,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditStore
     if request.param == "postgres":
         s.drop_all()
     s.dispose()
+
+
+# -- real servers: a folder and a key per role for each test module ------------------------------
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A folder for the module's servers, keys and stores."""
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def server_keys(workdir: Path) -> dict[str, str]:
+    """One API key per role, in the module's keys file (role -> secret)."""
+    return make_keys(workdir / "keys.json")
 
 
 # -- a real registered model: simulator -> pipeline -> training -> MLflow registry -------------

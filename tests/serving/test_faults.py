@@ -47,7 +47,6 @@ from tests.support.load import (
     LoadResult,
     StressServer,
     feature_rows,
-    make_keys,
     mixed_bodies,
     postgres_database,
     require_postgres,
@@ -63,16 +62,6 @@ from training.model import ScoringModel
 CONNECTIONS = 16
 LOCK_TIMEOUT_S = 3.0  # the audit URL's ?timeout=: how long a write waits for a locked SQLite
 FAIL_CLOSED = {200, 503}
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("faults")
-
-
-@pytest.fixture(scope="module")
-def server_keys(workdir: Path) -> dict[str, str]:
-    return make_keys(workdir / "keys.json")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,9 @@ The model is the serving tests' `registered` one (simulator -> pipeline -> train
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -109,15 +112,20 @@ def test_a_date_without_population_or_out_of_range_is_named(tmp_path, loaded) ->
 
 
 # -- the command ---------------------------------------------------------------------------------
-def test_score_command_writes_parquet_and_materializes_features(
-    tmp_path, monkeypatch, profiled, tables
-) -> None:
-    out = tmp_path / "out" / "scores.parquet"
-    result = cli(
+def score_cli(tmp_path: Path, monkeypatch: Any, profiled: Profiled, out: Path) -> Any:
+    """`scf-risk score` of the profiled model's data as of AS_OF into ``out``."""
+    return cli(
         tmp_path, monkeypatch, profiled.tracking_uri,
         "score", "--data", str(profiled.data), "--as-of", AS_OF, "--out", str(out),
         "--model", profiled.uri,
     )  # fmt: skip
+
+
+def test_score_command_writes_parquet_and_materializes_features(
+    tmp_path, monkeypatch, profiled, tables
+) -> None:
+    out = tmp_path / "out" / "scores.parquet"
+    result = score_cli(tmp_path, monkeypatch, profiled, out)
     assert result.exit_code == 0, result.output
     assert "SMEs scored as of 2023-11-30" in result.output
     schema = pq.read_schema(out)
@@ -193,11 +201,7 @@ def test_the_service_scores_materialized_smes_by_id_alone(
 
     assert settings.audit_db == f"sqlite:///{tmp_path}/audit.db"
     out = tmp_path / "scores.parquet"
-    result = cli(
-        tmp_path, monkeypatch, profiled.tracking_uri,
-        "score", "--data", str(profiled.data), "--as-of", AS_OF, "--out", str(out),
-        "--model", profiled.uri,
-    )  # fmt: skip
+    result = score_cli(tmp_path, monkeypatch, profiled, out)
     assert result.exit_code == 0, result.output
     batch = pd.read_parquet(out).set_index("sme_id")
     registry = Registry()

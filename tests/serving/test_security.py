@@ -15,23 +15,13 @@ import httpx
 import pytest
 
 from serving.api.keys import add_key, read_keys
-from tests.support.load import StressServer, feature_rows, make_keys, server_env
+from tests.support.load import StressServer, feature_rows, server_env
 from tests.support.models import Registered
 
 pytestmark = pytest.mark.slow
 
 EVIL = "https://evil.example"
 HOSTILE = '<img src=x onerror="alert(1)">'
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("security")
-
-
-@pytest.fixture(scope="module")
-def server_keys(workdir: Path) -> dict[str, str]:
-    return make_keys(workdir / "keys.json")
 
 
 @pytest.fixture(scope="module")

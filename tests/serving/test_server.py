@@ -29,11 +29,6 @@ SPARSE = {"as_of": "2023-12-31", "allow_sparse": True}  # a server test, not a c
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("serve")
-
-
-@pytest.fixture(scope="module")
 def server_keys(workdir: Path) -> dict[str, str]:
     make_signing_key(workdir)
     return {role: add_key(workdir / "keys.json", role)[1] for role in ROLES}
