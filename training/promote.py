@@ -35,8 +35,8 @@ from training.registry import (
     CHAMPION,
     PROMOTIONS_EXPERIMENT,
     check_tracking,
-    ensure_experiment,
     load_oot_rows,
+    recorded_run,
 )
 from training.thresholds import MAX_AUC_DROP, MAX_ECE
 
@@ -285,16 +285,15 @@ def promote(
     )
 
     # record the decision, then act on it
-    experiment_id = ensure_experiment(client, PROMOTIONS_EXPERIMENT, tracking_uri)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"promote-v{candidate_version}",
-        tags={"scf_risk.kind": "promotion"},
-    )
-    run_id = run.info.run_id
-    decision = PromotionDecision(**{**decision.__dict__, "run_id": run_id})
-    status = "FAILED"
-    try:
+    with recorded_run(
+        client,
+        PROMOTIONS_EXPERIMENT,
+        tracking_uri,
+        name=f"promote-v{candidate_version}",
+        kind="promotion",
+    ) as run:
+        run_id = run.info.run_id
+        decision = PromotionDecision(**{**decision.__dict__, "run_id": run_id})
         now = int(pd.Timestamp.now(tz="UTC").timestamp() * 1000)
         reasons = "; ".join(decision.reasons) or "all gates passed"
         client.log_batch(
@@ -336,9 +335,6 @@ def promote(
                 client.set_model_version_tag(
                     model_name, champion_version, "superseded_by", candidate_version
                 )
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status)
     if not promoted:
         raise PromotionRejectedError(candidate_version, decision.reasons, decision.comparison)
     return decision

@@ -11,6 +11,8 @@ of the working directory. Registry aliases, never stages.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -154,6 +156,22 @@ def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
     return str(client.create_experiment(name, artifact_location=(root / name).as_uri()))
 
 
+@contextmanager
+def recorded_run(
+    client: Any, experiment: str, tracking_uri: str, *, name: str, kind: str
+) -> Iterator[Any]:
+    """A new run of `experiment` (created if needed) named `name` and tagged
+    ``scf_risk.kind=kind``: FINISHED when the block completes, FAILED if it raises."""
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
+    run = client.create_run(experiment_id, run_name=name, tags={"scf_risk.kind": kind})
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status)
+
+
 # -- logging a training run ---------------------------------------------------------------------
 def _flat_params(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -228,15 +246,10 @@ def log_training(
 
     client = client or check_tracking(tracking_uri)
     facts = dict(info or {})
-    experiment_id = ensure_experiment(client, experiment, tracking_uri)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"train-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%SZ}",
-        tags={"scf_risk.kind": "training"},
-    )
-    run_id = run.info.run_id
-    status = "FAILED"
-    try:
+    name = f"train-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%SZ}"
+    with recorded_run(client, experiment, tracking_uri, name=name, kind="training") as run:
+        experiment_id = str(run.info.experiment_id)
+        run_id = run.info.run_id
         params = _flat_params("", result.config.as_params())
         params.update(_flat_params("lgb.", result.lgb_params))
         params["features"] = str(len(result.model.catalog))
@@ -280,9 +293,6 @@ def log_training(
             )
             client.log_artifacts(run_id, str(folder / MODEL_PATH), MODEL_PATH)
         version = _register(client, model_name, run, result, facts)
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status)
     return RegisteredRun(
         run_id=run_id,
         experiment_id=experiment_id,

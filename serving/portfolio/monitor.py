@@ -747,18 +747,12 @@ def log_to_mlflow(
     The run is marked FAILED if a step fails."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from training.registry import check_tracking, ensure_experiment
+    from training.registry import check_tracking, recorded_run
 
     client = client or check_tracking(tracking_uri)
-    experiment_id = ensure_experiment(client, experiment, tracking_uri)
-    run = client.create_run(
-        experiment_id,
-        run_name=f"{doc['kind']}-{doc.get('as_of', 'all')}",
-        tags={"scf_risk.kind": str(doc["kind"])},
-    )
-    run_id = str(run.info.run_id)
-    status = "FAILED"
-    try:
+    name = f"{doc['kind']}-{doc.get('as_of', 'all')}"
+    with recorded_run(client, experiment, tracking_uri, name=name, kind=str(doc["kind"])) as run:
+        run_id = str(run.info.run_id)
         model = doc.get("model", {})
         params = {
             "as_of": doc.get("as_of"),
@@ -778,7 +772,4 @@ def log_to_mlflow(
         )
         for path in files:
             client.log_artifact(run_id, str(path))
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status)
     return run_id
