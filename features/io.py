@@ -392,7 +392,8 @@ def _null_where(values: pa.ChunkedArray, mask: np.ndarray) -> pa.ChunkedArray:
 
 
 def _open(path: Path, table: Table, out: _Collector) -> pa.Buffer | None:
-    """The bytes of a table's file, mapped read-only; None (reported) unless it is a regular file.
+    """The bytes of a table's file, mapped read-only; None (reported) unless it is a regular,
+    non-empty file.
 
     A symbolic link is refused, not followed (O_NOFOLLOW closes the gap between the check and
     the open), and a FIFO or device is refused without reading from it."""
@@ -415,7 +416,9 @@ def _open(path: Path, table: Table, out: _Collector) -> pa.Buffer | None:
             out.add(Violation(table.name, None, None, rule))
             return None
         if info.st_size == 0:
-            return pa.py_buffer(b"")
+            what = " (no header row)" if path.suffix == ".csv" else ""
+            out.add(Violation(table.name, None, None, f"{shown} is an empty file{what}"))
+            return None
         return pa.py_buffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ))
     finally:
         os.close(fd)
@@ -470,9 +473,6 @@ def _text_breaks(text: str) -> int:
 def _read_csv(content: pa.Buffer, file: str, table: Table, out: _Collector) -> _Raw | None:
     name = table.name
     shown = _excerpt(file)
-    if content.size == 0:
-        out.add(Violation(name, None, None, f"{shown} is an empty file (no header row)"))
-        return None
     head = content.slice(0, min(content.size, MAX_HEADER_BYTES + 1)).to_pybytes()
     end = head.find(b"\n")
     if end < 0 and len(head) > MAX_HEADER_BYTES:
@@ -620,9 +620,6 @@ def _without_blank_rows(raw: _Raw, out: _Collector) -> _Raw:
 def _read_parquet(content: pa.Buffer, file: str, table: Table, out: _Collector) -> _Raw | None:
     name = table.name
     shown = _excerpt(file)
-    if content.size == 0:
-        out.add(Violation(name, None, None, f"{shown} is an empty file"))
-        return None
     try:
         parquet = pq.ParquetFile(pa.BufferReader(content))
         schema = parquet.schema_arrow
