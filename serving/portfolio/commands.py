@@ -7,15 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from features.cli_helpers import (
-    check_engine,
-    domain_errors_exit,
-    fail_usage,
-    package_app,
-    parquet_out,
-    parse_date,
-    progress_bar,
-)
+from features import cli_helpers as cli
 
 if TYPE_CHECKING:
     from training.bundle import LoadedModel
@@ -49,12 +41,12 @@ ModelOpt = Annotated[
 ]
 
 
-app = package_app("The portfolio: score, monitor, backtest, monthly.")
+app = cli.package_app("The portfolio: score, monitor, backtest, monthly.")
 """The portfolio commands (part of `scf-risk`)."""
 
 
 @app.command("score")
-@domain_errors_exit
+@cli.domain_errors_exit
 def score_command(
     data: DataOpt,
     as_of: Annotated[
@@ -97,17 +89,17 @@ def score_command(
     from serving.portfolio.batch import score_population, write_scores
     from serving.settings import Settings
 
-    check_engine(engine)
-    parquet_out(out)
+    cli.check_engine(engine)
+    cli.parquet_out(out)
     if (scheduler is not None or workers is not None) and engine != "dask":
-        fail_usage("--scheduler and --workers need --engine dask")
+        cli.fail_usage("--scheduler and --workers need --engine dask")
     if scheduler is not None and workers is not None:
-        fail_usage("give --scheduler or --workers, not both")
-    when = parse_date(as_of, "--as-of")
+        cli.fail_usage("give --scheduler or --workers, not both")
+    when = cli.parse_date(as_of, "--as-of")
     settings = Settings()
     tables = load_tables(data)
     loaded, _ = _load_model(model)
-    make, close = progress_bar("score")
+    make, close = cli.progress_bar("score")
     try:
         scored = score_population(
             tables,
@@ -136,7 +128,7 @@ def score_command(
 
 
 @app.command("monitor")
-@domain_errors_exit
+@cli.domain_errors_exit
 def monitor_command(
     data: DataOpt,
     as_of: Annotated[str, typer.Option(help="Monitoring date, YYYY-MM-DD.")],
@@ -185,8 +177,8 @@ def monitor_command(
             f"expected a PD strictly between 0 and 1, got {pd_threshold}",
             param_hint="--pd-threshold",
         )
-    when = parse_date(as_of, "--as-of")
-    earlier = parse_date(compare, "--compare") if compare is not None else None
+    when = cli.parse_date(as_of, "--as-of")
+    earlier = cli.parse_date(compare, "--compare") if compare is not None else None
     target = out or MONITORING_FOLDER / f"monitor-{when.isoformat()}.html"
     if target.suffix.lower() not in (".html", ".htm"):
         raise typer.BadParameter(f"expected an .html file, got {target}", param_hint="--out")
@@ -194,7 +186,7 @@ def monitor_command(
     tables = load_tables(data)
     loaded, tracking_uri = _load_model(model)
     profile = drift_profile(loaded)
-    make, close = progress_bar("monitor")
+    make, close = cli.progress_bar("monitor")
     try:
         result = monitor(
             tables,
@@ -231,7 +223,7 @@ def monitor_command(
 
 
 @app.command("backtest")
-@domain_errors_exit
+@cli.domain_errors_exit
 def backtest_command(
     data: DataOpt,
     out: Annotated[
@@ -271,8 +263,8 @@ def backtest_command(
     from serving.portfolio.backtest import backtest
     from serving.portfolio.report import publish, render_backtest
 
-    first = parse_date(from_, "--from") if from_ is not None else None
-    last = parse_date(to, "--to") if to is not None else None
+    first = cli.parse_date(from_, "--from") if from_ is not None else None
+    last = cli.parse_date(to, "--to") if to is not None else None
     if out.suffix.lower() not in (".html", ".htm"):
         raise typer.BadParameter(f"expected an .html file, got {out}", param_hint="--out")
     tables = load_tables(data)
@@ -284,7 +276,7 @@ def backtest_command(
             f"{(last or end):%Y-%m-%d}"
         )
     loaded, _ = _load_model(model)
-    make, close = progress_bar("backtest")
+    make, close = cli.progress_bar("backtest")
     try:
         result = backtest(
             tables,
@@ -312,7 +304,7 @@ def backtest_command(
 
 
 @app.command("monthly")
-@domain_errors_exit
+@cli.domain_errors_exit
 def monthly_command(
     data: DataOpt,
     as_of: Annotated[str, typer.Option(help="Month end of the run, YYYY-MM-DD.")],
@@ -338,7 +330,7 @@ def monthly_command(
     from serving.settings import Settings
     from training.registry import check_tracking
 
-    when = parse_date(as_of, "--as-of")
+    when = cli.parse_date(as_of, "--as-of")
     target = out or MONITORING_FOLDER / f"monthly-{when.isoformat()}"
     settings = Settings()
     tables = load_tables(data)
