@@ -49,3 +49,16 @@ class ContractError(ScfRiskError):
 
 class FeatureError(ScfRiskError):
     """A feature request that cannot be served: no population, as-of out of range, ..."""
+
+
+class SourceError(ScfRiskError):
+    """A source file handed to a converter (`features.examples`) is not what it should be.
+    Carries every problem found (up to a cap), each naming line, column and value."""
+
+    def __init__(self, source: str, problems: list[Violation], total: int | None = None) -> None:
+        self.problems = problems
+        self.total = total if total is not None else len(problems)
+        lines = [str(p) for p in problems]
+        if self.total > len(problems):
+            lines.append(f"... and {self.total - len(problems)} more")
+        super().__init__(f"{source}: {self.total} problem(s):\n" + "\n".join(lines))
