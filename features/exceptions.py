@@ -41,10 +41,16 @@ class ContractError(ScfRiskError):
     def __init__(self, violations: list[Violation], total: int | None = None) -> None:
         self.violations = violations
         self.total = total if total is not None else len(violations)
-        lines = [str(v) for v in violations]
-        if self.total > len(violations):
-            lines.append(f"... and {self.total - len(violations)} more violations")
-        super().__init__(f"{self.total} data contract violation(s):\n" + "\n".join(lines))
+        heading = f"{self.total} data contract violation(s)"
+        super().__init__(_listing(heading, violations, self.total, "violations"))
+
+
+def _listing(heading: str, items: list[Violation], total: int, noun: str) -> str:
+    """`heading:` then one line per item, and how many more there were beyond them."""
+    lines = [str(v) for v in items]
+    if total > len(items):
+        lines.append(f"... and {total - len(items)} more {noun}".rstrip())
+    return f"{heading}:\n" + "\n".join(lines)
 
 
 class FeatureError(ScfRiskError):
@@ -58,7 +64,5 @@ class SourceError(ScfRiskError):
     def __init__(self, source: str, problems: list[Violation], total: int | None = None) -> None:
         self.problems = problems
         self.total = total if total is not None else len(problems)
-        lines = [str(p) for p in problems]
-        if self.total > len(problems):
-            lines.append(f"... and {self.total - len(problems)} more")
-        super().__init__(f"{source}: {self.total} problem(s):\n" + "\n".join(lines))
+        heading = f"{source}: {self.total} problem(s)"
+        super().__init__(_listing(heading, problems, self.total, "problems"))

@@ -143,3 +143,11 @@ def test_cli_bad_source_exits_1_and_writes_nothing(tmp_path: Path) -> None:
     assert "line 3 (data row 2), column housing" in result.output
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["germancredit.csv"]  # no partial folder
+
+
+def test_problems_beyond_the_cap_are_counted(tmp_path: Path) -> None:
+    path = corrupted(tmp_path, {(row, "housing"): "castle" for row in range(1, 26)})
+    with pytest.raises(SourceError) as err:
+        read_source(path)
+    assert err.value.total == 25 and len(err.value.problems) == 20
+    assert str(err.value).endswith("... and 5 more problems")
