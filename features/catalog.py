@@ -18,7 +18,7 @@ never act as the firm's baseline (a higher own baseline makes the same 90-day va
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -489,14 +489,31 @@ def financial_columns(source: Tables | pd.DataFrame | Iterable[str]) -> list[str
     return sorted(dict.fromkeys(names))
 
 
+FIN_DIRECTIONS: Mapping[str, Direction] = {
+    "current_ratio": -1,
+    "quick_ratio": -1,
+    "net_margin": -1,
+    "operating_margin": -1,
+    "return_on_assets": -1,
+    "interest_coverage": -1,
+    "debt_to_assets": 1,
+    "debt_to_equity": 1,
+}
+"""Statement columns whose risk direction is sure (liquidity, profitability and coverage ratios
+lower the risk as they grow, leverage raises it): their `fin_*` features are constrained. Every
+other statement column (amounts such as revenue, whose effect depends on the firm, and any column a
+bank adds) is unconstrained."""
+
+
 def fin_feature(column: str) -> Feature:
-    """The `fin_<column>` feature of a financial statement column (direction unknown: 0)."""
+    """The `fin_<column>` feature of a financial statement column: its direction from
+    `FIN_DIRECTIONS`, else 0 (unknown: unconstrained)."""
     return Feature(
         f"{FIN_PREFIX}{column}",
         "financials",
         f"Latest published financial statement: {column}",
         "as reported",
-        0,
+        FIN_DIRECTIONS.get(column, 0),
     )
 
 

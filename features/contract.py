@@ -60,8 +60,9 @@ a request or file with thousands of columns costs no more than reading its heade
 FINANCIALS_COLUMN_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 """Names of financials' statement columns: they become feature names `fin_<name>`, so a lower case
 letter, then at most 63 lower case letters, digits or underscores."""
-KNOWN_EXTRA_FILES: tuple[str, ...] = ("truth.parquet",)
-"""Files a data folder may hold beside its tables (the simulator's truth): not warned about."""
+KNOWN_EXTRA_FILES: tuple[str, ...] = ("truth.parquet", "conversion.md")
+"""Files a data folder may hold beside its tables (the simulator's truth, a converter's account of
+what it mapped and synthesised): not warned about."""
 
 
 Role = Literal["core", "sme"]

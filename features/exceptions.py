@@ -41,11 +41,28 @@ class ContractError(ScfRiskError):
     def __init__(self, violations: list[Violation], total: int | None = None) -> None:
         self.violations = violations
         self.total = total if total is not None else len(violations)
-        lines = [str(v) for v in violations]
-        if self.total > len(violations):
-            lines.append(f"... and {self.total - len(violations)} more violations")
-        super().__init__(f"{self.total} data contract violation(s):\n" + "\n".join(lines))
+        heading = f"{self.total} data contract violation(s)"
+        super().__init__(_listing(heading, violations, self.total, "violations"))
+
+
+def _listing(heading: str, items: list[Violation], total: int, noun: str) -> str:
+    """`heading:` then one line per item, and how many more there were beyond them."""
+    lines = [str(v) for v in items]
+    if total > len(items):
+        lines.append(f"... and {total - len(items)} more {noun}".rstrip())
+    return f"{heading}:\n" + "\n".join(lines)
 
 
 class FeatureError(ScfRiskError):
     """A feature request that cannot be served: no population, as-of out of range, ..."""
+
+
+class SourceError(ScfRiskError):
+    """A source file handed to a converter (`features.examples`) is not what it should be.
+    Carries every problem found (up to a cap), each naming line, column and value."""
+
+    def __init__(self, source: str, problems: list[Violation], total: int | None = None) -> None:
+        self.problems = problems
+        self.total = total if total is not None else len(problems)
+        heading = f"{source}: {self.total} problem(s)"
+        super().__init__(_listing(heading, problems, self.total, "problems"))

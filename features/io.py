@@ -45,7 +45,9 @@ import datetime as dt
 import mmap
 import os
 import re
+import shutil
 import stat
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -71,9 +73,16 @@ from features.contract import (
     Tables,
     empty_frame,
 )
-from features.exceptions import ContractError, Violation
+from features.exceptions import ContractError, ScfRiskError, Violation
 
-__all__ = ["DATE_RANGE", "MAX_HEADER_BYTES", "SUFFIXES", "load_tables", "validate_frames"]
+__all__ = [
+    "DATE_RANGE",
+    "MAX_HEADER_BYTES",
+    "SUFFIXES",
+    "load_tables",
+    "validate_frames",
+    "write_new_folder",
+]
 
 SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
 DATE_RANGE: tuple[dt.date, dt.date] = (dt.date(1678, 1, 1), dt.date(2261, 12, 31))
@@ -198,6 +207,31 @@ def validate_frames(
         known=known_enterprises,
         history_of=history_of,
     )
+
+
+def write_new_folder(out: Path, write: Callable[[Path], None]) -> None:
+    """Create the folder `out` whole or not at all: `write(tmp)` fills a temporary sibling folder
+    that is renamed to `out` at the end, so a failed run leaves nothing behind. Refuses
+    (ScfRiskError) an `out` that exists and is not an empty folder."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise ScfRiskError(f"{out}: exists and is not a folder; choose a new --out")
+        if any(out.iterdir()):
+            raise ScfRiskError(f"{out}: folder is not empty; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    finished = False
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.rename(out)
+        finished = True
+    finally:
+        if not finished:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

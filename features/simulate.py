@@ -97,10 +97,7 @@ Determinism and scale
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -115,6 +112,7 @@ from tqdm import tqdm
 
 from features.contract import FINANCIALS, RATING_SCALE, TABLES, Table, Tables
 from features.exceptions import ScfRiskError
+from features.io import write_new_folder
 from features.sim.chunk import (
     FINANCIAL_COLUMNS,
     ChunkTables,
@@ -401,22 +399,4 @@ def generate_to_folder(config: SimConfig, out: Path) -> None:
     empty folder.
     """
     config.check()
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise ScfRiskError(f"{out}: exists and is not a folder; choose a new --out")
-        if any(out.iterdir()):
-            raise ScfRiskError(f"{out}: folder is not empty; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    finished = False
-    try:
-        _write(config, tmp)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-        finished = True
-    finally:
-        if not finished:
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_new_folder(out, lambda tmp: _write(config, tmp))

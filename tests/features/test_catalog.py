@@ -159,3 +159,16 @@ def test_the_code_computes_exactly_the_catalog():
     from_reference = {"main_core_payment_stress", "peer_default_share_365d"}
     assert not own & from_reference
     assert own | from_reference == set(feature_names(reference.catalog()))
+
+
+def test_fin_features_are_constrained_only_where_the_direction_is_declared() -> None:
+    full = catalog_for(["revenue", "current_ratio", "debt_to_assets", "net_margin", "cash"])
+    directions = {f.name: f.direction for f in full if f.group == "financials"}
+    assert directions == {
+        "financials_age_days": 0,
+        "fin_cash": 0,
+        "fin_current_ratio": -1,
+        "fin_debt_to_assets": 1,
+        "fin_net_margin": -1,
+        "fin_revenue": 0,
+    }

@@ -63,3 +63,11 @@ def test_an_unconstrained_booster_on_a_u_shape_is_caught() -> None:
     margin = lambda b: lambda M: np.asarray(b.predict(M, raw_score=True))  # noqa: E731
     assert not check_monotonicity(margin(free), X, CATALOG).ok
     assert check_monotonicity(margin(constrained), X, CATALOG).ok
+
+
+def test_declared_fin_directions_reach_lightgbm() -> None:
+    from features.catalog import catalog_for
+
+    fin = tuple(f for f in catalog_for(["net_margin", "revenue"]) if f.name.startswith("fin_"))
+    assert [f.name for f in fin] == ["fin_net_margin", "fin_revenue"]
+    assert monotone_constraints(fin) == [-1, 0]
