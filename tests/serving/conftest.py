@@ -20,6 +20,7 @@ from serving.audit.store import AuditStore
 from serving.settings import Settings
 from tests.support.load import make_keys, make_signing_key, require_postgres
 from tests.support.models import Registered, Registry, register_simulated, train_small_model
+from tests.support.portfolio import Profiled, profiled_version
 from training.model import ScoringModel
 
 
@@ -113,3 +114,10 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
         explain_rows=100,
     )
     return register_simulated(tmp_path_factory.mktemp("registry"), config)[0]
+
+
+@pytest.fixture(scope="session")
+def profiled(registered: Registered) -> Profiled:
+    """A registered copy of the model whose training run carries the drift profile (monitor,
+    backtest and portfolio tests)."""
+    return profiled_version(registered)

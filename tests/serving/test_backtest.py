@@ -18,14 +18,8 @@ from serving.portfolio.backtest import (
     static_flags,
     whole_months,
 )
-from tests.support.models import Registered
-from tests.support.portfolio import Profiled, cli, profiled_version
+from tests.support.portfolio import Profiled, cli
 from tests.support.server import Browser, chromium_or_skip
-
-
-@pytest.fixture(scope="session")
-def profiled(registered: Registered) -> Profiled:
-    return profiled_version(registered)
 
 
 def month_ends(start: str, end: str) -> list[pd.Timestamp]:

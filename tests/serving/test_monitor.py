@@ -26,24 +26,18 @@ from serving.portfolio.monitor import (
     months_before,
 )
 from serving.portfolio.report import axis, publish
-from tests.support.models import Registered, train_small_model
+from tests.support.models import train_small_model
 from tests.support.portfolio import (
     Profiled,
     broken_folder,
     cli,
     empty_population_folder,
     model_without_reference,
-    profiled_version,
 )
 from tests.support.server import Browser, chromium_or_skip
 from training.bundle import LoadedModel, client_for, load_model
 
 SCALE = ("A", "B", "C", "D", "E", "F")
-
-
-@pytest.fixture(scope="session")
-def profiled(registered: Registered) -> Profiled:
-    return profiled_version(registered)
 
 
 def frame(rows: list[tuple[str, str]]) -> pd.DataFrame:

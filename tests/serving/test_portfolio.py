@@ -1,8 +1,8 @@
 """Batch scoring (`serving.portfolio.batch`, `scf-risk score`) with a real registered model.
 
 The model is the serving tests' `registered` one (simulator -> pipeline -> training -> MLflow).
-`profiled_version` registers a copy of it whose training run also carries the drift profile
-(`features.drift`), as a training run that stores it does; the monitor and backtest tests reuse it.
+The `profiled` fixture (conftest) registers a copy of it whose training run also carries the drift
+profile (`features.drift`), as a training run that stores it does; monitor and backtest tests too.
 """
 
 from __future__ import annotations
@@ -22,23 +22,16 @@ from serving.audit.store import AuditStore
 from serving.online import OnlineFeatures
 from serving.portfolio.batch import REASONS_TYPE, reasons_of, score_population
 from serving.scoring import reason
-from tests.support.models import Registered
 from tests.support.portfolio import (
     Profiled,
     broken_folder,
     cli,
     empty_population_folder,
     model_without_reference,
-    profiled_version,
 )
 from training.bundle import MODEL_NAME, LoadedModel, load_model
 
 AS_OF = "2023-11-30"
-
-
-@pytest.fixture(scope="session")
-def profiled(registered: Registered) -> Profiled:
-    return profiled_version(registered)
 
 
 @pytest.fixture(scope="module")
