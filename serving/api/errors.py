@@ -271,12 +271,12 @@ def problem(
     detail: str,
     kind: ProblemType | None = None,
     *,
-    errors: Sequence[dict[str, Any]] | None = None,
-    error_count: int | None = None,
     headers: Mapping[str, str] | None = None,
+    **members: Any,
 ) -> JSONResponse:
+    """A problem details response (`members`: `problem_body`'s errors and error_count)."""
     where = f"{request.method} {request.url.path}"
-    body = problem_body(status, detail, where, kind, errors=errors, error_count=error_count)
+    body = problem_body(status, detail, where, kind, **members)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

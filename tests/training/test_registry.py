@@ -76,9 +76,7 @@ def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:
     assert "signature" in mlmodel and "saved_input_example_info" in mlmodel
 
 
-def test_experiments_open_on_runs_in_the_mlflow_ui(
-    store: str, first, tmp_path: Path
-) -> None:
+def test_experiments_open_on_runs_in_the_mlflow_ui(store: str, first, tmp_path: Path) -> None:
     """Every experiment the project makes is tagged as model development (so MLflow's UI opens
     it on its runs, not on the GenAI traces page); one made without the tag gets it."""
     client = client_for(store)
