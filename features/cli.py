@@ -85,7 +85,8 @@ def generate(
 def validate(
     data: Annotated[Path, typer.Argument(help="Folder of NAME.csv / NAME.parquet tables.")],
 ) -> None:
-    """Check a folder against the data contract; exit 1 listing every violation."""
+    """Check a folder against the data contract and say what it is valid for (scoring; training
+    also needs loans); exit 1 listing every violation."""
     from features.io import load_tables
 
     tables = load_tables(data)
@@ -93,7 +94,7 @@ def validate(
         typer.echo(f"warning: {warning}", err=True)
     for name, frame in tables.frames().items():
         typer.echo(f"{name}: {len(frame):,} rows")
-    typer.echo(f"{data}: valid")
+    typer.echo(f"{data}: {tables.valid_for()}")
 
 
 @app.command("features")

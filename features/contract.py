@@ -205,6 +205,8 @@ FINANCIALS = Table(
 
 TABLES: tuple[Table, ...] = (ENTERPRISES, INVOICES, INVENTORY, LOANS, FINANCIALS)
 TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+TRAINING_NEEDS: tuple[str, ...] = (LOANS.name,)
+"""Tables that scoring can do without but training cannot (the default labels come from loans)."""
 
 
 def empty_frame(table: Table) -> pd.DataFrame:
@@ -226,3 +228,11 @@ class Tables:
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {t.name: getattr(self, t.name) for t in TABLES}
+
+    def valid_for(self) -> str:
+        """What these tables can be used for, in words (`scf-risk validate`'s verdict): every
+        folder that validates can be scored; training also needs rows of `TRAINING_NEEDS`."""
+        lacking = [name for name in TRAINING_NEEDS if getattr(self, name).empty]
+        if lacking:
+            return f"valid for scoring; training also needs {' and '.join(lacking)}"
+        return "valid for training and scoring"

@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from features.catalog import Feature, domain_of
 from features.contract import TABLES, Column, Table
@@ -146,6 +147,10 @@ def history_model() -> type[BaseModel]:
     return create_model("History", __config__=ConfigDict(extra="forbid"), **fields)
 
 
+OUT_OF_DOMAIN = "out_of_domain"
+"""The error type of a value outside its feature's catalog domain."""
+
+
 def _in_domain(feature: Feature, categories: Sequence[str]) -> Any:
     domain = domain_of(feature)
 
@@ -153,7 +158,8 @@ def _in_domain(feature: Feature, categories: Sequence[str]) -> Any:
         if value is not None:
             problem = domain.violation(value, categories)
             if problem is not None:
-                raise ValueError(problem)
+                context = {"reason": problem, "domain": domain.describe(categories)}
+                raise PydanticCustomError(OUT_OF_DOMAIN, "{reason}", context)
         return value
 
     return AfterValidator(check)
@@ -305,9 +311,22 @@ class ScoreResponse(BaseModel):
     )
 
 
+class ErrorEntry(BaseModel):
+    """One problem: where (``loc``: body/query/path, then the field's path; in a batch the
+    item's index follows ``body``), what is wrong, and for a value outside its domain the value
+    and the domain."""
+
+    loc: list[str | int]
+    msg: str
+    type: str = Field(description="The problem's kind, e.g. missing, out_of_domain.")
+    index: int | None = Field(description="The batch item's index (null outside a batch).")
+    value: Any = Field(description="The offending value (null when absent or large).")
+    domain: str | None = Field(description="The catalog domain the value lies outside of.")
+
+
 class ItemError(BaseModel):
     index: int = Field(description="The item's position in the batch (0-based).")
-    errors: list[dict[str, Any]] = Field(description="The item's problems (capped).")
+    errors: list[ErrorEntry] = Field(description="The item's problems (capped).")
     error_count: int = Field(description="How many problems the item has in all.")
 
 

@@ -11,6 +11,7 @@ data stored with the model), ``stored`` (neither: the SME's latest materialised 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +23,7 @@ import pandas as pd
 
 from features.exceptions import ContractError, FeatureError
 from serving.audit.canonical import canonical_bytes, json_value
-from serving.exceptions import InvalidInput
+from serving.exceptions import InvalidInput, StoredFeaturesInvalid
 from serving.schemas import ScoreRequestBase, request_features, request_models, today
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from serving.served import Loader, ServedModel
     from training.model import ScoringModel
 
+log = logging.getLogger("scf_risk.serving")
 N_REASONS = 4
 DEFAULT_MIN_COVERAGE = 0.5
 DEFAULT_MAX_FEATURE_AGE_DAYS = 45
@@ -288,6 +290,17 @@ def prepare(
         digest = _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received})
     elif mode == "history":
         values = history_features(served.model, request, as_of, loc=loc)
+        found = out_of_domain(served.model, values)
+        if found:
+            _, value, domain = found[0]
+            raise InvalidInput(
+                (*loc, "history"),
+                f"the history rows sent give {_outside(found)}: no decision made; check the "
+                "rows, or send features",
+                value,
+                domain=domain,
+                kind="computed_out_of_domain",
+            )
         digest = _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received})
     else:
         features_as_of, values = _stored(served, request, latest, loc=loc, limits=limits)
@@ -331,21 +344,7 @@ def _stored(
 ) -> tuple[date, dict[str, Any]]:
     found = latest(request.sme_id) if latest is not None else None
     if found is None:
-        reference = served.model.reference
-        known = reference is not None and bool(
-            (reference.enterprises["enterprise_id"].astype(str) == request.sme_id).any()
-        )
-        if known:
-            message = (
-                f"SME {request.sme_id} is known to the model's reference data but its features "
-                "were never materialised (run scf-risk score or monthly): send features or history"
-            )
-        else:
-            message = (
-                f"unknown SME {request.sme_id}: no materialised features and not in the "
-                "model's reference data: send features or history"
-            )
-        raise InvalidInput((*loc, "sme_id"), message)
+        raise InvalidInput((*loc, "sme_id"), never_materialised(served.model, request.sme_id))
     stored_as_of, stored = found
     if stored_as_of > request.as_of:
         raise InvalidInput(
@@ -363,7 +362,68 @@ def _stored(
             f"the requested as_of {request.as_of.isoformat()} (stale): send features or history",
         )
     known_names = set(served.model.feature_names)
-    return stored_as_of, {k: v for k, v in stored.items() if k in known_names}
+    values = {k: v for k, v in stored.items() if k in known_names}
+    outside = out_of_domain(served.model, values)
+    if outside:
+        _, value, domain = outside[0]
+        message = (
+            f"the materialised features of {request.sme_id} as of {stored_as_of.isoformat()} "
+            f"hold {_outside(outside)}: the online feature table is wrong, not the request; no "
+            "decision made (materialise again with scf-risk score or monthly, or send features "
+            "or history)"
+        )
+        log.error("%s", message)
+        raise StoredFeaturesInvalid((*loc, "sme_id"), message, value, domain=domain)
+    return stored_as_of, values
+
+
+def never_materialised(model: ScoringModel, sme_id: str) -> str:
+    """Why an SME without materialised features cannot be scored from them, by what the model's
+    reference data knows of it: an SME never materialised, a core enterprise, or unknown."""
+    reference = model.reference
+    if reference is None:
+        return (
+            f"no materialised features for {sme_id}, and the served model carries no reference "
+            "data to say whether it is known: send features or history"
+        )
+    ent = reference.enterprises
+    roles = ent.loc[ent["enterprise_id"].astype(str) == sme_id, "role"].astype(str).tolist()
+    if "sme" in roles:
+        return (
+            f"SME {sme_id} is known to the model's reference data but its features were never "
+            "materialised (run scf-risk score or monthly): send features or history"
+        )
+    if roles:
+        return (
+            f"{sme_id} is a {roles[0]} enterprise in the model's reference data, not an SME, "
+            "and has no materialised features: send features or history"
+        )
+    return (
+        f"unknown SME {sme_id}: no materialised features and not in the model's reference "
+        "data: send features or history"
+    )
+
+
+def out_of_domain(model: ScoringModel, values: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """The present values outside their feature's catalog domain (categories: the model's
+    trained ones), as (feature, value, domain) in catalog order. Features computed from history
+    or read from the online table are checked as strictly as those a caller sends."""
+    from features.catalog import domain_of
+
+    found = []
+    for f in model.catalog:
+        value = values.get(f.name)
+        if value is None or not _present(value):
+            continue
+        known = tuple(model.categories.get(f.name, ()))
+        domain = domain_of(f)
+        if domain.violation(value, known) is not None:
+            found.append((f.name, value, domain.describe(known)))
+    return found
+
+
+def _outside(found: Sequence[tuple[str, Any, str]]) -> str:
+    return "; ".join(f"{name} = {value!r}, outside its domain {d}" for name, value, d in found)
 
 
 def _present(value: Any) -> bool:

@@ -31,6 +31,10 @@ CHALLENGER = "challenger"
 CHAMPION = "champion"
 DEFAULT_EXPERIMENT = "sme-default-pd"
 PROMOTIONS_EXPERIMENT = "promotions"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""The tag (and value) MLflow's UI reads to open an experiment on its runs rather than on the
+GenAI traces page (the UI's own constant in the pinned MLflow 3.17)."""
 OOT_PATH = "oot"
 OOT_FILE = "oot_rows.parquet"
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "oracle")
@@ -145,15 +149,24 @@ def check_tracking(tracking_uri: str, *, create: bool = True) -> Any:
 
 
 def ensure_experiment(client: Any, name: str, tracking_uri: str) -> str:
-    """The id of experiment `name`, created with its artifacts under `artifact_root`."""
+    """The id of experiment `name`, created with its artifacts under `artifact_root`, tagged as
+    model development (`EXPERIMENT_KIND_TAG`; an older experiment without the tag gets it)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage != "active":
             client.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return str(found.experiment_id)
     root = artifact_root(tracking_uri)
     root.mkdir(parents=True, exist_ok=True)
-    return str(client.create_experiment(name, artifact_location=(root / name).as_uri()))
+    return str(
+        client.create_experiment(
+            name,
+            artifact_location=(root / name).as_uri(),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
+    )
 
 
 @contextmanager

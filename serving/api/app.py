@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serving.api import errors
 from serving.api.errors import error_schemas
+from serving.api.examples import add_examples
 from serving.api.keys import redact
 from serving.api.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from serving.api.pages import routes as pages
@@ -98,6 +99,7 @@ def _openapi_of(app: FastAPI, service: Service) -> Any:
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 models_for_openapi(service)
             )
+            add_examples(schema)
             cache[key] = (served, schema)
         return cache[key][1]
 

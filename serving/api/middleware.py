@@ -6,6 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.api.errors import PROBLEM_JSON, problem_body
+
 # Pages of ours set their own Content-Security-Policy (with a nonce, or for the documentation
 # pages the hashes of their inline scripts); everything else that has none gets this one.
 DEFAULT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -40,7 +42,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     length = -1
                 if length < 0 or length > self.max_bytes:
-                    await self._refuse(send, length)
+                    await self._refuse(scope, send, length)
                     return
         seen = 0
         started = False
@@ -65,22 +67,23 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await self._refuse(send, seen)
+            await self._refuse(scope, send, seen)
 
-    async def _refuse(self, send: Send, length: int) -> None:
+    async def _refuse(self, scope: Scope, send: Send, length: int) -> None:
         detail = (
             f"request body of {length} bytes is larger than the limit of {self.max_bytes} bytes"
             if length >= 0
             else "invalid Content-Length"
         )
         status = 413 if length >= 0 else 400
-        body = json.dumps({"detail": detail}).encode()
+        where = f"{scope.get('method', '')} {scope.get('path', '')}"
+        body = json.dumps(problem_body(status, detail, where)).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    (b"content-type", b"application/json"),
+                    (b"content-type", PROBLEM_JSON.encode()),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
                     *SECURITY_HEADERS,

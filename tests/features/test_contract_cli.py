@@ -24,8 +24,17 @@ def test_validate_a_good_folder_exits_0(tmp_path: Path) -> None:
     result = CliRunner().invoke(build_app(), ["validate", str(folder)])
     assert result.exit_code == 0, result.output
     assert "invoices: 4 rows" in result.output
-    assert f"{folder}: valid" in result.output
+    assert f"{folder}: valid for training and scoring" in result.output
     assert snapshot(tmp_path) == before
+
+
+def test_validate_says_a_folder_without_loans_is_valid_for_scoring_only(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path)
+    (folder / "loans.csv").unlink()
+    result = CliRunner().invoke(build_app(), ["validate", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert f"{folder}: valid for scoring; training also needs loans" in result.output
+    assert "valid for training" not in result.output
 
 
 def test_validate_a_corrupted_copy_exits_1_naming_table_row_and_column(tmp_path: Path) -> None:

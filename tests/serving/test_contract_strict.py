@@ -4,21 +4,27 @@ field, and a batch with one bad item scores the others."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from serving.api.app import create_app
 from serving.audit.store import AuditStore
+from serving.online import materialize
+from serving.settings import Settings
+from tests.support.models import Registry, with_reference
+from tests.support.problems import problem, problems
+from training.model import ScoringModel
 
 Headers = Callable[[str], dict[str, str]]
 OK = {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True}
 
 
 def _problems(client: TestClient, headers: Headers, body: Any) -> list[dict[str, Any]]:
-    r = client.post("/v1/scores", json=body, headers=headers("scorer"))
-    assert r.status_code == 422, r.text
-    return list(r.json()["detail"])
+    return problems(client.post("/v1/scores", json=body, headers=headers("scorer")))
 
 
 def test_as_of_is_required(client: TestClient, headers: Headers) -> None:
@@ -118,9 +124,55 @@ def test_raw_input_is_kept_beside_the_normalised_one(client: TestClient, headers
     assert stored["input"]["normalised"]["features"] == {"dso_90d": 12.0, "industry": "food"}
 
 
-def test_unknown_sme_in_stored_mode(client: TestClient, headers: Headers) -> None:
-    (p,) = _problems(client, headers, {"sme_id": "S404", "as_of": "2024-06-30"})
-    assert p["loc"] == ["body", "sme_id"] and "unknown SME S404" in p["msg"]
+def test_unknown_and_never_materialised_smes_are_told_apart(
+    settings: Settings, keys: dict[str, str], scoring_model: ScoringModel, tmp_path: Path
+) -> None:
+    registry = Registry()
+    registry.add(with_reference(scoring_model, tmp_path))
+    with TestClient(create_app(settings, loader=registry)) as client:
+        said = {}
+        for sme_id in ("S2", "S404"):
+            body = {"sme_id": sme_id, "as_of": "2024-06-30", "allow_sparse": True}
+            r = client.post("/v1/scores", json=body, headers={"X-API-Key": keys["scorer"]})
+            (p,) = problems(r)
+            assert p["loc"] == ["body", "sme_id"] and p["type"] == "value_error"
+            said[sme_id] = p["msg"]
+    assert (
+        "SME S2 is known to the model's reference data but its features were never " in said["S2"]
+    )
+    assert "materialised (run scf-risk score or monthly)" in said["S2"]
+    assert said["S404"].startswith("unknown SME S404: no materialised features and not in")
+
+
+def test_stored_features_outside_their_domain_are_a_500_not_a_score(
+    client: TestClient, headers: Headers
+) -> None:
+    store: AuditStore = client.app.state.service.store  # type: ignore[attr-defined]
+    panel = pd.DataFrame(
+        {"sme_id": ["S9"], "as_of": pd.to_datetime(["2024-06-28"]), "ar_90p_share": [1.7]}
+    )
+    materialize(store, panel)
+    body = {"sme_id": "S9", "as_of": "2024-06-30", "allow_sparse": True}
+    r = client.post("/v1/scores", json=body, headers=headers("scorer"))
+    doc = problem(r, 500)
+    assert doc["type"] == "tag:scf-risk,2025:problem:stored-features-invalid"
+    assert doc["title"] == "Stored features outside their domain"
+    assert "S9 as of 2024-06-28 hold ar_90p_share = 1.7, outside its domain [0, 1]" in doc["detail"]
+    (e,) = doc["errors"]
+    assert (e["loc"], e["type"], e["value"], e["domain"]) == (
+        ["body", "sme_id"],
+        "stored_feature_out_of_domain",
+        1.7,
+        "[0, 1]",
+    )
+    good = {**OK, "sme_id": "A", "features": {"dso_90d": 10.0}}
+    r = client.post("/v1/scores/batch", json=[good, body], headers=headers("scorer"))
+    out = r.json()
+    assert r.status_code == 200 and (out["scored"], out["failed"]) == (1, 1), r.text
+    (item,) = out["errors"]
+    assert item["index"] == 1 and item["errors"][0]["type"] == "stored_feature_out_of_domain"
+    assert item["errors"][0]["index"] == 1 and item["errors"][0]["domain"] == "[0, 1]"
+    assert store.count() == 1  # only the good item was decided
 
 
 def test_a_batch_with_a_bad_item_scores_the_others(client: TestClient, headers: Headers) -> None:

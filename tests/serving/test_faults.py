@@ -55,6 +55,7 @@ from tests.support.load import (
     stored_ids,
 )
 from tests.support.models import Registered, Registry
+from tests.support.problems import problem
 from tests.support.server import free_port
 from training.bundle import load_model
 from training.model import ScoringModel
@@ -290,8 +291,8 @@ def test_registry_unreachable_at_start_is_not_ready_with_a_clear_log_line(
     body = ready.json()
     assert body["ready"] is False and body["model"] is None
     assert f"127.0.0.1:{port}" in body["model_error"]
-    assert score.status_code == 503 and score.headers.get("retry-after")
-    assert "model not ready" in score.json()["detail"]
+    assert score.headers.get("retry-after")
+    assert "model not ready" in problem(score, 503)["detail"]
     lines = [ln for ln in log.splitlines() if "model not loaded" in ln]
     assert len(lines) >= 2, log[-3000:]  # one per worker
     for line in lines:
@@ -352,8 +353,7 @@ def test_corrupt_model_artifact_is_refused_and_the_old_model_keeps_serving(
         ready = httpx.get(f"{srv.url}/readyz", timeout=30)
         log = srv.output()
     assert bad != good
-    assert reload.status_code == 503, reload.text
-    detail = reload.json()["detail"]
+    detail = problem(reload, 503)["detail"]
     assert "booster.txt" in detail and "corrupt" in detail, detail
     assert f"still serving models:/sme-default-pd/{good}" in detail, detail
     assert after.status_code == 200 and after.json()["model"]["version"] == good
@@ -443,9 +443,10 @@ def test_audit_store_gone_from_the_start_is_503_never_500(
     assert ready.status_code == 503 and ready.json()["audit_store_writable"] is False
     assert ready.json()["model"] is not None  # the model is fine: only the store is missing
     for r in (score, batch):
-        assert r.status_code == 503 and "no decision made" in r.json()["detail"], r.text
-    for r in (read, listed):
-        assert r.status_code == 503, r.text
+        assert "no decision made" in problem(r, 503)["detail"], r.text
+    for r in (score, batch, read, listed):  # generic: the database's URL stays in the log
+        assert problem(r, 503)["type"] == "tag:scf-risk,2025:problem:unavailable"
+        assert url not in r.text and "audit.db" not in r.text and "127.0.0.1" not in r.text
     assert any("audit store not available at start" in m for m in caplog.messages)
 
 

@@ -36,6 +36,7 @@ from tests.support.portfolio import (
 )
 from tests.support.server import Browser, chromium_or_skip
 from training.bundle import LoadedModel, client_for, load_model
+from training.registry import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 SCALE = ("A", "B", "C", "D", "E", "F")
 
@@ -245,6 +246,7 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
 
     client = client_for(profiled.tracking_uri)
     experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND  # the UI opens on runs
     runs = client.search_runs([experiment.experiment_id])
     run = next(r for r in runs if r.info.run_id in result.output)
     assert run.info.status == "FINISHED"

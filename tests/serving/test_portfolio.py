@@ -22,6 +22,7 @@ from serving.audit.store import AuditStore
 from serving.online import OnlineFeatures
 from serving.portfolio.batch import REASONS_TYPE, reasons_of, score_population
 from serving.scoring import reason
+from tests.support.contract_folder import read_rows, set_cell, write_folder, write_rows
 from tests.support.portfolio import (
     Profiled,
     broken_folder,
@@ -167,6 +168,30 @@ def test_score_bad_input_exits_nonzero_and_writes_nothing(
     assert message in result.output
     assert not out.parent.exists()
     assert not (tmp_path / "audit.db").exists()
+
+
+def test_score_names_the_file_line_and_data_row_as_validate_does(tmp_path, monkeypatch) -> None:
+    """A value with a line break shifts the file's lines against its data rows: `score` names
+    both, as `validate` does, and stops before loading a model or writing anything."""
+    folder = write_folder(tmp_path)
+    rows = read_rows(folder / "enterprises.csv")
+    rows[2][2] = "multi\nline"  # data row 2 spans lines 3 and 4
+    write_rows(folder / "enterprises.csv", rows)
+    set_cell(folder, "enterprises", 4, "founded_date", "2015-13-01")  # data row 4: line 6
+    out = tmp_path / "out" / "scores.parquet"
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    scored = cli(tmp_path, monkeypatch, tracking, "score", "--data", str(folder),
+                 "--as-of", "2024-06-30", "--out", str(out))  # fmt: skip
+    validated = cli(tmp_path, monkeypatch, tracking, "validate", str(folder))
+    for result in (scored, validated):
+        assert result.exit_code == 1, result.output
+        assert "enterprises, line 3 (data row 2), column industry: line break" in result.output
+        assert (
+            "enterprises, line 6 (data row 4), column founded_date: not a date in the form "
+            "YYYY-MM-DD: '2015-13-01'" in result.output
+        )
+    assert not out.parent.exists() and not (tmp_path / "audit.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_model_without_a_training_reference_is_still_scored(tmp_path, monkeypatch, profiled):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,11 +14,11 @@ from pydantic import ValidationError
 
 from features.catalog import domain_of, format_value, reason_codes
 from serving.audit.store import AuditStore
-from serving.exceptions import InvalidInput
+from serving.exceptions import InvalidInput, StoredFeaturesInvalid
 from serving.online import OnlineFeatures
 from serving.scoring import N_REASONS, replay, score, score_many
 from serving.served import ServedModel, build_served
-from tests.support.models import CHAMPION, Registry, synthetic_rows
+from tests.support.models import CHAMPION, Registry, synthetic_rows, with_reference
 from training.bundle import LoadedModel
 from training.model import ScoringModel
 
@@ -164,6 +166,90 @@ def test_stored_mode_uses_the_latest_materialised_features(
     )
     with pytest.raises(InvalidInput, match="as of 2024-02-29, more than 45 days before"):
         score(served, stale, latest=OnlineFeatures(store).latest)
+
+
+def test_stored_features_outside_their_domain_are_refused_not_scored(
+    served: ServedModel, store: AuditStore
+) -> None:
+    """A materialised value outside its catalog domain (a share of 1.7, a category the model was
+    not trained on) is the service's fault, not the caller's: a clear error, never a score."""
+    from serving.online import materialize
+
+    panel = pd.DataFrame(
+        {
+            "sme_id": ["S7", "S8"],
+            "as_of": pd.to_datetime(["2024-06-28", "2024-06-28"]),
+            "ar_90p_share": [1.7, 0.2],
+            "industry": ["food", "Textiles"],
+        }
+    )
+    materialize(store, panel)
+    latest = OnlineFeatures(store).latest
+    for sme_id, name, value, domain in (
+        ("S7", "ar_90p_share", 1.7, "[0, 1]"),
+        ("S8", "industry", "Textiles", "one of 'chemicals', 'food', 'metals', 'textiles'"),
+    ):
+        req = served.request_model.model_validate(
+            {"sme_id": sme_id, "as_of": AS_OF, "allow_sparse": True}
+        )
+        with pytest.raises(StoredFeaturesInvalid) as exc:
+            score(served, req, latest=latest)
+        assert exc.value.loc == ("sme_id",) and exc.value.kind == "stored_feature_out_of_domain"
+        assert (exc.value.value, exc.value.domain) == (value, domain)
+        said = f"features of {sme_id} as of 2024-06-28 hold {name} = {value!r}, outside its "
+        assert said + f"domain {domain}" in exc.value.message, exc.value.message
+        assert "not the request" in exc.value.message
+
+
+def test_history_features_outside_their_domain_are_refused(
+    scoring_model: ScoringModel, tmp_path: Path
+) -> None:
+    """History of an SME whose industry the model never saw: a 422-kind error naming the
+    computed feature, its value and its domain (it used to become a silent missing value)."""
+    from features.io import load_tables
+    from serving.demo import history_of
+    from tests.support.contract_folder import TODAY
+
+    model = with_reference(scoring_model, tmp_path)
+    served = build_served(LoadedModel(model, "m", "1", "run1", "models:/m/1"), "pred_contrib")
+    tables = load_tables(tmp_path / "data", today=TODAY)
+    body = {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True}
+    req = served.request_model.model_validate_json(
+        json.dumps({**body, "history": history_of(tables, "S1")})
+    )
+    with pytest.raises(InvalidInput) as exc:
+        score(served, req)
+    assert exc.value.loc == ("history",) and exc.value.kind == "computed_out_of_domain"
+    assert exc.value.value == "parts" and exc.value.domain is not None
+    assert "the history rows sent give industry = 'parts', outside its domain one of" in str(
+        exc.value
+    )
+
+
+def test_never_materialised_unknown_and_core_ids_get_different_messages(
+    scoring_model: ScoringModel, tmp_path: Path
+) -> None:
+    model = with_reference(scoring_model, tmp_path)
+    served = build_served(LoadedModel(model, "m", "1", "run1", "models:/m/1"), "pred_contrib")
+
+    def message(sme_id: str, on: ServedModel = served) -> str:
+        req = on.request_model.model_validate(
+            {"sme_id": sme_id, "as_of": AS_OF, "allow_sparse": True}
+        )
+        with pytest.raises(InvalidInput) as exc:
+            score(on, req, latest=lambda _: None)
+        assert exc.value.loc == ("sme_id",)
+        return exc.value.message
+
+    assert message("S2").startswith(
+        "SME S2 is known to the model's reference data but its features were never materialised"
+    )
+    assert message("S404").startswith(
+        "unknown SME S404: no materialised features and not in the model's reference data"
+    )
+    assert message("C1").startswith("C1 is a core enterprise in the model's reference data")
+    bare = build_served(LoadedModel(scoring_model, "m", "1", "run1", "models:/m/1"), "pred_contrib")
+    assert "the served model carries no reference data" in message("S2", bare)
 
 
 def test_batch_errors_name_the_item(served: ServedModel) -> None:

@@ -17,6 +17,7 @@ import pytest
 from serving.api.keys import add_key, read_keys
 from tests.support.load import StressServer, feature_rows, server_env
 from tests.support.models import Registered
+from tests.support.problems import problem
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +108,7 @@ def test_roles_are_kept_apart(
         # An auditor cannot score (single or batch), nor reload; nothing gets stored.
         for path, body in (("/v1/scores", row), ("/v1/scores/batch", [row])):
             r = c.post(path, json=body, headers=h(server_keys["auditor"]))
-            assert r.status_code == 403 and "auditor" in r.json()["detail"], r.text
+            assert "auditor" in problem(r, 403)["detail"], r.text
         assert c.post("/v1/admin/reload", headers=h(server_keys["auditor"])).status_code == 403
         after = c.get(f"/v1/decisions?sme_id={row['sme_id']}", headers=h(server_keys["auditor"]))
         assert len(after.json()["decisions"]) == len(before.json()["decisions"])

@@ -74,6 +74,17 @@ def decision_ids(doc: Any) -> tuple[str, ...]:
     return (doc["decision_id"],)
 
 
+def error_text(data: bytes) -> str:
+    """An error answer in words: a problem details object's title and detail, else the start of
+    the raw body."""
+    try:
+        doc = json.loads(data)
+        text = f"{doc['title']}: {doc['detail']}"
+    except (ValueError, KeyError, TypeError):
+        return data[:300].decode("utf-8", "replace")
+    return text[:300]
+
+
 def mixed_bodies(
     rows: list[dict[str, Any]], *, batch_every: int = 10, batch_size: int = 4
 ) -> list[tuple[str, bytes]]:
@@ -274,8 +285,7 @@ class LoadGenerator:
                     continue
                 local.append(Outcome(start, end, 200, ids, asked=asked))
             else:
-                text = data[:300].decode("utf-8", "replace")
-                local.append(Outcome(start, end, resp.status, error=text, asked=asked))
+                local.append(Outcome(start, end, resp.status, error=error_text(data), asked=asked))
             if resp.will_close:
                 conn.close()
                 conn = self._connect()

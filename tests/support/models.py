@@ -88,6 +88,19 @@ def train_small_model(seed: int = 3, rounds: int = 40) -> ScoringModel:
     )
 
 
+def with_reference(model: ScoringModel, root: Path) -> ScoringModel:
+    """`model` carrying the reference data of the small contract folder (written under `root`):
+    cores C1, C2 and SMEs S1-S3, whose industries and regions the small model never saw."""
+    import dataclasses
+
+    from features.io import load_tables
+    from features.reference import build_reference
+    from tests.support.contract_folder import TODAY, write_folder
+
+    tables = load_tables(write_folder(root), today=TODAY)
+    return dataclasses.replace(model, reference=build_reference(tables))
+
+
 @dataclass(frozen=True)
 class Registered:
     """A small model trained and registered (alias champion) with the project's own code."""

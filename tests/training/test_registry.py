@@ -18,8 +18,11 @@ from training.promote import evaluate_gates, promote
 from training.registry import (
     CHALLENGER,
     CHAMPION,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     PROMOTIONS_EXPERIMENT,
     artifact_root,
+    ensure_experiment,
     load_oot_rows,
     log_training,
 )
@@ -71,6 +74,22 @@ def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:
     assert [f["name"] for f in catalog] == [f.name for f in CATALOG]
     mlmodel = (root / "model/MLmodel").read_text(encoding="utf-8")
     assert "signature" in mlmodel and "saved_input_example_info" in mlmodel
+
+
+def test_experiments_open_on_runs_in_the_mlflow_ui(store: str, first, tmp_path: Path) -> None:
+    """Every experiment the project makes is tagged as model development (so MLflow's UI opens
+    it on its runs, not on the GenAI traces page); one made without the tag gets it."""
+    client = client_for(store)
+    trained_in = client.get_experiment(client.get_run(first.run_id).info.experiment_id)
+    assert trained_in.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    other = f"sqlite:///{tmp_path}/mlflow.db"
+    fresh = client_for(other)
+    made = fresh.get_experiment(ensure_experiment(fresh, "fresh", other))
+    assert made.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    old_id = fresh.create_experiment("old", artifact_location=(tmp_path / "old").as_uri())
+    assert EXPERIMENT_KIND_TAG not in fresh.get_experiment(old_id).tags
+    assert ensure_experiment(fresh, "old", other) == old_id
+    assert fresh.get_experiment(old_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
 
 
 def test_registry_round_trip(trained, store: str, first) -> None:

@@ -67,7 +67,7 @@ def _page_auth(request: Request, key: str | None, svc: Service) -> HTMLResponse 
 @router.get(
     "/audit/decisions/{decision_id}",
     response_class=HTMLResponse,
-    responses=responses(401, 403, 404, 422, 503, html=(401, 404), page=True),
+    responses=responses(401, 403, 404, 422, 503, html=(401, 404)),
 )
 def decision_page(
     decision_id: DecisionIdPath,
@@ -91,7 +91,7 @@ def decision_page(
 @router.get(
     "/audit/decisions",
     response_class=HTMLResponse,
-    responses=responses(401, 403, 422, 503, html=(401,), page=True),
+    responses=responses(401, 403, 422, 503, html=(401,)),
 )
 def decisions_page(
     request: Request,
@@ -117,7 +117,7 @@ def decisions_page(
 @router.get(
     "/audit/login",
     response_class=HTMLResponse,
-    responses=responses(422, page=True),
+    responses=responses(422),
 )
 def login_page(svc: SvcDep, next: str = "/audit/decisions") -> HTMLResponse:
     """The sign-in form of the auditor pages."""

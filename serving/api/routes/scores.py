@@ -12,10 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from serving import scoring
 from serving.api.deps import Body, SvcDep, parse_body, score_body
-from serving.api.errors import responses, validation_detail
+from serving.api.errors import responses, unscorable_entry, validation_entries
 from serving.api.keys import Caller
 from serving.api.security import SCORE, require
-from serving.exceptions import InvalidInput
+from serving.exceptions import BatchRefused, InvalidInput, Unscorable
 from serving.schemas import BatchScoreResponse, ScoreRequestBase, ScoreResponse
 
 BATCH_BODY: dict[str, Any] = {
@@ -57,7 +57,7 @@ def _raw(body: bytes) -> Any:
     "/v1/scores",
     response_model=ScoreResponse,
     openapi_extra=score_body("ScoreRequest"),
-    responses=responses(401, 403, 413, 415, 422, 503),
+    responses=responses(401, 403, 413, 415, 422, 500, 503),
 )
 async def post_score(
     caller: Annotated[Caller, Depends(require(*SCORE))], body: Body, svc: SvcDep
@@ -123,14 +123,16 @@ def post_score_batch(
                 )
             )
         except ValidationError as exc:
-            failed[i] = validation_detail(exc.errors(include_url=False), prefix=("body", i))
+            failed[i] = validation_entries(
+                exc.errors(include_url=False), prefix=("body", i), index=i
+            )
         except RequestValidationError as exc:
-            failed[i] = validation_detail(exc.errors(), prefix=("body", i))
-        except InvalidInput as exc:
-            failed[i] = [{"loc": ["body", *exc.loc], "msg": exc.message, "type": "value_error"}]
+            failed[i] = validation_entries(exc.errors(), prefix=("body", i), index=i)
+        except Unscorable as exc:
+            failed[i] = [unscorable_entry(exc, index=i)]
     if not prepared:  # no item is valid: nothing is scored, and the request as a whole is refused
         errors = [e for _, errs in sorted(failed.items()) for e in errs[:MAX_ERRORS_PER_ITEM]]
-        raise RequestValidationError(errors[: MAX_ERRORS_PER_ITEM * 5], body=None)
+        raise BatchRefused(errors, sum(len(errs) for errs in failed.values()))
     decisions = scoring.decide(served, [x for _, x in prepared])
     stored = svc.record(decisions, caller) if decisions else []
     results: list[dict[str, Any] | None] = [None] * len(items)
