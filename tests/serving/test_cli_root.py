@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from serving.cli import build_app
 
-FEATURES = ("generate", "validate", "features")
+FEATURES = ("example", "generate", "validate", "features")
 TRAINING = ("train", "compare", "promote")
 SERVING = ("serve", "audit", "keys", "score", "monitor", "backtest", "monthly")
 
