@@ -175,7 +175,13 @@ def monitor_command(
     with reasons, realised default rate by grade once labels have matured. Writes an HTML
     report and a JSON summary, and logs both to MLflow (experiment 'monitoring')."""
     from features.io import load_tables
-    from serving.portfolio.monitor import drift_profile, log_to_mlflow, monitor, summary
+    from serving.portfolio.monitor import (
+        drift_profile,
+        log_to_mlflow,
+        metrics_of,
+        monitor,
+        summary,
+    )
     from serving.portfolio.report import publish, render_monitor
     from serving.settings import Settings
     from training.registry import check_tracking
@@ -220,12 +226,14 @@ def monitor_command(
             log_to_mlflow(doc, files, tracking_uri=tracking_uri, client=client)
         ),
     )
-    psi = doc["psi"]
+    psi, metrics = doc["psi"], metrics_of(doc)
     typer.echo(
         f"{html_path} and {json_path}: {doc['population']['as_of']:,} SMEs; score PSI "
         f"{psi['score']['psi']:.3f} ({psi['score']['band']}); features to act on "
-        f"{psi['band_counts']['act']}, to watch {psi['band_counts']['watch']}; "
-        f"{doc['early_warning']['count']} early warnings; MLflow run {runs[0]} "
+        f"{psi['band_counts']['act']}, to watch {psi['band_counts']['watch']}; segments "
+        f"(industries, cores' SMEs) to act on {metrics['segments_act']:.0f}, to watch "
+        f"{metrics['segments_watch']:.0f}; {doc['early_warning']['count']} early warnings; "
+        f"MLflow run {runs[0]} "
         "(experiment monitoring)"
     )
 

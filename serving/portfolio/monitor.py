@@ -751,6 +751,12 @@ def metrics_of(doc: dict[str, Any]) -> dict[str, float]:
         "population": float(doc["population"]["as_of"]),
         "mean_pd": float(doc["mean_pd"]["as_of"]),
         "early_warnings": float(doc["early_warning"]["count"]),
+        **{
+            f"segments_{signal}": float(
+                sum(g["signal"] == signal for g in doc["segments"]["segments"])
+            )
+            for signal in ("act", "watch")
+        },
         "upgraded": float(doc["migration"]["upgraded"]),
         "downgraded": float(doc["migration"]["downgraded"]),
     }
