@@ -54,6 +54,10 @@ META_MAIN_CORE = "_main_core_id"
 META_ACTIVE = "_has_invoice_365d"
 META_DEFAULTED = "_defaulted_by_t"
 META_EVENT = "_default_in_horizon"
+META_FLAGS: tuple[str, ...] = (META_ACTIVE, META_DEFAULTED, META_EVENT)
+"""The boolean meta columns of feature rows (population flags and the label event)."""
+META_COLUMNS: tuple[str, ...] = (META_MAIN_CORE, *META_FLAGS)
+"""Every meta column of feature rows: dropped from the panel, never a feature."""
 
 
 def to_days(values: pd.Series | np.ndarray) -> np.ndarray:

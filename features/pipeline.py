@@ -31,7 +31,7 @@ from features.contract import (
     Tables,
 )
 from features.exceptions import FeatureError
-from features.own import META_ACTIVE, META_DEFAULTED, META_EVENT, NEVER, day_of, to_days
+from features.own import META_COLUMNS, META_EVENT, NEVER, day_of, to_days
 from features.reference import Reference, build_reference, feature_rows, sme_features
 
 __all__ = [
@@ -118,9 +118,14 @@ def panel_columns(reference: Reference) -> list[str]:
     return ["sme_id", "as_of", *(f.name for f in reference.catalog()), LABEL]
 
 
-def finish_panel(rows: pd.DataFrame, horizon_days: int, data_end: pd.Timestamp) -> pd.DataFrame:
+def finish_panel(
+    rows: pd.DataFrame,
+    horizon_days: int,
+    data_end: pd.Timestamp,
+    keep: tuple[str, ...] = (),
+) -> pd.DataFrame:
     """Population rows of `feature_rows` -> the panel: label attached (NA when immature), meta
-    columns dropped, ordered by (as_of, sme_id)."""
+    columns dropped (but those in `keep`), ordered by (as_of, sme_id)."""
     if rows.empty:
         raise FeatureError(
             "no SME is in the population at the as-of date(s): none has an invoice in the "
@@ -129,7 +134,7 @@ def finish_panel(rows: pd.DataFrame, horizon_days: int, data_end: pd.Timestamp) 
     rows = rows.sort_values(["as_of", "sme_id"], kind="stable").reset_index(drop=True)
     mature = rows["as_of"] + pd.Timedelta(days=horizon_days) <= data_end
     label = rows[META_EVENT].astype("Int8").mask(~mature)
-    panel = rows.drop(columns=[META_ACTIVE, META_DEFAULTED, META_EVENT])
+    panel = rows.drop(columns=[c for c in META_COLUMNS if c not in keep])
     panel[LABEL] = label
     panel.attrs[HORIZON_ATTR] = int(horizon_days)  # travels with the panel, in Parquet too
     return panel

@@ -38,8 +38,9 @@ from features.own import (
     _KEY,
     _SHIFT,
     META_ACTIVE,
+    META_COLUMNS,
     META_DEFAULTED,
-    META_EVENT,
+    META_FLAGS,
     META_MAIN_CORE,
     NEVER,
     Counterparties,
@@ -415,9 +416,9 @@ def feature_rows(
 
     Columns: `sme_id`, `as_of`, the catalog features in catalog order, then the meta columns
     `META_ACTIVE`, `META_DEFAULTED`, `META_EVENT` (population flags and label event within
-    `horizon_days`). Rows ordered by (as_of, sme_id). `population_only` keeps rows with an
-    invoice in the trailing 365 days and no default on or before the date. `on_date` is called
-    after each date (progress)."""
+    `horizon_days`) and `META_MAIN_CORE` (the main core enterprise's id). Rows ordered by
+    (as_of, sme_id). `population_only` keeps rows with an invoice in the trailing 365 days and
+    no default on or before the date. `on_date` is called after each date (progress)."""
     catalog = reference.catalog()
     ids = sme_ids_of(tables) if sme_ids is None else sorted({str(s) for s in sme_ids})
     prepared = reference.prepare(tables, ids)
@@ -439,8 +440,9 @@ def feature_rows(
                 columns[f.name] = pd.Series(values, dtype="str").reset_index(drop=True)
             else:
                 columns[f.name] = np.asarray(values, dtype=float)
-        for meta in (META_ACTIVE, META_DEFAULTED, META_EVENT):
+        for meta in META_FLAGS:
             columns[meta] = np.asarray(own[meta], dtype=bool)
+        columns[META_MAIN_CORE] = main_core.reset_index(drop=True)
         frame = pd.DataFrame(columns)
         if population_only:
             frame = frame[frame[META_ACTIVE] & ~frame[META_DEFAULTED]]
@@ -470,4 +472,4 @@ def sme_features(
             )
         sme_id = smes[0]
     rows = feature_rows(tables, [day_of(as_of)], reference, sme_ids=[sme_id])
-    return rows.drop(columns=[META_ACTIVE, META_DEFAULTED, META_EVENT]).reset_index(drop=True)
+    return rows.drop(columns=list(META_COLUMNS)).reset_index(drop=True)

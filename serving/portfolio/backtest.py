@@ -21,15 +21,21 @@ the lead time is the number of whole calendar months from ``t`` to ``D`` (the la
 headline is the share of defaulters flagged at least 3 months ahead, per rule, at the same alert
 rate.
 
-Honest use: if the model was trained on the same data, its months are in-sample; run the backtest
-on data the model has not seen (e.g. a simulation with another seed) or on its out-of-time months
-(``--from``).
+**Censoring by the window.** A defaulter can show ``L`` months of warning only if the window
+holds a scored month end at least ``L`` whole months before its default: one defaulting in the
+window's second month can show at most one. `observable` counts, per lead time, the defaulters
+that could show it; the counts by lead time are read against it.
+
+**In-sample months.** The bundle records the as-of months it was trained on
+(``ScoringModel.train_months``); where the window's month ends fall in them, the dynamic side is
+in-sample and the summary names those months (`in_sample`). Run the backtest on data the model has
+not seen (e.g. a simulation with another seed) or on its out-of-time months (``--from``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -132,12 +138,44 @@ def lead_times(
                 "last_scored": to_date(dates[-1]),
                 "first_alert": first if first is not None else pd.NaT,
                 "lead_months": whole_months(first, d) if first is not None else 0,
+                "max_lead": whole_months(to_date(dates[0]), d),
             }
         )
     frame = pd.DataFrame(
-        out, columns=["sme_id", "default_date", "last_scored", "first_alert", "lead_months"]
+        out,
+        columns=["sme_id", "default_date", "last_scored", "first_alert", "lead_months", "max_lead"],
     )
-    return frame.astype({"lead_months": np.int64})
+    return frame.astype({"lead_months": np.int64, "max_lead": np.int64})
+
+
+def observable(leads: pd.DataFrame, *, lookback_months: int = LOOKBACK_MONTHS) -> list[int]:
+    """Per lead time 0 .. lookback, how many defaulters of `leads` could show it (``max_lead``
+    at least that): the ceiling of the counts by lead time that the window imposes."""
+    most = np.minimum(leads["max_lead"].to_numpy(dtype=np.int64), lookback_months)
+    return [int((most >= k).sum()) for k in range(lookback_months + 1)]
+
+
+def in_sample(dates: Sequence[pd.Timestamp], train_months: Sequence[str]) -> list[str]:
+    """The months (YYYY-MM) of month ends `dates` that the model was trained on."""
+    trained = set(train_months)
+    return sorted({f"{d:%Y-%m}" for d in dates} & trained)
+
+
+def in_sample_note(overlap: Sequence[str], recorded: bool) -> str | None:
+    """The warning of a backtest whose window overlaps the training months (None without
+    overlap); when the bundle does not record its months, a warning saying it cannot tell."""
+    if not recorded:
+        return (
+            "The model's bundle does not record its training months: if it was trained on these "
+            "months, the dynamic side is in-sample; prefer data the model has not seen."
+        )
+    if not overlap:
+        return None
+    return (
+        f"The model was trained on {len(overlap)} of these months ({', '.join(overlap)}): there "
+        "the dynamic side is in-sample. Prefer data the model has not seen, or --from after "
+        "its training months."
+    )
 
 
 def lead_summary(
@@ -167,7 +205,8 @@ class BacktestResult:
     """The scored SME-months with both rules' flags, the lead times, the summary numbers."""
 
     rows: pd.DataFrame  # sme_id, as_of, pd, grade, static_rating, static, dynamic
-    leads: pd.DataFrame  # sme_id, default_date, static_rating, lead_static, lead_dynamic
+    leads: pd.DataFrame  # sme_id, default_date, static_rating, lead_dynamic, max_lead,
+    # lead_static (by default date)
     threshold: float
     threshold_grade: str | None
     doc: dict[str, Any]
@@ -227,7 +266,7 @@ def backtest(
             lookback_months=lookback_months,
         )
     leads = (
-        per_rule["dynamic"][["sme_id", "default_date", "lead_months"]]
+        per_rule["dynamic"][["sme_id", "default_date", "lead_months", "max_lead"]]
         .rename(columns={"lead_months": "lead_dynamic"})
         .merge(
             per_rule["static"][["sme_id", "lead_months"]].rename(
@@ -238,8 +277,10 @@ def backtest(
         )
     )
     leads.insert(2, "static_rating", leads["sme_id"].map(rating).astype("str"))
+    leads = leads.sort_values(["default_date", "sme_id"], ignore_index=True)
 
     dyn_rate = float(rows["dynamic"].mean())
+    overlap = in_sample(dates, model.train_months)
     doc: dict[str, Any] = {
         "kind": "backtest",
         "from": dates[0].date().isoformat(),
@@ -251,6 +292,10 @@ def backtest(
         "lookback_months": lookback_months,
         "ahead_months": ahead_months,
         "lead_months": list(range(lookback_months + 1)),
+        "observable": observable(leads, lookback_months=lookback_months),
+        "censoring": "a defaulter can show L months of warning only if the window holds a scored "
+        "month end L months before its default; 'observable' counts, per L, the defaulters that "
+        "could show it",
         "rules": {
             "static": f"static rating {static_cutoff} or worse (unrated SMEs not flagged)",
             "dynamic": f"PD at the month end >= {threshold:.4%} (grade {threshold_grade}), the "
@@ -282,10 +327,20 @@ def backtest(
                 "static_rating": None if pd.isna(r["static_rating"]) else str(r["static_rating"]),
                 "lead_static": int(r["lead_static"]),
                 "lead_dynamic": int(r["lead_dynamic"]),
+                "max_lead": int(r["max_lead"]),
             }
             for r in leads.to_dict("records")
         ],
-        "note": "If the model was trained on these months, the dynamic side is in-sample: "
-        "prefer data the model has not seen.",
+        "in_sample": {
+            "train_months": list(model.train_months),
+            "oot_months": list(model.oot_months),
+            "overlap": overlap,
+        },
+        "note": in_sample_note(overlap, bool(model.train_months)),
     }
     return BacktestResult(rows, leads, threshold, threshold_grade, doc)
+
+
+def defaulters_csv(doc: dict[str, Any]) -> str:
+    """Every defaulter of a backtest summary as CSV (the report shows the first rows only)."""
+    return pd.DataFrame(doc["defaulter_rows"]).to_csv(index=False)

@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features.exceptions import FeatureError
+from features.own import META_MAIN_CORE
 from features.pipeline import LABEL, as_of_days, data_range, finish_panel
 from training.model import DEFAULT_EXPLAIN_METHOD
 
@@ -71,10 +72,13 @@ class Scored:
 
     `scores`: sme_id, as_of, pd, score, grade, base_points, reasons (a list of dicts per row,
     empty when not explained), model_name/version/run_id. `features`: sme_id, as_of, every
-    feature of the data's catalog, default_12m (NA when immature at `data_end`)."""
+    feature of the data's catalog, default_12m (NA when immature at `data_end`). `main_core`: each
+    row's main core enterprise (largest trade of the last 365 days; NA for none), the segment
+    monitoring groups suppliers and dealers by."""
 
     scores: pd.DataFrame
     features: pd.DataFrame
+    main_core: pd.Series
 
 
 def model_info(loaded: LoadedModel) -> dict[str, str | None]:
@@ -289,14 +293,15 @@ def score_population(
             f"no SME is in the population at {dates}: none has an invoice in the 365 days "
             "before and no earlier default"
         )
-    panel = finish_panel(scored, horizon_days, end)
+    panel = finish_panel(scored, horizon_days, end, keep=(META_MAIN_CORE,))
+    main_core = panel.pop(META_MAIN_CORE).astype("str").rename("main_core")
     feature_cols = [c for c in panel.columns if c not in SCORE_COLUMNS]
     scores = panel[["sme_id", "as_of", *SCORE_COLUMNS]].copy()
     for col, key in zip(MODEL_COLUMNS, ("name", "version", "run_id"), strict=True):
         scores[col] = pd.Series([info[key]] * len(scores), dtype="str", index=scores.index)
     features = panel[feature_cols]
     assert LABEL in features.columns
-    return Scored(scores=scores, features=features)
+    return Scored(scores=scores, features=features, main_core=main_core)
 
 
 def scores_table(scores: pd.DataFrame) -> pa.Table:

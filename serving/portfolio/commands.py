@@ -167,7 +167,13 @@ def monitor_command(
     with reasons, realised default rate by grade once labels have matured. Writes an HTML
     report and a JSON summary, and logs both to MLflow (experiment 'monitoring')."""
     from features.io import load_tables
-    from serving.portfolio.monitor import drift_profile, log_to_mlflow, monitor, summary
+    from serving.portfolio.monitor import (
+        drift_profile,
+        log_to_mlflow,
+        metrics_of,
+        monitor,
+        summary,
+    )
     from serving.portfolio.report import publish, render_monitor
     from serving.settings import Settings
     from training.registry import check_tracking
@@ -212,12 +218,14 @@ def monitor_command(
             log_to_mlflow(doc, files, tracking_uri=tracking_uri, client=client)
         ),
     )
-    psi = doc["psi"]
+    psi, metrics = doc["psi"], metrics_of(doc)
     typer.echo(
         f"{html_path} and {json_path}: {doc['population']['as_of']:,} SMEs; score PSI "
         f"{psi['score']['psi']:.3f} ({psi['score']['band']}); features to act on "
-        f"{psi['band_counts']['act']}, to watch {psi['band_counts']['watch']}; "
-        f"{doc['early_warning']['count']} early warnings; MLflow run {runs[0]} "
+        f"{psi['band_counts']['act']}, to watch {psi['band_counts']['watch']}; segments "
+        f"(industries, cores' SMEs) to act on {metrics['segments_act']:.0f}, to watch "
+        f"{metrics['segments_watch']:.0f}; {doc['early_warning']['count']} early warnings; "
+        f"MLflow run {runs[0]} "
         "(experiment monitoring)"
     )
 
@@ -229,7 +237,8 @@ def backtest_command(
     out: Annotated[
         Path,
         typer.Option(
-            help="HTML report to write (its JSON summary goes beside it, same name .json)."
+            help="HTML report to write (its JSON summary goes beside it, same name .json, and "
+            "every defaulter in <name>-defaulters.csv)."
         ),
     ] = MONITORING_FOLDER / "backtest.html",
     from_: Annotated[
@@ -256,12 +265,13 @@ def backtest_command(
     model: ModelOpt = None,
 ) -> None:
     """Show how many months before default the dynamic grade flagged each defaulter,
-    against the static rating, with both rules flagging the same share of SME-months."""
+    against the static rating, with both rules flagging the same share of SME-months. Warns
+    when the month ends include the model's training months (the dynamic side is in-sample)."""
     from features.exceptions import FeatureError
     from features.io import load_tables
     from features.pipeline import data_range, month_ends
-    from serving.portfolio.backtest import backtest
-    from serving.portfolio.report import publish, render_backtest
+    from serving.portfolio.backtest import backtest, defaulters_csv
+    from serving.portfolio.report import defaulters_path_for, publish, render_backtest
 
     first = cli.parse_date(from_, "--from") if from_ is not None else None
     last = cli.parse_date(to, "--to") if to is not None else None
@@ -294,13 +304,21 @@ def backtest_command(
             f"no SME defaulted between {doc['from']} and {doc['to']} after being scored: "
             "nothing to backtest"
         )
-    html_path, json_path = publish(render_backtest(doc), doc, out)
+    listed = defaulters_path_for(out)
+    html_path, json_path = publish(
+        render_backtest(doc, defaulters_file=listed.name),
+        doc,
+        out,
+        extra={listed.name: defaulters_csv(doc)},
+    )
     typer.echo(
-        f"{html_path} and {json_path}: {doc['defaulters']} defaulters; flagged at least "
-        f"{doc['ahead_months']} months ahead: dynamic {doc['dynamic']['share_ahead']:.0%}, "
+        f"{html_path}, {json_path} and {listed}: {doc['defaulters']} defaulters; flagged at "
+        f"least {doc['ahead_months']} months ahead: dynamic {doc['dynamic']['share_ahead']:.0%}, "
         f"static {doc['static']['share_ahead']:.0%}, at an alert rate of "
         f"{doc['static']['alert_rate']:.1%} of SME-months"
     )
+    if doc["note"]:
+        typer.echo(doc["note"])
 
 
 @app.command("monthly")

@@ -49,6 +49,12 @@ from features.drift import (
 from features.exceptions import FeatureError
 from serving.exceptions import ModelLoadFailed
 from serving.portfolio.batch import Progress, Scored, model_info, reasons_of, score_population
+from serving.portfolio.segments import FDR as SEGMENT_FDR
+from serving.portfolio.segments import LOOKBACK_MONTHS as SEGMENT_LOOKBACK
+from serving.portfolio.segments import MIN_EFFECT as SEGMENT_MIN_EFFECT
+from serving.portfolio.segments import MIN_FEATURES as SEGMENT_MIN_FEATURES
+from serving.portfolio.segments import MIN_ODDS_RATIO as SEGMENT_MIN_ODDS
+from serving.portfolio.segments import SEGMENT_COLUMNS, pair, segment_drift
 from training.model import DEFAULT_EXPLAIN_METHOD
 
 if TYPE_CHECKING:
@@ -63,11 +69,6 @@ DEFAULTED = "(defaulted)"
 LEFT = "(left)"
 DRIVERS = 3
 """Features listed per early warning: those whose points fell most between the two dates."""
-SEGMENT_MIN_SMES = 20
-SEGMENT_PD_RATIO = 1.5
-SEGMENT_PD_RISE = 0.01
-"""A segment (industry) whose mean PD rose by this factor and by at least this much (absolute)
-since the comparison date is flagged."""
 
 
 # -- dates ---------------------------------------------------------------------------------------
@@ -280,42 +281,12 @@ def warning_drivers(
     return out
 
 
-def segment_table(
-    now: Scored, before: Scored, by: str = "industry", *, min_smes: int = SEGMENT_MIN_SMES
-) -> pd.DataFrame:
-    """Mean PD per segment (`by`, a categorical feature) at both dates: segment, n, mean_pd,
-    mean_pd_compare, ratio, flagged (at least `min_smes` SMEs and a mean PD up by
-    `SEGMENT_PD_RATIO` times and `SEGMENT_PD_RISE` or more). Ordered by ratio, highest first."""
-    if by not in now.features.columns:
-        return pd.DataFrame(
-            columns=["segment", "n", "mean_pd", "mean_pd_compare", "ratio", "flagged"]
-        )
-
-    def means(scored: Scored) -> pd.DataFrame:
-        frame = pd.DataFrame(
-            {
-                "segment": scored.features[by].astype("object").fillna("(missing)").astype(str),
-                "pd": scored.scores["pd"].to_numpy(),
-            }
-        )
-        return frame.groupby("segment")["pd"].agg(["size", "mean"])
-
-    a, b = means(now), means(before)
-    table = pd.DataFrame(
-        {
-            "segment": a.index.astype(str),
-            "n": a["size"].astype(int).to_numpy(),
-            "mean_pd": a["mean"].to_numpy(),
-            "mean_pd_compare": b["mean"].reindex(a.index).to_numpy(),
-        }
-    )
-    table["ratio"] = table["mean_pd"] / table["mean_pd_compare"]
-    table["flagged"] = (
-        (table["n"] >= min_smes)
-        & (table["ratio"] >= SEGMENT_PD_RATIO)
-        & (table["mean_pd"] - table["mean_pd_compare"] >= SEGMENT_PD_RISE)
-    )
-    return table.sort_values(["ratio", "segment"], ascending=[False, True]).reset_index(drop=True)
+def segment_labels(scored: Scored, kind: str) -> pd.Series:
+    """Each scored SME's segment of a kind (``industry``: its industry; ``core``: its main core
+    enterprise), indexed by sme_id; missing where it has none."""
+    values = scored.main_core if kind == "core" else scored.features[kind]
+    index = pd.Index(scored.features["sme_id"].astype(str).to_numpy(), name="sme_id")
+    return pd.Series(values.astype("object").to_numpy(), index=index, name=kind)
 
 
 def defaulted_between(tables: Tables, start: object, end: object) -> set[str]:
@@ -358,7 +329,9 @@ class MonitorResult:
     before: Scored
     psi: pd.DataFrame
     drift: pd.DataFrame  # features.drift.rank_drift: PSI with attribution shares and signals
-    segments: pd.DataFrame  # segment_table by industry
+    segments: pd.DataFrame  # serving.portfolio.segments.segment_drift by industry and core
+    baseline: pd.Timestamp | None  # the segment drift's baseline date (None: too early)
+    segments_note: str
     distribution: pd.DataFrame  # grade, count_as_of, share_as_of, count_compare, share_compare
     migration: pd.DataFrame
     warnings: pd.DataFrame
@@ -423,6 +396,31 @@ def monitor(
         time_like=TIME_LIKE,
         points_change=(points_now.mean() - points_before.mean()).to_dict(),
     )
+    baseline_t = months_before(as_of_t, SEGMENT_LOOKBACK)
+    segments = pd.DataFrame(columns=SEGMENT_COLUMNS)
+    if baseline_t < to_date(pd.offsets.MonthEnd().rollforward(start)):
+        baseline: pd.Timestamp | None = None
+        segments_note = (
+            f"no segment drift: its baseline, {SEGMENT_LOOKBACK} months before the as-of date "
+            f"({baseline_t.date()}), is before the data's first month end"
+        )
+    else:
+        baseline = baseline_t
+        base = _scored(tables, loaded, baseline_t, "baseline", explain=False, method=method)
+        paired = pair(
+            now.features, base.features, points_now, points_of(model, base.features, method)
+        )
+        segments, _ = segment_drift(
+            paired,
+            {"industry": segment_labels(now, "industry"), "core": segment_labels(now, "core")},
+            model.catalog,
+            factor=model.scale.factor,
+            time_like=TIME_LIKE,
+        )
+        segments_note = (
+            f"{len(paired.now)} SMEs scored on {baseline_t.date()} and {as_of_t.date()}; each "
+            "industry and each main core's SMEs against the rest"
+        )
     dist_now = grade_distribution(now.scores["grade"], scale)
     dist_before = grade_distribution(before.scores["grade"], scale)
     distribution = pd.DataFrame(
@@ -482,7 +480,9 @@ def monitor(
         before=before,
         psi=psi,
         drift=drift,
-        segments=segment_table(now, before),
+        segments=segments,
+        baseline=baseline,
+        segments_note=segments_note,
         distribution=distribution,
         migration=matrix,
         warnings=warnings,
@@ -607,17 +607,30 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "features' mean point changes (base points are constant); largest first",
             "by_feature": [{"name": str(k), "points_change": float(v)} for k, v in movers.items()],
         },
-        "segments": [
-            {
-                "segment": str(r["segment"]),
-                "n": int(r["n"]),
-                "mean_pd": float(r["mean_pd"]),
-                "mean_pd_compare": _num(r["mean_pd_compare"]),
-                "ratio": _num(r["ratio"]),
-                "flagged": bool(r["flagged"]),
-            }
-            for r in result.segments.to_dict("records")
-        ],
+        "segments": {
+            "baseline": None if result.baseline is None else result.baseline.date().isoformat(),
+            "note": result.segments_note,
+            "method": "paired difference in differences of each segment (industry, main core) "
+            "against the rest since the baseline; Welch one-sided tests, Benjamini-Hochberg "
+            f"q < {SEGMENT_FDR:g} over the run; a feature moved adversely by >= "
+            f"{SEGMENT_MIN_EFFECT:g} sd; act: >= {SEGMENT_MIN_FEATURES} such features and the "
+            f"score's odds of default up >= {SEGMENT_MIN_ODDS:g}x, watch: one of the two",
+            "segments": [
+                {
+                    "kind": str(r["kind"]),
+                    "segment": str(r["segment"]),
+                    "n": int(r["n"]),
+                    "signal": str(r["signal"]),
+                    "score_change": float(r["score_change"]),
+                    "odds_ratio": float(r["odds_ratio"]),
+                    "score_q": _num(r["score_q"]),
+                    "adverse_features": int(r["adverse_features"]),
+                    "moved": list(r["moved"]),
+                    "drivers": list(r["drivers"]),
+                }
+                for r in result.segments.to_dict("records")
+            ],
+        },
         "grade_distribution": [
             {
                 "grade": str(r["grade"]),
@@ -689,13 +702,21 @@ def actions(doc: dict[str, Any]) -> list[str]:
             f"{f['attribution_share']:.0%} of the model's attributions; check the data feed and "
             "whether the model still ranks well."
         )
-    for seg in doc["segments"]:
-        if seg["flagged"]:
-            out.append(
-                f"WATCH: industry {seg['segment']}: mean PD {seg['mean_pd']:.2%} against "
-                f"{seg['mean_pd_compare']:.2%} on {doc['compare']} (x{seg['ratio']:.1f}, "
-                f"{seg['n']} SMEs); review limits in this segment."
-            )
+    segments = doc["segments"]
+    for seg in segments["segments"]:
+        if seg["signal"] == "stable":
+            continue
+        moved = (
+            ", ".join(f"{m['feature']} ({m['effect']:+.1f} sd)" for m in seg["moved"])
+            or "no feature beyond its threshold"
+        )
+        who = "industry" if seg["kind"] == "industry" else "the SMEs of core"
+        out.append(
+            f"{seg['signal'].upper()}: {who} {seg['segment']} ({seg['n']} SMEs) moved against "
+            f"the rest since {segments['baseline']}: odds of default x{seg['odds_ratio']:.2f}, "
+            f"{seg['adverse_features']} feature(s) riskier, most {moved}. Review limits and "
+            "exposures in this segment."
+        )
     failed = [g for g in doc["realised_by_grade"]["grades"] if not g["jeffreys_pass"]]
     for g in failed:
         out.append(
@@ -713,8 +734,8 @@ def actions(doc: dict[str, Any]) -> list[str]:
         out.insert(
             0,
             f"Nothing to act on in the model: the score is {psi['score']['band']} (PSI "
-            f"{psi['score']['psi']:.2f}), no counted feature drifted, no industry's mean PD "
-            f"rose {SEGMENT_PD_RATIO:g}x, no grade failed its Jeffreys test.",
+            f"{psi['score']['psi']:.2f}), no counted feature drifted, no industry or core's "
+            "SMEs moved against the rest, no grade failed its Jeffreys test.",
         )
     return out
 
@@ -730,6 +751,12 @@ def metrics_of(doc: dict[str, Any]) -> dict[str, float]:
         "population": float(doc["population"]["as_of"]),
         "mean_pd": float(doc["mean_pd"]["as_of"]),
         "early_warnings": float(doc["early_warning"]["count"]),
+        **{
+            f"segments_{signal}": float(
+                sum(g["signal"] == signal for g in doc["segments"]["segments"])
+            )
+            for signal in ("act", "watch")
+        },
         "upgraded": float(doc["migration"]["upgraded"]),
         "downgraded": float(doc["migration"]["downgraded"]),
     }

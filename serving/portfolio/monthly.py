@@ -5,7 +5,7 @@ Files (written into a temporary sibling folder, renamed into place at the end):
 
 - ``scores.parquet`` — every SME in the population at the as-of date (`scf-risk score`'s file);
 - ``monitor.html`` / ``monitor.json`` — the monitoring report and its summary, whose
-  ``actions`` list is what to do this month;
+  ``actions`` list is what to do this month, with the estimated performance per month;
 - ``early_warnings.csv`` — the workout team's list: grades and PDs at both dates, the top reasons
   now and the features whose points fell most (numbers rounded: PD 4 decimals, points 1);
 - ``performance.csv`` — per month end up to the as-of date: the estimated default rate, AUC and
@@ -92,7 +92,7 @@ def monthly(
     from features.pipeline import data_range, month_ends
     from serving.portfolio.batch import write_scores
     from serving.portfolio.monitor import drift_profile, monitor, summary, to_date
-    from serving.portfolio.performance import performance_by_month
+    from serving.portfolio.performance import performance_by_month, performance_doc
     from serving.portfolio.report import render_monitor
 
     out = Path(out)
@@ -104,6 +104,7 @@ def monthly(
     doc["kind"] = "monthly"
     start, _ = data_range(tables)
     performance = performance_by_month(tables, loaded, month_ends(start, when), when)
+    doc["performance"] = performance_doc(performance)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:

@@ -157,3 +157,37 @@ def coverage(table: pd.DataFrame, metric: str) -> tuple[int, int]:
     """(months whose realised `metric` lies in its interval, months realised)."""
     known = table[f"{metric}_within"].dropna()
     return int(known.astype(bool).sum()), len(known)
+
+
+def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, Any]:
+    """`performance_table` as the JSON summary (and the report) shows it: per month, each
+    metric's estimate, interval and, once mature, realised value and whether it lies inside."""
+
+    def value(v: Any) -> float | None:
+        return float(v) if v is not None and pd.notna(v) else None
+
+    return {
+        "level": level,
+        "note": f"estimated from the calibrated PDs alone (the {level:.0%} interval of the metric "
+        "over label draws Y ~ Bernoulli(PD)); realised once every label of the month is known",
+        "months": [
+            {
+                "as_of": pd.Timestamp(r["as_of"]).date().isoformat(),
+                "n": int(r["n"]),
+                "mature": bool(r["mature"]),
+                **{
+                    metric: {
+                        "estimate": value(r[f"{metric}_estimate"]),
+                        "low": value(r[f"{metric}_low"]),
+                        "high": value(r[f"{metric}_high"]),
+                        "realised": value(r[f"{metric}_realised"]),
+                        "within": None
+                        if r[f"{metric}_within"] is None or pd.isna(r[f"{metric}_within"])
+                        else bool(r[f"{metric}_within"]),
+                    }
+                    for metric in METRICS
+                },
+            }
+            for r in table.to_dict("records")
+        ],
+    }

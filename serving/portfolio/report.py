@@ -1,13 +1,16 @@
 """HTML reports of the portfolio view: one self-contained file, charts as inline SVG.
 
 Nothing external is referenced (no scripts, fonts, images or stylesheets), so a report opens
-offline and can be archived as it is. Every page is rendered from the JSON summary written
-beside it, so the two always show the same numbers; every bar of a chart carries its numbers in
+offline and can be archived as it is; the page declares so in its Content-Security-Policy
+(`REPORT_CSP`: nothing may load, no script may run; inline styles only). Every page is rendered
+from the JSON summary written beside it, so the two always show the same numbers. Charts are
+matplotlib figures (`serving.portfolio.charts`), whose bars carry their numbers in
 ``data-series``, ``data-label`` and ``data-value`` attributes.
 
-`publish` writes the HTML and the JSON atomically (temporary files in the target folder, then
-renames), optionally handing the finished files to a callback (the MLflow run) first: when
-anything fails, nothing is left at the target paths.
+`publish` writes the HTML, the JSON and any extra files (the backtest's full list of defaulters)
+atomically (temporary files in the target folder, then renames), optionally handing the finished
+files to a callback (the MLflow run) first: when anything fails, nothing is left at the target
+paths.
 """
 
 from __future__ import annotations
@@ -17,25 +20,25 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from serving.portfolio.charts import BAND_COLORS, PALETTE, Chart, Series
+
 __all__ = [
-    "BAND_COLORS",
-    "Series",
-    "grouped_bars",
-    "horizontal_bars",
+    "REPORT_CSP",
+    "defaulters_path_for",
     "json_path_for",
     "publish",
     "render_backtest",
     "render_monitor",
 ]
 
-BAND_COLORS = {"stable": "#2e7d32", "watch": "#f9a825", "act": "#c62828"}
-PALETTE = ("#1f4e79", "#e07b39", "#6a994e", "#8e44ad")
-FONT = "font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif"
+REPORT_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+    "form-action 'none'"
+)
 
 
 def _e(value: object) -> str:
@@ -55,182 +58,6 @@ def num(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-# -- charts ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Series:
-    """One series of a bar chart: a value per label (None = no bar), optional (low, high)
-    whiskers per label, a colour per series or per bar."""
-
-    name: str
-    values: Sequence[float | None]
-    color: str = PALETTE[0]
-    bar_colors: Sequence[str] | None = None
-    whiskers: Sequence[tuple[float, float] | None] | None = None
-
-
-def _nice_step(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 × 10^k that is at least `value` (> 0)."""
-    exp = math.floor(math.log10(value))
-    for mantissa in (1.0, 2.0, 2.5, 5.0, 10.0):
-        step = mantissa * 10.0**exp
-        if step >= value * (1 - 1e-12):
-            return step
-    return 10.0 ** (exp + 1)
-
-
-def axis(high: float, n: int = 4) -> list[float]:
-    """Ticks from 0 to at least `high` at a round step, about `n` intervals (0..1 if no data)."""
-    if not math.isfinite(high) or high <= 0:
-        return [0.0, 0.25, 0.5, 0.75, 1.0]
-    step = _nice_step(high / n)
-    count = math.ceil(high / step - 1e-9)
-    return [step * i for i in range(count + 1)]
-
-
-def grouped_bars(
-    chart_id: str,
-    title: str,
-    labels: Sequence[str],
-    series: Sequence[Series],
-    *,
-    fmt: Callable[[float], str] = lambda v: f"{v:g}",
-    y_title: str = "",
-    width: int = 760,
-    height: int = 300,
-) -> str:
-    """A vertical grouped bar chart as inline SVG (one group per label, one bar per series)."""
-    left, right, top, bottom = 64, 16, 40, 58
-    plot_w, plot_h = width - left - right, height - top - bottom
-    highs = [v for s in series for v in s.values if v is not None and math.isfinite(v)]
-    highs += [w[1] for s in series for w in (s.whiskers or ()) if w is not None]
-    ticks = axis(max(highs, default=0.0))
-    y_max = ticks[-1]
-    n = max(1, len(labels))
-    group_w = plot_w / n
-    bar_w = max(2.0, group_w * 0.8 / max(1, len(series)))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="{_e(chart_id)}" '
-        f'data-chart="{_e(chart_id)}" role="img" aria-label="{_e(title)}" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" style="{FONT}">',
-        f'<text x="{left}" y="18" font-size="14" font-weight="600">{_e(title)}</text>',
-    ]
-    for t in ticks:
-        y = top + plot_h - plot_h * t / y_max
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
-            f"{_e(fmt(t))}</text>"
-        )
-    if y_title:
-        parts.append(
-            f'<text x="14" y="{top + plot_h / 2:.1f}" font-size="11" text-anchor="middle" '
-            f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">{_e(y_title)}</text>'
-        )
-    for i, label in enumerate(labels):
-        gx = left + i * group_w + group_w * 0.1
-        for k, s in enumerate(series):
-            v = s.values[i]
-            if v is None or not math.isfinite(v):
-                continue
-            h = plot_h * max(v, 0.0) / y_max
-            x = gx + k * bar_w
-            color = s.bar_colors[i] if s.bar_colors is not None else s.color
-            parts.append(
-                f'<rect class="bar" x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 1:.1f}" '
-                f'height="{max(h, 0.0):.1f}" fill="{_e(color)}" data-series="{_e(s.name)}" '
-                f'data-label="{_e(label)}" data-value="{v!r}"><title>{_e(s.name)}, {_e(label)}: '
-                f"{_e(fmt(v))}</title></rect>"
-            )
-            w = s.whiskers[i] if s.whiskers is not None else None
-            if w is not None:
-                cx = x + (bar_w - 1) / 2
-                y1 = top + plot_h - plot_h * min(w[1], y_max) / y_max
-                y0 = top + plot_h - plot_h * max(w[0], 0.0) / y_max
-                parts.append(
-                    f'<path d="M{cx - 3:.1f},{y1:.1f}H{cx + 3:.1f}M{cx:.1f},{y1:.1f}V{y0:.1f}'
-                    f'M{cx - 3:.1f},{y0:.1f}H{cx + 3:.1f}" stroke="#333" fill="none"/>'
-                )
-        parts.append(
-            f'<text x="{left + (i + 0.5) * group_w:.1f}" y="{top + plot_h + 16}" font-size="11" '
-            f'text-anchor="middle">{_e(label)}</text>'
-        )
-    parts.append(
-        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" '
-        'stroke="#333"/>'
-    )
-    lx = left
-    for s in series:
-        parts.append(
-            f'<rect x="{lx}" y="{height - 18}" width="10" height="10" fill="{_e(s.color)}"/>'
-            f'<text x="{lx + 14}" y="{height - 9}" font-size="11">{_e(s.name)}</text>'
-        )
-        lx += 24 + 7 * len(s.name)
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def horizontal_bars(
-    chart_id: str,
-    title: str,
-    labels: Sequence[str],
-    values: Sequence[float],
-    *,
-    colors: Sequence[str],
-    fmt: Callable[[float], str] = lambda v: f"{v:.3f}",
-    marks: Sequence[tuple[float, str]] = (),
-    cap: float | None = None,
-    width: int = 760,
-    row: int = 18,
-) -> str:
-    """A horizontal bar chart (one bar per label) with vertical reference `marks`. With `cap`,
-    the axis ends there at most and longer bars end in an arrow (their value is printed)."""
-    left, right, top, bottom = 230, 70, 36, 24
-    height = top + bottom + row * max(1, len(labels))
-    plot_w = width - left - right
-    finite = [v for v in values if math.isfinite(v)]
-    x_max = axis(max([*finite, *(m for m, _ in marks)], default=0.0))[-1]
-    if cap is not None:
-        x_max = min(x_max, cap)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="{_e(chart_id)}" '
-        f'data-chart="{_e(chart_id)}" role="img" aria-label="{_e(title)}" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" style="{FONT}">',
-        f'<text x="8" y="18" font-size="14" font-weight="600">{_e(title)}</text>',
-    ]
-    for i, (label, v) in enumerate(zip(labels, values, strict=True)):
-        y = top + i * row
-        w = plot_w * min(max(v, 0.0), x_max) / x_max
-        parts.append(
-            f'<text x="{left - 6}" y="{y + row * 0.7:.1f}" font-size="11" text-anchor="end">'
-            f"{_e(label)}</text>"
-            f'<rect class="bar" x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 4}" '
-            f'fill="{_e(colors[i])}" data-series="{_e(title)}" data-label="{_e(label)}" '
-            f'data-value="{v!r}"><title>{_e(label)}: {_e(fmt(v))}</title></rect>'
-            + (
-                f'<path d="M{left + w:.1f},{y + 2}l6,{(row - 4) / 2:.1f}l-6,{(row - 4) / 2:.1f}z" '
-                f'fill="{_e(colors[i])}"/>'
-                if v > x_max
-                else ""
-            )
-            + f'<text x="{left + w + 8:.1f}" y="{y + row * 0.7:.1f}" font-size="10">'
-            f"{_e(fmt(v))}</text>"
-        )
-    for m, name in marks:
-        x = left + plot_w * m / x_max
-        parts.append(
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 4}" y2="{height - bottom}" '
-            f'stroke="#555" stroke-dasharray="4 3"/><text x="{x + 2:.1f}" y="{top - 6}" '
-            f'font-size="10">{_e(name)}</text>'
-        )
-    parts.append(
-        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}" stroke="#333"/>'
-        f'<text x="{left}" y="{height - 6}" font-size="10">0</text>'
-        f'<text x="{left + plot_w}" y="{height - 6}" font-size="10" text-anchor="end">'
-        f"{_e(fmt(x_max))}</text></svg>"
-    )
-    return "".join(parts)
-
-
 # -- page parts -----------------------------------------------------------------------------------
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px auto;
@@ -241,7 +68,8 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
 .meta{color:#555;font-size:13px}.note{color:#555;font-size:13px;max-width:900px}
 .band-stable{color:#2e7d32;font-weight:600}.band-watch{color:#b58100;font-weight:600}
-.band-act{color:#c62828;font-weight:600}.chart{display:block;margin:8px 0}
+.band-act{color:#c62828;font-weight:600}.band-time-like,.band-negligible{color:#777}
+.chart{display:block;margin:8px 0}
 .kpi{display:inline-block;margin:4px 18px 4px 0}.kpi b{font-size:20px;display:block}
 ul.reasons{margin:0;padding-left:16px;text-align:left}
 """
@@ -272,24 +100,35 @@ def table(
 def page(title: str, meta: str, sections: Sequence[str]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
         f'<h1>{_e(title)}</h1><p class="meta">{meta}</p>{"".join(sections)}</body></html>'
     )
 
 
+def _band_text(band: str, text: str) -> str:
+    """`text` in the colour of `band` (stable, watch, act, time-like, negligible)."""
+    return f'<span class="band-{_e(band)}">{_e(text)}</span>'
+
+
 def _band(band: str) -> str:
-    return f'<span class="band-{_e(band)}">{_e(band)}</span>'
+    return _band_text(band, band)
+
+
+def _listed(items: Sequence[str]) -> str:
+    """A compact list in a table cell ("–" when empty); `items` are HTML already."""
+    if not items:
+        return "–"
+    return f'<ul class="reasons">{"".join(f"<li>{i}</li>" for i in items)}</ul>'
 
 
 def _reasons(reasons: Sequence[dict[str, Any]]) -> str:
-    if not reasons:
-        return "–"
-    items = "".join(
-        f"<li>{_e(r['text'])} = {_e(r.get('value_text') or '–')} "
-        f"({num(r.get('points'), 1)} points)</li>"
-        for r in reasons
+    return _listed(
+        [
+            f"{_e(r['text'])} = {_e(r.get('value_text') or '–')} ({num(r.get('points'), 1)} points)"
+            for r in reasons
+        ]
     )
-    return f'<ul class="reasons">{items}</ul>'
 
 
 def _model_line(model: dict[str, Any]) -> str:
@@ -299,53 +138,126 @@ def _model_line(model: dict[str, Any]) -> str:
     )
 
 
+def _signed_colors(values: Sequence[float]) -> list[str]:
+    return [BAND_COLORS["act"] if v < 0 else BAND_COLORS["stable"] for v in values]
+
+
+def _kpis(items: Sequence[tuple[str, object]]) -> str:
+    return "".join(f'<span class="kpi">{label}<b>{value}</b></span>' for label, value in items)
+
+
 # -- the monitoring report ------------------------------------------------------------------------
 PSI_CHART_ROWS = 30
 
 
 def render_monitor(doc: dict[str, Any]) -> str:
-    """The monitoring report of a `serving.portfolio.monitor.summary` document."""
+    """The monitoring report of a `serving.portfolio.monitor.summary` document (and of the
+    monthly run's, which adds the estimated performance)."""
     psi = doc["psi"]
-    feats = psi["features"]
-    shown = feats[:PSI_CHART_ROWS]
-    psi_rows = [{"name": "score", "psi": psi["score"]["psi"], "band": psi["score"]["band"]}, *shown]
+    segments = doc["segments"]["segments"]
     sections = [
         "<h2>Summary</h2>"
-        + "".join(
-            f'<span class="kpi">{label}<b>{value}</b></span>'
-            for label, value in (
+        + _kpis(
+            (
                 ("SMEs scored", f"{doc['population']['as_of']:,}"),
                 ("mean PD", pct(doc["mean_pd"]["as_of"])),
                 ("score PSI", f"{num(psi['score']['psi'])} {_band(psi['score']['band'])}"),
                 ("features to act on", psi["band_counts"]["act"]),
                 ("features to watch", psi["band_counts"]["watch"]),
+                ("segments to act on", sum(s["signal"] == "act" for s in segments)),
+                ("segments to watch", sum(s["signal"] == "watch" for s in segments)),
                 ("early warnings", doc["early_warning"]["count"]),
             )
         ),
-        "<h2>Population stability</h2>"
+        "<h2>What to do</h2>"
+        + '<ol id="list-actions">'
+        + "".join(f"<li>{_e(a)}</li>" for a in doc["actions"])
+        + "</ol>",
+        _stability_section(doc),
+        _score_shift_section(doc),
+        _segments_section(doc),
+        _performance_section(doc),
+        _realised_section(doc),
+        _grades_section(doc),
+        f"<h2>Rating migration {_e(doc['compare'])} → {_e(doc['as_of'])}</h2>"
+        f'<p class="note">Rows: grade at {_e(doc["compare"])} ((new): entered the population '
+        f"since); columns: grade at {_e(doc['as_of'])} ((defaulted): a loan default in between; "
+        f"(left): no longer in the population). Of the SMEs scored at both dates, "
+        f"{doc['migration']['upgraded']} moved to a better grade, {doc['migration']['unchanged']} "
+        f"kept their grade and {doc['migration']['downgraded']} moved to a worse one.</p>"
+        + _migration_table(doc["migration"]),
+        _warnings_section(doc),
+    ]
+    meta = (
+        f"As of {_e(doc['as_of'])}, compared with {_e(doc['compare'])}. "
+        f"{_model_line(doc['model'])}."
+    )
+    return page(f"Portfolio monitoring {doc['as_of']}", meta, sections)
+
+
+def _stability_section(doc: dict[str, Any]) -> str:
+    psi = doc["psi"]
+    feats = psi["features"]
+    shown = feats[:PSI_CHART_ROWS]
+    rows = [{"name": "score", "psi": psi["score"]["psi"], "band": psi["score"]["band"]}, *shown]
+    chart = Chart(
+        "chart-psi",
+        "PSI against the training reference",
+        height=0.9 + 0.17 * len(rows),
+    )
+    ax = chart.axes[0]
+    chart.bars(
+        ax,
+        [r["name"] for r in rows],
+        [
+            Series(
+                "PSI",
+                [float(r["psi"]) for r in rows],
+                bar_colors=[BAND_COLORS[r["band"]] for r in rows],
+            )
+        ],
+        fmt=lambda v: f"{v:.3f}",
+        horizontal=True,
+        cap=1.0,
+        value_text=True,
+    )
+    for mark in (0.1, 0.25):
+        ax.axvline(mark, color="#555", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("PSI (dashed: 0.1 watch, 0.25 act)")
+    return (
+        "<h2>Population stability, ranked by effect on the score</h2>"
         f'<p class="note">PSI = Σ (actual − expected)·ln(actual / expected) over the training '
         f"bins: {_e(psi['binning'])}. Bands: stable &lt; 0.1, watch 0.1–0.25, act &gt; 0.25. "
         f"Training reference: {psi['training_rows']:,} rows, as of "
-        f"{_e(psi['training_as_of'][0])} to {_e(psi['training_as_of'][1])}. The chart shows the "
-        f"score and the {len(shown)} features with the highest PSI (axis cut at 1: longer bars "
-        "end in an arrow); the table lists all.</p>"
-        + horizontal_bars(
-            "chart-psi",
-            "PSI against the training reference",
-            [r["name"] for r in psi_rows],
-            [float(r["psi"]) for r in psi_rows],
-            colors=[BAND_COLORS[r["band"]] for r in psi_rows],
-            marks=[(0.1, "0.1"), (0.25, "0.25")],
-            cap=1.0,
-        )
+        f"{_e(psi['training_as_of'][0])} to {_e(psi['training_as_of'][1])}. Signals: "
+        f"{_e(psi['signals'])}. The chart shows the score and the {len(shown)} features ranked "
+        "first (axis cut at 1: longer bars run to its end, their value printed); the table lists "
+        "all, with each feature's share of the model's attributions and its mean point change "
+        f"since {_e(doc['compare'])}.</p>"
+        + chart.svg()
         + table(
-            ["feature", "kind", "PSI", "band", "missing (training)", "missing (now)"],
+            [
+                "feature",
+                "kind",
+                "signal",
+                "PSI",
+                "band",
+                "attribution share",
+                "impact (PSI × share)",
+                "points change",
+                "missing (training)",
+                "missing (now)",
+            ],
             [
                 [
                     _e(f["name"]),
                     _e(f["kind"]),
+                    _band(f["signal"]),
                     num(f["psi"], 4),
                     _band(f["band"]),
+                    pct(f["attribution_share"], 1),
+                    num(f["impact"], 4),
+                    _signed(f["points_change"]),
                     pct(f["expected_missing"], 1),
                     pct(f["actual_missing"], 1),
                 ]
@@ -354,22 +266,261 @@ def render_monitor(doc: dict[str, Any]) -> str:
             table_id="table-psi",
             left=2,
             raw=True,
-        ),
-    ]
-    dist = doc["grade_distribution"]
-    sections.append(
-        "<h2>Grade distribution</h2>"
-        + grouped_bars(
-            "chart-grades",
-            f"Share of SMEs by grade: {doc['compare']} and {doc['as_of']}",
-            [d["grade"] for d in dist],
-            [
-                Series(doc["compare"], [d["share_compare"] for d in dist], PALETTE[1]),
-                Series(doc["as_of"], [d["share_as_of"] for d in dist], PALETTE[0]),
-            ],
-            fmt=lambda v: pct(v, 0),
-            y_title="share of SMEs",
         )
+    )
+
+
+def _signed(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:+.{digits}f}"
+
+
+def _score_shift_section(doc: dict[str, Any]) -> str:
+    shift = doc["score_shift"]
+    movers = shift["by_feature"]
+    body = (
+        f'<p class="note">Mean score {num(shift["mean_score_compare"], 1)} on '
+        f"{_e(doc['compare'])}, {num(shift['mean_score_as_of'], 1)} on {_e(doc['as_of'])}: "
+        f"{_signed(shift['change'])} points; {_e(shift['note'])}. The score's PSI against "
+        f"training is {num(doc['psi']['score']['psi'])} ({_band(doc['psi']['score']['band'])}).</p>"
+    )
+    if movers:
+        values = [float(m["points_change"]) for m in movers]
+        chart = Chart(
+            "chart-score-shift",
+            f"Mean point change by feature, {doc['compare']} → {doc['as_of']}",
+            height=0.9 + 0.22 * len(movers),
+        )
+        chart.bars(
+            chart.axes[0],
+            [m["name"] for m in movers],
+            [Series("points change", values, bar_colors=_signed_colors(values))],
+            fmt=lambda v: f"{v:+.2f}",
+            horizontal=True,
+            value_text=True,
+        )
+        chart.axes[0].axvline(0, color="#333", linewidth=0.8)
+        chart.axes[0].set_xlabel("points (negative: riskier)")
+        body += chart.svg() + table(
+            ["feature", "points change"],
+            [[m["name"], _signed(m["points_change"], 2)] for m in movers],
+            table_id="table-score-shift",
+        )
+    return "<h2>What moved the score</h2>" + body
+
+
+def _segments_section(doc: dict[str, Any]) -> str:
+    seg = doc["segments"]
+    rows = [
+        [
+            _e(s["kind"]),
+            _e(s["segment"]),
+            s["n"],
+            _band(s["signal"]),
+            num(s["odds_ratio"], 2),
+            _signed(s["score_change"]),
+            num(s["score_q"], 4),
+            s["adverse_features"],
+            ", ".join(f"{_e(m['feature'])} ({m['effect']:+.1f} sd)" for m in s["moved"]) or "–",
+            ", ".join(f"{_e(d['feature'])} ({d['points_change']:+.1f})" for d in s["drivers"])
+            or "–",
+        ]
+        for s in seg["segments"]
+    ]
+    baseline = f"since {_e(seg['baseline'])}" if seg["baseline"] else "(no baseline)"
+    return (
+        "<h2>Segments: industries and core enterprises' SMEs</h2>"
+        f'<p class="note">{_e(seg["note"])}. Method: {_e(seg["method"])}. Changes {baseline}; '
+        "odds ratio: the segment's odds of default against the rest's (above 1: riskier).</p>"
+        + table(
+            [
+                "kind",
+                "segment",
+                "SMEs",
+                "signal",
+                "odds ratio",
+                "score change",
+                "score q",
+                "features riskier",
+                "moved features",
+                "points fallen most",
+            ],
+            rows,
+            table_id="table-segments",
+            left=2,
+            raw=True,
+        )
+    )
+
+
+PERFORMANCE_METRICS: tuple[tuple[str, str, Callable[[float | None], str]], ...] = (
+    ("default_rate", "default rate", lambda v: pct(v, 2)),
+    ("auc", "AUC", lambda v: num(v, 3)),
+    ("ece", "ECE", lambda v: num(v, 4)),
+)
+
+
+def _performance_section(doc: dict[str, Any]) -> str:
+    perf = doc.get("performance")
+    head = "<h2>Estimated performance before labels mature</h2>"
+    if perf is None:
+        return (
+            head + '<p class="note">Not estimated by this run: <code>scf-risk monthly</code> '
+            "estimates the default rate, AUC and calibration of every month whose labels have not "
+            "matured, and sets the realised values beside them once they have.</p>"
+        )
+    months = perf["months"]
+    chart = Chart(
+        "chart-performance",
+        f"Estimated ({perf['level']:.0%} interval) and realised, by month end",
+        rows=2,
+        height=4.6,
+    )
+    x = list(range(len(months)))
+    for ax, (metric, label, fmt) in zip(chart.axes, PERFORMANCE_METRICS[:2], strict=True):
+        est = [m[metric] for m in months]
+        ax.fill_between(
+            x,
+            [_nan(e["low"]) for e in est],
+            [_nan(e["high"]) for e in est],
+            color=PALETTE[0],
+            alpha=0.18,
+            linewidth=0,
+            label=f"{perf['level']:.0%} interval",
+        )
+        ax.plot(x, [_nan(e["estimate"]) for e in est], color=PALETTE[0], label="estimated")
+        for i, (m, e) in enumerate(zip(months, est, strict=True)):
+            if e["realised"] is None:
+                continue
+            (point,) = ax.plot(
+                [i], [e["realised"]], "o", color=PALETTE[1], markersize=4,
+                label="realised" if i == 0 else None,
+            )  # fmt: skip
+            chart.tag(point, f"{label} realised", m["as_of"], e["realised"], fmt, kind="point")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", color="#ddd", linewidth=0.6)
+        ax.set_xticks(x, [m["as_of"][:7] if i % 3 == 0 else "" for i, m in enumerate(months)])
+    chart.axes[0].legend(frameon=False, fontsize=8)
+    rows = []
+    for m in months:
+        cells: list[object] = [m["as_of"], f"{m['n']:,}", "yes" if m["mature"] else "no"]
+        for metric, _, fmt in PERFORMANCE_METRICS:
+            e = m[metric]
+            cells.append(f"{fmt(e['estimate'])} [{fmt(e['low'])} – {fmt(e['high'])}]")
+            real = fmt(e["realised"])
+            cells.append(real if e["within"] is not False else _band_text("act", f"{real} outside"))
+        rows.append(cells)
+    return (
+        head
+        + f'<p class="note">{_e(perf["note"])}. A realised value outside its interval means the '
+        "PDs were wrong for that month (or its defaults were correlated, e.g. a downturn).</p>"
+        + chart.svg()
+        + table(
+            [
+                "month end",
+                "SMEs",
+                "mature",
+                *(
+                    f"{label} {kind}"
+                    for _, label, _ in PERFORMANCE_METRICS
+                    for kind in ("estimated [interval]", "realised")
+                ),
+            ],
+            rows,
+            table_id="table-performance",
+            raw=True,
+        )
+    )
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _realised_section(doc: dict[str, Any]) -> str:
+    real = doc["realised_by_grade"]
+    body = f'<p class="note">{_e(real["note"])}.</p>'
+    rows = [g for g in real["grades"] if g["n"] > 0]
+    if rows:
+        failed = [g["grade"] for g in rows if not g["jeffreys_pass"]]
+        body += (
+            '<p class="note">Jeffreys test per grade (one-sided: does the grade default more '
+            "often than its mean PD predicts?): "
+            + (
+                _band_text("act", f"failed by {', '.join(failed)}")
+                if failed
+                else _band_text("stable", "every grade passes")
+            )
+            + ".</p>"
+        )
+        chart = Chart(
+            "chart-realised",
+            f"Predicted PD and realised default rate by grade, cohort {real['cohort']}",
+        )
+        chart.bars(
+            chart.axes[0],
+            [g["grade"] for g in rows],
+            [
+                Series("mean predicted PD", [g["mean_pd"] for g in rows], PALETTE[1]),
+                Series(
+                    "realised default rate (95% CI)",
+                    [g["observed_rate"] for g in rows],
+                    PALETTE[0],
+                    whiskers=[(g["ci_low"], g["ci_high"]) for g in rows],
+                ),
+            ],
+            fmt=lambda v: pct(v, 1),
+        )
+        chart.axes[0].set_ylabel("probability of default")
+        body += chart.svg() + table(
+            [
+                "grade",
+                "SMEs",
+                "defaults",
+                "mean PD",
+                "realised rate",
+                "95% CI",
+                "PD within CI",
+                "Jeffreys p",
+                "Jeffreys test",
+            ],
+            [
+                [
+                    _e(g["grade"]),
+                    g["n"],
+                    g["defaults"],
+                    pct(g["mean_pd"]),
+                    pct(g["observed_rate"]),
+                    f"{pct(g['ci_low'])} – {pct(g['ci_high'])}",
+                    "yes" if g["within_ci"] else "no",
+                    num(g["jeffreys_p_value"], 3),
+                    _band_text("stable", "pass")
+                    if g["jeffreys_pass"]
+                    else _band_text("act", "FAIL"),
+                ]
+                for g in rows
+            ],
+            table_id="table-realised",
+            raw=True,
+        )
+    return "<h2>Realised default rate by grade</h2>" + body
+
+
+def _grades_section(doc: dict[str, Any]) -> str:
+    dist = doc["grade_distribution"]
+    chart = Chart("chart-grades", f"Share of SMEs by grade: {doc['compare']} and {doc['as_of']}")
+    chart.bars(
+        chart.axes[0],
+        [d["grade"] for d in dist],
+        [
+            Series(doc["compare"], [d["share_compare"] for d in dist], PALETTE[1]),
+            Series(doc["as_of"], [d["share_as_of"] for d in dist], PALETTE[0]),
+        ],
+        fmt=lambda v: pct(v, 1),
+    )
+    chart.axes[0].set_ylabel("share of SMEs")
+    return (
+        "<h2>Grade distribution</h2>"
+        + chart.svg()
         + table(
             ["grade", f"SMEs {doc['compare']}", "share", f"SMEs {doc['as_of']}", "share"],
             [
@@ -385,24 +536,38 @@ def render_monitor(doc: dict[str, Any]) -> str:
             table_id="table-grades",
         )
     )
-    mig = doc["migration"]
-    sections.append(
-        f"<h2>Rating migration {doc['compare']} → {doc['as_of']}</h2>"
-        f'<p class="note">Rows: grade at {doc["compare"]} ((new): entered the population since); '
-        f"columns: grade at {doc['as_of']} ((defaulted): a loan default in between; (left): no "
-        f"longer in the population). Of the SMEs scored at both dates, {mig['upgraded']} moved "
-        f"to a better grade, {mig['unchanged']} kept their grade and {mig['downgraded']} moved "
-        "to a worse one.</p>" + _migration_table(mig)
+
+
+def _drivers(drivers: Sequence[dict[str, Any]]) -> str:
+    return _listed(
+        [
+            f"{_e(d['feature'])}: {_signed(d['points_before'])} → {_signed(d['points_now'])} "
+            f"({_signed(d['change'])} points)"
+            for d in drivers
+        ]
     )
+
+
+def _warnings_section(doc: dict[str, Any]) -> str:
     ew = doc["early_warning"]
-    sections.append(
+    return (
         "<h2>Early warning</h2>"
-        f'<p class="note">SMEs down {ew["min_notches"]} or more grades since {doc["compare"]}, '
+        f'<p class="note">SMEs down {ew["min_notches"]} or more grades since {_e(doc["compare"])}, '
         f"or whose PD reached {pct(ew['pd_threshold'])} or more while it was below it (or the "
-        f"SME was not scored) on {doc['compare']}: {ew['count']} SMEs, with the reasons of "
-        "their score (the features lowering it most).</p>"
+        f"SME was not scored) on {_e(doc['compare'])}: {ew['count']} SMEs, with the reasons of "
+        "their score now (the features lowering it most) and what changed: the features whose "
+        "points fell most between the two dates.</p>"
         + table(
-            ["SME", "rule", "grade before", "grade now", "PD before", "PD now", "reasons"],
+            [
+                "SME",
+                "rule",
+                "grade before",
+                "grade now",
+                "PD before",
+                "PD now",
+                "reasons now",
+                "what changed",
+            ],
             [
                 [
                     _e(s["sme_id"]),
@@ -412,6 +577,7 @@ def render_monitor(doc: dict[str, Any]) -> str:
                     pct(s["pd_before"]),
                     pct(s["pd_now"]),
                     _reasons(s["reasons"]),
+                    _drivers(s["drivers"]),
                 ]
                 for s in ew["smes"]
             ],
@@ -420,47 +586,6 @@ def render_monitor(doc: dict[str, Any]) -> str:
             raw=True,
         )
     )
-    real = doc["realised_by_grade"]
-    body = f'<p class="note">{_e(real["note"])}.</p>'
-    if real["grades"]:
-        rows = [g for g in real["grades"] if g["n"] > 0]
-        body += grouped_bars(
-            "chart-realised",
-            f"Predicted PD and realised default rate by grade, cohort {real['cohort']}",
-            [g["grade"] for g in rows],
-            [
-                Series("mean predicted PD", [g["mean_pd"] for g in rows], PALETTE[1]),
-                Series(
-                    "realised default rate (95% CI)",
-                    [g["observed_rate"] for g in rows],
-                    PALETTE[0],
-                    whiskers=[(g["ci_low"], g["ci_high"]) for g in rows],
-                ),
-            ],
-            fmt=lambda v: pct(v, 1),
-            y_title="probability of default",
-        ) + table(
-            ["grade", "SMEs", "defaults", "mean PD", "realised rate", "95% CI", "PD within CI"],
-            [
-                [
-                    g["grade"],
-                    g["n"],
-                    g["defaults"],
-                    pct(g["mean_pd"]),
-                    pct(g["observed_rate"]),
-                    f"{pct(g['ci_low'])} – {pct(g['ci_high'])}",
-                    "yes" if g["within_ci"] else "no",
-                ]
-                for g in rows
-            ],
-            table_id="table-realised",
-        )
-    sections.append("<h2>Realised default rate by grade</h2>" + body)
-    meta = (
-        f"As of {_e(doc['as_of'])}, compared with {_e(doc['compare'])}. "
-        f"{_model_line(doc['model'])}."
-    )
-    return page(f"Portfolio monitoring {doc['as_of']}", meta, sections)
 
 
 def _migration_table(mig: dict[str, Any]) -> str:
@@ -483,12 +608,46 @@ def _migration_table(mig: dict[str, Any]) -> str:
 
 
 # -- the backtest report --------------------------------------------------------------------------
-def render_backtest(doc: dict[str, Any]) -> str:
-    """The dynamic-versus-static backtest report of a `serving.portfolio.backtest.summary`
-    document."""
+DEFAULTER_ROWS = 25
+
+
+def render_backtest(doc: dict[str, Any], *, defaulters_file: str) -> str:
+    """The dynamic-versus-static backtest report of a `serving.portfolio.backtest.backtest`
+    summary; `defaulters_file` names the CSV beside it that lists every defaulter."""
     rules = doc["rules"]
     dyn, stat = doc["dynamic"], doc["static"]
     months = [str(m) for m in doc["lead_months"]]
+    observable = doc["observable"]
+    lookback = doc["lookback_months"]
+    chart = Chart(
+        "chart-lead",
+        "Defaulters by months of warning before default (0 = not flagged)",
+        rows=2,
+        height=4.8,
+        height_ratios=(2, 1),
+    )
+    chart.bars(
+        chart.axes[0],
+        months,
+        [
+            Series("dynamic grade", [float(c) for c in dyn["lead_counts"]], PALETTE[0]),
+            Series("static rating", [float(c) for c in stat["lead_counts"]], PALETTE[1]),
+        ],
+        counts=True,
+    )
+    chart.axes[0].set_ylabel("defaulters")
+    chart.bars(
+        chart.axes[1],
+        months,
+        [Series("observable", [float(c) for c in observable], "#999999")],
+        counts=True,
+    )
+    chart.axes[1].set_ylabel("could show it")
+    chart.axes[1].set_xlabel(
+        "months of warning; below: defaulters whose window holds that many months before default"
+    )
+    rows = doc["defaulter_rows"]
+    shown = rows[:DEFAULTER_ROWS]
     sections = [
         "<h2>The question</h2>"
         f'<p class="note">How many months before its default did each defaulter get flagged, by '
@@ -496,9 +655,8 @@ def render_backtest(doc: dict[str, Any]) -> str:
         f"rating the bank assigned at onboarding), when both rules flag the same share of "
         f"SME-months? Static rule: {_e(rules['static'])}. Dynamic rule: {_e(rules['dynamic'])}. "
         f"Lead time: {_e(rules['lead_time'])}</p>"
-        + "".join(
-            f'<span class="kpi">{label}<b>{value}</b></span>'
-            for label, value in (
+        + _kpis(
+            (
                 ("SME-months scored", f"{doc['sme_months']:,}"),
                 ("alert rate (static)", pct(stat["alert_rate"])),
                 ("alert rate (dynamic)", pct(dyn["alert_rate"])),
@@ -507,23 +665,23 @@ def render_backtest(doc: dict[str, Any]) -> str:
                 ("flagged ≥ 3 months ahead (static)", pct(stat["share_ahead"], 1)),
             )
         ),
+        _in_sample_section(doc),
         "<h2>Lead time distribution</h2>"
-        + grouped_bars(
-            "chart-lead",
-            "Defaulters by months of warning before default (0 = not flagged)",
-            months,
-            [
-                Series("dynamic grade", [float(c) for c in dyn["lead_counts"]], PALETTE[0]),
-                Series("static rating", [float(c) for c in stat["lead_counts"]], PALETTE[1]),
-            ],
-            fmt=lambda v: f"{v:g}",
-            y_title="defaulters",
-        )
+        f'<p class="note" id="note-censoring">The window censors long lead times: a defaulter '
+        f"can show L months of warning only if the window holds a scored month end L months "
+        f"before its default. Of the {doc['defaulters']} defaulters, {observable[1]} could show "
+        f"1 month, {observable[min(3, lookback)]} could show {min(3, lookback)} and "
+        f"{observable[lookback]} could show {lookback} (lower panel, and the table's last row): "
+        "read each count against them, not against all defaulters. The full lookback of "
+        f"{lookback} months needs a scored month end exactly {lookback} months before the "
+        "default, i.e. a default on a month end.</p>"
+        + chart.svg()
         + table(
             ["months of warning", *months],
             [
                 ["dynamic grade", *dyn["lead_counts"]],
                 ["static rating", *stat["lead_counts"]],
+                ["defaulters who could show it", *observable],
             ],
             table_id="table-lead",
         )
@@ -548,6 +706,9 @@ def render_backtest(doc: dict[str, Any]) -> str:
             table_id="table-rules",
         ),
         "<h2>Defaulters</h2>"
+        f'<p class="note" id="note-defaulters">The first {len(shown)} of {len(rows)} defaulters '
+        f"by default date; the counts by months of warning are above. Every defaulter is listed "
+        f'in <a href="{_e(defaulters_file)}">{_e(defaulters_file)}</a> beside this report.</p>'
         + table(
             [
                 "SME",
@@ -555,6 +716,7 @@ def render_backtest(doc: dict[str, Any]) -> str:
                 "static rating",
                 "months warned (dynamic)",
                 "months warned (static)",
+                "most the window could show",
             ],
             [
                 [
@@ -563,17 +725,31 @@ def render_backtest(doc: dict[str, Any]) -> str:
                     d["static_rating"] or "–",
                     d["lead_dynamic"],
                     d["lead_static"],
+                    d["max_lead"],
                 ]
-                for d in doc["defaulter_rows"]
+                for d in shown
             ],
             table_id="table-defaulters",
         ),
     ]
-    meta = (
-        f"Month ends {_e(doc['from'])} to {_e(doc['to'])}. {_model_line(doc['model'])}. "
-        f"{_e(doc['note'])}"
-    )
+    meta = f"Month ends {_e(doc['from'])} to {_e(doc['to'])}. {_model_line(doc['model'])}."
     return page("Dynamic grade versus static rating: early warning backtest", meta, sections)
+
+
+def _in_sample_section(doc: dict[str, Any]) -> str:
+    info = doc["in_sample"]
+    trained = info["train_months"]
+    span = f"{trained[0]} to {trained[-1]}" if trained else "not recorded"
+    text = (
+        _band_text("act", doc["note"])
+        if doc["note"]
+        else _band_text("stable", "None of these month ends is in the model's training months.")
+    )
+    return (
+        "<h2>In-sample months</h2>"
+        f'<p class="note" id="note-in-sample">{text} Training months: {_e(span)}; out-of-time '
+        f"months: {_e(', '.join(info['oot_months']) or 'not recorded')}.</p>"
+    )
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -582,33 +758,47 @@ def json_path_for(out: Path) -> Path:
     return out.with_suffix(".json")
 
 
+def defaulters_path_for(out: Path) -> Path:
+    """The CSV of every defaulter beside a backtest report: ``<stem>-defaulters.csv``."""
+    return out.with_name(f"{out.stem}-defaulters.csv")
+
+
 def publish(
     html_text: str,
     doc: dict[str, Any],
     out: Path,
     *,
+    extra: Mapping[str, str] | None = None,
     before_publish: Callable[[list[Path]], object] | None = None,
 ) -> tuple[Path, Path]:
-    """Write the report and its JSON summary atomically; `before_publish` receives the finished
-    temporary files (named like the targets) before they are moved into place."""
+    """Write the report, its JSON summary and the `extra` files (name beside the report ->
+    text) atomically; `before_publish` receives the finished temporary files (named like the
+    targets) before they are moved into place."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"the report must be an .html file, got {out}")
     target_json = json_path_for(out)
+    texts = {
+        target_json.name: json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False),
+        **(extra or {}),
+        out.name: html_text,  # last: the report appears once everything it refers to is there
+    }
+    if len(texts) != 2 + len(extra or {}) or any(Path(n).name != n for n in texts):
+        raise ValueError(f"extra files must be plain names other than the report's: {extra}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".scf-risk-report-", dir=out.parent) as tmp:
-        staged_html = Path(tmp) / out.name
-        staged_json = Path(tmp) / target_json.name
-        staged_html.write_text(html_text, encoding="utf-8")
-        staged_json.write_text(
-            json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False), encoding="utf-8"
-        )
+        staged = [Path(tmp) / name for name in texts]
+        for path, text in zip(staged, texts.values(), strict=True):
+            path.write_text(text, encoding="utf-8")
         if before_publish is not None:
-            before_publish([staged_html, staged_json])
-        os.replace(staged_json, target_json)
+            before_publish(staged)
+        placed: list[Path] = []
         try:
-            os.replace(staged_html, out)
+            for path in staged:
+                os.replace(path, out.parent / path.name)
+                placed.append(out.parent / path.name)
         except BaseException:
-            target_json.unlink(missing_ok=True)
+            for path in placed:
+                path.unlink(missing_ok=True)
             raise
     return out, target_json

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 
 from features.drift import PROFILE_ARTIFACT, SCORE
 from serving.exceptions import ModelLoadFailed
+from serving.portfolio.charts import Chart, Series
 from serving.portfolio.monitor import (
     DEFAULTED,
     LEFT,
@@ -25,7 +27,7 @@ from serving.portfolio.monitor import (
     migration_matrix,
     months_before,
 )
-from serving.portfolio.report import axis, publish
+from serving.portfolio.report import page, publish
 from tests.support.models import train_small_model
 from tests.support.portfolio import (
     Profiled,
@@ -152,31 +154,89 @@ def test_the_profile_travels_in_the_bundle(profiled: Profiled) -> None:
 
 
 # -- report writing -------------------------------------------------------------------------------
-def test_axis_ticks_are_round() -> None:
-    assert axis(3) == [0, 1, 2, 3]
-    assert axis(0.55) == pytest.approx([0, 0.2, 0.4, 0.6])
-    assert axis(0) == [0.0, 0.25, 0.5, 0.75, 1.0]
+def bar_chart(chart_id: str) -> str:
+    chart = Chart(chart_id, "A <title> & more")
+    chart.bars(
+        chart.axes[0],
+        ["a", "b", "c"],
+        [Series("one", [0.1, None, 0.3]), Series("two", [0.2, 0.25, 0.0], whiskers=[None] * 3)],
+    )
+    return chart.svg()
+
+
+def test_charts_are_deterministic_offline_and_share_no_id() -> None:
+    import re
+
+    first, again, other = bar_chart("chart-a"), bar_chart("chart-a"), bar_chart("chart-b")
+    assert first == again  # no date, ids hashed with the chart's id as salt
+    assert first.startswith('<svg class="chart" id="chart-a"') and first.rstrip().endswith("</svg>")
+    assert 'aria-label="A &lt;title&gt; &amp; more"' in first
+    for svg in (first, other):
+        assert "<script" not in svg and "<metadata" not in svg and "<?xml" not in svg
+        assert not re.search(r'(href|src)="(?!#)', svg) and "url(http" not in svg
+        refs = set(re.findall(r'(?:url\(#|href="#)([^)"]+)', svg))
+        assert refs <= set(re.findall(r' id="([^"]+)"', svg))  # every reference resolves
+    ids_a = re.findall(r' id="([^"]+)"', first)
+    ids_b = re.findall(r' id="([^"]+)"', other)
+    assert len(ids_a) == len(set(ids_a)) and not set(ids_a) & set(ids_b)
+    # one tagged bar per value shown (None draws nothing), with its numbers
+    tagged = r'class="bar" data-series="([^"]+)" data-label="([^"]+)" data-value="([^"]+)"'
+    bars = re.findall(tagged, first)
+    assert bars == [
+        ("one", "a", "0.1"), ("one", "c", "0.3"),
+        ("two", "a", "0.2"), ("two", "b", "0.25"), ("two", "c", "0.0"),
+    ]  # fmt: skip
+
+
+def test_the_report_page_forbids_scripts_and_external_loads(tmp_path) -> None:
+    """The CSP the report declares bites (and the browser helper sees it): an inline script and
+    an external image in a report page are blocked and reported; the page without them is
+    clean (tests below check every real report for no errors)."""
+    bad = tmp_path / "bad.html"
+    bad.write_text(page("t", "m", ['<img src="https://example.invalid/x.png"><script>1</script>']))
+    good = tmp_path / "good.html"
+    good.write_text(page("t", "m", [bar_chart("chart-a"), '<p style="color:red">x</p>']))
+    binary = chromium_or_skip()
+    with Browser(binary) as browser:
+        browser.visit(bad.as_uri(), headers={}, script="JSON.stringify(1)")
+        blocked = [e["text"] for e in browser.console]
+        browser.visit(good.as_uri(), headers={}, script="JSON.stringify(1)")
+        clean = browser.console
+    assert len(blocked) == 2 and all("Content Security Policy" in t for t in blocked)
+    assert clean == []
 
 
 def test_publish_leaves_nothing_when_a_step_fails(tmp_path) -> None:
+    names = ["r-extra.csv", "r.html", "r.json"]
+
     def fail(files: list[Path]) -> None:
-        assert [f.name for f in files] == ["r.html", "r.json"] and all(f.exists() for f in files)
+        assert sorted(f.name for f in files) == names and all(f.exists() for f in files)
         raise RuntimeError("MLflow down")
 
     with pytest.raises(RuntimeError):
-        publish("<html></html>", {"a": 1}, tmp_path / "r.html", before_publish=fail)
+        publish("<html></html>", {"a": 1}, tmp_path / "r.html", extra={"r-extra.csv": "x"},
+                before_publish=fail)  # fmt: skip
     assert list(tmp_path.iterdir()) == []
-    html_path, json_path = publish("<html></html>", {"a": 1}, tmp_path / "r.html")
+    with pytest.raises(ValueError, match="plain names"):
+        publish("<html></html>", {"a": 1}, tmp_path / "r.html", extra={"../r.csv": "x"})
+    with pytest.raises(ValueError, match="plain names"):
+        publish("<html></html>", {"a": 1}, tmp_path / "r.html", extra={"r.json": "x"})
+    assert list(tmp_path.iterdir()) == []
+    html_path, json_path = publish(
+        "<html></html>", {"a": 1}, tmp_path / "r.html", extra={"r-extra.csv": "x"}
+    )
     assert json.loads(json_path.read_text()) == {"a": 1} and html_path.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert (tmp_path / "r-extra.csv").read_text() == "x"
 
 
 # -- the command ----------------------------------------------------------------------------------
 REPORT_SCRIPT = """
 JSON.stringify((() => {
-  const bars = (id) => Array.from(document.querySelectorAll(`#${id} rect.bar`)).map(r => ({
+  const marks = (id, kind) => Array.from(document.querySelectorAll(`#${id} .${kind}`)).map(r => ({
     series: r.dataset.series, label: r.dataset.label, value: Number(r.dataset.value),
     width: r.getBoundingClientRect().width, height: r.getBoundingClientRect().height}));
+  const bars = (id) => marks(id, 'bar');
   const charts = Array.from(document.querySelectorAll('svg.chart')).map(s => {
     const b = s.getBoundingClientRect(); const st = getComputedStyle(s);
     return {id: s.id, width: b.width, height: b.height, display: st.display,
@@ -184,12 +244,50 @@ JSON.stringify((() => {
   });
   const cells = (id) => Array.from(document.querySelectorAll(`#${id} tr`)).slice(1).map(
     tr => Array.from(tr.children).map(c => c.textContent.trim()));
+  const heads = (id) => Array.from(document.querySelectorAll(`#${id} th`)).map(
+    c => c.textContent.trim());
   return {title: document.title, charts, psi: bars('chart-psi'), grades: bars('chart-grades'),
-          realised: bars('chart-realised'), migration: cells('table-migration'),
-          warnings: cells('table-warnings'), external: document.querySelectorAll(
-            'script[src], link[href], img[src]').length};
+          realised: bars('chart-realised'), shift: bars('chart-score-shift'),
+          performance: marks('chart-performance', 'point'),
+          migration: cells('table-migration'), warnings: cells('table-warnings'),
+          psiTable: cells('table-psi'), psiHeads: heads('table-psi'),
+          segments: cells('table-segments'), realisedTable: cells('table-realised'),
+          performanceTable: cells('table-performance'),
+          actions: Array.from(document.querySelectorAll('#list-actions li')).map(
+            li => li.textContent),
+          sections: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
+          ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+          external: document.querySelectorAll(
+            'script, link[href], img[src], iframe').length};
 })())
 """
+
+MONITOR_SECTIONS = [
+    "Summary",
+    "What to do",
+    "Population stability, ranked by effect on the score",
+    "What moved the score",
+    "Segments: industries and core enterprises' SMEs",
+    "Estimated performance before labels mature",
+    "Realised default rate by grade",
+    "Grade distribution",
+    "Early warning",
+]
+
+
+def visit_report(path: Path, screenshot: Path) -> dict[str, Any]:
+    """The report as headless Chromium shows it; no console or CSP error on the way."""
+    binary = chromium_or_skip()
+    with Browser(binary) as browser:
+        page = browser.visit(path.resolve().as_uri(), headers={}, script=REPORT_SCRIPT,
+                             screenshot=screenshot)  # fmt: skip
+        assert browser.console == []
+    assert page["external"] == 0 and len(page["ids"]) == len(set(page["ids"]))
+    assert all(s in page["sections"] for s in MONITOR_SECTIONS), page["sections"]
+    for chart in page["charts"]:
+        assert chart["width"] > 300 and chart["height"] > 150, chart
+        assert chart["display"] != "none" and chart["visibility"] == "visible"
+    return dict(page)
 
 
 def test_monitor_command_writes_report_json_and_mlflow_run(
@@ -255,15 +353,31 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"monitor.html", "monitor.json"}
 
-    binary = chromium_or_skip()
-    with Browser(binary) as browser:
-        page = browser.visit(out.resolve().as_uri(), headers={}, script=REPORT_SCRIPT,
-                             screenshot=tmp_path / "monitor.png")  # fmt: skip
-    assert page["title"] == "Portfolio monitoring 2023-12-31" and page["external"] == 0
-    assert {c["id"] for c in page["charts"]} == {"chart-psi", "chart-grades", "chart-realised"}
-    for chart in page["charts"]:
-        assert chart["width"] > 300 and chart["height"] > 150, chart
-        assert chart["display"] != "none" and chart["visibility"] == "visible"
+    page = visit_report(out, tmp_path / "monitor.png")
+    assert page["title"] == "Portfolio monitoring 2023-12-31"
+    assert {c["id"] for c in page["charts"]} == {
+        "chart-psi", "chart-score-shift", "chart-grades", "chart-realised"
+    }  # fmt: skip
+    # what was only in the JSON is on the page: the actions, the drift ranking with attribution
+    # shares, the score's decomposition, the segments, Jeffreys per grade, what changed per SME
+    assert page["actions"] == doc["actions"]
+    assert "attribution share" in page["psiHeads"] and "signal" in page["psiHeads"]
+    share = page["psiHeads"].index("attribution share")
+    assert [(r[0], r[share]) for r in page["psiTable"]] == [
+        (f["name"], f"{100 * f['attribution_share']:.1f}%") for f in doc["psi"]["features"]
+    ]
+    assert [(b["label"], b["value"]) for b in page["shift"]] == [
+        (m["name"], m["points_change"]) for m in doc["score_shift"]["by_feature"]
+    ]
+    assert [(r[0], r[1], r[3]) for r in page["segments"]] == [
+        (g["kind"], g["segment"], g["signal"]) for g in doc["segments"]["segments"]
+    ]
+    assert [r[-1] for r in page["realisedTable"]] == [
+        "pass" if g["jeffreys_pass"] else "FAIL" for g in realised["grades"] if g["n"]
+    ]
+    for row, s in zip(page["warnings"], ew["smes"], strict=True):
+        assert all(d["feature"] in row[-1] for d in s["drivers"])
+    assert any(s["drivers"] for s in ew["smes"])
     # the chart's numbers are the JSON's: the score, then the features with the highest PSI
     shown = [("score", doc["psi"]["score"]["psi"])] + [
         (f["name"], f["psi"]) for f in doc["psi"]["features"][: len(page["psi"]) - 1]
@@ -382,6 +496,19 @@ def test_monthly_command_writes_one_folder_of_reports(
     perf = pd.read_csv(out / "performance.csv")
     assert len(perf) == 24  # every month end of the data up to the as-of date
     assert perf["mature"].sum() == 12 and perf.loc[perf["mature"], "auc_realised"].notna().all()
+    # the report shows the estimated performance per month, realised where mature
+    months = doc["performance"]["months"]
+    assert [m["as_of"] for m in months] == perf["as_of"].tolist()
+    page = visit_report(out / "monitor.html", tmp_path / "monthly.png")
+    assert "chart-performance" in {c["id"] for c in page["charts"]}
+    assert [r[0] for r in page["performanceTable"]] == perf["as_of"].tolist()
+    assert [r[2] for r in page["performanceTable"]] == [
+        "yes" if m else "no" for m in perf["mature"]
+    ]
+    realised_points = [p for p in page["performance"] if p["series"] == "default rate realised"]
+    assert [(p["label"], p["value"]) for p in realised_points] == [
+        (m["as_of"], m["default_rate"]["realised"]) for m in months if m["mature"]
+    ]
     warnings = pd.read_csv(out / "early_warnings.csv")
     assert len(warnings) == doc["early_warning"]["count"]
     # numbers are rounded for people: no 16-digit PDs

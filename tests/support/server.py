@@ -112,6 +112,7 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="scf-risk-chromium-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.console: list[dict[str, Any]] = []  # the last visit's console and log errors
 
     def __enter__(self) -> Browser:
         cmd = [self.binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}"]
@@ -147,7 +148,8 @@ class Browser:
     ) -> Any:
         """Load `url` with extra request headers, wait until the page is loaded (and, when given,
         until the expression `until` is truthy: pages that render with JavaScript), then return
-        the JSON value of `script`."""
+        the JSON value of `script`. The page's errors (console errors, uncaught exceptions, log
+        entries of level error such as Content-Security-Policy violations) are in `console`."""
         return asyncio.run(self._visit(url, headers, script, screenshot, until))
 
     async def _visit(
@@ -174,11 +176,17 @@ class Browser:
                 await ws.send_json({"id": counter, "method": method, "params": params})
                 while True:
                     msg = json.loads((await asyncio.wait_for(ws.receive(), 30)).data)
+                    self._note(msg)
                     if msg.get("id") == counter:
                         if "error" in msg:
                             raise RuntimeError(f"{method}: {msg['error']}")
                         return dict(msg.get("result", {}))
 
+            await call("Log.enable")
+            await call("Runtime.enable")
+            await call("Log.clear")  # enabling replays the earlier pages' entries
+            await call("Runtime.discardConsoleEntries")
+            self.console = []
             await call("Network.enable")
             await call("Network.setExtraHTTPHeaders", headers=headers)
             await call("Page.enable")
@@ -201,3 +209,14 @@ class Browser:
                 shot = await call("Page.captureScreenshot", format="png")
                 screenshot.write_bytes(base64.b64decode(shot["data"]))
             return json.loads(result["result"]["value"])
+
+    def _note(self, msg: dict[str, Any]) -> None:
+        """Keep an event of the page that reports an error."""
+        params = msg.get("params", {})
+        method = msg.get("method")
+        if method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            self.console.append({"source": params["entry"].get("source"), **params["entry"]})
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            self.console.append({"source": "console", "args": params.get("args")})
+        elif method == "Runtime.exceptionThrown":
+            self.console.append({"source": "exception", **params.get("exceptionDetails", {})})

@@ -1,0 +1,222 @@
+"""Segment drift: did one industry, or the suppliers and dealers of one core enterprise, move
+against the rest of the portfolio?
+
+Whole-portfolio PSI dilutes a shock to one segment: an industry of 15 % of the SMEs whose risk
+doubles moves the portfolio's score distribution by a PSI of a few hundredths. A monitor that
+finds it has to compare the segment with the rest. `segment_drift` does so on the SMEs scored at
+both a baseline date (default `LOOKBACK_MONTHS` before the as-of date, so a shock that began
+between the baseline and the 3-month comparison date is not already in the reference) and the
+as-of date, per SME (paired: each SME is its own control, so firm habits cancel out), as a
+difference in differences:
+
+- **features**: for every feature with a risk direction (catalog `direction` != 0, not
+  time-like), ``effect = (mean change in the segment - mean change in the rest) / sd of the
+  change over all paired SMEs``, signed so that a positive effect is *riskier*; Welch's one-sided
+  t-test of the two mean changes. A feature has moved adversely in a segment when its effect is at
+  least `MIN_EFFECT` and its Benjamini-Hochberg q-value, over every (segment, feature) test of the
+  run, is below `FDR`;
+- **score**: the same one-sided test of the score's change (a fall is riskier), its BH q over
+  the run's segments, and the change written as the segment's odds of default relative to the
+  rest (``exp(-Δpoints / factor)``); the relative change of the score decomposes exactly into the
+  features' relative point changes, which name what drove it.
+
+A segment's signal: ``act`` when at least `MIN_FEATURES` features moved adversely and its score
+fell significantly by at least `MIN_ODDS_RATIO` (the model carries the move); ``watch`` when only
+one of the two holds (the data moved but the model does not carry it yet, or the reverse); else
+``stable``. Segments with fewer than `MIN_SMES` paired SMEs are not tested.
+
+Plain functions over frames; nothing here scores or reads files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_ind
+
+from features.catalog import Feature
+
+LOOKBACK_MONTHS = 6
+"""Baseline of segment drift: this many months before the as-of date."""
+MIN_SMES = 20
+"""Segments with fewer SMEs scored at both dates are not tested."""
+FDR = 0.01
+"""Benjamini-Hochberg false discovery rate of the run's tests."""
+MIN_EFFECT = 0.5
+"""A feature moved adversely in a segment by at least this many standard deviations."""
+MIN_FEATURES = 3
+"""A segment's data moved when at least this many features moved adversely."""
+MIN_ODDS_RATIO = 1.25
+"""A segment's score moved when its odds of default rose at least this much against the rest."""
+DRIVERS = 4
+"""Features listed per segment (adverse moves; largest point falls)."""
+
+SEGMENT_COLUMNS = [
+    "kind", "segment", "n", "score_change", "odds_ratio", "score_q",
+    "adverse_features", "signal", "moved", "drivers",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Paired:
+    """One population at two dates, per SME (same index, sme_id): feature values and score
+    points (one column per feature) at the baseline and at the as-of date."""
+
+    before: pd.DataFrame
+    now: pd.DataFrame
+    points_before: pd.DataFrame
+    points_now: pd.DataFrame
+
+
+def pair(
+    now: pd.DataFrame,
+    before: pd.DataFrame,
+    points_now: pd.DataFrame,
+    points_before: pd.DataFrame,
+) -> Paired:
+    """The SMEs present at both dates. `now` / `before`: feature rows with ``sme_id``;
+    `points_*`: score points indexed by sme_id."""
+    a = now.set_index(now["sme_id"].astype(str))
+    b = before.set_index(before["sme_id"].astype(str))
+    common = (
+        a.index.intersection(b.index)
+        .intersection(points_now.index)
+        .intersection(points_before.index)
+    )
+    common = common.sort_values()
+    return Paired(
+        before=b.loc[common],
+        now=a.loc[common],
+        points_before=points_before.loc[common],
+        points_now=points_now.loc[common],
+    )
+
+
+def bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values of p-values (NaN stays NaN)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if len(ok) == 0:
+        return q
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(ok)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    return q
+
+
+def _one_sided(x: np.ndarray, y: np.ndarray, greater: bool) -> float:
+    """Welch's one-sided p-value that mean(x) > mean(y) (or <); NaN when untestable."""
+    x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+    if len(x) < 2 or len(y) < 2 or (np.var(x) == 0 and np.var(y) == 0):
+        return math.nan
+    return float(
+        ttest_ind(x, y, equal_var=False, alternative="greater" if greater else "less").pvalue
+    )
+
+
+def segment_drift(
+    paired: Paired,
+    labels: Mapping[str, pd.Series],
+    catalog: Sequence[Feature],
+    *,
+    factor: float,
+    time_like: frozenset[str] = frozenset(),
+    min_smes: int = MIN_SMES,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Segment drift (module docstring).
+
+    `labels`: per kind of segment (``industry``, ``core``), each paired SME's segment (a Series
+    indexed by sme_id; missing = in no segment of that kind). `factor`: the score scale's points
+    per unit of log-odds. Returns (segments, moves): one row per tested segment
+    (`SEGMENT_COLUMNS`; ordered act, watch, stable, then by odds ratio) and one row per (segment,
+    feature) test (kind, segment, feature, effect, p, q, adverse)."""
+    directions = {
+        f.name: f.direction
+        for f in catalog
+        if f.kind == "numeric" and f.direction != 0 and f.name not in time_like
+    }
+    names = [n for n in directions if n in paired.now.columns and n in paired.before.columns]
+    change = (
+        paired.now[names].astype("float64") - paired.before[names].astype("float64")
+    ).to_numpy()
+    sd = np.nanstd(change, axis=0, ddof=1) if len(change) > 1 else np.full(len(names), np.nan)
+    sign = np.array([directions[n] for n in names], dtype=np.float64)
+    points = paired.points_now.to_numpy() - paired.points_before.to_numpy()
+    score = points.sum(axis=1)
+    point_names = [str(c) for c in paired.points_now.columns]
+
+    tests: list[dict[str, object]] = []
+    rows: list[dict[str, object]] = []
+    for kind, series in labels.items():
+        segment_of = series.reindex(paired.now.index).astype("object")
+        for seg in sorted({str(s) for s in segment_of.dropna()}):
+            inside = (segment_of == seg).to_numpy()
+            n = int(inside.sum())
+            if n < min_smes or n == len(inside):
+                continue
+            for j, name in enumerate(names):
+                x, y = change[inside, j], change[~inside, j]
+                diff = np.nanmean(x) - np.nanmean(y) if len(x) and len(y) else math.nan
+                effect = sign[j] * diff / sd[j] if sd[j] > 0 else math.nan
+                tests.append(
+                    {
+                        "kind": kind,
+                        "segment": seg,
+                        "feature": name,
+                        "effect": effect,
+                        "p": _one_sided(x, y, greater=sign[j] > 0),
+                    }
+                )
+            relative = points[inside].mean(axis=0) - points[~inside].mean(axis=0)
+            fall = np.argsort(relative, kind="stable")[:DRIVERS]
+            delta = float(score[inside].mean() - score[~inside].mean())
+            rows.append(
+                {
+                    "kind": kind,
+                    "segment": seg,
+                    "n": n,
+                    "score_change": delta,
+                    "odds_ratio": math.exp(-delta / factor),
+                    "score_p": _one_sided(score[inside], score[~inside], greater=False),
+                    "drivers": [
+                        {"feature": point_names[k], "points_change": float(relative[k])}
+                        for k in fall
+                        if relative[k] < 0
+                    ],
+                }
+            )
+    moves = pd.DataFrame(tests, columns=["kind", "segment", "feature", "effect", "p"])
+    moves["q"] = bh(moves["p"].to_numpy(dtype=np.float64))
+    moves["adverse"] = (moves["q"] < FDR) & (moves["effect"] >= MIN_EFFECT)
+    segments = pd.DataFrame(rows, columns=[*SEGMENT_COLUMNS[:5], "score_p", "drivers"])
+    segments["score_q"] = bh(segments["score_p"].to_numpy(dtype=np.float64))
+    moved: list[list[dict[str, float | str]]] = []
+    counts: list[int] = []
+    for r in segments.itertuples(index=False):
+        mine = moves[(moves["kind"] == r.kind) & (moves["segment"] == r.segment) & moves["adverse"]]
+        mine = mine.sort_values(["effect", "feature"], ascending=[False, True])
+        counts.append(len(mine))
+        moved.append(
+            [
+                {"feature": str(f), "effect": float(e), "q": float(q)}
+                for f, e, q in mine[["feature", "effect", "q"]].head(DRIVERS).to_numpy()
+            ]
+        )
+    segments["adverse_features"] = pd.Series(counts, dtype="int64")
+    segments["moved"] = pd.Series(moved, dtype=object)
+    data_moved = segments["adverse_features"] >= MIN_FEATURES
+    score_moved = (segments["score_q"] < FDR) & (segments["odds_ratio"] >= MIN_ODDS_RATIO)
+    segments["signal"] = np.where(
+        data_moved & score_moved, "act", np.where(data_moved | score_moved, "watch", "stable")
+    )
+    rank = segments["signal"].map({"act": 0, "watch": 1, "stable": 2})
+    segments = segments.assign(_rank=rank).sort_values(
+        ["_rank", "odds_ratio", "kind", "segment"], ascending=[True, False, True, True]
+    )
+    return segments[SEGMENT_COLUMNS].reset_index(drop=True), moves
