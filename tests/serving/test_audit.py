@@ -64,6 +64,13 @@ def _exec(store: AuditStore, stmt: sa.Executable) -> None:
         conn.execute(stmt)
 
 
+def assert_broken(store: AuditStore, *words: str) -> None:
+    """`verify` fails, and one of its problems names every one of ``words``."""
+    report = store.verify()
+    assert not report.ok
+    assert any(all(w in p for w in words) for p in report.problems), report
+
+
 def test_verify_detects_an_edited_payload(store: AuditStore) -> None:
     stored = fill(store)
     t = store.decisions
@@ -71,18 +78,14 @@ def test_verify_detects_an_edited_payload(store: AuditStore) -> None:
     edited = dict(victim)
     edited["score"] = 999.0
     _exec(store, sa.update(t).where(t.c.seq == 3).values(payload=canonical_json(edited)))
-    report = store.verify()
-    assert not report.ok
-    assert any("seq 3" in p and "does not match its hash" in p for p in report.problems), report
+    assert_broken(store, "seq 3", "does not match its hash")
 
 
 def test_verify_detects_an_edited_column(store: AuditStore) -> None:
     fill(store)
     t = store.decisions
     _exec(store, sa.update(t).where(t.c.seq == 4).values(grade="G01"))
-    report = store.verify()
-    assert not report.ok
-    assert any("seq 4" in p and "column grade" in p for p in report.problems), report
+    assert_broken(store, "seq 4", "column grade")
 
 
 def test_verify_detects_a_rehashed_edit(store: AuditStore) -> None:
@@ -98,27 +101,21 @@ def test_verify_detects_a_rehashed_edit(store: AuditStore) -> None:
         .where(t.c.seq == 2)
         .values(payload=canonical_json(edited), pd=0.5, record_hash=edited["record_hash"]),
     )
-    report = store.verify()
-    assert not report.ok
-    assert any("seq 3" in p and "does not link" in p for p in report.problems), report
+    assert_broken(store, "seq 3", "does not link")
 
 
 def test_verify_detects_a_deleted_record(store: AuditStore) -> None:
     fill(store)
     t = store.decisions
     _exec(store, sa.delete(t).where(t.c.seq == 3))
-    report = store.verify()
-    assert not report.ok
-    assert any("seq 4" in p and "deleted" in p for p in report.problems), report
+    assert_broken(store, "seq 4", "deleted")
 
 
 def test_verify_detects_deleted_last_records(store: AuditStore) -> None:
     fill(store)
     t = store.decisions
     _exec(store, sa.delete(t).where(t.c.seq >= 5))
-    report = store.verify()
-    assert not report.ok
-    assert any("head says the last record is seq 6" in p for p in report.problems), report
+    assert_broken(store, "head says the last record is seq 6")
 
 
 def test_verify_detects_reordered_records(store: AuditStore) -> None:
@@ -128,10 +125,8 @@ def test_verify_detects_reordered_records(store: AuditStore) -> None:
     _exec(store, sa.update(t).where(t.c.seq == 2).values(seq=-1))
     _exec(store, sa.update(t).where(t.c.seq == 5).values(seq=2))
     _exec(store, sa.update(t).where(t.c.seq == -1).values(seq=5))
-    report = store.verify()
-    assert not report.ok
-    assert any("seq 2" in p and "reordered" in p for p in report.problems), report
-    assert any("seq 5" in p and "reordered" in p for p in report.problems), report
+    assert_broken(store, "seq 2", "reordered")
+    assert_broken(store, "seq 5", "reordered")
 
 
 def test_concurrent_appends_from_threads_keep_one_chain(store: AuditStore) -> None:
