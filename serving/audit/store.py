@@ -54,6 +54,10 @@ HEAD_ID = 1
 MAX_PROBLEMS = 50
 PROBE_SECONDS = 2.0
 PROBE_KEY = "readiness_probe"
+PROBE_BYTES = 64 * 1024
+"""What the readiness probe writes and commits: more than a decision scored from the whole
+catalog takes in the database (its record, index entries and the head), so a disk with room
+for a small write but not for a decision is not ready. Random text: no store compresses it."""
 MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
@@ -375,21 +379,23 @@ class AuditStore:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
     def probe_writable(self, timeout: float = PROBE_SECONDS) -> bool:
-        """True if a row can be written and committed (durably) within `timeout` seconds: a held
-        lock, a full disk or a read-only database answer False in about that time, not after
-        the decisions' lock timeout."""
+        """True if PROBE_BYTES (more than a decision) can be written and committed (durably)
+        within `timeout` seconds: a held lock, a full disk (even one with room left for a small
+        write) or a read-only database answer False in about that time, not after the decisions'
+        lock timeout."""
+        value = secrets.token_hex(PROBE_BYTES // 2)
         try:
             self.ensure_schema()
             with self.transaction(timeout=timeout) as conn:
                 done = conn.execute(
                     sa.update(self.state)
                     .where(self.state.c.name == PROBE_KEY)
-                    .values(value=_now(), updated_at=_now())
+                    .values(value=value, updated_at=_now())
                 ).rowcount
                 if not done:
                     conn.execute(
                         sa.insert(self.state).values(
-                            name=PROBE_KEY, value=_now(), updated_at=_now()
+                            name=PROBE_KEY, value=value, updated_at=_now()
                         )
                     )
         except (AuditUnavailable, SQLAlchemyError) as exc:
