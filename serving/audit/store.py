@@ -394,9 +394,7 @@ class AuditStore:
                 ).rowcount
                 if not done:
                     conn.execute(
-                        sa.insert(self.state).values(
-                            name=PROBE_KEY, value=value, updated_at=_now()
-                        )
+                        sa.insert(self.state).values(name=PROBE_KEY, value=value, updated_at=_now())
                     )
         except (AuditUnavailable, SQLAlchemyError) as exc:
             log.error("audit store not writable (readiness probe): %s", exc)
