@@ -3,13 +3,17 @@
 The issue's target (signing and checkpoints cost at most 10 % of single-score throughput against
 the same build without them) is measured side by side in one run: a model is trained and
 registered (as `bench_serve` does), then two `scf-risk serve --workers 2` of the same build run on
-127.0.0.1, each with its own SQLite audit store, one with ``SCF_RISK_AUDIT_SIGNING=true`` and one
-with ``false``. wrk drives explained single scores at 8 connections, alternating between the two
-(off-on, then on-off: a drift of the machine's load falls on both alike); the medians' ratio is the
-cost. Afterwards every signed record must verify with the public keys and the checkpoints.
+127.0.0.1 at the same time, each with its own SQLite audit store, one with
+``SCF_RISK_AUDIT_SIGNING=true`` and one with ``false``. wrk drives explained single scores at 8
+connections against one, then the other, in back-to-back pairs whose order alternates (off-on,
+on-off: a drift of the machine's load falls on both sides alike). The cost is 1 - the median of
+the pairs' on/off throughput ratios; the medians of each side and their ratio are reported too.
+The servers' CPU time per score (user + system of the process tree) is a second view, less
+sensitive to what else runs on the machine. Afterwards every signed record must verify with the
+public keys and the checkpoints.
 
-A second, smaller figure keeps the store alone in view: 8 threads appending to a store in process
-(no HTTP, no model), where signing is a larger share of the work than in the service.
+A last, smaller figure keeps the store alone in view: 8 threads appending to a store in process
+(no HTTP, no model), where signing is a much larger share of the work than in the service.
 
 Run: `python -m bench audit`.
 """
@@ -29,8 +33,8 @@ from typing import Any
 from bench.report import Report
 
 SECTION = "audit signing"
-PAIRS = 6  # off/on pairs of service loads
-DURATION_S = 6
+PAIRS = 8  # off/on pairs of service loads
+DURATION_S = 5
 WORKERS = 2
 STORE_THREADS = 8
 STORE_SECONDS = 2.0

@@ -55,8 +55,8 @@ MAX_PROBLEMS = 50
 PROBE_SECONDS = 2.0
 PROBE_KEY = "readiness_probe"
 PROBE_BYTES = 64 * 1024
-"""What the readiness probe writes and commits: more than a decision scored from the whole
-catalog takes in the database (its record, index entries and the head), so a disk with room
+"""What the readiness probe writes and commits: several times what a single decision takes in
+the database (its record, about 8 KB of JSON, index entries and the head), so a disk with room
 for a small write but not for a decision is not ready. Random text: no store compresses it."""
 MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
