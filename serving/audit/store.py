@@ -714,7 +714,8 @@ class AuditStore:
         if payload is None:
             return [f"{where}: payload {why} (edited)"]
         problems: list[str] = []
-        if row.payload not in (canonical_json(payload), _legacy_text(payload)):
+        text = row.payload  # the legacy form only when the canonical one differs (rare)
+        if text != canonical_json(payload) and text != _legacy_text(payload):
             problems.append(
                 f"{where}: stored text is not the canonical form of its payload (edited)"
             )
@@ -877,39 +878,36 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"holds {name}, which JSON does not allow")
 
 
+class _OutOfRange(ValueError):
+    pass
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _OutOfRange(f"holds a number out of range ({literal})")
+    return value
+
+
 def parse_payload(text: Any) -> tuple[dict[str, Any] | None, str]:
     """A stored payload as a dict, or None and what is wrong with it (not JSON, not an object,
-    duplicate keys, a non-finite number such as ``1e999``)."""
+    duplicate keys, a non-finite number such as ``1e999``: refused as it is parsed)."""
     if not isinstance(text, str):
         return None, f"is {type(text).__name__}, not text"
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except _Duplicate as exc:
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+        )
+    except (_Duplicate, _OutOfRange) as exc:
         return None, str(exc)
     except ValueError as exc:
         return None, f"is not JSON ({exc})"
     if not isinstance(value, dict):
         return None, f"is not a JSON object (a {type(value).__name__})"
-    bad = _non_finite(value)
-    if bad is not None:
-        return None, f"holds a number out of range at {bad}"
     return value, ""
-
-
-def _non_finite(value: Any, path: str = "$") -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return path
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = _non_finite(v, f"{path}.{k}")
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _non_finite(v, f"{path}[{i}]")
-            if found:
-                return found
-    return None
 
 
 def _legacy_text(payload: Mapping[str, Any]) -> str:
