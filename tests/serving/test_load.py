@@ -100,8 +100,8 @@ def verify_while_writing(workdir: Path, registered: Registered, audit_url: str) 
             time.sleep(1)  # decisions and a first checkpoint in the store
             while len(outputs) < VERIFY_RUNS and load.now() < VERIFY_DEADLINE_S:
                 t0 = time.perf_counter()
-                result = CliRunner().invoke(app, ["audit", "verify"], env=env)
-                outputs.append((result.exit_code, result.output))
+                ran = CliRunner().invoke(app, ["audit", "verify"], env=env)
+                outputs.append((ran.exit_code, ran.output))
                 took.append(round(time.perf_counter() - t0, 1))
             result = load.stop()
     assert not result.failures, result.summary()
