@@ -33,7 +33,7 @@ from typing import Any
 from bench.report import Report
 
 SECTION = "audit signing"
-PAIRS = 8  # off/on pairs of service loads
+PAIRS = 10  # off/on pairs of service loads
 DURATION_S = 5
 WORKERS = 2
 STORE_THREADS = 8
