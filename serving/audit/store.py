@@ -885,13 +885,23 @@ class _OutOfRange(ValueError):
 def _finite(literal: str) -> float:
     value = float(literal)
     if not math.isfinite(value):
-        raise _OutOfRange(f"holds a number out of range ({literal})")
+        raise _OutOfRange(f"holds a number out of range ({literal[:40]})")
+    return value
+
+
+def _int64(literal: str) -> int:
+    """An integer the canonical form can write (orjson: 64 bits), else the payload is refused
+    (a larger one would crash the hashing, not be reported)."""
+    value = int(literal)
+    if not -(2**63) <= value < 2**64:
+        raise _OutOfRange(f"holds an integer out of range ({literal[:40]})")
     return value
 
 
 def parse_payload(text: Any) -> tuple[dict[str, Any] | None, str]:
     """A stored payload as a dict, or None and what is wrong with it (not JSON, not an object,
-    duplicate keys, a non-finite number such as ``1e999``: refused as it is parsed)."""
+    duplicate keys, a non-finite number such as ``1e999`` or an integer beyond 64 bits: refused
+    as it is parsed)."""
     if not isinstance(text, str):
         return None, f"is {type(text).__name__}, not text"
     try:
@@ -900,6 +910,7 @@ def parse_payload(text: Any) -> tuple[dict[str, Any] | None, str]:
             object_pairs_hook=_no_duplicates,
             parse_constant=_no_constant,
             parse_float=_finite,
+            parse_int=_int64,
         )
     except (_Duplicate, _OutOfRange) as exc:
         return None, str(exc)

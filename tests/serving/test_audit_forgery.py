@@ -253,6 +253,8 @@ def test_a_forged_checkpoint_line_is_a_problem(signed: Signed) -> None:
         ("null", "not a JSON object"),
         ('{"a":1,"a":2}', "twice"),
         ('{"a":1e999}', "out of range"),
+        ('{"a":123456789012345678901234567890}', "integer out of range"),
+        ('{"a":-9223372036854775809}', "integer out of range"),
         ("{not json", "not JSON"),
     ],
 )
