@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,11 +67,23 @@ def check(scenario_workdir: Path, registered: Registered, audit_url: str) -> Non
     assert "Traceback" not in s.log, s.log[-3000:]
 
 
+@contextmanager
+def audit_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh audit store's URL: a SQLite file, or a database of its own on the PostgreSQL
+    test server (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+        return
+    with postgres_database(require_postgres()) as db:
+        yield db.url
+
+
 @pytest.mark.slow
 def test_load_sqlite_two_workers_zero_errors_one_record_per_decision(
     registered: Registered, tmp_path: Path
 ) -> None:
-    check(tmp_path, registered, f"sqlite:///{tmp_path / 'audit.db'}")
+    with audit_url("sqlite", tmp_path) as url:
+        check(tmp_path, registered, url)
 
 
 @pytest.mark.slow
@@ -77,8 +91,8 @@ def test_load_sqlite_two_workers_zero_errors_one_record_per_decision(
 def test_load_postgres_two_workers_zero_errors_one_record_per_decision(
     registered: Registered, tmp_path: Path
 ) -> None:
-    with postgres_database(require_postgres()) as db:
-        check(tmp_path, registered, db.url)
+    with audit_url("postgres", tmp_path) as url:
+        check(tmp_path, registered, url)
 
 
 def verify_while_writing(workdir: Path, registered: Registered, audit_url: str) -> None:
@@ -115,16 +129,9 @@ def verify_while_writing(workdir: Path, registered: Registered, audit_url: str) 
 
 
 @pytest.mark.slow
-def test_audit_verify_while_sqlite_is_written_gives_no_false_alarm(
-    registered: Registered, tmp_path: Path
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_audit_verify_while_the_service_writes_gives_no_false_alarm(
+    kind: str, registered: Registered, tmp_path: Path
 ) -> None:
-    verify_while_writing(tmp_path, registered, f"sqlite:///{tmp_path / 'audit.db'}")
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_audit_verify_while_postgres_is_written_gives_no_false_alarm(
-    registered: Registered, tmp_path: Path
-) -> None:
-    with postgres_database(require_postgres()) as db:
-        verify_while_writing(tmp_path, registered, db.url)
+    with audit_url(kind, tmp_path) as url:
+        verify_while_writing(tmp_path, registered, url)
