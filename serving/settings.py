@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from training.settings import TrackingSettings
 
@@ -102,6 +102,13 @@ class Settings(TrackingSettings):
         description="Append-only file of signed checkpoints (sequence, head hash, time), outside "
         "the audit database. Default: audit-checkpoints.jsonl beside the API keys.",
     )
+    audit_signing: bool = Field(
+        default=True,
+        validation_alias="SCF_RISK_AUDIT_SIGNING",
+        description="Sign every record and write checkpoints. Off (false) only to measure what "
+        "they cost (`python -m bench audit`): records are then hash-chained but unsigned, "
+        "responses carry no receipt. Refused in production.",
+    )
     checkpoint_every_records: int = Field(
         default=1000, gt=0, validation_alias="SCF_RISK_CHECKPOINT_EVERY_RECORDS"
     )
@@ -146,6 +153,15 @@ class Settings(TrackingSettings):
         if value not in ("development", "test", "production"):
             raise ValueError(f"expected development, test or production, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _signed_in_production(self) -> Settings:
+        if self.env == "production" and not self.audit_signing:
+            raise ValueError(
+                "SCF_RISK_AUDIT_SIGNING=false is refused in production: an unsigned audit "
+                "trail can be forged by anyone who can write its database"
+            )
+        return self
 
     @property
     def limits(self) -> Limits:

@@ -95,7 +95,13 @@ class Service:
         """Keys (fail loudly if unusable), audit store, model (log why not, stay up), watcher."""
         bootstrap_keys(self.settings)
         self.keys = KeyStore(self.settings.api_keys, development=self.settings.is_development)
-        bootstrap_signing(self.settings, self.store)
+        if self.settings.audit_signing:
+            bootstrap_signing(self.settings, self.store)
+        else:
+            log.warning(
+                "audit signing is off (SCF_RISK_AUDIT_SIGNING=false): records are unsigned, "
+                "no checkpoints are written, responses carry no receipt"
+            )
         try:
             self.store.ensure_schema()
         except AuditUnavailable as exc:

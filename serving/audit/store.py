@@ -54,6 +54,10 @@ HEAD_ID = 1
 MAX_PROBLEMS = 50
 PROBE_SECONDS = 2.0
 PROBE_KEY = "readiness_probe"
+PROBE_BYTES = 64 * 1024
+"""What the readiness probe writes and commits: several times what a single decision takes in
+the database (its record, about 8 KB of JSON, index entries and the head), so a disk with room
+for a small write but not for a decision is not ready. Random text: no store compresses it."""
 MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
@@ -375,22 +379,22 @@ class AuditStore:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
     def probe_writable(self, timeout: float = PROBE_SECONDS) -> bool:
-        """True if a row can be written and committed (durably) within `timeout` seconds: a held
-        lock, a full disk or a read-only database answer False in about that time, not after
-        the decisions' lock timeout."""
+        """True if PROBE_BYTES (more than a decision) can be written and committed (durably)
+        within `timeout` seconds: a held lock, a full disk (even one with room left for a small
+        write) or a read-only database answer False in about that time, not after the decisions'
+        lock timeout."""
+        value = secrets.token_hex(PROBE_BYTES // 2)
         try:
             self.ensure_schema()
             with self.transaction(timeout=timeout) as conn:
                 done = conn.execute(
                     sa.update(self.state)
                     .where(self.state.c.name == PROBE_KEY)
-                    .values(value=_now(), updated_at=_now())
+                    .values(value=value, updated_at=_now())
                 ).rowcount
                 if not done:
                     conn.execute(
-                        sa.insert(self.state).values(
-                            name=PROBE_KEY, value=_now(), updated_at=_now()
-                        )
+                        sa.insert(self.state).values(name=PROBE_KEY, value=value, updated_at=_now())
                     )
         except (AuditUnavailable, SQLAlchemyError) as exc:
             log.error("audit store not writable (readiness probe): %s", exc)
@@ -710,7 +714,8 @@ class AuditStore:
         if payload is None:
             return [f"{where}: payload {why} (edited)"]
         problems: list[str] = []
-        if row.payload not in (canonical_json(payload), _legacy_text(payload)):
+        text = row.payload  # the legacy form only when the canonical one differs (rare)
+        if text != canonical_json(payload) and text != _legacy_text(payload):
             problems.append(
                 f"{where}: stored text is not the canonical form of its payload (edited)"
             )
@@ -873,39 +878,47 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"holds {name}, which JSON does not allow")
 
 
+class _OutOfRange(ValueError):
+    pass
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _OutOfRange(f"holds a number out of range ({literal[:40]})")
+    return value
+
+
+def _int64(literal: str) -> int:
+    """An integer the canonical form can write (orjson: 64 bits), else the payload is refused
+    (a larger one would crash the hashing, not be reported)."""
+    value = int(literal)
+    if not -(2**63) <= value < 2**64:
+        raise _OutOfRange(f"holds an integer out of range ({literal[:40]})")
+    return value
+
+
 def parse_payload(text: Any) -> tuple[dict[str, Any] | None, str]:
     """A stored payload as a dict, or None and what is wrong with it (not JSON, not an object,
-    duplicate keys, a non-finite number such as ``1e999``)."""
+    duplicate keys, a non-finite number such as ``1e999`` or an integer beyond 64 bits: refused
+    as it is parsed)."""
     if not isinstance(text, str):
         return None, f"is {type(text).__name__}, not text"
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except _Duplicate as exc:
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            parse_int=_int64,
+        )
+    except (_Duplicate, _OutOfRange) as exc:
         return None, str(exc)
     except ValueError as exc:
         return None, f"is not JSON ({exc})"
     if not isinstance(value, dict):
         return None, f"is not a JSON object (a {type(value).__name__})"
-    bad = _non_finite(value)
-    if bad is not None:
-        return None, f"holds a number out of range at {bad}"
     return value, ""
-
-
-def _non_finite(value: Any, path: str = "$") -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return path
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = _non_finite(v, f"{path}.{k}")
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _non_finite(v, f"{path}[{i}]")
-            if found:
-                return found
-    return None
 
 
 def _legacy_text(payload: Mapping[str, Any]) -> str:

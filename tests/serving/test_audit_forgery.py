@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from serving.audit.anchors import CheckpointLog
 from serving.audit.canonical import canonical_json, record_hash
 from serving.audit.signing import PublicKeys, Signer
-from serving.audit.store import GENESIS_HASH, HEAD_ID, AuditStore
+from serving.audit.store import GENESIS_HASH, HEAD_ID, AuditStore, open_existing
 
 
 def body(i: int) -> dict[str, object]:
@@ -253,6 +253,8 @@ def test_a_forged_checkpoint_line_is_a_problem(signed: Signed) -> None:
         ("null", "not a JSON object"),
         ('{"a":1,"a":2}', "twice"),
         ('{"a":1e999}', "out of range"),
+        ('{"a":123456789012345678901234567890}', "integer out of range"),
+        ('{"a":-9223372036854775809}', "integer out of range"),
         ("{not json", "not JSON"),
     ],
 )
@@ -277,7 +279,20 @@ def test_a_payload_stored_in_a_non_canonical_form_is_a_problem(signed: Signed) -
     assert any("seq 2" in p and "not the canonical form" in p for p in report.problems), report
 
 
+def _as_the_tool_opens_it(store: AuditStore) -> AuditStore:
+    """The store as `scf-risk audit verify` opens it: its own engine, a SQLite file by plain
+    path and read-only, a PostgreSQL database by URL."""
+    url = sa.make_url(store.url)
+    target = url.database if url.get_backend_name() == "sqlite" else store.url
+    assert target
+    tool = open_existing(target, prefix=store.prefix)
+    assert tool.chain_name == store.chain_name  # so it checks the writer's checkpoints
+    return tool
+
+
 def test_verify_under_concurrent_writes_gives_no_false_alarm(signed: Signed) -> None:
+    """20 verifications per store, each opened as the `audit verify` tool opens it, while a
+    writer appends and checkpoints: not one problem."""
     signed.store.checkpoints = CheckpointLog(
         signed.path,
         signed.signer,
@@ -304,7 +319,11 @@ def test_verify_under_concurrent_writes_gives_no_false_alarm(signed: Signed) -> 
     deadline = time.monotonic() + 60
     try:
         for _ in range(20):
-            reports.append(signed.verify())
+            tool = _as_the_tool_opens_it(signed.store)
+            try:
+                reports.append(tool.verify(public_keys=signed.keys, checkpoints=signed.path))
+            finally:
+                tool.dispose()
             if time.monotonic() > deadline:
                 break
     finally:

@@ -197,3 +197,29 @@ def test_verify_warns_when_there_is_no_checkpoints_file(
     settings.checkpoints_path.unlink(missing_ok=True)
     code, out = run(settings, "verify")
     assert code == 0 and "warning: no checkpoints file" in out, out
+
+
+def test_signing_off_stores_unsigned_records_and_is_refused_in_production(
+    settings: Settings,
+    keys: dict[str, str],
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SCF_RISK_AUDIT_SIGNING=false (the bench's baseline): chained but unsigned records, no
+    receipt, no checkpoint; `verify` with the public keys then says the records are not signed."""
+    from pydantic import ValidationError
+
+    from serving.api.app import create_app
+
+    off = settings.model_copy(update={"audit_signing": False})
+    with TestClient(create_app(off, loader=registry)) as c:
+        r = c.post("/v1/scores", json=FEATURES_BODY, headers={"X-API-Key": keys["scorer"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["receipt"] is None
+    assert not settings.checkpoints_path.exists()
+    code, out = run(settings, "verify")
+    assert code == 1 and "not signed" in out, out
+    with pytest.raises(ValidationError, match="refused in production"):
+        Settings(env="production", audit_signing=False)
+    monkeypatch.setenv("SCF_RISK_AUDIT_SIGNING", "false")
+    assert Settings(env="test").audit_signing is False

@@ -213,6 +213,78 @@ def test_sqlite_write_locked_mid_load_fails_closed_then_recovers(
     assert sqlite_integrity(db) == "ok"
 
 
+# -- SQLite: a full disk ------------------------------------------------------------------------
+WAL_FRAME = 24 + 4096  # a WAL frame: its header and one page
+
+
+@contextmanager
+def disk_full_for(pid: int, path: Path, room: int) -> Iterator[None]:
+    """Process `pid` may write no file past `path`'s size + `room` bytes, as on a disk with
+    `room` bytes left (RLIMIT_FSIZE, set with prlimit, no privilege needed; lifted on exit).
+    The kernel really refuses the write; its errno is EFBIG, which SQLite reports as a disk I/O
+    error, where a full disk's ENOSPC is "database or disk is full": the service treats both as
+    an unwritable store. Writes inside a file's existing size still succeed, as on a full disk
+    (the WAL's space after its last commit is reused)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    soft, hard = proc.rlimit(psutil.RLIMIT_FSIZE)
+    proc.rlimit(psutil.RLIMIT_FSIZE, (path.stat().st_size + room, hard))
+    try:
+        yield
+    finally:
+        proc.rlimit(psutil.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_every_score_closed_and_readyz_says_not_writable(
+    workdir: Path, registered: Registered, server_keys: dict[str, str]
+) -> None:
+    """The audit store's disk fills up: with no room at all, and with room for a page or two
+    (a small write commits, a decision does not). Every score answers 503 with the generic body,
+    /readyz says the store is not writable, nothing half-written is stored; once there is room
+    again the service scores and the chain verifies."""
+    db = workdir / "full-disk.db"
+    env = server_env(workdir, registered.tracking_uri, f"sqlite:///{db}")
+    rows = feature_rows(registered.panel, 8)
+    hdr = {"X-API-Key": server_keys["scorer"]}
+    acknowledged: list[str] = []
+    with StressServer(workdir, env, workers=1) as srv, httpx.Client(timeout=60) as client:
+        assert srv.proc is not None
+
+        def score(i: int) -> httpx.Response:
+            return client.post(f"{srv.url}/v1/scores", json=rows[i % len(rows)], headers=hdr)
+
+        for room in (0, 2 * WAL_FRAME + 1000):
+            for i in range(4):
+                r = score(i)
+                assert r.status_code == 200, r.text
+                acknowledged.append(r.json()["decision_id"])
+            assert client.get(f"{srv.url}/readyz").status_code == 200
+            wal = Path(f"{db}-wal")  # the file a commit appends to (WAL mode)
+            with disk_full_for(srv.proc.pid, wal, room):
+                refused = [score(i) for i in range(4)]
+                batch = client.post(f"{srv.url}/v1/scores/batch", json=rows[:2], headers=hdr)
+                ready = client.get(f"{srv.url}/readyz")
+            for r in [*refused, batch]:
+                assert r.status_code == 503, (room, r.status_code, r.text)
+                assert "no decision made" in r.json()["detail"], r.text
+                assert str(db) not in r.text and "disk" not in r.text.lower(), r.text
+            assert ready.status_code == 503, (room, ready.text)
+            assert ready.json()["audit_store_writable"] is False, ready.text
+            assert ready.json()["model"] is not None  # the model is fine: only the store is full
+            r = score(5)
+            assert r.status_code == 200, r.text  # room again: scoring resumes
+            acknowledged.append(r.json()["decision_id"])
+            assert client.get(f"{srv.url}/readyz").status_code == 200
+        log = srv.output()
+    assert "not writable: disk I/O error" in log, log[-3000:]  # the kernel refused the writes
+    assert sorted(stored_ids(env["SCF_RISK_AUDIT_DB"])) == sorted(acknowledged)
+    verify = audit_verify(env)
+    assert verify.returncode == 0 and "intact" in verify.stdout, verify.stdout + verify.stderr
+    assert sqlite_integrity(db) == "ok"
+
+
 # -- PostgreSQL: refusing connections, then read-only ------------------------------------------
 @pytest.mark.slow
 @pytest.mark.postgres
