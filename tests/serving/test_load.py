@@ -79,19 +79,11 @@ def audit_url(kind: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_load_sqlite_two_workers_zero_errors_one_record_per_decision(
-    registered: Registered, tmp_path: Path
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_load_two_workers_zero_errors_one_record_per_decision(
+    store: str, registered: Registered, tmp_path: Path
 ) -> None:
-    with audit_url("sqlite", tmp_path) as url:
-        check(tmp_path, registered, url)
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_load_postgres_two_workers_zero_errors_one_record_per_decision(
-    registered: Registered, tmp_path: Path
-) -> None:
-    with audit_url("postgres", tmp_path) as url:
+    with audit_url(store, tmp_path) as url:
         check(tmp_path, registered, url)
 
 
