@@ -24,7 +24,11 @@ PSI alone alarms on features that move with the calendar by construction (ages: 
 `features.catalog.TIME_LIKE`) and on features the model barely uses. `rank_drift` therefore reads
 each feature's PSI together with its share of the model's attributions (mean |score points| over
 the population, `attribution_shares`) and gives each a signal: ``time-like`` (listed, never
-counted), ``negligible`` (drifted, but under `MIN_SHARE` of the attributions), else the PSI band.
+counted), ``filled-in`` (drifted only because fewer values are missing than in training, the
+present values distributed as in training: data that arrived, e.g. statements now published for
+SMEs that had none in the first months of the history; listed, never counted), ``negligible``
+(drifted, but under `MIN_SHARE` of the attributions), else the PSI band. A rise of the missing
+share is never excused: a feed that stops delivering is drift to act on.
 
 Pure functions on NumPy/pandas; nothing here imports training or serving, so training can build
 the profile and serving can read it.
@@ -72,6 +76,7 @@ MIN_SHARE = 0.02
 """A drifted feature carrying less than this share of the model's mean |points| is negligible."""
 TIME_LIKE_SIGNAL = "time-like"
 NEGLIGIBLE = "negligible"
+FILLED_IN = "filled-in"
 SCORE = "score"
 """The name of the score's bins in a profile (not a feature name)."""
 PROFILE_ARTIFACT = "drift_profile.json"
@@ -345,8 +350,10 @@ def psi_table(
     """PSI of every profiled feature (and of the score, when given; first row) for a population.
 
     Columns: ``name``, ``kind`` (numeric / categorical / score), ``psi``, ``band``, ``rows``,
-    ``expected_missing`` and ``actual_missing`` (shares), ``bins`` (count). A feature column the
-    population lacks counts as all missing. Rows ordered: the score, then PSI descending."""
+    ``expected_missing`` and ``actual_missing`` (shares), ``psi_present`` (the PSI of the present
+    values alone, both sides renormalised; NaN when a side has none), ``bins`` (count). A
+    feature column the population lacks counts as all missing. Rows ordered: the score, then PSI
+    descending."""
     rows: list[dict[str, Any]] = []
     n = len(features)
     if n == 0:
@@ -364,6 +371,7 @@ def psi_table(
                 "rows": len(values),
                 "expected_missing": bins.expected[-1],
                 "actual_missing": float(shares[-1]),
+                "psi_present": _psi_present(bins.expected, shares),
                 "bins": len(shares),
             }
         )
@@ -388,6 +396,15 @@ def psi_table(
     return pd.concat([head, rest], ignore_index=True)
 
 
+def _psi_present(expected: Sequence[float] | np.ndarray, actual: np.ndarray) -> float:
+    """PSI of the value bins (all but the last, missing one), each side renormalised to 1."""
+    e = np.asarray(expected, dtype=np.float64)[:-1]
+    a = np.asarray(actual, dtype=np.float64)[:-1]
+    if len(e) == 0 or e.sum() <= 0 or a.sum() <= 0:
+        return float("nan")
+    return psi(e / e.sum(), a / a.sum())
+
+
 def attribution_shares(points: pd.DataFrame) -> pd.Series:
     """Each feature's share of the model's attributions over a population: mean |score points|
     per column, divided by their sum (all zeros when every point is 0)."""
@@ -396,6 +413,12 @@ def attribution_shares(points: pd.DataFrame) -> pd.Series:
     mean_abs = points.abs().mean(axis=0)
     total = float(mean_abs.sum())
     return mean_abs / total if total > 0 else mean_abs * 0.0
+
+
+def _only_filled_in(r: Mapping[Any, Any]) -> bool:
+    present = r.get("psi_present", float("nan"))
+    fewer_missing = r.get("actual_missing", 1.0) < r.get("expected_missing", 0.0)
+    return bool(fewer_missing and math.isfinite(present) and psi_band(present) == "stable")
 
 
 def rank_drift(
@@ -411,9 +434,10 @@ def rank_drift(
     Adds ``attribution_share`` (from `shares`; 0 for a feature without one), ``impact`` = PSI x
     share, ``points_change`` (the change of the feature's mean points between two dates, when
     given; they sum to the change of the mean score), ``time_like`` and ``signal``:
-    ``time-like`` for `time_like` features, ``stable`` in the stable band, ``negligible`` for a
-    drifted feature under `min_share` of the attributions, else the band (watch / act). Rows:
-    counted signals first (act, watch), by impact descending."""
+    ``time-like`` for `time_like` features, ``stable`` in the stable band, ``filled-in`` for a
+    drift that is only a fall of the missing share (``psi_present`` stable, when `psi` has it),
+    ``negligible`` for a drifted feature under `min_share` of the attributions, else the band
+    (watch / act). Rows: counted signals first (act, watch), by impact descending."""
     rows = psi[psi["kind"] != SCORE].copy()
     rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
     rows["impact"] = rows["psi"] * rows["attribution_share"]
@@ -428,6 +452,8 @@ def rank_drift(
             return TIME_LIKE_SIGNAL
         if r["band"] == "stable":
             return "stable"
+        if _only_filled_in(r):
+            return FILLED_IN
         return NEGLIGIBLE if r["attribution_share"] < min_share else str(r["band"])
 
     rows["signal"] = [signal(r) for r in rows.to_dict("records")]

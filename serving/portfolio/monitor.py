@@ -576,11 +576,13 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "training_as_of": [result.profile.as_of_from, result.profile.as_of_to],
             "score": {"psi": float(score_row["psi"]), "band": str(score_row["band"])},
             "signals": "a feature counts (watch / act, its PSI band) only if it is not time-like "
-            f"(ages: {', '.join(sorted(TIME_LIKE))}) and carries at least {MIN_SHARE:.0%} of "
-            "the model's mean |points|; ranked by impact = PSI x attribution share",
+            f"(ages: {', '.join(sorted(TIME_LIKE))}), its drift is not only a fall of its "
+            "missing share with the present values as in training (filled-in), and it carries "
+            f"at least {MIN_SHARE:.0%} of the model's mean |points|; ranked by impact = PSI x "
+            "attribution share",
             "band_counts": {
                 b: int(signals.get(b, 0))
-                for b in ("stable", "watch", "act", "time-like", "negligible")
+                for b in ("stable", "watch", "act", "time-like", "filled-in", "negligible")
             },
             "features": [
                 {
@@ -595,6 +597,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
                     "time_like": bool(r["time_like"]),
                     "expected_missing": float(r["expected_missing"]),
                     "actual_missing": float(r["actual_missing"]),
+                    "psi_present": _num(r["psi_present"]),
                 }
                 for r in features.to_dict("records")
             ],

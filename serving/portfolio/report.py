@@ -68,7 +68,7 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
 .meta{color:#555;font-size:13px}.note{color:#555;font-size:13px;max-width:900px}
 .band-stable{color:#2e7d32;font-weight:600}.band-watch{color:#b58100;font-weight:600}
-.band-act{color:#c62828;font-weight:600}.band-time-like,.band-negligible{color:#777}
+.band-act{color:#c62828;font-weight:600}.band-time-like,.band-filled-in,.band-negligible{color:#777}
 .chart{display:block;margin:8px 0}
 .kpi{display:inline-block;margin:4px 18px 4px 0}.kpi b{font-size:20px;display:block}
 ul.reasons{margin:0;padding-left:16px;text-align:left}
@@ -107,7 +107,7 @@ def page(title: str, meta: str, sections: Sequence[str]) -> str:
 
 
 def _band_text(band: str, text: str) -> str:
-    """`text` in the colour of `band` (stable, watch, act, time-like, negligible)."""
+    """`text` in the colour of `band` (stable, watch, act, time-like, filled-in, negligible)."""
     return f'<span class="band-{_e(band)}">{_e(text)}</span>'
 
 

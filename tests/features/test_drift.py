@@ -200,3 +200,50 @@ def test_rank_drift_counts_only_drift_that_matters() -> None:
     assert ranked["name"].tolist()[0] == "big"
     signal = dict(zip(ranked["name"], ranked["signal"], strict=True))
     assert signal == {"big": "act", "age": "time-like", "tiny": "negligible", "calm": "stable"}
+
+
+def test_a_fall_of_the_missing_share_alone_is_filled_in_but_a_rise_or_a_shift_counts() -> None:
+    """Statements published for SMEs that had none in training drift the PSI (the missing bin
+    shrinks) but not the values the model sees: 'filled-in', not counted. Values that move, or a
+    feed that stops delivering, still count."""
+    from features.drift import FILLED_IN, rank_drift
+
+    rng = np.random.default_rng(5)
+    train = pd.Series(np.where(rng.random(4000) < 0.4, np.nan, rng.normal(0.05, 0.02, 4000)))
+    bins = build_bins("fin_net_margin", train)
+    now = {
+        "filled": pd.Series(rng.normal(0.05, 0.02, 4000)),  # no missing now, same values
+        "shifted": pd.Series(rng.normal(0.09, 0.02, 4000)),  # no missing now, values moved
+        "dropped": pd.Series(np.where(rng.random(4000) < 0.9, np.nan, 0.05)),  # the feed stops
+    }
+    rows = []
+    for case, values in now.items():
+        shares = bin_shares(bins, values)
+        rows.append(
+            {
+                "name": case,
+                "kind": "numeric",
+                "psi": psi(bins.expected, shares),
+                "band": psi_band(psi(bins.expected, shares)),
+                "expected_missing": bins.expected[-1],
+                "actual_missing": float(shares[-1]),
+                "psi_present": psi(
+                    np.asarray(bins.expected[:-1]) / sum(bins.expected[:-1]),
+                    shares[:-1] / shares[:-1].sum(),
+                ),
+            }
+        )
+    table = pd.DataFrame(rows)
+    assert set(table["band"]) == {"act"}  # PSI alone alarms on all three
+    ranked = rank_drift(table, dict.fromkeys(now, 0.3))
+    signal = dict(zip(ranked["name"], ranked["signal"], strict=True))
+    assert signal == {"filled": FILLED_IN, "shifted": "act", "dropped": "act"}
+
+
+def test_psi_table_gives_the_psi_of_the_present_values() -> None:
+    profile = build_profile(_panel(2000, seed=1), np.linspace(500, 700, 2000), CATALOG)
+    same = _panel(2000, seed=2)
+    same.loc[: len(same) // 2, "dso_90d"] = np.nan  # half the values gone, the rest as trained
+    row = psi_table(profile, same).set_index("name").loc["dso_90d"]
+    assert row["actual_missing"] > row["expected_missing"]
+    assert row["band"] == "act" and row["psi_present"] < 0.05

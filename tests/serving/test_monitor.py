@@ -306,7 +306,7 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     assert doc["model"]["uri"] == profiled.uri
     names = [f["name"] for f in doc["psi"]["features"]]
     assert sorted(names) == sorted(b.name for b in profiled.profile.features)
-    signals = ("stable", "watch", "act", "time-like", "negligible")
+    signals = ("stable", "watch", "act", "time-like", "filled-in", "negligible")
     assert doc["psi"]["band_counts"] == {
         b: sum(f["signal"] == b for f in doc["psi"]["features"]) for b in signals
     }
@@ -315,6 +315,8 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
         if f["signal"] in ("watch", "act"):
             assert f["band"] == f["signal"] and not f["time_like"]
             assert f["attribution_share"] >= 0.02
+        if f["signal"] == "filled-in":  # only the missing share fell; the values as trained
+            assert f["actual_missing"] < f["expected_missing"] and f["psi_present"] < 0.1
     time_like = {f["name"] for f in doc["psi"]["features"] if f["signal"] == "time-like"}
     assert time_like == {"firm_age_years", "months_since_first_invoice", "financials_age_days"}
     # the features' mean point changes add up to the mean score's change
