@@ -114,20 +114,22 @@ def test_pred_contrib_and_tree_shap_agree(served: ServedModel) -> None:
     np.testing.assert_allclose(a.score, b.score, atol=1e-9)
 
 
+def materialise(store: AuditStore, *rows: dict[str, object]) -> None:
+    """Write feature rows ({sme_id, as_of: YYYY-MM-DD, feature: value}) to the online table."""
+    from serving.online import materialize
+
+    panel = pd.DataFrame(list(rows))
+    materialize(store, panel.assign(as_of=pd.to_datetime(panel["as_of"])))
+
+
 def test_stored_mode_uses_the_latest_materialised_features(
     served: ServedModel, store: AuditStore
 ) -> None:
-    from serving.online import materialize
-
-    panel = pd.DataFrame(
-        {
-            "sme_id": ["S7", "S7"],
-            "as_of": pd.to_datetime(["2024-01-31", "2024-02-29"]),
-            "dso_90d": [10.0, 80.0],
-            "industry": ["food", "metals"],
-        }
+    materialise(
+        store,
+        {"sme_id": "S7", "as_of": "2024-01-31", "dso_90d": 10.0, "industry": "food"},
+        {"sme_id": "S7", "as_of": "2024-02-29", "dso_90d": 80.0, "industry": "metals"},
     )
-    materialize(store, panel)
     req = served.request_model.model_validate(
         {"sme_id": "S7", "as_of": date(2024, 3, 15), "allow_sparse": True}
     )
@@ -173,17 +175,11 @@ def test_stored_features_outside_their_domain_are_refused_not_scored(
 ) -> None:
     """A materialised value outside its catalog domain (a share of 1.7, a category the model was
     not trained on) is the service's fault, not the caller's: a clear error, never a score."""
-    from serving.online import materialize
-
-    panel = pd.DataFrame(
-        {
-            "sme_id": ["S7", "S8"],
-            "as_of": pd.to_datetime(["2024-06-28", "2024-06-28"]),
-            "ar_90p_share": [1.7, 0.2],
-            "industry": ["food", "Textiles"],
-        }
+    materialise(
+        store,
+        {"sme_id": "S7", "as_of": "2024-06-28", "ar_90p_share": 1.7, "industry": "food"},
+        {"sme_id": "S8", "as_of": "2024-06-28", "ar_90p_share": 0.2, "industry": "Textiles"},
     )
-    materialize(store, panel)
     latest = OnlineFeatures(store).latest
     for sme_id, name, value, domain in (
         ("S7", "ar_90p_share", 1.7, "[0, 1]"),
