@@ -10,7 +10,7 @@ from tests.support.panels import CATALOG, FAST, make_panel
 from training.booster import scaled_params
 from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
-from training.train import Steps, TrainConfig, fit, validate_panel
+from training.train import Steps, TrainConfig, fit, grow, prepare, validate_panel
 
 
 def test_model_learns_the_known_effects(trained) -> None:
@@ -72,6 +72,10 @@ def test_tuning_runs_seeded_trials() -> None:
     assert a.tuning[0]["min_data_in_leaf"] == scaled["min_data_in_leaf"]
     b = fit(panel, CATALOG, config)
     assert a.tuning == b.tuning
+    # the model is the search's best trial, reused: growing it again gives the same booster
+    again = grow(prepare(panel, CATALOG, config), a.lgb_params, config, Steps())
+    assert again.best_iteration == a.model.params["best_iteration"]
+    assert again.booster.model_to_string() == a.model.booster.model_to_string()
 
 
 def test_no_calibration_months_calibrates_on_cross_fitted_smes() -> None:
