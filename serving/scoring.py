@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -215,13 +216,14 @@ def explain_rows(
     orders = np.argsort(points, axis=1, kind="stable")[:, :N_REASONS]
     drivers = [[int(j) for j in orders[i] if points[i, j] < 0] for i in range(len(meta))]
     sides = _sides(model, M, values, [(i, names[j]) for i, js in enumerate(drivers) for j in js])
+    # Python numbers once for the batch (the same values as float() of each numpy element)
+    point_rows, base = points.tolist(), expl.base_points.tolist()
+    pd_, score_, grade = expl.pd.tolist(), expl.score.tolist(), expl.grade.tolist()
     decisions: list[Decision] = []
     for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta):
-        row_points = points[i]
+        row_points, row_values = point_rows[i], values[i]
         reasons = tuple(
-            _reason(
-                model, names[j], values[i][names[j]], float(row_points[j]), sides.get((i, names[j]))
-            )
+            _reason(model, names[j], row_values[names[j]], row_points[j], sides.get((i, names[j])))
             for j in drivers[i]
         )
         decisions.append(
@@ -230,12 +232,12 @@ def explain_rows(
                 as_of=as_of,
                 mode=mode,
                 inputs_hash=inputs_hash,
-                features=values[i],
-                contributions=dict(zip(names, row_points.tolist(), strict=True)),
-                base_points=float(expl.base_points[i]),
-                pd=float(expl.pd[i]),
-                score=float(expl.score[i]),
-                grade=str(expl.grade[i]),
+                features=row_values,
+                contributions=dict(zip(names, row_points, strict=True)),
+                base_points=base[i],
+                pd=pd_[i],
+                score=score_[i],
+                grade=str(grade[i]),
                 reasons=reasons,
                 model=dict(model_info),
                 explain_method=method,
@@ -546,8 +548,8 @@ def _reason(model: ScoringModel, name: str, value: Any, points: float, side: Sid
     """A risk driver from its value's side (`_sides`; None for a missing or categorical value)."""
     from features.catalog import format_value
 
-    f = _view(model).features[name]
-    codes = _view(model).codes[name]
+    view = _view(model)
+    f, codes = view.features[name], view.codes[name]
     if not _present(value):
         rc = codes["MISSING"]
     elif f.kind == "categorical":
@@ -615,33 +617,34 @@ def improvements(
         cuts = view.splits.get(name, _NO_SPLITS)
         current = float(value)  # type: ignore[arg-type]
         if f.direction > 0:  # less is better: go left of each split below the value, nearest first
-            candidates = [float(c) for c in cuts[cuts < current][::-1] if c >= domain.low]
+            below = cuts[cuts < current][::-1]
+            candidates = below[below >= domain.low].tolist()
         else:  # more is better: go right of each split at or above the value, nearest first
-            candidates = [
-                float(np.nextafter(c, np.inf)) for c in cuts[cuts >= current] if c < domain.high
-            ]
+            above = cuts[cuts >= current]
+            candidates = np.nextafter(above[above < domain.high], np.inf).tolist()
         if candidates:
             asks.append((i, name, candidates))
     margins = _margins_varying(model, M, asks)
-    got = _grades_of(model, np.concatenate(margins)) if margins else np.empty(0, dtype=object)
-    start = 0
-    for (i, name, candidates), margin in zip(asks, margins, strict=True):
-        decision = decisions[i]
-        k = grades.index(decision.grade)
-        f = view.features[name]
-        current = float(values[i][name])
-        for c, g in zip(candidates, got[start : start + len(margin)], strict=True):
-            if grades.index(str(g)) < k:
-                verb = "Lowering" if f.direction > 0 else "Raising"
-                out[i] = {
-                    **(out[i] or {}),
-                    "to": c,
-                    "grade": str(g),
-                    "text": f"{verb} {name} from {format_value(f, current)} to "
-                    f"{format_value(f, c)} would move the SME from {decision.grade} to {g}",
-                }
-                break
-        start += len(margin)
+    got = iter(_grades_of(model, np.concatenate(margins)).tolist() if margins else [])
+    rank = {g: r for r, g in enumerate(grades)}
+    for i, name, candidates in asks:
+        k = rank[decisions[i].grade]
+        moved = [
+            (c, g)
+            for c, g in zip(candidates, islice(got, len(candidates)), strict=True)
+            if rank[g] < k
+        ]
+        if moved:  # the nearest
+            to, grade = moved[0]
+            f, current = view.features[name], float(values[i][name])
+            verb = "Lowering" if f.direction > 0 else "Raising"
+            out[i] = {
+                **(out[i] or {}),
+                "to": to,
+                "grade": grade,
+                "text": f"{verb} {name} from {format_value(f, current)} to "
+                f"{format_value(f, to)} would move the SME from {decisions[i].grade} to {grade}",
+            }
     return out
 
 
