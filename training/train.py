@@ -419,21 +419,25 @@ def grow(
         )
         oof = np.empty(len(split.fit))
         unseen = np.asarray(grown.booster.predict(X[split.oot], raw_score=True), np.float64)
-        for k in range(split.folds):
+        # the folds' boosters, then the calibration booster: subsets of the fit rows (cal_grow
+        # is a subset of fit, both ascending: training.split), grown with the model's rounds
+        parts = [fit_rows.subset(np.flatnonzero(split.fold != k)) for k in range(split.folds)]
+        if split.calibration_months:
+            parts.append(fit_rows.subset(np.searchsorted(split.fit, split.cal_grow)))
+        boosters = trainer.train_each(
+            parts, rounds=grown.best_iteration, at_once=cfg.boosters_at_once
+        )
+        for k, fold_fit in zip(range(split.folds), boosters, strict=False):  # then calibration
             say(f"cross-fitting calibration: fold {k + 1}/{split.folds}")
             held = split.fold == k
-            fold_rows = fit_rows.subset(np.flatnonzero(~held))
-            fold_booster = trainer.train(fold_rows, rounds=grown.best_iteration).booster
-            oof[held] = fold_booster.predict(X[split.fit[held]], raw_score=True)
+            oof[held] = fold_fit.booster.predict(X[split.fit[held]], raw_score=True)
             # pandas' hash-based isin: numpy's isin on object arrays compares all pairs
             in_fold = pd.Series(sme[split.oot]).isin(set(sme[split.fit[held]])).to_numpy()
-            unseen[in_fold] = fold_booster.predict(X[split.oot[in_fold]], raw_score=True)
+            unseen[in_fold] = fold_fit.booster.predict(X[split.oot[in_fold]], raw_score=True)
         cal_margin = np.empty(0)
         if split.calibration_months:
             say(f"calibration booster: months before {split.calibration_months[0]}")
-            # cal_grow is a subset of the fit rows (training.split), both ascending
-            cal_rows = fit_rows.subset(np.searchsorted(split.fit, split.cal_grow))
-            cal_booster = trainer.train(cal_rows, rounds=grown.best_iteration).booster
+            cal_booster = next(boosters).booster
             cal_margin = np.asarray(cal_booster.predict(X[split.cal], raw_score=True), np.float64)
     return Grown(
         booster=grown.booster,
