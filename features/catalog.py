@@ -18,6 +18,7 @@ never act as the firm's baseline (a higher own baseline makes the same 90-day va
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -788,8 +789,11 @@ def format_value(feature: Feature, value: float | str | None) -> str:
     return _no_negative_zero(f"{v:,.2f}")
 
 
+_NONZERO_DIGIT = re.compile("[1-9]")
+
+
 def _no_negative_zero(text: str) -> str:
     stripped = text.lstrip("-+")
-    if stripped and not any(ch in "123456789" for ch in stripped.split(" ")[0]):
+    if stripped and not _NONZERO_DIGIT.search(stripped.split(" ")[0]):
         return stripped
     return text

@@ -288,7 +288,7 @@ def keys_list() -> None:
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The id of the key (from `keys list`).")],
 ) -> None:
-    """Remove a key: running services refuse it from their next request on."""
+    """Remove a key: running services refuse it within SCF_RISK_KEYS_RECHECK_SECONDS (1 s)."""
     from serving.api.keys import revoke_key
     from serving.settings import Settings
 

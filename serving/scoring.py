@@ -14,13 +14,15 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from features.catalog import Feature, ReasonCode, ReasonSide
 from features.exceptions import ContractError, FeatureError
 from serving.audit.canonical import canonical_bytes, json_value
 from serving.exceptions import InvalidInput, StoredFeaturesInvalid
@@ -35,6 +37,8 @@ log = logging.getLogger("scf_risk.serving")
 N_REASONS = 4
 DEFAULT_MIN_COVERAGE = 0.5
 DEFAULT_MAX_FEATURE_AGE_DAYS = 45
+Side = Literal["HIGH", "LOW"]
+"""Which level of a present number adds risk (`_sides`)."""
 LatestLookup = Callable[[str], "tuple[date, dict[str, Any]] | None"]
 
 
@@ -100,7 +104,7 @@ class Decision:
             "pd": self.pd,
             "score": self.score,
             "grade": self.grade,
-            "reasons": [asdict(r) for r in self.reasons],
+            "reasons": [dict(vars(r)) for r in self.reasons],  # asdict, without its deep copy
             "model": dict(self.model),
             "explain_method": self.explain_method,
             "coverage": dict(self.coverage),
@@ -165,27 +169,28 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
     """Explain prepared inputs (see `prepare`) with one call: one decision each, in order."""
     if not inputs:
         return []
+    model = served.model
     decisions, M = explain_rows(
-        served.model,
+        model,
         [x.features for x in inputs],
         method=served.explain_method,
         model_info=served.info,
         meta=[(x.sme_id, x.as_of, x.mode, x.inputs_hash) for x in inputs],
     )
-    out = []
-    for d, x, row in zip(decisions, inputs, M, strict=True):
-        out.append(
-            replace(
-                d,
-                coverage=x.coverage,
-                allow_sparse=x.allow_sparse,
-                features_as_of=x.features_as_of,
-                grade_band=grade_band(served.model, d.grade),
-                improvement=improvement(served.model, x.features, d, row_vector=row),
-                input=x.input,
-            )
+    what_ifs = improvements(model, [x.features for x in inputs], decisions, M)
+    bands = {g: grade_band(model, g) for g in {d.grade for d in decisions}}
+    return [
+        replace(
+            d,
+            coverage=x.coverage,
+            allow_sparse=x.allow_sparse,
+            features_as_of=x.features_as_of,
+            grade_band=bands[d.grade],
+            improvement=what_if,
+            input=x.input,
         )
-    return out
+        for d, x, what_if in zip(decisions, inputs, what_ifs, strict=True)
+    ]
 
 
 def explain_rows(
@@ -211,13 +216,17 @@ def explain_rows(
     points = expl.point_values  # the model's feature order, as `names`
     # the N_REASONS most negative points of every row, most negative first (one call for all rows)
     orders = np.argsort(points, axis=1, kind="stable")[:, :N_REASONS]
+    drivers = [[int(j) for j in orders[i] if points[i, j] < 0] for i in range(len(meta))]
+    sides = _sides(model, M, values, [(i, names[j]) for i, js in enumerate(drivers) for j in js])
+    # Python numbers once for the batch (the same values as float() of each numpy element)
+    point_rows, base = points.tolist(), expl.base_points.tolist()
+    pd_, score_, grade = expl.pd.tolist(), expl.score.tolist(), expl.grade.tolist()
     decisions: list[Decision] = []
     for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta):
-        row_points = points[i]
+        row_points, row_values = point_rows[i], values[i]
         reasons = tuple(
-            reason(model, names[j], values[i], float(row_points[j]), base=M[i])
-            for j in orders[i]
-            if row_points[j] < 0
+            _reason(model, names[j], row_values[names[j]], row_points[j], sides.get((i, names[j])))
+            for j in drivers[i]
         )
         decisions.append(
             Decision(
@@ -225,12 +234,12 @@ def explain_rows(
                 as_of=as_of,
                 mode=mode,
                 inputs_hash=inputs_hash,
-                features=values[i],
-                contributions=dict(zip(names, row_points.tolist(), strict=True)),
-                base_points=float(expl.base_points[i]),
-                pd=float(expl.pd[i]),
-                score=float(expl.score[i]),
-                grade=str(expl.grade[i]),
+                features=row_values,
+                contributions=dict(zip(names, row_points, strict=True)),
+                base_points=base[i],
+                pd=pd_[i],
+                score=score_[i],
+                grade=str(grade[i]),
                 reasons=reasons,
                 model=dict(model_info),
                 explain_method=method,
@@ -433,76 +442,107 @@ def _present(value: Any) -> bool:
 def coverage(model: ScoringModel, values: dict[str, Any]) -> dict[str, Any]:
     """How much of the model the values cover: features present, and the share of the
     booster's total gain importance those features carry (1.0 for a model without splits)."""
-    gains = gain_importance(model)
-    total = sum(gains.values())
-    present = [n for n in model.feature_names if _present(values.get(n))]
-    share = 1.0 if total <= 0 else sum(gains[n] for n in present) / total
+    view = _view(model)
+    gains = view.gains
+    present = [
+        n
+        for n in view.names
+        if (v := values.get(n)) is not None and not (isinstance(v, float) and v != v)
+    ]  # `_present`, inline: this runs for every feature of every request
+    share = 1.0 if view.total_gain <= 0 else sum(gains[n] for n in present) / view.total_gain
     here = set(present)
-    missing = sorted(
-        (n for n in model.feature_names if n not in here and gains[n] > 0),
-        key=lambda n: -gains[n],
-    )
+    missing = [n for n in view.by_gain if n not in here][:5]
     return {
         "present": len(present),
-        "of": len(model.feature_names),
+        "of": len(view.names),
         "gain_share": round(share, 6),
-        "missing_top": missing[:5],
+        "missing_top": missing,
     }
 
 
 def gain_importance(model: ScoringModel) -> dict[str, float]:
-    """The booster's gain importance per feature (cached per booster)."""
-    key = id(model.booster)
-    hit = _GAIN_CACHE.get(key)
-    if hit is None or hit[0] is not model.booster:
-        gains = model.booster.feature_importance(importance_type="gain")
-        hit = (model.booster, dict(zip(model.feature_names, map(float, gains), strict=True)))
-        _GAIN_CACHE[key] = hit
-    return hit[1]
-
-
-_GAIN_CACHE: dict[int, tuple[Any, dict[str, float]]] = {}
-_SPLITS_CACHE: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
+    """The booster's gain importance per feature (computed once per booster)."""
+    return _view(model).gains
 
 
 def split_points(model: ScoringModel) -> dict[str, np.ndarray]:
-    """The sorted numeric split thresholds of each feature over all trees (cached per booster):
-    the only values at which the model's output for that feature can change."""
+    """The sorted numeric split thresholds of each feature over all trees (computed once per
+    booster): the only values at which the model's output for that feature can change."""
+    return _view(model).splits
+
+
+@dataclass(frozen=True)
+class _View:
+    """What the scoring path reads of a model on every request, derived once per booster."""
+
+    names: list[str]
+    slots: dict[str, int]  # column of each feature in the matrix
+    features: dict[str, Feature]
+    codes: dict[str, dict[ReasonSide, ReasonCode]]  # reason codes of each feature, by side
+    gains: dict[str, float]  # gain importance
+    total_gain: float
+    by_gain: list[str]  # features with gain, most first (ties in model order)
+    splits: dict[str, np.ndarray]  # sorted numeric split thresholds
+
+
+_VIEWS: dict[int, tuple[Any, _View]] = {}
+_NO_SPLITS = np.array([])
+
+
+def _view(model: ScoringModel) -> _View:
+    """The model's `_View` (cached by booster)."""
     key = id(model.booster)
-    hit = _SPLITS_CACHE.get(key)
+    hit = _VIEWS.get(key)
     if hit is None or hit[0] is not model.booster:
-        names = model.feature_names
-        found: dict[str, set[float]] = {n: set() for n in names}
-
-        def walk(node: dict[str, Any]) -> None:
-            if "split_feature" in node:
-                if node.get("decision_type") == "<=":
-                    found[names[node["split_feature"]]].add(float(node["threshold"]))
-                walk(node["left_child"])
-                walk(node["right_child"])
-
-        for tree in model.booster.dump_model()["tree_info"]:
-            walk(tree["tree_structure"])
-        hit = (model.booster, {n: np.array(sorted(v)) for n, v in found.items()})
-        _SPLITS_CACHE[key] = hit
+        hit = (model.booster, _build_view(model))
+        _VIEWS[key] = hit
     return hit[1]
 
 
+def _build_view(model: ScoringModel) -> _View:
+    from features.catalog import reason_codes
+
+    names = list(model.feature_names)
+    found: dict[str, set[float]] = {n: set() for n in names}
+
+    def walk(node: dict[str, Any]) -> None:
+        if "split_feature" in node:
+            if node.get("decision_type") == "<=":
+                found[names[node["split_feature"]]].add(float(node["threshold"]))
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in model.booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    raw = model.booster.feature_importance(importance_type="gain")
+    gains = dict(zip(names, map(float, raw), strict=True))
+    return _View(
+        names=names,
+        slots={n: j for j, n in enumerate(names)},
+        features={f.name: f for f in model.catalog},
+        codes={f.name: reason_codes(f) for f in model.catalog},
+        gains=gains,
+        total_gain=sum(gains.values()),
+        by_gain=sorted((n for n in names if gains[n] > 0), key=lambda n: -gains[n]),
+        splits={n: np.array(sorted(v)) for n, v in found.items()},
+    )
+
+
 def _margins_varying(
-    model: ScoringModel,
-    row: dict[str, Any],
-    name: str,
-    values: Sequence[float],
-    base: np.ndarray | None = None,
-) -> np.ndarray:
-    """The raw margin of `row` with feature `name` set to each of `values` (the others as they
-    are): one matrix row per value, through the compiled trees (microseconds, no thread pool).
-    `base`: the row's matrix row when the caller has it already."""
-    if base is None:
-        base = model.records_matrix([row])[0]
-    M = np.repeat(base[None, :], len(values), axis=0)
-    M[:, model.feature_names.index(name)] = values
-    return model.treeshap().margin(M)
+    model: ScoringModel, M: np.ndarray, asks: Sequence[tuple[int, str, Sequence[float]]]
+) -> list[np.ndarray]:
+    """For each (row, feature, values): the raw margins of row `row` of `M` with that feature
+    set to each of `values` (the others as they are), all through the compiled trees in one call
+    (each row's margin does not depend on the others)."""
+    if not asks:
+        return []
+    counts = [len(v) for _, _, v in asks]
+    at = np.repeat(np.array([r for r, _, _ in asks], dtype=np.intp), counts)
+    slots = _view(model).slots
+    cols = np.repeat(np.array([slots[n] for _, n, _ in asks], dtype=np.intp), counts)
+    X = M[at]
+    X[np.arange(len(at)), cols] = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
+    return np.split(model.treeshap().margin(X), np.cumsum(counts)[:-1])
 
 
 def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
@@ -512,28 +552,41 @@ def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
     return model.master_scale.grade(expit(model.calibration.logodds(margin)))
 
 
-def _side(
-    model: ScoringModel, name: str, row: dict[str, Any], base: np.ndarray | None = None
-) -> str:
-    """For a present numeric value: HIGH when its level adds risk because it is high (declared
-    by the catalog's direction; for an unconstrained feature, probed at the nearest splits)."""
-    from features.catalog import get_feature
-
-    f = get_feature(name, model.catalog)
-    if f.direction != 0:
-        return "HIGH" if f.direction > 0 else "LOW"
-    value = float(row[name])
-    cuts = split_points(model).get(name, np.array([]))
-    below, above = cuts[cuts < value], cuts[cuts >= value]
-    probes = [value]
-    if len(below):
-        probes.append(float(below[-1]))
-    if len(above):
-        probes.append(float(np.nextafter(above[0], np.inf)))
-    margin = _margins_varying(model, row, name, probes, base)
-    down = margin[1] if len(below) else margin[0]
-    up = margin[-1] if len(above) else margin[0]
-    return "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
+def _sides(
+    model: ScoringModel,
+    M: np.ndarray,
+    values: Sequence[dict[str, Any]],
+    wanted: Sequence[tuple[int, str]],
+) -> dict[tuple[int, str], Side]:
+    """The side of each (row, feature) of `wanted` whose value is a present number: HIGH when
+    its level adds risk because it is high (declared by the catalog's direction; for an
+    unconstrained feature, probed at the nearest splits, all rows in one call). `M`: the rows'
+    matrix, `values`: their values as recorded."""
+    view = _view(model)
+    out: dict[tuple[int, str], Side] = {}
+    probed: list[tuple[int, str, list[float], bool, bool]] = []
+    for i, name in wanted:
+        f = view.features[name]
+        if f.kind == "categorical" or not _present(values[i].get(name)):
+            continue
+        if f.direction != 0:
+            out[i, name] = "HIGH" if f.direction > 0 else "LOW"
+            continue
+        value = float(values[i][name])
+        cuts = view.splits.get(name, _NO_SPLITS)
+        k = int(np.searchsorted(cuts, value, side="left"))  # cuts[:k] < value <= cuts[k:]
+        probes = [value]
+        if k > 0:
+            probes.append(float(cuts[k - 1]))
+        if k < len(cuts):
+            probes.append(float(np.nextafter(cuts[k], np.inf)))
+        probed.append((i, name, probes, k > 0, k < len(cuts)))
+    margins = _margins_varying(model, M, [(i, n, v) for i, n, v, _, _ in probed])
+    for (i, name, _, has_below, has_above), margin in zip(probed, margins, strict=True):
+        down = margin[1] if has_below else margin[0]
+        up = margin[-1] if has_above else margin[0]
+        out[i, name] = "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
+    return out
 
 
 def reason(
@@ -546,17 +599,24 @@ def reason(
 ) -> Reason:
     """One risk driver with its catalog code and sentence (`base`: the row's matrix row, when
     the caller has it)."""
-    from features.catalog import format_value, get_feature, reason_codes
+    M = model.records_matrix([row]) if base is None else base[None, :]
+    side = _sides(model, M, [row], [(0, name)]).get((0, name))
+    return _reason(model, name, row.get(name), points, side)
 
-    f = get_feature(name, model.catalog)
-    value = row.get(name)
-    codes = reason_codes(f)
+
+def _reason(model: ScoringModel, name: str, value: Any, points: float, side: Side | None) -> Reason:
+    """A risk driver from its value's side (`_sides`; None for a missing or categorical value)."""
+    from features.catalog import format_value
+
+    view = _view(model)
+    f, codes = view.features[name], view.codes[name]
     if not _present(value):
         rc = codes["MISSING"]
     elif f.kind == "categorical":
         rc = codes["CATEGORY"]
     else:
-        rc = codes[_side(model, name, row, base)]  # type: ignore[index]
+        assert side is not None
+        rc = codes[side]
     return Reason(rc.code, name, value, points, rc.template.format(value=format_value(f, value)))
 
 
@@ -577,56 +637,75 @@ def grade_band(model: ScoringModel, grade: str) -> dict[str, Any]:
     }
 
 
-def improvement(
+def improvements(
     model: ScoringModel,
-    values: dict[str, Any],
-    decision: Decision,
-    *,
-    row_vector: np.ndarray | None = None,
-) -> dict[str, Any] | None:
-    """For the top reason: the nearest value of that feature, along its monotone direction, that
-    moves the SME one grade up with the model held fixed (None when there is no reason)."""
-    from features.catalog import domain_of, format_value, get_feature
+    values: Sequence[dict[str, Any]],
+    decisions: Sequence[Decision],
+    M: np.ndarray,
+) -> list[dict[str, Any] | None]:
+    """For the top reason of each decision: the nearest value of that feature, along its
+    monotone direction, that moves the SME one grade up with the model held fixed (None when
+    there is no reason). `values`: each row's features, `M`: their matrix; every candidate value
+    of every row goes through the compiled trees in one call."""
+    from features.catalog import domain_of, format_value
 
-    if not decision.reasons:
-        return None
-    name = decision.reasons[0].feature
-    f = get_feature(name, model.catalog)
     grades = list(model.master_scale.grades)
-    k = grades.index(decision.grade)
-    base = {"feature": name, "from": decision.reasons[0].value, "to": None, "grade": None}
-    value = values.get(name)
-    if k == 0:
-        return {**base, "text": "already in the best grade"}
-    if f.kind == "categorical" or f.direction == 0 or not _present(value):
-        why = (
-            "its value is missing"
-            if not _present(value)
-            else "it has no monotone direction in the model"
-        )
-        return {**base, "text": f"no what-if for {name}: {why}"}
-    domain = domain_of(f)
-    cuts = split_points(model).get(name, np.array([]))
-    current = float(value)  # type: ignore[arg-type]
-    if f.direction > 0:  # less is better: go left of each split below the value, nearest first
-        candidates = [float(c) for c in cuts[cuts < current][::-1] if c >= domain.low]
-    else:  # more is better: go right of each split at or above the value, nearest first
-        candidates = [
-            float(np.nextafter(c, np.inf)) for c in cuts[cuts >= current] if c < domain.high
+    view = _view(model)
+    out: list[dict[str, Any] | None] = [None] * len(decisions)
+    asks: list[tuple[int, str, list[float]]] = []
+    for i, (row, decision) in enumerate(zip(values, decisions, strict=True)):
+        if not decision.reasons:
+            continue
+        name = decision.reasons[0].feature
+        f = view.features[name]
+        k = grades.index(decision.grade)
+        base = {"feature": name, "from": decision.reasons[0].value, "to": None, "grade": None}
+        value = row.get(name)
+        out[i] = {**base, "text": "no change of this feature alone moves it up a grade"}
+        if k == 0:
+            out[i] = {**base, "text": "already in the best grade"}
+            continue
+        if f.kind == "categorical" or f.direction == 0 or not _present(value):
+            why = (
+                "its value is missing"
+                if not _present(value)
+                else "it has no monotone direction in the model"
+            )
+            out[i] = {**base, "text": f"no what-if for {name}: {why}"}
+            continue
+        domain = domain_of(f)
+        cuts = view.splits.get(name, _NO_SPLITS)
+        current = float(value)  # type: ignore[arg-type]
+        if f.direction > 0:  # less is better: go left of each split below the value, nearest first
+            below = cuts[cuts < current][::-1]
+            candidates = below[below >= domain.low].tolist()
+        else:  # more is better: go right of each split at or above the value, nearest first
+            above = cuts[cuts >= current]
+            candidates = np.nextafter(above[above < domain.high], np.inf).tolist()
+        if candidates:
+            asks.append((i, name, candidates))
+    margins = _margins_varying(model, M, asks)
+    got = iter(_grades_of(model, np.concatenate(margins)).tolist() if margins else [])
+    rank = {g: r for r, g in enumerate(grades)}
+    for i, name, candidates in asks:
+        k = rank[decisions[i].grade]
+        moved = [
+            (c, g)
+            for c, g in zip(candidates, islice(got, len(candidates)), strict=True)
+            if rank[g] < k
         ]
-    if candidates:
-        got = _grades_of(model, _margins_varying(model, values, name, candidates, row_vector))
-        for c, g in zip(candidates, got, strict=True):
-            if grades.index(str(g)) < k:
-                verb = "Lowering" if f.direction > 0 else "Raising"
-                return {
-                    **base,
-                    "to": c,
-                    "grade": str(g),
-                    "text": f"{verb} {name} from {format_value(f, current)} to "
-                    f"{format_value(f, c)} would move the SME from {decision.grade} to {g}",
-                }
-    return {**base, "text": "no change of this feature alone moves it up a grade"}
+        if moved:  # the nearest
+            to, grade = moved[0]
+            f, current = view.features[name], float(values[i][name])
+            verb = "Lowering" if f.direction > 0 else "Raising"
+            out[i] = {
+                **(out[i] or {}),
+                "to": to,
+                "grade": grade,
+                "text": f"{verb} {name} from {format_value(f, current)} to "
+                f"{format_value(f, to)} would move the SME from {decisions[i].grade} to {grade}",
+            }
+    return out
 
 
 def history_features(

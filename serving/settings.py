@@ -121,6 +121,14 @@ class Settings(TrackingSettings):
         description="When set, GET /metrics needs it (header X-Metrics-Key or a bearer token).",
     )
 
+    keys_recheck_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        validation_alias="SCF_RISK_KEYS_RECHECK_SECONDS",
+        description="How often each worker looks at the API keys file for changes (0: on every "
+        "request): a key added or revoked takes effect within this many seconds, so a revoked "
+        "key stays valid for at most that long.",
+    )
     header_timeout_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -7,7 +7,8 @@ missing, see `training.model.to_matrix`) so the pandas and Dask engines see the 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -127,9 +128,26 @@ def staged_val_loss(booster: lgb.Booster, X_val: np.ndarray, y_val: np.ndarray) 
 _Validation = tuple[np.ndarray, np.ndarray] | None  # (X_val, y_val), or none
 
 
+@dataclass(frozen=True)
+class TrainingRows:
+    """Rows to grow a booster on, as an engine holds them (`Trainer.rows`): the matrix and
+    labels, and in process LightGBM's Dataset, binned by the first booster grown on it. A
+    subset shares that binning (`lightgbm.Dataset.subset`): boosters grown on parts of the same
+    rows bin them once, with the same bins."""
+
+    X: np.ndarray
+    y: np.ndarray
+    dataset: lgb.Dataset | None = None
+
+    def subset(self, positions: np.ndarray) -> TrainingRows:
+        """The rows at `positions` (ascending) of these rows."""
+        dataset = None if self.dataset is None else self.dataset.subset(positions.tolist())
+        return TrainingRows(self.X[positions], self.y[positions], dataset)
+
+
 class Trainer:
-    """Grows a booster on a matrix; the engines below differ only in `_grow`. Use as a context
-    manager (an engine may hold a cluster for the `with` block)."""
+    """Grows a booster on a matrix; the engines below differ only in `rows` and `_grow`. Use as
+    a context manager (an engine may hold a cluster for the `with` block)."""
 
     engine = ""
 
@@ -143,10 +161,13 @@ class Trainer:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def rows(self, X: np.ndarray, y: np.ndarray) -> TrainingRows:
+        """Training rows for `train`; their subsets share what the engine derives from them."""
+        return TrainingRows(X, y)
+
     def train(
         self,
-        X: np.ndarray,
-        y: np.ndarray,
+        rows: TrainingRows,
         *,
         rounds: int,
         X_val: np.ndarray | None = None,
@@ -156,30 +177,59 @@ class Trainer:
         """Grow up to `rounds` trees; with a validation set, stop early after `patience`
         rounds without improvement and keep the best iteration."""
         validation = None if X_val is None or y_val is None else (X_val, y_val)
-        return self._grow(X, y, rounds, validation, patience)
+        return self._grow(rows, rounds, validation, patience)
+
+    def train_each(
+        self, rows: Sequence[TrainingRows], *, rounds: int, at_once: int = 1
+    ) -> Iterator[BoosterFit]:
+        """`train` on each of `rows` without validation, in order. An engine may grow up to
+        `at_once` of them at the same time; each booster is grown alone all the same, so they
+        do not depend on it (this engine: one after the other)."""
+        for r in rows:
+            yield self.train(r, rounds=rounds)
 
     def _grow(
-        self, X: np.ndarray, y: np.ndarray, rounds: int, validation: _Validation, patience: int
+        self, rows: TrainingRows, rounds: int, validation: _Validation, patience: int
     ) -> BoosterFit:
         raise NotImplementedError
 
 
 class LocalTrainer(Trainer):
-    """`lightgbm.train` in process."""
+    """`lightgbm.train` in process, on one binned Dataset per `rows` call."""
 
     engine = "pandas"
 
-    def _grow(
-        self, X: np.ndarray, y: np.ndarray, rounds: int, validation: _Validation, patience: int
-    ) -> BoosterFit:
-        names = [f.name for f in self.catalog]
-        dfit = lgb.Dataset(
+    def rows(self, X: np.ndarray, y: np.ndarray) -> TrainingRows:
+        return TrainingRows(X, y, self._dataset(X, y))
+
+    def train_each(
+        self, rows: Sequence[TrainingRows], *, rounds: int, at_once: int = 1
+    ) -> Iterator[BoosterFit]:
+        """Up to `at_once` boosters at the same time, in threads (LightGBM releases the GIL
+        while it grows a tree)."""
+        if at_once <= 1:
+            yield from super().train_each(rows, rounds=rounds)
+            return
+        for r in rows:  # their shared bins first, once, outside the threads
+            if r.dataset is not None and r.dataset.reference is not None:
+                r.dataset.reference.construct()
+        with ThreadPoolExecutor(max_workers=at_once) as pool:
+            yield from pool.map(lambda r: self.train(r, rounds=rounds), rows)
+
+    def _dataset(self, X: np.ndarray, y: np.ndarray) -> lgb.Dataset:
+        return lgb.Dataset(
             X,
             y,
-            feature_name=names,
+            feature_name=[f.name for f in self.catalog],
             categorical_feature=categorical_indices(self.catalog),
+            params=self.params,  # binned with them, whichever booster constructs it first
             free_raw_data=False,
         )
+
+    def _grow(
+        self, rows: TrainingRows, rounds: int, validation: _Validation, patience: int
+    ) -> BoosterFit:
+        dfit = rows.dataset if rows.dataset is not None else self._dataset(rows.X, rows.y)
         if validation is None:
             booster = lgb.train(self.params, dfit, num_boost_round=rounds)
             return BoosterFit(booster, booster.current_iteration(), float("nan"))
@@ -242,16 +292,17 @@ class DaskTrainer(Trainer):
             self._cluster.close()
 
     def _grow(
-        self, X: np.ndarray, y: np.ndarray, rounds: int, validation: _Validation, patience: int
+        self, rows: TrainingRows, rounds: int, validation: _Validation, patience: int
     ) -> BoosterFit:
         import dask.array as da
 
+        X, y = rows.X, rows.y
         if self._client is None:
             raise RuntimeError("use DaskTrainer inside a `with` block")
         workers = max(1, len(self._client.scheduler_info()["workers"]))
-        rows = max(1, -(-len(X) // workers))
-        dX = da.from_array(X, chunks=(rows, X.shape[1]))
-        dy = da.from_array(np.asarray(y, dtype=np.float64), chunks=(rows,))
+        chunk = max(1, -(-len(X) // workers))
+        dX = da.from_array(X, chunks=(chunk, X.shape[1]))
+        dy = da.from_array(np.asarray(y, dtype=np.float64), chunks=(chunk,))
         params = {k: v for k, v in self.params.items() if k not in ("num_threads", "metric")}
         model = lgb.DaskLGBMClassifier(
             client=self._client, n_estimators=rounds, tree_learner="data", **params
@@ -284,6 +335,16 @@ TUNED_SPACE = (
 )
 
 
+@dataclass(frozen=True)
+class Search:
+    """What `tune` found: the best parameter overrides, one record per trial, and the best
+    trial's booster (grown with `base` and those overrides on the rows the search was given)."""
+
+    best: dict[str, Any]
+    trials: list[dict[str, Any]]
+    best_fit: BoosterFit
+
+
 def tune(
     X_fit: np.ndarray,
     y_fit: np.ndarray,
@@ -298,15 +359,17 @@ def tune(
     early_stopping_rounds: int,
     on_trial: Callable[[int], None] | None = None,
     timeout_seconds: float | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> Search:
     """Optuna (seeded TPE) search of `n_trials` trials minimising the validation log loss,
     stopping early once `timeout_seconds` have passed (after at least the first trial, the
-    defaults). Returns the best parameter overrides and one record per trial."""
+    defaults). The best trial's booster is kept (`Search.best_fit`), so that a caller growing
+    the same booster again need not."""
     import time
 
     import optuna
 
     started = time.monotonic()
+    kept: dict[int, BoosterFit] = {}  # the first trial of least loss so far: number -> booster
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -320,15 +383,18 @@ def tune(
             "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 30.0, log=True),
             "min_gain_to_split": trial.suggest_float("min_gain_to_split", 0.0, 1.0),
         }
-        fit = LocalTrainer(catalog, {**base, **overrides}).train(
-            X_fit,
-            y_fit,
+        trainer = LocalTrainer(catalog, {**base, **overrides})
+        fit = trainer.train(
+            trainer.rows(X_fit, y_fit),
             rounds=max_rounds,
             X_val=X_val,
             y_val=y_val,
             patience=early_stopping_rounds,
         )
         trial.set_user_attr("best_iteration", fit.best_iteration)
+        if not kept or fit.val_loss < next(iter(kept.values())).val_loss:
+            kept.clear()
+            kept[trial.number] = fit
         return fit.val_loss
 
     sampler = optuna.samplers.TPESampler(seed=seed)
@@ -349,4 +415,4 @@ def tune(
         }
         for t in study.trials
     ]
-    return dict(study.best_params), records
+    return Search(dict(study.best_params), records, kept[study.best_trial.number])

@@ -139,6 +139,14 @@ def train(
             "threads -> same model).",
         ),
     ] = 1,
+    boosters_at_once: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Cross-fitting and calibration boosters grown at the same time (threads, "
+            "pandas engine); not part of the model's definition: the same model either way.",
+        ),
+    ] = 1,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Train a calibrated, monotone LightGBM default model, log it to MLflow and register it
@@ -192,6 +200,7 @@ def train(
             tune_trials=tune,
             tune_minutes=tune_minutes,
             num_threads=threads,
+            boosters_at_once=boosters_at_once,
             max_rounds=max_rounds,
             embargo_days=embargo_days,
             calibration_months=calibration_months,

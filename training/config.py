@@ -33,6 +33,8 @@ class TrainConfig:
     tune_trials: int = 0
     tune_minutes: float = 0.0  # a time budget for the search on the calibration months instead
     num_threads: int = 1  # fixed: the model depends on it; 1 is fastest on a busy machine
+    boosters_at_once: int = 1  # cross-fitting and calibration boosters grown at the same time
+    # (threads, pandas engine); each is grown alone all the same: no effect on the model
     max_rounds: int = 3000
     early_stopping_rounds: int = 200
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS

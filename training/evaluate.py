@@ -41,6 +41,7 @@ class Evaluation:
     monotonicity: MonotonicityReport
     explanation: Explanation
     importance: pd.DataFrame
+    score: np.ndarray  # the model's score of every matured row (positions of `Prepared.data`)
 
 
 def evaluate(
@@ -61,6 +62,7 @@ def evaluate(
     margin = np.asarray(booster.predict(X, raw_score=True), dtype=np.float64)
     z = calibration.logodds(margin)
     pd_all = np.asarray(expit(z), dtype=np.float64)
+    score = cfg.scale.score(z)
     oot_idx = split.oot
     y_oot, p_oot = y[oot_idx], pd_all[oot_idx]
     metrics: dict[str, float] = {}
@@ -84,7 +86,7 @@ def evaluate(
 
     oot = data.iloc[oot_idx].reset_index(drop=True)
     oot["pd"] = p_oot
-    oot["score"] = cfg.scale.score(z[oot_idx])
+    oot["score"] = score[oot_idx]
     oot["grade"] = cfg.master_scale.grade(p_oot)
 
     static = _static_rating(oot, tables)
@@ -141,6 +143,7 @@ def evaluate(
         monotonicity=mono,
         explanation=explanation,
         importance=importance.reset_index(drop=True),
+        score=score,
     )
 
 

@@ -229,16 +229,16 @@ def fit(
         raise TrainingError(f"engine must be pandas or dask, got {cfg.engine!r}")
     prep = prepare(panel, catalog, cfg)
     steps.plan(Steps.count(cfg, prep.split))
-    params, tuning = choose_params(prep, cfg, steps)
-    grown = grow(prep, params, cfg, steps)
+    params, search = choose_params(prep, cfg, steps)
+    grown = grow(prep, params, cfg, steps, model_fit=_model_fit(search, cfg))
     calibrated = calibrate(prep, grown, steps)
     model = assemble(prep, grown, calibrated, params, cfg, reference)
     from training.evaluate import evaluate
 
     ev = evaluate(model, prep, grown, calibrated, cfg, truth=truth, tables=tables, say=steps.say)
     model.metrics = dict(ev.metrics)
-    train_rows = prep.data.iloc[prep.split.train]
-    model.drift_profile = build_profile(train_rows, model.score(train_rows), model.catalog)
+    train = prep.split.train
+    model.drift_profile = build_profile(prep.data.iloc[train], ev.score[train], model.catalog)
     return TrainResult(
         model=model,
         metrics=ev.metrics,
@@ -252,7 +252,7 @@ def fit(
         monotonicity=ev.monotonicity,
         explanation=ev.explanation,
         importance=ev.importance,
-        tuning=tuning,
+        tuning=search.trials if search is not None else [],
         lgb_params=params,
         panel_rows=len(panel),
     )
@@ -278,15 +278,15 @@ def prepare(panel: pd.DataFrame, catalog: Sequence[Feature] | None, cfg: TrainCo
 
 def choose_params(
     prep: Prepared, cfg: TrainConfig, steps: Steps
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], boosting.Search | None]:
     """LightGBM's parameters: the defaults, the tree size scaled to the fit rows and defaults
     (`scale_params`), the config's overrides, after an Optuna search on the validation SMEs
     when `tune_trials` > 0, or a search within `tune_minutes` that grows on the months before
     the calibration months and judges on them (time-respecting; the number of trials depends on
     the machine, so a budgeted model is reproducible only from its logged parameters).
-    Returns (params, trials)."""
+    Returns (params, the search or None)."""
     X, y, split, cat = prep.X, prep.y, prep.split, prep.catalog
-    tuning: list[dict[str, Any]] = []
+    search: boosting.Search | None = None
     overrides: dict[str, Any] = {}
     if cfg.scale_params:
         overrides.update(boosting.scaled_params(len(split.fit), int(y[split.fit].sum())))
@@ -294,7 +294,7 @@ def choose_params(
     base = boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides)
     if cfg.tune_trials > 0:
         steps.say(f"tuning: {cfg.tune_trials} Optuna trials")
-        best, tuning = boosting.tune(
+        search = boosting.tune(
             X[split.fit],
             y[split.fit],
             X[split.val],
@@ -307,7 +307,7 @@ def choose_params(
             early_stopping_rounds=cfg.early_stopping_rounds,
             on_trial=lambda i: steps.say(f"tuning: trial {i}/{cfg.tune_trials}"),
         )
-        overrides.update(best)
+        overrides.update(search.best)
     elif cfg.tune_minutes > 0:
         # time-respecting: grow on the months before the calibration months (embargoed), judge
         # on the calibration months, as the model will be judged on the OOT months
@@ -315,7 +315,7 @@ def choose_params(
         grow_rows, judge_rows = (split.cal_grow, split.cal) if by_months else (split.fit, split.val)
         where = "the calibration months" if by_months else "the validation SMEs"
         steps.say(f"tuning: {cfg.tune_minutes:g} minutes of Optuna trials on {where}")
-        best, tuning = boosting.tune(
+        search = boosting.tune(
             X[grow_rows],
             y[grow_rows],
             X[judge_rows],
@@ -328,8 +328,17 @@ def choose_params(
             early_stopping_rounds=cfg.early_stopping_rounds,
             timeout_seconds=60.0 * cfg.tune_minutes,
         )
-        overrides.update(best)
-    return boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides), tuning
+        overrides.update(search.best)
+    return boosting.make_params(cat, cfg.seed, cfg.num_threads, overrides), search
+
+
+def _model_fit(search: boosting.Search | None, cfg: TrainConfig) -> boosting.BoosterFit | None:
+    """The model's booster when the search already grew it: a search by trials grows on the fit
+    SMEs with early stopping on the validation SMEs, as `grow` does, so its best trial is the
+    model (in process; the Dask engine grows its own)."""
+    if search is None or cfg.tune_trials == 0 or cfg.engine != "pandas":
+        return None
+    return search.best_fit
 
 
 def calibrate(prep: Prepared, grown: Grown, steps: Steps) -> Calibrated:
@@ -377,11 +386,18 @@ def assemble(
     )
 
 
-def grow(prep: Prepared, params: dict[str, Any], cfg: TrainConfig, steps: Steps) -> Grown:
-    """The model's booster (fit SMEs, early stopping on the validation SMEs), the cross-fitted
-    margins of the fit rows, OOT margins from boosters that never saw the row's SME, and the
-    margins of the calibration rows from the calibration booster (empty without calibration
-    months)."""
+def grow(
+    prep: Prepared,
+    params: dict[str, Any],
+    cfg: TrainConfig,
+    steps: Steps,
+    model_fit: boosting.BoosterFit | None = None,
+) -> Grown:
+    """The model's booster (fit SMEs, early stopping on the validation SMEs; `model_fit` when
+    already grown with `params`), the cross-fitted margins of the fit rows, OOT margins from
+    boosters that never saw the row's SME, and the margins of the calibration rows from the
+    calibration booster (empty without calibration months). The fit rows are binned once; the
+    other boosters grow on subsets of them, with the same bins."""
     X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     sme = prep.data["sme_id"].to_numpy()
     say = steps.say
@@ -391,10 +407,11 @@ def grow(prep: Prepared, params: dict[str, Any], cfg: TrainConfig, steps: Steps)
         else boosting.LocalTrainer(catalog, params)
     )
     with trainer:
-        say(f"training LightGBM ({cfg.engine} engine) on {len(split.fit):,} rows")
-        grown = trainer.train(
-            X[split.fit],
-            y[split.fit],
+        grown_by = "the best trial of the search" if model_fit else f"{cfg.engine} engine"
+        say(f"training LightGBM ({grown_by}) on {len(split.fit):,} rows")
+        fit_rows = trainer.rows(X[split.fit], y[split.fit])  # binned once: the folds share it
+        grown = model_fit or trainer.train(
+            fit_rows,
             rounds=cfg.max_rounds,
             X_val=X[split.val],
             y_val=y[split.val],
@@ -402,22 +419,25 @@ def grow(prep: Prepared, params: dict[str, Any], cfg: TrainConfig, steps: Steps)
         )
         oof = np.empty(len(split.fit))
         unseen = np.asarray(grown.booster.predict(X[split.oot], raw_score=True), np.float64)
-        for k in range(split.folds):
+        # the folds' boosters, then the calibration booster: subsets of the fit rows (cal_grow
+        # is a subset of fit, both ascending: training.split), grown with the model's rounds
+        parts = [fit_rows.subset(np.flatnonzero(split.fold != k)) for k in range(split.folds)]
+        if split.calibration_months:
+            parts.append(fit_rows.subset(np.searchsorted(split.fit, split.cal_grow)))
+        boosters = trainer.train_each(
+            parts, rounds=grown.best_iteration, at_once=cfg.boosters_at_once
+        )
+        for k, fold_fit in zip(range(split.folds), boosters, strict=False):  # then calibration
             say(f"cross-fitting calibration: fold {k + 1}/{split.folds}")
             held = split.fold == k
-            fold_booster = trainer.train(
-                X[split.fit[~held]], y[split.fit[~held]], rounds=grown.best_iteration
-            ).booster
-            oof[held] = fold_booster.predict(X[split.fit[held]], raw_score=True)
+            oof[held] = fold_fit.booster.predict(X[split.fit[held]], raw_score=True)
             # pandas' hash-based isin: numpy's isin on object arrays compares all pairs
             in_fold = pd.Series(sme[split.oot]).isin(set(sme[split.fit[held]])).to_numpy()
-            unseen[in_fold] = fold_booster.predict(X[split.oot[in_fold]], raw_score=True)
+            unseen[in_fold] = fold_fit.booster.predict(X[split.oot[in_fold]], raw_score=True)
         cal_margin = np.empty(0)
         if split.calibration_months:
             say(f"calibration booster: months before {split.calibration_months[0]}")
-            cal_booster = trainer.train(
-                X[split.cal_grow], y[split.cal_grow], rounds=grown.best_iteration
-            ).booster
+            cal_booster = next(boosters).booster
             cal_margin = np.asarray(cal_booster.predict(X[split.cal], raw_score=True), np.float64)
     return Grown(
         booster=grown.booster,

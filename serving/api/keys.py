@@ -16,10 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,18 +181,35 @@ def ensure_development_keys(path: Path, *, development: bool) -> dict[Role, str]
 
 
 class KeyStore:
-    """The keys file, re-read when it changes on disk (so `keys add` needs no restart)."""
+    """The keys file, re-read when it changes on disk (so `keys add` needs no restart). The file
+    is looked at (a `stat`) at most once every `recheck_seconds` (0: on every request), so a key
+    added or revoked takes effect within that long."""
 
-    def __init__(self, path: Path, *, development: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        development: bool,
+        recheck_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self.development = development
+        self.recheck_seconds = recheck_seconds
+        self.clock = clock
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
+        self._checked_at = -math.inf
         self._by_id: dict[str, KeyRecord] = {}
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the file if it changed; KeysError when it is missing or not allowed."""
+        """Re-read the file if it changed, unless it was looked at less than `recheck_seconds`
+        ago; KeysError when it is missing or not allowed."""
+        now = self.clock()
+        if now - self._checked_at < self.recheck_seconds:
+            return
+        self._checked_at = now
         try:
             st = self.path.stat()
         except FileNotFoundError:

@@ -94,7 +94,11 @@ class Service:
     def start(self) -> None:
         """Keys (fail loudly if unusable), audit store, model (log why not, stay up), watcher."""
         bootstrap_keys(self.settings)
-        self.keys = KeyStore(self.settings.api_keys, development=self.settings.is_development)
+        self.keys = KeyStore(
+            self.settings.api_keys,
+            development=self.settings.is_development,
+            recheck_seconds=self.settings.keys_recheck_seconds,
+        )
         if self.settings.audit_signing:
             bootstrap_signing(self.settings, self.store)
         else:

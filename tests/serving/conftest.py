@@ -50,6 +50,8 @@ def settings(tmp_path: Path) -> Settings:
         api_keys=tmp_path / "keys.json",
         env="test",
         reload_poll_seconds=0.2,
+        keys_recheck_seconds=0.0,  # keys added or revoked count from the next request (the
+        # interval itself: test_keys)
     )
 
 

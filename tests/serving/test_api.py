@@ -108,6 +108,25 @@ def test_batch_scores_one_decision_per_item(client: TestClient, headers: Headers
     assert store.count() == 5 and store.verify().ok
 
 
+def test_a_batch_with_a_bad_item_scores_the_others_as_an_all_valid_batch(
+    client: TestClient, headers: Headers
+) -> None:
+    """An all-valid batch is validated as one list, a batch with a bad item item by item: the
+    valid items get the same decisions either way."""
+    items = [
+        {"sme_id": f"V{i}", "as_of": "2024-06-30", "allow_sparse": True, "features": {"dso_90d": i}}
+        for i in range(3)
+    ]
+    bad = {"sme_id": "X", "as_of": "2024-06-30", "features": {"dso_90d": "abc"}}
+    whole = client.post("/v1/scores/batch", json=items, headers=headers("scorer")).json()
+    mixed = client.post("/v1/scores/batch", json=[bad, *items], headers=headers("scorer")).json()
+    assert (whole["scored"], mixed["scored"], mixed["failed"]) == (3, 3, 1)
+    assert mixed["errors"][0]["index"] == 0 and mixed["results"][0] is None
+    same = ("sme_id", "pd", "score", "grade", "base_points", "coverage", "reasons", "improvement")
+    for a, b in zip(whole["results"], mixed["results"][1:], strict=True):
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}
+
+
 # -- bad input: 422 naming the field, never a 500 --------------------------------------------------
 F = ["body", "features"]
 LOAN = (

@@ -161,3 +161,20 @@ def test_reason_tables_of_a_seeded_model_equal_the_golden_file(served: ServedMod
     with GOLDEN.open(newline="", encoding="utf-8") as fh:
         expected = list(csv.DictReader(fh))
     assert rows == expected
+
+
+def test_a_batch_decides_each_sme_as_it_would_alone(served: ServedModel) -> None:
+    """Reasons and what-ifs of a batch are probed through the trees in one call for all rows:
+    every decision (points, reasons, their sides, the what-if) equals the one of its request
+    scored alone."""
+    requests = _requests(served, 60, seed=9)
+    together = [d.body() for d in score_many(served, requests)]
+    alone = [score(served, r).body() for r in requests]
+    assert together == alone
+    assert sum(d["improvement"] is not None and d["improvement"]["to"] is not None for d in alone)
+    unconstrained = {f.name for f in CATALOG if f.direction == 0 and f.kind == "numeric"}
+    probed = [r for d in alone for r in d["reasons"] if r["feature"] in unconstrained]
+    assert {r["code"].rsplit("_", 1)[1] for r in probed if r["value"] is not None} == {
+        "HIGH",
+        "LOW",
+    }

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from serving.api.keys import KeyStore, add_key, ensure_development_keys, read_keys
+from serving.api.keys import (
+    KeyStore,
+    add_key,
+    ensure_development_keys,
+    read_keys,
+    revoke_key,
+)
 from serving.exceptions import KeysError
 
 
@@ -101,3 +107,23 @@ def test_keys_add_command_prints_the_key_alone_on_its_last_line(tmp_path: Path) 
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert bad.returncode == 2
+
+
+def test_keys_file_is_looked_at_once_per_recheck_interval(tmp_path: Path) -> None:
+    """With `recheck_seconds`, a key added or revoked takes effect once the interval has passed
+    since the file was last looked at, and not before (a revoked key stays valid that long)."""
+    path = tmp_path / "keys.json"
+    _, kept = add_key(path, "scorer")
+    now = [100.0]
+    store = KeyStore(path, development=False, recheck_seconds=1.0, clock=lambda: now[0])
+    admin, added = add_key(path, "admin")
+    now[0] += 0.5
+    assert store.authenticate(added) is None  # not looked at again yet
+    now[0] += 0.5
+    assert store.authenticate(added) is not None  # one interval after the first look
+    revoke_key(path, admin.key_id)
+    now[0] += 0.9
+    assert store.authenticate(added) is not None  # revoked, still valid within the interval
+    now[0] += 0.1
+    assert store.authenticate(added) is None
+    assert store.authenticate(kept) is not None

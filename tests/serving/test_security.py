@@ -30,7 +30,11 @@ def server(
     workdir: Path, registered: Registered, server_keys: dict[str, str]
 ) -> Iterator[StressServer]:
     env = server_env(
-        workdir, registered.tracking_uri, f"sqlite:///{workdir / 'audit.db'}", SCF_RISK_ENV="test"
+        workdir,
+        registered.tracking_uri,
+        f"sqlite:///{workdir / 'audit.db'}",
+        SCF_RISK_ENV="test",
+        SCF_RISK_KEYS_RECHECK_SECONDS="0",  # a key added here is used at once
     )
     with StressServer(workdir, env) as srv:
         yield srv

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,15 @@ from tests.support.panels import CATALOG, FAST, make_panel
 from training.booster import scaled_params
 from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
-from training.train import Steps, TrainConfig, fit, validate_panel
+from training.train import (
+    Steps,
+    TrainConfig,
+    choose_params,
+    fit,
+    grow,
+    prepare,
+    validate_panel,
+)
 
 
 def test_model_learns_the_known_effects(trained) -> None:
@@ -72,6 +82,10 @@ def test_tuning_runs_seeded_trials() -> None:
     assert a.tuning[0]["min_data_in_leaf"] == scaled["min_data_in_leaf"]
     b = fit(panel, CATALOG, config)
     assert a.tuning == b.tuning
+    # the model is the search's best trial, reused: growing it again gives the same booster
+    again = grow(prepare(panel, CATALOG, config), a.lgb_params, config, Steps())
+    assert again.best_iteration == a.model.params["best_iteration"]
+    assert again.booster.model_to_string() == a.model.booster.model_to_string()
 
 
 def test_no_calibration_months_calibrates_on_cross_fitted_smes() -> None:
@@ -190,3 +204,15 @@ def test_a_tuning_budget_searches_on_the_calibration_months() -> None:
     assert len(r.tuning) == 1  # the budget ran out after the first trial (the defaults)
     with pytest.raises(TrainingError, match="not both"):
         fit(panel, CATALOG, TrainConfig(tune_trials=1, tune_minutes=1.0))
+
+
+def test_boosters_grown_at_once_are_the_boosters_grown_one_by_one() -> None:
+    panel, _ = make_panel(n_smes=200, n_months=16, seed=5)
+    one = TrainConfig(seed=2, embargo_days=0, **FAST)
+    prep = prepare(panel, CATALOG, one)
+    params, _ = choose_params(prep, one, Steps())
+    a = grow(prep, params, one, Steps())
+    b = grow(prep, params, replace(one, boosters_at_once=3), Steps())
+    assert prep.split.calibration_months  # the calibration booster is among them
+    for name in ("oof", "unseen", "cal_margin"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import RootModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from serving import scoring
@@ -80,6 +80,16 @@ async def post_score(
     return stored[0]
 
 
+def _all_valid(batch_model: type[RootModel[Any]], body: bytes) -> list[Any] | None:
+    """The batch's requests when every item is valid, in one call of the list's schema (the
+    items' own schema); None when any item is not: then each is validated alone, so that it
+    gets its own errors."""
+    try:
+        return list(batch_model.model_validate_json(body).root)
+    except ValidationError:
+        return None
+
+
 @router.post(
     "/v1/scores/batch",
     response_model=BatchScoreResponse,
@@ -106,9 +116,14 @@ def post_score_batch(
         )
     prepared: list[tuple[int, Any]] = []
     failed: dict[int, list[dict[str, Any]]] = {}
+    valid = _all_valid(served.batch_model, body)
     for i, item in enumerate(items):
         try:
-            request = served.request_model.model_validate_json(json.dumps(item))
+            request = (
+                valid[i]
+                if valid is not None
+                else served.request_model.model_validate_json(json.dumps(item))
+            )
             prepared.append(
                 (
                     i,
