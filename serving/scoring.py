@@ -649,7 +649,7 @@ def improvements(
     of every row goes through the compiled trees in one call."""
     from features.catalog import domain_of, format_value
 
-    grades = list(model.master_scale.grades)
+    rank = {g: r for r, g in enumerate(model.master_scale.grades)}  # 0 = the best grade
     view = _view(model)
     out: list[dict[str, Any] | None] = [None] * len(decisions)
     asks: list[tuple[int, str, list[float]]] = []
@@ -658,11 +658,10 @@ def improvements(
             continue
         name = decision.reasons[0].feature
         f = view.features[name]
-        k = grades.index(decision.grade)
         base = {"feature": name, "from": decision.reasons[0].value, "to": None, "grade": None}
         value = row.get(name)
         out[i] = {**base, "text": "no change of this feature alone moves it up a grade"}
-        if k == 0:
+        if rank[decision.grade] == 0:
             out[i] = {**base, "text": "already in the best grade"}
             continue
         if f.kind == "categorical" or f.direction == 0 or not _present(value):
@@ -686,7 +685,6 @@ def improvements(
             asks.append((i, name, candidates))
     margins = _margins_varying(model, M, asks)
     got = iter(_grades_of(model, np.concatenate(margins)).tolist() if margins else [])
-    rank = {g: r for r, g in enumerate(grades)}
     for i, name, candidates in asks:
         k = rank[decisions[i].grade]
         moved = [
