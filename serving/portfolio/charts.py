@@ -42,7 +42,8 @@ RC: dict[Any, Any] = {
 NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
+    """`value` as text safe inside HTML or SVG text and attribute values."""
     return html.escape(str(value), quote=True)
 
 
@@ -204,13 +205,14 @@ class Chart:
                 raise RuntimeError(f"chart {self.chart_id}: bar {gid} not found once in its SVG")
             text = text.replace(
                 opening,
-                f'<g id="{prefix}{gid}" class="{tag["kind"]}" data-series="{_e(tag["series"])}" '
-                f'data-label="{_e(tag["label"])}" data-value="{tag["value"]}">'
-                f"<title>{_e(tag['title'])}</title>",
+                f'<g id="{prefix}{gid}" class="{tag["kind"]}" '
+                f'data-series="{escape(tag["series"])}" '
+                f'data-label="{escape(tag["label"])}" data-value="{tag["value"]}">'
+                f"<title>{escape(tag['title'])}</title>",
             )
         return text.replace(
             "<svg ",
-            f'<svg class="chart" id="{_e(self.chart_id)}" data-chart="{_e(self.chart_id)}" '
-            f'role="img" aria-label="{_e(self.title)}" ',
+            f'<svg class="chart" id="{escape(self.chart_id)}" data-chart="{escape(self.chart_id)}" '
+            f'role="img" aria-label="{escape(self.title)}" ',
             1,
         )

@@ -15,7 +15,6 @@ paths.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.portfolio.charts import BAND_COLORS, PALETTE, Chart, Series
+from serving.portfolio.charts import escape as _e
 
 __all__ = [
     "REPORT_CSP",
@@ -39,10 +39,6 @@ REPORT_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
     "form-action 'none'"
 )
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def pct(value: float | None, digits: int = 2) -> str:
