@@ -129,6 +129,15 @@ class Settings(TrackingSettings):
         "request): a key added or revoked takes effect within this many seconds, so a revoked "
         "key stays valid for at most that long.",
     )
+    ready_probe_reuse_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        validation_alias="SCF_RISK_READY_PROBE_REUSE_SECONDS",
+        description="GET /readyz proves the audit store writable by committing a 64 KiB write; "
+        "a success younger than this many seconds answers for the next calls (0: every call "
+        "writes), so a flood of readiness calls costs at most one write per interval. A failure "
+        "is never reused.",
+    )
     header_timeout_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -13,6 +13,10 @@ class TrainingError(ScfRiskError):
     """The input cannot train a model: no labels, no matured rows, one class, unknown columns..."""
 
 
+class SettingsError(ScfRiskError):
+    """An environment setting that does not parse or breaks its bounds (named in the message)."""
+
+
 class TrackingUnavailableError(ScfRiskError):
     """The MLflow tracking store cannot be reached or created (checked before any training)."""
 

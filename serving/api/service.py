@@ -203,7 +203,7 @@ class Service:
 
     def readiness(self) -> dict[str, Any]:
         served = self.holder.current
-        writable = self.store.probe_writable()
+        writable = self.store.probe_shared(self.settings.ready_probe_reuse_seconds)
         return {
             "ready": served is not None and writable,
             "model": served.info if served is not None else None,

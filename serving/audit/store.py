@@ -198,6 +198,9 @@ class AuditStore:
         # no queue) only arbitrates between processes.
         self._local_writer = threading.Lock() if self._sqlite else None
         self._writer_turn = WriterTurn.for_url(url)
+        # `probe_shared`: one probe at a time; the monotonic time of the last success.
+        self._probe_turn = threading.Lock()
+        self._probe_ok_at: float | None = None
         # The statements of every append, built once (SQLAlchemy then only looks up its cache).
         self._head_for_update = (
             sa.select(self.head.c.seq, self.head.c.record_hash)
@@ -400,6 +403,26 @@ class AuditStore:
             log.error("audit store not writable (readiness probe): %s", exc)
             return False
         return True
+
+    def probe_shared(self, reuse_seconds: float) -> bool:
+        """`probe_writable`, shared between callers: a success less than `reuse_seconds` old
+        answers for a new probe, and a caller that arrives while a probe runs waits for that
+        probe's answer. A flood of readiness calls (the endpoint needs no key) so costs at most
+        one probe write per `reuse_seconds`, and callers queued behind a locked database wait
+        for one probe's timeout, not one each. A failure is never reused: the next caller
+        probes again. `reuse_seconds` 0: every call probes."""
+        if not self._probe_turn.acquire(blocking=False):
+            with self._probe_turn:  # another caller's probe is running: take its answer
+                return self._probe_ok_at is not None
+        try:
+            last = self._probe_ok_at
+            if last is not None and time.monotonic() - last < reuse_seconds:
+                return True
+            ok = self.probe_writable()
+            self._probe_ok_at = time.monotonic() if ok else None
+            return ok
+        finally:
+            self._probe_turn.release()
 
     # -- decisions ---------------------------------------------------------------------------
     def append(self, bodies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ def settings(tmp_path: Path) -> Settings:
         reload_poll_seconds=0.2,
         keys_recheck_seconds=0.0,  # keys added or revoked count from the next request (the
         # interval itself: test_keys)
+        ready_probe_reuse_seconds=0.0,  # every /readyz probes (the reuse itself: test_hardening)
     )
 
 

@@ -19,6 +19,7 @@ from serving.audit.store import AuditStore
 from serving.commands import app
 from serving.settings import Settings
 from tests.support.models import Registry
+from training.exceptions import SettingsError
 
 FEATURES_BODY = {
     "sme_id": "S00001",
@@ -207,8 +208,6 @@ def test_signing_off_stores_unsigned_records_and_is_refused_in_production(
 ) -> None:
     """SCF_RISK_AUDIT_SIGNING=false (the bench's baseline): chained but unsigned records, no
     receipt, no checkpoint; `verify` with the public keys then says the records are not signed."""
-    from pydantic import ValidationError
-
     from serving.api.app import create_app
 
     off = settings.model_copy(update={"audit_signing": False})
@@ -219,7 +218,7 @@ def test_signing_off_stores_unsigned_records_and_is_refused_in_production(
     assert not settings.checkpoints_path.exists()
     code, out = run(settings, "verify")
     assert code == 1 and "not signed" in out, out
-    with pytest.raises(ValidationError, match="refused in production"):
+    with pytest.raises(SettingsError, match="refused in production"):
         Settings(env="production", audit_signing=False)
     monkeypatch.setenv("SCF_RISK_AUDIT_SIGNING", "false")
     assert Settings(env="test").audit_signing is False

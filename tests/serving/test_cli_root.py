@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -51,3 +52,26 @@ def test_each_package_runs_only_its_own_commands() -> None:
     assert _commands("features") == set(FEATURES)
     assert _commands("training") == set(TRAINING)
     assert _commands("serving") == set(FEATURES + TRAINING + SERVING)  # the whole scf-risk
+
+
+def test_a_bad_setting_is_named_with_exit_1_not_a_traceback(tmp_path: Path) -> None:
+    """Every command that reads the environment's settings: a value that does not parse, or
+    breaks its bounds, is one line naming the variable and the rule, and exit 1 (bad input)."""
+    env = {"PATH": "/usr/bin:/bin", "TERM": "dumb", "HOME": str(tmp_path)}
+    cases = [
+        (["serve"], {"SCF_RISK_PORT": "eighty"}, "SCF_RISK_PORT: Input should be a valid integer"),
+        (["serve"], {"SCF_RISK_BATCH_LIMIT": "0"}, "SCF_RISK_BATCH_LIMIT: Input should be greater"),
+        (["audit", "verify"], {"SCF_RISK_EXPLAIN_METHOD": "magic"}, "SCF_RISK_EXPLAIN_METHOD"),
+    ]
+    for args, bad, named in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "serving", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**env, **bad, "PYTHONPATH": ":".join(sys.path)},
+        )
+        assert done.returncode == 1, (args, bad, done.stderr)
+        assert named in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("error: invalid setting:"), done.stderr

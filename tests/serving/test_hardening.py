@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,71 @@ def test_readyz_probe_really_writes(client: TestClient, settings: Settings) -> N
     time.sleep(0.01)
     client.get("/readyz")
     assert svc.store.get_state("readiness_probe") != before
+
+
+def _counting_probe(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch, answers: list[bool] | None = None
+) -> list[bool]:
+    """Count `store.probe_writable` calls (each one writes); `answers` replaces their results."""
+    calls: list[bool] = []
+    real = store.probe_writable
+
+    def probe(timeout: float = 2.0) -> bool:
+        ok = answers.pop(0) if answers else real(timeout)
+        calls.append(ok)
+        return ok
+
+    monkeypatch.setattr(store, "probe_writable", probe)
+    return calls
+
+
+def test_a_flood_of_readyz_calls_writes_once_per_interval(
+    settings: Settings, keys: dict[str, str], registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = settings.model_copy(update={"ready_probe_reuse_seconds": 60.0})
+    with TestClient(create_app(conf, loader=registry)) as c:
+        calls = _counting_probe(c.app.state.service.store, monkeypatch)  # type: ignore[attr-defined]
+        answers = [c.get("/readyz").status_code for _ in range(25)]
+    assert answers == [200] * 25
+    assert calls == [True]
+
+
+def test_a_failed_readiness_probe_is_never_reused(
+    settings: Settings, keys: dict[str, str], registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = settings.model_copy(update={"ready_probe_reuse_seconds": 60.0})
+    with TestClient(create_app(conf, loader=registry)) as c:
+        store = c.app.state.service.store  # type: ignore[attr-defined]
+        calls = _counting_probe(store, monkeypatch, answers=[False, False, True])
+        codes = [c.get("/readyz").status_code for _ in range(4)]
+    assert codes == [503, 503, 200, 200]
+    assert calls == [False, False, True]  # the fourth call reused the third's success
+
+
+def test_callers_that_arrive_during_a_probe_take_its_answer(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AuditStore(settings.audit_db)
+    store.ensure_schema()
+    running, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow_probe(timeout: float = 2.0) -> bool:
+        calls.append(1)
+        running.set()
+        release.wait(10)
+        return True
+
+    monkeypatch.setattr(store, "probe_writable", slow_probe)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(store.probe_shared, 60.0)
+        assert running.wait(10)
+        rest = [pool.submit(store.probe_shared, 60.0) for _ in range(4)]
+        time.sleep(0.2)  # the four wait behind the running probe (or arrive after its success)
+        release.set()
+        answers = [first.result(10)] + [f.result(10) for f in rest]
+    assert answers == [True] * 5
+    assert calls == [1]
 
 
 def test_503_bodies_do_not_name_the_database(
