@@ -50,7 +50,8 @@ def test_readyz_answers_not_ready_within_seconds_while_the_database_is_locked(
         holder.execute("ROLLBACK")
         holder.close()
     assert r.status_code == 503 and r.json()["audit_store_writable"] is False, r.text
-    assert took < 4.0, f"readyz took {took:.1f} s"
+    # the probe's own 2 s bound, not the decisions' 30 s lock timeout (slack for a loaded machine)
+    assert took < 10.0, f"readyz took {took:.1f} s"
     assert client.get("/readyz").status_code == 200  # and ready again once released
 
 
