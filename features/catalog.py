@@ -468,6 +468,14 @@ TIME_LIKE: frozenset[str] = frozenset(
 follows the publication season), so their distribution drifts from training's without any
 change in risk: monitoring lists their drift apart and does not count it as a signal."""
 
+MAIN_CORE_FACTS: frozenset[str] = frozenset(
+    {"main_core_rating_ordinal", "main_core_payment_stress", "peer_default_share_365d"}
+)
+"""Features that describe the SME's main core enterprise, not the SME: the same value (the peer
+default share: nearly, it leaves the SME itself out) for every SME of one main core. Among one
+core's SMEs they are a single observation of that core repeated, not one per SME, so segment
+monitoring counts them together as one feature that moved ("the core itself")."""
+
 
 def financial_columns(source: Tables | pd.DataFrame | Iterable[str]) -> list[str]:
     """The numeric statement columns of a financials table (sorted), i.e. the `fin_*` sources.

@@ -74,7 +74,14 @@ Loans (rolling financing, so that every default is visible through a loan)
 Shocks (`SimConfig.shock`, ``scf-risk generate --shock``)
     From a given month on, chosen core enterprises stay in stress and chosen industries' factors
     are lowered (a downturn). The random draws are unchanged, so everything dated before the
-    shock is identical to the same seed without it; the oracle is not told of the shock.
+    shock is identical to the same seed without it; the oracle is not told of the shock. A core
+    that is in stress anyway in every month from the shock's month on is refused: holding it in
+    stress would change nothing (seed 7 with 8 cores has one, C04, stressed from its fourth month
+    to the end). Size, on 800 SMEs and 8 cores (seed 7), 6 months after the shock, as the paired
+    difference in differences of logit ``pd_true`` of the target's SMEs against the rest (the
+    unshocked run's in brackets): an industry downturn (textiles) x2.1 (x1.06), a core held in
+    stress (C01, 139 SMEs) x1.75 (x1.12). The oracle expects a downturn and a stress episode to
+    revert, so these understate what the shocked SMEs' realised defaults will show.
 
 Truth
     ``truth.parquet`` has one row per SME and month end at which the SME is alive and has not
@@ -286,6 +293,24 @@ def _enterprise_ids(n_cores: int, n_smes: int) -> pa.Array:
     return pa.array(ids, type=pa.string())
 
 
+def _refuse_idle_core_shock(config: SimConfig, shock: Shock, calendar: Calendar) -> None:
+    """ScfRiskError when a shocked core is in stress anyway in every month from the shock's month
+    on: holding it in stress would change nothing, and the run would be a shock in name only."""
+    rng = _stream(config, _STREAM_MARKET)
+    cores = draw_cores(rng, config.n_cores, int(calendar.month_start[0]), config.params)
+    plain = draw_market(rng, cores, config.months, config.params)
+    ids = _enterprise_ids(config.n_cores, 1).to_pylist()
+    month = shock.month
+    idle = [ids[c] for c in shock.cores if plain.stressed[month:, c].all()]
+    if idle:
+        when = pd.Timestamp(int(calendar.month_start[month]), unit="D").strftime("%Y-%m")
+        raise ScfRiskError(
+            f"shock: core(s) {', '.join(idle)} are in stress in every month from {when} on "
+            "without the shock, so holding them in stress changes nothing; choose a core in "
+            "normal times then (or an earlier month)"
+        )
+
+
 def build_world(config: SimConfig) -> World:
     """The shared part of a simulation: calendar, cores, market path, the oracle's draws."""
     config.check()
@@ -294,6 +319,8 @@ def build_world(config: SimConfig) -> World:
     market_rng = _stream(config, _STREAM_MARKET)
     cores = draw_cores(market_rng, config.n_cores, int(calendar.month_start[0]), p)
     market = draw_market(market_rng, cores, config.months, p, config.shock)
+    if config.shock is not None and config.shock.cores:
+        _refuse_idle_core_shock(config, config.shock, calendar)
     crn = CommonRandomNumbers.draw(_stream(config, _STREAM_ORACLE), config.mc_paths, cores.n)
     ids = _enterprise_ids(config.n_cores, config.n_smes)
     return World(p, calendar, cores, market, crn, ids)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from features.catalog import TIME_LIKE
+from features.catalog import MAIN_CORE_FACTS, TIME_LIKE
 from features.contract import DEFAULT_HORIZON_DAYS
 from features.drift import (
     MIN_SHARE,
@@ -50,6 +50,7 @@ from features.exceptions import FeatureError
 from serving.exceptions import ModelLoadFailed
 from serving.portfolio.batch import Progress, Scored, model_info, reasons_of, score_population
 from serving.portfolio.segments import FDR as SEGMENT_FDR
+from serving.portfolio.segments import LARGE_EFFECT as SEGMENT_LARGE_EFFECT
 from serving.portfolio.segments import LOOKBACK_MONTHS as SEGMENT_LOOKBACK
 from serving.portfolio.segments import MIN_EFFECT as SEGMENT_MIN_EFFECT
 from serving.portfolio.segments import MIN_FEATURES as SEGMENT_MIN_FEATURES
@@ -416,6 +417,7 @@ def monitor(
             model.catalog,
             factor=model.scale.factor,
             time_like=TIME_LIKE,
+            core_facts=MAIN_CORE_FACTS,
         )
         segments_note = (
             f"{len(paired.now)} SMEs scored on {baseline_t.date()} and {as_of_t.date()}; each "
@@ -616,8 +618,13 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "method": "paired difference in differences of each segment (industry, main core) "
             "against the rest since the baseline; Welch one-sided tests, Benjamini-Hochberg "
             f"q < {SEGMENT_FDR:g} over the run; a feature moved adversely by >= "
-            f"{SEGMENT_MIN_EFFECT:g} sd; act: >= {SEGMENT_MIN_FEATURES} such features and the "
-            f"score's odds of default up >= {SEGMENT_MIN_ODDS:g}x, watch: one of the two",
+            f"{SEGMENT_MIN_EFFECT:g} sd (large: >= {SEGMENT_LARGE_EFFECT:g} sd); moves count "
+            "per measure (the windows of one measure once; in a core's segment its own features "
+            f"{', '.join(sorted(MAIN_CORE_FACTS))} once); the data moved: >= "
+            f"{SEGMENT_MIN_FEATURES} measures; act: the data moved and "
+            f"the score's odds of default rose significantly >= {SEGMENT_MIN_ODDS:g}x (the model "
+            f"carries it), or >= {SEGMENT_MIN_FEATURES} measures moved by a large effect (the "
+            "model lags its data); watch: the data or the score moved",
             "segments": [
                 {
                     "kind": str(r["kind"]),
@@ -628,6 +635,8 @@ def summary(result: MonitorResult) -> dict[str, Any]:
                     "odds_ratio": float(r["odds_ratio"]),
                     "score_q": _num(r["score_q"]),
                     "adverse_features": int(r["adverse_features"]),
+                    "large_features": int(r["large_features"]),
+                    "score_moved": bool(r["score_moved"]),
                     "moved": list(r["moved"]),
                     "drivers": list(r["drivers"]),
                 }
@@ -714,11 +723,18 @@ def actions(doc: dict[str, Any]) -> list[str]:
             or "no feature beyond its threshold"
         )
         who = "industry" if seg["kind"] == "industry" else "the SMEs of core"
+        todo = "Review limits and exposures in this segment."
+        if seg["signal"] == "act" and not seg["score_moved"]:
+            todo = (
+                f"The model's odds moved only x{seg['odds_ratio']:.2f} (not a significant rise "
+                f"of x{SEGMENT_MIN_ODDS:g} or more): its grades here lag what its features show. "
+                "Review limits and exposures in this segment, and retrain or override its grades."
+            )
         out.append(
             f"{seg['signal'].upper()}: {who} {seg['segment']} ({seg['n']} SMEs) moved against "
             f"the rest since {segments['baseline']}: odds of default x{seg['odds_ratio']:.2f}, "
-            f"{seg['adverse_features']} feature(s) riskier, most {moved}. Review limits and "
-            "exposures in this segment."
+            f"{seg['adverse_features']} measure(s) riskier ({seg['large_features']} by a large "
+            f"effect), most {moved}. {todo}"
         )
     failed = [g for g in doc["realised_by_grade"]["grades"] if not g["jeffreys_pass"]]
     for g in failed:

@@ -315,7 +315,7 @@ def _segments_section(doc: dict[str, Any]) -> str:
             num(s["odds_ratio"], 2),
             _signed(s["score_change"]),
             num(s["score_q"], 4),
-            s["adverse_features"],
+            f"{s['adverse_features']} ({s['large_features']} large)",
             ", ".join(f"{_e(m['feature'])} ({m['effect']:+.1f} sd)" for m in s["moved"]) or "–",
             ", ".join(f"{_e(d['feature'])} ({d['points_change']:+.1f})" for d in s["drivers"])
             or "–",
@@ -336,7 +336,7 @@ def _segments_section(doc: dict[str, Any]) -> str:
                 "odds ratio",
                 "score change",
                 "score q",
-                "features riskier",
+                "measures riskier",
                 "moved features",
                 "points fallen most",
             ],

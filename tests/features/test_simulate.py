@@ -463,6 +463,29 @@ def test_shock_parses_and_refuses_bad_targets() -> None:
         replace(SMALL, shock=model.Shock(month=30, cores=(0,))).check()
 
 
+def test_a_core_shock_that_would_change_nothing_is_refused() -> None:
+    """Holding in stress a core that is in stress anyway in every month from the shock on is a
+    shock in name only: refused, naming the core; any other core is accepted and held in stress.
+    (Seed 7 has such a core, C04, in stress from its fourth month to the end.)"""
+    from features.simulate import build_world
+
+    month = 12
+    refused = accepted = 0
+    for seed in (7, 8):
+        config = replace(SMALL, n_cores=8, months=24, seed=seed)
+        idle = build_world(config).market.stressed[month:].all(axis=0)
+        for core in range(config.n_cores):
+            shocked = replace(config, shock=model.Shock(month=month, cores=(core,)))
+            if idle[core]:
+                with pytest.raises(ScfRiskError, match=f"C0{core + 1} are in stress in every"):
+                    build_world(shocked)
+                refused += 1
+            else:
+                assert build_world(shocked).market.stressed[month:, core].all()
+                accepted += 1
+    assert refused >= 1 and accepted >= 1
+
+
 def test_a_shock_changes_nothing_before_its_month_and_hurts_its_targets_after() -> None:
     config = replace(SMALL, n_smes=150, n_cores=6, months=18)
     industry = 0

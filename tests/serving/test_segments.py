@@ -1,7 +1,8 @@
-"""Segment drift (`serving.portfolio.segments`): the statistics on hand-made populations, then the
-monitor on a simulation and on its shocked twin (same seed, a core in stress and an industry
-downturn from 2023-07 on): the shock is found, the unshocked twin does not flag the same
-segments and has nothing at 'act'."""
+"""Segment drift (`serving.portfolio.segments`): the statistics and the act rule on hand-made
+populations, then the monitor on a simulation and on its shocked twin (same seed, a core in
+stress and an industry downturn from 2023-07 on), judged against the simulator's true PDs: the
+shock is found at 'act', the unshocked twin does not flag the shocked segments and has at most
+one segment at 'act', and every 'act' is a material deterioration in truth."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.catalog import Feature
-from serving.portfolio.segments import FDR, Paired, bh, segment_drift
+from features.catalog import MAIN_CORE_FACTS, Feature
+from serving.portfolio.segments import (
+    FDR,
+    LARGE_EFFECT,
+    MIN_EFFECT,
+    MIN_ODDS_RATIO,
+    Paired,
+    bh,
+    segment_drift,
+)
+from tests.support.truth import true_odds_ratio
 
 FEATURES = (
     Feature("late_days", "t", "days late", "days", 1),
@@ -88,9 +98,83 @@ def test_small_segments_are_not_tested() -> None:
     assert segments.empty and moves.empty
 
 
+def moved(
+    names: list[str], shifts: dict[str, float], kind: str = "industry", points_fall: float = 0.0
+) -> tuple[pd.DataFrame, Feature]:
+    """600 SMEs in 6 segments (S0..S5); those of segment S1 move by `shifts` (in units of the
+    change's noise sd, riskier) on the named features; their points fall by `points_fall` each
+    (0: the model does not move). The segments of `kind`."""
+    rng = np.random.default_rng(5)
+    n = 600
+    ids = [f"S{i:04d}" for i in range(n)]
+    lab = pd.Series([f"S{i % 6}" for i in range(n)], index=ids)
+    before = pd.DataFrame(rng.normal(size=(n, len(names))), columns=names, index=ids)
+    now = before + rng.normal(size=before.shape)
+    hit = (lab == "S1").to_numpy()
+    for name, shift in shifts.items():
+        now.loc[hit, name] += shift
+    points_before = pd.DataFrame(rng.normal(size=before.shape), columns=names, index=ids)
+    points_now = points_before + rng.normal(scale=0.1, size=before.shape)
+    points_now.loc[hit] -= points_fall
+    catalog = tuple(Feature(name, "t", name, "ratio", 1) for name in names)
+    paired = Paired(before, now, points_before, points_now)
+    segments, _ = segment_drift(
+        paired, {kind: lab}, catalog, factor=28.85, core_facts=MAIN_CORE_FACTS
+    )
+    return segments.set_index("segment"), catalog[0]
+
+
+SME_MEASURES = ["late_days", "ageing", "dso_90d"]
+
+
+def test_strong_data_is_enough_to_act_and_medium_data_only_to_watch() -> None:
+    """The model's points do not move: three measures moved by a large effect make 'act' (the
+    model lags its data), three by a medium one only 'watch'."""
+    strong, _ = moved(SME_MEASURES, dict.fromkeys(SME_MEASURES, 3.0))
+    assert strong.loc["S1", "large_features"] == 3 and not strong.loc["S1", "score_moved"]
+    assert strong.loc["S1", "signal"] == "act"
+    assert (strong.drop("S1")["signal"] == "stable").all()
+    medium, _ = moved(SME_MEASURES, dict.fromkeys(SME_MEASURES, 0.65))
+    effects = medium.loc["S1", "moved"]
+    assert all(MIN_EFFECT <= m["effect"] < LARGE_EFFECT for m in effects), effects
+    assert (medium.loc["S1", "adverse_features"], medium.loc["S1", "signal"]) == (3, "watch")
+    # the same medium move with the model's odds up materially: the model carries it, act
+    carried, _ = moved(SME_MEASURES, dict.fromkeys(SME_MEASURES, 0.65), points_fall=4.0)
+    assert carried.loc["S1", "score_moved"] and carried.loc["S1", "signal"] == "act"
+
+
+def test_the_windows_of_one_measure_count_once() -> None:
+    names = ["dso_90d", "dso_180d", "dso_365d", "late_days"]
+    segments, _ = moved(names, dict.fromkeys(names, 3.0))
+    assert len(segments.loc["S1", "moved"]) == 4  # every window is listed ...
+    assert segments.loc["S1", "adverse_features"] == 2  # ... but they are one measure
+    assert segments.loc["S1", "signal"] == "stable"
+
+
+@pytest.mark.parametrize(
+    ("kind", "counted", "signal"), [("core", 2, "stable"), ("industry", 4, "act")]
+)
+def test_a_cores_own_features_count_once_in_its_segment(
+    kind: str, counted: int, signal: str
+) -> None:
+    """A core's rating, payment stress and peers' defaults are one observation of the core among
+    its SMEs: one measure in a core's segment; in an industry they vary with each SME's core."""
+    names = [*sorted(MAIN_CORE_FACTS), "late_days"]
+    segments, _ = moved(names, dict.fromkeys(names, 3.0), kind=kind)
+    assert (segments.loc["S1", "adverse_features"], segments.loc["S1", "signal"]) == (
+        counted,
+        signal,
+    )
+
+
 # -- the monitor on a simulation and its shocked twin -------------------------------------------
-SHOCK = "core:C04+industry:textiles@2023-07"
+# C01, the largest core, is in normal times from 2023-07 on without the shock (the simulator
+# refuses to "shock" a core that is in stress anyway, as C04 is in this simulation); it is an
+# electronics core, so the two shocks hit different SMEs.
+SHOCK = "core:C01+industry:textiles@2023-07"
+HIT = {("industry", "textiles"), ("core", "C01")}
 AS_OF = "2023-12-31"
+BASELINE = "2023-06-30"
 
 
 @dataclass(frozen=True)
@@ -129,36 +213,106 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Twins:
     )
 
 
-def monitored(twins: Twins, data: Path) -> dict:
+@dataclass(frozen=True)
+class Monitored:
+    doc: dict
+    members: dict[tuple[str, str], pd.Index]  # each segment's SMEs
+    population: pd.Index  # the SMEs scored at the as-of date
+    features: pd.DataFrame  # their features and main core
+
+
+def monitored(twins: Twins, data: Path) -> Monitored:
     from features.io import load_tables
-    from serving.portfolio.monitor import drift_profile, monitor, summary
+    from serving.portfolio.monitor import drift_profile, monitor, segment_labels, summary
     from training.bundle import load_model
 
     loaded = load_model(twins.uri, twins.tracking_uri)
-    return summary(monitor(load_tables(data), loaded, drift_profile(loaded), AS_OF))
+    result = monitor(load_tables(data), loaded, drift_profile(loaded), AS_OF)
+    doc = summary(result)
+    members = {}
+    for kind in ("industry", "core"):
+        labels = segment_labels(result.now, kind)
+        for seg in labels.dropna().unique():
+            members[(kind, str(seg))] = labels.index[labels == seg]
+    population = pd.Index(result.now.features["sme_id"].astype(str))
+    features = result.now.features.assign(main_core=result.now.main_core.to_numpy())
+    return Monitored(doc, members, population, features)
 
 
-def flagged(doc: dict) -> dict[tuple[str, str], dict]:
-    return {
-        (s["kind"], s["segment"]): s for s in doc["segments"]["segments"] if s["signal"] != "stable"
-    }
+@pytest.fixture(scope="module")
+def stable(twins: Twins) -> Monitored:
+    return monitored(twins, twins.stable)
 
 
-def test_the_shock_is_found_and_the_unshocked_twin_does_not_flag_it(twins: Twins) -> None:
-    shocked = monitored(twins, twins.shocked)
-    stable = monitored(twins, twins.stable)
-    assert shocked["segments"]["baseline"] == "2023-06-30"
-    hit = {("industry", "textiles"), ("core", "C04")}
-    found = flagged(shocked)
-    assert hit <= set(found), found.keys()
-    for key in hit:
-        moved = {m["feature"] for m in found[key]["moved"]}
-        # inventory building up against sales: what a downturn does to its SMEs first
-        assert moved & {"dio_change_365d", "dio_90d", "inventory_turnover_90d"}, moved
-        assert any(key[1] in a for a in shocked["actions"])
-    # the same simulation without the shock: the hit segments are not flagged, nothing at 'act',
-    # and natural episodes (a core's own stress) stay few
-    quiet = flagged(stable)
-    assert not hit & set(quiet), quiet.keys()
-    assert all(s["signal"] != "act" for s in stable["segments"]["segments"])
-    assert len(quiet) <= 3
+@pytest.fixture(scope="module")
+def shocked(twins: Twins) -> Monitored:
+    return monitored(twins, twins.shocked)
+
+
+def signals(run: Monitored) -> dict[tuple[str, str], dict]:
+    return {(s["kind"], s["segment"]): s for s in run.doc["segments"]["segments"]}
+
+
+def true_odds(run: Monitored, data: Path, key: tuple[str, str]) -> float:
+    return true_odds_ratio(data, run.members[key], run.population, BASELINE, AS_OF)
+
+
+def test_the_shock_is_found_at_act_and_every_act_is_true(twins: Twins, shocked: Monitored) -> None:
+    run = shocked
+    assert run.doc["segments"]["baseline"] == BASELINE
+    found = signals(run)
+    for key in HIT:
+        assert found[key]["signal"] == "act", found[key]
+        assert any(a.startswith("ACT") and key[1] in a for a in run.doc["actions"])
+        # the shock is material in truth: the simulator's own PD says so
+        assert true_odds(run, twins.shocked, key) >= MIN_ODDS_RATIO
+    # what each shock does first: inventory builds up against sales in a downturn; a core in
+    # stress pays its suppliers late
+    textiles = {m["feature"] for m in found[("industry", "textiles")]["moved"]}
+    assert textiles & {"dio_change_365d", "dio_90d", "inventory_turnover_90d"}, textiles
+    core = {m["feature"] for m in found[("core", "C01")]["moved"]}
+    assert core & {"main_core_payment_stress", "ar_days_to_collect_90d", "dso_90d"}, core
+    # no act on a segment whose true risk did not rise materially against the rest
+    for key, seg in found.items():
+        if seg["signal"] == "act":
+            assert true_odds(run, twins.shocked, key) >= MIN_ODDS_RATIO, key
+
+
+def test_the_unshocked_twin_has_almost_nothing_to_act_on(twins: Twins, stable: Monitored) -> None:
+    """The same simulation without the shock: the shocked segments are not flagged at all, and
+    at most one segment is at act, a true deterioration (a core may enter stress on its own:
+    C08 does in 2023-07)."""
+    run = stable
+    found = signals(run)
+    assert all(found[key]["signal"] == "stable" for key in HIT), [found[k] for k in HIT]
+    acted = [key for key, seg in found.items() if seg["signal"] == "act"]
+    assert len(acted) <= 1, acted
+    for key in acted:
+        assert true_odds(run, twins.stable, key) >= MIN_ODDS_RATIO, key
+    assert sum(seg["signal"] != "stable" for seg in found.values()) <= 3
+    assert run.doc["psi"]["score"]["band"] == "stable"
+
+
+def test_a_cores_own_features_take_one_value_per_core(stable: Monitored) -> None:
+    """What `MAIN_CORE_FACTS` declares: among one main core's SMEs each of them is one value
+    (the peer default share: nearly, it leaves the SME out), so a core segment's test of them is
+    one observation of the core, counted once."""
+    by_core = stable.features.groupby("main_core")
+    assert by_core.ngroups == 8
+    for name in MAIN_CORE_FACTS:
+        spread = stable.features[name].std()
+        assert spread > 0, name
+        assert (by_core[name].std(ddof=0) <= 0.01 * spread).all(), name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="365-day windows are partial in the training months of a 24-month simulation, so "
+    "ap_days_beyond_terms_365d, ap_late_rate_365d and dispute_rate_365d drift at 'act' (branch "
+    "window13 changes features/own.py for this); remove this mark once it passes",
+)
+def test_the_unshocked_twin_has_no_feature_at_act(stable: Monitored) -> None:
+    run = stable
+    assert run.doc["psi"]["band_counts"]["act"] == 0, [
+        f["name"] for f in run.doc["psi"]["features"] if f["signal"] == "act"
+    ]
