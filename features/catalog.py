@@ -714,6 +714,7 @@ SENTENCES: dict[str, dict[str, str]] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def stem(name: str) -> str:
     """A feature name without its window suffix (``dso_90d`` -> ``dso``; ``_365d`` too)."""
     for w in WINDOWS:

@@ -158,6 +158,16 @@ class TreeShap:
         forest = _parse(dump["tree_info"], thresholds, table_budget)
         return cls(forest, int(dump["max_feature_idx"]) + 1, threads=threads)
 
+    def with_threads(self, threads: int) -> TreeShap:
+        """The same engine (the same parsed arrays, shared) splitting calls of at least
+        `PARALLEL_MIN_ROWS` rows over ``threads`` numba threads: every row is computed by the
+        same code alone, so the values are those of one thread, bit for bit."""
+        return (
+            self
+            if threads == self.threads
+            else TreeShap(self._f, self.num_features, threads=threads)
+        )
+
     @property
     def num_trees(self) -> int:
         return len(self._f.trees)

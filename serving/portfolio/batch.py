@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -94,16 +94,20 @@ def score_rows(
     model: ScoringModel,
     rows: pd.DataFrame,
     *,
-    info: dict[str, str | None],
     method: str = DEFAULT_EXPLAIN_METHOD,
     explain: bool = True,
+    threads: int = 1,
 ) -> pd.DataFrame:
     """Score feature rows (`sme_id`, `as_of`, feature columns; other columns ignored): a frame
     with the same index and the columns pd, score, grade, base_points, reasons.
 
-    With `explain`, through the service's `explain_rows` (reasons = top 4 risk-increasing
-    features); without, PD/score/grade only (reasons empty, base_points NaN)."""
-    from serving.scoring import explain_rows
+    With `explain`, the service's explanation (`ScoringModel.explain_matrix`, reasons = top 4
+    risk-increasing features by `serving.scoring.matrix_reasons`: those `explain_rows` gives),
+    on the whole frame at once (``threads`` > 1: the fast engine's TreeSHAP split over that
+    many threads); without, PD/score/grade only (reasons empty, base_points NaN)."""
+    from serving.exceptions import InvalidInput
+    from serving.scoring import matrix_reasons
+    from training.exceptions import ModelInputError
 
     names = [n for n in model.feature_names if n in rows.columns]
     if rows.empty:
@@ -119,31 +123,31 @@ def score_rows(
             [np.nan] * len(rows),
             [[] for _ in range(len(rows))],
         )
-    records = cast(list[dict[str, Any]], rows[names].to_dict("records"))
-    meta = [
-        (str(s), pd.Timestamp(t).date(), "batch", "")
-        for s, t in zip(rows["sme_id"], rows["as_of"], strict=True)
+    try:
+        M = model.matrix(rows[names])
+        expl = model.explain_matrix(M, method, threads=threads)
+    except ModelInputError as exc:
+        raise InvalidInput(("features",), str(exc)) from exc
+    reasons = [
+        [
+            {
+                "feature": r.feature,
+                "value": r.value if isinstance(r.value, float) else None,
+                "value_text": None if r.value is None else _text(r.value),
+                "points": r.points,
+                "text": r.text,
+            }
+            for r in row
+        ]
+        for row in matrix_reasons(model, M, expl.point_values)
     ]
-    decisions, _ = explain_rows(model, records, method=method, model_info=info, meta=meta)
     return _score_frame(
         rows.index,
-        [d.pd for d in decisions],
-        [d.score for d in decisions],
-        [d.grade for d in decisions],
-        [d.base_points for d in decisions],
-        [
-            [
-                {
-                    "feature": r.feature,
-                    "value": float(r.value) if isinstance(r.value, int | float) else None,
-                    "value_text": None if r.value is None else _text(r.value),
-                    "points": r.points,
-                    "text": r.text,
-                }
-                for r in d.reasons
-            ]
-            for d in decisions
-        ],
+        expl.pd,
+        expl.score,
+        expl.grade.tolist(),
+        expl.base_points,
+        reasons,
     )
 
 
@@ -153,10 +157,10 @@ def _text(value: float | str) -> str:
 
 def _score_frame(
     index: pd.Index,
-    pd_: Sequence[float],
-    score: Sequence[float],
+    pd_: Sequence[float] | np.ndarray,
+    score: Sequence[float] | np.ndarray,
     grade: Sequence[str],
-    base: Sequence[float],
+    base: Sequence[float] | np.ndarray,
     reasons: Sequence[list[dict[str, Any]]],
 ) -> pd.DataFrame:
     return pd.DataFrame(
@@ -178,7 +182,6 @@ def _partition_scored(
     sme_ids: list[str],
     horizon_days: int,
     model: ScoringModel,
-    info: dict[str, str | None],
     method: str,
     explain: bool,
 ) -> pd.DataFrame:
@@ -188,7 +191,7 @@ def _partition_scored(
     rows = feature_rows(
         part, days, reference, sme_ids=sme_ids, horizon_days=horizon_days, population_only=True
     )
-    return rows.join(score_rows(model, rows, info=info, method=method, explain=explain))
+    return rows.join(score_rows(model, rows, method=method, explain=explain))
 
 
 def score_population(
@@ -229,6 +232,7 @@ def score_population(
     info = model_info(loaded)
 
     if engine == "pandas":
+        threads = os.cpu_count() or 1  # one process: the explanations use every core
         rows = feature_rows(
             tables, days, reference, horizon_days=horizon_days, population_only=True
         )
@@ -237,7 +241,7 @@ def score_population(
         parts = []
         for at in chunks:
             piece = rows.iloc[at : at + EXPLAIN_CHUNK]
-            parts.append(score_rows(model, piece, info=info, method=method, explain=explain))
+            parts.append(score_rows(model, piece, method=method, explain=explain, threads=threads))
             if tick is not None:
                 tick()
         scored = rows.join(pd.concat(parts)) if parts else rows
@@ -272,7 +276,6 @@ def score_population(
                     smes,
                     horizon_days,
                     shared,
-                    info,
                     method,
                     explain,
                     pure=False,
