@@ -794,6 +794,8 @@ _NONZERO_DIGIT = re.compile("[1-9]")
 
 
 def _no_negative_zero(text: str) -> str:
+    if text[:1] not in ("-", "+"):  # the common case: nothing to strip
+        return text
     stripped = text.lstrip("-+")
     if stripped and not _NONZERO_DIGIT.search(stripped.split(" ")[0]):
         return stripped

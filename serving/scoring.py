@@ -165,8 +165,10 @@ def score_many(
     return decide(served, inputs)
 
 
-def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
-    """Explain prepared inputs (see `prepare`) with one call: one decision each, in order."""
+def decide(served: ServedModel, inputs: Sequence[_Inputs], *, threads: int = 1) -> list[Decision]:
+    """Explain prepared inputs (see `prepare`) with one call: one decision each, in order.
+    ``threads`` > 1: the fast engine's TreeSHAP and what-if margins of a large batch are
+    split over that many threads (the same values)."""
     if not inputs:
         return []
     model = served.model
@@ -176,8 +178,9 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
         method=served.explain_method,
         model_info=served.info,
         meta=[(x.sme_id, x.as_of, x.mode, x.inputs_hash) for x in inputs],
+        threads=threads,
     )
-    what_ifs = improvements(model, [x.features for x in inputs], decisions, M)
+    what_ifs = improvements(model, [x.features for x in inputs], decisions, M, threads=threads)
     bands = {g: grade_band(model, g) for g in {d.grade for d in decisions}}
     return [
         replace(
@@ -200,15 +203,16 @@ def explain_rows(
     method: str,
     model_info: dict[str, str | None],
     meta: Sequence[tuple[str, date, str, str]],
+    threads: int = 1,
 ) -> tuple[list[Decision], np.ndarray]:
     """Explain feature rows ({feature: value}, any subset) and build one `Decision` per row
     (``meta``: sme_id, as_of, mode, inputs hash of each row); also the matrix it explained (one
-    row per input, for the what-if)."""
+    row per input, for the what-if). ``threads``: as `ScoringModel.explain_matrix`."""
     from training.exceptions import ModelInputError
 
     try:
         M = model.records_matrix(rows)
-        expl = model.explain_matrix(M, method)
+        expl = model.explain_matrix(M, method, threads=threads)
     except ModelInputError as exc:
         raise InvalidInput(("features",), str(exc)) from exc
     names = list(model.feature_names)
@@ -585,7 +589,11 @@ def _build_view(model: ScoringModel) -> _View:
 
 
 def _margins_varying(
-    model: ScoringModel, M: np.ndarray, asks: Sequence[tuple[int, str, Sequence[float]]]
+    model: ScoringModel,
+    M: np.ndarray,
+    asks: Sequence[tuple[int, str, Sequence[float]]],
+    *,
+    threads: int = 1,
 ) -> list[np.ndarray]:
     """For each (row, feature, values): the raw margins of row `row` of `M` with that feature
     set to each of `values` (the others as they are), all through the compiled trees in one call
@@ -598,7 +606,8 @@ def _margins_varying(
     cols = np.repeat(np.array([slots[n] for _, n, _ in asks], dtype=np.intp), counts)
     X = M[at]
     X[np.arange(len(at)), cols] = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
-    return np.split(model.treeshap().margin(X), np.cumsum(counts)[:-1])
+    margin = model.treeshap().with_threads(threads).margin(X)
+    return np.split(margin, np.cumsum(counts)[:-1])
 
 
 def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
@@ -706,6 +715,8 @@ def improvements(
     values: Sequence[dict[str, Any]],
     decisions: Sequence[Decision],
     M: np.ndarray,
+    *,
+    threads: int = 1,
 ) -> list[dict[str, Any] | None]:
     """For the top reason of each decision: the nearest value of that feature, along its
     monotone direction, that moves the SME one grade up with the model held fixed (None when
@@ -747,7 +758,7 @@ def improvements(
             candidates = np.nextafter(above[above < domain.high], np.inf).tolist()
         if candidates:
             asks.append((i, name, candidates))
-    margins = _margins_varying(model, M, asks)
+    margins = _margins_varying(model, M, asks, threads=threads)
     got = iter(_grades_of(model, np.concatenate(margins)).tolist() if margins else [])
     for i, name, candidates in asks:
         k = rank[decisions[i].grade]
