@@ -767,7 +767,7 @@ def _shap_rows(X, phi, lo, hi, forest, max_depth, max_nodes):
         _shap_row(X[r], phi[r], forest, left, pw, ones, w)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # Python threads may run beside it
 def _shap_serial(X, phi, forest, max_depth, max_nodes):
     _shap_rows(X, phi, 0, X.shape[0], forest, max_depth, max_nodes)
 
@@ -799,7 +799,7 @@ def _margin_row(x, trees, nodes, thresholds, cat_words, leaves, leaf_values):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # Python threads may run beside it
 def _margin_serial(X, out, trees, nodes, thresholds, cat_words, leaves, leaf_values):
     for r in range(X.shape[0]):
         out[r] = _margin_row(X[r], trees, nodes, thresholds, cat_words, leaves, leaf_values)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ Progress = Callable[[int], Callable[[], object]]
 
 EXPLAIN_CHUNK = 2000
 """Rows explained per call on the pandas engine (one progress tick each)."""
+PIPELINE_ROWS = 500
+"""Rows per piece when `score_rows` explains in several threads."""
 
 SCORE_COLUMNS: tuple[str, ...] = ("pd", "score", "grade", "base_points", "reasons")
 MODEL_COLUMNS: tuple[str, ...] = ("model_name", "model_version", "model_run_id")
@@ -103,8 +106,10 @@ def score_rows(
 
     With `explain`, the service's explanation (`ScoringModel.explain_matrix`, reasons = top 4
     risk-increasing features by `serving.scoring.matrix_reasons`: those `explain_rows` gives),
-    on the whole frame at once (``threads`` > 1: the fast engine's TreeSHAP split over that
-    many threads); without, PD/score/grade only (reasons empty, base_points NaN)."""
+    a frame at a time; ``threads`` > 1 scores pieces of `PIPELINE_ROWS` rows in that many
+    threads, so that one thread's TreeSHAP (compiled, without the GIL) runs while another
+    writes its reasons (every row is scored alone: the same values). Without `explain`,
+    PD/score/grade only (reasons empty, base_points NaN)."""
     from serving.exceptions import InvalidInput
     from serving.scoring import matrix_reasons
     from training.exceptions import ModelInputError
@@ -123,6 +128,12 @@ def score_rows(
             [np.nan] * len(rows),
             [[] for _ in range(len(rows))],
         )
+    if threads > 1 and len(rows) >= 2 * PIPELINE_ROWS:
+        model.treeshap()  # parsed once, before the threads
+        pieces = [rows.iloc[at : at + PIPELINE_ROWS] for at in range(0, len(rows), PIPELINE_ROWS)]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = list(pool.map(lambda p: score_rows(model, p, method=method), pieces))
+        return pd.concat(parts)
     try:
         M = model.matrix(rows[names])
         expl = model.explain_matrix(M, method, threads=threads)

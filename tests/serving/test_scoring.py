@@ -286,7 +286,7 @@ def test_replay_uses_the_recorded_version_not_the_champion(
 
 
 def test_batch_scores_are_the_decisions_the_service_explains(scoring_model: ScoringModel) -> None:
-    """`score_rows` (the batch: the whole frame as one matrix, TreeSHAP on 1 or 2 threads) gives
+    """`score_rows` (the batch: a frame as one matrix, on 1 thread or in pieces on 2) gives
     every row the PD, score, grade, base points and reasons `explain_rows` (the service) gives
     it, bit for bit: numbers, categories, unseen categories and missing values."""
     from serving.portfolio.batch import score_rows
@@ -294,7 +294,7 @@ def test_batch_scores_are_the_decisions_the_service_explains(scoring_model: Scor
 
     model = scoring_model
     names = model.feature_names
-    frame, _ = synthetic_rows(600, 5)
+    frame, _ = synthetic_rows(1200, 5)  # threads=2: pieces of PIPELINE_ROWS in 2 threads
     rng = np.random.default_rng(5)
     frame = frame.mask(rng.random(frame.shape) < 0.2)  # more missing values, categories too
     cat = next(f.name for f in model.catalog if f.kind == "categorical")
