@@ -219,6 +219,7 @@ def score_population(
     horizon_days: int | None = None,
     data_end: object | None = None,
     progress: Progress | None = None,
+    threads: int = 1,
 ) -> Scored:
     """Score every SME in the population at each as-of date (see the module docstring).
 
@@ -226,7 +227,9 @@ def score_population(
     errors as the service reports them. `data_end` (default: the data's last date) decides which
     labels are mature. Dask: connect to `scheduler` if given, else a LocalCluster of `n_workers`
     processes (default one per core). The labels' horizon is the model's own (its bundle's)
-    unless `horizon_days` says otherwise."""
+    unless `horizon_days` says otherwise. ``threads`` (pandas): as `score_rows`; 1 by default,
+    since on a 2-core machine shared with other work 2 threads took more CPU time and no less
+    wall time."""
     if horizon_days is None:
         horizon_days = loaded.model.horizon_days
     from features.engines import ENGINES, default_partitions, partition_smes, split_tables
@@ -243,7 +246,6 @@ def score_population(
     info = model_info(loaded)
 
     if engine == "pandas":
-        threads = os.cpu_count() or 1  # one process: the explanations use every core
         rows = feature_rows(
             tables, days, reference, horizon_days=horizon_days, population_only=True
         )
