@@ -10,7 +10,11 @@ every SME and explains every score (PD, score, grade, top 4 reasons), on:
 - pandas without explanations (PD, score and grade only), to show what the explanations cost;
 - Dask with 2 worker processes on an already running LocalCluster (partitioned by SME);
 - Dask with 2 workers including the start of the LocalCluster, as `scf-risk score --engine dask`
-  does on every call.
+  does on every call;
+- the core alone, features given (`serving.portfolio.batch.score_rows`: PD, score, grade, base
+  points, top 4 reasons): the population's feature rows repeated to 1,000 and 10,000 rows, on
+  one thread and on every core (TreeSHAP split over threads), wall and CPU time (the target of
+  issue 17: >= 10,000 SMEs/s on 2 cores).
 
 Figures are medians of RUNS runs: SMEs per second = population / wall time. The machine has 2
 cores, shared with whatever else runs. `python -m bench portfolio`.
@@ -23,8 +27,14 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.report import Report, median_runs
+from bench.report import Report, median_runs, timed_runs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from training.model import ScoringModel
 
 N_SMES = 2000
 N_CORES = 20
@@ -126,3 +136,42 @@ def run(report: Report) -> None:
             n,
             "what `scf-risk score --engine dask` does per call",
         )
+
+    core(report, scored.features, loaded.model)
+
+
+def core(report: Report, features: pd.DataFrame, model: ScoringModel) -> None:
+    """`score_rows` on given features: 1,000 and 10,000 rows, 1 thread and every core, the
+    variants taking turns within each run."""
+    import os
+
+    import pandas as pd
+
+    from serving.portfolio.batch import score_rows
+
+    cores = os.cpu_count() or 1
+    for n in (1_000, 10_000):
+        rows = pd.concat([features] * (n // len(features) + 1), ignore_index=True).iloc[:n]
+        score_rows(model, rows.iloc[:300], threads=cores)  # warm-up (numba's parallel kernels)
+        got: dict[int, tuple[list[float], list[float]]] = {1: ([], []), cores: ([], [])}
+        for _ in range(RUNS):
+            for threads, (walls, cpus) in got.items():
+
+                def one(t: int = threads, r: pd.DataFrame = rows) -> pd.DataFrame:
+                    return score_rows(model, r, threads=t)
+
+                w, c, _ = timed_runs(one, 1)
+                walls += w
+                cpus += c
+        for threads, (walls, cpus) in got.items():
+            rates = [n / t for t in walls]
+            cpu = statistics.median(cpus)
+            report.add(
+                SECTION,
+                f"core (score_rows, features given), {n:,} rows, {threads} thread(s)",
+                statistics.median(rates),
+                "SMEs/s",
+                runs=rates,
+                target=">= 10000" if threads == cores else "",
+                note=f"median CPU {cpu:.3f} s = {n / cpu:,.0f} SMEs per CPU-second",
+            )

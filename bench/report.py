@@ -75,3 +75,17 @@ def median_runs(fn: Callable[[], Any], runs: int = 3) -> tuple[float, list[float
         result = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times, result
+
+
+def timed_runs(fn: Callable[[], Any], runs: int = 3) -> tuple[list[float], list[float], Any]:
+    """Run `fn` several times: every run's wall time (s), every run's CPU time (s, all threads
+    of this process), the last result. CPU time is the figure to trust on a shared machine."""
+    walls: list[float] = []
+    cpus: list[float] = []
+    result: Any = None
+    for _ in range(runs):
+        c0, t0 = time.process_time(), time.perf_counter()
+        result = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return walls, cpus, result

@@ -722,6 +722,7 @@ SENTENCES: dict[str, dict[str, str]] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def stem(name: str) -> str:
     """A feature name without its window suffix (``dso_90d`` -> ``dso``; ``_365d`` too)."""
     for w in WINDOWS:
@@ -801,6 +802,8 @@ _NONZERO_DIGIT = re.compile("[1-9]")
 
 
 def _no_negative_zero(text: str) -> str:
+    if text[:1] not in ("-", "+"):  # the common case: nothing to strip
+        return text
     stripped = text.lstrip("-+")
     if stripped and not _NONZERO_DIGIT.search(stripped.split(" ")[0]):
         return stripped

@@ -165,8 +165,10 @@ def score_many(
     return decide(served, inputs)
 
 
-def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
-    """Explain prepared inputs (see `prepare`) with one call: one decision each, in order."""
+def decide(served: ServedModel, inputs: Sequence[_Inputs], *, threads: int = 1) -> list[Decision]:
+    """Explain prepared inputs (see `prepare`) with one call: one decision each, in order.
+    ``threads`` > 1: the fast engine's TreeSHAP and what-if margins of a large batch are
+    split over that many threads (the same values)."""
     if not inputs:
         return []
     model = served.model
@@ -176,8 +178,9 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs]) -> list[Decision]:
         method=served.explain_method,
         model_info=served.info,
         meta=[(x.sme_id, x.as_of, x.mode, x.inputs_hash) for x in inputs],
+        threads=threads,
     )
-    what_ifs = improvements(model, [x.features for x in inputs], decisions, M)
+    what_ifs = improvements(model, [x.features for x in inputs], decisions, M, threads=threads)
     bands = {g: grade_band(model, g) for g in {d.grade for d in decisions}}
     return [
         replace(
@@ -200,52 +203,109 @@ def explain_rows(
     method: str,
     model_info: dict[str, str | None],
     meta: Sequence[tuple[str, date, str, str]],
+    threads: int = 1,
 ) -> tuple[list[Decision], np.ndarray]:
     """Explain feature rows ({feature: value}, any subset) and build one `Decision` per row
     (``meta``: sme_id, as_of, mode, inputs hash of each row); also the matrix it explained (one
-    row per input, for the what-if)."""
+    row per input, for the what-if). ``threads``: as `ScoringModel.explain_matrix`."""
     from training.exceptions import ModelInputError
 
     try:
         M = model.records_matrix(rows)
-        expl = model.explain_matrix(M, method)
+        expl = model.explain_matrix(M, method, threads=threads)
     except ModelInputError as exc:
         raise InvalidInput(("features",), str(exc)) from exc
     names = list(model.feature_names)
     values = recorded_values(model, rows)
     points = expl.point_values  # the model's feature order, as `names`
-    # the N_REASONS most negative points of every row, most negative first (one call for all rows)
-    orders = np.argsort(points, axis=1, kind="stable")[:, :N_REASONS]
-    drivers = [[int(j) for j in orders[i] if points[i, j] < 0] for i in range(len(meta))]
-    sides = _sides(model, M, values, [(i, names[j]) for i, js in enumerate(drivers) for j in js])
+    reasons = _driver_reasons(
+        model,
+        M,
+        points,
+        lambda rows, cols: [
+            values[i][names[j]] for i, j in zip(rows.tolist(), cols.tolist(), strict=True)
+        ],
+    )
     # Python numbers once for the batch (the same values as float() of each numpy element)
     point_rows, base = points.tolist(), expl.base_points.tolist()
     pd_, score_, grade = expl.pd.tolist(), expl.score.tolist(), expl.grade.tolist()
     decisions: list[Decision] = []
     for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta):
-        row_points, row_values = point_rows[i], values[i]
-        reasons = tuple(
-            _reason(model, names[j], row_values[names[j]], row_points[j], sides.get((i, names[j])))
-            for j in drivers[i]
-        )
         decisions.append(
             Decision(
                 sme_id=sme_id,
                 as_of=as_of,
                 mode=mode,
                 inputs_hash=inputs_hash,
-                features=row_values,
-                contributions=dict(zip(names, row_points, strict=True)),
+                features=values[i],
+                contributions=dict(zip(names, point_rows[i], strict=True)),
                 base_points=base[i],
                 pd=pd_[i],
                 score=score_[i],
                 grade=str(grade[i]),
-                reasons=reasons,
+                reasons=reasons[i],
                 model=dict(model_info),
                 explain_method=method,
             )
         )
     return decisions, M
+
+
+def matrix_reasons(
+    model: ScoringModel, M: np.ndarray, points: np.ndarray
+) -> list[tuple[Reason, ...]]:
+    """The reasons of each row of the model's matrix `M` (`ScoringModel.matrix`) given its
+    points: those `explain_rows` gives the same rows, the values read back from the matrix
+    (numbers as they are, categories from their codes, None for missing). For batches, where
+    nothing needs each row's values as a dict."""
+    names = list(model.feature_names)
+    levels = [model.categories.get(n) for n in names]
+
+    def values_at(rows: np.ndarray, cols: np.ndarray) -> list[Any]:
+        out: list[Any] = M[rows, cols].tolist()
+        for k, (x, j) in enumerate(zip(out, cols.tolist(), strict=True)):
+            if x != x:
+                out[k] = None
+            elif (cats := levels[j]) is not None:
+                out[k] = cats[int(x)]
+        return out
+
+    return _driver_reasons(model, M, points, values_at)
+
+
+def _driver_reasons(
+    model: ScoringModel,
+    M: np.ndarray,
+    points: np.ndarray,
+    values_at: Callable[[np.ndarray, np.ndarray], list[Any]],
+) -> list[tuple[Reason, ...]]:
+    """Each row's reasons: its `N_REASONS` most negative points (only those below 0), most
+    negative first, with their codes and sentences. `values_at(rows, columns)`: the values as
+    recorded of those cells. The order and sides are found for all rows at once."""
+    from features.catalog import format_value
+
+    names = list(model.feature_names)
+    orders = np.argsort(points, axis=1, kind="stable")[:, :N_REASONS]
+    kept = np.take_along_axis(points, orders, axis=1)
+    rows, ranks = np.nonzero(kept < 0)  # row-major: each row's drivers in order
+    cols = orders[rows, ranks]
+    values = values_at(rows, cols)
+    row_list, col_list = rows.tolist(), cols.tolist()
+    wanted = [(i, names[j], v) for i, j, v in zip(row_list, col_list, values, strict=True)]
+    sides = _sides(model, M, wanted)
+    view = _view(model)
+    out: list[list[Reason]] = [[] for _ in range(len(points))]
+    for (i, name, value), p in zip(wanted, kept[rows, ranks].tolist(), strict=True):
+        f, codes = view.features[name], view.codes[name]
+        if value is None:
+            rc = codes["MISSING"]
+        elif f.kind == "categorical":
+            rc = codes["CATEGORY"]
+        else:
+            rc = codes[sides[i, name]]
+        text = rc.template.format(value=format_value(f, value))
+        out[i].append(Reason(rc.code, name, value, p, text))
+    return [tuple(r) for r in out]
 
 
 def recorded_values(
@@ -529,7 +589,11 @@ def _build_view(model: ScoringModel) -> _View:
 
 
 def _margins_varying(
-    model: ScoringModel, M: np.ndarray, asks: Sequence[tuple[int, str, Sequence[float]]]
+    model: ScoringModel,
+    M: np.ndarray,
+    asks: Sequence[tuple[int, str, Sequence[float]]],
+    *,
+    threads: int = 1,
 ) -> list[np.ndarray]:
     """For each (row, feature, values): the raw margins of row `row` of `M` with that feature
     set to each of `values` (the others as they are), all through the compiled trees in one call
@@ -542,7 +606,8 @@ def _margins_varying(
     cols = np.repeat(np.array([slots[n] for _, n, _ in asks], dtype=np.intp), counts)
     X = M[at]
     X[np.arange(len(at)), cols] = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
-    return np.split(model.treeshap().margin(X), np.cumsum(counts)[:-1])
+    margin = model.treeshap().with_threads(threads).margin(X)
+    return np.split(margin, np.cumsum(counts)[:-1])
 
 
 def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
@@ -555,24 +620,23 @@ def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
 def _sides(
     model: ScoringModel,
     M: np.ndarray,
-    values: Sequence[dict[str, Any]],
-    wanted: Sequence[tuple[int, str]],
+    wanted: Sequence[tuple[int, str, Any]],
 ) -> dict[tuple[int, str], Side]:
-    """The side of each (row, feature) of `wanted` whose value is a present number: HIGH when
-    its level adds risk because it is high (declared by the catalog's direction; for an
-    unconstrained feature, probed at the nearest splits, all rows in one call). `M`: the rows'
-    matrix, `values`: their values as recorded."""
+    """The side of each (row, feature, value as recorded) of `wanted` whose value is a present
+    number: HIGH when its level adds risk because it is high (declared by the catalog's
+    direction; for an unconstrained feature, probed at the nearest splits, all rows in one
+    call). `M`: the rows' matrix."""
     view = _view(model)
     out: dict[tuple[int, str], Side] = {}
     probed: list[tuple[int, str, list[float], bool, bool]] = []
-    for i, name in wanted:
+    for i, name, recorded in wanted:
         f = view.features[name]
-        if f.kind == "categorical" or not _present(values[i].get(name)):
+        if f.kind == "categorical" or not _present(recorded):
             continue
         if f.direction != 0:
             out[i, name] = "HIGH" if f.direction > 0 else "LOW"
             continue
-        value = float(values[i][name])
+        value = float(recorded)
         cuts = view.splits.get(name, _NO_SPLITS)
         k = int(np.searchsorted(cuts, value, side="left"))  # cuts[:k] < value <= cuts[k:]
         probes = [value]
@@ -600,15 +664,24 @@ def reason(
     """One risk driver with its catalog code and sentence (`base`: the row's matrix row, when
     the caller has it)."""
     M = model.records_matrix([row]) if base is None else base[None, :]
-    side = _sides(model, M, [row], [(0, name)]).get((0, name))
+    side = _sides(model, M, [(0, name, row.get(name))]).get((0, name))
     return _reason(model, name, row.get(name), points, side)
 
 
-def _reason(model: ScoringModel, name: str, value: Any, points: float, side: Side | None) -> Reason:
-    """A risk driver from its value's side (`_sides`; None for a missing or categorical value)."""
+def _reason(
+    model: ScoringModel,
+    name: str,
+    value: Any,
+    points: float,
+    side: Side | None,
+    *,
+    view: _View | None = None,
+) -> Reason:
+    """A risk driver from its value's side (`_sides`; None for a missing or categorical value).
+    `view`: the model's `_view`, when the caller has it."""
     from features.catalog import format_value
 
-    view = _view(model)
+    view = view or _view(model)
     f, codes = view.features[name], view.codes[name]
     if not _present(value):
         rc = codes["MISSING"]
@@ -642,6 +715,8 @@ def improvements(
     values: Sequence[dict[str, Any]],
     decisions: Sequence[Decision],
     M: np.ndarray,
+    *,
+    threads: int = 1,
 ) -> list[dict[str, Any] | None]:
     """For the top reason of each decision: the nearest value of that feature, along its
     monotone direction, that moves the SME one grade up with the model held fixed (None when
@@ -683,7 +758,7 @@ def improvements(
             candidates = np.nextafter(above[above < domain.high], np.inf).tolist()
         if candidates:
             asks.append((i, name, candidates))
-    margins = _margins_varying(model, M, asks)
+    margins = _margins_varying(model, M, asks, threads=threads)
     got = iter(_grades_of(model, np.concatenate(margins)).tolist() if margins else [])
     for i, name, candidates in asks:
         k = rank[decisions[i].grade]

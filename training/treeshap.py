@@ -158,6 +158,16 @@ class TreeShap:
         forest = _parse(dump["tree_info"], thresholds, table_budget)
         return cls(forest, int(dump["max_feature_idx"]) + 1, threads=threads)
 
+    def with_threads(self, threads: int) -> TreeShap:
+        """The same engine (the same parsed arrays, shared) splitting calls of at least
+        `PARALLEL_MIN_ROWS` rows over ``threads`` numba threads: every row is computed by the
+        same code alone, so the values are those of one thread, bit for bit."""
+        return (
+            self
+            if threads == self.threads
+            else TreeShap(self._f, self.num_features, threads=threads)
+        )
+
     @property
     def num_trees(self) -> int:
         return len(self._f.trees)
@@ -757,7 +767,7 @@ def _shap_rows(X, phi, lo, hi, forest, max_depth, max_nodes):
         _shap_row(X[r], phi[r], forest, left, pw, ones, w)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # Python threads may run beside it
 def _shap_serial(X, phi, forest, max_depth, max_nodes):
     _shap_rows(X, phi, 0, X.shape[0], forest, max_depth, max_nodes)
 
@@ -789,7 +799,7 @@ def _margin_row(x, trees, nodes, thresholds, cat_words, leaves, leaf_values):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # Python threads may run beside it
 def _margin_serial(X, out, trees, nodes, thresholds, cat_words, leaves, leaf_values):
     for r in range(X.shape[0]):
         out[r] = _margin_row(X[r], trees, nodes, thresholds, cat_words, leaves, leaf_values)

@@ -283,3 +283,48 @@ def test_replay_uses_the_recorded_version_not_the_champion(
     assert registry(CHAMPION, "").version == "2"
     rec.update(decision_id="x")
     assert replay(rec, loader=registry, tracking_uri="").matches
+
+
+def test_batch_scores_are_the_decisions_the_service_explains(scoring_model: ScoringModel) -> None:
+    """`score_rows` (the batch: a frame as one matrix, on 1 thread or in pieces on 2) gives
+    every row the PD, score, grade, base points and reasons `explain_rows` (the service) gives
+    it, bit for bit: numbers, categories, unseen categories and missing values."""
+    from serving.portfolio.batch import score_rows
+    from serving.scoring import explain_rows
+
+    model = scoring_model
+    names = model.feature_names
+    frame, _ = synthetic_rows(1200, 5)  # threads=2: pieces of PIPELINE_ROWS in 2 threads
+    rng = np.random.default_rng(5)
+    frame = frame.mask(rng.random(frame.shape) < 0.2)  # more missing values, categories too
+    cat = next(f.name for f in model.catalog if f.kind == "categorical")
+    frame.loc[frame.index[::7], cat] = "wood"  # a category the model was not trained on
+    frame.insert(0, "sme_id", [f"S{i}" for i in range(len(frame))])
+    frame.insert(1, "as_of", pd.Timestamp(AS_OF))
+    records = [{k: v for k, v in r.items() if k in names} for r in frame.to_dict("records")]
+    meta = [(s, AS_OF, "batch", "") for s in frame["sme_id"]]
+    decisions, _ = explain_rows(model, records, method="fast", model_info={}, meta=meta)
+    assert any(r.value is None for d in decisions for r in d.reasons)
+    for threads in (1, 2):
+        got = score_rows(model, frame, method="fast", threads=threads)
+        assert got["pd"].tolist() == [d.pd for d in decisions]
+        assert got["score"].tolist() == [d.score for d in decisions]
+        assert got["base_points"].tolist() == [d.base_points for d in decisions]
+        assert got["grade"].tolist() == [d.grade for d in decisions]
+        assert got["reasons"].tolist() == [
+            [
+                {
+                    "feature": r.feature,
+                    "value": r.value if isinstance(r.value, float) else None,
+                    "value_text": None
+                    if r.value is None
+                    else str(r.value)
+                    if isinstance(r.value, str)
+                    else repr(r.value),
+                    "points": r.points,
+                    "text": r.text,
+                }
+                for r in d.reasons
+            ]
+            for d in decisions
+        ]
