@@ -437,7 +437,8 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
             else "<p class='ok'>Every validation test passed.</p>"
         ),
         f"<p><b>Protocol:</b> {html.escape(r.config.protocol)}. The unseen-SME figure scores "
-        "each OOT row with a booster that never saw its SME.</p>",
+        "each OOT row with a booster that never saw its SME. <b>Calibration:</b> "
+        f"{html.escape(r.split.calibration_note)}.</p>",
         f"<p>Monotonicity check: <span class='{mono_class}'>{mono_text}</span>. "
         f"OOT AUC {_fmt(mt.get('auc_oot'))}, ECE {_fmt(mt.get('ece_oot'))}.</p>",
         "<h2>1. Data and population</h2>",
