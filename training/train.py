@@ -442,20 +442,15 @@ def grow(
         for k, fold_fit in zip(range(split.folds), boosters, strict=False):  # then calibration
             say(f"cross-fitting calibration: fold {k + 1}/{split.folds}")
             held = split.fold == k
-            oof[held] = fold_fit.booster.predict(X[split.fit[held]], raw_score=True) + shift[k]
+            oof[held] = _margins(fold_fit.booster, X[split.fit[held]]) + shift[k]
             # pandas' hash-based isin: numpy's isin on object arrays compares all pairs
             in_fold = pd.Series(sme[split.oot]).isin(set(sme[split.fit[held]])).to_numpy()
-            unseen[in_fold] = (
-                fold_fit.booster.predict(X[split.oot[in_fold]], raw_score=True) + shift[k]
-            )
+            unseen[in_fold] = _margins(fold_fit.booster, X[split.oot[in_fold]]) + shift[k]
         cal_margin = np.empty(0)
         if split.calibration_months:
             say(f"calibration booster: months before {split.calibration_months[0]}")
             cal_booster = next(boosters).booster
-            cal_margin = (
-                np.asarray(cal_booster.predict(X[split.cal], raw_score=True), np.float64)
-                + shift[-1]
-            )
+            cal_margin = _margins(cal_booster, X[split.cal]) + shift[-1]
     return Grown(
         booster=grown.booster,
         best_iteration=grown.best_iteration,
@@ -465,6 +460,11 @@ def grow(
         cal_margin=cal_margin,
         cal_drift=shift[-1] if split.calibration_months else 0.0,
     )
+
+
+def _margins(booster: Any, X: np.ndarray) -> np.ndarray:
+    """A booster's raw margins (log-odds before calibration) of the rows of X."""
+    return np.asarray(booster.predict(X, raw_score=True), np.float64)
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> str:
