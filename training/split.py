@@ -40,6 +40,8 @@ MIN_CALIBRATION_DEFAULTS = 20
 """The calibration mirror needs this many defaults in its booster's rows and in its held-out
 rows; with fewer (small data, or an embargo that leaves little to grow on) the booster cannot
 rank and calibration falls back to the cross-fitted margins."""
+CROSS_FITTED = ": calibrated on the cross-fitted margins of the fit SMEs instead"
+"""How `Split.calibration_note` ends when the calibration falls back to cross-fitting."""
 MIN_CALIBRATION_GROW_SHARE = 1 / 3
 """The calibration booster must grow on at least this share of the fit rows to stand for the
 model: the booster's regularisation is set in rows (`min_data_in_leaf`, an absolute L2 penalty),
@@ -197,10 +199,9 @@ def _calibration_months(
     """(calibration booster rows, calibration rows, calibration months, note); the first three
     empty when the training months cannot hold the time mirror of the OOT split (module
     docstring), and the note says why. `m`: the as-of month of each row (`months`)."""
-    fallback = ": calibrated on the cross-fitted margins of the fit SMEs instead"
 
     def none(why: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], str]:
-        return np.empty(0, np.int64), np.empty(0, np.int64), (), why + fallback
+        return np.empty(0, np.int64), np.empty(0, np.int64), (), why + CROSS_FITTED
 
     if calibration_months < 1:
         return none("no calibration months asked for")

@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from training.evaluate import STATIC_RATING
+from training.split import CROSS_FITTED
 from training.train import TrainResult
 
 PLOTS = ("roc", "calibration_by_grade", "shap_summary", "importance", "stability")
@@ -301,7 +302,8 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "SMEs' earlier months: they stand to that booster as the OOT months stand to the model."
         if split.calibration_months
         else "is fitted on cross-fitted margins of the fit SMEs (each scored by a booster grown "
-        "without its fold): the training months were too few to hold out calibration months."
+        f"without its fold), not on held-out months: "
+        f"{split.calibration_note.removesuffix(CROSS_FITTED)}."
     )
     headline = [
         (
@@ -437,8 +439,7 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
             else "<p class='ok'>Every validation test passed.</p>"
         ),
         f"<p><b>Protocol:</b> {html.escape(r.config.protocol)}. The unseen-SME figure scores "
-        "each OOT row with a booster that never saw its SME. <b>Calibration:</b> "
-        f"{html.escape(r.split.calibration_note)}.</p>",
+        "each OOT row with a booster that never saw its SME.</p>",
         f"<p>Monotonicity check: <span class='{mono_class}'>{mono_text}</span>. "
         f"OOT AUC {_fmt(mt.get('auc_oot'))}, ECE {_fmt(mt.get('ece_oot'))}.</p>",
         "<h2>1. Data and population</h2>",
