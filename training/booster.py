@@ -72,6 +72,19 @@ def scaled_params(n_rows: int, n_defaults: int) -> dict[str, Any]:
     }
 
 
+def start_margin(y: np.ndarray, params: Mapping[str, Any]) -> float:
+    """The raw margin a binary booster starts from before its first tree: with
+    `boost_from_average` (LightGBM's default) the log-odds of its training rows' default rate,
+    clipped as LightGBM clips it (`BinaryLogloss::BoostFromScore`, no sample weights here); else
+    0. Boosters grown on different rows start from different margins; a margin from one is read
+    on another's scale by adding the difference of their starts (`training.train.grow`)."""
+    if not params.get("boost_from_average", True):
+        return 0.0
+    eps = 1e-15  # LightGBM's kEpsilon
+    rate = float(np.clip(np.mean(np.asarray(y, np.float64)), eps, 1.0 - eps))
+    return float(np.log(rate / (1.0 - rate)))
+
+
 @dataclass(frozen=True)
 class BoosterFit:
     booster: lgb.Booster  # truncated to the best iteration

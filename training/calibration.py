@@ -69,6 +69,14 @@ class LogOddsCalibrator(BaseEstimator):
         self.calibration_ = LogOddsCalibration(self.a_, self.b_)
         return self
 
+    def shift_intercept(self, delta: float) -> LogOddsCalibrator:
+        """Add `delta` to the fitted intercept (``z = a + delta + b·margin``): the calibration
+        read relative to another starting margin (`training.train.calibrate`)."""
+        check_is_fitted(self, "calibration_")
+        self.a_ = self.a_ + float(delta)
+        self.calibration_ = LogOddsCalibration(self.a_, self.b_)
+        return self
+
     def predict_logodds(self, margin: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "calibration_")
         return self.calibration_.logodds(margin)

@@ -119,7 +119,11 @@ class Grown:
     val_loss: float
     oof: np.ndarray  # cross-fitted margins of the fit rows
     unseen: np.ndarray  # OOT margins from boosters that never saw the row's SME
-    cal_margin: np.ndarray  # calibration rows' margins (empty without calibration months)
+    cal_margin: np.ndarray  # calibration rows' margins on the model's scale (empty without
+    # calibration months): the calibration booster's margins plus `cal_drift`
+    cal_drift: float = 0.0  # the model's start margin minus the calibration booster's: added back
+    # to the fitted intercept, so the calibration carries the drift of the default rate from the
+    # booster's months to the held-out months, as the model's from its months to the OOT months
 
 
 @dataclass(frozen=True)

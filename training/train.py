@@ -344,11 +344,13 @@ def _model_fit(search: boosting.Search | None, cfg: TrainConfig) -> boosting.Boo
 def calibrate(prep: Prepared, grown: Grown, steps: Steps) -> Calibrated:
     """Fit the log-odds calibration on the held-out training months' margins (or the
     cross-fitted margins of the fit SMEs when there are no calibration months)."""
-    steps.say("calibrating the log-odds")
+    steps.say(f"calibrating the log-odds: {prep.split.calibration_note}")
     split, y = prep.split, prep.y
     by_months = bool(split.calibration_months)
     cal_x, cal_y = (grown.cal_margin, y[split.cal]) if by_months else (grown.oof, y[split.fit])
     calibrator = LogOddsCalibrator().fit(cal_x, cal_y)
+    if by_months:
+        calibrator.shift_intercept(grown.cal_drift)
     if not calibrator.b_ > 0:
         raise TrainingError(
             f"calibration slope {calibrator.b_:.3g} is not positive: the model does not rank "
@@ -421,24 +423,34 @@ def grow(
         unseen = np.asarray(grown.booster.predict(X[split.oot], raw_score=True), np.float64)
         # the folds' boosters, then the calibration booster: subsets of the fit rows (cal_grow
         # is a subset of fit, both ascending: training.split), grown with the model's rounds
-        parts = [fit_rows.subset(np.flatnonzero(split.fold != k)) for k in range(split.folds)]
+        parts = [np.flatnonzero(split.fold != k) for k in range(split.folds)]
         if split.calibration_months:
-            parts.append(fit_rows.subset(np.searchsorted(split.fit, split.cal_grow)))
+            parts.append(np.searchsorted(split.fit, split.cal_grow))
+        # Each booster starts from its own rows' log-odds (boost_from_average); its margins
+        # are read on the model's scale by adding the difference of the starts, so that the
+        # calibration slope b scales what the trees learned, not the difference of the starts
+        # (which `calibrate` adds back to the intercept once, as the drift of the default rate).
+        # Unshifted, a slope of 8.7 turned a start difference of 0.16 into 1.4 log-odds.
+        y_fit = y[split.fit]
+        start = boosting.start_margin(y_fit, params)
+        shift = [start - boosting.start_margin(y_fit[rows], params) for rows in parts]
         boosters = trainer.train_each(
-            parts, rounds=grown.best_iteration, at_once=cfg.boosters_at_once
+            [fit_rows.subset(rows) for rows in parts],
+            rounds=grown.best_iteration,
+            at_once=cfg.boosters_at_once,
         )
         for k, fold_fit in zip(range(split.folds), boosters, strict=False):  # then calibration
             say(f"cross-fitting calibration: fold {k + 1}/{split.folds}")
             held = split.fold == k
-            oof[held] = fold_fit.booster.predict(X[split.fit[held]], raw_score=True)
+            oof[held] = _margins(fold_fit.booster, X[split.fit[held]]) + shift[k]
             # pandas' hash-based isin: numpy's isin on object arrays compares all pairs
             in_fold = pd.Series(sme[split.oot]).isin(set(sme[split.fit[held]])).to_numpy()
-            unseen[in_fold] = fold_fit.booster.predict(X[split.oot[in_fold]], raw_score=True)
+            unseen[in_fold] = _margins(fold_fit.booster, X[split.oot[in_fold]]) + shift[k]
         cal_margin = np.empty(0)
         if split.calibration_months:
             say(f"calibration booster: months before {split.calibration_months[0]}")
             cal_booster = next(boosters).booster
-            cal_margin = np.asarray(cal_booster.predict(X[split.cal], raw_score=True), np.float64)
+            cal_margin = _margins(cal_booster, X[split.cal]) + shift[-1]
     return Grown(
         booster=grown.booster,
         best_iteration=grown.best_iteration,
@@ -446,7 +458,13 @@ def grow(
         oof=oof,
         unseen=unseen,
         cal_margin=cal_margin,
+        cal_drift=shift[-1] if split.calibration_months else 0.0,
     )
+
+
+def _margins(booster: Any, X: np.ndarray) -> np.ndarray:
+    """A booster's raw margins (log-odds before calibration) of the rows of X."""
+    return np.asarray(booster.predict(X, raw_score=True), np.float64)
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> str:

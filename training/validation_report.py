@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from training.evaluate import STATIC_RATING
+from training.split import CROSS_FITTED
 from training.train import TrainResult
 
 PLOTS = ("roc", "calibration_by_grade", "shap_summary", "importance", "stability")
@@ -301,7 +302,8 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "SMEs' earlier months: they stand to that booster as the OOT months stand to the model."
         if split.calibration_months
         else "is fitted on cross-fitted margins of the fit SMEs (each scored by a booster grown "
-        "without its fold): the training months were too few to hold out calibration months."
+        f"without its fold), not on held-out months: "
+        f"{split.calibration_note.removesuffix(CROSS_FITTED)}."
     )
     headline = [
         (

@@ -10,7 +10,7 @@ from tests.support.panels import CATALOG, FAST, make_panel
 
 @pytest.fixture(scope="session")
 def synthetic() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return make_panel(n_months=36)  # enough months for the leak-free split and its mirror
+    return make_panel(n_months=36)  # enough months for the leak-free split
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 
 from features.catalog import Feature
-from training.booster import LocalTrainer
+from training.booster import LocalTrainer, start_margin
 
 PARAMS = {
     "objective": "binary",
@@ -38,3 +39,16 @@ def test_a_subset_grows_with_the_bins_of_its_rows() -> None:
     shared = _threshold(X, y, part)
     assert shared == pytest.approx(round(shared - 0.05, 1) + 0.05)
     assert _threshold(X[part], y[part], np.arange(part.size)) == pytest.approx(1.5)
+
+
+def test_start_margin_is_where_a_binary_booster_starts() -> None:
+    """A booster whose trees add (almost) nothing predicts its start margin on every row."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(2_000, 3))
+    for rate in (0.02, 0.3):
+        y = (rng.random(2_000) < rate).astype(float)
+        params = {"objective": "binary", "learning_rate": 1e-12, "verbose": -1, "seed": 1}
+        booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=3)
+        margin = booster.predict(X, raw_score=True)
+        np.testing.assert_allclose(margin, start_margin(y, params), atol=1e-9)
+    assert start_margin(y, {"boost_from_average": False}) == 0.0

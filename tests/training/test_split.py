@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.support.panels import CATALOG, make_panel
 from training.exceptions import TrainingError
-from training.split import make_split, months
+from training.split import MIN_CALIBRATION_GROW_SHARE, make_split, months
 from training.train import validate_panel
 
 
@@ -84,10 +86,12 @@ def test_calibration_months_mirror_the_oot_split(matured: pd.DataFrame) -> None:
 
 
 def test_calibration_months_keep_the_embargo(matured: pd.DataFrame) -> None:
-    split = make_split(matured, 4, seed=5, folds=3, calibration_months=1, embargo_days=95)
+    split = make_split(matured, 4, seed=5, folds=3, calibration_months=1, embargo_days=60)
     first_cal = matured["as_of"].iloc[split.cal].min()
     grown_on = matured["as_of"].iloc[split.cal_grow]
-    assert len(grown_on) > 0 and (grown_on + pd.Timedelta(days=95) <= first_cal).all()
+    assert len(grown_on) > 0 and (grown_on + pd.Timedelta(days=60) <= first_cal).all()
+    # the month just before the held-out one is embargoed, not grown on
+    assert grown_on.max() < first_cal - pd.Timedelta(days=31)
 
 
 def test_too_few_training_months_fall_back_to_cross_fitting(matured: pd.DataFrame) -> None:
@@ -102,6 +106,28 @@ def test_too_few_training_months_fall_back_to_cross_fitting(matured: pd.DataFram
     # one training month is refused outright: its figures would mean nothing
     with pytest.raises(TrainingError, match=r"1 training month\(s\) left"):
         make_split(matured, 11, seed=5, folds=3)
+
+
+def test_a_calibration_booster_on_too_few_rows_falls_back_and_says_why(
+    matured: pd.DataFrame,
+) -> None:
+    # a 95-day embargo before the one held-out month leaves the booster one month: a fifth of
+    # the fit rows, a shrunken model whose margins would not stand for the model's
+    # (MIN_CALIBRATION_GROW_SHARE)
+    split = make_split(matured, 4, seed=5, folds=3, calibration_months=1, embargo_days=95)
+    assert split.calibration_months == () and split.cal.size == 0
+    assert re.search(
+        r"would grow on [\d,]+ rows, 20% of the [\d,]+ fit rows", split.calibration_note
+    )
+    assert split.calibration_note.endswith("cross-fitted margins of the fit SMEs instead")
+    # with enough of them, the note says what the calibration was fitted on
+    kept = make_split(matured, 4, seed=5, folds=3, calibration_months=4)
+    assert kept.calibration_note.startswith("calibrated on the held-out months")
+    share = len(kept.cal_grow) / len(kept.fit)
+    assert (
+        share >= MIN_CALIBRATION_GROW_SHARE
+        and f"{share:.0%} of the fit rows" in kept.calibration_note
+    )
 
 
 def test_months_needed_for_an_honest_split() -> None:
