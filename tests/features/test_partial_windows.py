@@ -115,9 +115,10 @@ def test_a_window_the_history_covers_whole_is_divided_by_its_length() -> None:
 def test_volatility_counts_only_the_months_the_history_covers_whole() -> None:
     # 45 days of history: month buckets are ages 0-30 (31 days) and 31-60; only the first is
     # whole (ages 0..30 <= 44): one month is no volatility
-    assert constant_trader(45, 1)["sales_volatility_365d"] != constant_trader(45, 1)[
-        "sales_volatility_365d"
-    ]
+    assert (
+        constant_trader(45, 1)["sales_volatility_365d"]
+        != constant_trader(45, 1)["sales_volatility_365d"]
+    )
     # 100 days: whole buckets ages 0-30 (31 days), 31-60 (30), 61-91 (31): 3100, 3000, 3100
     monthly = [3100.0, 3000.0, 3100.0]
     mean = sum(monthly) / 3
