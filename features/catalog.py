@@ -22,6 +22,7 @@ the last 365 days. Habits make levels differ between firms (one keeps 40 days of
 firm's own year isolates the deterioration. A model cannot derive the change from the two windows
 itself: the 365-day window is constrained in the same risk direction as the 90-day one, so it can
 never act as the firm's baseline (a higher own baseline makes the same 90-day value less alarming).
+A change is missing while the SME's history holds no day before the last 90 days (no baseline).
 """
 
 from __future__ import annotations

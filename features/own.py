@@ -434,6 +434,12 @@ def _covered_windows(start: np.ndarray, t: int) -> dict[int, np.ndarray]:
     return {w: _covered(start, t, 0, w) for w in WINDOWS}
 
 
+def _with_baseline(change: np.ndarray, start: np.ndarray, t: int) -> np.ndarray:
+    """A change of the last 90 days against the SME's own 365 days, missing where its history
+    (from `start`) holds no day before the last 90: there is no baseline to change against."""
+    return np.where(_covered(start, t, 90, 365) > 0, change, np.nan)
+
+
 VOLATILITY_LAST_AGE = np.array(
     [-(-365 * (k + 1) // VOLATILITY_BUCKETS) - 1 for k in range(VOLATILITY_BUCKETS)]
 )
@@ -574,7 +580,9 @@ def _receivables(p: Prepared, r: _Side, out: Out) -> _Receivables:
     disputed = _window(r.by_issue(rv.disputed.astype(float)))
     for w in WINDOWS:
         out[f"dispute_rate_{w}d"] = _ratio(disputed[w], sales_n[w])
-    out["dispute_rate_change_365d"] = out["dispute_rate_90d"] - out["dispute_rate_365d"]
+    out["dispute_rate_change_365d"] = _with_baseline(
+        out["dispute_rate_90d"] - out["dispute_rate_365d"], p.first_invoice_day, t
+    )
     confirmed = _window(r.by_issue(rv.amount * (rv.confirmed <= t)))
     for w in WINDOWS:
         out[f"ar_confirmed_share_{w}d"] = _ratio(confirmed[w], sales[w])
@@ -603,8 +611,8 @@ def _payment(p: Prepared, q: _Side, out: Out) -> np.ndarray:
     late_days_w = _window(paid_late_days)
     for w in WINDOWS:
         out[f"ap_days_beyond_terms_{w}d"] = _ratio(late_days_w[w] + od_days, paid_in[w] + od_amount)
-    out["ap_days_beyond_terms_change_365d"] = (
-        out["ap_days_beyond_terms_90d"] - out["ap_days_beyond_terms_365d"]
+    out["ap_days_beyond_terms_change_365d"] = _with_baseline(
+        out["ap_days_beyond_terms_90d"] - out["ap_days_beyond_terms_365d"], p.first_invoice_day, t
     )
     out["ap_past_due_share"] = _ratio(od_amount, ap_open)
     worst_flat = np.full(n * N_BUCKETS, -1.0)
@@ -712,6 +720,7 @@ def _inventory(
     out["pledged_share"] = np.where(pledger, _ratio(latest_pledged, latest_value), np.nan)
     avg_inv: dict[int, np.ndarray] = {}
     daily_cogs: dict[int, np.ndarray] = {}
+    cogs_start: dict[int, np.ndarray] = {}  # where the history behind each window's COGS starts
     # a snapshot's cogs covers the days since the previous snapshot: the SME's first snapshot's
     # covers days before its inventory history and is not counted; the others cover
     # (first snapshot, t]
@@ -725,6 +734,7 @@ def _inventory(
         )
         mc = m & counted
         given = np.bincount(p.i_sme[mc], minlength=n) > 0
+        cogs_start[w] = np.where(given, p.first_snapshot_day + 1, p.first_invoice_day)
         daily_cogs[w] = np.where(
             given,
             _ratio(np.bincount(p.i_sme[mc], p.i_cogs[mc], minlength=n), cogs_days[w]),
@@ -735,7 +745,7 @@ def _inventory(
     dio = {w: _ratio(avg_inv[w], daily_cogs[w]) for w in WINDOWS}
     for w in WINDOWS:
         out[f"dio_{w}d"] = dio[w]
-    out["dio_change_365d"] = _ratio(dio[90], dio[365]) - 1.0
+    out["dio_change_365d"] = _with_baseline(_ratio(dio[90], dio[365]) - 1.0, cogs_start[365], t)
     dpo = {w: _ratio(ap_open, _ratio(purchases[w], days[w])) for w in WINDOWS}
     for w in WINDOWS:
         out[f"dpo_{w}d"] = dpo[w]
