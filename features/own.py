@@ -434,7 +434,7 @@ def _covered_windows(start: np.ndarray, t: int) -> dict[int, np.ndarray]:
     return {w: _covered(start, t, 0, w) for w in WINDOWS}
 
 
-def _with_baseline(change: np.ndarray, start: np.ndarray, t: int) -> np.ndarray:
+def _with_baseline(change: np.ndarray | pd.Series, start: np.ndarray, t: int) -> np.ndarray:
     """A change of the last 90 days against the SME's own 365 days, missing where its history
     (from `start`) holds no day before the last 90: there is no baseline to change against."""
     return np.where(_covered(start, t, 90, 365) > 0, change, np.nan)
