@@ -33,18 +33,18 @@ SEED = 1
 MONTHS = 60  # enough for the default, leak-free split (training.split.months_needed)
 
 
-def _dataset(n_smes: int) -> tuple[Path, Path]:
-    """(tables folder, panel file) of the simulated dataset, generated once."""
+def dataset(n_smes: int, seed: int = SEED) -> tuple[Path, Path]:
+    """(tables folder, panel file) of the simulated dataset of `seed`, generated once."""
     from features.engines import build_panel
     from features.io import load_tables
     from features.pipeline import data_range, month_ends, write_panel
     from features.simulate import SimConfig, generate_to_folder
 
-    root = Path("data/bench") / f"sim-{n_smes}-seed{SEED}-{MONTHS}m"
+    root = Path("data/bench") / f"sim-{n_smes}-seed{seed}-{MONTHS}m"
     folder, panel = root / "tables", root / "panel.parquet"
     if not (folder / "truth.parquet").is_file():
         print(f"generating {n_smes:,} SMEs into {folder} (once)", flush=True)
-        generate_to_folder(SimConfig(n_smes=n_smes, seed=SEED, months=MONTHS), folder)
+        generate_to_folder(SimConfig(n_smes=n_smes, seed=seed, months=MONTHS), folder)
     if panel.is_file() and not _panel_is_current(folder, panel):
         print(f"the cached panel {panel} is stale (feature code changed): rebuilding", flush=True)
         panel.unlink()
@@ -82,7 +82,7 @@ def run(report: Report) -> None:
     from training.train import TrainConfig, fit, prepare
 
     n_smes = int(os.environ.get("SCF_RISK_BENCH_SMES", "20000"))
-    folder, panel_file = _dataset(n_smes)
+    folder, panel_file = dataset(n_smes)
     inputs = load_inputs(folder, panel_file)
     config = TrainConfig(seed=0)
     rows = int(inputs.panel["default_12m"].notna().sum())

@@ -7,12 +7,22 @@ Windowed features (suffix ``_90d``, ``_180d``, ``_365d``) cover the trailing win
 ``(t - W days, t]`` ending at the as-of date ``t``. Where a denominator is zero the value is
 missing (NaN), never 0 or infinity. ``fin_*`` features are added per dataset by `catalog_for`.
 
+Per-day rates (DSO, DPO, DIO, turnover, growth, exposure to a year of sales) divide a window's sum
+by the days of the window the SME's history covers, ``min(W, t - start + 1)``, not by ``W``:
+``start`` is its first invoice (either side) for sales and purchases, and the day after its first
+inventory snapshot for cost of goods sold (a snapshot's ``cogs`` covers the days since the
+previous snapshot, so the first one's covers days before the history and is not counted; COGS
+falls back to purchases when no counted snapshot in the window has it). A window reaching back
+before the history began (a young SME, or the data's first year) is not a window of zero trade.
+Monthly sales volatility uses only the months the history covers whole.
+
 Change features (suffix ``_change_365d``) compare the last 90 days with the SME's own level over
 the last 365 days. Habits make levels differ between firms (one keeps 40 days of stock, another
 80; one always pays a week late), so a level mixes habit and health while the change against the
 firm's own year isolates the deterioration. A model cannot derive the change from the two windows
 itself: the 365-day window is constrained in the same risk direction as the 90-day one, so it can
 never act as the firm's baseline (a higher own baseline makes the same 90-day value less alarming).
+A change is missing while the SME's history holds no day before the last 90 days (no baseline).
 """
 
 from __future__ import annotations
@@ -103,7 +113,7 @@ _RECEIVABLES: tuple[Feature, ...] = (
         "dso",
         "receivables",
         "Days sales outstanding: open receivables divided by average daily sales of the last "
-        "{w} days",
+        "{w} days (days on record only)",
         "days",
         1,
     ),
@@ -251,35 +261,36 @@ _ACTIVITY: tuple[Feature, ...] = (
     Feature(
         "sales_growth_qoq",
         "trade activity",
-        "Growth of sales in the last 90 days over the 90 days before",
+        "Growth of daily sales in the last 90 days over the 90 days before",
         "ratio",
         0,
     ),
     Feature(
         "sales_growth_yoy",
         "trade activity",
-        "Growth of sales in the last 90 days over the same 90 days a year earlier",
+        "Growth of daily sales in the last 90 days over the same 90 days a year earlier",
         "ratio",
         0,
     ),
     Feature(
         "purchases_growth_qoq",
         "trade activity",
-        "Growth of purchases in the last 90 days over the 90 days before",
+        "Growth of daily purchases in the last 90 days over the 90 days before",
         "ratio",
         0,
     ),
     Feature(
         "purchases_growth_yoy",
         "trade activity",
-        "Growth of purchases in the last 90 days over the same 90 days a year earlier",
+        "Growth of daily purchases in the last 90 days over the same 90 days a year earlier",
         "ratio",
         0,
     ),
     Feature(
         "sales_volatility_365d",
         "trade activity",
-        "Volatility of monthly sales over the last 365 days (standard deviation / mean)",
+        "Volatility of monthly sales over the last 365 days (standard deviation / mean; months "
+        "on record only, at least two)",
         "ratio",
         1,
         window_days=365,
@@ -312,8 +323,8 @@ _INVENTORY: tuple[Feature, ...] = (
     *_windowed(
         "inventory_turnover",
         "inventory",
-        "Inventory turnover over the last {w} days: cost of goods sold divided by average "
-        "inventory",
+        "Inventory turnover over the last {w} days: cost of goods sold (at its daily rate on "
+        "record, times {w}) divided by average inventory",
         "times",
         -1,
     ),
@@ -321,7 +332,7 @@ _INVENTORY: tuple[Feature, ...] = (
         "dio",
         "inventory",
         "Days inventory outstanding over the last {w} days: average inventory divided by daily "
-        "cost of goods sold",
+        "cost of goods sold (days on record only)",
         "days",
         1,
     ),
@@ -353,7 +364,7 @@ _INVENTORY: tuple[Feature, ...] = (
         "dpo",
         "inventory",
         "Days payables outstanding: unpaid supplier invoices divided by average daily purchases "
-        "of the last {w} days",
+        "of the last {w} days (days on record only)",
         "days",
         0,
     ),
@@ -416,7 +427,8 @@ _FINANCING: tuple[Feature, ...] = (
     Feature(
         "exposure_to_sales_365d",
         "financing",
-        "Loans outstanding divided by sales of the last 365 days",
+        "Loans outstanding divided by a year of sales at the daily rate of the last 365 days "
+        "(days on record only)",
         "ratio",
         1,
         window_days=365,

@@ -194,7 +194,7 @@ class Prepared:
     pair_rating: np.ndarray
     # receivables by (sme, issue) for the last sale
     sale_key: np.ndarray
-    first_invoice_day: np.ndarray  # per SME, NEVER if none
+    first_invoice_day: np.ndarray  # per SME, NEVER if none: where its invoice history starts
     # inventory by (sme, snapshot day)
     i_sme: np.ndarray
     i_day: np.ndarray
@@ -202,6 +202,7 @@ class Prepared:
     i_value: np.ndarray
     i_pledged: np.ndarray
     i_cogs: np.ndarray
+    first_snapshot_day: np.ndarray  # per SME, NEVER if none: where its inventory history starts
     # loans by loan id
     l_sme: np.ndarray
     l_disbursed: np.ndarray
@@ -319,6 +320,8 @@ def prepare(
     i_day = to_days(invt["snapshot_date"])
     i_key = i_code * _KEY + i_day + _SHIFT
     i_order = np.argsort(i_key, kind="stable")
+    first_snapshot = np.full(n, NEVER, dtype=np.int64)
+    np.minimum.at(first_snapshot, i_code, i_day)
 
     # ---- loans by id
     loans = tables.loans
@@ -377,6 +380,7 @@ def prepare(
         i_cogs=pd.to_numeric(_col(invt, "cogs", np.nan)).to_numpy(dtype=float, na_value=np.nan)[
             i_order
         ],
+        first_snapshot_day=first_snapshot,
         l_sme=l_code,
         l_disbursed=to_days(loans["disbursed_date"]),
         l_maturity=to_days(loans["maturity_date"]),
@@ -416,6 +420,30 @@ PAID_AGE_EDGES = np.array([90, 180, 365])
 """Payment-age buckets by t - paid_date: 0, 1, 2 as above, 3 = earlier; 4 = open at t."""
 N_BUCKETS = 5
 OPEN = 4
+
+
+def _covered(start: np.ndarray, t: int, lo: int, hi: int) -> np.ndarray:
+    """Days of the span (t - hi, t - lo] on or after each SME's `start` (the first day its history
+    holds: NEVER when none): what a per-day rate over that span divides by. A window before the
+    history began is not a window of zero activity."""
+    return np.clip(t - lo - start + 1, 0, hi - lo).astype(float)
+
+
+def _covered_windows(start: np.ndarray, t: int) -> dict[int, np.ndarray]:
+    """`_covered` for the windows (t - W, t]: min(W, t - start + 1), at least 0."""
+    return {w: _covered(start, t, 0, w) for w in WINDOWS}
+
+
+def _with_baseline(change: np.ndarray | pd.Series, start: np.ndarray, t: int) -> np.ndarray:
+    """A change of the last 90 days against the SME's own 365 days, missing where its history
+    (from `start`) holds no day before the last 90: there is no baseline to change against."""
+    return np.where(_covered(start, t, 90, 365) > 0, change, np.nan)
+
+
+VOLATILITY_LAST_AGE = np.array(
+    [-(-365 * (k + 1) // VOLATILITY_BUCKETS) - 1 for k in range(VOLATILITY_BUCKETS)]
+)
+"""The oldest age t - issue_date in each monthly sales bucket (age * 12 // 365 = k)."""
 
 
 def _window(m: np.ndarray) -> dict[int, np.ndarray]:
@@ -475,6 +503,7 @@ class _Receivables:
     """What the other groups reuse of the receivables at t."""
 
     sales: dict[int, np.ndarray]  # amount issued in each window
+    days: dict[int, np.ndarray]  # days of each window the SME's invoice history covers
     sales_n: dict[int, np.ndarray]  # invoices issued in each window
     sales_b: np.ndarray  # (n, 5) amounts by issue-age bucket
     dso: dict[int, np.ndarray]
@@ -533,7 +562,8 @@ def _receivables(p: Prepared, r: _Side, out: Out) -> _Receivables:
     sales_b = r.by_issue(rv.amount)
     sales = _window(sales_b)
     sales_n = _window(r.by_issue())
-    dso = {w: _ratio(ar_open, sales[w] / w) for w in WINDOWS}
+    days = _covered_windows(p.first_invoice_day, t)
+    dso = {w: _ratio(ar_open, _ratio(sales[w], days[w])) for w in WINDOWS}
     for w in WINDOWS:
         out[f"dso_{w}d"] = dso[w]
     settled = np.where(r.open, zero, 1.0)
@@ -550,7 +580,9 @@ def _receivables(p: Prepared, r: _Side, out: Out) -> _Receivables:
     disputed = _window(r.by_issue(rv.disputed.astype(float)))
     for w in WINDOWS:
         out[f"dispute_rate_{w}d"] = _ratio(disputed[w], sales_n[w])
-    out["dispute_rate_change_365d"] = out["dispute_rate_90d"] - out["dispute_rate_365d"]
+    out["dispute_rate_change_365d"] = _with_baseline(
+        out["dispute_rate_90d"] - out["dispute_rate_365d"], p.first_invoice_day, t
+    )
     confirmed = _window(r.by_issue(rv.amount * (rv.confirmed <= t)))
     for w in WINDOWS:
         out[f"ar_confirmed_share_{w}d"] = _ratio(confirmed[w], sales[w])
@@ -560,7 +592,7 @@ def _receivables(p: Prepared, r: _Side, out: Out) -> _Receivables:
         np.bincount(p.pair_sme, per_buyer**2, minlength=n),
         np.bincount(p.pair_sme, per_buyer, minlength=n) ** 2,
     )
-    return _Receivables(sales, sales_n, sales_b, dso, per_buyer, in_year)
+    return _Receivables(sales, days, sales_n, sales_b, dso, per_buyer, in_year)
 
 
 def _payment(p: Prepared, q: _Side, out: Out) -> np.ndarray:
@@ -579,8 +611,8 @@ def _payment(p: Prepared, q: _Side, out: Out) -> np.ndarray:
     late_days_w = _window(paid_late_days)
     for w in WINDOWS:
         out[f"ap_days_beyond_terms_{w}d"] = _ratio(late_days_w[w] + od_days, paid_in[w] + od_amount)
-    out["ap_days_beyond_terms_change_365d"] = (
-        out["ap_days_beyond_terms_90d"] - out["ap_days_beyond_terms_365d"]
+    out["ap_days_beyond_terms_change_365d"] = _with_baseline(
+        out["ap_days_beyond_terms_90d"] - out["ap_days_beyond_terms_365d"], p.first_invoice_day, t
     )
     out["ap_past_due_share"] = _ratio(od_amount, ap_open)
     worst_flat = np.full(n * N_BUCKETS, -1.0)
@@ -633,24 +665,30 @@ def _trade_activity(p: Prepared, r: _Side, q: _Side, recv: _Receivables, out: Ou
         out[f"purchases_amount_{w}d"] = purchases[w]
     for w in WINDOWS:
         out[f"purchases_count_{w}d"] = purchases_n[w]
+    # growth of daily rates over the days of each 90-day span the invoice history covers
+    first = p.first_invoice_day
+    span = {k: _covered(first, t, lo, lo + 90) for k, lo in ((0, 0), (1, 90), (3, 365))}
     for name, b in (("sales", sales_b), ("purchases", purchases_b)):
-        out[f"{name}_growth_qoq"] = _ratio(b[:, 0], b[:, 1]) - 1.0
-        out[f"{name}_growth_yoy"] = _ratio(b[:, 0], b[:, 3]) - 1.0
+        rate = {k: _ratio(b[:, k], span[k]) for k in span}
+        out[f"{name}_growth_qoq"] = _ratio(rate[0], rate[1]) - 1.0
+        out[f"{name}_growth_yoy"] = _ratio(rate[0], rate[3]) - 1.0
     month = np.minimum((t - rv.issue) * VOLATILITY_BUCKETS // 365, VOLATILITY_BUCKETS - 1)
     monthly = np.bincount(
         rv.sme * VOLATILITY_BUCKETS + month,
         np.where(in_year, rv.amount, zero),
         minlength=n * VOLATILITY_BUCKETS,
     ).reshape(n, VOLATILITY_BUCKETS)
+    # only the months the invoice history covers whole; a volatility needs two of them
+    whole = VOLATILITY_LAST_AGE[None, :] <= (t - first)[:, None]
+    months = whole.sum(axis=1).astype(float)
     total = np.zeros(n)
     for k in range(VOLATILITY_BUCKETS):
-        total = total + monthly[:, k]
-    mean = total / VOLATILITY_BUCKETS
+        total = total + np.where(whole[:, k], monthly[:, k], zero)
+    mean = np.where(months >= 2, _ratio(total, months), np.nan)
     sq = np.zeros(n)
     for k in range(VOLATILITY_BUCKETS):
-        sq = sq + (monthly[:, k] - mean) ** 2
-    out["sales_volatility_365d"] = _ratio(np.sqrt(sq / VOLATILITY_BUCKETS), mean)
-    first = p.first_invoice_day
+        sq = sq + np.where(whole[:, k], (monthly[:, k] - mean) ** 2, zero)
+    out["sales_volatility_365d"] = _ratio(np.sqrt(_ratio(sq, months)), mean)
     out["months_since_first_invoice"] = np.where(first <= t, (t - first) / DAYS_PER_MONTH, np.nan)
     pos, ok = _latest_index(p.sale_key, n, t)
     last_sale = p.sale_key[pos] % _KEY - _SHIFT if len(p.sale_key) else np.zeros(n, np.int64)
@@ -668,7 +706,7 @@ def _inventory(
     p: Prepared, t: int, recv: _Receivables, trade: _Trade, ap_open: np.ndarray, out: Out
 ) -> None:
     """Inventory: change, pledged share, turnover, DIO, DPO, cash conversion cycle."""
-    n, dso, purchases = p.n, recv.dso, trade.purchases
+    n, dso, purchases, days = p.n, recv.dso, trade.purchases, recv.days
     pos, ok = _latest_index(p.i_key, n, t)
     latest_value = np.where(ok, p.i_value[pos] if len(p.i_key) else np.nan, np.nan)
     pos90, ok90 = _latest_index(p.i_key, n, t - 90)
@@ -681,24 +719,34 @@ def _inventory(
     pledger = np.bincount(p.i_sme[year], minlength=n) > 0
     out["pledged_share"] = np.where(pledger, _ratio(latest_pledged, latest_value), np.nan)
     avg_inv: dict[int, np.ndarray] = {}
-    cogs: dict[int, np.ndarray] = {}
-    has_cogs = ~np.isnan(p.i_cogs)
+    daily_cogs: dict[int, np.ndarray] = {}
+    cogs_start: dict[int, np.ndarray] = {}  # where the history behind each window's COGS starts
+    # a snapshot's cogs covers the days since the previous snapshot: the SME's first snapshot's
+    # covers days before its inventory history and is not counted; the others cover
+    # (first snapshot, t]
+    counted = ~np.isnan(p.i_cogs) & (p.i_day > p.first_snapshot_day[p.i_sme])
+    cogs_days = _covered_windows(p.first_snapshot_day + 1, t)
     for w in WINDOWS:
         m = (p.i_day <= t) & (p.i_day > t - w)
         avg_inv[w] = _ratio(
             np.bincount(p.i_sme[m], p.i_value[m], minlength=n),
             np.bincount(p.i_sme[m], minlength=n).astype(float),
         )
-        mc = m & has_cogs
+        mc = m & counted
         given = np.bincount(p.i_sme[mc], minlength=n) > 0
-        cogs[w] = np.where(given, np.bincount(p.i_sme[mc], p.i_cogs[mc], minlength=n), purchases[w])
+        cogs_start[w] = np.where(given, p.first_snapshot_day + 1, p.first_invoice_day)
+        daily_cogs[w] = np.where(
+            given,
+            _ratio(np.bincount(p.i_sme[mc], p.i_cogs[mc], minlength=n), cogs_days[w]),
+            _ratio(purchases[w], days[w]),
+        )
     for w in WINDOWS:
-        out[f"inventory_turnover_{w}d"] = _ratio(cogs[w], avg_inv[w])
-    dio = {w: _ratio(avg_inv[w], cogs[w] / w) for w in WINDOWS}
+        out[f"inventory_turnover_{w}d"] = _ratio(daily_cogs[w] * w, avg_inv[w])
+    dio = {w: _ratio(avg_inv[w], daily_cogs[w]) for w in WINDOWS}
     for w in WINDOWS:
         out[f"dio_{w}d"] = dio[w]
-    out["dio_change_365d"] = _ratio(dio[90], dio[365]) - 1.0
-    dpo = {w: _ratio(ap_open, purchases[w] / w) for w in WINDOWS}
+    out["dio_change_365d"] = _with_baseline(_ratio(dio[90], dio[365]) - 1.0, cogs_start[365], t)
+    dpo = {w: _ratio(ap_open, _ratio(purchases[w], days[w])) for w in WINDOWS}
     for w in WINDOWS:
         out[f"dpo_{w}d"] = dpo[w]
     for w in WINDOWS:
@@ -741,7 +789,7 @@ def _financing(p: Prepared, t: int, recv: _Receivables, out: Out) -> None:
     exposure = np.bincount(p.l_sme[active], p.l_amount[active], minlength=n)
     out["active_loans"] = np.bincount(p.l_sme[active], minlength=n).astype(float)
     out["loan_exposure"] = exposure
-    out["exposure_to_sales_365d"] = _ratio(exposure, sales[365])
+    out["exposure_to_sales_365d"] = _ratio(exposure, _ratio(sales[365], recv.days[365]) * 365)
     g = active & p.l_guaranteed
     out["guaranteed_exposure_share"] = _ratio(
         np.bincount(p.l_sme[g], p.l_amount[g], minlength=n), exposure

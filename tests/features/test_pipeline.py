@@ -237,9 +237,11 @@ def test_trade_activity(s1):
     # purchases: 90 d P2 500 + P3 300 + P5 200; 180 d adds P1 1000 and P4 400
     assert s1["purchases_amount_90d"] == 1000 and s1["purchases_count_90d"] == 3
     assert s1["purchases_amount_365d"] == 2400 and s1["purchases_count_365d"] == 5
-    # sales growth: last 90 d 5100 vs (T-180, T-90] R5 400; vs (T-455, T-365] R9 700
+    # sales growth of daily rates: last 90 d 5100 vs (T-180, T-90] R5 400, both 90 days of
+    # history; vs (T-455, T-365] R9 700, whose 90 days hold only 36 of S1's history (its first
+    # invoice R9 is T-400: days T-400 .. T-365)
     assert s1["sales_growth_qoq"] == pytest.approx(5100 / 400 - 1)
-    assert s1["sales_growth_yoy"] == pytest.approx(5100 / 700 - 1)
+    assert s1["sales_growth_yoy"] == pytest.approx((5100 / 90) / (700 / 36) - 1)  # 1.91
     assert s1["purchases_growth_qoq"] == pytest.approx(1000 / 1400 - 1)
     assert math.isnan(s1["purchases_growth_yoy"])  # nothing bought a year earlier
     # monthly buckets (age * 12 // 365): R4 20 d and R8 30 d -> 0; R3 40, R7 60 -> 1;
@@ -256,20 +258,27 @@ def test_inventory(s1, panel):
     assert s1["inventory_change_90d"] == pytest.approx(800 / 1200 - 1)
     assert s1["pledged_share"] == pytest.approx(0.5)
     # 90 d: one snapshot 800, cogs 500; 180 d: 1200, 800 avg 1000, cogs 1100;
-    # 365 d: avg 1000, cogs 1400 (the T+20 snapshot is not known)
+    # 365 d: avg 1000 (the T+20 snapshot is not known). S1's inventory history starts with its
+    # first snapshot at T-200, whose cogs 300 covers days before it: not counted. The 365-day
+    # cogs is 600 + 500 = 1100 over the 200 days (T-200, T], 5.5 a day
     assert s1["inventory_turnover_90d"] == pytest.approx(500 / 800)
     assert s1["dio_90d"] == pytest.approx(800 / (500 / 90))  # 144 days
     assert s1["inventory_turnover_180d"] == pytest.approx(1.1)
-    assert s1["dio_365d"] == pytest.approx(1000 / (1400 / 365))
-    assert s1["dio_change_365d"] == pytest.approx((800 / (500 / 90)) / (1000 / (1400 / 365)) - 1)
-    # DPO: open payables 1000 / (purchases / W)
+    assert s1["inventory_turnover_365d"] == pytest.approx(5.5 * 365 / 1000)  # 2.01 a year
+    assert s1["dio_365d"] == pytest.approx(1000 / 5.5)  # 181.8 days
+    assert s1["dio_change_365d"] == pytest.approx(144 / (1000 / 5.5) - 1)
+    # DPO: open payables 1000 / (purchases / W); S1's invoices go back to T-400: whole windows
     assert s1["dpo_90d"] == pytest.approx(90)
     assert s1["dpo_180d"] == pytest.approx(1000 / (2400 / 180))
     assert s1["cash_conversion_cycle_90d"] == pytest.approx(5300 / (5100 / 90) + 144 - 90)
-    # S2 has no cogs: purchases stand in (Q2 250 in 90 d) against its one snapshot of 500
+    # S2 has no cogs: purchases stand in (Q2 250 in 90 d) against its one snapshot of 500.
+    # S2's first invoice is R5 (it bought from S1) at T-120: the 90-day window is whole, the
+    # 365-day window holds 121 days of its history, with R5 400 + Q2 250 = 650 bought
     s2 = panel.set_index("sme_id").loc["S2"]
     assert s2["inventory_turnover_90d"] == pytest.approx(250 / 500)
     assert s2["dio_90d"] == pytest.approx(500 / (250 / 90))
+    assert s2["dio_365d"] == pytest.approx(500 / (650 / 121))  # 93.1 days, not 500 / (650 / 365)
+    assert s2["dpo_365d"] == pytest.approx(400 / (650 / 121))  # R5 400 is still open
     # S2 pledged nothing in the last 365 days: it does not use warehouse receipts, so its share
     # is missing rather than 0 (which would rank it with the safest pledgers)
     assert math.isnan(s2["pledged_share"])

@@ -1,0 +1,62 @@
+"""The model's quality targets (issue 13) over several simulated datasets, not one.
+
+For each data seed (default 1, 2, 3; `SCF_RISK_BENCH_QUALITY_SEEDS`, comma-separated) a 60-month
+portfolio of `SCF_RISK_BENCH_QUALITY_SMES` SMEs (default 2,000: the `make run` demo's size) is
+simulated and trained as `scf-risk train` does (the default, leak-free split; training seed 0).
+Each figure is the median over the seeds, every seed's value beside it: the OOT AUC, the oracle's
+AUC on the same rows (the simulator's pd_true) and the gap between them, the ECE, the static
+rating's AUC, the benchmark scorecard's AUC and the OOT AUC of SMEs unseen by their booster. One
+seed can flatter or hide a change: the medians are what a change of the defaults is judged by.
+
+The datasets and panels are cached under data/bench/ (`bench.bench_train.dataset`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+from bench.report import Report
+
+SECTION = "quality"
+SEEDS = (1, 2, 3)
+SMES = 2000
+
+FIGURES: tuple[tuple[str, str, str], ...] = (  # (name, metric or difference, target)
+    ("OOT AUC", "auc_oot", ""),
+    ("oracle AUC (pd_true, same rows)", "auc_oracle_oot", ""),
+    ("oracle AUC - OOT AUC", "auc_oracle_oot - auc_model_on_truth_rows_oot", "<= 0.025"),
+    ("OOT ECE", "ece_oot", "<= 0.01"),
+    ("static rating AUC", "auc_static_rating_oot", ""),
+    ("OOT AUC - static rating AUC", "auc_oot - auc_static_rating_oot", ">= 0.15"),
+    ("benchmark scorecard OOT AUC", "auc_oot_benchmark_scorecard", ""),
+    ("OOT AUC - scorecard AUC", "auc_oot - auc_oot_benchmark_scorecard", "> 0"),
+    ("OOT AUC, SMEs unseen by their booster", "auc_oot_unseen_sme", ""),
+)
+
+
+def _value(metrics: dict[str, float], expression: str) -> float:
+    """A metric, or the difference of two (`a - b`)."""
+    first, _, second = expression.partition(" - ")
+    return metrics[first] - (metrics[second] if second else 0.0)
+
+
+def run(report: Report) -> None:
+    from bench.bench_train import dataset
+    from training.run import load_inputs
+    from training.train import TrainConfig, fit
+
+    seeds = [int(s) for s in os.environ.get("SCF_RISK_BENCH_QUALITY_SEEDS", "1,2,3").split(",")]
+    n_smes = int(os.environ.get("SCF_RISK_BENCH_QUALITY_SMES", str(SMES)))
+    per_seed: list[dict[str, float]] = []
+    for seed in seeds:
+        folder, panel_file = dataset(n_smes, seed)
+        inputs = load_inputs(folder, panel_file)
+        result = fit(inputs.panel, config=TrainConfig(), truth=inputs.truth, tables=inputs.tables)
+        per_seed.append(result.metrics)
+    note = f"median over data seeds {', '.join(map(str, seeds))}; {n_smes:,} SMEs, 60 months"
+    for name, expression, target in FIGURES:
+        values = [_value(metrics, expression) for metrics in per_seed]
+        report.add(
+            SECTION, name, statistics.median(values), "", runs=values, target=target, note=note
+        )
