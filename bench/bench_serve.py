@@ -153,7 +153,8 @@ def load_wrk(url: str, bodies: list[str], headers: dict[str, str], seconds: int)
         script = fh.name
     try:
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script, url],
+            ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s", "--latency",
+             "-s", script, url],
             capture_output=True, text=True, check=True, timeout=seconds + 60,
         ).stdout  # fmt: skip
     finally:
