@@ -81,6 +81,7 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
+        access_log=settings.access_log_on,
         http=HeaderDeadlineProtocol,
         timeout_keep_alive=settings.keep_alive_seconds,
         h11_max_incomplete_event_size=64 * 1024,

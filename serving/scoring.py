@@ -26,7 +26,7 @@ from features.catalog import Feature, ReasonCode, ReasonSide
 from features.exceptions import ContractError, FeatureError
 from serving.audit.canonical import canonical_bytes, json_value
 from serving.exceptions import InvalidInput, StoredFeaturesInvalid
-from serving.schemas import ScoreRequestBase, request_features, request_models, today
+from serving.schemas import ScoreRequestBase, request_models, today
 
 if TYPE_CHECKING:
     from serving.api.keys import Caller
@@ -355,7 +355,7 @@ def prepare(
     as_of = request.as_of
     features_as_of: date | None = None
     if mode == "features":
-        values = request_features(request)
+        values = dict(received["features"])  # `request_features`, from the dump at hand
         digest = _hash({"mode": mode, "as_of": as_of.isoformat(), "request": received})
     elif mode == "history":
         values = history_features(served.model, request, as_of, loc=loc)

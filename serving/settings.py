@@ -145,6 +145,13 @@ class Settings(TrackingSettings):
         description="A connection must send each request's head (request line and headers) "
         "within this many seconds, or it is closed.",
     )
+    access_log: bool | None = Field(
+        default=None,
+        validation_alias="SCF_RISK_ACCESS_LOG",
+        description="uvicorn's access log, a line per request. Unset: off in production, where "
+        "the audit store records every decision and /metrics counts every request (a formatted "
+        "line and a write per request saved); on elsewhere.",
+    )
     keep_alive_seconds: int = Field(
         default=5,
         gt=0,
@@ -186,6 +193,11 @@ class Settings(TrackingSettings):
         from serving.scoring import Limits
 
         return Limits(self.min_coverage, self.max_feature_age_days)
+
+    @property
+    def access_log_on(self) -> bool:
+        """Whether `scf-risk serve` writes uvicorn's access log (`access_log`)."""
+        return self.access_log if self.access_log is not None else self.env != "production"
 
     @property
     def is_development(self) -> bool:

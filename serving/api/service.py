@@ -5,10 +5,12 @@ Built by the app factory, started and stopped by its lifespan handler (never at 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import RootModel
@@ -65,6 +67,62 @@ def bootstrap_signing(settings: Settings, store: AuditStore) -> None:
     )
 
 
+Group = tuple[Sequence[Decision], Caller]
+
+
+class LoopCommits:
+    """Decisions recorded from the event loop, committed in groups on one thread of their own.
+
+    A request queues its decisions and waits on a future; while no commit is under way, the
+    queue goes to the thread as one append (one transaction, one fsync), and whatever queues
+    meanwhile is the next group. A future is resolved only when the transaction holding its
+    records has committed (or failed: then every request of the group gets the error and none
+    of its records is stored, as `AuditStore.append` promises). One thread hop per group, not
+    per request, and the loop never waits on the database.
+    """
+
+    def __init__(self, commit: Callable[[Sequence[Group]], list[list[dict[str, Any]]]]) -> None:
+        self._commit = commit
+        self._queue: list[tuple[Group, asyncio.Future[list[dict[str, Any]]]]] = []
+        self._drain: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="scf-risk-audit")
+
+    async def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
+        self._queue.append(((decisions, caller), done))
+        if self._drain is None:
+            self._drain = loop.create_task(self._commit_queued(loop))
+        return await done
+
+    async def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                try:
+                    stored = await loop.run_in_executor(
+                        self._thread, self._commit, [g for g, _ in group]
+                    )
+                except Exception as exc:  # the group's error, handed to each of its requests
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                except BaseException:  # the loop is closing: nobody is left to answer
+                    for _, done in group:
+                        done.cancel()
+                    raise
+                for (_, done), payloads in zip(group, stored, strict=True):
+                    if not done.done():  # a request whose client left is stored all the same
+                        done.set_result(payloads)
+        finally:
+            self._drain = None
+
+    def close(self) -> None:
+        """Wait for the commit under way (requests have stopped coming)."""
+        self._thread.shutdown(wait=True)
+
+
 class Service:
     """The state of one app: what the routes use."""
 
@@ -88,6 +146,7 @@ class Service:
         )
         self.keys: KeyStore
         self._watcher: Watcher | None = None
+        self._commits: LoopCommits | None = None
         self._empty_models: tuple[type[ScoreRequestBase], type[RootModel[Any]]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -127,6 +186,7 @@ class Service:
             )
         self._watcher = Watcher(self.follow, self.settings.reload_poll_seconds)
         self._watcher.start()
+        self._commits = LoopCommits(self.record_groups)
 
     def _initial_load(self) -> None:
         try:
@@ -143,6 +203,9 @@ class Service:
     def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
+        if self._commits is not None:
+            self._commits.close()  # the commit under way ends first
+            self._commits = None
         self.store.dispose()
 
     def follow(self) -> None:
@@ -166,6 +229,29 @@ class Service:
         for payload in stored:
             self.metrics.decisions.labels(payload["grade"]).inc()
         return stored
+
+    def record_groups(
+        self, groups: Sequence[tuple[Sequence[Decision], Caller]]
+    ) -> list[list[dict[str, Any]]]:
+        """`record` for several callers' decisions in one append (one transaction): each
+        group's stored payloads, in order; all stored or none."""
+        stored = self.store.append([d.body(caller) for ds, caller in groups for d in ds])
+        for payload in stored:
+            self.metrics.decisions.labels(payload["grade"]).inc()
+        out: list[list[dict[str, Any]]] = []
+        at = 0
+        for ds, _ in groups:
+            out.append(stored[at : at + len(ds)])
+            at += len(ds)
+        return out
+
+    async def record_async(
+        self, decisions: Sequence[Decision], caller: Caller
+    ) -> list[dict[str, Any]]:
+        """`record` from the event loop (`LoopCommits`): durable before it returns."""
+        if self._commits is None:
+            raise RuntimeError("the service is not started: no audit commits")
+        return await self._commits.record(decisions, caller)
 
     def record_model_change(
         self, before: ServedModel | None, after: ServedModel, *, by: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -11,9 +12,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
+from serving import scoring
 from serving.api.app import create_app
 from serving.audit.store import AuditStore
+from serving.schemas import ScoreResponse, response_json
 from serving.settings import Settings
 from tests.support.models import Registry
 from tests.support.problems import problems
@@ -86,6 +90,51 @@ def test_score_response_and_stored_decision(client: TestClient, headers: Headers
     )
     listed = client.get("/v1/decisions?sme_id=S1", headers=headers("auditor")).json()
     assert [d["decision_id"] for d in listed["decisions"]] == [resp["decision_id"]]
+
+
+def _typed(value: Any) -> Any:
+    """A JSON value with the type of every number kept (1 and 1.0 differ)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+def test_the_score_answer_is_the_response_model_of_the_stored_decision(
+    client: TestClient, headers: Headers, keys: dict[str, str]
+) -> None:
+    """The single score's answer skips FastAPI's response validation (`response_json`): it must
+    be exactly what ScoreResponse makes of the stored payload, key order included."""
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    served = svc.holder.get()
+    caller = svc.keys.authenticate(keys["scorer"])
+    adapter = TypeAdapter(ScoreResponse)
+    bodies = [
+        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES},
+        {"sme_id": "S2", "as_of": "2024-06-30", "allow_sparse": True, "features": {}},
+        {
+            "sme_id": "S3",
+            "as_of": "2024-06-30",
+            "allow_sparse": True,
+            "features": {
+                "dso_90d": 1e-5,
+                "ar_90p_share": 0.0,
+                "ar_open_amount": 250.0,
+                "industry": "metals",
+            },
+        },
+    ]
+    for body in bodies:
+        request = served.request_model.model_validate_json(json.dumps(body))
+        payload = svc.record([scoring.score(served, request, raw=body)], caller)[0]
+        fast = response_json(ScoreResponse, payload)
+        slow = adapter.dump_json(adapter.validate_python(payload), by_alias=True)
+        assert list(json.loads(fast)) == list(json.loads(slow))
+        assert _typed(json.loads(fast)) == _typed(json.loads(slow)), body
+    over_http = score_one(client, headers)
+    assert list(over_http) == list(ScoreResponse.model_fields)
+    assert ScoreResponse.model_validate(over_http).receipt is not None
 
 
 def test_batch_scores_one_decision_per_item(client: TestClient, headers: Headers) -> None:
