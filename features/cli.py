@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -154,9 +155,9 @@ def features_command(
 ) -> None:
     """Compute the point-in-time feature panel (one row per SME in the population at each
     as-of date, every catalog feature and the default_12m label) and write it to Parquet."""
-    from features.engines import build_panel
+    from features.engines import build_panel, prepare_panel, write_features
     from features.io import load_tables
-    from features.pipeline import data_range, month_ends, write_panel
+    from features.pipeline import data_range, month_ends, panel_columns, write_panel
 
     check_engine(engine)
     parquet_out(out)
@@ -178,18 +179,27 @@ def features_command(
 
     progress, close = progress_bar("features", "date" if engine == "pandas" else "partition")
     try:
-        panel = build_panel(
-            tables,
-            dates,
-            engine=engine,  # type: ignore[arg-type]
-            scheduler=scheduler,
-            horizon_days=horizon_days,
-            progress=progress,
-        )
+        if engine == "pandas":
+            plan = prepare_panel(tables, dates, horizon_days=horizon_days)
+            del tables  # the prepared arrays hold what the panel needs
+            rows = write_features(
+                plan, out, jobs=os.cpu_count() or 1, on_date=progress(len(plan.days))
+            )
+            columns = len(panel_columns(plan.reference))
+        else:
+            panel = build_panel(
+                tables,
+                dates,
+                engine=engine,  # type: ignore[arg-type]
+                scheduler=scheduler,
+                horizon_days=horizon_days,
+                progress=progress,
+            )
+            write_panel(panel, out)
+            rows, columns = panel.shape
     finally:
         close()
-    write_panel(panel, out)
-    typer.echo(f"{out}: {len(panel):,} rows x {panel.shape[1]} columns")
+    typer.echo(f"{out}: {rows:,} rows x {columns} columns")
 
 
 example_app = package_app("Public credit data sets converted into the data contract.")
