@@ -113,10 +113,10 @@ def _child(engine: str, data: str, out: str, first: str, last: str) -> None:
 
     pandas: load, reference, prepare (own rows -> arrays; the tables released), panel (dates
     computed on 2 forked processes and written one row group each). dask: load, reference,
-    panel (2-worker LocalCluster), write."""
-    from features.engines import build_panel, prepare_panel, write_features
+    panel (2-worker LocalCluster; written date by date)."""
+    from features.engines import prepare_panel, write_dask_panel, write_features
     from features.io import load_tables
-    from features.pipeline import month_ends, write_panel
+    from features.pipeline import month_ends
     from features.reference import build_reference
 
     t0 = time.perf_counter()
@@ -134,12 +134,8 @@ def _child(engine: str, data: str, out: str, first: str, last: str) -> None:
         rows = write_features(plan, out, jobs=2)
         phases |= {"prepare_s": t3 - t2, "panel_s": time.perf_counter() - t3}
     else:
-        panel = build_panel(tables, dates, engine="dask", reference=reference, n_workers=2)
-        del tables
-        t3 = time.perf_counter()
-        write_panel(panel, out)
-        rows = len(panel)
-        phases |= {"panel_s": t3 - t2, "write_s": time.perf_counter() - t3}
+        rows = write_dask_panel(tables, dates, out, reference=reference, n_workers=2)
+        phases |= {"panel_s": time.perf_counter() - t2}
     import pyarrow.parquet as pq
 
     columns = len(pq.read_schema(out).names)

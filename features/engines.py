@@ -5,6 +5,11 @@ into partitions (contiguous runs of sorted SME ids), each partition's own rows g
 the reference, and every worker runs `features.reference.feature_rows` on its SMEs. Every value
 depends only on the SME's own rows in canonical order plus the reference, so the engines give
 identical frames.
+
+Files: `write_features` (pandas) and `write_dask_panel` write the panel date by date, one
+Parquet row group each, never holding the whole panel and its copies: the pandas engine prepares
+the SMEs in parts (`prepare_panel`; the tables can be released before the dates are computed) and
+computes the dates on forked processes that share the prepared arrays.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from features.reference import Reference, date_rows, feature_rows, sme_ids_of
 
 Engine = Literal["pandas", "dask"]
 ENGINES: tuple[str, ...] = ("pandas", "dask")
+PREPARE_SMES = 25_000
+"""SMEs prepared at a time (a pandas part in `prepare_panel`, at most a Dask partition): the
+tables' conversion intermediates then cover one such part, not the whole folder."""
 
 
 def partition_smes(sme_ids: Sequence[str], partitions: int) -> list[list[str]]:
@@ -117,32 +125,43 @@ def dask_pieces(
     on_partition: Callable[[], object] | None = None,
 ) -> list[pd.DataFrame]:
     """`dask_rows` before the concatenation: each partition's rows (ordered by (as_of, sme_id)),
-    partitions in SME order. Each partition's tables are cut and sent one at a time."""
+    partitions in SME order. A partition's tables are cut and sent when a worker can take it
+    (at most two per worker in flight), so the workers never hold every partition at once."""
     from distributed import Client, as_completed
 
     assert isinstance(client, Client)
     parts = partition_smes(sme_ids_of(tables), partitions)
+    in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     ref = client.scatter(reference, broadcast=True)
-    futures = []
-    for smes, piece in zip(parts, iter_split_tables(tables, parts), strict=True):
-        scattered = client.scatter(piece)
-        del piece
-        futures.append(
-            client.submit(_partition_rows, scattered, days, ref, smes, horizon_days, pure=False)
-        )
+    pending = zip(range(len(parts)), parts, iter_split_tables(tables, parts), strict=True)
+    index: dict[Any, int] = {}  # future key -> partition
+    done = as_completed(loop=client.loop)
+
+    def submit_next() -> None:
+        for k, smes, piece in pending:
+            future = client.submit(
+                _partition_rows, client.scatter(piece), days, ref, smes, horizon_days, pure=False
+            )
+            index[future.key] = k
+            done.add(future)
+            return
+
+    for _ in range(in_flight):
+        submit_next()
     results: dict[int, pd.DataFrame] = {}
-    index = {f.key: i for i, f in enumerate(futures)}
-    for future in as_completed(futures, loop=client.loop):
+    for future in done:
         results[index[future.key]] = future.result()
         future.release()
+        submit_next()
         if on_partition is not None:
             on_partition()
-    return [results.pop(i) for i in range(len(futures))]
+    return [results.pop(k) for k in range(len(parts))]
 
 
-def default_partitions(n_workers: int) -> int:
-    """Partitions per run: two per worker (balance and bounded memory per task, few fixed costs)."""
-    return max(1, 2 * n_workers)
+def default_partitions(n_workers: int, n_smes: int = 0) -> int:
+    """Partitions per run: two per worker (balance and few fixed costs), and at least one per
+    `PREPARE_SMES` SMEs (bounded memory per task)."""
+    return max(1, 2 * n_workers, -(-n_smes // PREPARE_SMES))
 
 
 def build_panel(
@@ -175,7 +194,7 @@ def build_panel(
 
     with _dask_client(scheduler, n_workers) as client:
         workers_now = max(1, len(client.scheduler_info().get("workers", {})))
-        k = partitions or default_partitions(workers_now)
+        k = partitions or default_partitions(workers_now, len(sme_ids_of(tables)))
         tick = progress(min(k, max(1, len(sme_ids_of(tables))))) if progress is not None else None
         rows = dask_rows(
             tables,
@@ -208,7 +227,7 @@ def write_dask_panel(
     days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
     with _dask_client(scheduler, n_workers) as client:
         workers_now = max(1, len(client.scheduler_info().get("workers", {})))
-        k = partitions or default_partitions(workers_now)
+        k = partitions or default_partitions(workers_now, len(sme_ids_of(tables)))
         tick = progress(min(k, max(1, len(sme_ids_of(tables))))) if progress is not None else None
         pieces = dask_pieces(
             tables,
@@ -263,11 +282,6 @@ def _dask_client(scheduler: str | None, n_workers: int | None) -> Iterator[Any]:
 
 # ---------------------------------------------------------------------------------------------
 # the pandas engine, streamed to a file
-
-
-PREPARE_SMES = 25_000
-"""SMEs prepared at a time by `prepare_panel`: the tables' conversion intermediates then cover
-one such part, not the whole folder."""
 
 
 @dataclass(frozen=True)
