@@ -34,9 +34,10 @@ from features.reference import Reference, date_rows, feature_rows, sme_ids_of
 
 Engine = Literal["pandas", "dask"]
 ENGINES: tuple[str, ...] = ("pandas", "dask")
-PREPARE_SMES = 25_000
-"""SMEs prepared at a time (a pandas part in `prepare_panel`, at most a Dask partition): the
-tables' conversion intermediates then cover one such part, not the whole folder."""
+PART_SMES = 10_000
+"""At most this many SMEs are prepared at a time: a part of `prepare_panel` (pandas), a Dask
+partition by default (its task holds the partition's tables, prepared arrays and rows at every
+date). The tables' conversion intermediates then cover one part, not the whole folder."""
 
 
 def partition_smes(sme_ids: Sequence[str], partitions: int) -> list[list[str]]:
@@ -160,8 +161,8 @@ def dask_pieces(
 
 def default_partitions(n_workers: int, n_smes: int = 0) -> int:
     """Partitions per run: two per worker (balance and few fixed costs), and at least one per
-    `PREPARE_SMES` SMEs (bounded memory per task)."""
-    return max(1, 2 * n_workers, -(-n_smes // PREPARE_SMES))
+    `PART_SMES` SMEs (bounded memory per task)."""
+    return max(1, 2 * n_workers, -(-n_smes // PART_SMES))
 
 
 def build_panel(
@@ -304,7 +305,7 @@ def prepare_panel(
     horizon_days: int = DEFAULT_HORIZON_DAYS,
     reference: Reference | None = None,
     data_end: object | None = None,
-    part_smes: int = PREPARE_SMES,
+    part_smes: int = PART_SMES,
 ) -> PreparedPanel:
     """The panel of `build_panel(tables, as_of_dates, ...)` prepared for `write_features` (same
     checks, same FeatureErrors): SMEs are prepared `part_smes` at a time from their partition's
@@ -312,11 +313,12 @@ def prepare_panel(
     days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
     smes = sme_ids_of(tables)
     parts = partition_smes(smes, -(-len(smes) // max(1, part_smes)))
-    prepared = tuple(
-        reference.prepare(piece, ids)
-        for ids, piece in zip(parts, iter_split_tables(tables, parts), strict=True)
-    )
-    return PreparedPanel(prepared, reference, days, int(horizon_days), end)
+    prepared = []
+    for ids, piece in zip(parts, iter_split_tables(tables, parts), strict=True):
+        prepared.append(reference.prepare(piece, ids))
+        del piece
+        pa.default_memory_pool().release_unused()  # the part's Arrow intermediates
+    return PreparedPanel(tuple(prepared), reference, days, int(horizon_days), end)
 
 
 def write_features(
@@ -362,6 +364,7 @@ def _date_tables(plan: PreparedPanel, jobs: int) -> Iterator[pa.Table]:
         for t in plan.days:
             yield _date_table(plan, t)
         return
+    pa.default_memory_pool().release_unused()  # freed tables: not inherited by the workers
     global _FORKED
     _FORKED = plan
     try:

@@ -84,7 +84,7 @@ def test_unknown_engine_is_a_feature_error(tables, dates):
         build_panel(tables, dates, engine="spark")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("jobs", "part_smes"), [(1, 25_000), (2, 25_000), (2, 7)])
+@pytest.mark.parametrize(("jobs", "part_smes"), [(1, 10_000), (2, 10_000), (2, 7)])
 def test_streamed_panel_file_reads_back_as_the_panel(tables, dates, tmp_path, jobs, part_smes):
     expected = build_features(tables, dates, horizon_days=200)
     write_panel(expected, tmp_path / "whole.parquet")
