@@ -2,10 +2,14 @@
 
 Data: `features.simulate` with 20,000 SMEs x 36 months (cached under bench-out/features/), or
 `SCF_BENCH_FEATURES_SMES` SMEs (targets: 20,000 in 60 s and 6 GB; 100,000 in 4 minutes and
-8 GB). Each measured run is a fresh subprocess doing
-what `scf-risk features` does (validate + load, reference, panel, atomic Parquet write); its wall
-time, peak RSS (the whole process tree, Dask workers included, polled every 50 ms) and rows/s are
-reported, for the pandas engine and for Dask on a 2-worker LocalCluster.
+8 GB; reported beside the figures). The generated folder can live elsewhere
+(`SCF_BENCH_FEATURES_CACHE`, e.g. /tmp). Each measured run is a fresh subprocess doing what
+`scf-risk features` does (validate + load, reference, panel, atomic Parquet write); its wall
+time, CPU time (user + system of the process tree), peak memory (the whole process tree, Dask
+workers and forked date workers included, polled every 50 ms; PSS, so pages shared after a fork
+count once, with the per-process RSS sum in the note) and rows/s are reported, for the pandas
+engine (dates on 2 forked processes, streamed to Parquet) and for Dask on a 2-worker
+LocalCluster (`SCF_BENCH_FEATURES_ENGINES=pandas` or `=dask` measures one).
 
 Peer: featuretools deep feature synthesis with cutoff times, on the same invoices and the same
 (SME, as-of) rows, for a comparable subset of features (sum, count and mean of sales amounts over
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +36,8 @@ from bench.report import Report
 
 SECTION = "features"
 PANEL_MONTHS = 24
+TARGETS = {20_000: ("<= 60 s", "<= 6 GB"), 100_000: ("<= 240 s", "<= 8 GB")}
+"""Wall time and peak memory of the build by folder size (issue #17)."""
 FEATURETOOLS_PINS = ("featuretools==1.31.0", "pandas<3", "pyarrow")
 
 
@@ -55,63 +62,96 @@ def _dataset(root: Path, n_smes: int) -> Path:
     return folder
 
 
-def _measure(cmd: list[str]) -> tuple[float, float, dict[str, Any]]:
-    """Run `cmd`; (wall s, peak RSS of its process tree in GB, the JSON it printed last)."""
+def _tree_memory(root: Any) -> tuple[int, int]:
+    """(RSS, PSS) of a process and its descendants, bytes. PSS counts a page shared by forked
+    processes once in all (RSS counts it in each); RSS where PSS is not available."""
     import psutil
 
+    rss = pss = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            info = p.memory_full_info()
+        except psutil.AccessDenied:
+            info = p.memory_info()
+        except psutil.NoSuchProcess:
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return rss, pss
+
+
+def _measure(cmd: list[str]) -> tuple[float, float, dict[str, Any]]:
+    """Run `cmd`; (wall s, peak memory of its process tree in GB, the JSON it printed last,
+    with `peak_rss_gb` (RSS summed over the tree, shared pages counted per process),
+    `peak_pss_gb` (the reported peak: each page once) and `cpu_s` (user + system of the tree)
+    added)."""
+    import psutil
+
+    load_average = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped descendants
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
-    peak = 0
+    peak_rss = peak_pss = 0
     while proc.poll() is None:
         try:
-            tree = [root, *root.children(recursive=True)]
-            rss = 0
-            for p in tree:
-                try:
-                    rss += p.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-            peak = max(peak, rss)
+            rss, pss = _tree_memory(root)
         except psutil.NoSuchProcess:
             break
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(0.05)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return wall, peak / 1e9, json.loads(out.strip().splitlines()[-1])
+    info = json.loads(out.strip().splitlines()[-1])
+    info["peak_rss_gb"], info["peak_pss_gb"] = peak_rss / 1e9, peak_pss / 1e9
+    info["load_average"] = load_average
+    info["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, peak_pss / 1e9, info
 
 
 def _child(engine: str, data: str, out: str, first: str, last: str) -> None:
-    """One measured run (in a fresh process): what `scf-risk features` does, phase by phase."""
-    from features.engines import build_panel
+    """One measured run (in a fresh process): what `scf-risk features` does, phase by phase.
+
+    pandas: load, reference, prepare (own rows -> arrays; the tables released), panel (dates
+    computed on 2 forked processes and written one row group each). dask: load, reference,
+    panel (2-worker LocalCluster; written date by date)."""
+    from features.engines import prepare_panel, write_dask_panel, write_features
     from features.io import load_tables
-    from features.pipeline import month_ends, write_panel
+    from features.pipeline import month_ends
     from features.reference import build_reference
 
     t0 = time.perf_counter()
     tables = load_tables(Path(data))
+    invoices = len(tables.invoices)
     t1 = time.perf_counter()
     reference = build_reference(tables)
     t2 = time.perf_counter()
     dates = month_ends(first, last)
-    panel = build_panel(tables, dates, engine=engine, reference=reference, n_workers=2)  # type: ignore[arg-type]
-    t3 = time.perf_counter()
-    write_panel(panel, out)
-    t4 = time.perf_counter()
+    phases: dict[str, float] = {"load_s": t1 - t0, "reference_s": t2 - t1}
+    if engine == "pandas":
+        plan = prepare_panel(tables, dates, reference=reference)
+        del tables
+        t3 = time.perf_counter()
+        rows = write_features(plan, out, jobs=2)
+        phases |= {"prepare_s": t3 - t2, "panel_s": time.perf_counter() - t3}
+    else:
+        rows = write_dask_panel(tables, dates, out, reference=reference, n_workers=2)
+        phases |= {"panel_s": time.perf_counter() - t2}
+    import pyarrow.parquet as pq
+
+    columns = len(pq.read_schema(out).names)
     with tempfile.TemporaryDirectory() as tmp:  # after the timed phases
         ref_mb = sum(f.stat().st_size for f in reference.to_dir(tmp).iterdir()) / 1e6
     print(
         json.dumps(
             {
-                "rows": len(panel),
-                "columns": panel.shape[1],
-                "invoices": len(tables.invoices),
-                "load_s": t1 - t0,
-                "reference_s": t2 - t1,
-                "panel_s": t3 - t2,
-                "write_s": t4 - t3,
+                "rows": rows,
+                "columns": columns,
+                "invoices": invoices,
+                **phases,
                 "reference_mb": ref_mb,
             }
         )
@@ -277,14 +317,18 @@ def run(report: Report) -> None:
     smes = _env_int("SCF_BENCH_FEATURES_SMES", 20_000)
     runs = _env_int("SCF_BENCH_FEATURES_RUNS", 1)
     peer_smes = _env_int("SCF_BENCH_FEATURES_PEER_SMES", 2_000)
-    root = (report.out_dir / "features").resolve()
+    cache = os.environ.get("SCF_BENCH_FEATURES_CACHE")
+    root = Path(cache) if cache else (report.out_dir / "features").resolve()
     root.mkdir(parents=True, exist_ok=True)
     data = _dataset(root, smes)
     start, end = data_range(load_tables(data))
     dates = month_ends(start, end)[-PANEL_MONTHS:]
     first, last = dates[0].date().isoformat(), dates[-1].date().isoformat()
     panel_file = root / "panel.parquet"
-    for engine in ("pandas", "dask"):
+    at = 20_000 if smes <= 20_000 else 100_000
+    wall_target, memory_target = (f"{goal} at {at:,} SMEs" for goal in TARGETS[at])
+    engines = os.environ.get("SCF_BENCH_FEATURES_ENGINES", "pandas,dask").split(",")
+    for engine in engines:
         walls, peaks, infos = [], [], []
         for _ in range(runs):
             wall, peak, info = _measure(
@@ -296,20 +340,24 @@ def run(report: Report) -> None:
             infos.append(info)
         info = infos[-1]
         size = f"{smes} SMEs x 36 months, {info['invoices']:,} invoices, {len(dates)} month ends"
-        label = "pandas" if engine == "pandas" else "dask (2 workers)"
+        label = "pandas (2 forked processes)" if engine == "pandas" else "dask (2 workers)"
         wall = statistics.median(walls)
-        wall_target, rss_target = (
-            ("<= 60 s", "<= 6 GB") if smes <= 20_000 else ("<= 240 s", "<= 8 GB")
-        )
-        report.add(SECTION, f"{label}: wall time", wall, "s", runs=walls,
-                   target=wall_target if engine == "pandas" else "", note=size)  # fmt: skip
-        rss_goal = rss_target if engine == "pandas" else ""
-        report.add(SECTION, f"{label}: peak RSS", max(peaks), "GB", runs=peaks,
-                   target=rss_goal, note="process tree")  # fmt: skip
+        load = ", ".join(f"{i['load_average']:.1f}" for i in infos)
+        busy = f"1-min load average at start {load} on {os.cpu_count()} cores"
+        report.add(SECTION, f"{label}: wall time", wall, "s", runs=walls, target=wall_target,
+                   note=f"{size}; {busy}")  # fmt: skip
+        report.add(SECTION, f"{label}: peak memory", max(peaks), "GB", runs=peaks,
+                   target=memory_target,
+                   note=f"process tree, PSS (shared pages counted once); RSS summed per "
+                   f"process {max(i['peak_rss_gb'] for i in infos):.2f} GB")  # fmt: skip
+        cpu = [i["cpu_s"] for i in infos]
+        report.add(SECTION, f"{label}: CPU time", statistics.median(cpu), "s", runs=cpu,
+                   note="user + system, process tree (wall time needs free cores)")  # fmt: skip
         report.add(SECTION, f"{label}: rows/s", info["rows"] / wall, "rows/s",
                    note=f"{info['rows']:,} rows x {info['columns']} columns")  # fmt: skip
-        for phase in ("load", "reference", "panel", "write"):
-            report.add(SECTION, f"{label}: {phase} phase", info[f"{phase}_s"], "s")
+        for phase in ("load", "reference", "prepare", "panel", "write"):
+            if f"{phase}_s" in info:
+                report.add(SECTION, f"{label}: {phase} phase", info[f"{phase}_s"], "s")
     report.add(SECTION, "reference data on disk", info["reference_mb"], "MB", note="Parquet")
     pd.read_parquet(panel_file, columns=["sme_id"])  # the panel was written and reads back
     if peer_smes > 0:  # SCF_BENCH_FEATURES_PEER_SMES=0 skips the featuretools peer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -151,17 +152,29 @@ def features_command(
             "default: a local cluster with one worker process per core."
         ),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="--engine pandas: processes computing the dates (forked, sharing the "
+            "prepared rows); default: one per core.",
+        ),
+    ] = None,
 ) -> None:
     """Compute the point-in-time feature panel (one row per SME in the population at each
     as-of date, every catalog feature and the default_12m label) and write it to Parquet."""
-    from features.engines import build_panel
+    import pyarrow.parquet as pq
+
+    from features.engines import prepare_panel, write_dask_panel, write_features
     from features.io import load_tables
-    from features.pipeline import data_range, month_ends, write_panel
+    from features.pipeline import data_range, month_ends
 
     check_engine(engine)
     parquet_out(out)
     if scheduler is not None and engine != "dask":
         fail_usage("--scheduler needs --engine dask")
+    if jobs is not None and engine != "pandas":
+        fail_usage("--jobs needs --engine pandas (Dask: the cluster's workers)")
     if as_of and (from_ is not None or to is not None):
         fail_usage("give either --as-of dates or --from/--to, not both")
     explicit = [parse_date(d, "--as-of") for d in as_of or []]
@@ -178,18 +191,21 @@ def features_command(
 
     progress, close = progress_bar("features", "date" if engine == "pandas" else "partition")
     try:
-        panel = build_panel(
-            tables,
-            dates,
-            engine=engine,  # type: ignore[arg-type]
-            scheduler=scheduler,
-            horizon_days=horizon_days,
-            progress=progress,
-        )
+        if engine == "pandas":
+            plan = prepare_panel(tables, dates, horizon_days=horizon_days)
+            del tables  # the prepared arrays hold what the panel needs
+            rows = write_features(
+                plan, out, jobs=jobs or os.cpu_count() or 1, on_date=progress(len(plan.days))
+            )
+        else:
+            rows = write_dask_panel(
+                tables, dates, out, scheduler=scheduler, horizon_days=horizon_days,
+                progress=progress,
+            )  # fmt: skip
     finally:
         close()
-    write_panel(panel, out)
-    typer.echo(f"{out}: {len(panel):,} rows x {panel.shape[1]} columns")
+    columns = len(pq.read_schema(out).names)
+    typer.echo(f"{out}: {rows:,} rows x {columns} columns")
 
 
 example_app = package_app("Public credit data sets converted into the data contract.")

@@ -5,14 +5,22 @@ into partitions (contiguous runs of sorted SME ids), each partition's own rows g
 the reference, and every worker runs `features.reference.feature_rows` on its SMEs. Every value
 depends only on the SME's own rows in canonical order plus the reference, so the engines give
 identical frames.
+
+Files: `write_features` (pandas) and `write_dask_panel` write the panel date by date, one
+Parquet row group each, never holding the whole panel and its copies: the pandas engine prepares
+the SMEs in parts (`prepare_panel`; the tables can be released before the dates are computed) and
+computes the dates on forked processes that share the prepared arrays.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,12 +28,16 @@ import pyarrow as pa
 
 from features.contract import DEFAULT_HORIZON_DAYS, Tables
 from features.exceptions import FeatureError
-from features.own import _codes
-from features.pipeline import finish_panel, panel_plan
-from features.reference import Reference, feature_rows, sme_ids_of
+from features.own import Prepared, _codes
+from features.pipeline import finish_panel, panel_plan, panel_table, write_row_groups
+from features.reference import Reference, date_rows, feature_rows, sme_ids_of
 
 Engine = Literal["pandas", "dask"]
 ENGINES: tuple[str, ...] = ("pandas", "dask")
+PART_SMES = 10_000
+"""At most this many SMEs are prepared at a time: a part of `prepare_panel` (pandas), a Dask
+partition by default (its task holds the partition's tables, prepared arrays and rows at every
+date). The tables' conversion intermediates then cover one part, not the whole folder."""
 
 
 def partition_smes(sme_ids: Sequence[str], partitions: int) -> list[list[str]]:
@@ -38,6 +50,11 @@ def partition_smes(sme_ids: Sequence[str], partitions: int) -> list[list[str]]:
 def split_tables(tables: Tables, parts: Sequence[Sequence[str]]) -> list[Tables]:
     """Each partition's own rows: its SMEs' enterprise rows, invoices where one of them is seller
     or buyer, and their inventory, loans and statements."""
+    return list(iter_split_tables(tables, parts))
+
+
+def iter_split_tables(tables: Tables, parts: Sequence[Sequence[str]]) -> Iterator[Tables]:
+    """`split_tables` one partition at a time (only the current one's copies are alive)."""
     part_of: dict[str, int] = {s: k for k, part in enumerate(parts) for s in part}
     ids = pa.array(list(part_of), type=pa.string())
     part_no = np.fromiter(part_of.values(), dtype=np.int64, count=len(part_of))
@@ -52,16 +69,14 @@ def split_tables(tables: Tables, parts: Sequence[Sequence[str]]) -> list[Tables]
     inv_owner = owner(tables.inventory["sme_id"])
     loan_owner = owner(tables.loans["sme_id"])
     fin_owner = owner(tables.financials["sme_id"])
-    return [
-        Tables(
+    for k in range(len(parts)):
+        yield Tables(
             enterprises=tables.enterprises[ent_owner == k].reset_index(drop=True),
             invoices=inv[(seller == k) | (buyer == k)].reset_index(drop=True),
             inventory=tables.inventory[inv_owner == k].reset_index(drop=True),
             loans=tables.loans[loan_owner == k].reset_index(drop=True),
             financials=tables.financials[fin_owner == k].reset_index(drop=True),
         )
-        for k in range(len(parts))
-    ]
 
 
 def _partition_rows(
@@ -88,31 +103,66 @@ def dask_rows(
     on_partition: Callable[[], object] | None = None,
 ) -> pd.DataFrame:
     """Population rows computed on a dask.distributed `client`, partitioned by SME."""
+    frames = dask_pieces(
+        tables,
+        days,
+        reference,
+        client,
+        horizon_days=horizon_days,
+        partitions=partitions,
+        on_partition=on_partition,
+    )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def dask_pieces(
+    tables: Tables,
+    days: list[int],
+    reference: Reference,
+    client: object,
+    *,
+    horizon_days: int,
+    partitions: int,
+    on_partition: Callable[[], object] | None = None,
+) -> list[pd.DataFrame]:
+    """`dask_rows` before the concatenation: each partition's rows (ordered by (as_of, sme_id)),
+    partitions in SME order. A partition's tables are cut and sent when a worker can take it
+    (at most two per worker in flight), so the workers never hold every partition at once."""
     from distributed import Client, as_completed
 
     assert isinstance(client, Client)
     parts = partition_smes(sme_ids_of(tables), partitions)
-    pieces = split_tables(tables, parts)
+    in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     ref = client.scatter(reference, broadcast=True)
-    futures = []
-    for smes, piece in zip(parts, pieces, strict=True):
-        scattered = client.scatter(piece)
-        futures.append(
-            client.submit(_partition_rows, scattered, days, ref, smes, horizon_days, pure=False)
-        )
+    pending = zip(range(len(parts)), parts, iter_split_tables(tables, parts), strict=True)
+    index: dict[Any, int] = {}  # future key -> partition
+    done = as_completed(loop=client.loop)
+
+    def submit_next() -> None:
+        for k, smes, piece in pending:
+            future = client.submit(
+                _partition_rows, client.scatter(piece), days, ref, smes, horizon_days, pure=False
+            )
+            index[future.key] = k
+            done.add(future)
+            return
+
+    for _ in range(in_flight):
+        submit_next()
     results: dict[int, pd.DataFrame] = {}
-    index = {f.key: i for i, f in enumerate(futures)}
-    for future in as_completed(futures, loop=client.loop):
+    for future in done:
         results[index[future.key]] = future.result()
+        future.release()
+        submit_next()
         if on_partition is not None:
             on_partition()
-    frames = [results[i] for i in range(len(futures))]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return [results.pop(k) for k in range(len(parts))]
 
 
-def default_partitions(n_workers: int) -> int:
-    """Partitions per run: two per worker (balance and bounded memory per task, few fixed costs)."""
-    return max(1, 2 * n_workers)
+def default_partitions(n_workers: int, n_smes: int = 0) -> int:
+    """Partitions per run: two per worker (balance and few fixed costs), and at least one per
+    `PART_SMES` SMEs (bounded memory per task)."""
+    return max(1, 2 * n_workers, -(-n_smes // PART_SMES))
 
 
 def build_panel(
@@ -143,6 +193,75 @@ def build_panel(
         )
         return finish_panel(rows, horizon_days, end)
 
+    with _dask_client(scheduler, n_workers) as client:
+        workers_now = max(1, len(client.scheduler_info().get("workers", {})))
+        k = partitions or default_partitions(workers_now, len(sme_ids_of(tables)))
+        tick = progress(min(k, max(1, len(sme_ids_of(tables))))) if progress is not None else None
+        rows = dask_rows(
+            tables,
+            days,
+            reference,
+            client,
+            horizon_days=horizon_days,
+            partitions=k,
+            on_partition=tick,
+        )
+    return finish_panel(rows, horizon_days, end)
+
+
+def write_dask_panel(
+    tables: Tables,
+    as_of_dates: Iterable[object],
+    out: str | Path,
+    *,
+    scheduler: str | None = None,
+    horizon_days: int = DEFAULT_HORIZON_DAYS,
+    reference: Reference | None = None,
+    data_end: object | None = None,
+    n_workers: int | None = None,
+    partitions: int | None = None,
+    progress: Callable[[int], Callable[[], object]] | None = None,
+) -> int:
+    """`write_panel(build_panel(..., engine="dask"), out)` without the whole panel's copies:
+    the partitions' rows are written date by date (one row group each), each date's rows
+    gathered from the partitions in SME order. Returns the number of rows."""
+    days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
+    with _dask_client(scheduler, n_workers) as client:
+        workers_now = max(1, len(client.scheduler_info().get("workers", {})))
+        k = partitions or default_partitions(workers_now, len(sme_ids_of(tables)))
+        tick = progress(min(k, max(1, len(sme_ids_of(tables))))) if progress is not None else None
+        pieces = dask_pieces(
+            tables,
+            days,
+            reference,
+            client,
+            horizon_days=horizon_days,
+            partitions=k,
+            on_partition=tick,
+        )
+    bounds = [_date_bounds(piece, days) for piece in pieces]
+
+    def date_tables() -> Iterator[pa.Table]:
+        for j in range(len(days)):
+            rows = pd.concat(
+                [piece.iloc[b[j] : b[j + 1]] for piece, b in zip(pieces, bounds, strict=True)],
+                ignore_index=True,
+            )
+            yield panel_table(rows, horizon_days, end)
+
+    return write_row_groups(date_tables(), out)
+
+
+def _date_bounds(rows: pd.DataFrame, days: list[int]) -> np.ndarray:
+    """Row positions where each of `days` begins in `rows` (ordered by as_of), and the end."""
+    as_of = rows["as_of"].to_numpy(dtype="datetime64[ns]").astype("datetime64[D]").astype(np.int64)
+    return np.searchsorted(as_of, np.asarray([*days, days[-1] + 1], dtype=np.int64), side="left")
+
+
+@contextmanager
+def _dask_client(scheduler: str | None, n_workers: int | None) -> Iterator[Any]:
+    """A dask.distributed client of `scheduler`, else of a LocalCluster of `n_workers`
+    single-threaded processes (default: one per core), closed on exit."""
     from distributed import Client, LocalCluster
 
     with ExitStack() as stack:
@@ -159,16 +278,98 @@ def build_panel(
                 )
             )
             client = stack.enter_context(Client(cluster, set_as_default=False))
-        workers_now = max(1, len(client.scheduler_info().get("workers", {})))
-        k = partitions or default_partitions(workers_now)
-        tick = progress(min(k, max(1, len(sme_ids_of(tables))))) if progress is not None else None
-        rows = dask_rows(
-            tables,
-            days,
-            reference,
-            client,
-            horizon_days=horizon_days,
-            partitions=k,
-            on_partition=tick,
-        )
-    return finish_panel(rows, horizon_days, end)
+        yield client
+
+
+# ---------------------------------------------------------------------------------------------
+# the pandas engine, streamed to a file
+
+
+@dataclass(frozen=True)
+class PreparedPanel:
+    """What the panel needs once the tables are read: the SMEs' own rows as arrays (contiguous
+    runs of sorted SME ids, in order), the reference, the checked as-of days, the label horizon
+    and the last date the data covers. The tables themselves can then be released."""
+
+    parts: tuple[Prepared, ...]
+    reference: Reference
+    days: list[int]
+    horizon_days: int
+    data_end: pd.Timestamp
+
+
+def prepare_panel(
+    tables: Tables,
+    as_of_dates: Iterable[object],
+    *,
+    horizon_days: int = DEFAULT_HORIZON_DAYS,
+    reference: Reference | None = None,
+    data_end: object | None = None,
+    part_smes: int = PART_SMES,
+) -> PreparedPanel:
+    """The panel of `build_panel(tables, as_of_dates, ...)` prepared for `write_features` (same
+    checks, same FeatureErrors): SMEs are prepared `part_smes` at a time from their partition's
+    rows, as the Dask engine does (every value depends only on the SME's own rows)."""
+    days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
+    smes = sme_ids_of(tables)
+    parts = partition_smes(smes, -(-len(smes) // max(1, part_smes)))
+    prepared = []
+    for ids, piece in zip(parts, iter_split_tables(tables, parts), strict=True):
+        prepared.append(reference.prepare(piece, ids))
+        del piece
+        pa.default_memory_pool().release_unused()  # the part's Arrow intermediates
+    return PreparedPanel(tuple(prepared), reference, days, int(horizon_days), end)
+
+
+def write_features(
+    plan: PreparedPanel,
+    out: str | Path,
+    *,
+    jobs: int = 1,
+    on_date: Callable[[], object] | None = None,
+) -> int:
+    """Compute the panel of `plan` date by date and write it to Parquet, one row group per
+    as-of date, atomically as `write_panel` does; returns the number of rows.
+
+    The file reads back as `write_panel(build_panel(...))`'s (same rows, columns, dtypes,
+    horizon attribute), but only one date's rows are held at a time. `jobs` > 1 computes dates
+    in that many forked processes (where the platform forks; they share the prepared arrays),
+    written in date order. FeatureError, and no file, when no SME is in the population."""
+    return write_row_groups(_date_tables(plan, jobs), out, on_table=on_date)
+
+
+def _date_table(plan: PreparedPanel, t: int) -> pa.Table:
+    """The panel rows at day `t` as Arrow."""
+    frames = [
+        date_rows(part, plan.reference, t, plan.horizon_days, population_only=True)
+        for part in plan.parts
+    ]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return panel_table(rows, plan.horizon_days, plan.data_end)
+
+
+_FORKED: PreparedPanel | None = None
+"""The plan forked date workers read (set only while `_date_tables` starts its pool)."""
+
+
+def _forked_date_table(t: int) -> pa.Table:
+    assert _FORKED is not None, "a date worker runs only in a process forked by _date_tables"
+    return _date_table(_FORKED, t)
+
+
+def _date_tables(plan: PreparedPanel, jobs: int) -> Iterator[pa.Table]:
+    """Each as-of date's panel rows, in date order: in this process, or in `jobs` forked
+    processes that share the prepared arrays (copy-on-write) and send back Arrow tables."""
+    if jobs <= 1 or len(plan.days) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for t in plan.days:
+            yield _date_table(plan, t)
+        return
+    pa.default_memory_pool().release_unused()  # freed tables: not inherited by the workers
+    global _FORKED
+    _FORKED = plan
+    try:
+        pool = multiprocessing.get_context("fork").Pool(min(jobs, len(plan.days)))
+    finally:
+        _FORKED = None  # the workers were forked with it
+    with pool:
+        yield from pool.imap(_forked_date_table, plan.days)

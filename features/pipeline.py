@@ -16,6 +16,7 @@ dates are promises, not observations, and do not count. Callers may pass it expl
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.contract import (
     DEFAULT_HORIZON_DAYS,
@@ -42,8 +45,10 @@ __all__ = [
     "finish_panel",
     "month_ends",
     "panel_columns",
+    "panel_table",
     "sme_features",
     "write_panel",
+    "write_row_groups",
 ]
 
 LABEL = "default_12m"
@@ -127,11 +132,21 @@ def finish_panel(
     """Population rows of `feature_rows` -> the panel: label attached (NA when immature), meta
     columns dropped (but those in `keep`), ordered by (as_of, sme_id)."""
     if rows.empty:
-        raise FeatureError(
-            "no SME is in the population at the as-of date(s): none has an invoice in the "
-            "365 days before and no earlier default"
-        )
+        raise FeatureError(NO_POPULATION)
     rows = rows.sort_values(["as_of", "sme_id"], kind="stable").reset_index(drop=True)
+    return _labelled(rows, horizon_days, data_end, keep)
+
+
+NO_POPULATION = (
+    "no SME is in the population at the as-of date(s): none has an invoice in the "
+    "365 days before and no earlier default"
+)
+
+
+def _labelled(
+    rows: pd.DataFrame, horizon_days: int, data_end: pd.Timestamp, keep: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Rows already in panel order -> panel rows: label attached, meta columns dropped."""
     mature = rows["as_of"] + pd.Timedelta(days=horizon_days) <= data_end
     label = rows[META_EVENT].astype("Int8").mask(~mature)
     panel = rows.drop(columns=[c for c in META_COLUMNS if c not in keep])
@@ -200,3 +215,46 @@ def write_panel(panel: pd.DataFrame, out: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_row_groups(
+    tables: Iterable[pa.Table], out: str | Path, *, on_table: Callable[[], object] | None = None
+) -> int:
+    """Write panel pieces (Arrow tables of one schema, e.g. from `panel_table`) to Parquet, one
+    row group each, atomically (a temporary file beside `out`, then a rename; on any failure
+    nothing is left); returns the number of rows. FeatureError, and no file, without rows."""
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    rows = 0
+    try:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for table in tables:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                if table.num_rows:
+                    writer.write_table(table)
+                    rows += table.num_rows
+                if on_table is not None:
+                    on_table()
+        finally:
+            if writer is not None:
+                writer.close()
+        if rows == 0:
+            raise FeatureError(NO_POPULATION)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def panel_table(rows: pd.DataFrame, horizon_days: int, data_end: pd.Timestamp) -> pa.Table:
+    """Population rows already in panel order (one date's, say) -> the panel's rows as Arrow,
+    with the pandas metadata `write_panel` writes (dtypes, the horizon attribute)."""
+    panel = _labelled(rows.reset_index(drop=True), horizon_days, data_end)
+    table = pa.Table.from_pandas(panel, preserve_index=False)
+    attrs = {b"PANDAS_ATTRS": json.dumps(panel.attrs).encode()}  # as DataFrame.to_parquet
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **attrs})

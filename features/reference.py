@@ -419,39 +419,51 @@ def feature_rows(
     `horizon_days`) and `META_MAIN_CORE` (the main core enterprise's id). Rows ordered by
     (as_of, sme_id). `population_only` keeps rows with an invoice in the trailing 365 days and
     no default on or before the date. `on_date` is called after each date (progress)."""
-    catalog = reference.catalog()
     ids = sme_ids_of(tables) if sme_ids is None else sorted({str(s) for s in sme_ids})
     prepared = reference.prepare(tables, ids)
-    sme_col = pd.Series(prepared.sme_ids, dtype="str")
     frames = []
     for t in as_of_days:
-        own = own_features(prepared, int(t), horizon_days)
-        main_core = own[META_MAIN_CORE]
-        assert isinstance(main_core, pd.Series)
-        own["main_core_payment_stress"] = reference.payment_stress(main_core, int(t))
-        own["peer_default_share_365d"] = reference.peer_default_share(main_core, sme_col, int(t))
-        columns: dict[str, object] = {
-            "sme_id": sme_col,
-            "as_of": pd.Series(np.repeat(_days_to_dates(np.array([t])), prepared.n)),
-        }
-        for f in catalog:
-            values = own[f.name]
-            if f.kind == "categorical":
-                columns[f.name] = pd.Series(values, dtype="str").reset_index(drop=True)
-            else:
-                columns[f.name] = np.asarray(values, dtype=float)
-        for meta in META_FLAGS:
-            columns[meta] = np.asarray(own[meta], dtype=bool)
-        columns[META_MAIN_CORE] = main_core.reset_index(drop=True)
-        frame = pd.DataFrame(columns)
-        if population_only:
-            frame = frame[frame[META_ACTIVE] & ~frame[META_DEFAULTED]]
-        frames.append(frame)
+        frames.append(date_rows(prepared, reference, int(t), horizon_days, population_only))
         if on_date is not None:
             on_date()
     if not frames:
+        catalog = reference.catalog()
         return pd.DataFrame(columns=["sme_id", "as_of", *(f.name for f in catalog)])
     return pd.concat(frames, ignore_index=True)
+
+
+def date_rows(
+    prepared: Prepared,
+    reference: Reference,
+    t: int,
+    horizon_days: int,
+    population_only: bool,
+) -> pd.DataFrame:
+    """`feature_rows` at one day `t` from SMEs already prepared (`Reference.prepare`): their
+    rows ordered by sme_id, the population only if `population_only`."""
+    own = own_features(prepared, t, horizon_days)
+    main_core = own[META_MAIN_CORE]
+    assert isinstance(main_core, pd.Series)
+    sme_col = pd.Series(prepared.sme_ids, dtype="str")
+    own["main_core_payment_stress"] = reference.payment_stress(main_core, t)
+    own["peer_default_share_365d"] = reference.peer_default_share(main_core, sme_col, t)
+    columns: dict[str, object] = {
+        "sme_id": sme_col,
+        "as_of": pd.Series(np.repeat(_days_to_dates(np.array([t])), prepared.n)),
+    }
+    for f in reference.catalog():
+        values = own[f.name]
+        if f.kind == "categorical":
+            columns[f.name] = pd.Series(values, dtype="str").reset_index(drop=True)
+        else:
+            columns[f.name] = np.asarray(values, dtype=float)
+    for meta in META_FLAGS:
+        columns[meta] = np.asarray(own[meta], dtype=bool)
+    columns[META_MAIN_CORE] = main_core.reset_index(drop=True)
+    frame = pd.DataFrame(columns)
+    if population_only:
+        frame = frame[frame[META_ACTIVE] & ~frame[META_DEFAULTED]]
+    return frame
 
 
 def sme_features(

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from features.engines import build_panel, partition_smes, split_tables
+from features.contract import HORIZON_ATTR
+from features.engines import (
+    build_panel,
+    partition_smes,
+    prepare_panel,
+    split_tables,
+    write_dask_panel,
+    write_features,
+)
 from features.exceptions import FeatureError
-from features.pipeline import build_features, month_ends
+from features.pipeline import build_features, month_ends, write_panel
 from tests.support.tables import random_tables
 
 
@@ -48,7 +57,7 @@ def test_pandas_engine_is_build_features(tables, dates):
     pd.testing.assert_frame_equal(build_panel(tables, dates), expected, check_exact=True)
 
 
-def test_dask_engine_on_two_workers_equals_pandas(tables, dates):
+def test_dask_engine_on_two_workers_equals_pandas(tables, dates, tmp_path):
     from distributed import LocalCluster
 
     expected = build_panel(tables, dates, engine="pandas")
@@ -58,10 +67,45 @@ def test_dask_engine_on_two_workers_equals_pandas(tables, dates):
         got = build_panel(
             tables, dates, engine="dask", scheduler=cluster.scheduler_address, partitions=5
         )
+        rows = write_dask_panel(
+            tables, dates, tmp_path / "p.parquet", scheduler=cluster.scheduler_address,
+            partitions=5,
+        )  # fmt: skip
     assert len(got) > 300
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert rows == len(expected)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "p.parquet"), expected, check_exact=True
+    )
 
 
 def test_unknown_engine_is_a_feature_error(tables, dates):
     with pytest.raises(FeatureError, match="unknown engine 'spark'"):
         build_panel(tables, dates, engine="spark")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("jobs", "part_smes"), [(1, 10_000), (2, 10_000), (2, 7)])
+def test_streamed_panel_file_reads_back_as_the_panel(tables, dates, tmp_path, jobs, part_smes):
+    expected = build_features(tables, dates, horizon_days=200)
+    write_panel(expected, tmp_path / "whole.parquet")
+    plan = prepare_panel(tables, dates, horizon_days=200, part_smes=part_smes)
+    assert len(plan.parts) == -(-40 // part_smes)
+    ticks = []
+    rows = write_features(
+        plan, tmp_path / "streamed.parquet", jobs=jobs, on_date=lambda: ticks.append(1)
+    )
+    got = pd.read_parquet(tmp_path / "streamed.parquet")
+    assert rows == len(expected) and len(ticks) == len(dates)
+    assert got.attrs == expected.attrs == {HORIZON_ATTR: 200}
+    pd.testing.assert_frame_equal(
+        got, pd.read_parquet(tmp_path / "whole.parquet"), check_exact=True
+    )
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert pq.ParquetFile(tmp_path / "streamed.parquet").num_row_groups == len(dates)
+
+
+def test_streamed_panel_without_population_leaves_no_file(tables, tmp_path):
+    plan = prepare_panel(tables, ["2022-06-30", "2022-12-31"])  # statements, no trade yet
+    with pytest.raises(FeatureError, match="no SME is in the population"):
+        write_features(plan, tmp_path / "panel.parquet", jobs=2)
+    assert list(tmp_path.iterdir()) == []

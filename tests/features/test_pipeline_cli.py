@@ -102,6 +102,9 @@ def test_usage_errors_exit_2(data_dir, tmp_path):
     assert run("--data", str(data_dir), "--out", out, "--as-of", "30/06/2023").exit_code == 2
     assert run("--data", str(data_dir), "--out", out, "--engine", "spark").exit_code == 2
     assert run("--data", str(data_dir), "--out", out, "--scheduler", "tcp://x:1").exit_code == 2
+    dask_jobs = run("--data", str(data_dir), "--out", out, "--engine", "dask", "--jobs", "2")
+    assert dask_jobs.exit_code == 2
+    assert run("--data", str(data_dir), "--out", out, "--jobs", "0").exit_code == 2
     assert list(tmp_path.iterdir()) == []
 
 
@@ -109,7 +112,7 @@ def test_help_explains_every_option():
     result = CliRunner().invoke(app, ["features", "--help"])
     assert result.exit_code == 0
     for option in ("--data", "--out", "--as-of", "--from", "--to", "--horizon-days", "--engine",
-                   "--scheduler"):  # fmt: skip
+                   "--scheduler", "--jobs"):  # fmt: skip
         assert option in result.output
     assert "month end" in result.output
 
