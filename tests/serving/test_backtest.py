@@ -152,9 +152,13 @@ def run_backtest(tmp_path, monkeypatch, profiled: Profiled, name: str, *args: st
 
 def test_backtest_command_on_simulated_data(tmp_path, monkeypatch, profiled: Profiled) -> None:
     out, output, doc = run_backtest(tmp_path, monkeypatch, profiled, "bt")
-    # the same alert rate for both rules: the dynamic threshold flags round(rate·N) SME-months
+    # the same alert rate for both rules: the dynamic threshold is the round(rate·N)-th highest
+    # PD, so it flags that many SME-months, and a few more where PDs tie at the threshold (2 of
+    # 9,172 once: SME-months with identical features)
     n = doc["sme_months"]
-    assert round(doc["dynamic"]["alert_rate"] * n) == round(doc["static"]["alert_rate"] * n)
+    flagged = round(doc["dynamic"]["alert_rate"] * n)
+    target = round(doc["static"]["alert_rate"] * n)
+    assert target <= flagged <= target + max(3, n // 1000), (flagged, target, n)
     assert 0 < doc["static"]["alert_rate"] < 1 and doc["pd_threshold"] > 0
     assert doc["defaulters"] == len(doc["defaulter_rows"]) > DEFAULTER_ROWS
     for rule in ("static", "dynamic"):

@@ -246,6 +246,8 @@ def test_a_full_disk_fails_every_score_closed_and_readyz_says_not_writable(
     again the service scores and the chain verifies."""
     db = workdir / "full-disk.db"
     env = server_env(workdir, registered.tracking_uri, f"sqlite:///{db}")
+    # every /readyz probes (a success otherwise answers for 1 s: test_hardening)
+    env["SCF_RISK_READY_PROBE_REUSE_SECONDS"] = "0"
     rows = feature_rows(registered.panel, 8)
     hdr = {"X-API-Key": server_keys["scorer"]}
     acknowledged: list[str] = []
