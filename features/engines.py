@@ -92,29 +92,6 @@ def _partition_rows(
     )
 
 
-def dask_rows(
-    tables: Tables,
-    days: list[int],
-    reference: Reference,
-    client: object,
-    *,
-    horizon_days: int,
-    partitions: int,
-    on_partition: Callable[[], object] | None = None,
-) -> pd.DataFrame:
-    """Population rows computed on a dask.distributed `client`, partitioned by SME."""
-    frames = dask_pieces(
-        tables,
-        days,
-        reference,
-        client,
-        horizon_days=horizon_days,
-        partitions=partitions,
-        on_partition=on_partition,
-    )
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
 def dask_pieces(
     tables: Tables,
     days: list[int],
@@ -125,9 +102,10 @@ def dask_pieces(
     partitions: int,
     on_partition: Callable[[], object] | None = None,
 ) -> list[pd.DataFrame]:
-    """`dask_rows` before the concatenation: each partition's rows (ordered by (as_of, sme_id)),
-    partitions in SME order. A partition's tables are cut and sent when a worker can take it
-    (at most two per worker in flight), so the workers never hold every partition at once."""
+    """Population rows computed on a dask.distributed `client`, partitioned by SME: each
+    partition's rows (ordered by (as_of, sme_id)), partitions in SME order. A partition's tables
+    are cut and sent when a worker can take it (at most two per worker in flight), so the
+    workers never hold every partition at once."""
     from distributed import Client, as_completed
 
     assert isinstance(client, Client)
@@ -193,19 +171,10 @@ def build_panel(
         )
         return finish_panel(rows, horizon_days, end)
 
-    with _dask_client(scheduler, n_workers) as client:
-        workers_now = max(1, len(client.scheduler_info().get("workers", {})))
-        k = partitions or default_partitions(workers_now, len(sme_ids_of(tables)))
-        tick = progress(min(k, max(1, len(sme_ids_of(tables))))) if progress is not None else None
-        rows = dask_rows(
-            tables,
-            days,
-            reference,
-            client,
-            horizon_days=horizon_days,
-            partitions=k,
-            on_partition=tick,
-        )
+    pieces = _dask_run(
+        tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress
+    )
+    rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
     return finish_panel(rows, horizon_days, end)
 
 
@@ -226,19 +195,9 @@ def write_dask_panel(
     the partitions' rows are written date by date (one row group each), each date's rows
     gathered from the partitions in SME order. Returns the number of rows."""
     days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
-    with _dask_client(scheduler, n_workers) as client:
-        workers_now = max(1, len(client.scheduler_info().get("workers", {})))
-        k = partitions or default_partitions(workers_now, len(sme_ids_of(tables)))
-        tick = progress(min(k, max(1, len(sme_ids_of(tables))))) if progress is not None else None
-        pieces = dask_pieces(
-            tables,
-            days,
-            reference,
-            client,
-            horizon_days=horizon_days,
-            partitions=k,
-            on_partition=tick,
-        )
+    pieces = _dask_run(
+        tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress
+    )
     bounds = [_date_bounds(piece, days) for piece in pieces]
 
     def date_tables() -> Iterator[pa.Table]:
@@ -250,6 +209,35 @@ def write_dask_panel(
             yield panel_table(rows, horizon_days, end)
 
     return write_row_groups(date_tables(), out)
+
+
+def _dask_run(
+    tables: Tables,
+    days: list[int],
+    reference: Reference,
+    horizon_days: int,
+    scheduler: str | None,
+    n_workers: int | None,
+    partitions: int | None,
+    progress: Callable[[int], Callable[[], object]] | None,
+) -> list[pd.DataFrame]:
+    """`dask_pieces` on a client of `scheduler` (else a LocalCluster, `_dask_client`), with
+    `partitions` or `default_partitions` for the workers it has; `progress(total)` ticks once
+    per partition."""
+    n_smes = len(sme_ids_of(tables))
+    with _dask_client(scheduler, n_workers) as client:
+        workers_now = max(1, len(client.scheduler_info().get("workers", {})))
+        k = partitions or default_partitions(workers_now, n_smes)
+        tick = progress(min(k, max(1, n_smes))) if progress is not None else None
+        return dask_pieces(
+            tables,
+            days,
+            reference,
+            client,
+            horizon_days=horizon_days,
+            partitions=k,
+            on_partition=tick,
+        )
 
 
 def _date_bounds(rows: pd.DataFrame, days: list[int]) -> np.ndarray:
