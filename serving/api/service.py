@@ -225,10 +225,7 @@ class Service:
     # -- operations -----------------------------------------------------------------------------
     def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
         """Store decisions durably (before any response) and return the stored payloads."""
-        stored = self.store.append([d.body(caller) for d in decisions])
-        for payload in stored:
-            self.metrics.decisions.labels(payload["grade"]).inc()
-        return stored
+        return self.record_groups([(decisions, caller)])[0]
 
     def record_groups(
         self, groups: Sequence[tuple[Sequence[Decision], Caller]]
