@@ -417,6 +417,8 @@ def monitor(
         drift = rank_drift(
             psi, shares, time_like=TIME_LIKE, points_change=points_change, coverage=profile.coverage
         )
+    windows = {f.name: f.window_days for f in model.catalog}
+    drift["window_days"] = [windows.get(str(n)) for n in drift["name"]]
     baseline_t = months_before(as_of_t, SEGMENT_LOOKBACK)
     segments = pd.DataFrame(columns=SEGMENT_COLUMNS)
     if baseline_t < to_date(pd.offsets.MonthEnd().rollforward(start)):
@@ -709,6 +711,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
                     "expected_missing": float(r["expected_missing"]),
                     "actual_missing": float(r["actual_missing"]),
                     "psi_present": _num(r["psi_present"]),
+                    "window_days": _num(r["window_days"]),
                     "training_full_share": _num(r["full_share"]),
                     "training_median_days": _num(r["median_days"]),
                     "psi_like_coverage": _num(r["psi_like_coverage"]),
@@ -820,13 +823,21 @@ def actions(doc: dict[str, Any]) -> list[str]:
             f"points since {doc['compare']}, mostly {movers}. Review whether the shift is risk "
             "(keep) or data (fix the feed)."
         )
+    unknown = psi["coverage"].startswith("unknown")
     for f in counted:
         like = f.get("psi_like_coverage")
         said = "" if like is None else f" ({like:.2f} on like window coverage)"
+        caveat = (
+            " Its training window coverage is unknown (a profile stored before it was recorded): "
+            "if the model trained on months just after the data began, part of this drift may "
+            "be window filling; retraining records it."
+            if unknown and f.get("window_days") is not None
+            else ""
+        )
         out.append(
             f"{f['signal'].upper()}: {f['name']} drifted (PSI {f['psi']:.2f}{said}) and carries "
             f"{f['attribution_share']:.0%} of the model's attributions; check the data feed and "
-            "whether the model still ranks well."
+            f"whether the model still ranks well.{caveat}"
         )
     filling = [f for f in psi["features"] if f["signal"] == WINDOW_FILLING]
     if filling:

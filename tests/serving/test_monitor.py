@@ -534,6 +534,12 @@ def test_an_old_profile_without_coverage_is_monitored_as_before(profiled: Profil
     assert doc["psi"]["coverage"].startswith("unknown")
     assert doc["psi"]["band_counts"]["window-filling"] == 0
     assert all(f["psi_like_coverage"] is None for f in doc["psi"]["features"])
+    windowed = [f for f in doc["psi"]["features"] if f["signal"] in ("watch", "act")]
+    windowed = [f for f in windowed if f["window_days"] is not None]
+    assert windowed  # this fixture's full windows drift from its partial training windows
+    for f in windowed:
+        line = next(a for a in doc["actions"] if f": {f['name']} drifted" in a)
+        assert "training window coverage is unknown" in line
 
 
 def test_a_model_trained_with_a_180_day_horizon_is_monitored_with_180_days(
