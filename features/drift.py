@@ -42,8 +42,9 @@ windowed feature the share of training rows whose history covered the whole wind
 covered days, and `LIKE_COVERAGE_POINTS` history lengths (the training quantiles at
 (i + 1/2) / K, i = 0 … K-1). Monitoring then compares such a feature **on like coverage**: the
 current population's features recomputed from its data cut at each of those history lengths (the
-data as if they had begun that many days before the as-of date), pooled with equal weights, so the
-pool's history lengths are distributed as training's, and binned against the same training bins.
+data as if they had begun that many days before the as-of date), binned against the same training
+bins, each length's bin shares weighing 1/K as each length stands for 1/K of the training rows: the
+comparison's history lengths are distributed as training's.
 A windowed feature whose training rows mostly had partial windows (fewer than `FULL_COVERAGE_MIN`
 of them full), that drifted (watch / act) and counts otherwise, is judged by the smaller of its
 two bands: ``window-filling`` (listed, never counted; the action is to retrain once the training

@@ -539,9 +539,10 @@ def like_coverage_psi(
 ) -> dict[str, float]:
     """The PSI of features `names` on like coverage (`features.drift`, module docstring): the
     `population`'s features at `as_of` recomputed from the data cut (`cut_history`) at each of
-    the profile's training history lengths, pooled with equal weights (each SME once per length
-    at which it is still in the population), binned against the training bins. Empty when the
-    profile records no coverage or no pooled row is left."""
+    the profile's training history lengths, binned against the training bins; each length's bin
+    shares weigh equally (each is a 1/K quantile of the training rows, whatever number of SMEs are
+    still in the population at it). Empty when the profile records no coverage or no cut leaves
+    a population."""
     from features.reference import build_reference, feature_rows
 
     coverage = profile.coverage
@@ -549,7 +550,7 @@ def like_coverage_psi(
         return {}
     day = int((as_of - pd.Timestamp("1970-01-01")).days)
     ids = sorted({str(s) for s in population})
-    pooled = []
+    shares: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for days in coverage.history_days:
         cut = cut_history(tables, as_of - pd.Timedelta(days=days - 1))
         rows = feature_rows(
@@ -560,13 +561,14 @@ def like_coverage_psi(
             horizon_days=horizon_days,
             population_only=True,
         )
-        pooled.append(rows[list(names)])
-    values = pd.concat(pooled, ignore_index=True)
-    if values.empty:
-        return {}
+        if rows.empty:
+            continue
+        for name in names:
+            shares[name].append(bin_shares(profile.bins(name), rows[name]))
     return {
-        name: psi(profile.bins(name).expected, bin_shares(profile.bins(name), values[name]))
-        for name in names
+        name: psi(profile.bins(name).expected, np.mean(found, axis=0))
+        for name, found in shares.items()
+        if found
     }
 
 
