@@ -27,8 +27,31 @@ the population, `attribution_shares`) and gives each a signal: ``time-like`` (li
 counted), ``filled-in`` (drifted only because fewer values are missing than in training, the
 present values distributed as in training: data that arrived, e.g. statements now published for
 SMEs that had none in the first months of the history; listed, never counted), ``negligible``
-(drifted, but under `MIN_SHARE` of the attributions), else the PSI band. A rise of the missing
-share is never excused: a feed that stops delivering is drift to act on.
+(drifted, but under `MIN_SHARE` of the attributions), ``window-filling`` (below), else the PSI
+band. A rise of the missing share is never excused: a feed that stops delivering is drift to act
+on.
+
+**Window coverage.** A windowed feature (``_90d``, ``_180d``, ``_365d``) is computed over the days
+of its window the SME's invoice history covers, ``min(W, t - start + 1)`` (`features.own`). When
+the data begin shortly before the training months, the training rows' windows are only partly
+covered: a share over few payments is more extreme than over a full year of them, so once the
+history fills the window the feature drifts from its training profile although no SME changed.
+The profile therefore records each training row's history length (from
+``months_since_first_invoice``, the same start `features.own` divides by) as a `Coverage`: per
+windowed feature the share of training rows whose history covered the whole window and the median
+covered days, and `LIKE_COVERAGE_POINTS` history lengths (the training quantiles at
+(i + 1/2) / K, i = 0 … K-1). Monitoring then compares such a feature **on like coverage**: the
+current population's features recomputed from its data cut at each of those history lengths (the
+data as if they had begun that many days before the as-of date), binned against the same training
+bins, each length's bin shares weighing 1/K as each length stands for 1/K of the training rows: the
+comparison's history lengths are distributed as training's.
+A windowed feature whose training rows mostly had partial windows (fewer than `FULL_COVERAGE_MIN`
+of them full), that drifted (watch / act) and counts otherwise, is judged by the smaller of its
+two bands: ``window-filling`` (listed, never counted; the action is to retrain once the training
+history covers the window) when the like-coverage PSI is stable, else the smaller band. A feature
+that really moved moves on like coverage too and still counts. A profile without the record (one
+stored before it existed: ``profile_version`` 1) has unknown coverage: the feature is judged on its
+PSI alone, the old behaviour, and the monitor says so.
 
 Pure functions on NumPy/pandas; nothing here imports training or serving, so training can build
 the profile and serving can read it.
@@ -47,18 +70,28 @@ import pandas as pd
 
 from features.catalog import Feature
 from features.exceptions import FeatureError
+from features.own import DAYS_PER_MONTH
 
 __all__ = [
     "BANDS",
     "EPSILON",
+    "FULL_COVERAGE_MIN",
+    "HISTORY",
+    "LIKE_COVERAGE_POINTS",
     "PROFILE_ARTIFACT",
     "SCORE",
+    "WINDOW_FILLING",
     "Bins",
+    "Coverage",
     "TrainingProfile",
+    "WindowCoverage",
     "attribution_shares",
     "bin_shares",
     "build_bins",
+    "build_coverage",
     "build_profile",
+    "coverage_candidates",
+    "history_days",
     "psi",
     "psi_band",
     "psi_table",
@@ -77,11 +110,20 @@ MIN_SHARE = 0.02
 TIME_LIKE_SIGNAL = "time-like"
 NEGLIGIBLE = "negligible"
 FILLED_IN = "filled-in"
+WINDOW_FILLING = "window-filling"
+HISTORY = "months_since_first_invoice"
+"""The feature giving each row's invoice history: days = months x `DAYS_PER_MONTH` + 1."""
+LIKE_COVERAGE_POINTS = 8
+"""History lengths (training quantiles) the like-coverage comparison recomputes features at."""
+FULL_COVERAGE_MIN = 0.5
+"""Compare a windowed feature on like coverage when fewer training rows than this had it full."""
 SCORE = "score"
 """The name of the score's bins in a profile (not a feature name)."""
 PROFILE_ARTIFACT = "drift_profile.json"
 """The file name a profile is stored under (beside the model / in its training run)."""
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+"""2: with the window coverage of the training rows (`Coverage`); 1: without (still read)."""
+PROFILE_VERSIONS = (1, 2)
 OTHER = "other"
 MISSING = "missing"
 
@@ -246,15 +288,113 @@ def build_bins(
 
 
 @dataclass(frozen=True)
+class WindowCoverage:
+    """How much of one windowed feature's window the training rows' histories covered."""
+
+    name: str
+    window_days: int
+    full_share: float  # share of training rows whose history covered the whole window
+    median_days: float  # median covered days, min(W, history days)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "window_days": self.window_days,
+            "full_share": self.full_share,
+            "median_days": self.median_days,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowCoverage:
+        return cls(
+            name=str(data["name"]),
+            window_days=int(data["window_days"]),
+            full_share=float(data["full_share"]),
+            median_days=float(data["median_days"]),
+        )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The window coverage of the training rows (module docstring): `rows` rows with a known
+    history; `history_days`, the `LIKE_COVERAGE_POINTS` training quantiles of their history
+    length in days (ascending) the like-coverage comparison cuts the data at; per windowed feature
+    the share of rows with a full window and the median covered days."""
+
+    rows: int
+    history_days: tuple[int, ...]
+    windows: tuple[WindowCoverage, ...]
+
+    def of(self, name: str) -> WindowCoverage | None:
+        return next((w for w in self.windows if w.name == name), None)
+
+    def partial(self, name: str) -> bool:
+        """Whether the training rows mostly had partial windows of feature `name`."""
+        found = self.of(name)
+        return found is not None and found.full_share < FULL_COVERAGE_MIN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": f"{HISTORY} x {DAYS_PER_MONTH} + 1 days",
+            "rows": self.rows,
+            "history_days": list(self.history_days),
+            "windows": [w.to_dict() for w in self.windows],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Coverage:
+        return cls(
+            rows=int(data["rows"]),
+            history_days=tuple(int(x) for x in data["history_days"]),
+            windows=tuple(WindowCoverage.from_dict(w) for w in data["windows"]),
+        )
+
+
+def history_days(months: pd.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
+    """Days of invoice history, t - start + 1, from `HISTORY` (months since the first invoice,
+    (t - start) / `DAYS_PER_MONTH`); NaN where it is missing."""
+    m = pd.to_numeric(pd.Series(months), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    return np.where(np.isnan(m), np.nan, np.round(m * DAYS_PER_MONTH) + 1.0)
+
+
+def build_coverage(features: pd.DataFrame, catalog: Sequence[Feature]) -> Coverage | None:
+    """The window coverage of training rows `features` (module docstring); None when they carry
+    no `HISTORY` column or no row has a history (unknown coverage)."""
+    if HISTORY not in features.columns:
+        return None
+    days = history_days(features[HISTORY])
+    days = days[~np.isnan(days)]
+    if len(days) == 0:
+        return None
+    points = (np.arange(LIKE_COVERAGE_POINTS) + 0.5) / LIKE_COVERAGE_POINTS
+    quantiles = np.quantile(days, points, method="inverted_cdf")
+    windows = tuple(
+        WindowCoverage(
+            name=f.name,
+            window_days=int(f.window_days),
+            full_share=float(np.mean(days >= f.window_days)),
+            median_days=float(np.median(np.minimum(days, f.window_days))),
+        )
+        for f in catalog
+        if f.window_days is not None
+    )
+    return Coverage(rows=len(days), history_days=tuple(int(x) for x in quantiles), windows=windows)
+
+
+@dataclass(frozen=True)
 class TrainingProfile:
     """The training reference of drift monitoring: bins and training shares per feature (model
-    order) and for the score; `rows` training rows from `as_of_from` to `as_of_to`."""
+    order) and for the score; `rows` training rows from `as_of_from` to `as_of_to`; their window
+    `coverage` (None: unknown, a version-1 profile or training rows without a history)."""
 
     features: tuple[Bins, ...]
     score: Bins
     rows: int
     as_of_from: str | None = None
     as_of_to: str | None = None
+    coverage: Coverage | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -278,19 +418,24 @@ class TrainingProfile:
             "as_of_to": self.as_of_to,
             "score": self.score.to_dict(),
             "features": [b.to_dict() for b in self.features],
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingProfile:
         version = data.get("profile_version")
-        if version != PROFILE_VERSION:
-            raise ValueError(f"training profile version {version!r}, expected {PROFILE_VERSION}")
+        if version not in PROFILE_VERSIONS:
+            raise ValueError(
+                f"training profile version {version!r}, expected one of {list(PROFILE_VERSIONS)}"
+            )
+        coverage = data.get("coverage") if version >= 2 else None
         return cls(
             features=tuple(Bins.from_dict(b) for b in data["features"]),
             score=Bins.from_dict(data["score"]),
             rows=int(data["rows"]),
             as_of_from=data.get("as_of_from"),
             as_of_to=data.get("as_of_to"),
+            coverage=None if coverage is None else Coverage.from_dict(coverage),
         )
 
     def to_json(self) -> str:
@@ -308,7 +453,8 @@ def build_profile(
     catalog: Sequence[Feature],
 ) -> TrainingProfile:
     """The training profile of a model: bins per catalog feature from the training rows'
-    `features` (a panel: catalog columns, optionally `as_of`) and bins of their `score`.
+    `features` (a panel: catalog columns, optionally `as_of`), bins of their `score` and their
+    window coverage (`build_coverage`, from the `HISTORY` column when the panel has it).
 
     A catalog feature absent from `features` is an error (the profile must cover the model)."""
     scores = np.asarray(score, dtype=np.float64)
@@ -339,6 +485,7 @@ def build_profile(
         rows=len(features),
         as_of_from=span[0],
         as_of_to=span[1],
+        coverage=build_coverage(features, catalog),
     )
 
 
@@ -421,6 +568,20 @@ def _only_filled_in(r: Mapping[Any, Any]) -> bool:
     return bool(fewer_missing and math.isfinite(present) and psi_band(present) == "stable")
 
 
+def coverage_candidates(drift: pd.DataFrame, coverage: Coverage | None) -> list[str]:
+    """The features of a `rank_drift` frame to compare on like coverage: counted (watch / act)
+    windowed features whose training rows mostly had partial windows (`Coverage.partial`);
+    none when the coverage is unknown."""
+    if coverage is None:
+        return []
+    counted = drift[drift["signal"].isin(["watch", "act"])]
+    return [str(n) for n in counted["name"] if coverage.partial(str(n))]
+
+
+def _lower_band(a: str, b: str) -> str:
+    return min(a, b, key=BANDS.index)
+
+
 def rank_drift(
     psi: pd.DataFrame,
     shares: Mapping[Any, float],
@@ -428,16 +589,23 @@ def rank_drift(
     time_like: frozenset[str] | set[str] = frozenset(),
     points_change: Mapping[Any, float] | None = None,
     min_share: float = MIN_SHARE,
+    coverage: Coverage | None = None,
+    like_coverage: Mapping[Any, float] | None = None,
 ) -> pd.DataFrame:
     """The feature rows of a `psi_table`, ranked by what their drift does to the score.
 
     Adds ``attribution_share`` (from `shares`; 0 for a feature without one), ``impact`` = PSI x
     share, ``points_change`` (the change of the feature's mean points between two dates, when
-    given; they sum to the change of the mean score), ``time_like`` and ``signal``:
-    ``time-like`` for `time_like` features, ``stable`` in the stable band, ``filled-in`` for a
-    drift that is only a fall of the missing share (``psi_present`` stable, when `psi` has it),
-    ``negligible`` for a drifted feature under `min_share` of the attributions, else the band
-    (watch / act). Rows: counted signals first (act, watch), by impact descending."""
+    given; they sum to the change of the mean score), ``time_like``, the training window
+    coverage ``full_share`` and ``median_days`` (NaN when unknown or not windowed),
+    ``psi_like_coverage`` (from `like_coverage`, the PSI on like coverage: NaN where not
+    compared) and ``signal``: ``time-like`` for `time_like` features, ``stable`` in the stable
+    band, ``filled-in`` for a drift that is only a fall of the missing share (``psi_present``
+    stable, when `psi` has it), ``negligible`` for a drifted feature under `min_share` of the
+    attributions; for a feature compared on like coverage whose training windows were mostly
+    partial (`Coverage.partial`), the smaller of its band and its like-coverage band, named
+    ``window-filling`` when that is stable; else the band (watch / act). Rows: counted signals
+    first (act, watch), by impact descending."""
     rows = psi[psi["kind"] != SCORE].copy()
     rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
     rows["impact"] = rows["psi"] * rows["attribution_share"]
@@ -446,6 +614,11 @@ def rank_drift(
         for n in rows["name"]
     ]
     rows["time_like"] = [n in time_like for n in rows["name"]]
+    found = [coverage.of(str(n)) if coverage is not None else None for n in rows["name"]]
+    rows["full_share"] = [w.full_share if w is not None else float("nan") for w in found]
+    rows["median_days"] = [w.median_days if w is not None else float("nan") for w in found]
+    like = like_coverage or {}
+    rows["psi_like_coverage"] = [float(like.get(n, float("nan"))) for n in rows["name"]]
 
     def signal(r: Mapping[Any, Any]) -> str:
         if r["time_like"]:
@@ -454,7 +627,14 @@ def rank_drift(
             return "stable"
         if _only_filled_in(r):
             return FILLED_IN
-        return NEGLIGIBLE if r["attribution_share"] < min_share else str(r["band"])
+        if r["attribution_share"] < min_share:
+            return NEGLIGIBLE
+        band = str(r["band"])
+        compared = r["psi_like_coverage"]
+        if coverage is not None and coverage.partial(str(r["name"])) and math.isfinite(compared):
+            band = _lower_band(band, psi_band(compared))
+            return WINDOW_FILLING if band == "stable" else band
+        return band
 
     rows["signal"] = [signal(r) for r in rows.to_dict("records")]
     order = {"act": 0, "watch": 1}

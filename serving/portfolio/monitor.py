@@ -5,7 +5,9 @@
 
 - **PSI** of every feature and of the score against the training profile stored with the model
   (`features.drift`: training-decile bins, a missing bin, ε = 0.0001 for empty bins; bands
-  < 0.1 stable, 0.1–0.25 watch, > 0.25 act);
+  < 0.1 stable, 0.1–0.25 watch, > 0.25 act); a drifted windowed feature whose training windows
+  were mostly partial is also compared **on like coverage** (`like_coverage_psi`: the population's
+  features recomputed from the data cut at the training rows' history lengths);
 - the **grade distribution** at both dates;
 - the **rating migration matrix** from the comparison date to the as-of date: rows are grades at
   the comparison date plus ``(new)`` (SMEs that entered the population), columns grades at the
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +40,16 @@ import pandas as pd
 from features.catalog import MAIN_CORE_FACTS, TIME_LIKE
 from features.contract import DEFAULT_HORIZON_DAYS
 from features.drift import (
+    FULL_COVERAGE_MIN,
     MIN_SHARE,
     PROFILE_ARTIFACT,
     SCORE,
+    WINDOW_FILLING,
     TrainingProfile,
     attribution_shares,
+    bin_shares,
+    coverage_candidates,
+    psi,
     psi_table,
     rank_drift,
 )
@@ -391,12 +398,27 @@ def monitor(
     )
     points_now = points_of(model, now.features, method)
     points_before = points_of(model, before.features, method)
-    drift = rank_drift(
-        psi,
-        attribution_shares(points_now).to_dict(),
-        time_like=TIME_LIKE,
-        points_change=(points_now.mean() - points_before.mean()).to_dict(),
-    )
+    shares = attribution_shares(points_now).to_dict()
+    points_change = (points_now.mean() - points_before.mean()).to_dict()
+    drift = rank_drift(psi, shares, time_like=TIME_LIKE, points_change=points_change)
+    compare_like = coverage_candidates(drift, profile.coverage)
+    if compare_like:
+        drift = rank_drift(
+            psi,
+            shares,
+            time_like=TIME_LIKE,
+            points_change=points_change,
+            coverage=profile.coverage,
+            like_coverage=like_coverage_psi(
+                tables, profile, as_of_t, now.features["sme_id"], compare_like, horizon_days
+            ),
+        )
+    elif profile.coverage is not None:
+        drift = rank_drift(
+            psi, shares, time_like=TIME_LIKE, points_change=points_change, coverage=profile.coverage
+        )
+    windows = {f.name: f.window_days for f in model.catalog}
+    drift["window_days"] = [windows.get(str(n)) for n in drift["name"]]
     baseline_t = months_before(as_of_t, SEGMENT_LOOKBACK)
     segments = pd.DataFrame(columns=SEGMENT_COLUMNS)
     if baseline_t < to_date(pd.offsets.MonthEnd().rollforward(start)):
@@ -494,6 +516,62 @@ def monitor(
     )
 
 
+def cut_history(tables: Tables, start: pd.Timestamp) -> Tables:
+    """The tables as if the data had begun on `start`: invoices issued and inventory snapshots
+    taken before it dropped, the two histories that start the windows of `features.own`
+    (loans and statements kept: they decide who is in the population, not window coverage)."""
+    invoices = tables.invoices
+    inventory = tables.inventory
+    return replace(
+        tables,
+        invoices=invoices[invoices["issue_date"] >= start].reset_index(drop=True),
+        inventory=inventory[inventory["snapshot_date"] >= start].reset_index(drop=True),
+    )
+
+
+def like_coverage_psi(
+    tables: Tables,
+    profile: TrainingProfile,
+    as_of: pd.Timestamp,
+    population: Iterable[str],
+    names: Sequence[str],
+    horizon_days: int,
+) -> dict[str, float]:
+    """The PSI of features `names` on like coverage (`features.drift`, module docstring): the
+    `population`'s features at `as_of` recomputed from the data cut (`cut_history`) at each of
+    the profile's training history lengths, binned against the training bins; each length's bin
+    shares weigh equally (each is a 1/K quantile of the training rows, whatever number of SMEs are
+    still in the population at it). Empty when the profile records no coverage or no cut leaves
+    a population."""
+    from features.reference import build_reference, feature_rows
+
+    coverage = profile.coverage
+    if coverage is None or not names:
+        return {}
+    day = int((as_of - pd.Timestamp("1970-01-01")).days)
+    ids = sorted({str(s) for s in population})
+    shares: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for days in coverage.history_days:
+        cut = cut_history(tables, as_of - pd.Timedelta(days=days - 1))
+        rows = feature_rows(
+            cut,
+            [day],
+            build_reference(cut),
+            sme_ids=ids,
+            horizon_days=horizon_days,
+            population_only=True,
+        )
+        if rows.empty:
+            continue
+        for name in names:
+            shares[name].append(bin_shares(profile.bins(name), rows[name]))
+    return {
+        name: psi(profile.bins(name).expected, np.mean(found, axis=0))
+        for name, found in shares.items()
+        if found
+    }
+
+
 def _scored(
     tables: Tables,
     loaded: LoadedModel,
@@ -532,6 +610,39 @@ def _num(value: Any) -> float | int | None:
         return int(value)
     f = float(value)
     return f if math.isfinite(f) else None
+
+
+SIGNALS: tuple[str, ...] = (
+    "stable",
+    "watch",
+    "act",
+    "time-like",
+    "filled-in",
+    WINDOW_FILLING,
+    "negligible",
+)
+"""Every feature signal of `features.drift.rank_drift`, in the order the summary counts them."""
+
+
+def coverage_note(profile: TrainingProfile) -> str:
+    """What the summary says of the training rows' window coverage (unknown for old profiles)."""
+    coverage = profile.coverage
+    if coverage is None:
+        return (
+            "unknown: this model's training profile records no window coverage (stored before "
+            "it did); windowed features are judged on their PSI alone"
+        )
+    partial = [w for w in coverage.windows if w.full_share < FULL_COVERAGE_MIN]
+    by_window = sorted({(w.window_days, w.full_share, w.median_days) for w in partial})
+    said = "; ".join(
+        f"{days}-day windows {full:.0%} full, median {median:.0f} days covered"
+        for days, full, median in by_window
+    )
+    return (
+        f"{coverage.rows:,} training rows; invoice history lengths compared at "
+        f"{', '.join(str(d) for d in coverage.history_days)} days (training quantiles); "
+        + (f"mostly partial: {said}" if partial else "every window mostly full in training")
+    )
 
 
 def summary(result: MonitorResult) -> dict[str, Any]:
@@ -580,12 +691,14 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "signals": "a feature counts (watch / act, its PSI band) only if it is not time-like "
             f"(ages: {', '.join(sorted(TIME_LIKE))}), its drift is not only a fall of its "
             "missing share with the present values as in training (filled-in), and it carries "
-            f"at least {MIN_SHARE:.0%} of the model's mean |points|; ranked by impact = PSI x "
-            "attribution share",
-            "band_counts": {
-                b: int(signals.get(b, 0))
-                for b in ("stable", "watch", "act", "time-like", "filled-in", "negligible")
-            },
+            f"at least {MIN_SHARE:.0%} of the model's mean |points|; a windowed feature whose "
+            f"training windows were mostly partial (under {FULL_COVERAGE_MIN:.0%} of the training "
+            "rows' histories covered the whole window) counts at the lower of its band and its "
+            "band on like coverage (the population's features recomputed from the data cut at "
+            "the training rows' history lengths), and is window-filling when that is stable; "
+            "ranked by impact = PSI x attribution share",
+            "coverage": coverage_note(result.profile),
+            "band_counts": {b: int(signals.get(b, 0)) for b in SIGNALS},
             "features": [
                 {
                     "name": str(r["name"]),
@@ -600,6 +713,10 @@ def summary(result: MonitorResult) -> dict[str, Any]:
                     "expected_missing": float(r["expected_missing"]),
                     "actual_missing": float(r["actual_missing"]),
                     "psi_present": _num(r["psi_present"]),
+                    "window_days": _num(r["window_days"]),
+                    "training_full_share": _num(r["full_share"]),
+                    "training_median_days": _num(r["median_days"]),
+                    "psi_like_coverage": _num(r["psi_like_coverage"]),
                 }
                 for r in features.to_dict("records")
             ],
@@ -708,11 +825,36 @@ def actions(doc: dict[str, Any]) -> list[str]:
             f"points since {doc['compare']}, mostly {movers}. Review whether the shift is risk "
             "(keep) or data (fix the feed)."
         )
+    unknown = psi["coverage"].startswith("unknown")
     for f in counted:
+        like = f.get("psi_like_coverage")
+        said = "" if like is None else f" ({like:.2f} on like window coverage)"
+        caveat = (
+            " Its training window coverage is unknown (a profile stored before it was recorded): "
+            "if the model trained on months just after the data began, part of this drift may "
+            "be window filling; retraining records it."
+            if unknown and f.get("window_days") is not None
+            else ""
+        )
         out.append(
-            f"{f['signal'].upper()}: {f['name']} drifted (PSI {f['psi']:.2f}) and carries "
+            f"{f['signal'].upper()}: {f['name']} drifted (PSI {f['psi']:.2f}{said}) and carries "
             f"{f['attribution_share']:.0%} of the model's attributions; check the data feed and "
-            "whether the model still ranks well."
+            f"whether the model still ranks well.{caveat}"
+        )
+    filling = [f for f in psi["features"] if f["signal"] == WINDOW_FILLING]
+    if filling:
+        said = "; ".join(
+            f"{f['name']} PSI {f['psi']:.2f}, {f['psi_like_coverage']:.2f} on like coverage, "
+            f"trained on windows {f['training_full_share']:.0%} full, median "
+            f"{f['training_median_days']:.0f} days covered"
+            for f in filling
+        )
+        out.append(
+            "RETRAIN when the history covers the window: the model trained on rows whose windows "
+            "were mostly partly covered by the data, and these features drifted only because "
+            f"today's windows are full ({said}). Compared on like coverage they are stable; "
+            "their drift is not counted, and retraining on months whose histories cover the "
+            "windows removes it."
         )
     segments = doc["segments"]
     for seg in segments["segments"]:
@@ -749,7 +891,7 @@ def actions(doc: dict[str, Any]) -> list[str]:
             f"WORKOUT: {ew['count']} early warning(s) (down {ew['min_notches']}+ grades or PD "
             f"crossed {ew['pd_threshold']:.0%}); review them with the workout team."
         )
-    if not out or all(a.startswith("WORKOUT") for a in out):
+    if not out or all(a.startswith(("WORKOUT", "RETRAIN")) for a in out):
         out.insert(
             0,
             f"Nothing to act on in the model: the score is {psi['score']['band']} (PSI "
@@ -767,6 +909,7 @@ def metrics_of(doc: dict[str, Any]) -> dict[str, float]:
         "psi_feature_max": max((float(f["psi"]) for f in feats), default=0.0),
         "features_watch": float(doc["psi"]["band_counts"]["watch"]),
         "features_act": float(doc["psi"]["band_counts"]["act"]),
+        "features_window_filling": float(doc["psi"]["band_counts"].get(WINDOW_FILLING, 0)),
         "population": float(doc["population"]["as_of"]),
         "mean_pd": float(doc["mean_pd"]["as_of"]),
         "early_warnings": float(doc["early_warning"]["count"]),

@@ -64,7 +64,8 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}
 .meta{color:#555;font-size:13px}.note{color:#555;font-size:13px;max-width:900px}
 .band-stable{color:#2e7d32;font-weight:600}.band-watch{color:#b58100;font-weight:600}
-.band-act{color:#c62828;font-weight:600}.band-time-like,.band-filled-in,.band-negligible{color:#777}
+.band-act{color:#c62828;font-weight:600}
+.band-time-like,.band-filled-in,.band-window-filling,.band-negligible{color:#777}
 .chart{display:block;margin:8px 0}
 .kpi{display:inline-block;margin:4px 18px 4px 0}.kpi b{font-size:20px;display:block}
 ul.reasons{margin:0;padding-left:16px;text-align:left}
@@ -103,7 +104,8 @@ def page(title: str, meta: str, sections: Sequence[str]) -> str:
 
 
 def _band_text(band: str, text: str) -> str:
-    """`text` in the colour of `band` (stable, watch, act, time-like, filled-in, negligible)."""
+    """`text` in the colour of `band` (stable, watch, act, time-like, filled-in, window-filling,
+    negligible)."""
     return f'<span class="band-{_e(band)}">{_e(text)}</span>'
 
 
@@ -225,8 +227,9 @@ def _stability_section(doc: dict[str, Any]) -> str:
         f'<p class="note">PSI = Σ (actual − expected)·ln(actual / expected) over the training '
         f"bins: {_e(psi['binning'])}. Bands: stable &lt; 0.1, watch 0.1–0.25, act &gt; 0.25. "
         f"Training reference: {psi['training_rows']:,} rows, as of "
-        f"{_e(psi['training_as_of'][0])} to {_e(psi['training_as_of'][1])}. Signals: "
-        f"{_e(psi['signals'])}. The chart shows the score and the {len(shown)} features ranked "
+        f"{_e(psi['training_as_of'][0])} to {_e(psi['training_as_of'][1])}; window coverage: "
+        f"{_e(psi.get('coverage', 'unknown'))}. Signals: {_e(psi['signals'])}. The chart "
+        f"shows the score and the {len(shown)} features ranked "
         "first (axis cut at 1: longer bars run to its end, their value printed); the table lists "
         "all, with each feature's share of the model's attributions and its mean point change "
         f"since {_e(doc['compare'])}.</p>"
@@ -238,6 +241,7 @@ def _stability_section(doc: dict[str, Any]) -> str:
                 "signal",
                 "PSI",
                 "band",
+                "PSI on like coverage",
                 "attribution share",
                 "impact (PSI × share)",
                 "points change",
@@ -251,6 +255,7 @@ def _stability_section(doc: dict[str, Any]) -> str:
                     _band(f["signal"]),
                     num(f["psi"], 4),
                     _band(f["band"]),
+                    num(f.get("psi_like_coverage"), 4),
                     pct(f["attribution_share"], 1),
                     num(f["impact"], 4),
                     _signed(f["points_change"]),

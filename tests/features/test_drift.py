@@ -247,3 +247,165 @@ def test_psi_table_gives_the_psi_of_the_present_values() -> None:
     row = psi_table(profile, same).set_index("name").loc["dso_90d"]
     assert row["actual_missing"] > row["expected_missing"]
     assert row["band"] == "act" and row["psi_present"] < 0.05
+
+
+# -- window coverage ---------------------------------------------------------------------------
+def test_coverage_by_hand() -> None:
+    """History days = months since the first invoice x 365.25/12 + 1; a window is full when the
+    history holds all its days; the like-coverage lengths are the training quantiles."""
+    from features.catalog import TIME_LIKE
+    from features.drift import HISTORY, LIKE_COVERAGE_POINTS, build_coverage, history_days
+
+    assert get_feature(HISTORY).unit and HISTORY in TIME_LIKE  # the catalog's own history
+
+    days = np.array([30, 60, 90, 120, 200, 300, 365, 400], dtype=float)
+    months = (days - 1) / (365.25 / 12)
+    assert history_days(months).tolist() == days.tolist()
+    assert np.isnan(history_days([np.nan])).all()
+    panel = pd.DataFrame({"months_since_first_invoice": months})
+    catalog = tuple(get_feature(n) for n in ("dso_90d", "dso_365d", "firm_age_years"))
+    coverage = build_coverage(panel, catalog)
+    assert coverage is not None and coverage.rows == 8
+    assert [w.name for w in coverage.windows] == ["dso_90d", "dso_365d"]  # windowed only
+    w90, w365 = coverage.windows
+    assert (w90.window_days, w90.full_share, w90.median_days) == (90, 6 / 8, 90.0)
+    # min(365, days): 30 60 90 120 200 300 365 365 -> median (120 + 200) / 2
+    assert (w365.window_days, w365.full_share, w365.median_days) == (365, 2 / 8, 160.0)
+    assert len(coverage.history_days) == LIKE_COVERAGE_POINTS == 8
+    assert list(coverage.history_days) == days.astype(int).tolist()  # 8 rows, 8 midpoints
+    assert coverage.partial("dso_365d") and not coverage.partial("dso_90d")
+    assert not coverage.partial("firm_age_years")  # not windowed: never compared
+    # a panel without the history column, or with none known: unknown coverage
+    assert build_coverage(panel.rename(columns=lambda c: "x"), catalog) is None
+    assert build_coverage(panel.assign(months_since_first_invoice=np.nan), catalog) is None
+
+
+def test_a_profile_without_coverage_still_reads_as_unknown_coverage() -> None:
+    """A profile stored before the coverage record (version 1) keeps working: coverage None."""
+    panel = _panel(300, seed=1).assign(months_since_first_invoice=np.linspace(0, 9, 300))
+    profile = build_profile(panel, np.linspace(500, 700, 300), CATALOG)
+    assert profile.coverage is not None
+    assert TrainingProfile.from_json(profile.to_json()) == profile
+    old = profile.to_dict()
+    del old["coverage"]
+    old["profile_version"] = 1
+    again = TrainingProfile.from_dict(old)
+    assert again.coverage is None and again.features == profile.features
+    with pytest.raises(ValueError, match="version 3"):
+        TrainingProfile.from_dict({**old, "profile_version": 3})
+
+
+def _rates(p: np.ndarray, payments: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A late-payment rate over each SME's `payments` (missing when none)."""
+    late = rng.binomial(payments, np.clip(p, 0, 1))
+    return np.where(payments > 0, late / np.maximum(payments, 1), np.nan)
+
+
+def test_window_filling_is_listed_not_counted_but_real_drift_with_partial_windows_still_acts() -> (
+    None
+):
+    """The mechanism of the 24-month simulations: training rows' 365-day windows were on median
+    120 days covered, so a late-payment rate over few payments is more extreme than the same
+    SMEs' rate over a full year. PSI alone alarms ('act'); compared on like coverage (today's SMEs
+    over the training rows' history lengths) the drift goes, so the feature is window-filling.
+    SMEs that really pay later are still 'act' on like coverage too."""
+    from features.drift import WINDOW_FILLING, build_coverage, coverage_candidates, rank_drift
+
+    rng = np.random.default_rng(11)
+    n = 4000
+    p = rng.beta(2, 8, n)  # each SME's propensity to pay late
+    per_day = rng.gamma(2, 0.03, n)  # payments per day
+    history = rng.integers(30, 243, n)  # training: 1 to 8 months of history
+    train = pd.DataFrame(
+        {
+            "ap_late_rate_365d": _rates(p, rng.poisson(per_day * history), rng),
+            "months_since_first_invoice": (history - 1) / (365.25 / 12),
+        }
+    )
+    catalog = (get_feature("ap_late_rate_365d"),)
+    profile = build_profile(train, np.zeros(n), catalog)
+    assert profile.coverage == build_coverage(train, catalog)
+    assert profile.coverage is not None and profile.coverage.partial("ap_late_rate_365d")
+
+    def judged(p_now: np.ndarray) -> tuple[pd.Series, float]:
+        full = _rates(p_now, rng.poisson(per_day * 365), rng)  # today: full windows
+        assert profile.coverage is not None
+        like = np.concatenate(  # today's SMEs over the training history lengths
+            [_rates(p_now, rng.poisson(per_day * h), rng) for h in profile.coverage.history_days]
+        )
+        table = psi_table(profile, pd.DataFrame({"ap_late_rate_365d": full}))
+        bins = profile.bins("ap_late_rate_365d")
+        like_psi = psi(bins.expected, bin_shares(bins, like))
+        shares = {"ap_late_rate_365d": 0.3}
+        plain = rank_drift(table, shares, coverage=profile.coverage)
+        assert coverage_candidates(plain, profile.coverage) == ["ap_late_rate_365d"]
+        ranked = rank_drift(
+            table, shares, coverage=profile.coverage, like_coverage={"ap_late_rate_365d": like_psi}
+        )
+        return ranked.iloc[0], like_psi
+
+    same, like_same = judged(p)
+    assert same["band"] == "act" and like_same < 0.1
+    assert same["signal"] == WINDOW_FILLING
+    assert same["psi_like_coverage"] == like_same and same["median_days"] < 365
+    worse, like_worse = judged(p + 0.15)  # every SME pays late more often
+    assert worse["band"] == "act" and like_worse > 0.25
+    assert worse["signal"] == "act"
+
+
+def _drifted(name: str, psi_value: float) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"name": [name], "kind": ["numeric"], "psi": [psi_value], "band": [psi_band(psi_value)]}
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "like", "signal"),
+    [
+        (0.6, 0.05, "window-filling"),  # the drift goes on like coverage
+        (0.6, 0.15, "watch"),  # part of it stays: counted at the lower band
+        (0.6, 0.40, "act"),  # it stays: real drift
+        (0.15, 0.40, "watch"),  # never above its own band
+        (0.15, 0.02, "window-filling"),
+    ],
+)
+def test_a_partial_window_counts_at_the_lower_of_its_two_bands(
+    raw: float, like: float, signal: str
+) -> None:
+    from features.drift import Coverage, WindowCoverage, rank_drift
+
+    coverage = Coverage(
+        rows=100,
+        history_days=(30, 120, 240),
+        windows=(WindowCoverage("dispute_rate_365d", 365, 0.0, 120.0),),
+    )
+    ranked = rank_drift(
+        _drifted("dispute_rate_365d", raw),
+        {"dispute_rate_365d": 0.2},
+        coverage=coverage,
+        like_coverage={"dispute_rate_365d": like},
+    )
+    assert ranked.loc[0, "signal"] == signal
+
+
+def test_like_coverage_is_not_used_where_training_windows_were_full_or_coverage_unknown() -> None:
+    """Only windows that were mostly partial in training are judged on like coverage; without a
+    coverage record (an old profile) every feature is judged on its PSI alone, as before."""
+    from features.drift import Coverage, WindowCoverage, coverage_candidates, rank_drift
+
+    full = Coverage(
+        rows=100, history_days=(400,), windows=(WindowCoverage("dso_90d", 90, 0.9, 90.0),)
+    )
+    rows = _drifted("dso_90d", 0.6)
+    for coverage in (full, None):
+        plain = rank_drift(rows, {"dso_90d": 0.2}, coverage=coverage)
+        assert coverage_candidates(plain, coverage) == []
+        ranked = rank_drift(rows, {"dso_90d": 0.2}, coverage=coverage, like_coverage={"dso_90d": 0})
+        assert ranked.loc[0, "signal"] == "act"
+    assert np.isnan(rank_drift(rows, {"dso_90d": 0.2})["full_share"]).all()
+    # a negligible or time-like feature is not compared at all
+    partial = Coverage(
+        rows=100, history_days=(30,), windows=(WindowCoverage("dso_365d", 365, 0.1, 120.0),)
+    )
+    tiny = rank_drift(_drifted("dso_365d", 0.6), {"dso_365d": 0.001}, coverage=partial)
+    assert tiny.loc[0, "signal"] == "negligible" and coverage_candidates(tiny, partial) == []

@@ -306,17 +306,23 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     assert doc["model"]["uri"] == profiled.uri
     names = [f["name"] for f in doc["psi"]["features"]]
     assert sorted(names) == sorted(b.name for b in profiled.profile.features)
-    signals = ("stable", "watch", "act", "time-like", "filled-in", "negligible")
+    signals = ("stable", "watch", "act", "time-like", "filled-in", "window-filling", "negligible")
     assert doc["psi"]["band_counts"] == {
         b: sum(f["signal"] == b for f in doc["psi"]["features"]) for b in signals
     }
     for f in doc["psi"]["features"]:
-        # a counted signal is the PSI band of a feature that is not time-like and matters
+        # a counted signal is the PSI band of a feature that is not time-like and matters (the
+        # lower of it and its like-coverage band, when its training windows were mostly partial)
         if f["signal"] in ("watch", "act"):
-            assert f["band"] == f["signal"] and not f["time_like"]
-            assert f["attribution_share"] >= 0.02
+            assert not f["time_like"] and f["attribution_share"] >= 0.02
+            like = f["psi_like_coverage"]
+            assert f["band"] == f["signal"] or (like is not None and like <= 0.25), f
         if f["signal"] == "filled-in":  # only the missing share fell; the values as trained
             assert f["actual_missing"] < f["expected_missing"] and f["psi_present"] < 0.1
+        if f["signal"] == "window-filling":  # drifted, but not on like window coverage
+            assert f["band"] != "stable" and f["psi_like_coverage"] < 0.1
+            assert f["training_full_share"] < 0.5
+    assert doc["psi"]["coverage"].startswith(f"{profiled.profile.rows:,} training rows")
     time_like = {f["name"] for f in doc["psi"]["features"] if f["signal"] == "time-like"}
     assert time_like == {"firm_age_years", "months_since_first_invoice", "financials_age_days"}
     # the features' mean point changes add up to the mean score's change
@@ -455,6 +461,85 @@ def test_a_month_without_matured_labels_has_no_cohort_and_no_realised_rates(
     score_psi = float(result.psi.loc[result.psi["name"] == SCORE, "psi"].iloc[0])
     assert np.isfinite(score_psi) and score_psi >= 0
     assert result.cohort is None and result.realised is None
+
+
+def test_like_coverage_sees_the_training_histories_and_real_drift(profiled: Profiled) -> None:
+    """The training months of this 24-month simulation hold only partly covered 365-day windows.
+    `cut_history` gives data as if they had begun h days before the as-of date (no SME's history
+    longer than h; loans and statements kept); on the pooled cuts the windowed rates compare with
+    training like for like and do not drift, while on the full windows PSI alone would alarm. On
+    data where SMEs really dispute more of last year's invoices, or hold more stock, the
+    like-coverage comparison still drifts ('act'), and the monitor counts it at act."""
+    from dataclasses import replace
+
+    from features.drift import history_days, psi_band, psi_table
+    from features.io import load_tables
+    from features.pipeline import build_features
+    from serving.portfolio.monitor import cut_history, like_coverage_psi, monitor, summary
+
+    profile = profiled.profile
+    coverage = profile.coverage
+    assert coverage is not None and coverage.rows == profile.rows
+    names = ["dispute_rate_365d", "ap_late_rate_365d", "ap_days_beyond_terms_365d"]
+    assert all(coverage.partial(n) for n in names)
+    tables = load_tables(profiled.data)
+    as_of = pd.Timestamp("2023-12-31")
+    h = coverage.history_days[2]
+    cut = cut_history(tables, as_of - pd.Timedelta(days=h - 1))
+    assert len(cut.loans) == len(tables.loans) and len(cut.financials) == len(tables.financials)
+    assert 0 < len(cut.invoices) < len(tables.invoices)
+    assert (cut.invoices["issue_date"] > as_of - pd.Timedelta(days=h)).all()
+    rows = build_features(cut, [as_of])
+    assert (history_days(rows["months_since_first_invoice"]) <= h).all()
+
+    now = build_features(tables, [as_of])
+    full = psi_table(profile, now[names]).set_index("name")["psi"]
+    like = like_coverage_psi(tables, profile, as_of, now["sme_id"], names, 365)
+    assert set(like) == set(names)
+    assert all(psi_band(like[n]) == "stable" for n in names), like
+    assert full.max() > 0.25 and all(like[n] < full[n] for n in names), (full, like)
+
+    rng = np.random.default_rng(0)
+    invoices = tables.invoices.copy()
+    recent = invoices["issue_date"] > as_of - pd.Timedelta(days=365)
+    invoices.loc[recent & (rng.random(len(invoices)) < 0.25), "disputed"] = True
+    disputes = replace(tables, invoices=invoices)
+    worse = like_coverage_psi(disputes, profile, as_of, now["sme_id"], names[:1], 365)
+    assert psi_band(worse["dispute_rate_365d"]) == "act", worse
+    # end to end: SMEs' stock piles up (three times the inventory of last year's snapshots);
+    # the model's inventory turnover falls on like coverage too, and the monitor counts it
+    inventory = tables.inventory.copy()
+    recent = inventory["snapshot_date"] > as_of - pd.Timedelta(days=365)
+    inventory.loc[recent, "inventory_value"] *= 3.0
+    loaded = load_model(profiled.uri, profiled.tracking_uri)
+    doc = summary(monitor(replace(tables, inventory=inventory), loaded, profile, as_of))
+    found = {f["name"]: f for f in doc["psi"]["features"]}
+    turnover = found["inventory_turnover_180d"]
+    assert coverage.partial("inventory_turnover_180d") and turnover["attribution_share"] >= 0.02
+    assert turnover["signal"] == "act" and turnover["psi_like_coverage"] > 0.25, turnover
+    assert any(a.startswith("ACT: inventory_turnover_180d") for a in doc["actions"])
+
+
+def test_an_old_profile_without_coverage_is_monitored_as_before(profiled: Profiled) -> None:
+    """A bundle whose profile predates the coverage record: windowed features judged on their PSI
+    alone (no window-filling), and the summary says the coverage is unknown."""
+    from dataclasses import replace
+
+    from features.io import load_tables
+    from serving.portfolio.monitor import monitor, summary
+
+    loaded = load_model(profiled.uri, profiled.tracking_uri)
+    old = replace(profiled.profile, coverage=None)
+    doc = summary(monitor(load_tables(profiled.data), loaded, old, "2023-12-31"))
+    assert doc["psi"]["coverage"].startswith("unknown")
+    assert doc["psi"]["band_counts"]["window-filling"] == 0
+    assert all(f["psi_like_coverage"] is None for f in doc["psi"]["features"])
+    windowed = [f for f in doc["psi"]["features"] if f["signal"] in ("watch", "act")]
+    windowed = [f for f in windowed if f["window_days"] is not None]
+    assert windowed  # this fixture's full windows drift from its partial training windows
+    for f in windowed:
+        line = next(a for a in doc["actions"] if f": {f['name']} drifted" in a)
+        assert "training window coverage is unknown" in line
 
 
 def test_a_model_trained_with_a_180_day_horizon_is_monitored_with_180_days(

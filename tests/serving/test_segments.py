@@ -305,14 +305,20 @@ def test_a_cores_own_features_take_one_value_per_core(stable: Monitored) -> None
         assert (by_core[name].std(ddof=0) <= 0.01 * spread).all(), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="365-day windows are partial in the training months of a 24-month simulation, so "
-    "ap_days_beyond_terms_365d, ap_late_rate_365d and dispute_rate_365d drift at 'act' (branch "
-    "window13 changes features/own.py for this); remove this mark once it passes",
-)
 def test_the_unshocked_twin_has_no_feature_at_act(stable: Monitored) -> None:
+    """The model trained on the data's first months, when every SME's 365-day windows were only
+    partly covered (on median 120 days): its late-payment and dispute rates, shares over fewer
+    payments, were more extreme than over today's full windows, so PSI alone puts them at 'act'.
+    Compared on like coverage they do not drift: they are listed as window-filling, with the
+    advice to retrain once the history covers the window, and nothing is counted at 'act'."""
     run = stable
     assert run.doc["psi"]["band_counts"]["act"] == 0, [
         f["name"] for f in run.doc["psi"]["features"] if f["signal"] == "act"
     ]
+    found = {f["name"]: f for f in run.doc["psi"]["features"]}
+    for name in ("ap_days_beyond_terms_365d", "ap_late_rate_365d", "dispute_rate_365d"):
+        f = found[name]
+        assert f["band"] == "act" and f["signal"] == "window-filling", f
+        assert f["psi_like_coverage"] < 0.1 and f["training_full_share"] < 0.5
+    retrain = [a for a in run.doc["actions"] if a.startswith("RETRAIN")]
+    assert len(retrain) == 1 and "ap_late_rate_365d" in retrain[0]
