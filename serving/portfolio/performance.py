@@ -462,7 +462,7 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
             f"CBPE on recalibrated PDs: labels drawn from logit PD' = "
             f"{newest['intercept']:.2f} + {newest['slope']:.2f} logit PD, fitted on "
             f"{int(newest['reference_months'])} matured months after the model's training window "
-            f"({int(newest['reference_defaults'])} defaults; month shocks sd "
+            f"({int(newest['reference_defaults'])} default labels; month shocks sd "
             f"{newest['shock_sd']:.2f} in log-odds), the {level:.0%} interval carrying the "
             "sampling noise, the recalibration's uncertainty and month shocks; each of those "
             "months is judged with a recalibration on the months at least half a horizon away "
