@@ -101,7 +101,7 @@ def test_immature_months_have_estimates_only() -> None:
     table = performance_table(scores, labels, draws=50)
     assert table["mature"].tolist() == [True, False]
     assert table.loc[0, "default_rate_realised"] == pytest.approx(1 / 3)
-    assert np.isnan(table.loc[1, "auc_realised"]) and table.loc[1, "auc_within"] is None
+    assert table["auc_realised"].isna().iloc[1] and table.loc[1, "auc_within"] is None
 
 
 # -- the recalibration learned on months the model did not train on --------------------------
@@ -208,9 +208,8 @@ def synthetic_window_months(
     n_months: int = 20, immature: int = 3
 ) -> tuple[pd.DataFrame, pd.Series]:
     rows = distorted_months(n_months, 1500, seed=4)
-    labels = rows["label"].astype("Float64")
     last = rows["as_of"].drop_duplicates().sort_values().iloc[-immature:]
-    labels[rows["as_of"].isin(last)] = pd.NA
+    labels = rows["label"].astype("Float64").mask(rows["as_of"].isin(last))
     return rows[["as_of", "sme_id", "pd"]], labels
 
 
