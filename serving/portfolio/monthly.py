@@ -9,7 +9,9 @@ Files (written into a temporary sibling folder, renamed into place at the end):
 - ``early_warnings.csv`` — the workout team's list: grades and PDs at both dates, the top reasons
   now and the features whose points fell most (numbers rounded: PD 4 decimals, points 1);
 - ``performance.csv`` — per month end up to the as-of date: the estimated default rate, AUC and
-  ECE with 95 % intervals (`serving.portfolio.performance`) and, where matured, the realised ones.
+  ECE with 95 % intervals (`serving.portfolio.performance`: CBPE on the PDs recalibrated on the
+  matured months after the model's training window, or plain CBPE when too few, per month in
+  ``interval``), the plain CBPE figures beside them and, where matured, the realised ones.
 """
 
 from __future__ import annotations

@@ -360,6 +360,20 @@ PERFORMANCE_METRICS: tuple[tuple[str, str, Callable[[float | None], str]], ...] 
 )
 
 
+PERFORMANCE_ROLES: dict[str, str] = {
+    "trained": "training window",
+    "overlap": "after training (embargo)",
+    "unseen": "out of time",
+    "unknown": "model's window unknown",
+}
+
+
+def _not_trained(by_role: dict[str, list[int]]) -> tuple[int, int]:
+    """(inside, months) summed over the roles of months the model did not train on."""
+    pairs = [by_role[r] for r in ("overlap", "unseen") if r in by_role]
+    return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+
+
 def _performance_section(doc: dict[str, Any]) -> str:
     perf = doc.get("performance")
     head = "<h2>Estimated performance before labels mature</h2>"
@@ -403,23 +417,47 @@ def _performance_section(doc: dict[str, Any]) -> str:
     chart.axes[0].legend(frameon=False, fontsize=8)
     rows = []
     for m in months:
-        cells: list[object] = [m["as_of"], f"{m['n']:,}", "yes" if m["mature"] else "no"]
+        role = m.get("role", "unknown")
+        cells: list[object] = [
+            m["as_of"],
+            f"{m['n']:,}",
+            "yes" if m["mature"] else "no",
+            _e(f"{PERFORMANCE_ROLES.get(role, role)}; {m.get('interval', 'sampling')}"),
+        ]
         for metric, _, fmt in PERFORMANCE_METRICS:
             e = m[metric]
             cells.append(f"{fmt(e['estimate'])} [{fmt(e['low'])} – {fmt(e['high'])}]")
             real = fmt(e["realised"])
-            cells.append(real if e["within"] is not False else _band_text("act", f"{real} outside"))
+            if e["within"] is not False:
+                cells.append(real)
+            elif role == "trained":  # in sample: the model fits these months' labels
+                cells.append(_e(f"{real} outside (in sample)"))
+            else:
+                cells.append(_band_text("act", f"{real} outside"))
         rows.append(cells)
+    judged = []
+    for metric, label, _ in PERFORMANCE_METRICS:
+        inside, count = _not_trained(perf.get("coverage", {}).get(metric, {}))
+        if count:
+            judged.append(f"{label} {inside}/{count}")
+    coverage = (
+        f" Realised inside the interval in the matured months the model did not train on: "
+        f"{', '.join(judged)}."
+        if judged
+        else ""
+    )
     return (
-        head
-        + f'<p class="note">{_e(perf["note"])}. A realised value outside its interval means the '
-        "PDs were wrong for that month (or its defaults were correlated, e.g. a downturn).</p>"
+        head + f'<p class="note">{_e(perf["note"])}.{_e(coverage)} A realised value outside its '
+        "interval in a month the model did not train on means that month behaved unlike the "
+        "reference months (the model has drifted, or its defaults were correlated, e.g. a "
+        "downturn).</p>"
         + chart.svg()
         + table(
             [
                 "month end",
                 "SMEs",
                 "mature",
+                "model; estimate",
                 *(
                     f"{label} {kind}"
                     for _, label, _ in PERFORMANCE_METRICS

@@ -589,6 +589,18 @@ def test_monthly_command_writes_one_folder_of_reports(
     perf = pd.read_csv(out / "performance.csv")
     assert len(perf) == 24  # every month end of the data up to the as-of date
     assert perf["mature"].sum() == 12 and perf.loc[perf["mature"], "auc_realised"].notna().all()
+    # months inside the training window show plain CBPE; the others say how they were estimated
+    method = doc["performance"]["method"]
+    assert (perf.loc[perf["role"] == "trained", "interval"] == "sampling").all()
+    assert (perf.loc[~perf["mature"], "interval"] == method["interval"]).all()
+    judged = perf[perf["mature"] & (perf["role"] != "trained")]  # each without its own labels
+    assert set(judged["interval"]) <= {"recalibrated-leave-out", "sampling"}
+    assert ((judged["interval"] == "sampling") == (judged["reference_months"] == 0)).all()
+    note = doc["performance"]["note"]
+    if method["interval"] == "sampling":
+        assert "NOT corrected" in note
+    else:
+        assert f"fitted on {method['reference_months']} matured months" in note
     # the report shows the estimated performance per month, realised where mature
     months = doc["performance"]["months"]
     assert [m["as_of"] for m in months] == perf["as_of"].tolist()
@@ -598,6 +610,7 @@ def test_monthly_command_writes_one_folder_of_reports(
     assert [r[2] for r in page["performanceTable"]] == [
         "yes" if m else "no" for m in perf["mature"]
     ]
+    assert [r[3].split("; ")[1] for r in page["performanceTable"]] == perf["interval"].tolist()
     realised_points = [p for p in page["performance"] if p["series"] == "default rate realised"]
     assert [(p["label"], p["value"]) for p in realised_points] == [
         (m["as_of"], m["default_rate"]["realised"]) for m in months if m["mature"]
