@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -313,23 +312,21 @@ def recorded_values(
 ) -> list[dict[str, float | str | None]]:
     """Every feature value as the model used it, per row: finite floats, trained categories,
     None for missing (absent, NaN, or a category the model was not trained on)."""
-    categorical = {
-        f.name: frozenset(model.categories.get(f.name, ()))
-        for f in model.catalog
-        if f.kind == "categorical"
-    }
+    plan = _view(model).recorded
     out: list[dict[str, float | str | None]] = []
     for row in rows:
+        get = row.get
         rec: dict[str, float | str | None] = {}
-        for name in model.feature_names:
-            v = row.get(name)
-            if type(v) is float and name not in categorical:  # the common case, kept cheap
-                rec[name] = v if math.isfinite(v) else None
-            elif name in categorical:
-                text = None if v is None or (isinstance(v, float) and v != v) else str(v)
-                rec[name] = text if text in categorical[name] else None
+        for name, known in plan:
+            v = get(name)
+            if known is None:  # a number
+                if type(v) is float:  # the common case, kept cheap
+                    rec[name] = v if v - v == 0.0 else None  # NaN and infinities: None
+                else:
+                    rec[name] = None if v is None else json_value(v)
             else:
-                rec[name] = json_value(v)
+                text = None if v is None or (isinstance(v, float) and v != v) else str(v)
+                rec[name] = text if text in known else None
         out.append(rec)
     return out
 
@@ -503,15 +500,16 @@ def coverage(model: ScoringModel, values: dict[str, Any]) -> dict[str, Any]:
     """How much of the model the values cover: features present, and the share of the
     booster's total gain importance those features carry (1.0 for a model without splits)."""
     view = _view(model)
-    gains = view.gains
+    get = values.get
     present = [
-        n
-        for n in view.names
-        if (v := values.get(n)) is not None and not (isinstance(v, float) and v != v)
+        n for n in view.names if (v := get(n)) is not None and not (isinstance(v, float) and v != v)
     ]  # `_present`, inline: this runs for every feature of every request
-    share = 1.0 if view.total_gain <= 0 else sum(gains[n] for n in present) / view.total_gain
+    # the gains summed in the model's order, as ever (the same float)
+    share = (
+        1.0 if view.total_gain <= 0 else sum(map(view.gains.__getitem__, present)) / view.total_gain
+    )
     here = set(present)
-    missing = [n for n in view.by_gain if n not in here][:5]
+    missing = list(islice((n for n in view.by_gain if n not in here), 5))
     return {
         "present": len(present),
         "of": len(view.names),
@@ -543,6 +541,9 @@ class _View:
     total_gain: float
     by_gain: list[str]  # features with gain, most first (ties in model order)
     splits: dict[str, np.ndarray]  # sorted numeric split thresholds
+    # `recorded_values`' plan: each feature, in model order, with its trained categories (None
+    # for a number)
+    recorded: tuple[tuple[str, frozenset[str] | None], ...]
 
 
 _VIEWS: dict[int, tuple[Any, _View]] = {}
@@ -585,6 +586,13 @@ def _build_view(model: ScoringModel) -> _View:
         total_gain=sum(gains.values()),
         by_gain=sorted((n for n in names if gains[n] > 0), key=lambda n: -gains[n]),
         splits={n: np.array(sorted(v)) for n, v in found.items()},
+        recorded=tuple(
+            (
+                f.name,
+                frozenset(model.categories.get(f.name, ())) if f.kind == "categorical" else None,
+            )
+            for f in model.catalog
+        ),
     )
 
 

@@ -1,0 +1,189 @@
+"""The fast paths of the score routes give what the plain ones give.
+
+- the request body is read by orjson unless it holds an integer orjson may read differently: the
+  values (and their types) equal the standard library's, for any JSON;
+- the batch's answer, built from the stored payloads without FastAPI's response validation, is
+  what `BatchScoreResponse` makes of them;
+- the feature values recorded with each decision are those the loop recorded before it was
+  tightened;
+- the audit record's stored text and hash, built from one serialisation per record, are
+  byte-identical to the canonical form of the whole payload (what `verify` re-derives).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
+
+from serving import scoring
+from serving.api.errors import validation_entries
+from serving.api.routes.scores import _json_items
+from serving.audit.canonical import canonical_bytes, canonical_json, json_value, record_hash
+from serving.audit.store import chained_text
+from serving.schemas import BatchScoreResponse, ScoreResponse, batch_response_json
+from tests.serving.test_api import FEATURES
+
+
+def _documents(largest: int) -> st.SearchStrategy[Any]:
+    numbers = st.one_of(
+        st.integers(min_value=-largest, max_value=largest),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e-3, max_value=1e-3),
+    )
+    scalars = st.one_of(st.none(), st.booleans(), st.text(max_size=8), numbers)
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+
+
+documents = _documents(10**30)  # integers beyond 64 bits: JSON has them, orjson does not
+payload_values = _documents(2**63 - 1)  # what the audit store's canonical form can hold
+
+
+def _typed(value: Any) -> Any:
+    """A value with the type of every number kept (1 and 1.0 differ)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents)
+def test_body_reads_as_the_standard_library_reads_it(doc: Any) -> None:
+    body = json.dumps(doc).encode()
+    assert _typed(_json_items(body)) == _typed(json.loads(body))
+
+
+def test_long_fractions_stay_with_orjson_and_long_integers_do_not() -> None:
+    for text, expected in [
+        (b"[-0.0039273441335297005]", [-0.0039273441335297005]),
+        (b"[12345678901234567890123]", [12345678901234567890123]),
+        (b"[-9223372036854775809]", [-9223372036854775809]),
+        (b'{"a": 18446744073709551616}', {"a": 18446744073709551616}),
+        (b"[12345678901234567890.5, 1e0000000000000000001]", [1.2345678901234567e19, 10.0]),
+    ]:
+        assert _typed(_json_items(text)) == _typed(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), payload_values, max_size=8), st.booleans())
+def test_chained_text_is_the_canonical_form(body: dict[str, Any], with_prev: bool) -> None:
+    payload = dict(body)
+    payload.pop("record_hash", None)
+    if with_prev:
+        payload.update(prev_hash="0" * 64, sequence=3, decision_id="d")
+    digest, text = chained_text(payload)
+    assert digest == record_hash(payload)
+    assert text == canonical_json({**payload, "record_hash": digest})
+    assert canonical_bytes({**payload, "record_hash": digest}).decode() == text
+
+
+def test_the_batch_answer_is_the_response_model_of_its_parts(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    """The batch's answer skips FastAPI's response validation (`batch_response_json`): it must be
+    what BatchScoreResponse makes of the stored payloads and the error entries, key order
+    included, whatever value a failed item sent (a 100-digit integer, a list)."""
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    served = svc.holder.get()
+    caller = svc.keys.authenticate(keys["scorer"])
+    good = [
+        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES},
+        {"sme_id": "S2", "as_of": "2024-06-30", "allow_sparse": True, "features": {}},
+    ]
+    bad = [
+        {"sme_id": "S3", "as_of": "2024-06-30", "features": {"dso_90d": 10**100}},
+        {"sme_id": "S4", "as_of": "2024-06-30", "features": {"dso_90d": [1, 2]}},
+        {"sme_id": "S5", "as_of": "2024-06-30", "features": {"dso_90d": -5.0}},
+    ]
+    requests = [served.request_model.model_validate_json(json.dumps(b)) for b in good]
+    stored = svc.record(scoring.score_many(served, requests, raw=good), caller)
+    errors = []
+    for i, item in enumerate(bad, start=len(good)):
+        with pytest.raises(ValidationError) as caught:
+            served.request_model.model_validate_json(json.dumps(item))
+        entries = validation_entries(
+            caught.value.errors(include_url=False), prefix=("body", i), index=i
+        )
+        errors.append({"index": i, "errors": entries, "error_count": len(entries)})
+    results = [stored[0], None, stored[1], None, None]
+    fast = batch_response_json(results, errors)
+    adapter = TypeAdapter(BatchScoreResponse)
+    doc = {"scored": 2, "failed": 3, "results": results, "errors": errors}
+    slow = adapter.dump_json(adapter.validate_python(doc), by_alias=True)
+    assert _typed(json.loads(fast)) == _typed(json.loads(slow))
+    assert list(json.loads(fast)) == list(BatchScoreResponse.model_fields)
+    assert list(json.loads(fast)["results"][0]) == list(ScoreResponse.model_fields)
+    assert list(json.loads(fast)["errors"][0]["errors"][0]) == list(
+        json.loads(slow)["errors"][0]["errors"][0]
+    )
+
+
+def test_the_batch_route_answers_with_its_parts(client: TestClient, headers: Any) -> None:
+    items = [
+        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES},
+        {"sme_id": "S2", "as_of": "2024-06-30", "features": {"dso_90d": 10**100}},
+    ]
+    r = client.post("/v1/scores/batch", json=items, headers=headers("scorer"))
+    assert r.status_code == 200, r.text
+    doc = BatchScoreResponse.model_validate(r.json())
+    assert (doc.scored, doc.failed) == (1, 1)
+    assert doc.results[1] is None and doc.results[0] is not None
+    assert doc.errors[0].index == 1 and doc.errors[0].errors[0].loc[:3] == ["body", 1, "features"]
+
+
+def _recorded_as_before(model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`recorded_values` as it was written before its loop was tightened (the oracle)."""
+    categorical = {
+        f.name: frozenset(model.categories.get(f.name, ()))
+        for f in model.catalog
+        if f.kind == "categorical"
+    }
+    out = []
+    for row in rows:
+        rec: dict[str, Any] = {}
+        for name in model.feature_names:
+            v = row.get(name)
+            if type(v) is float and name not in categorical:
+                rec[name] = v if math.isfinite(v) else None
+            elif name in categorical:
+                text = None if v is None or (isinstance(v, float) and v != v) else str(v)
+                rec[name] = text if text in categorical[name] else None
+            else:
+                rec[name] = json_value(v)
+        out.append(rec)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_recorded_values_are_what_they_were(scoring_model: Any, data: st.DataObject) -> None:
+    """The values recorded with each decision (what replay compares) are those the loop gave
+    before it was tightened, for any row: numbers of any kind, infinities, NaN, text in a
+    number's place, known and unknown categories."""
+    model = scoring_model
+    value = st.one_of(
+        st.none(),
+        st.floats(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.booleans(),
+        st.just(-0.0),
+        st.sampled_from(["metals", "food", "textiles", "chemicals", "unknown", "5"]),
+    )
+    rows = data.draw(
+        st.lists(st.dictionaries(st.sampled_from(model.feature_names), value), max_size=6)
+    )
+    assert _typed(scoring.recorded_values(model, rows)) == _typed(_recorded_as_before(model, rows))
