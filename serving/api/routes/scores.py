@@ -161,6 +161,7 @@ def post_score_batch(
     prepared: list[tuple[int, Any]] = []
     failed: dict[int, list[dict[str, Any]]] = {}
     valid = _all_valid(served.batch_model, body)
+    limits = svc.settings.limits
     for i, item in enumerate(items):
         try:
             request = (
@@ -176,7 +177,7 @@ def post_score_batch(
                         request,
                         svc.online.latest,
                         loc=(i,),
-                        limits=svc.settings.limits,
+                        limits=limits,
                         raw=item,
                     ),
                 )
