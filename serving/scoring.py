@@ -633,10 +633,16 @@ def _sides(
     """The side of each (row, feature, value as recorded) of `wanted` whose value is a present
     number: HIGH when its level adds risk because it is high (declared by the catalog's
     direction; for an unconstrained feature, probed at the nearest splits, all rows in one
-    call). `M`: the rows' matrix."""
+    call). `M`: the rows' matrix.
+
+    A probed value's margin is compared with the margins at the nearest split below it and
+    just above the nearest split at or above it (the value itself where there is none: no
+    change); the nearest splits of all values of a feature are found in one search."""
     view = _view(model)
     out: dict[tuple[int, str], Side] = {}
-    probed: list[tuple[int, str, list[float], bool, bool]] = []
+    rows: list[int] = []
+    names: list[str] = []
+    values: list[float] = []
     for i, name, recorded in wanted:
         f = view.features[name]
         if f.kind == "categorical" or not _present(recorded):
@@ -644,20 +650,31 @@ def _sides(
         if f.direction != 0:
             out[i, name] = "HIGH" if f.direction > 0 else "LOW"
             continue
-        value = float(recorded)
+        rows.append(i)
+        names.append(name)
+        values.append(float(recorded))
+    if not rows:
+        return out
+    value = np.array(values, dtype=np.float64)
+    below, above = value.copy(), value.copy()
+    named = np.array(names, dtype=object)
+    for name in dict.fromkeys(names):
         cuts = view.splits.get(name, _NO_SPLITS)
-        k = int(np.searchsorted(cuts, value, side="left"))  # cuts[:k] < value <= cuts[k:]
-        probes = [value]
-        if k > 0:
-            probes.append(float(cuts[k - 1]))
-        if k < len(cuts):
-            probes.append(float(np.nextafter(cuts[k], np.inf)))
-        probed.append((i, name, probes, k > 0, k < len(cuts)))
-    margins = _margins_varying(model, M, [(i, n, v) for i, n, v, _, _ in probed])
-    for (i, name, _, has_below, has_above), margin in zip(probed, margins, strict=True):
-        down = margin[1] if has_below else margin[0]
-        up = margin[-1] if has_above else margin[0]
-        out[i, name] = "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
+        if not len(cuts):
+            continue
+        at = np.flatnonzero(named == name)
+        k = np.searchsorted(cuts, value[at], side="left")  # cuts[:k] < value <= cuts[k:]
+        has_below, has_above = k > 0, k < len(cuts)
+        below[at[has_below]] = cuts[k[has_below] - 1]
+        above[at[has_above]] = np.nextafter(cuts[k[has_above]], np.inf)
+    n = len(rows)
+    X = np.repeat(M[np.array(rows, dtype=np.intp)], 3, axis=0)
+    cols = np.repeat(np.array([view.slots[name] for name in names], dtype=np.intp), 3)
+    X[np.arange(3 * n), cols] = np.column_stack([value, below, above]).ravel()
+    margin = model.treeshap().with_threads(1).margin(X).reshape(n, 3)
+    high = (margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]).tolist()
+    for i, name, h in zip(rows, names, high, strict=True):
+        out[i, name] = "HIGH" if h else "LOW"
     return out
 
 

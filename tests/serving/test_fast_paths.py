@@ -6,6 +6,8 @@
   what `BatchScoreResponse` makes of them;
 - the feature values recorded with each decision are those the loop recorded before it was
   tightened;
+- the side of each reason (HIGH or LOW), its nearest splits searched in bulk, is the one the
+  search one value at a time gave;
 - the audit record's stored text and hash, built from one serialisation per record, are
   byte-identical to the canonical form of the whole payload (what `verify` re-derives).
 """
@@ -16,6 +18,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
@@ -187,3 +190,67 @@ def test_recorded_values_are_what_they_were(scoring_model: Any, data: st.DataObj
         st.lists(st.dictionaries(st.sampled_from(model.feature_names), value), max_size=6)
     )
     assert _typed(scoring.recorded_values(model, rows)) == _typed(_recorded_as_before(model, rows))
+
+
+def _sides_as_before(model: Any, M: np.ndarray, wanted: list[tuple[int, str, Any]]) -> dict:
+    """`_sides` as it was written before it searched the splits in bulk (the oracle)."""
+    view = scoring._view(model)
+    out: dict[tuple[int, str], str] = {}
+    probed = []
+    for i, name, recorded in wanted:
+        f = view.features[name]
+        if f.kind == "categorical" or not scoring._present(recorded):
+            continue
+        if f.direction != 0:
+            out[i, name] = "HIGH" if f.direction > 0 else "LOW"
+            continue
+        value = float(recorded)
+        cuts = view.splits.get(name, scoring._NO_SPLITS)
+        k = int(np.searchsorted(cuts, value, side="left"))
+        probes = [value]
+        if k > 0:
+            probes.append(float(cuts[k - 1]))
+        if k < len(cuts):
+            probes.append(float(np.nextafter(cuts[k], np.inf)))
+        probed.append((i, name, probes, k > 0, k < len(cuts)))
+    margins = scoring._margins_varying(model, M, [(i, n, v) for i, n, v, _, _ in probed])
+    for (i, name, _, has_below, has_above), margin in zip(probed, margins, strict=True):
+        down = margin[1] if has_below else margin[0]
+        up = margin[-1] if has_above else margin[0]
+        out[i, name] = "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> None:
+    """The side of every reason (HIGH or LOW: which code and sentence it gets) is what the
+    one-value-at-a-time search gave, for values on, between, below and above the splits."""
+    model = scoring_model
+    view = scoring._view(model)
+    free = [n for n in view.names if view.features[n].direction == 0 and len(view.splits[n])]
+    assert free, "the test model has no unconstrained feature with splits"
+    n_rows = data.draw(st.integers(1, 5))
+    rows = []
+    for _ in range(n_rows):
+        row = {}
+        for name in view.names:
+            if view.features[name].kind == "categorical":
+                continue
+            cuts = view.splits[name].tolist() or [0.0]
+            row[name] = data.draw(
+                st.one_of(
+                    st.sampled_from(cuts),
+                    st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
+                    st.floats(min(cuts) - 10, max(cuts) + 10),
+                    st.none(),
+                )
+            )
+        rows.append(row)
+    M = model.records_matrix(rows)
+    wanted = [
+        (i, name, rows[i].get(name))
+        for i in range(n_rows)
+        for name in data.draw(st.lists(st.sampled_from(view.names), max_size=8, unique=True))
+    ]
+    assert scoring._sides(model, M, wanted) == _sides_as_before(model, M, wanted)
