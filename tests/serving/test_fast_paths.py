@@ -254,3 +254,59 @@ def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> No
         for name in data.draw(st.lists(st.sampled_from(view.names), max_size=8, unique=True))
     ]
     assert scoring._sides(model, M, wanted) == _sides_as_before(model, M, wanted)
+
+
+TUNED = """
+import gc, json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from serving.api.app import create_app
+from serving.api.service import GC_THRESHOLDS
+from serving.settings import Settings
+from tests.support.load import make_keys, make_signing_key
+from tests.support.models import Registry, train_small_model
+
+root = Path(sys.argv[1])
+make_signing_key(root)
+make_keys(root / "keys.json")
+settings = Settings(
+    mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db", audit_db=f"sqlite:///{root}/audit.db",
+    api_keys=root / "keys.json", env="test",
+)
+registry = Registry()
+registry.add(train_small_model(seed=3))
+before = gc.get_freeze_count(), gc.get_threshold()
+with TestClient(create_app(settings, loader=registry, tune_gc=sys.argv[2] == "tuned")) as c:
+    assert c.get("/readyz").status_code == 200
+    after = gc.get_freeze_count(), gc.get_threshold()
+print(json.dumps([before[0], before[1], after[0], after[1], GC_THRESHOLDS]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["tuned", "plain"])
+def test_only_a_serving_process_tunes_the_collector(tmp_path: Any, mode: str) -> None:
+    """`app_from_env` (a uvicorn worker) freezes the heap once the model is loaded and raises the
+    young-collection threshold; an app built in a shared process (tests, tools) leaves the
+    collector alone. In a subprocess: the collector is the whole process's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", TUNED, str(tmp_path), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    frozen_before, before, frozen_after, after, tuned = json.loads(last)
+    assert frozen_before == 0
+    if mode == "tuned":
+        assert frozen_after > 10_000 and after == tuned
+    else:
+        assert frozen_after == 0 and after == before
