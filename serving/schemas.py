@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     RootModel,
     Strict,
+    TypeAdapter,
     create_model,
     field_validator,
     model_validator,
@@ -400,6 +401,32 @@ class BatchScoreResponse(BaseModel):
         description="One entry per item, in order: its decision, or null when it failed."
     )
     errors: list[ItemError] = Field(description="The failed items, each with its index.")
+
+
+@functools.cache
+def _item_errors() -> TypeAdapter[list[ItemError]]:
+    return TypeAdapter(list[ItemError])
+
+
+def batch_response_json(
+    results: Sequence[Mapping[str, Any] | None], errors: Sequence[Mapping[str, Any]]
+) -> bytes:
+    """The JSON of `BatchScoreResponse`: ``scored`` and ``failed`` counted from `results` (the
+    stored payloads, None for a failed item) and `errors` (each failed item's entries). Each
+    decision is projected as `response_json` projects a single one (no validation of what the
+    service built itself); the error entries, a few, go through their model as FastAPI's
+    response validation would take them (their ``value`` is whatever the caller sent). The same
+    document as ``TypeAdapter(BatchScoreResponse).dump_json`` (tests/serving/test_api.py)."""
+    plan = _plan(ScoreResponse)
+    option = orjson.OPT_SERIALIZE_NUMPY
+    items = b",".join(
+        b"null" if p is None else orjson.dumps(_project(plan, p), option=option) for p in results
+    )
+    adapter = _item_errors()
+    errs = adapter.dump_json(adapter.validate_python(list(errors)))
+    scored = sum(p is not None for p in results)
+    failed = len(results) - scored
+    return b'{"scored":%d,"failed":%d,"results":[%b],"errors":%b}' % (scored, failed, items, errs)
 
 
 class CallerInfo(BaseModel):

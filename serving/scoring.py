@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -313,23 +312,21 @@ def recorded_values(
 ) -> list[dict[str, float | str | None]]:
     """Every feature value as the model used it, per row: finite floats, trained categories,
     None for missing (absent, NaN, or a category the model was not trained on)."""
-    categorical = {
-        f.name: frozenset(model.categories.get(f.name, ()))
-        for f in model.catalog
-        if f.kind == "categorical"
-    }
+    plan = _view(model).recorded
     out: list[dict[str, float | str | None]] = []
     for row in rows:
+        get = row.get
         rec: dict[str, float | str | None] = {}
-        for name in model.feature_names:
-            v = row.get(name)
-            if type(v) is float and name not in categorical:  # the common case, kept cheap
-                rec[name] = v if math.isfinite(v) else None
-            elif name in categorical:
-                text = None if v is None or (isinstance(v, float) and v != v) else str(v)
-                rec[name] = text if text in categorical[name] else None
+        for name, known in plan:
+            v = get(name)
+            if known is None:  # a number
+                if type(v) is float:  # the common case, kept cheap
+                    rec[name] = v if v - v == 0.0 else None  # NaN and infinities: None
+                else:
+                    rec[name] = None if v is None else json_value(v)
             else:
-                rec[name] = json_value(v)
+                text = None if v is None or (isinstance(v, float) and v != v) else str(v)
+                rec[name] = text if text in known else None
         out.append(rec)
     return out
 
@@ -503,15 +500,16 @@ def coverage(model: ScoringModel, values: dict[str, Any]) -> dict[str, Any]:
     """How much of the model the values cover: features present, and the share of the
     booster's total gain importance those features carry (1.0 for a model without splits)."""
     view = _view(model)
-    gains = view.gains
+    get = values.get
     present = [
-        n
-        for n in view.names
-        if (v := values.get(n)) is not None and not (isinstance(v, float) and v != v)
+        n for n in view.names if (v := get(n)) is not None and not (isinstance(v, float) and v != v)
     ]  # `_present`, inline: this runs for every feature of every request
-    share = 1.0 if view.total_gain <= 0 else sum(gains[n] for n in present) / view.total_gain
+    # the gains summed in the model's order, as ever (the same float)
+    share = (
+        1.0 if view.total_gain <= 0 else sum(map(view.gains.__getitem__, present)) / view.total_gain
+    )
     here = set(present)
-    missing = [n for n in view.by_gain if n not in here][:5]
+    missing = list(islice((n for n in view.by_gain if n not in here), 5))
     return {
         "present": len(present),
         "of": len(view.names),
@@ -543,6 +541,9 @@ class _View:
     total_gain: float
     by_gain: list[str]  # features with gain, most first (ties in model order)
     splits: dict[str, np.ndarray]  # sorted numeric split thresholds
+    # `recorded_values`' plan: each feature, in model order, with its trained categories (None
+    # for a number)
+    recorded: tuple[tuple[str, frozenset[str] | None], ...]
 
 
 _VIEWS: dict[int, tuple[Any, _View]] = {}
@@ -585,6 +586,13 @@ def _build_view(model: ScoringModel) -> _View:
         total_gain=sum(gains.values()),
         by_gain=sorted((n for n in names if gains[n] > 0), key=lambda n: -gains[n]),
         splits={n: np.array(sorted(v)) for n, v in found.items()},
+        recorded=tuple(
+            (
+                f.name,
+                frozenset(model.categories.get(f.name, ())) if f.kind == "categorical" else None,
+            )
+            for f in model.catalog
+        ),
     )
 
 
@@ -625,10 +633,16 @@ def _sides(
     """The side of each (row, feature, value as recorded) of `wanted` whose value is a present
     number: HIGH when its level adds risk because it is high (declared by the catalog's
     direction; for an unconstrained feature, probed at the nearest splits, all rows in one
-    call). `M`: the rows' matrix."""
+    call). `M`: the rows' matrix.
+
+    A probed value's margin is compared with the margins at the nearest split below it and
+    just above the nearest split at or above it (the value itself where there is none: no
+    change); the nearest splits of all values of a feature are found in one search."""
     view = _view(model)
     out: dict[tuple[int, str], Side] = {}
-    probed: list[tuple[int, str, list[float], bool, bool]] = []
+    rows: list[int] = []
+    names: list[str] = []
+    values: list[float] = []
     for i, name, recorded in wanted:
         f = view.features[name]
         if f.kind == "categorical" or not _present(recorded):
@@ -636,20 +650,31 @@ def _sides(
         if f.direction != 0:
             out[i, name] = "HIGH" if f.direction > 0 else "LOW"
             continue
-        value = float(recorded)
+        rows.append(i)
+        names.append(name)
+        values.append(float(recorded))
+    if not rows:
+        return out
+    value = np.array(values, dtype=np.float64)
+    below, above = value.copy(), value.copy()
+    named = np.array(names, dtype=object)
+    for name in dict.fromkeys(names):
         cuts = view.splits.get(name, _NO_SPLITS)
-        k = int(np.searchsorted(cuts, value, side="left"))  # cuts[:k] < value <= cuts[k:]
-        probes = [value]
-        if k > 0:
-            probes.append(float(cuts[k - 1]))
-        if k < len(cuts):
-            probes.append(float(np.nextafter(cuts[k], np.inf)))
-        probed.append((i, name, probes, k > 0, k < len(cuts)))
-    margins = _margins_varying(model, M, [(i, n, v) for i, n, v, _, _ in probed])
-    for (i, name, _, has_below, has_above), margin in zip(probed, margins, strict=True):
-        down = margin[1] if has_below else margin[0]
-        up = margin[-1] if has_above else margin[0]
-        out[i, name] = "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
+        if not len(cuts):
+            continue
+        at = np.flatnonzero(named == name)
+        k = np.searchsorted(cuts, value[at], side="left")  # cuts[:k] < value <= cuts[k:]
+        has_below, has_above = k > 0, k < len(cuts)
+        below[at[has_below]] = cuts[k[has_below] - 1]
+        above[at[has_above]] = np.nextafter(cuts[k[has_above]], np.inf)
+    n = len(rows)
+    X = np.repeat(M[np.array(rows, dtype=np.intp)], 3, axis=0)
+    cols = np.repeat(np.array([view.slots[name] for name in names], dtype=np.intp), 3)
+    X[np.arange(3 * n), cols] = np.column_stack([value, below, above]).ravel()
+    margin = model.treeshap().with_threads(1).margin(X).reshape(n, 3)
+    high = (margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]).tolist()
+    for i, name, h in zip(rows, names, high, strict=True):
+        out[i, name] = "HIGH" if h else "LOW"
     return out
 
 

@@ -37,11 +37,16 @@ def create_app(
     *,
     loader: Loader | None = None,
     store: AuditStore | None = None,
+    tune_gc: bool = False,
 ) -> FastAPI:
     """Build the scoring service. `loader(model_uri, tracking_uri)` loads a model (default: the
-    MLflow registry); `store` overrides the audit store built from ``settings.audit_db``."""
+    MLflow registry); `store` overrides the audit store built from ``settings.audit_db``.
+    `tune_gc`: the app owns its process (`app_from_env`, a uvicorn worker): it sets the
+    collector's thresholds and freezes the heap after start-up and each model load
+    (`serving.api.service.settle_heap`); never in a process shared with other work (a test
+    run), where frozen cycles would stay."""
     settings = settings if settings is not None else Settings()
-    service = Service(settings, loader=loader, store=store)
+    service = Service(settings, loader=loader, store=store, tune_gc=tune_gc)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -150,4 +155,4 @@ def app_from_env() -> FastAPI:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     redact_logs()
-    return create_app(Settings())
+    return create_app(Settings(), tune_gc=True)

@@ -6,6 +6,7 @@ Built by the app factory, started and stopped by its lifespan handler (never at 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import threading
@@ -68,6 +69,21 @@ def bootstrap_signing(settings: Settings, store: AuditStore) -> None:
 
 
 Group = tuple[Sequence[Decision], Caller]
+
+GC_THRESHOLDS = (10_000, 10, 10)
+"""The cyclic garbage collector's thresholds in a serving process (Python's: 700, 10, 10): a
+scored batch allocates tens of thousands of short-lived objects, which at 700 start a young
+collection every few dozen decisions."""
+
+
+def settle_heap() -> None:
+    """Collect, then move every object alive now (the imported libraries, the loaded model) out
+    of the collector's sight (`gc.freeze`): a full collection then walks only what serving
+    allocated since, not the whole heap. Measured on the bench's model: a full collection took
+    about 0.45 s of CPU, frozen about 0.035 s; one fell every two or three batches of 1,000 SMEs.
+    Objects frozen are still freed by reference counting; only cycles among them stay."""
+    gc.collect()
+    gc.freeze()
 
 
 class LoopCommits:
@@ -132,8 +148,10 @@ class Service:
         *,
         loader: Loader | None = None,
         store: AuditStore | None = None,
+        tune_gc: bool = False,
     ) -> None:
         self.settings = settings
+        self.tune_gc = tune_gc
         self.store = store if store is not None else AuditStore(settings.audit_db)
         self.online = OnlineFeatures(self.store)
         self.metrics = Metrics()
@@ -187,12 +205,21 @@ class Service:
         self._watcher = Watcher(self.follow, self.settings.reload_poll_seconds)
         self._watcher.start()
         self._commits = LoopCommits(self.record_groups)
+        if self.tune_gc:
+            gc.set_threshold(*GC_THRESHOLDS)
+            settle_heap()
+
+    def _settled(self) -> None:
+        """`settle_heap` after a model was loaded (when the service tunes the collector)."""
+        if self.tune_gc:
+            settle_heap()
 
     def _initial_load(self) -> None:
         try:
             served = self.holder.load()
             self.metrics.set_model(**_labels(served))
             self.record_model_change(None, served, by="start-up")
+            self._settled()
         except ModelLoadFailed as exc:
             log.error(
                 "model not loaded at start (not ready; retrying every %.0f s): %s",
@@ -221,6 +248,7 @@ class Service:
         if after is not None and after is not before:
             self.metrics.set_model(**_labels(after))
             self.record_model_change(before, after, by="reload signalled by another worker")
+            self._settled()
 
     # -- operations -----------------------------------------------------------------------------
     def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
@@ -278,6 +306,7 @@ class Service:
             raise
         self.metrics.set_model(**_labels(served))
         self.record_model_change(previous, served, by=by)
+        self._settled()
         try:
             self.holder.publish(self.store, served)
         except AuditUnavailable as exc:

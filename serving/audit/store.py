@@ -36,7 +36,12 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from serving.audit.anchors import Checkpoint, CheckpointLog, check_signatures, read_checkpoints
-from serving.audit.canonical import canonical_json, legacy_record_hash, record_hash
+from serving.audit.canonical import (
+    canonical_bytes,
+    canonical_json,
+    legacy_record_hash,
+    record_hash,
+)
 from serving.audit.database import WriterTurn, make_engine, url_lock_timeout
 from serving.audit.signing import PublicKeys, Signer
 from serving.exceptions import AuditCorrupt, AuditUnavailable, DecisionNotFound
@@ -484,8 +489,8 @@ class AuditStore:
                             created_at=_now(),
                             prev_hash=prev,
                         )
-                        payload["record_hash"] = record_hash(payload)
-                        record = self._row(payload)
+                        payload["record_hash"], text = chained_text(payload)
+                        record = self._row(payload, text)
                         if self.signer is not None:
                             record["signature"] = self.signer.sign(payload["record_hash"])
                             record["key_id"] = self.signer.key_id
@@ -521,11 +526,12 @@ class AuditStore:
                     log.error("checkpoint not written: %s", exc)
 
     @staticmethod
-    def _row(payload: Mapping[str, Any]) -> dict[str, Any]:
+    def _row(payload: Mapping[str, Any], text: str) -> dict[str, Any]:
+        """The table row of a chained payload whose canonical text is `text`."""
         row = {k: payload[k] for k in INDEXED}
         row.update(
             seq=payload["sequence"],
-            payload=canonical_json(payload),
+            payload=text,
             prev_hash=payload["prev_hash"],
             record_hash=payload["record_hash"],
             signature=None,
@@ -942,6 +948,24 @@ def parse_payload(text: Any) -> tuple[dict[str, Any] | None, str]:
     if not isinstance(value, dict):
         return None, f"is not a JSON object (a {type(value).__name__})"
     return value, ""
+
+
+HASH_KEY = "record_hash"
+
+
+def chained_text(payload: Mapping[str, Any]) -> tuple[str, str]:
+    """The record hash of a payload without its ``record_hash`` (`record_hash`), and the
+    canonical text of the payload with it (`canonical_json`), from one serialisation: the keys
+    sorting before ``record_hash`` and those after it are written apart and joined, once
+    without and once with the hash between them. Byte for byte the two canonical forms (the
+    sort is by code point, as UTF-8 bytes sort; tests/serving/test_fast_paths.py)."""
+    before = canonical_bytes({k: v for k, v in payload.items() if k < HASH_KEY})[1:-1]
+    after = canonical_bytes({k: v for k, v in payload.items() if k > HASH_KEY})[1:-1]
+    hashed = b"{" + b",".join(p for p in (before, after) if p) + b"}"
+    digest = hashlib.sha256(hashed).hexdigest()
+    field = b'"record_hash":"' + digest.encode("ascii") + b'"'
+    text = b"{" + b",".join(p for p in (before, field, after) if p) + b"}"
+    return digest, text.decode("utf-8")
 
 
 def _legacy_text(payload: Mapping[str, Any]) -> str:

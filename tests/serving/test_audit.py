@@ -213,10 +213,10 @@ def test_a_failed_group_fails_every_caller_in_it_and_stores_none(
     real_row = AuditStore._row
     calls = 0
 
-    def row(payload: dict[str, object]) -> dict[str, object]:
+    def row(payload: dict[str, object], text: str) -> dict[str, object]:
         nonlocal calls
         calls += 1
-        out = real_row(payload)
+        out = real_row(payload, text)
         if sizes == [1, 5] and calls > 4:  # inside the second (grouped) transaction: break it
             out["decision_id"] = None  # NOT NULL: the insert fails
         return out
@@ -324,7 +324,11 @@ def test_chains_written_with_the_legacy_canonical_form_still_verify(
     """Records hashed by an earlier release (json.dumps) verify; an edit to one is still caught."""
     import serving.audit.store as audit
 
-    monkeypatch.setattr(audit, "record_hash", legacy_record_hash)
+    def legacy_chained(payload: dict[str, object]) -> tuple[str, str]:
+        digest = legacy_record_hash(payload)  # what an earlier release hashed
+        return digest, canonical_json({**payload, "record_hash": digest})
+
+    monkeypatch.setattr(audit, "chained_text", legacy_chained)
     old = store.append([{**body(1), "pd": 1.5e-05}, body(2)])
     monkeypatch.undo()
     assert record_hash(old[0]) != old[0]["record_hash"]  # the two forms differ on this float

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any
 
 import orjson
@@ -18,7 +17,13 @@ from serving.api.errors import responses, unscorable_entry, validation_entries
 from serving.api.keys import Caller
 from serving.api.security import SCORE, require
 from serving.exceptions import BatchRefused, InvalidInput, Unscorable
-from serving.schemas import BatchScoreResponse, ScoreRequestBase, ScoreResponse, response_json
+from serving.schemas import (
+    BatchScoreResponse,
+    ScoreRequestBase,
+    ScoreResponse,
+    batch_response_json,
+    response_json,
+)
 
 BATCH_BODY: dict[str, Any] = {
     "requestBody": {
@@ -47,15 +52,37 @@ MAX_ERRORS_PER_ITEM = 20
 MAX_ITEMS_WITH_ERRORS = 100
 
 
-_LONG_NUMBER = re.compile(rb"[0-9]{19,}")
+_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+_NOT_AN_INTEGER_AFTER = frozenset(b".eE")
+
+
+def _long_integer(body: bytes) -> bool:
+    """Whether the body holds a run of 19 or more digits that is not a float's fraction (after
+    its point) nor followed by a point or an exponent: an integer literal (or part of a string,
+    or a long exponent: read by json too, which is only slower) that may lie beyond the 64 bits
+    orjson reads as integers. The runs are found by `bytes.find` on the body with every digit
+    made 0 (a regular expression took 0.1 to 0.3 s over a batch of 1,000 SMEs)."""
+    flat = body.translate(_AS_ZERO)
+    at = flat.find(_LONG_RUN)
+    while at != -1:
+        end = at + len(_LONG_RUN)
+        while end < len(flat) and flat[end] == 0x30:
+            end += 1
+        fraction = at > 0 and flat[at - 1] == 0x2E  # after "."
+        if not fraction and (end == len(flat) or flat[end] not in _NOT_AN_INTEGER_AFTER):
+            return True
+        at = flat.find(_LONG_RUN, end)
+    return False
 
 
 def _json_items(body: bytes) -> Any:
     """The body as JSON (None when it is not JSON): the standard library's values, read by orjson
     when it gives the same ones. orjson refuses what json accepts (NaN, Infinity, 1e400, lone
     surrogates, UTF-16) and reads integers beyond 64 bits as floats: those bodies, and any with
-    a run of 19 digits, go to json."""
-    if not _LONG_NUMBER.search(body):
+    an integer of 19 digits or more, go to json. (Floats such as ``-0.0039273441335297005``, 19
+    digits after the point, are read alike by both: they stay with orjson.)"""
+    if not _long_integer(body):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -118,7 +145,7 @@ def _all_valid(batch_model: type[RootModel[Any]], body: bytes) -> list[Any] | No
 )
 def post_score_batch(
     caller: Annotated[Caller, Depends(require(*SCORE))], body: Body, svc: SvcDep
-) -> dict[str, Any]:
+) -> Response:
     """Score a list of requests: each item gets its own decision or its own error (with its
     index); failed items are neither scored nor recorded. The scored ones are stored together
     before answering."""
@@ -134,6 +161,7 @@ def post_score_batch(
     prepared: list[tuple[int, Any]] = []
     failed: dict[int, list[dict[str, Any]]] = {}
     valid = _all_valid(served.batch_model, body)
+    limits = svc.settings.limits
     for i, item in enumerate(items):
         try:
             request = (
@@ -149,7 +177,7 @@ def post_score_batch(
                         request,
                         svc.online.latest,
                         loc=(i,),
-                        limits=svc.settings.limits,
+                        limits=limits,
                         raw=item,
                     ),
                 )
@@ -170,12 +198,9 @@ def post_score_batch(
     results: list[dict[str, Any] | None] = [None] * len(items)
     for (i, _), payload in zip(prepared, stored, strict=True):
         results[i] = payload
-    return {
-        "scored": len(stored),
-        "failed": len(failed),
-        "results": results,
-        "errors": [
-            {"index": i, "errors": errs[:MAX_ERRORS_PER_ITEM], "error_count": len(errs)}
-            for i, errs in sorted(failed.items())[:MAX_ITEMS_WITH_ERRORS]
-        ],
-    }
+    errors = [
+        {"index": i, "errors": errs[:MAX_ERRORS_PER_ITEM], "error_count": len(errs)}
+        for i, errs in sorted(failed.items())[:MAX_ITEMS_WITH_ERRORS]
+    ]
+    # the stored payloads projected on the response (`batch_response_json`), not validated again
+    return Response(batch_response_json(results, errors), media_type="application/json")

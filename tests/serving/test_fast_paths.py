@@ -1,0 +1,312 @@
+"""The fast paths of the score routes give what the plain ones give.
+
+- the request body is read by orjson unless it holds an integer orjson may read differently: the
+  values (and their types) equal the standard library's, for any JSON;
+- the batch's answer, built from the stored payloads without FastAPI's response validation, is
+  what `BatchScoreResponse` makes of them;
+- the feature values recorded with each decision are those the loop recorded before it was
+  tightened;
+- the side of each reason (HIGH or LOW), its nearest splits searched in bulk, is the one the
+  search one value at a time gave;
+- the audit record's stored text and hash, built from one serialisation per record, are
+  byte-identical to the canonical form of the whole payload (what `verify` re-derives).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
+
+from serving import scoring
+from serving.api.errors import validation_entries
+from serving.api.routes.scores import _json_items
+from serving.audit.canonical import canonical_bytes, canonical_json, json_value, record_hash
+from serving.audit.store import chained_text
+from serving.schemas import BatchScoreResponse, ScoreResponse, batch_response_json
+from tests.serving.test_api import FEATURES
+
+
+def _documents(largest: int) -> st.SearchStrategy[Any]:
+    numbers = st.one_of(
+        st.integers(min_value=-largest, max_value=largest),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e-3, max_value=1e-3),
+    )
+    scalars = st.one_of(st.none(), st.booleans(), st.text(max_size=8), numbers)
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+
+
+documents = _documents(10**30)  # integers beyond 64 bits: JSON has them, orjson does not
+payload_values = _documents(2**63 - 1)  # what the audit store's canonical form can hold
+
+
+def _typed(value: Any) -> Any:
+    """A value with the type of every number kept (1 and 1.0 differ)."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents)
+def test_body_reads_as_the_standard_library_reads_it(doc: Any) -> None:
+    body = json.dumps(doc).encode()
+    assert _typed(_json_items(body)) == _typed(json.loads(body))
+
+
+def test_long_fractions_stay_with_orjson_and_long_integers_do_not() -> None:
+    for text, expected in [
+        (b"[-0.0039273441335297005]", [-0.0039273441335297005]),
+        (b"[12345678901234567890123]", [12345678901234567890123]),
+        (b"[-9223372036854775809]", [-9223372036854775809]),
+        (b'{"a": 18446744073709551616}', {"a": 18446744073709551616}),
+        (b"[12345678901234567890.5, 1e0000000000000000001]", [1.2345678901234567e19, 10.0]),
+    ]:
+        assert _typed(_json_items(text)) == _typed(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), payload_values, max_size=8), st.booleans())
+def test_chained_text_is_the_canonical_form(body: dict[str, Any], with_prev: bool) -> None:
+    payload = dict(body)
+    payload.pop("record_hash", None)
+    if with_prev:
+        payload.update(prev_hash="0" * 64, sequence=3, decision_id="d")
+    digest, text = chained_text(payload)
+    assert digest == record_hash(payload)
+    assert text == canonical_json({**payload, "record_hash": digest})
+    assert canonical_bytes({**payload, "record_hash": digest}).decode() == text
+
+
+def test_the_batch_answer_is_the_response_model_of_its_parts(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    """The batch's answer skips FastAPI's response validation (`batch_response_json`): it must be
+    what BatchScoreResponse makes of the stored payloads and the error entries, key order
+    included, whatever value a failed item sent (a 100-digit integer, a list)."""
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    served = svc.holder.get()
+    caller = svc.keys.authenticate(keys["scorer"])
+    good = [
+        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES},
+        {"sme_id": "S2", "as_of": "2024-06-30", "allow_sparse": True, "features": {}},
+    ]
+    bad = [
+        {"sme_id": "S3", "as_of": "2024-06-30", "features": {"dso_90d": 10**100}},
+        {"sme_id": "S4", "as_of": "2024-06-30", "features": {"dso_90d": [1, 2]}},
+        {"sme_id": "S5", "as_of": "2024-06-30", "features": {"dso_90d": -5.0}},
+    ]
+    requests = [served.request_model.model_validate_json(json.dumps(b)) for b in good]
+    stored = svc.record(scoring.score_many(served, requests, raw=good), caller)
+    errors = []
+    for i, item in enumerate(bad, start=len(good)):
+        with pytest.raises(ValidationError) as caught:
+            served.request_model.model_validate_json(json.dumps(item))
+        entries = validation_entries(
+            caught.value.errors(include_url=False), prefix=("body", i), index=i
+        )
+        errors.append({"index": i, "errors": entries, "error_count": len(entries)})
+    results = [stored[0], None, stored[1], None, None]
+    fast = batch_response_json(results, errors)
+    adapter = TypeAdapter(BatchScoreResponse)
+    doc = {"scored": 2, "failed": 3, "results": results, "errors": errors}
+    slow = adapter.dump_json(adapter.validate_python(doc), by_alias=True)
+    assert _typed(json.loads(fast)) == _typed(json.loads(slow))
+    assert list(json.loads(fast)) == list(BatchScoreResponse.model_fields)
+    assert list(json.loads(fast)["results"][0]) == list(ScoreResponse.model_fields)
+    assert list(json.loads(fast)["errors"][0]["errors"][0]) == list(
+        json.loads(slow)["errors"][0]["errors"][0]
+    )
+
+
+def test_the_batch_route_answers_with_its_parts(client: TestClient, headers: Any) -> None:
+    items = [
+        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES},
+        {"sme_id": "S2", "as_of": "2024-06-30", "features": {"dso_90d": 10**100}},
+    ]
+    r = client.post("/v1/scores/batch", json=items, headers=headers("scorer"))
+    assert r.status_code == 200, r.text
+    doc = BatchScoreResponse.model_validate(r.json())
+    assert (doc.scored, doc.failed) == (1, 1)
+    assert doc.results[1] is None and doc.results[0] is not None
+    assert doc.errors[0].index == 1 and doc.errors[0].errors[0].loc[:3] == ["body", 1, "features"]
+
+
+def _recorded_as_before(model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`recorded_values` as it was written before its loop was tightened (the oracle)."""
+    categorical = {
+        f.name: frozenset(model.categories.get(f.name, ()))
+        for f in model.catalog
+        if f.kind == "categorical"
+    }
+    out = []
+    for row in rows:
+        rec: dict[str, Any] = {}
+        for name in model.feature_names:
+            v = row.get(name)
+            if type(v) is float and name not in categorical:
+                rec[name] = v if math.isfinite(v) else None
+            elif name in categorical:
+                text = None if v is None or (isinstance(v, float) and v != v) else str(v)
+                rec[name] = text if text in categorical[name] else None
+            else:
+                rec[name] = json_value(v)
+        out.append(rec)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_recorded_values_are_what_they_were(scoring_model: Any, data: st.DataObject) -> None:
+    """The values recorded with each decision (what replay compares) are those the loop gave
+    before it was tightened, for any row: numbers of any kind, infinities, NaN, text in a
+    number's place, known and unknown categories."""
+    model = scoring_model
+    value = st.one_of(
+        st.none(),
+        st.floats(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.booleans(),
+        st.just(-0.0),
+        st.sampled_from(["metals", "food", "textiles", "chemicals", "unknown", "5"]),
+    )
+    rows = data.draw(
+        st.lists(st.dictionaries(st.sampled_from(model.feature_names), value), max_size=6)
+    )
+    assert _typed(scoring.recorded_values(model, rows)) == _typed(_recorded_as_before(model, rows))
+
+
+def _sides_as_before(model: Any, M: np.ndarray, wanted: list[tuple[int, str, Any]]) -> dict:
+    """`_sides` as it was written before it searched the splits in bulk (the oracle)."""
+    view = scoring._view(model)
+    out: dict[tuple[int, str], str] = {}
+    probed = []
+    for i, name, recorded in wanted:
+        f = view.features[name]
+        if f.kind == "categorical" or not scoring._present(recorded):
+            continue
+        if f.direction != 0:
+            out[i, name] = "HIGH" if f.direction > 0 else "LOW"
+            continue
+        value = float(recorded)
+        cuts = view.splits.get(name, scoring._NO_SPLITS)
+        k = int(np.searchsorted(cuts, value, side="left"))
+        probes = [value]
+        if k > 0:
+            probes.append(float(cuts[k - 1]))
+        if k < len(cuts):
+            probes.append(float(np.nextafter(cuts[k], np.inf)))
+        probed.append((i, name, probes, k > 0, k < len(cuts)))
+    margins = scoring._margins_varying(model, M, [(i, n, v) for i, n, v, _, _ in probed])
+    for (i, name, _, has_below, has_above), margin in zip(probed, margins, strict=True):
+        down = margin[1] if has_below else margin[0]
+        up = margin[-1] if has_above else margin[0]
+        out[i, name] = "HIGH" if down - margin[0] <= up - margin[0] else "LOW"
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> None:
+    """The side of every reason (HIGH or LOW: which code and sentence it gets) is what the
+    one-value-at-a-time search gave, for values on, between, below and above the splits."""
+    model = scoring_model
+    view = scoring._view(model)
+    free = [n for n in view.names if view.features[n].direction == 0 and len(view.splits[n])]
+    assert free, "the test model has no unconstrained feature with splits"
+    n_rows = data.draw(st.integers(1, 5))
+    rows = []
+    for _ in range(n_rows):
+        row = {}
+        for name in view.names:
+            if view.features[name].kind == "categorical":
+                continue
+            cuts = view.splits[name].tolist() or [0.0]
+            row[name] = data.draw(
+                st.one_of(
+                    st.sampled_from(cuts),
+                    st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
+                    st.floats(min(cuts) - 10, max(cuts) + 10),
+                    st.none(),
+                )
+            )
+        rows.append(row)
+    M = model.records_matrix(rows)
+    wanted = [
+        (i, name, rows[i].get(name))
+        for i in range(n_rows)
+        for name in data.draw(st.lists(st.sampled_from(view.names), max_size=8, unique=True))
+    ]
+    assert scoring._sides(model, M, wanted) == _sides_as_before(model, M, wanted)
+
+
+TUNED = """
+import gc, json, sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from serving.api.app import create_app
+from serving.api.service import GC_THRESHOLDS
+from serving.settings import Settings
+from tests.support.load import make_keys, make_signing_key
+from tests.support.models import Registry, train_small_model
+
+root = Path(sys.argv[1])
+make_signing_key(root)
+make_keys(root / "keys.json")
+settings = Settings(
+    mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db", audit_db=f"sqlite:///{root}/audit.db",
+    api_keys=root / "keys.json", env="test",
+)
+registry = Registry()
+registry.add(train_small_model(seed=3))
+before = gc.get_freeze_count(), gc.get_threshold()
+with TestClient(create_app(settings, loader=registry, tune_gc=sys.argv[2] == "tuned")) as c:
+    assert c.get("/readyz").status_code == 200
+    after = gc.get_freeze_count(), gc.get_threshold()
+print(json.dumps([before[0], before[1], after[0], after[1], GC_THRESHOLDS]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["tuned", "plain"])
+def test_only_a_serving_process_tunes_the_collector(tmp_path: Any, mode: str) -> None:
+    """`app_from_env` (a uvicorn worker) freezes the heap once the model is loaded and raises the
+    young-collection threshold; an app built in a shared process (tests, tools) leaves the
+    collector alone. In a subprocess: the collector is the whole process's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", TUNED, str(tmp_path), mode],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    frozen_before, before, frozen_after, after, tuned = json.loads(last)
+    assert frozen_before == 0
+    if mode == "tuned":
+        assert frozen_after > 10_000 and after == tuned
+    else:
+        assert frozen_after == 0 and after == before
