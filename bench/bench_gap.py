@@ -74,6 +74,19 @@ def latent_components(n_smes: int, seed: int, keys: pd.DataFrame) -> pd.DataFram
     )
 
 
+def component_weights(oot: pd.DataFrame, latent: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """{component: (its OLS coefficient in the oracle's log-odds, in the model's)} over the OOT
+    rows (`oot`: pd_true and the model's calibrated pd), all components in one regression."""
+    x = np.column_stack([np.ones(len(oot)), *(latent[c].to_numpy() for c in LATENT)])
+
+    def coefficients(p: pd.Series) -> np.ndarray:
+        q = np.clip(p.to_numpy(dtype=np.float64), 1e-12, 1.0 - 1e-12)
+        return np.linalg.lstsq(x, np.log(q / (1.0 - q)), rcond=None)[0][1:]
+
+    oracle, model = coefficients(oot["pd_true"]), coefficients(oot["pd"])
+    return {c: (float(o), float(m)) for c, o, m in zip(LATENT, oracle, model, strict=True)}
+
+
 def information_ceiling(panel: pd.DataFrame, truth: pd.DataFrame, config: Any) -> float:
     """OOT AUC of a LightGBM regression of logit(pd_true) on the panel's features, grown on the
     training rows of the split `training.train.fit` makes with `config` (rows without pd_true
@@ -138,6 +151,20 @@ def run(report: Report) -> None:
         result = fit(panel, config=config, truth=truth, tables=inputs.tables)
         oracle = result.metrics["auc_oracle_oot"]
         add("OOT AUC, the model", result.metrics["auc_model_on_truth_rows_oot"], oracle, "fit")
+        oot = result.oot[["sme_id", "as_of", "pd"]].assign(
+            as_of=pd.to_datetime(result.oot["as_of"])
+        )
+        oot = oot.merge(truth.assign(as_of=pd.to_datetime(truth["as_of"])), on=["sme_id", "as_of"])
+        weights = component_weights(oot, latent_components(n_smes, seed, oot))
+        for component, (of_oracle, of_model) in weights.items():
+            report.add(
+                SECTION,
+                f"weight of {component} in the model's log-odds / the oracle's (seed {seed})",
+                of_model / of_oracle,
+                "",
+                note=f"OLS coefficients {of_model:+.3f} / {of_oracle:+.3f} over {len(oot):,} "
+                f"OOT rows, every component in one regression; {note}",
+            )
         ceiling = information_ceiling(panel, truth, config)
         add("OOT AUC, information ceiling", ceiling, oracle, "regression on logit(pd_true)")
 
