@@ -8,22 +8,33 @@ months before, the gap to the SME's own mean over the 12 months before (its base
 6-month standard deviation. A family is worth adding to the pipeline (`features/own.py`) only
 when it raises the leak-free OOT AUC beyond noise; the paired DeLong interval of each gain is
 reported beside it.
+
+Two more families read the SME's persistent state, which the issue-13 diagnosis found the model
+misses most (`bench.bench_gap`): `statement history`, the mean of every statement the SME has
+published (its long-run financial level, where the pipeline keeps only the latest) and the
+per-year slope across them (its drift); `first-year baseline`, a few signals now against the
+same signal over the SME's first year on record (the change since onboarding: accumulated
+drift, with the firm's habit cancelled).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from bench.report import Report
 
+if TYPE_CHECKING:
+    from features.catalog import Direction
+
 SECTION = "dynamics"
 SEED = 1
 MONTHS = 60
-SIGNALS: dict[str, dict[str, int]] = {
+SIGNALS: dict[str, dict[str, Direction]] = {
     "payment": {
         "ap_days_beyond_terms_90d": 1,
         "payment_index_365d": -1,
@@ -77,6 +88,93 @@ def dynamic_features(panel: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list]
     return out, families
 
 
+STATEMENT_COLUMNS: dict[str, Direction] = {
+    "current_ratio": -1,
+    "debt_to_assets": 1,
+    "net_margin": -1,
+}
+FIRST_YEAR: dict[str, tuple[str, str, str, Direction]] = {
+    # signal: (column now, column at the end of the first year, comparison, direction)
+    "ap_days_beyond_terms": (
+        "ap_days_beyond_terms_180d",
+        "ap_days_beyond_terms_365d",
+        "difference",
+        1,
+    ),
+    "dio": ("dio_180d", "dio_365d", "log_ratio", 1),
+    "pledged_share": ("pledged_share", "pledged_share", "difference", 1),
+    "exposure_to_sales": ("exposure_to_sales_365d", "exposure_to_sales_365d", "log_ratio", 1),
+    "sales_amount": ("sales_amount_365d", "sales_amount_365d", "log_ratio", -1),
+    "purchases_amount": ("purchases_amount_365d", "purchases_amount_365d", "log_ratio", -1),
+    "dispute_rate": ("dispute_rate_365d", "dispute_rate_365d", "difference", 1),
+    "payment_index": ("payment_index_365d", "payment_index_365d", "difference", -1),
+}
+"""Each signal now against its value at the end of the SME's first year on record."""
+
+
+def statement_history(panel: pd.DataFrame, financials: pd.DataFrame) -> tuple[pd.DataFrame, list]:
+    """Per panel row (same index): the mean and the per-year slope (two statements or more) of
+    each of `STATEMENT_COLUMNS` over the statements published on or before the as-of date."""
+    from features.catalog import Feature
+
+    fin = financials.assign(published_date=pd.to_datetime(financials["published_date"]))
+    fin = fin.sort_values(["sme_id", "published_date"], kind="stable").reset_index(drop=True)
+    by = fin["sme_id"]
+    x = (pd.to_datetime(fin["period_end"]) - pd.Timestamp("2000-01-01")).dt.days / 365.25
+    k = by.groupby(by).cumcount() + 1
+    sx, sxx = x.groupby(by).cumsum(), (x * x).groupby(by).cumsum()
+    running = fin[["sme_id", "published_date"]].copy()
+    feats = []
+    for col, direction in STATEMENT_COLUMNS.items():
+        y = fin[col].astype("float64")
+        sy, sxy = y.groupby(by).cumsum(), (x * y).groupby(by).cumsum()
+        spread = (sxx - sx * sx / k).where(k >= 2)
+        running[f"stmt_mean_{col}"] = sy / k
+        running[f"stmt_slope_{col}"] = (sxy - sx * sy / k) / spread.where(spread > 0)
+        feats += [
+            Feature(
+                f"stmt_mean_{col}", "statements", f"mean {col} of every statement", "", direction
+            ),
+            Feature(f"stmt_slope_{col}", "statements", f"per-year slope of {col}", "", 0),
+        ]
+    keys = panel[["sme_id", "as_of"]].assign(as_of=pd.to_datetime(panel["as_of"]), _row=panel.index)
+    merged = pd.merge_asof(
+        keys.sort_values("as_of", kind="stable"),
+        running.sort_values("published_date", kind="stable"),
+        left_on="as_of",
+        right_on="published_date",
+        by="sme_id",
+        direction="backward",
+    ).set_index("_row")
+    return merged.loc[panel.index, [f.name for f in feats]], feats
+
+
+def first_year_baseline(panel: pd.DataFrame) -> tuple[pd.DataFrame, list]:
+    """Per panel row (same index): each of `FIRST_YEAR`'s signals now against its 365-day value
+    at the end of the SME's first year on record (11 months after its first panel row); missing
+    before that date."""
+    from features.catalog import Feature
+
+    as_of = pd.to_datetime(panel["as_of"])
+    base_day = as_of.groupby(panel["sme_id"]).transform("min") + pd.offsets.MonthEnd(11)
+    basis = panel[as_of == base_day].set_index("sme_id")
+    out = pd.DataFrame(index=panel.index)
+    feats = []
+    for signal, (column, first_column, how, direction) in FIRST_YEAR.items():
+        first = panel["sme_id"].map(basis[first_column])
+        first = first.where(as_of >= base_day)
+        now = panel[column].astype("float64")
+        name = f"{signal}_vs_first_year"
+        if how == "difference":
+            out[name] = now - first
+        else:
+            out[name] = np.log(now.where(now > 0) / first.where(first > 0))
+        feats.append(
+            Feature(name, "first-year baseline", f"{column} against year one", "", direction)
+        )
+    return out, feats
+
+
 def run(report: Report) -> None:
     from features.engines import build_panel
     from features.io import load_tables
@@ -92,9 +190,11 @@ def run(report: Report) -> None:
     tables = load_tables(folder)
     panel = build_panel(tables, month_ends(*data_range(tables)))
     truth = pd.read_parquet(folder / "truth.parquet")
+    base = list(panel_catalog([str(c) for c in panel.columns]))
     panel, families = dynamic_features(panel)
-    base = list(panel_catalog([str(c) for c in panel.columns if "_chg" not in str(c)]))
-    base = [f for f in base if not f.name.endswith(("_vs_own12m", "_vol6m"))]
+    history, families["statement history"] = statement_history(panel, tables.financials)
+    baseline, families["first-year baseline"] = first_year_baseline(panel)
+    panel = pd.concat([panel, history, baseline], axis=1)
     config = TrainConfig(seed=0, benchmark=False)
     reference: pd.DataFrame | None = None
     every = [f for feats in families.values() for f in feats]
@@ -110,6 +210,7 @@ def run(report: Report) -> None:
         else:
             keyed = reference.merge(oot[["sme_id", "as_of", "pd"]], on=["sme_id", "as_of"])
             y = keyed["default_12m"].to_numpy(dtype=np.float64)
-            diff, low, high, _ = m.auc_difference(y, keyed["pd_y"], keyed["pd_x"])
+            new, old = (keyed[c].to_numpy(dtype=np.float64) for c in ("pd_y", "pd_x"))
+            diff, low, high, _ = m.auc_difference(y, new, old)
             note += f"; gain over none {diff:+.4f} [95% CI {low:+.4f}, {high:+.4f}]"
         report.add(SECTION, f"OOT AUC, dynamic family: {name}", auc, "", note=note)

@@ -133,8 +133,10 @@ from features.sim.model import (
     CommonRandomNumbers,
     ModelParams,
     Shock,
+    Smes,
     draw_cores,
     draw_market,
+    draw_smes,
 )
 
 TRUTH_FILE = "truth.parquet"
@@ -352,6 +354,19 @@ def iter_chunks(config: SimConfig, world: World) -> Iterator[ChunkTables]:
             invoice_offset += out.invoices.num_rows
             loan_offset += out.loans.num_rows
             yield out
+
+
+def latent_smes(config: SimConfig, world: World) -> Iterator[Smes]:
+    """Each chunk's SMEs with their latent attributes (level, drift, loadings, ...), drawn
+    exactly as `iter_chunks` draws them, without simulating a month: for diagnostics that ask
+    which latent component a model misses (`bench.bench_gap`). Never written to the tables."""
+    for chunk in range(-(-config.n_smes // config.chunk_size)):
+        first = chunk * config.chunk_size
+        rng = _stream(config, _STREAM_CHUNKS + chunk)
+        n = min(config.chunk_size, config.n_smes - first)
+        yield draw_smes(
+            rng, n, first, world.cores, int(world.calendar.month_start[0]), config.params
+        )
 
 
 def _schemas() -> dict[str, pa.Schema]:

@@ -22,7 +22,14 @@ from features.contract import FINANCIALS, RATING_SCALE, TABLES
 from features.exceptions import ScfRiskError
 from features.io import load_tables
 from features.sim import model
-from features.simulate import SimConfig, SimResult, generate_to_folder, simulate
+from features.simulate import (
+    SimConfig,
+    SimResult,
+    build_world,
+    generate_to_folder,
+    latent_smes,
+    simulate,
+)
 
 SMALL = SimConfig(n_smes=200, months=24, seed=3, progress=False)
 DEFAULT = SimConfig(seed=1, progress=False)  # the default dataset: 2,000 SMEs x 36 months
@@ -298,6 +305,29 @@ def test_nothing_recorded_depends_on_the_future(small: SimResult) -> None:
     for name, frame in expected.items():
         pd.testing.assert_frame_equal(getattr(short, name), frame, obj=name)
     assert len(short.invoices) < len(small.invoices)
+
+
+def test_latent_smes_are_the_simulated_smes() -> None:
+    """The diagnostics' latent attributes are drawn as the simulation drew them: every SME's
+    industry, region, founding date and onboarding rating (drawn after its level and drift, from
+    the same stream) match the enterprises table, over several chunks."""
+    config = replace(SMALL, chunk_size=70)
+    result = simulate(config)
+    chunks = list(latent_smes(config, build_world(config)))
+    assert [c.first for c in chunks] == [0, 70, 140]
+    smes = result.enterprises[result.enterprises["role"] == "sme"].reset_index(drop=True)
+    industry = np.concatenate([c.industry for c in chunks])
+    region = np.concatenate([c.region for c in chunks])
+    rating = np.concatenate([c.rating for c in chunks])
+    founded = np.concatenate([c.founded for c in chunks])
+    assert len(smes) == config.n_smes == industry.size
+    assert smes["industry"].tolist() == [model.INDUSTRIES[i] for i in industry]
+    assert smes["region"].tolist() == [model.REGIONS[i] for i in region]
+    assert smes["external_rating"].tolist() == [RATING_SCALE[i] for i in rating]
+    days = smes["founded_date"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    np.testing.assert_array_equal(days, founded)
+    level = np.concatenate([c.level for c in chunks])
+    assert np.unique(level).size == level.size  # one draw per SME, not a chunk repeated
 
 
 def test_forward_pd_matches_a_brute_force_simulation() -> None:
