@@ -42,4 +42,5 @@ bench: install ## benchmarks: medians of several runs, ratios against peers; rep
 	$(PY) -m bench
 
 clean: ## remove generated data, models and caches (keeps .venv)
-	rm -rf data/demo data/*.parquet models/* bench-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf data/demo data/*.parquet bench-out .pytest_cache .mypy_cache .ruff_cache
+	find models -mindepth 1 ! -name README.md -exec rm -rf {} +
