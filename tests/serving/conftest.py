@@ -21,6 +21,7 @@ from serving.settings import Settings
 from tests.support.load import make_keys, make_signing_key, require_postgres
 from tests.support.models import Registered, Registry, register_simulated, train_small_model
 from tests.support.portfolio import Profiled, profiled_version
+from tests.support.tracking import TrackingStores
 from training.model import ScoringModel
 
 
@@ -103,7 +104,9 @@ def server_keys(workdir: Path) -> dict[str, str]:
 
 # -- a real registered model: simulator -> pipeline -> training -> MLflow registry -------------
 @pytest.fixture(scope="session")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
+def registered(
+    tmp_path_factory: pytest.TempPathFactory, tracking_stores: TrackingStores
+) -> Registered:
     """Simulate 400 SMEs over 24 months, build the panel, train, register and promote."""
     from training.train import TrainConfig
 
@@ -116,7 +119,8 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Registered:
         monotonicity_rows=40,
         explain_rows=100,
     )
-    return register_simulated(tmp_path_factory.mktemp("registry"), config)[0]
+    root = tmp_path_factory.mktemp("registry")
+    return register_simulated(root, config, tracking_stores.new(root))[0]
 
 
 @pytest.fixture(scope="session")

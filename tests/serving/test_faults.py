@@ -45,6 +45,7 @@ from serving.settings import Settings
 from tests.support.load import (
     LoadGenerator,
     LoadResult,
+    PostgresDatabase,
     StressServer,
     feature_rows,
     mixed_bodies,
@@ -159,19 +160,27 @@ def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision(
     assert sqlite_integrity(db) == "ok"
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision_on_postgres(
-    workdir: Path,
-    registered: Registered,
-    server_keys: dict[str, str],
-    bodies: list[tuple[str, bytes]],
-) -> None:
+# -- PostgreSQL: one 2-worker server on a database of its own for the kill and the faults ------
+@pytest.fixture(scope="module")
+def postgres_server(
+    workdir: Path, registered: Registered, server_keys: dict[str, str]
+) -> Iterator[tuple[StressServer, dict[str, str], PostgresDatabase]]:
     with postgres_database(require_postgres()) as db:
         env = server_env(workdir, registered.tracking_uri, db.url)
         with StressServer(workdir, env, workers=2) as srv:
             srv.wait_workers(2)
-            kill_9_scenario(srv, env, server_keys, bodies)
+            yield srv, env, db
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_kill_9_of_a_worker_mid_load_loses_no_acknowledged_decision_on_postgres(
+    postgres_server: tuple[StressServer, dict[str, str], PostgresDatabase],
+    server_keys: dict[str, str],
+    bodies: list[tuple[str, bytes]],
+) -> None:
+    srv, env, _ = postgres_server
+    kill_9_scenario(srv, env, server_keys, bodies)
 
 
 @pytest.mark.slow
@@ -290,47 +299,42 @@ def test_a_full_disk_fails_every_score_closed_and_readyz_says_not_writable(
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_postgres_unreachable_or_read_only_mid_load_fails_closed_then_recovers(
-    workdir: Path,
-    registered: Registered,
+    postgres_server: tuple[StressServer, dict[str, str], PostgresDatabase],
     server_keys: dict[str, str],
     bodies: list[tuple[str, bytes]],
 ) -> None:
-    admin = require_postgres()
-    with postgres_database(admin) as db:
-        env = server_env(workdir, registered.tracking_uri, db.url)
-        with StressServer(workdir, env, workers=2) as srv:
-            srv.wait_workers(2)
-            hdr = {"X-API-Key": server_keys["scorer"]}
-            load = LoadGenerator(srv.url, bodies, hdr, connections=CONNECTIONS)
-            windows: list[tuple[str, float, float, int]] = []
-            with load:
-                time.sleep(3)
-                for name, fault, heal in (
-                    ("refusing connections", db.refuse_connections, db.accept_connections),
-                    ("read-only", db.read_only, db.read_write),
-                ):
-                    fault()
-                    t0 = load.now()
-                    time.sleep(1)
-                    ready = httpx.get(f"{srv.url}/readyz", timeout=30).status_code
-                    wait_until(t0 + 4, load)
-                    heal()
-                    windows.append((name, t0, load.now(), ready))
-                    time.sleep(6)
-                result = load.stop()
-            assert_statuses(result, FAIL_CLOSED)
-            for name, t0, t1, ready in windows:
-                assert ready == 503, name
-                down = result.window(t0, t1)
-                assert down and all(o.status == 503 for o in down), (name, result.summary())
-                assert all("no decision made" in o.error for o in down), name
-                healed = result.window(t1 + 2, t1 + 6)
-                assert len(healed) >= 10, (name, result.summary())
-                bad = [o for o in healed if o.status != 200]
-                assert not bad, (name, bad[:3])
-            assert_every_200_stored(result, db.url)
-            verify = audit_verify(env)
-            assert verify.returncode == 0, verify.stdout + verify.stderr
+    srv, env, db = postgres_server
+    hdr = {"X-API-Key": server_keys["scorer"]}
+    load = LoadGenerator(srv.url, bodies, hdr, connections=CONNECTIONS)
+    windows: list[tuple[str, float, float, int]] = []
+    with load:
+        time.sleep(3)
+        for name, fault, heal in (
+            ("refusing connections", db.refuse_connections, db.accept_connections),
+            ("read-only", db.read_only, db.read_write),
+        ):
+            fault()
+            t0 = load.now()
+            time.sleep(1)
+            ready = httpx.get(f"{srv.url}/readyz", timeout=30).status_code
+            wait_until(t0 + 4, load)
+            heal()
+            windows.append((name, t0, load.now(), ready))
+            time.sleep(6)
+        result = load.stop()
+    assert_statuses(result, FAIL_CLOSED)
+    for name, t0, t1, ready in windows:
+        assert ready == 503, name
+        down = result.window(t0, t1)
+        assert down and all(o.status == 503 for o in down), (name, result.summary())
+        assert all("no decision made" in o.error for o in down), name
+        healed = result.window(t1 + 2, t1 + 6)
+        assert len(healed) >= 10, (name, result.summary())
+        bad = [o for o in healed if o.status != 200]
+        assert not bad, (name, bad[:3])
+    assert_every_200_stored(result, db.url)
+    verify = audit_verify(env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 # -- the model registry and the model artifact ---------------------------------------------------

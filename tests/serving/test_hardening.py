@@ -22,6 +22,7 @@ from serving.audit.store import AuditStore
 from serving.commands import app as cli
 from serving.settings import Settings
 from tests.support.models import Registry
+from tests.support.tracking import TrackingStores
 
 Headers = Callable[[str], dict[str, str]]
 ONE = {
@@ -198,7 +199,9 @@ def test_keys_list_shows_ids_never_keys_and_revoke_stops_a_key(
     assert again.exit_code == 1 and "no key with id" in again.output
 
 
-def test_connections_that_never_finish_their_request_head_are_closed(tmp_path: Path) -> None:
+def test_connections_that_never_finish_their_request_head_are_closed(
+    tmp_path: Path, tracking_stores: TrackingStores
+) -> None:
     """200 connections sending a partial head: all closed by the deadline, the server still
     answers."""
     from tests.support.load import make_keys
@@ -210,7 +213,7 @@ def test_connections_that_never_finish_their_request_head_are_closed(tmp_path: P
         "SCF_RISK_API_KEYS": str(tmp_path / "keys.json"),
         "SCF_RISK_ENV": "test",
         "SCF_RISK_HEADER_TIMEOUT_SECONDS": "1",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": tracking_stores.new(tmp_path),  # empty: no champion to load
     }
     with Server(tmp_path, env, wait_for="/healthz") as srv:
         socks = []

@@ -459,7 +459,9 @@ def postgres_database(admin_url: str) -> Iterator[PostgresDatabase]:
 # -- the load scenario (tests: bounded; bench: 60 s) ---------------------------------------------
 @dataclass
 class LoadScenario:
-    """What one load run against `workers` uvicorn workers showed."""
+    """What one load run against a running service showed. `stored`, `chain_records` and
+    `metrics_decisions` count what the run added (the store and the counters may hold earlier
+    decisions of the same server); the chain is verified whole."""
 
     result: LoadResult
     stored: list[str]
@@ -492,6 +494,52 @@ def decisions_in_metrics(text: str) -> float:
     )
 
 
+def chain_decisions(audit_url: str) -> tuple[bool, int]:
+    """(the chain verifies, how many decisions it holds) of the audit store at `audit_url`."""
+    store = AuditStore(audit_url)
+    try:
+        report = store.verify()
+    finally:
+        store.dispose()
+    return report.ok, report.decisions
+
+
+def run_load(
+    srv: StressServer,
+    scorer_key: str,
+    audit_url: str,
+    rows: list[dict[str, Any]],
+    *,
+    seconds: float,
+    connections: int = 16,
+) -> LoadScenario:
+    """Load the running server `srv` (audit store at `audit_url`) for `seconds` at
+    `connections` keep-alive connections, then compare every 200 with what the store and the
+    metrics gained meanwhile, and verify the whole chain."""
+    import httpx
+
+    def metrics() -> float:
+        return decisions_in_metrics(httpx.get(f"{srv.url}/metrics", timeout=30).text)
+
+    before_ids = set(stored_ids(audit_url))
+    _, before_chain = chain_decisions(audit_url)
+    before_metrics = metrics()
+    load = LoadGenerator(
+        srv.url, mixed_bodies(rows), {"X-API-Key": scorer_key}, connections=connections
+    )
+    result = load.run(seconds)
+    after_metrics = metrics()
+    chain_ok, chain_records = chain_decisions(audit_url)
+    return LoadScenario(
+        result=result,
+        stored=[i for i in stored_ids(audit_url) if i not in before_ids],
+        chain_ok=chain_ok,
+        chain_records=chain_records - before_chain,
+        metrics_decisions=after_metrics - before_metrics,
+        log=srv.output(),
+    )
+
+
 def load_scenario(
     workdir: Path,
     tracking_uri: str,
@@ -502,29 +550,13 @@ def load_scenario(
     connections: int = 16,
     workers: int = 2,
 ) -> LoadScenario:
-    """Serve with `workers` workers on a fresh audit store, load it for `seconds` at
-    `connections` keep-alive connections, then compare every 200 with the store."""
-    import httpx
-
+    """Serve with `workers` workers on a fresh audit store and `run_load` against it."""
     keys = make_keys(workdir / "keys.json")
     env = server_env(workdir, tracking_uri, audit_url)
     with StressServer(workdir, env, workers=workers) as srv:
         srv.wait_workers(workers)
-        load = LoadGenerator(
-            srv.url, mixed_bodies(rows), {"X-API-Key": keys["scorer"]}, connections=connections
+        scenario = run_load(
+            srv, keys["scorer"], audit_url, rows, seconds=seconds, connections=connections
         )
-        result = load.run(seconds)
-        metrics = decisions_in_metrics(httpx.get(f"{srv.url}/metrics", timeout=30).text)
-    store = AuditStore(audit_url)
-    try:
-        report = store.verify()
-    finally:
-        store.dispose()
-    return LoadScenario(
-        result=result,
-        stored=stored_ids(audit_url),
-        chain_ok=report.ok,
-        chain_records=report.decisions,
-        metrics_decisions=metrics,
-        log=srv.output(),
-    )
+    scenario.log = srv.output()
+    return scenario

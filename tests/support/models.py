@@ -112,10 +112,13 @@ class Registered:
     panel: pd.DataFrame
 
 
-def register_simulated(root: Path, config: TrainConfig) -> tuple[Registered, TrainResult]:
+def register_simulated(
+    root: Path, config: TrainConfig, tracking_uri: str | None = None
+) -> tuple[Registered, TrainResult]:
     """Simulate 400 SMEs over 24 months into ``root``/data, train with ``config``, register in
-    ``root``/mlflow.db and make the version champion. The data are small (a plain, leaky split):
-    the gates are not the point here, so the alias is set directly."""
+    `tracking_uri` (default: a new store ``root``/mlflow.db) and make the version champion. The
+    data are small (a plain, leaky split): the gates are not the point here, so the alias is set
+    directly."""
     from datetime import date
 
     from features.simulate import SimConfig, generate_to_folder
@@ -127,7 +130,7 @@ def register_simulated(root: Path, config: TrainConfig) -> tuple[Registered, Tra
         SimConfig(n_smes=400, n_cores=8, months=24, start=date(2022, 1, 1), seed=7, progress=False),
         data,
     )
-    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    tracking_uri = tracking_uri or f"sqlite:///{root}/mlflow.db"
     inputs = load_inputs(data, None)
     run, result = train_and_register(inputs, config, tracking_uri=tracking_uri)
     client_for(tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", run.version)

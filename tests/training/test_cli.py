@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 from features.contract import HORIZON_ATTR
 from tests.support.panels import make_panel
+from tests.support.tracking import TrackingStores
 from training.bundle import MODEL_NAME, client_for, load_model
 from training.cli import app as training_app
 
@@ -76,8 +77,10 @@ def test_train_and_promote_on_simulated_data(app, simulated: Path, tmp_path: Pat
     assert "promotion_decision" not in tags
 
 
-def test_the_panels_label_horizon_travels_into_the_bundle(app, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_the_panels_label_horizon_travels_into_the_bundle(
+    app, tmp_path: Path, tracking_stores: TrackingStores
+) -> None:
+    uri = tracking_stores.new(tmp_path)
     panel, _ = make_panel(n_smes=200, n_months=14, seed=4)
     panel.attrs[HORIZON_ATTR] = 180
     path = tmp_path / "panel-180.parquet"
@@ -94,8 +97,10 @@ def test_the_panels_label_horizon_travels_into_the_bundle(app, tmp_path: Path) -
     assert unknown.exit_code == 1 and "give --horizon-days" in unknown.stderr
 
 
-def test_bad_features_files_register_nothing(app, tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_bad_features_files_register_nothing(
+    app, tmp_path: Path, tracking_stores: TrackingStores
+) -> None:
+    uri = tracking_stores.new(tmp_path)
     panel, _ = make_panel(n_smes=60, n_months=10, seed=2)
     cases = {
         "no labels": (panel.drop(columns="default_12m"), "no default_12m column"),

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.support.panels import CATALOG, FAST
+from tests.support.tracking import TrackingStores
 from training.bundle import MODEL_NAME, client_for
 from training.cli import app
 from training.compare import Contender, unseen_from, unseen_rows
@@ -41,11 +42,11 @@ def _champion(store: str) -> str:
 
 @pytest.mark.parametrize("order", ["big first", "small first"])
 def test_a_model_trained_on_fewer_smes_never_replaces_a_stronger_one(
-    order: str, big_and_small, synthetic, tmp_path: Path
+    order: str, big_and_small, synthetic, tmp_path: Path, tracking_stores: TrackingStores
 ) -> None:
     big, small = big_and_small
     panel, _ = synthetic
-    store = f"sqlite:///{tmp_path}/mlflow.db"
+    store = tracking_stores.new(tmp_path)
     first, second = (big, small) if order == "big first" else (small, big)
     v1 = log_training(first, tracking_uri=store).version
     # the AUC gate is under test: ECE is given room (the small model is poorly calibrated)

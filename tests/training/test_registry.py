@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.support.panels import CATALOG
+from tests.support.tracking import TrackingStores
 from training.bundle import MODEL_NAME, client_for, load_model
 from training.exceptions import ModelLoadError, PromotionRejectedError
 from training.model import LogOddsCalibration
@@ -30,9 +31,8 @@ from training.train import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{folder}/mlflow.db"
+def store(tmp_path_factory: pytest.TempPathFactory, tracking_stores: TrackingStores) -> str:
+    return tracking_stores.new(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +78,15 @@ def test_logged_run_holds_the_evidence(trained, store: str, first) -> None:
     assert "signature" in mlmodel and "saved_input_example_info" in mlmodel
 
 
-def test_experiments_open_on_runs_in_the_mlflow_ui(store: str, first, tmp_path: Path) -> None:
+def test_experiments_open_on_runs_in_the_mlflow_ui(
+    store: str, first, tmp_path: Path, tracking_stores: TrackingStores
+) -> None:
     """Every experiment the project makes is tagged as model development (so MLflow's UI opens
     it on its runs, not on the GenAI traces page); one made without the tag gets it."""
     client = client_for(store)
     trained_in = client.get_experiment(client.get_run(first.run_id).info.experiment_id)
     assert trained_in.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
-    other = f"sqlite:///{tmp_path}/mlflow.db"
+    other = tracking_stores.new(tmp_path)
     fresh = client_for(other)
     made = fresh.get_experiment(ensure_experiment(fresh, "fresh", other))
     assert made.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
