@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Self
 
 import lightgbm as lgb
@@ -154,16 +155,24 @@ class TrainingRows:
     """Rows to grow a booster on, as an engine holds them (`Trainer.rows`): the matrix and
     labels, and in process LightGBM's Dataset, binned by the first booster grown on it. A
     subset shares that binning (`lightgbm.Dataset.subset`): boosters grown on parts of the same
-    rows bin them once, with the same bins."""
+    rows bin them once, with the same bins, and copy neither the raw matrix (the Dataset frees
+    it once binned) nor, until an engine asks for it, their rows of `X`."""
 
-    X: np.ndarray
+    source: np.ndarray  # the matrix these rows are taken from
     y: np.ndarray
     dataset: lgb.Dataset | None = None
+    positions: np.ndarray | None = None  # rows of `source` (ascending); None: all of them
+
+    @cached_property
+    def X(self) -> np.ndarray:
+        """The rows' matrix (copied from `source` on first use: the Dask engine's input)."""
+        return self.source if self.positions is None else self.source[self.positions]
 
     def subset(self, positions: np.ndarray) -> TrainingRows:
         """The rows at `positions` (ascending) of these rows."""
         dataset = None if self.dataset is None else self.dataset.subset(positions.tolist())
-        return TrainingRows(self.X[positions], self.y[positions], dataset)
+        rows = positions if self.positions is None else self.positions[positions]
+        return TrainingRows(self.source, self.y[positions], dataset, rows)
 
 
 class Trainer:
@@ -244,7 +253,7 @@ class LocalTrainer(Trainer):
             feature_name=[f.name for f in self.catalog],
             categorical_feature=categorical_indices(self.catalog),
             params=self.params,  # binned with them, whichever booster constructs it first
-            free_raw_data=False,
+            free_raw_data=True,  # the bins are kept; subsets need no copy of the raw rows
         )
 
     def _grow(

@@ -117,6 +117,7 @@ class Grown:
     booster: Any  # lightgbm.Booster
     best_iteration: int
     val_loss: float
+    margin: np.ndarray  # the model's margins of every matured row (positions of `data`)
     oof: np.ndarray  # cross-fitted margins of the fit rows
     unseen: np.ndarray  # OOT margins from boosters that never saw the row's SME
     cal_margin: np.ndarray  # calibration rows' margins on the model's scale (empty without

@@ -59,8 +59,7 @@ def evaluate(
     data, X, y, split, cat = prep.data, prep.X, prep.y, prep.split, prep.catalog
     booster, calibration = grown.booster, calibrated.calibrator.calibration_
     say("evaluating out of time")
-    margin = np.asarray(booster.predict(X, raw_score=True), dtype=np.float64)
-    z = calibration.logodds(margin)
+    z = calibration.logodds(grown.margin)
     pd_all = np.asarray(expit(z), dtype=np.float64)
     score = cfg.scale.score(z)
     oot_idx = split.oot
@@ -309,9 +308,10 @@ def _stability(data: pd.DataFrame, split: Split, pd_all: np.ndarray) -> pd.DataF
     y = data[LABEL].to_numpy(dtype=np.float64)
     train_pd = pd_all[split.train]
     oot_set = set(split.oot_months)
+    masks = [(mo, month == mo) for mo in sorted(set(month))]
+    psis = m.psi_of_groups(train_pd, [pd_all[mask] for _, mask in masks])  # binned once
     rows = []
-    for mo in sorted(set(month)):
-        mask = month == mo
+    for (mo, mask), psi in zip(masks, psis, strict=True):
         rows.append(
             {
                 "month": mo,
@@ -320,7 +320,7 @@ def _stability(data: pd.DataFrame, split: Split, pd_all: np.ndarray) -> pd.DataF
                 "default_rate": float(y[mask].mean()),
                 "mean_pd": float(pd_all[mask].mean()),
                 "auc": m.auc(y[mask], pd_all[mask]),
-                "psi": m.psi_of_values(train_pd, pd_all[mask]),
+                "psi": psi,
             }
         )
     return pd.DataFrame(rows)

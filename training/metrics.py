@@ -8,6 +8,8 @@ equal-width bins do not.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy.stats import beta, norm, rankdata
@@ -254,5 +256,12 @@ def psi_of_values(expected: np.ndarray, actual: np.ndarray) -> float:
     """Population stability index of raw values ``actual`` against raw values ``expected``
     (`features.drift.psi` compares bin shares), binned as the drift
     monitor bins (`features.drift`: training deciles, a missing bin, empty-bin epsilon)."""
+    return psi_of_groups(expected, [actual])[0]
+
+
+def psi_of_groups(expected: np.ndarray, actuals: Sequence[np.ndarray]) -> list[float]:
+    """`psi_of_values` of each of `actuals` against the same ``expected``, binned once."""
     bins = build_bins("pd", np.asarray(expected, dtype=np.float64))
-    return drift.psi(bins.expected, bin_shares(bins, np.asarray(actual, dtype=np.float64)))
+    return [
+        drift.psi(bins.expected, bin_shares(bins, np.asarray(a, dtype=np.float64))) for a in actuals
+    ]

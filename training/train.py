@@ -179,8 +179,8 @@ def trained_categories(
     out: dict[str, tuple[str, ...]] = {}
     for f in catalog:
         if f.kind == "categorical":
-            values = data[f.name].dropna().astype("str")
-            out[f.name] = tuple(sorted(set(values)))
+            values = data[f.name].dropna().astype("str").unique()  # hashed, not iterated
+            out[f.name] = tuple(sorted(str(v) for v in values))
     return out
 
 
@@ -420,7 +420,8 @@ def grow(
             patience=cfg.early_stopping_rounds,
         )
         oof = np.empty(len(split.fit))
-        unseen = np.asarray(grown.booster.predict(X[split.oot], raw_score=True), np.float64)
+        margin = _margins(grown.booster, X)  # every row, once: `evaluate` scores them from it
+        unseen = margin[split.oot]  # a copy: the folds overwrite the rows of their SMEs
         # the folds' boosters, then the calibration booster: subsets of the fit rows (cal_grow
         # is a subset of fit, both ascending: training.split), grown with the model's rounds
         parts = [np.flatnonzero(split.fold != k) for k in range(split.folds)]
@@ -455,6 +456,7 @@ def grow(
         booster=grown.booster,
         best_iteration=grown.best_iteration,
         val_loss=grown.val_loss,
+        margin=margin,
         oof=oof,
         unseen=unseen,
         cal_margin=cal_margin,

@@ -52,3 +52,24 @@ def test_start_margin_is_where_a_binary_booster_starts() -> None:
         margin = booster.predict(X, raw_score=True)
         np.testing.assert_allclose(margin, start_margin(y, params), atol=1e-9)
     assert start_margin(y, {"boost_from_average": False}) == 0.0
+
+
+def test_subsets_grow_as_on_the_raw_rows_without_copying_them() -> None:
+    """A subset of a subset holds the right rows (labels now, the matrix when an engine asks),
+    the binned Dataset frees its raw matrix, and a booster grown on the subset is the one
+    LightGBM grows on a subset of a Dataset that kept its raw rows, byte for byte."""
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(600, 1))
+    y = (rng.random(600) < 1 / (1 + np.exp(-2 * X[:, 0]))).astype(np.float64)
+    trainer = LocalTrainer(CATALOG, PARAMS)
+    rows = trainer.rows(X, y)
+    first = np.flatnonzero(X[:, 0] > -1.0)
+    second = np.arange(0, first.size, 3)
+    sub = rows.subset(first).subset(second)
+    grown = trainer.train(sub, rounds=5).booster
+    kept = lgb.Dataset(X, y, feature_name=["x"], params=PARAMS, free_raw_data=False)
+    expected = lgb.train(PARAMS, kept.subset(first.tolist()).subset(second.tolist()), 5)
+    assert grown.model_to_string() == expected.model_to_string()
+    assert rows.dataset is not None and rows.dataset.data is None  # freed once binned
+    np.testing.assert_array_equal(sub.y, y[first][second])
+    np.testing.assert_array_equal(sub.X, X[first][second])
