@@ -29,15 +29,23 @@ months* are the matured months after the model's training window (as-of month af
 training month; the bundle records them): the OOT months and the embargo months before them,
 and every later month once its labels mature. On their rows a logistic recalibration
 ``logit PD' = a + b logit PD`` is fitted (`Recalibration`), with the covariance of (a, b)
-clustered by SME (an SME's rows in several months are not independent) and the between-month
-standard deviation of the intercept beyond its sampling noise (``shock_sd``: per-month
-intercept offsets, method of moments, floored at 0). `estimate` then draws, per label draw, (a, b)
-from their estimated distribution and a month offset from N(0, shock_sd^2 + the variance of the
-mean offset), labels Y ~ Bernoulli(PD') and scores the *model's* PDs against them: the expected
-AUC and ECE of the model as it is (its ranking and its miscalibration), with intervals that carry
-the sampling noise, the recalibration's own uncertainty and month shocks. This is CBPE with the
-calibration assumption replaced by one learned out of time, not a new estimator; the plain CBPE
-estimate and band stay in the table (``<metric>_cbpe``, ``_cbpe_low``, ``_cbpe_high``).
+clustered by SME (an SME's rows in several months are not independent), and how the
+recalibration moves from month to month: each month's own fit (a_m, b_m), centred at the
+reference rows' mean log-odds, and their between-month covariance beyond sampling noise
+(`month_variation`: intercept *and* slope, method of moments). The sampling noise subtracted
+there is estimated with the months' shared noise counted once: adjacent months hold the same
+SMEs and, their 12-month label windows overlapping, largely the same default events, so their
+fits move together; subtracting each month's own sampling variance as if independent read the
+demo's real month-to-month variation as none (a fitted shock sd of 0.00) and the ECE interval
+was too narrow. `estimate` then draws, per label draw, (a, b) from their estimated distribution
+and a month effect (intercept and slope) from N(0, between + between / M), labels Y ~
+Bernoulli(PD') and scores the *model's* PDs against them: the expected AUC and ECE of the model
+as it is (its ranking and its miscalibration), with intervals that carry the sampling noise, the
+recalibration's own uncertainty and the month-to-month variation of the miscalibration. ECE is
+computed for every draw (`sampled_ece`, the bins depend on the PDs alone), so the interval's
+ends are quantiles of all the draws. This is CBPE with the calibration assumption replaced by
+one learned out of time, not a new estimator; the plain CBPE estimate and band stay in the table
+(``<metric>_cbpe``, ``_cbpe_low``, ``_cbpe_high``).
 
 The recalibration is never learned from the month it is applied to, nor from the model's
 training months: an immature month uses every reference month; a reference month is judged with
@@ -74,7 +82,6 @@ if TYPE_CHECKING:
 METRICS: tuple[str, ...] = ("default_rate", "auc", "ece")
 DRAWS = 1000
 LEVEL = 0.95
-ECE_DRAWS = 200  # ECE per draw costs a binning; its noise band needs fewer draws
 MIN_REFERENCE_MONTHS = 4
 """Fewest reference months a recalibration rests on (the month shocks' spread needs several)."""
 MIN_REFERENCE_DEFAULTS = 20
@@ -107,6 +114,18 @@ def sampled_auc(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where((n1 > 0) & (n0 > 0), out, np.nan)
 
 
+def sampled_ece(p: np.ndarray, y: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """`training.metrics.ece` of scores `p` against each row of label matrix `y` (draws x n),
+    at once: the equal-count bins depend on `p` alone (the same stable sort), so each bin's
+    observed rate per draw is a column mean."""
+    order = np.argsort(p, kind="stable")
+    out = np.zeros(y.shape[0])
+    for idx in np.array_split(order, min(n_bins, len(p))):
+        observed = y[:, idx].mean(axis=1)
+        out += len(idx) / len(p) * np.abs(observed - p[idx].mean())
+    return out
+
+
 def log_odds(p: np.ndarray) -> np.ndarray:
     return np.asarray(logit(np.clip(p, PD_CLIP, 1 - PD_CLIP)), dtype=np.float64)
 
@@ -114,17 +133,30 @@ def log_odds(p: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Recalibration:
     """``logit PD' = a + b logit PD`` fitted on the reference months' rows (module docstring):
-    `coef` (a, b), their covariance clustered by SME, the between-month sd of the intercept
-    beyond sampling noise (`shock_sd`), the sd of the mean month offset (`offset_se`), and the
-    months, rows and defaults it rests on."""
+    `coef` (a, b) and their covariance clustered by SME (`cov`); the month-to-month variation of
+    the recalibration in the centred form ``a_m + b_m (logit PD - centre)``: `between`, the
+    covariance of (a_m, b_m) across months beyond their within-month sampling noise, and
+    `mean_cov`, the covariance of their mean over the reference months; `centre`, the mean
+    log-odds of the reference rows; the months, rows and defaults it rests on."""
 
     coef: tuple[float, float]
     cov: tuple[tuple[float, float], tuple[float, float]]
-    shock_sd: float
-    offset_se: float
+    between: tuple[tuple[float, float], tuple[float, float]]
+    mean_cov: tuple[tuple[float, float], tuple[float, float]]
+    centre: float
     months: int
     rows: int
     defaults: int
+
+    @property
+    def shock_sd(self) -> float:
+        """Between-month sd of the intercept at the reference rows' mean log-odds."""
+        return float(np.sqrt(self.between[0][0]))
+
+    @property
+    def slope_sd(self) -> float:
+        """Between-month sd of the slope."""
+        return float(np.sqrt(self.between[1][1]))
 
     @classmethod
     def fit(
@@ -151,36 +183,31 @@ class Recalibration:
         scores = pd.DataFrame(design * (yy - p)[:, None]).groupby(np.asarray(sme)).sum()
         meat = scores.to_numpy().T @ scores.to_numpy()
         cov = bread @ meat @ bread
-        offsets, variances = [], []
-        for m in months:
-            rows = np.asarray(month) == m
-            one = _newton(
-                np.ones((int(rows.sum()), 1)), yy[rows], np.zeros(1), base=design[rows] @ coef
-            )
-            if one is None:  # a month without defaults: its offset is unbounded
-                continue
-            q = expit(design[rows] @ coef + one[0])
-            offsets.append(float(one[0]))
-            variances.append(1.0 / float((q * (1 - q)).sum()))
-        spread = float(np.var(offsets, ddof=1)) if len(offsets) > 1 else 0.0
-        shock = max(0.0, spread - float(np.mean(variances))) if variances else 0.0
+        centre = float(x.mean())
+        between, mean_cov = month_variation(
+            x - centre, yy, np.asarray(month), np.asarray(sme), coef, centre
+        )
         return cls(
-            (float(coef[0]), float(coef[1])),
-            ((float(cov[0, 0]), float(cov[0, 1])), (float(cov[1, 0]), float(cov[1, 1]))),
-            float(np.sqrt(shock)),
-            float(np.sqrt(spread / len(offsets))) if offsets else 0.0,
+            _pair(coef),
+            _matrix(cov),
+            _matrix(between),
+            _matrix(mean_cov),
+            centre,
             len(months),
             len(yy),
             defaults,
         )
 
     def draw(self, pd_: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-        """`draws` vectors of recalibrated PDs (draws x n), each with its own (a, b) and month
-        offset drawn from their estimated distributions."""
+        """`draws` vectors of recalibrated PDs (draws x n), each with its own (a, b), drawn
+        from the pooled fit's distribution, and its own month deviation (intercept and slope),
+        drawn from the between-month covariance plus that of the months' mean."""
         ab = rng.multivariate_normal(np.array(self.coef), np.array(self.cov), size=draws)
-        shift = rng.normal(0.0, np.hypot(self.shock_sd, self.offset_se), size=draws)
+        spread = np.array(self.between) + np.array(self.mean_cov)
+        dev = rng.multivariate_normal(np.zeros(2), spread, size=draws)
         x = log_odds(pd_)
-        return np.asarray(expit((ab[:, [0]] + shift[:, None]) + ab[:, [1]] * x[None, :]))
+        logits = (ab[:, [0]] + dev[:, [0]]) + ab[:, [1]] * x[None, :]
+        return np.asarray(expit(logits + dev[:, [1]] * (x - self.centre)[None, :]))
 
     def describe(self) -> dict[str, float | int]:
         return {
@@ -189,10 +216,77 @@ class Recalibration:
             "intercept_se": float(np.sqrt(self.cov[0][0])),
             "slope_se": float(np.sqrt(self.cov[1][1])),
             "shock_sd": self.shock_sd,
+            "slope_shock_sd": self.slope_sd,
             "months": self.months,
             "rows": self.rows,
             "defaults": self.defaults,
         }
+
+
+def month_variation(
+    xc: np.ndarray,
+    y: np.ndarray,
+    month: np.ndarray,
+    sme: np.ndarray,
+    coef: np.ndarray,
+    centre: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """How the recalibration varies from month to month, in the centred form ``a_m + b_m xc``
+    (`xc`: log-odds minus `centre`; `coef`: the pooled, uncentred (a, b)): the between-month
+    covariance of the months' true (a_m, b_m), and the covariance of their mean.
+
+    Each month gets its own logistic fit f_m = (a_m, b_m). Their sample covariance S holds the
+    true month-to-month variation and the fits' sampling noise. The noise's share of S is
+    estimated from the fits' influence functions summed by SME (C_mk: the clustered covariance
+    of months m and k's sampling errors), ``(sum_m C_mm - sum_mk C_mk / M) / (M - 1)``: months
+    sharing SMEs (and, through the overlapping label windows, default events) share noise,
+    which moves their fits together and so adds less to S than independent noise would;
+    subtracting the mean within-month variance instead would take too much and read real month
+    variation as none. The between-month covariance is S less that share (method of moments),
+    projected onto the positive semi-definite matrices (a negative variance read as none); the
+    covariance of the months' mean effect is it over M (the mean's sampling part is already in
+    the pooled fit's clustered covariance). Months whose own fit does not converge (no
+    defaults: the intercept is unbounded) are left out; with fewer than two fitted months both
+    are zero."""
+    design = np.column_stack([np.ones_like(xc), xc])
+    start = np.array([coef[0] + coef[1] * centre, coef[1]])
+    ids, codes = np.unique(sme, return_inverse=True)
+    fits, influence = [], []
+    for m in pd.unique(month):
+        rows = month == m
+        one = _newton(design[rows], y[rows], start)
+        if one is None:
+            continue
+        q = expit(design[rows] @ one)
+        information = design[rows].T @ (design[rows] * (q * (1 - q))[:, None])
+        per_row = (design[rows] * (y[rows] - q)[:, None]) @ np.linalg.inv(information)
+        per_sme = np.zeros((len(ids), 2))
+        np.add.at(per_sme, codes[rows], per_row)
+        fits.append(one)
+        influence.append(per_sme)
+    k = len(fits)
+    if k < 2:
+        return np.zeros((2, 2)), np.zeros((2, 2))
+    spread = np.cov(np.array(fits), rowvar=False, ddof=1)
+    own = sum((e.T @ e for e in influence), np.zeros((2, 2)))
+    total = np.sum(influence, axis=0)
+    noise = (own - total.T @ total / k) / (k - 1)
+    between = _psd(spread - noise)
+    return between, between / k
+
+
+def _psd(m: np.ndarray) -> np.ndarray:
+    """`m` symmetrised, its negative eigenvalues set to 0."""
+    values, vectors = np.linalg.eigh((m + m.T) / 2)
+    return np.asarray((vectors * np.clip(values, 0.0, None)) @ vectors.T)
+
+
+def _pair(v: np.ndarray) -> tuple[float, float]:
+    return float(v[0]), float(v[1])
+
+
+def _matrix(m: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    return _pair(m[0]), _pair(m[1])
 
 
 def _newton(
@@ -247,7 +341,7 @@ def estimate(
     alpha = (1 - level) / 2
     rates = y.mean(axis=1)
     aucs = sampled_auc(p, y)
-    eces = np.array([ece(row.astype(np.float64), p) for row in y[:ECE_DRAWS]])
+    eces = sampled_ece(p, y)
     out: dict[str, dict[str, float]] = {}
     for name, values, centre in (
         ("default_rate", rates, float(p.mean()) if recalibration is None else rates.mean()),
@@ -323,8 +417,9 @@ def performance_table(
     plain CBPE), ``mature`` (every label of the month known: `labels`, aligned with `scores`, NA
     when immature), how the estimate was made (``interval``: a key of `INTERVALS`; the
     recalibration's ``reference_months``, ``reference_defaults``, ``intercept``, ``slope``,
-    ``shock_sd``) and per metric: the plain CBPE estimate and band (``<metric>_cbpe``,
-    ``_cbpe_low``, ``_cbpe_high``), the shown ``_estimate``, ``_low``, ``_high`` and, once
+    ``shock_sd`` and ``slope_shock_sd``: the month-to-month sds of intercept and slope) and per
+    metric: the plain CBPE estimate and band (``<metric>_cbpe``, ``_cbpe_low``,
+    ``_cbpe_high``), the shown ``_estimate``, ``_low``, ``_high`` and, once
     mature, ``_realised`` and ``_within`` (realised inside the shown interval)."""
     columns = ["as_of", "pd", *(["sme_id"] if "sme_id" in scores.columns else [])]
     frame = scores[columns].assign(label=labels.to_numpy())
@@ -378,6 +473,7 @@ def performance_table(
             "intercept": fitted.coef[0] if fitted is not None else float("nan"),
             "slope": fitted.coef[1] if fitted is not None else float("nan"),
             "shock_sd": fitted.shock_sd if fitted is not None else float("nan"),
+            "slope_shock_sd": fitted.slope_sd if fitted is not None else float("nan"),
         }
         for metric in METRICS:
             row[f"{metric}_cbpe"] = plain[metric]["estimate"]
@@ -462,9 +558,10 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
             f"CBPE on recalibrated PDs: labels drawn from logit PD' = "
             f"{newest['intercept']:.2f} + {newest['slope']:.2f} logit PD, fitted on "
             f"{int(newest['reference_months'])} matured months after the model's training window "
-            f"({int(newest['reference_defaults'])} default labels; month shocks sd "
-            f"{newest['shock_sd']:.2f} in log-odds), the {level:.0%} interval carrying the "
-            "sampling noise, the recalibration's uncertainty and month shocks; each of those "
+            f"({int(newest['reference_defaults'])} default labels; month-to-month sd "
+            f"{newest['shock_sd']:.2f} of the intercept and {newest['slope_shock_sd']:.2f} of "
+            f"the slope), the {level:.0%} interval carrying the sampling noise, the "
+            "recalibration's uncertainty and its month-to-month variation; each of those "
             "months is judged with a recalibration on the months at least half a horizon away "
             "from it; months inside the training window show plain CBPE"
         )
@@ -472,7 +569,9 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
     if newest is not None and how != SAMPLING:
         method["reference_months"] = int(newest["reference_months"])
         method["reference_defaults"] = int(newest["reference_defaults"])
-        method |= {key: value(newest[key]) for key in ("intercept", "slope", "shock_sd")}
+        method |= {
+            key: value(newest[key]) for key in ("intercept", "slope", "shock_sd", "slope_shock_sd")
+        }
     return {
         "level": level,
         "note": f"{note}; realised once every label of the month is known",

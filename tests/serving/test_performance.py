@@ -28,11 +28,15 @@ from serving.portfolio.performance import (
     TrainingWindow,
     coverage,
     estimate,
+    log_odds,
+    month_variation,
     months_apart,
     performance_doc,
     performance_table,
     sampled_auc,
+    sampled_ece,
 )
+from training.metrics import ece
 
 
 def test_sampled_auc_is_roc_auc_per_draw() -> None:
@@ -42,6 +46,13 @@ def test_sampled_auc_is_roc_auc_per_draw() -> None:
     expected = [roc_auc_score(row, p) for row in y]
     assert np.allclose(sampled_auc(p, y), expected)
     assert np.isnan(sampled_auc(p, np.zeros((1, 60), dtype=bool)))[0]
+
+
+def test_sampled_ece_is_the_metric_per_draw() -> None:
+    rng = np.random.default_rng(1)
+    p = np.round(rng.random(57) * 0.2, 2)  # ties, a size no bin count divides
+    y = rng.random((6, 57)) < p
+    assert np.allclose(sampled_ece(p, y), [ece(row.astype(float), p) for row in y])
 
 
 def test_estimate_centres_and_brackets() -> None:
@@ -114,22 +125,31 @@ def distorted_months(
     a: float = 0.5,
     b: float = 1.3,
     shock_sd: float = 0.0,
+    slope_sd: float = 0.0,
+    shared: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Rows whose true log-odds are ``a + b logit(pd)`` plus a month shock: a model whose PDs are
-    too compressed (b > 1) and too low (a > 0), as the trained models are out of time."""
+    """Rows whose true log-odds are ``a + b logit(pd)`` plus a month shock of the intercept
+    (sd `shock_sd`) and of the slope about logit PD = -3.6 (sd `slope_sd`): a model whose PDs
+    are too compressed (b > 1) and too low (a > 0), as the trained models are out of time.
+    `shared`: every month holds the same SMEs with the same PDs and the same uniform draws
+    behind their labels, so the months' label noise is shared (overlapping label windows at
+    their extreme) and only the month shocks tell them apart."""
     rng = np.random.default_rng(seed)
     frames = []
+    x_shared, u_shared = rng.normal(-3.6, 1.0, size=n), rng.random(n)
     for k, when in enumerate(pd.date_range("2024-01-31", periods=n_months, freq="ME")):
-        x = rng.normal(-3.6, 1.0, size=n)
-        truth = expit(a + b * x + rng.normal(0.0, shock_sd))
+        x = x_shared if shared else rng.normal(-3.6, 1.0, size=n)
+        u = u_shared if shared else rng.random(n)
+        slope = b + rng.normal(0.0, slope_sd) if slope_sd else b
+        truth = expit(a + b * -3.6 + slope * (x + 3.6) + rng.normal(0.0, shock_sd))
         frames.append(
             pd.DataFrame(
                 {
                     "as_of": when,
                     "sme_id": [f"S{i:05d}" for i in range(n)],
                     "pd": expit(x),
-                    "label": (rng.random(n) < truth).astype(float),
+                    "label": (u < truth).astype(float),
                     "month": k,
                 }
             )
@@ -155,6 +175,34 @@ def test_recalibration_recovers_a_known_distortion() -> None:
 def test_recalibration_measures_month_shocks() -> None:
     fitted = fit_rows(distorted_months(12, shock_sd=0.4, seed=1))
     assert fitted is not None and 0.2 < fitted.shock_sd < 0.7
+    assert fitted.slope_sd < 0.1  # the shocks move the intercept only
+
+
+def test_recalibration_measures_a_slope_that_moves_between_months() -> None:
+    fitted = fit_rows(distorted_months(16, slope_sd=0.3, seed=2))
+    assert fitted is not None and 0.15 < fitted.slope_sd < 0.5
+    assert fitted.shock_sd < 0.1  # the slope turns about the centre of the PDs
+    assert np.allclose(np.array(fitted.mean_cov), np.array(fitted.between) / 16)
+
+
+def between_sd(rows: pd.DataFrame) -> float:
+    x = log_odds(rows["pd"].to_numpy())
+    between, _ = month_variation(
+        x - x.mean(), rows["label"].to_numpy(), rows["as_of"].to_numpy(),
+        rows["sme_id"].to_numpy(), np.array([0.0, 1.0]), float(x.mean()),
+    )  # fmt: skip
+    return float(np.sqrt(between[0, 0]))
+
+
+def test_month_variation_counts_shared_label_noise_once() -> None:
+    """Months whose labels share their noise (the same SMEs, the same draws: overlapping label
+    windows) differ only by their month shocks; subtracting each month's own sampling variance
+    as if independent would read real shocks (sd 0.15, below a month's sampling sd of about 0.2)
+    as none. Without shocks, the same months show none."""
+    shocked = [between_sd(distorted_months(24, 1000, shock_sd=0.15, shared=True, seed=s))
+               for s in range(3)]  # fmt: skip
+    assert all(0.08 < v < 0.25 for v in shocked), shocked
+    assert between_sd(distorted_months(24, 1000, shared=True, seed=7)) < 0.03
 
 
 def test_recalibration_refuses_too_few_months_or_defaults() -> None:
@@ -171,23 +219,33 @@ def test_estimate_draws_labels_from_the_recalibrated_pds() -> None:
     p = expit(rng.normal(-3.3, 1.0, size=4000))
     plain = estimate(p, draws=400)
     zero = ((0.0, 0.0), (0.0, 0.0))
-    same = estimate(p, draws=400, recalibration=Recalibration((0.0, 1.0), zero, 0.0, 0.0, 8, 1, 1))
+    same = estimate(
+        p, draws=400, recalibration=Recalibration((0.0, 1.0), zero, zero, zero, -3.3, 8, 1, 1)
+    )
     for metric, tol in (("default_rate", 0.001), ("auc", 0.005), ("ece", 0.002)):
         assert same[metric]["estimate"] == pytest.approx(plain[metric]["estimate"], abs=tol)
     # PDs too compressed and too low (true log-odds 2 + 1.5 logit PD): the model ranks better
     # than its PDs say and is miscalibrated beyond the noise floor (AUC and ECE of its PDs)
-    steep = estimate(p, draws=400, recalibration=Recalibration((2.0, 1.5), zero, 0.0, 0.0, 8, 1, 1))
+    steep = estimate(
+        p, draws=400, recalibration=Recalibration((2.0, 1.5), zero, zero, zero, -3.3, 8, 1, 1)
+    )
     assert steep["auc"]["estimate"] > plain["auc"]["high"]
     assert steep["ece"]["estimate"] > plain["ece"]["high"]
     assert steep["default_rate"]["estimate"] > plain["default_rate"]["high"]
     # the recalibration's own uncertainty and month shocks widen the interval
-    loose = Recalibration((2.0, 1.5), ((0.04, 0.0), (0.0, 0.01)), 0.3, 0.1, 8, 1, 1)
+    loose = Recalibration(
+        (2.0, 1.5), ((0.04, 0.0), (0.0, 0.01)), ((0.09, 0.0), (0.0, 0.01)),
+        ((0.01, 0.0), (0.0, 0.0)), -3.3, 8, 1, 1,
+    )  # fmt: skip
     wide = estimate(p, draws=400, recalibration=loose)
 
     def width(e: dict[str, dict[str, float]], m: str) -> float:
         return e[m]["high"] - e[m]["low"]
 
     assert width(wide, "default_rate") > 1.5 * width(steep, "default_rate")
+    # a slope that moves from month to month widens the AUC's interval too
+    tilted = Recalibration((2.0, 1.5), zero, ((0.0, 0.0), (0.0, 0.16)), zero, -3.3, 8, 1, 1)
+    assert width(estimate(p, draws=400, recalibration=tilted), "auc") > 1.3 * width(steep, "auc")
 
 
 def test_training_window_roles_and_buffer() -> None:
