@@ -49,9 +49,10 @@ A windowed feature whose training rows mostly had partial windows (fewer than `F
 of them full), that drifted (watch / act) and counts otherwise, is judged by the smaller of its
 two bands: ``window-filling`` (listed, never counted; the action is to retrain once the training
 history covers the window) when the like-coverage PSI is stable, else the smaller band. A feature
-that really moved moves on like coverage too and still counts. A profile without the record (one
-stored before it existed: ``profile_version`` 1) has unknown coverage: the feature is judged on its
-PSI alone, the old behaviour, and the monitor says so.
+that really moved moves on like coverage too and still counts, and one whose missing share rose
+is never excused (a feed that stops delivering is not window filling). A profile without the
+record (one stored before it existed: ``profile_version`` 1) has unknown coverage: the feature is
+judged on its PSI alone, the old behaviour, and the monitor says so.
 
 Pure functions on NumPy/pandas; nothing here imports training or serving, so training can build
 the profile and serving can read it.
@@ -568,6 +569,12 @@ def _only_filled_in(r: Mapping[Any, Any]) -> bool:
     return bool(fewer_missing and math.isfinite(present) and psi_band(present) == "stable")
 
 
+def _more_missing(r: Mapping[Any, Any]) -> bool:
+    """Whether the feature's missing share rose against training: a rise is never excused, not
+    even as window filling (a feed that stops delivering is drift to act on)."""
+    return bool(r.get("actual_missing", 0.0) > r.get("expected_missing", 0.0))
+
+
 def coverage_candidates(drift: pd.DataFrame, coverage: Coverage | None) -> list[str]:
     """The features of a `rank_drift` frame to compare on like coverage: counted (watch / act)
     windowed features whose training rows mostly had partial windows (`Coverage.partial`);
@@ -603,8 +610,9 @@ def rank_drift(
     band, ``filled-in`` for a drift that is only a fall of the missing share (``psi_present``
     stable, when `psi` has it), ``negligible`` for a drifted feature under `min_share` of the
     attributions; for a feature compared on like coverage whose training windows were mostly
-    partial (`Coverage.partial`), the smaller of its band and its like-coverage band, named
-    ``window-filling`` when that is stable; else the band (watch / act). Rows: counted signals
+    partial (`Coverage.partial`) and whose missing share did not rise, the smaller of its band
+    and its like-coverage band, named ``window-filling`` when that is stable; else the band
+    (watch / act). Rows: counted signals
     first (act, watch), by impact descending."""
     rows = psi[psi["kind"] != SCORE].copy()
     rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
@@ -631,7 +639,12 @@ def rank_drift(
             return NEGLIGIBLE
         band = str(r["band"])
         compared = r["psi_like_coverage"]
-        if coverage is not None and coverage.partial(str(r["name"])) and math.isfinite(compared):
+        if (
+            coverage is not None
+            and coverage.partial(str(r["name"]))
+            and math.isfinite(compared)
+            and not _more_missing(r)
+        ):
             band = _lower_band(band, psi_band(compared))
             return WINDOW_FILLING if band == "stable" else band
         return band
