@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -546,18 +547,19 @@ class _View:
     recorded: tuple[tuple[str, frozenset[str] | None], ...]
 
 
-_VIEWS: dict[int, tuple[Any, _View]] = {}
+_VIEWS: weakref.WeakKeyDictionary[Any, _View] = weakref.WeakKeyDictionary()
+"""Each live booster's `_View`; an entry goes with its booster (a reload does not keep the old
+model alive)."""
 _NO_SPLITS = np.array([])
 
 
 def _view(model: ScoringModel) -> _View:
-    """The model's `_View` (cached by booster)."""
-    key = id(model.booster)
-    hit = _VIEWS.get(key)
-    if hit is None or hit[0] is not model.booster:
-        hit = (model.booster, _build_view(model))
-        _VIEWS[key] = hit
-    return hit[1]
+    """The model's `_View` (cached by booster, for as long as the booster lives)."""
+    hit = _VIEWS.get(model.booster)
+    if hit is None:
+        hit = _build_view(model)
+        _VIEWS[model.booster] = hit
+    return hit
 
 
 def _build_view(model: ScoringModel) -> _View:

@@ -310,3 +310,54 @@ def test_only_a_serving_process_tunes_the_collector(tmp_path: Any, mode: str) ->
         assert frozen_after > 10_000 and after == tuned
     else:
         assert frozen_after == 0 and after == before
+
+
+SETTLED = """
+import gc, json, weakref
+from serving.api.service import settle_heap
+
+class Model:  # a cycle, as a served model's request classes are
+    def __init__(self): self.me = self
+
+old = Model()
+gone = weakref.ref(old)
+settle_heap()  # start-up: the old model is frozen with the rest
+del old  # a reload replaced it
+settle_heap()
+print(json.dumps(gone() is None))
+"""
+
+
+def test_a_model_a_reload_replaced_is_collected_not_frozen_for_good(tmp_path: Any) -> None:
+    """`settle_heap` runs after every model load: frozen objects are never collected, so a
+    replaced model's cycles would stay for good if the heap were not unfrozen first. In a
+    subprocess (the collector is the whole process's)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", SETTLED], capture_output=True, text=True, timeout=120, cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) is True
+
+
+def test_a_models_view_goes_with_its_booster() -> None:
+    """The scoring view is cached per live booster: once the model is dropped (a reload), the
+    cache does not keep its booster alive."""
+    import gc
+    import weakref
+
+    from tests.support.models import train_small_model
+
+    model = train_small_model(seed=5, rounds=5)
+    scoring._view(model)
+    booster = weakref.ref(model.booster)
+    assert booster() in scoring._VIEWS
+    del model
+    gc.collect()
+    assert booster() is None
