@@ -50,9 +50,10 @@ of them full), that drifted (watch / act) and counts otherwise, is judged by the
 two bands: ``window-filling`` (listed, never counted; the action is to retrain once the training
 history covers the window) when the like-coverage PSI is stable, else the smaller band. A feature
 that really moved moves on like coverage too and still counts, and one whose missing share rose
-is never excused (a feed that stops delivering is not window filling). A profile without the
-record (one stored before it existed: ``profile_version`` 1) has unknown coverage: the feature is
-judged on its PSI alone, the old behaviour, and the monitor says so.
+is never excused (beyond chance: `MISSING_RISE_P`; a feed that stops delivering is not window
+filling). A profile without the record (one stored before it existed: ``profile_version`` 1) has
+unknown coverage: the feature is judged on its PSI alone, the old behaviour, and the monitor says
+so.
 
 Pure functions on NumPy/pandas; nothing here imports training or serving, so training can build
 the profile and serving can read it.
@@ -569,10 +570,26 @@ def _only_filled_in(r: Mapping[Any, Any]) -> bool:
     return bool(fewer_missing and math.isfinite(present) and psi_band(present) == "stable")
 
 
+MISSING_RISE_P = 0.01
+"""Level of the one-sided binomial test by which a missing share has risen against training."""
+
+
 def _more_missing(r: Mapping[Any, Any]) -> bool:
-    """Whether the feature's missing share rose against training: a rise is never excused, not
-    even as window filling (a feed that stops delivering is drift to act on)."""
-    return bool(r.get("actual_missing", 0.0) > r.get("expected_missing", 0.0))
+    """Whether the feature's missing share rose against training beyond chance (one-sided
+    binomial test of the population's missing count against the training share, at
+    `MISSING_RISE_P`): such a rise is never excused, not even as window filling (a feed that
+    stops delivering is drift to act on). A share a few SMEs above training's is not a rise."""
+    from scipy.stats import binomtest
+
+    expected = float(r.get("expected_missing", 0.0))
+    actual = float(r.get("actual_missing", 0.0))
+    n = int(r.get("rows", 0) or 0)
+    if actual <= expected:
+        return False
+    if n <= 0 or expected <= 0.0:
+        return True
+    k = round(actual * n)
+    return bool(binomtest(k, n, expected, alternative="greater").pvalue < MISSING_RISE_P)
 
 
 def coverage_candidates(drift: pd.DataFrame, coverage: Coverage | None) -> list[str]:
@@ -610,9 +627,9 @@ def rank_drift(
     band, ``filled-in`` for a drift that is only a fall of the missing share (``psi_present``
     stable, when `psi` has it), ``negligible`` for a drifted feature under `min_share` of the
     attributions; for a feature compared on like coverage whose training windows were mostly
-    partial (`Coverage.partial`) and whose missing share did not rise, the smaller of its band
-    and its like-coverage band, named ``window-filling`` when that is stable; else the band
-    (watch / act). Rows: counted signals
+    partial (`Coverage.partial`) and whose missing share did not rise beyond chance, the
+    smaller of its band and its like-coverage band, named ``window-filling`` when that is
+    stable; else the band (watch / act). Rows: counted signals
     first (act, watch), by impact descending."""
     rows = psi[psi["kind"] != SCORE].copy()
     rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
