@@ -629,8 +629,8 @@ def rank_drift(
     attributions; for a feature compared on like coverage whose training windows were mostly
     partial (`Coverage.partial`) and whose missing share did not rise beyond chance, the
     smaller of its band and its like-coverage band, named ``window-filling`` when that is
-    stable; else the band (watch / act). Rows: counted signals
-    first (act, watch), by impact descending."""
+    stable; else the band (watch / act). Rows: counted signals first (act, watch), by impact
+    descending."""
     rows = psi[psi["kind"] != SCORE].copy()
     rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
     rows["impact"] = rows["psi"] * rows["attribution_share"]

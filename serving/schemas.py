@@ -416,7 +416,7 @@ def batch_response_json(
     decision is projected as `response_json` projects a single one (no validation of what the
     service built itself); the error entries, a few, go through their model as FastAPI's
     response validation would take them (their ``value`` is whatever the caller sent). The same
-    document as ``TypeAdapter(BatchScoreResponse).dump_json`` (tests/serving/test_api.py)."""
+    document as ``TypeAdapter(BatchScoreResponse).dump_json`` (tests/serving/test_fast_paths.py)."""
     plan = _plan(ScoreResponse)
     option = orjson.OPT_SERIALIZE_NUMPY
     items = b",".join(

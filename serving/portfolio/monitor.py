@@ -31,6 +31,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -400,22 +401,17 @@ def monitor(
     points_before = points_of(model, before.features, method)
     shares = attribution_shares(points_now).to_dict()
     points_change = (points_now.mean() - points_before.mean()).to_dict()
-    drift = rank_drift(psi, shares, time_like=TIME_LIKE, points_change=points_change)
+    ranked = partial(
+        rank_drift, psi, shares, time_like=TIME_LIKE, points_change=points_change,
+        coverage=profile.coverage,
+    )  # fmt: skip
+    drift = ranked()
     compare_like = coverage_candidates(drift, profile.coverage)
-    if compare_like:
-        drift = rank_drift(
-            psi,
-            shares,
-            time_like=TIME_LIKE,
-            points_change=points_change,
-            coverage=profile.coverage,
+    if compare_like:  # ranked again, with those features' PSI on like coverage
+        drift = ranked(
             like_coverage=like_coverage_psi(
                 tables, profile, as_of_t, now.features["sme_id"], compare_like, horizon_days
-            ),
-        )
-    elif profile.coverage is not None:
-        drift = rank_drift(
-            psi, shares, time_like=TIME_LIKE, points_change=points_change, coverage=profile.coverage
+            )
         )
     windows = {f.name: f.window_days for f in model.catalog}
     drift["window_days"] = [windows.get(str(n)) for n in drift["name"]]
@@ -543,12 +539,13 @@ def like_coverage_psi(
     shares weigh equally (each is a 1/K quantile of the training rows, whatever number of SMEs are
     still in the population at it). Empty when the profile records no coverage or no cut leaves
     a population."""
+    from features.own import day_of
     from features.reference import build_reference, feature_rows
 
     coverage = profile.coverage
     if coverage is None or not names:
         return {}
-    day = int((as_of - pd.Timestamp("1970-01-01")).days)
+    day = day_of(as_of)
     ids = sorted({str(s) for s in population})
     shares: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for days in coverage.history_days:

@@ -71,6 +71,7 @@ import pandas as pd
 from scipy.special import expit, logit
 from scipy.stats import rankdata
 
+from features.own import DAYS_PER_MONTH
 from training.metrics import auc, ece
 
 if TYPE_CHECKING:
@@ -91,7 +92,6 @@ MIN_MONTH_DEFAULTS = 10
 a handful of defaults swing far beyond what their estimated sampling noise allows, and that
 spread would read as month-to-month variation (measured: 150 SMEs a month at a 2-3 % PD, no true
 month effect, gave an intercept sd of 0.2 to 2.9)."""
-DAYS_PER_MONTH = 365.25 / 12
 PD_CLIP = 1e-9  # PDs of exactly 0 or 1 have no log-odds; they are read as 1e-9 and 1 - 1e-9
 
 TRAINED, OVERLAP, UNSEEN, UNKNOWN = "trained", "overlap", "unseen", "unknown"
@@ -216,20 +216,6 @@ class Recalibration:
         logits = (ab[:, [0]] + dev[:, [0]]) + ab[:, [1]] * x[None, :]
         return np.asarray(expit(logits + dev[:, [1]] * (x - self.centre)[None, :]))
 
-    def describe(self) -> dict[str, float | int]:
-        return {
-            "intercept": self.coef[0],
-            "slope": self.coef[1],
-            "intercept_se": float(np.sqrt(self.cov[0][0])),
-            "slope_se": float(np.sqrt(self.cov[1][1])),
-            "shock_sd": self.shock_sd,
-            "slope_shock_sd": self.slope_sd,
-            "months": self.months,
-            "rows": self.rows,
-            "defaults": self.defaults,
-            "varied_months": self.varied_months,
-        }
-
 
 def month_variation(
     xc: np.ndarray,
@@ -305,15 +291,13 @@ def _newton(
     y: np.ndarray,
     start: np.ndarray,
     *,
-    base: np.ndarray | None = None,
     iterations: int = 100,
 ) -> np.ndarray | None:
-    """Maximum-likelihood coefficients of a logistic regression of `y` on `design` (with the
-    fixed offset `base`), by Newton's method; None when it does not converge."""
+    """Maximum-likelihood coefficients of a logistic regression of `y` on `design`, by Newton's
+    method; None when it does not converge."""
     beta = start.astype(np.float64)
-    offset = np.zeros(len(y)) if base is None else base
     for _ in range(iterations):
-        p = expit(offset + design @ beta)
+        p = expit(design @ beta)
         hessian = design.T @ (design * (p * (1 - p))[:, None])
         try:
             step = np.linalg.solve(hessian, design.T @ (y - p))

@@ -31,7 +31,7 @@ from serving.api.routes.scores import _json_items
 from serving.audit.canonical import canonical_bytes, canonical_json, json_value, record_hash
 from serving.audit.store import chained_text
 from serving.schemas import BatchScoreResponse, ScoreResponse, batch_response_json
-from tests.serving.test_api import FEATURES
+from tests.serving.test_api import FEATURES, _typed
 
 
 def _documents(largest: int) -> st.SearchStrategy[Any]:
@@ -52,15 +52,6 @@ def _documents(largest: int) -> st.SearchStrategy[Any]:
 
 documents = _documents(10**30)  # integers beyond 64 bits: JSON has them, orjson does not
 payload_values = _documents(2**63 - 1)  # what the audit store's canonical form can hold
-
-
-def _typed(value: Any) -> Any:
-    """A value with the type of every number kept (1 and 1.0 differ)."""
-    if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    return (type(value).__name__, value)
 
 
 @settings(max_examples=300, deadline=None)
