@@ -200,6 +200,17 @@ def validation_entries(
     ]
 
 
+def lone_surrogate_entry(loc: Sequence[str | int], *, index: int | None = None) -> dict[str, Any]:
+    """A string (or key) holding a lone surrogate: valid JSON text, but not Unicode."""
+    return entry(
+        list(loc),
+        "Invalid JSON: the string holds a lone surrogate escape (a \\ud800-\\udfff escape "
+        "without its pair), which is not Unicode",
+        "json_invalid",
+        index=index,
+    )
+
+
 def unscorable_entry(exc: Unscorable, *, index: int | None = None) -> dict[str, Any]:
     """A domain error that stopped one request (or batch item) as an error entry."""
     return entry(

@@ -278,6 +278,51 @@ def test_bad_requests_get_422_naming_the_field(
     assert any(d["loc"][: len(loc)] == loc for d in errors), (case, errors)
 
 
+ONE = {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES}
+ENCODINGS: list[tuple[str, Callable[[str], bytes]]] = [
+    ("utf-8 with a byte order mark", lambda text: b"\xef\xbb\xbf" + text.encode()),
+    ("utf-16", lambda text: text.encode("utf-16-le")),
+    ("utf-32", lambda text: text.encode("utf-32")),
+]
+
+
+@pytest.mark.parametrize(("case", "encode"), ENCODINGS, ids=[c for c, _ in ENCODINGS])
+def test_both_routes_read_only_utf8_without_a_byte_order_mark(
+    client: TestClient, headers: Headers, case: str, encode: Callable[[str], bytes]
+) -> None:
+    """The single route's parser reads UTF-8 only; the batch route used to read the body with
+    json, which also takes a BOM, UTF-16 and UTF-32, so the same bytes were refused one at a
+    time and scored in a batch."""
+    h = {**headers("scorer"), "Content-Type": "application/json"}
+    store: AuditStore = client.app.state.service.store  # type: ignore[attr-defined]
+    one = client.post("/v1/scores", content=encode(json.dumps(ONE)), headers=h)
+    batch = client.post("/v1/scores/batch", content=encode(json.dumps([ONE, ONE])), headers=h)
+    assert (one.status_code, batch.status_code) == (422, 422), (case, batch.text)
+    assert problems(batch)[0]["loc"] == ["body"] and store.count() == 0
+
+
+def test_a_batch_item_with_a_lone_surrogate_is_refused_at_its_own_field(
+    client: TestClient, headers: Headers
+) -> None:
+    """An escaped lone surrogate is valid JSON text but not Unicode: the single route refuses the
+    body; in a batch, the item gets an error located at its own field (not in a re-serialised
+    copy of it) and the other items are scored."""
+    h = {**headers("scorer"), "Content-Type": "application/json"}
+    bad = {**ONE, "features": {**FEATURES, "industry": "fo\ud800od"}}
+    keyed = {**ONE, "features": {"dso\udfff": 1.0}}
+    single = client.post("/v1/scores", content=json.dumps(bad), headers=h)
+    assert single.status_code == 422 and problems(single)[0]["type"] == "json_invalid"
+    r = client.post("/v1/scores/batch", content=json.dumps([ONE, bad, keyed]), headers=h)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["scored"], out["failed"]) == (1, 2)
+    errors = {item["index"]: item["errors"][0] for item in out["errors"]}
+    assert errors[1]["loc"] == ["body", 1, "features", "industry"]
+    assert errors[2]["loc"] == ["body", 2, "features", "dso\\udfff"]
+    assert {e["type"] for e in errors.values()} == {"json_invalid"}
+    assert "lone surrogate" in errors[1]["msg"]
+
+
 def test_history_without_reference_data_is_a_clear_422(
     client: TestClient, headers: Headers
 ) -> None:

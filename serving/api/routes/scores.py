@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 import orjson
@@ -13,7 +14,12 @@ from starlette.concurrency import run_in_threadpool
 
 from serving import scoring
 from serving.api.deps import Body, SvcDep, parse_body, score_body
-from serving.api.errors import responses, unscorable_entry, validation_entries
+from serving.api.errors import (
+    lone_surrogate_entry,
+    responses,
+    unscorable_entry,
+    validation_entries,
+)
 from serving.api.keys import Caller
 from serving.api.security import SCORE, require
 from serving.exceptions import BatchRefused, InvalidInput, Unscorable
@@ -78,19 +84,46 @@ def _long_integer(body: bytes) -> bool:
 
 def _json_items(body: bytes) -> Any:
     """The body as JSON (None when it is not JSON): the standard library's values, read by orjson
-    when it gives the same ones. orjson refuses what json accepts (NaN, Infinity, 1e400, lone
-    surrogates, UTF-16) and reads integers beyond 64 bits as floats: those bodies, and any with
-    an integer of 19 digits or more, go to json. (Floats such as ``-0.0039273441335297005``, 19
-    digits after the point, are read alike by both: they stay with orjson.)"""
+    when it gives the same ones. orjson refuses what json accepts (NaN, Infinity, 1e400, escaped
+    lone surrogates) and reads integers beyond 64 bits as floats: those bodies, and any with an
+    integer of 19 digits or more, go to json. (Floats such as ``-0.0039273441335297005``, 19
+    digits after the point, are read alike by both: they stay with orjson.) The body must be
+    UTF-8 without a byte order mark, as the single route's parser requires: json would also read
+    UTF-16, UTF-32 and a leading BOM from bytes, so it is given the text decoded strictly."""
     if not _long_integer(body):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
     try:
-        return json.loads(body)
-    except ValueError:
+        return json.loads(body.decode("utf-8"))  # a BOM is then U+FEFF: json refuses it
+    except ValueError:  # UnicodeDecodeError included
         return None
+
+
+def _lone_surrogate(value: Any, at: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where in a JSON value (a batch item as json read it) a string or key holds a lone
+    surrogate (an escape such as ``\\ud800`` without its pair: valid JSON text, not Unicode),
+    or None. The schema's parser refuses such a body as a whole; an item gets the location of
+    its own field instead of one in a re-serialised copy of it."""
+    if isinstance(value, str):
+        return at if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _SURROGATE.search(key):
+                return (*at, key.encode("utf-8", "backslashreplace").decode("ascii"))
+            found = _lone_surrogate(item, (*at, key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for k, item in enumerate(value):
+            found = _lone_surrogate(item, (*at, k))
+            if found is not None:
+                return found
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _raw(body: bytes) -> Any:
@@ -163,6 +196,10 @@ def post_score_batch(
     valid = _all_valid(served.batch_model, body)
     limits = svc.settings.limits
     for i, item in enumerate(items):
+        surrogate = _lone_surrogate(item) if valid is None else None
+        if surrogate is not None:
+            failed[i] = [lone_surrogate_entry(("body", i, *surrogate), index=i)]
+            continue
         try:
             request = (
                 valid[i]
