@@ -628,9 +628,8 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
         note = (
             f"plain CBPE: the {level:.0%} interval of each metric over label draws Y ~ "
             "Bernoulli(PD), which assumes the PDs right SME by SME; NOT corrected for the "
-            f"model's own miscalibration, because of {reason} ({len(reference)} matured "
-            "month(s) after the model's training window), so the interval holds sampling noise "
-            "only"
+            f"model's own miscalibration ({reason}; {len(reference)} matured month(s) after "
+            "the model's training window), so the interval holds sampling noise only"
         )
     else:
         assert newest is not None
