@@ -422,7 +422,10 @@ def _performance_section(doc: dict[str, Any]) -> str:
             m["as_of"],
             f"{m['n']:,}",
             "yes" if m["mature"] else "no",
-            _e(f"{PERFORMANCE_ROLES.get(role, role)}; {m.get('interval', 'sampling')}"),
+            _e(
+                f"{PERFORMANCE_ROLES.get(role, role)}; {m.get('interval', 'sampling')}"
+                + (f"; {m['fallback']}" if m.get("fallback") not in (None, "in-sample") else "")
+            ),
         ]
         for metric, _, fmt in PERFORMANCE_METRICS:
             e = m[metric]
