@@ -536,9 +536,14 @@ def like_coverage_psi(
     """The PSI of features `names` on like coverage (`features.drift`, module docstring): the
     `population`'s features at `as_of` recomputed from the data cut (`cut_history`) at each of
     the profile's training history lengths, binned against the training bins; each length's bin
-    shares weigh equally (each is a 1/K quantile of the training rows, whatever number of SMEs are
-    still in the population at it). Empty when the profile records no coverage or no cut leaves
-    a population."""
+    shares weigh equally (each is a 1/K quantile of the training rows).
+
+    Every SME of the population is in every cut, with the features its data in the cut give it:
+    one without an invoice in a short cut has the values of no activity there (missing, or 0 for
+    an amount or a count), as the feature defines them. Keeping only the SMEs active in the cut
+    would hide an outage: SMEs whose feed stopped (or whose trade collapsed) some days ago would
+    drop out of the shorter cuts, and those cuts would compare with training as if nothing had
+    happened. Empty when the profile records no coverage or the population is empty."""
     from features.own import day_of
     from features.reference import build_reference, feature_rows
 
@@ -556,7 +561,7 @@ def like_coverage_psi(
             build_reference(cut),
             sme_ids=ids,
             horizon_days=horizon_days,
-            population_only=True,
+            population_only=False,  # the population's SMEs, active in the cut or not
         )
         if rows.empty:
             continue
