@@ -438,3 +438,36 @@ def test_a_rise_of_the_missing_share_is_never_excused_as_window_filling() -> Non
             like_coverage={"dispute_rate_365d": 0.05},
         )  # fmt: skip
         assert ranked.loc[0, "signal"] == signal, actual
+
+
+@pytest.mark.parametrize(
+    ("like_missing", "signal"),
+    [
+        (0.05, "window-filling"),  # as in training
+        (0.061, "window-filling"),  # 30 of 500 against 25: within chance (the unshocked twin)
+        (0.09, "act"),  # 45 of 500: SMEs with no data in the shorter cuts
+    ],
+)
+def test_a_rise_of_the_missing_share_on_like_coverage_is_not_excused(
+    like_missing: float, signal: str
+) -> None:
+    """An outage of some weeks leaves the full windows' missing share as in training (the SMEs
+    still have a year's values, from before it) but not the like-coverage one, where they have no
+    data in the cuts shorter than the outage: a rise there beyond chance is not window filling
+    either, even when the like-coverage PSI is stable."""
+    from features.drift import Coverage, WindowCoverage, rank_drift
+
+    coverage = Coverage(
+        rows=100,
+        history_days=(30, 120, 240),
+        windows=(WindowCoverage("dispute_rate_365d", 365, 0.0, 120.0),),
+    )
+    rows = _drifted("dispute_rate_365d", 0.6).assign(
+        expected_missing=[0.05], actual_missing=[0.05], psi_present=[0.6], rows=[500]
+    )
+    ranked = rank_drift(
+        rows, {"dispute_rate_365d": 0.2}, coverage=coverage,
+        like_coverage={"dispute_rate_365d": 0.05}, like_missing={"dispute_rate_365d": like_missing},
+    )  # fmt: skip
+    assert ranked.loc[0, "missing_like_coverage"] == like_missing
+    assert ranked.loc[0, "signal"] == signal
