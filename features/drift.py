@@ -504,10 +504,10 @@ def psi_table(
     """PSI of every profiled feature (and of the score, when given; first row) for a population.
 
     Columns: ``name``, ``kind`` (numeric / categorical / score), ``psi``, ``band``, ``rows``,
-    ``expected_missing`` and ``actual_missing`` (shares), ``psi_present`` (the PSI of the present
-    values alone, both sides renormalised; NaN when a side has none), ``bins`` (count). A
-    feature column the population lacks counts as all missing. Rows ordered: the score, then PSI
-    descending."""
+    ``expected_rows`` (the training rows of the bins), ``expected_missing`` and
+    ``actual_missing`` (shares), ``psi_present`` (the PSI of the present values alone, both sides
+    renormalised; NaN when a side has none), ``bins`` (count). A feature column the population
+    lacks counts as all missing. Rows ordered: the score, then PSI descending."""
     rows: list[dict[str, Any]] = []
     n = len(features)
     if n == 0:
@@ -523,6 +523,7 @@ def psi_table(
                 "psi": value,
                 "band": psi_band(value),
                 "rows": len(values),
+                "expected_rows": bins.n,
                 "expected_missing": bins.expected[-1],
                 "actual_missing": float(shares[-1]),
                 "psi_present": _psi_present(bins.expected, shares),
@@ -576,39 +577,53 @@ def _only_filled_in(r: Mapping[Any, Any]) -> bool:
 
 
 MISSING_RISE_P = 0.01
-"""Level of the one-sided binomial test by which a missing share has risen against training."""
+"""Level of the one-sided test by which a missing share has risen against training."""
 
 
-def missing_rose(expected: float, actual: float, n: int) -> bool:
+def missing_rose(expected: float, actual: float, n: int, training_rows: int | None = None) -> bool:
     """Whether a missing share `actual` among `n` rows rose above the training share `expected`
-    beyond chance: one-sided binomial test of the missing count against `expected`, at
-    `MISSING_RISE_P` (a share a few SMEs above training's is not a rise)."""
-    from scipy.stats import binomtest
+    beyond chance, at `MISSING_RISE_P` (a share a few SMEs above training's is not a rise).
+
+    With the `training_rows` the training share was counted over: one-sided Fisher exact test of
+    the two missing counts (the training share is an estimate too: 0 missing of some thousand
+    training rows does not make one missing SME a rise). Without: one-sided binomial test of the
+    missing count against `expected`, where any missing value rises above a training share of
+    0."""
+    from scipy.stats import binomtest, fisher_exact
 
     if not actual > expected:
         return False
-    if n <= 0 or expected <= 0.0:
+    if n <= 0:
         return True
     k = round(actual * n)
+    if training_rows:
+        k0 = round(expected * training_rows)
+        table = [[k, n - k], [k0, training_rows - k0]]
+        return bool(fisher_exact(table, alternative="greater").pvalue < MISSING_RISE_P)
+    if expected <= 0.0:
+        return True
     return bool(binomtest(k, n, expected, alternative="greater").pvalue < MISSING_RISE_P)
 
 
 def _more_missing(r: Mapping[Any, Any]) -> bool:
-    """Whether the feature's missing share rose against training beyond chance (`missing_rose`)
-    on the full windows or on like coverage: such a rise is never excused, not even as window
-    filling (a feed that stops delivering is drift to act on).
+    """Whether the feature's missing share rose against training beyond chance (`missing_rose`,
+    with the training rows when the row gives them: ``expected_rows``) on the full windows or on
+    like coverage: such a rise is never excused, not even as window filling (a feed that stops
+    delivering is drift to act on).
 
     On like coverage the share is the mean over the K cuts of the missing share among the same
-    ``rows`` SMEs (every SME of the population is in every cut), tested as one binomial sample of
-    ``rows``: conservative, as a mean of K shares of the same SMEs varies no more than one share
-    of them. It sees an outage the full windows hide: SMEs whose feed stopped some weeks ago still
-    have 365-day values, computed over the year before the outage, but no activity in the cuts
-    shorter than it."""
+    ``rows`` SMEs (every SME of the population is in every cut), tested as one sample of ``rows``:
+    conservative, as a mean of K shares of the same SMEs varies no more than one share of them. It
+    sees an outage the full windows hide: SMEs whose feed stopped some weeks ago still have
+    365-day values, computed over the year before the outage, but no activity in the cuts shorter
+    than it."""
     expected = float(r.get("expected_missing", 0.0))
     n = int(r.get("rows", 0) or 0)
+    found = r.get("expected_rows")
+    training = int(found) if found is not None and math.isfinite(float(found)) else None
     like = float(r.get("missing_like_coverage", float("nan")))
-    return missing_rose(expected, float(r.get("actual_missing", 0.0)), n) or (
-        math.isfinite(like) and missing_rose(expected, like, n)
+    return missing_rose(expected, float(r.get("actual_missing", 0.0)), n, training) or (
+        math.isfinite(like) and missing_rose(expected, like, n, training)
     )
 
 

@@ -720,8 +720,9 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "band on like coverage (the population's features recomputed from the data cut at "
             "the training rows' history lengths, every SME of the population in every cut), "
             "and is window-filling when that is stable, unless its missing share rose beyond "
-            f"chance (one-sided binomial test at {MISSING_RISE_P:g}) on the full windows or on "
-            "like coverage; ranked by impact = PSI x attribution share",
+            "chance on the full windows or on like coverage (one-sided Fisher exact test "
+            f"against the training rows at {MISSING_RISE_P:g}); ranked by impact = PSI x "
+            "attribution share",
             "coverage": coverage_note(result.profile),
             "band_counts": {b: int(signals.get(b, 0)) for b in SIGNALS},
             "features": [

@@ -471,3 +471,37 @@ def test_a_rise_of_the_missing_share_on_like_coverage_is_not_excused(
     )  # fmt: skip
     assert ranked.loc[0, "missing_like_coverage"] == like_missing
     assert ranked.loc[0, "signal"] == signal
+
+
+def test_a_missing_rise_counts_the_training_rows() -> None:
+    """Training's missing share is itself counted over some thousand rows: with them, one SME
+    missing of 744 against 0 of 6,335 in training is chance (Fisher's exact test), three are a
+    rise; without them the training share is taken as exact and any missing value rises above
+    0. On like coverage (the unshocked twin on 2023-06-30): one SME with no data in one of the 8
+    cuts, 1/(752 x 8) missing against none in training, does not block window filling."""
+    from features.drift import Coverage, WindowCoverage, missing_rose, rank_drift
+
+    assert not missing_rose(0.0, 1 / 744, 744, 6335)
+    assert missing_rose(0.0, 3 / 744, 744, 6335)
+    assert missing_rose(0.0, 1 / 744, 744)
+    assert not missing_rose(0.05, 45 / 744, 744, 6335)  # 6.0 % against 5.0 %
+    assert missing_rose(0.05, 65 / 744, 744, 6335)  # 8.7 %
+    coverage = Coverage(
+        rows=6335,
+        history_days=(30, 120, 240),
+        windows=(WindowCoverage("inventory_turnover_365d", 365, 0.0, 120.0),),
+    )
+    rows = _drifted("inventory_turnover_365d", 0.15).assign(
+        expected_missing=[0.0], actual_missing=[0.0], psi_present=[0.15], rows=[752]
+    )
+    name = "inventory_turnover_365d"
+
+    def judged(frame: pd.DataFrame) -> str:
+        ranked = rank_drift(
+            frame, {name: 0.2}, coverage=coverage, like_coverage={name: 0.014},
+            like_missing={name: 1 / (752 * 8)},
+        )  # fmt: skip
+        return str(ranked.loc[0, "signal"])
+
+    assert judged(rows.assign(expected_rows=[6335])) == "window-filling"
+    assert judged(rows) == "watch"  # the training rows unknown: any missing value is a rise
