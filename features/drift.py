@@ -44,16 +44,19 @@ covered days, and `LIKE_COVERAGE_POINTS` history lengths (the training quantiles
 current population's features recomputed from its data cut at each of those history lengths (the
 data as if they had begun that many days before the as-of date), binned against the same training
 bins, each length's bin shares weighing 1/K as each length stands for 1/K of the training rows: the
-comparison's history lengths are distributed as training's.
+comparison's history lengths are distributed as training's. Every SME of the population is in
+every cut: one without an invoice in a short cut has the values of no activity there (missing, or
+0 for an amount or a count), so SMEs whose feed stopped or whose trade collapsed weeks ago do not
+drop out of the shorter cuts and leave them looking like training.
 A windowed feature whose training rows mostly had partial windows (fewer than `FULL_COVERAGE_MIN`
 of them full), that drifted (watch / act) and counts otherwise, is judged by the smaller of its
 two bands: ``window-filling`` (listed, never counted; the action is to retrain once the training
 history covers the window) when the like-coverage PSI is stable, else the smaller band. A feature
 that really moved moves on like coverage too and still counts, and one whose missing share rose
-is never excused (beyond chance: `MISSING_RISE_P`; a feed that stops delivering is not window
-filling). A profile without the record (one stored before it existed: ``profile_version`` 1) has
-unknown coverage: the feature is judged on its PSI alone, the old behaviour, and the monitor says
-so.
+is never excused, on the full windows or on like coverage (beyond chance: `MISSING_RISE_P`; a
+feed that stops delivering is not window filling). A profile without the record (one stored
+before it existed: ``profile_version`` 1) has unknown coverage: the feature is judged on its PSI
+alone, the old behaviour, and the monitor says so.
 
 Pure functions on NumPy/pandas; nothing here imports training or serving, so training can build
 the profile and serving can read it.
@@ -80,6 +83,7 @@ __all__ = [
     "FULL_COVERAGE_MIN",
     "HISTORY",
     "LIKE_COVERAGE_POINTS",
+    "MISSING_RISE_P",
     "PROFILE_ARTIFACT",
     "SCORE",
     "WINDOW_FILLING",
@@ -94,6 +98,7 @@ __all__ = [
     "build_profile",
     "coverage_candidates",
     "history_days",
+    "missing_rose",
     "psi",
     "psi_band",
     "psi_table",
@@ -499,10 +504,10 @@ def psi_table(
     """PSI of every profiled feature (and of the score, when given; first row) for a population.
 
     Columns: ``name``, ``kind`` (numeric / categorical / score), ``psi``, ``band``, ``rows``,
-    ``expected_missing`` and ``actual_missing`` (shares), ``psi_present`` (the PSI of the present
-    values alone, both sides renormalised; NaN when a side has none), ``bins`` (count). A
-    feature column the population lacks counts as all missing. Rows ordered: the score, then PSI
-    descending."""
+    ``expected_rows`` (the training rows of the bins), ``expected_missing`` and
+    ``actual_missing`` (shares), ``psi_present`` (the PSI of the present values alone, both sides
+    renormalised; NaN when a side has none), ``bins`` (count). A feature column the population
+    lacks counts as all missing. Rows ordered: the score, then PSI descending."""
     rows: list[dict[str, Any]] = []
     n = len(features)
     if n == 0:
@@ -518,6 +523,7 @@ def psi_table(
                 "psi": value,
                 "band": psi_band(value),
                 "rows": len(values),
+                "expected_rows": bins.n,
                 "expected_missing": bins.expected[-1],
                 "actual_missing": float(shares[-1]),
                 "psi_present": _psi_present(bins.expected, shares),
@@ -571,25 +577,54 @@ def _only_filled_in(r: Mapping[Any, Any]) -> bool:
 
 
 MISSING_RISE_P = 0.01
-"""Level of the one-sided binomial test by which a missing share has risen against training."""
+"""Level of the one-sided test by which a missing share has risen against training."""
+
+
+def missing_rose(expected: float, actual: float, n: int, training_rows: int | None = None) -> bool:
+    """Whether a missing share `actual` among `n` rows rose above the training share `expected`
+    beyond chance, at `MISSING_RISE_P` (a share a few SMEs above training's is not a rise).
+
+    With the `training_rows` the training share was counted over: one-sided Fisher exact test of
+    the two missing counts (the training share is an estimate too: 0 missing of some thousand
+    training rows does not make one missing SME a rise). Without: one-sided binomial test of the
+    missing count against `expected`, where any missing value rises above a training share of
+    0."""
+    from scipy.stats import binomtest, fisher_exact
+
+    if not actual > expected:
+        return False
+    if n <= 0:
+        return True
+    k = round(actual * n)
+    if training_rows:
+        k0 = round(expected * training_rows)
+        table = [[k, n - k], [k0, training_rows - k0]]
+        return bool(fisher_exact(table, alternative="greater").pvalue < MISSING_RISE_P)
+    if expected <= 0.0:
+        return True
+    return bool(binomtest(k, n, expected, alternative="greater").pvalue < MISSING_RISE_P)
 
 
 def _more_missing(r: Mapping[Any, Any]) -> bool:
-    """Whether the feature's missing share rose against training beyond chance (one-sided
-    binomial test of the population's missing count against the training share, at
-    `MISSING_RISE_P`): such a rise is never excused, not even as window filling (a feed that
-    stops delivering is drift to act on). A share a few SMEs above training's is not a rise."""
-    from scipy.stats import binomtest
+    """Whether the feature's missing share rose against training beyond chance (`missing_rose`,
+    with the training rows when the row gives them: ``expected_rows``) on the full windows or on
+    like coverage: such a rise is never excused, not even as window filling (a feed that stops
+    delivering is drift to act on).
 
+    On like coverage the share is the mean over the K cuts of the missing share among the same
+    ``rows`` SMEs (every SME of the population is in every cut), tested as one sample of ``rows``:
+    conservative, as a mean of K shares of the same SMEs varies no more than one share of them. It
+    sees an outage the full windows hide: SMEs whose feed stopped some weeks ago still have
+    365-day values, computed over the year before the outage, but no activity in the cuts shorter
+    than it."""
     expected = float(r.get("expected_missing", 0.0))
-    actual = float(r.get("actual_missing", 0.0))
     n = int(r.get("rows", 0) or 0)
-    if actual <= expected:
-        return False
-    if n <= 0 or expected <= 0.0:
-        return True
-    k = round(actual * n)
-    return bool(binomtest(k, n, expected, alternative="greater").pvalue < MISSING_RISE_P)
+    found = r.get("expected_rows")
+    training = int(found) if found is not None and math.isfinite(float(found)) else None
+    like = float(r.get("missing_like_coverage", float("nan")))
+    return missing_rose(expected, float(r.get("actual_missing", 0.0)), n, training) or (
+        math.isfinite(like) and missing_rose(expected, like, n, training)
+    )
 
 
 def coverage_candidates(drift: pd.DataFrame, coverage: Coverage | None) -> list[str]:
@@ -615,6 +650,7 @@ def rank_drift(
     min_share: float = MIN_SHARE,
     coverage: Coverage | None = None,
     like_coverage: Mapping[Any, float] | None = None,
+    like_missing: Mapping[Any, float] | None = None,
 ) -> pd.DataFrame:
     """The feature rows of a `psi_table`, ranked by what their drift does to the score.
 
@@ -623,14 +659,15 @@ def rank_drift(
     given; they sum to the change of the mean score), ``time_like``, the training window
     coverage ``full_share`` and ``median_days`` (NaN when unknown or not windowed),
     ``psi_like_coverage`` (from `like_coverage`, the PSI on like coverage: NaN where not
-    compared) and ``signal``: ``time-like`` for `time_like` features, ``stable`` in the stable
-    band, ``filled-in`` for a drift that is only a fall of the missing share (``psi_present``
-    stable, when `psi` has it), ``negligible`` for a drifted feature under `min_share` of the
-    attributions; for a feature compared on like coverage whose training windows were mostly
-    partial (`Coverage.partial`) and whose missing share did not rise beyond chance, the
-    smaller of its band and its like-coverage band, named ``window-filling`` when that is
-    stable; else the band (watch / act). Rows: counted signals first (act, watch), by impact
-    descending."""
+    compared), ``missing_like_coverage`` (from `like_missing`, the missing share on like
+    coverage: NaN where not given) and ``signal``: ``time-like`` for `time_like` features,
+    ``stable`` in the stable band, ``filled-in`` for a drift that is only a fall of the missing
+    share (``psi_present`` stable, when `psi` has it), ``negligible`` for a drifted feature under
+    `min_share` of the attributions; for a feature compared on like coverage whose training
+    windows were mostly partial (`Coverage.partial`) and whose missing share did not rise beyond
+    chance, on the full windows nor on like coverage (`_more_missing`), the smaller of its band
+    and its like-coverage band, named ``window-filling`` when that is stable; else the band
+    (watch / act). Rows: counted signals first (act, watch), by impact descending."""
     rows = psi[psi["kind"] != SCORE].copy()
     rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
     rows["impact"] = rows["psi"] * rows["attribution_share"]
@@ -644,6 +681,8 @@ def rank_drift(
     rows["median_days"] = [w.median_days if w is not None else float("nan") for w in found]
     like = like_coverage or {}
     rows["psi_like_coverage"] = [float(like.get(n, float("nan"))) for n in rows["name"]]
+    missing = like_missing or {}
+    rows["missing_like_coverage"] = [float(missing.get(n, float("nan"))) for n in rows["name"]]
 
     def signal(r: Mapping[Any, Any]) -> str:
         if r["time_like"]:

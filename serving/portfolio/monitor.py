@@ -6,8 +6,9 @@
 - **PSI** of every feature and of the score against the training profile stored with the model
   (`features.drift`: training-decile bins, a missing bin, ε = 0.0001 for empty bins; bands
   < 0.1 stable, 0.1–0.25 watch, > 0.25 act); a drifted windowed feature whose training windows
-  were mostly partial is also compared **on like coverage** (`like_coverage_psi`: the population's
-  features recomputed from the data cut at the training rows' history lengths);
+  were mostly partial is also compared **on like coverage** (`like_coverage_shares`: the
+  population's features recomputed from the data cut at the training rows' history lengths, every
+  SME of the population in every cut);
 - the **grade distribution** at both dates;
 - the **rating migration matrix** from the comparison date to the as-of date: rows are grades at
   the comparison date plus ``(new)`` (SMEs that entered the population), columns grades at the
@@ -43,6 +44,7 @@ from features.contract import DEFAULT_HORIZON_DAYS
 from features.drift import (
     FULL_COVERAGE_MIN,
     MIN_SHARE,
+    MISSING_RISE_P,
     PROFILE_ARTIFACT,
     SCORE,
     WINDOW_FILLING,
@@ -407,11 +409,13 @@ def monitor(
     )  # fmt: skip
     drift = ranked()
     compare_like = coverage_candidates(drift, profile.coverage)
-    if compare_like:  # ranked again, with those features' PSI on like coverage
+    if compare_like:  # ranked again, with those features' PSI and missing share on like coverage
+        like = like_coverage_shares(
+            tables, profile, as_of_t, now.features["sme_id"], compare_like, horizon_days
+        )
         drift = ranked(
-            like_coverage=like_coverage_psi(
-                tables, profile, as_of_t, now.features["sme_id"], compare_like, horizon_days
-            )
+            like_coverage=psi_of_shares(profile, like),
+            like_missing={n: float(s[-1]) for n, s in like.items()},
         )
     windows = {f.name: f.window_days for f in model.catalog}
     drift["window_days"] = [windows.get(str(n)) for n in drift["name"]]
@@ -525,20 +529,26 @@ def cut_history(tables: Tables, start: pd.Timestamp) -> Tables:
     )
 
 
-def like_coverage_psi(
+def like_coverage_shares(
     tables: Tables,
     profile: TrainingProfile,
     as_of: pd.Timestamp,
     population: Iterable[str],
     names: Sequence[str],
     horizon_days: int,
-) -> dict[str, float]:
-    """The PSI of features `names` on like coverage (`features.drift`, module docstring): the
-    `population`'s features at `as_of` recomputed from the data cut (`cut_history`) at each of
-    the profile's training history lengths, binned against the training bins; each length's bin
-    shares weigh equally (each is a 1/K quantile of the training rows, whatever number of SMEs are
-    still in the population at it). Empty when the profile records no coverage or no cut leaves
-    a population."""
+) -> dict[str, np.ndarray]:
+    """The bin shares of features `names` on like coverage (`features.drift`, module docstring):
+    the `population`'s features at `as_of` recomputed from the data cut (`cut_history`) at each
+    of the profile's training history lengths, binned against the training bins; each length's
+    bin shares weigh equally (each is a 1/K quantile of the training rows). The last share is the
+    missing one.
+
+    Every SME of the population is in every cut, with the features its data in the cut give it:
+    one without an invoice in a short cut has the values of no activity there (missing, or 0 for
+    an amount or a count), as the feature defines them. Keeping only the SMEs active in the cut
+    would hide an outage: SMEs whose feed stopped (or whose trade collapsed) some days ago would
+    drop out of the shorter cuts, and those cuts would compare with training as if nothing had
+    happened. Empty when the profile records no coverage or the population is empty."""
     from features.own import day_of
     from features.reference import build_reference, feature_rows
 
@@ -556,17 +566,33 @@ def like_coverage_psi(
             build_reference(cut),
             sme_ids=ids,
             horizon_days=horizon_days,
-            population_only=True,
+            population_only=False,  # the population's SMEs, active in the cut or not
         )
         if rows.empty:
             continue
         for name in names:
             shares[name].append(bin_shares(profile.bins(name), rows[name]))
-    return {
-        name: psi(profile.bins(name).expected, np.mean(found, axis=0))
-        for name, found in shares.items()
-        if found
-    }
+    return {name: np.mean(found, axis=0) for name, found in shares.items() if found}
+
+
+def like_coverage_psi(
+    tables: Tables,
+    profile: TrainingProfile,
+    as_of: pd.Timestamp,
+    population: Iterable[str],
+    names: Sequence[str],
+    horizon_days: int,
+) -> dict[str, float]:
+    """The PSI of features `names` on like coverage: of their `like_coverage_shares` against
+    the training shares."""
+    return psi_of_shares(
+        profile, like_coverage_shares(tables, profile, as_of, population, names, horizon_days)
+    )
+
+
+def psi_of_shares(profile: TrainingProfile, shares: dict[str, np.ndarray]) -> dict[str, float]:
+    """The PSI of each feature's bin `shares` against its training shares."""
+    return {name: psi(profile.bins(name).expected, found) for name, found in shares.items()}
 
 
 def _scored(
@@ -692,8 +718,11 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             f"training windows were mostly partial (under {FULL_COVERAGE_MIN:.0%} of the training "
             "rows' histories covered the whole window) counts at the lower of its band and its "
             "band on like coverage (the population's features recomputed from the data cut at "
-            "the training rows' history lengths), and is window-filling when that is stable; "
-            "ranked by impact = PSI x attribution share",
+            "the training rows' history lengths, every SME of the population in every cut), "
+            "and is window-filling when that is stable, unless its missing share rose beyond "
+            "chance on the full windows or on like coverage (one-sided Fisher exact test "
+            f"against the training rows at {MISSING_RISE_P:g}); ranked by impact = PSI x "
+            "attribution share",
             "coverage": coverage_note(result.profile),
             "band_counts": {b: int(signals.get(b, 0)) for b in SIGNALS},
             "features": [
@@ -714,6 +743,7 @@ def summary(result: MonitorResult) -> dict[str, Any]:
                     "training_full_share": _num(r["full_share"]),
                     "training_median_days": _num(r["median_days"]),
                     "psi_like_coverage": _num(r["psi_like_coverage"]),
+                    "missing_like_coverage": _num(r["missing_like_coverage"]),
                 }
                 for r in features.to_dict("records")
             ],
@@ -825,7 +855,14 @@ def actions(doc: dict[str, Any]) -> list[str]:
     unknown = psi["coverage"].startswith("unknown")
     for f in counted:
         like = f.get("psi_like_coverage")
-        said = "" if like is None else f" ({like:.2f} on like window coverage)"
+        said = "" if like is None else f", {like:.2f} on like window coverage"
+        missing = f.get("missing_like_coverage")
+        if missing is not None and missing > f["expected_missing"]:
+            said += (
+                f"; missing for {missing:.1%} of the SMEs on like coverage against "
+                f"{f['expected_missing']:.1%} in training: SMEs without data in the latest "
+                "weeks, a stopped feed or a collapse of their trade"
+            )
         caveat = (
             " Its training window coverage is unknown (a profile stored before it was recorded): "
             "if the model trained on months just after the data began, part of this drift may "

@@ -438,3 +438,70 @@ def test_a_rise_of_the_missing_share_is_never_excused_as_window_filling() -> Non
             like_coverage={"dispute_rate_365d": 0.05},
         )  # fmt: skip
         assert ranked.loc[0, "signal"] == signal, actual
+
+
+@pytest.mark.parametrize(
+    ("like_missing", "signal"),
+    [
+        (0.05, "window-filling"),  # as in training
+        (0.061, "window-filling"),  # 30 of 500 against 25: within chance (the unshocked twin)
+        (0.09, "act"),  # 45 of 500: SMEs with no data in the shorter cuts
+    ],
+)
+def test_a_rise_of_the_missing_share_on_like_coverage_is_not_excused(
+    like_missing: float, signal: str
+) -> None:
+    """An outage of some weeks leaves the full windows' missing share as in training (the SMEs
+    still have a year's values, from before it) but not the like-coverage one, where they have no
+    data in the cuts shorter than the outage: a rise there beyond chance is not window filling
+    either, even when the like-coverage PSI is stable."""
+    from features.drift import Coverage, WindowCoverage, rank_drift
+
+    coverage = Coverage(
+        rows=100,
+        history_days=(30, 120, 240),
+        windows=(WindowCoverage("dispute_rate_365d", 365, 0.0, 120.0),),
+    )
+    rows = _drifted("dispute_rate_365d", 0.6).assign(
+        expected_missing=[0.05], actual_missing=[0.05], psi_present=[0.6], rows=[500]
+    )
+    ranked = rank_drift(
+        rows, {"dispute_rate_365d": 0.2}, coverage=coverage,
+        like_coverage={"dispute_rate_365d": 0.05}, like_missing={"dispute_rate_365d": like_missing},
+    )  # fmt: skip
+    assert ranked.loc[0, "missing_like_coverage"] == like_missing
+    assert ranked.loc[0, "signal"] == signal
+
+
+def test_a_missing_rise_counts_the_training_rows() -> None:
+    """Training's missing share is itself counted over some thousand rows: with them, one SME
+    missing of 744 against 0 of 6,335 in training is chance (Fisher's exact test), three are a
+    rise; without them the training share is taken as exact and any missing value rises above
+    0. On like coverage (the unshocked twin on 2023-06-30): one SME with no data in one of the 8
+    cuts, 1/(752 x 8) missing against none in training, does not block window filling."""
+    from features.drift import Coverage, WindowCoverage, missing_rose, rank_drift
+
+    assert not missing_rose(0.0, 1 / 744, 744, 6335)
+    assert missing_rose(0.0, 3 / 744, 744, 6335)
+    assert missing_rose(0.0, 1 / 744, 744)
+    assert not missing_rose(0.05, 45 / 744, 744, 6335)  # 6.0 % against 5.0 %
+    assert missing_rose(0.05, 65 / 744, 744, 6335)  # 8.7 %
+    coverage = Coverage(
+        rows=6335,
+        history_days=(30, 120, 240),
+        windows=(WindowCoverage("inventory_turnover_365d", 365, 0.0, 120.0),),
+    )
+    rows = _drifted("inventory_turnover_365d", 0.15).assign(
+        expected_missing=[0.0], actual_missing=[0.0], psi_present=[0.15], rows=[752]
+    )
+    name = "inventory_turnover_365d"
+
+    def judged(frame: pd.DataFrame) -> str:
+        ranked = rank_drift(
+            frame, {name: 0.2}, coverage=coverage, like_coverage={name: 0.014},
+            like_missing={name: 1 / (752 * 8)},
+        )  # fmt: skip
+        return str(ranked.loc[0, "signal"])
+
+    assert judged(rows.assign(expected_rows=[6335])) == "window-filling"
+    assert judged(rows) == "watch"  # the training rows unknown: any missing value is a rise

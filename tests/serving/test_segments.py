@@ -6,9 +6,10 @@ one segment at 'act', and every 'act' is a material deterioration in truth."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from serving.portfolio.segments import (
     segment_drift,
 )
 from tests.support.truth import true_odds_ratio
+
+if TYPE_CHECKING:
+    from features.contract import Tables
 
 FEATURES = (
     Feature("late_days", "t", "days late", "days", 1),
@@ -322,3 +326,50 @@ def test_the_unshocked_twin_has_no_feature_at_act(stable: Monitored) -> None:
         assert f["psi_like_coverage"] < 0.1 and f["training_full_share"] < 0.5
     retrain = [a for a in run.doc["actions"] if a.startswith("RETRAIN")]
     assert len(retrain) == 1 and "ap_late_rate_365d" in retrain[0]
+
+
+def silenced(tables: Tables, population: pd.Index, days: int) -> Tables:
+    """`tables` with the feeds of every fifth SME of the population stopped `days` days before
+    the as-of date: none of its invoices (sold or bought) issued and none of its inventory
+    snapshots taken since then."""
+    hit = set(population.sort_values()[::5])
+    since = pd.Timestamp(AS_OF) - pd.Timedelta(days=days)
+    inv, stock = tables.invoices, tables.inventory
+    lost = (inv["issue_date"] > since) & (inv["seller_id"].isin(hit) | inv["buyer_id"].isin(hit))
+    gone = (stock["snapshot_date"] > since) & stock["sme_id"].isin(hit)
+    return replace(
+        tables,
+        invoices=inv[~lost].reset_index(drop=True),
+        inventory=stock[~gone].reset_index(drop=True),
+    )
+
+
+@pytest.mark.parametrize("days", [30, 60, 100])
+def test_an_outage_is_not_excused_as_window_filling(
+    twins: Twins, stable: Monitored, days: int
+) -> None:
+    """The unshocked twin with the feeds of a fifth of its SMEs stopped `days` days before the
+    as-of date (30: the shortest training history the like coverage cuts at). They stay in the
+    population (they traded within the year) and their 365-day rates are still computed, over
+    the part of the year before the outage, so the rates' missing shares on the full windows stay
+    as in training; on like coverage the silenced SMEs have no activity in the cuts shorter than
+    the outage. Counted as such (missing), they raise the dispute rate's missing share there
+    beyond chance (and, the longer the outage, its like-coverage PSI): it is counted at its
+    band, act, with the rise said, not excused as window filling. (Dropped from those cuts, as
+    the comparison did before, they left cuts that looked like training: the three 365-day rates
+    were listed as window filling, as on the twin without the outage.)"""
+    from features.io import load_tables
+    from serving.portfolio.monitor import drift_profile, monitor, summary
+    from training.bundle import load_model
+
+    loaded = load_model(twins.uri, twins.tracking_uri)
+    tables = silenced(load_tables(twins.stable), stable.population, days)
+    doc = summary(monitor(tables, loaded, drift_profile(loaded), AS_OF))
+    assert doc["population"]["as_of"] == len(stable.population)  # nobody left the population
+    found = {f["name"]: f for f in doc["psi"]["features"]}
+    f = found["dispute_rate_365d"]
+    assert f["actual_missing"] < f["expected_missing"] + 0.01  # the full windows hide it
+    assert (f["band"], f["signal"]) == ("act", "act"), f
+    assert f["missing_like_coverage"] > f["expected_missing"] + 0.03, f
+    line = next(a for a in doc["actions"] if a.startswith("ACT: dispute_rate_365d drifted"))
+    assert f"missing for {f['missing_like_coverage']:.1%} of the SMEs on like coverage" in line
