@@ -66,6 +66,7 @@ from serving.portfolio.segments import MIN_EFFECT as SEGMENT_MIN_EFFECT
 from serving.portfolio.segments import MIN_FEATURES as SEGMENT_MIN_FEATURES
 from serving.portfolio.segments import MIN_ODDS_RATIO as SEGMENT_MIN_ODDS
 from serving.portfolio.segments import SEGMENT_COLUMNS, pair, segment_drift
+from serving.portfolio.segments import bh as SEGMENT_BH
 from training.model import DEFAULT_EXPLAIN_METHOD
 
 if TYPE_CHECKING:
@@ -349,6 +350,7 @@ class MonitorResult:
     cohort: pd.Timestamp | None
     realised: pd.DataFrame | None  # training.metrics.by_grade of the matured cohort
     realised_note: str
+    freshness: Freshness  # the feeds' silences at the as-of date against the reference dates
 
 
 def monitor(
@@ -513,6 +515,7 @@ def monitor(
         cohort=cohort,
         realised=realised,
         realised_note=note,
+        freshness=freshness(tables, as_of_t, freshness_references(as_of_t, compare_t)),
     )
 
 
@@ -593,6 +596,301 @@ def like_coverage_psi(
 def psi_of_shares(profile: TrainingProfile, shares: dict[str, np.ndarray]) -> dict[str, float]:
     """The PSI of each feature's bin `shares` against its training shares."""
     return {name: psi(profile.bins(name).expected, found) for name, found in shares.items()}
+
+
+# -- data freshness --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Feed:
+    """One stream of records the data contract delivers per SME: `text` names it ("invoices
+    sold"), `counterparty` the word before a core's id when the stream is per counterparty
+    ("to": invoices sold to C03) and empty when it is not (inventory snapshots)."""
+
+    name: str
+    text: str
+    counterparty: str
+
+
+FEEDS: tuple[Feed, ...] = (
+    Feed("invoices_sold", "invoices sold", "to"),
+    Feed("invoices_bought", "invoices bought", "from"),
+    Feed("payments_received", "payments received", "from"),
+    Feed("payments_made", "payments made", "to"),
+    Feed("inventory", "inventory snapshots", ""),
+)
+"""The feeds whose freshness the monitor checks: the invoices an SME issued and received (by
+issue date), the payments recorded on them (by paid date: the invoices table's updates) and its
+inventory snapshots (by snapshot date). Loans and statements are events of their own cadence
+(a disbursement, a yearly statement), not a stream an SME's silence can be read from."""
+FEED_ORDER = {f.name: i for i, f in enumerate(FEEDS)}
+FRESHNESS_WINDOWS: tuple[int, ...] = (7, 14, 30)
+"""The last N days in which an SME is looked for a record of a feed."""
+FRESHNESS_LOOKBACK_DAYS = 365
+"""An SME is expected in a feed (with a core) when it had a record there in this many days."""
+FRESHNESS_Q = 0.01
+"""Benjamini-Hochberg level, over all the run's freshness tests, of a rise of the silent share."""
+FRESHNESS_MIN_RISE = 0.05
+"""A silent share rises materially by at least this much (5 % of the group's SMEs fell silent)."""
+FRESHNESS_MIN_SMES = 10
+"""Groups with fewer SMEs expected in the feed at either date are not tested."""
+FRESHNESS_REFERENCES = 3
+"""Reference dates: the comparison date and the months before it (`freshness_references`)."""
+FRESHNESS_COLUMNS = (
+    "feed", "kind", "group", "window_days", "n_as_of", "active_as_of", "reference", "n_compare",
+    "active_compare", "silent_as_of", "silent_compare", "rise", "p", "q", "signal",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FeedData:
+    """The tables as integer arrays for the freshness check: SMEs and cores by position in
+    `smes` / `cores` (sorted ids), dates as days since the epoch. `records[feed]`: per record of
+    the feed the SME, the core it was with (-1: not a core, or no counterparty) and its day.
+    `default_day`: each SME's first loan default (a large number for none)."""
+
+    smes: pd.Index
+    cores: pd.Index
+    industry: np.ndarray  # per SME, its industry (None when not given)
+    records: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    trade: tuple[np.ndarray, np.ndarray, np.ndarray]  # seller, buyer (SME positions), issue day
+    default_day: np.ndarray
+
+    @classmethod
+    def of(cls, tables: Tables) -> FeedData:
+        ent = tables.enterprises
+        role = ent["role"].astype(str).to_numpy()
+        ids = ent["enterprise_id"].astype(str).to_numpy()
+        smes = pd.Index(np.sort(ids[role == "sme"]))
+        cores = pd.Index(np.sort(ids[role == "core"]))
+        industry = np.full(len(smes), None, dtype=object)
+        if "industry" in ent.columns:
+            known = ent[role == "sme"]
+            where = smes.get_indexer(known["enterprise_id"].astype(str))
+            industry[where] = known["industry"].astype("object").where(known["industry"].notna())
+        inv = tables.invoices
+        seller = smes.get_indexer(inv["seller_id"].astype(str))
+        buyer = smes.get_indexer(inv["buyer_id"].astype(str))
+        seller_core = cores.get_indexer(inv["seller_id"].astype(str))
+        buyer_core = cores.get_indexer(inv["buyer_id"].astype(str))
+        issued = _days(inv["issue_date"])
+        paid_at = inv["paid_date"]
+        paid = paid_at.notna().to_numpy()
+        paid_day = np.where(paid, _days(paid_at.fillna(inv["issue_date"])), 0)
+        records: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for feed in FEEDS:
+            if feed.name == "inventory":
+                stock = tables.inventory
+                sme = smes.get_indexer(stock["sme_id"].astype(str))
+                records[feed.name] = (sme, np.full(len(sme), -1), _days(stock["snapshot_date"]))
+                continue
+            sold = feed.name.endswith(("sold", "received"))
+            own, core = (seller, buyer_core) if sold else (buyer, seller_core)
+            day = issued if feed.name.startswith("invoices") else paid_day
+            keep = (own >= 0) & (paid if feed.name.startswith("payments") else True)
+            records[feed.name] = (own[keep], core[keep], day[keep])
+        never = np.iinfo(np.int64).max
+        default_day = np.full(len(smes), never, dtype=np.int64)
+        loans = tables.loans
+        if not loans.empty:
+            hit = loans["default_date"].notna().to_numpy()
+            sme = smes.get_indexer(loans["sme_id"].astype(str))[hit]
+            ok = sme >= 0
+            np.minimum.at(default_day, sme[ok], _days(loans["default_date"][hit])[ok])
+        return cls(smes, cores, industry, records, (seller, buyer, issued), default_day)
+
+    def population(self, when: pd.Timestamp) -> np.ndarray:
+        """The population at `when` (data contract) as a mask over `smes`: an invoice, sold or
+        bought, issued in ``(when - 365 d, when]`` and no loan default on or before `when`."""
+        t = _day(when)
+        seller, buyer, issued = self.trade
+        year = (issued <= t) & (issued > t - 365)
+        active = np.zeros(len(self.smes), dtype=bool)
+        for side in (seller, buyer):
+            picked = side[year]
+            active[picked[picked >= 0]] = True
+        return active & (self.default_day > t)
+
+
+def _days(dates: pd.Series) -> np.ndarray:
+    return pd.to_datetime(dates).to_numpy("datetime64[D]").astype(np.int64)
+
+
+def _day(when: pd.Timestamp) -> int:
+    return int(np.datetime64(when.date(), "D").astype(np.int64))
+
+
+def population_at(tables: Tables, when: object) -> list[str]:
+    """The population at `when` (data contract): SMEs with an invoice, sold or bought, issued in
+    ``(when - 365 d, when]`` and no loan default on or before `when`; sorted ids."""
+    data = FeedData.of(tables)
+    return [str(s) for s in data.smes[data.population(to_date(when))]]
+
+
+def feed_cadence(data: FeedData, feed: str, when: pd.Timestamp) -> float:
+    """The feed's typical gap in days: the median over SMEs of the median gap between the
+    distinct dates of an SME's records in the `FRESHNESS_LOOKBACK_DAYS` up to `when` (NaN when
+    no SME has two)."""
+    sme, _, day = data.records[feed]
+    t = _day(when)
+    keep = (day <= t) & (day > t - FRESHNESS_LOOKBACK_DAYS) & (sme >= 0)
+    key = np.unique(sme[keep].astype(np.int64) * (1 << 32) + day[keep])
+    who, days = key >> 32, key & ((1 << 32) - 1)
+    same = who[1:] == who[:-1]
+    if not same.any():
+        return math.nan
+    gaps = pd.Series(np.diff(days)[same], index=who[1:][same])
+    return float(gaps.groupby(level=0).median().median())
+
+
+def silent_counts(
+    data: FeedData,
+    feed: Feed,
+    when: pd.Timestamp,
+    windows: Sequence[int] = FRESHNESS_WINDOWS,
+) -> pd.DataFrame:
+    """At `when`, per group and window N: ``n`` SMEs of the population (`FeedData.population`)
+    expected in the feed (a record in the `FRESHNESS_LOOKBACK_DAYS` up to `when`) and ``active``
+    those with a record in the last N days, ``(when - N, when]``; only records dated on or
+    before `when` (the point-in-time rule). Groups: ``population`` (all), each ``industry`` and,
+    for a feed per counterparty, each ``core``: the SMEs with a record with that core in the
+    lookback, active with a record with it in the window."""
+    t = _day(when)
+    sme, core, day = data.records[feed.name]
+    keep = (sme >= 0) & (day <= t) & (day > t - FRESHNESS_LOOKBACK_DAYS)
+    keep[keep] = data.population(when)[sme[keep]]
+    sme, core, day = sme[keep], core[keep], day[keep]
+    out: list[tuple[str, str, int, int, int]] = []
+
+    def count(kind: str, group: str, last: np.ndarray) -> None:
+        for n_days in windows:
+            out.append((kind, group, n_days, len(last), int((last > t - n_days).sum())))
+
+    last = np.full(len(data.smes), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, sme, day)
+    seen = last > np.iinfo(np.int64).min
+    count("population", "all", last[seen])
+    industry = data.industry
+    for name in sorted({str(i) for i in industry[seen] if i is not None}):
+        count("industry", name, last[seen & (industry == name)])
+    if feed.counterparty:
+        with_core = core >= 0
+        n = len(data.smes)
+        key = core[with_core].astype(np.int64) * n + sme[with_core]
+        pair = pd.Series(day[with_core]).groupby(key, sort=True).max()
+        pair_core = pair.index.to_numpy() // n
+        cores, start = np.unique(pair_core, return_index=True)
+        for c, lasts in zip(cores, np.split(pair.to_numpy(), start[1:]), strict=True):
+            count("core", str(data.cores[c]), lasts)
+    return pd.DataFrame(out, columns=["kind", "group", "window_days", "n", "active"])
+
+
+def freshness_references(as_of: pd.Timestamp, compare: pd.Timestamp) -> list[pd.Timestamp]:
+    """The dates the as-of date's silences are compared with: the comparison date and the
+    `FRESHNESS_REFERENCES` - 1 months before it (month end to month end)."""
+    return [compare, *(months_before(compare, k) for k in range(1, FRESHNESS_REFERENCES))]
+
+
+def _same_phase(a: pd.Timestamp, b: pd.Timestamp) -> bool:
+    """Whether two dates sit at the same place in their months (same day, or both month ends):
+    a feed delivered on fixed days of the month (inventory at month ends) is then due as often
+    in their windows."""
+    return a.day == b.day or (a.is_month_end and b.is_month_end)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What the freshness check found (`freshness`)."""
+
+    tests: pd.DataFrame  # FRESHNESS_COLUMNS, one row per feed, group and window
+    references: tuple[pd.Timestamp, ...]  # the reference dates with a population
+    cadence: dict[str, float]  # per feed, its typical gap in days (NaN: unknown)
+    skipped: tuple[str, ...]  # windows not tested, and why
+
+
+def freshness(
+    tables: Tables,
+    as_of: pd.Timestamp,
+    references: Sequence[pd.Timestamp],
+) -> Freshness:
+    """The data freshness check: per feed (`FEEDS`), group and window, the share of the group's
+    SMEs silent (no record in the last N days) at `as_of` against the same share at the
+    `references` (`freshness_references`), each among that date's population (`population_at`,
+    `silent_counts`). The as-of date is compared with the reference of median silent share (of
+    two, the more silent): one reference date whose feed happened to be unusually busy (a core
+    paying a backlog as it leaves stress) does not make an ordinary month look silent; an outage
+    is compared with dates before it as long as the median reference predates it. One-sided
+    Fisher exact test that the silent share rose, Benjamini-Hochberg over all the run's tests:
+    ``act`` when q < `FRESHNESS_Q` and the share rose by `FRESHNESS_MIN_RISE` or more, else
+    ``stable``.
+
+    Fisher's test treats the two dates as independent samples; they hold largely the same SMEs,
+    whose silences are positively correlated, so it overstates the noise of the difference:
+    conservative. Windows shorter than 1.5 times a feed's cadence (`feed_cadence` at the
+    comparison date) are not tested when a reference sits at another place in its month than
+    the as-of date (`_same_phase`): a monthly snapshot can be due in one window and not in the
+    other."""
+    from scipy.stats import hypergeom
+
+    data = FeedData.of(tables)
+    refs = [t for t in references if data.population(t).any()]  # none before the data began
+    aligned = all(_same_phase(as_of, t) for t in refs)
+    keys = ["kind", "group", "window_days"]
+    frames: list[pd.DataFrame] = []
+    cadence: dict[str, float] = {}
+    skipped: list[str] = []
+    for feed in FEEDS:
+        cadence[feed.name] = feed_cadence(data, feed.name, refs[0]) if refs else math.nan
+        windows = list(FRESHNESS_WINDOWS)
+        if not aligned and math.isfinite(cadence[feed.name]):
+            short = [w for w in windows if w < 1.5 * cadence[feed.name]]
+            windows = [w for w in windows if w not in short]
+            if short:
+                skipped.append(
+                    f"{feed.text}: the {'/'.join(map(str, short))}-day windows (a record every "
+                    f"{cadence[feed.name]:.0f} days, and the reference dates sit at other "
+                    f"places in their months than {as_of.date()})"
+                )
+        if not windows or not refs:
+            continue
+        now = silent_counts(data, feed, as_of, windows)
+        before = pd.concat(
+            [silent_counts(data, feed, t, windows).assign(reference=t) for t in refs],
+            ignore_index=True,
+        )
+        before["silent"] = (before["n"] - before["active"]) / before["n"].where(before["n"] > 0)
+        # the reference of median silent share (of an even number, the upper one), per test
+        before = before.sort_values([*keys, "silent", "reference"], na_position="first")
+        rank = before.groupby(keys).cumcount()
+        size = before.groupby(keys)["n"].transform("size")
+        chosen = before[rank == size // 2]
+        both = now.merge(chosen, on=keys, suffixes=("_as_of", "_compare"))
+        frames.append(both.assign(feed=feed.name))
+    if not frames:
+        empty = pd.DataFrame(columns=list(FRESHNESS_COLUMNS))
+        return Freshness(empty, tuple(refs), cadence, tuple(skipped))
+    tests = pd.concat(frames, ignore_index=True)
+    n1 = tests["n_as_of"].to_numpy(dtype=np.int64)
+    n0 = tests["n_compare"].to_numpy(dtype=np.int64)
+    k1 = n1 - tests["active_as_of"].to_numpy(dtype=np.int64)
+    k0 = n0 - tests["active_compare"].to_numpy(dtype=np.int64)
+    testable = (n1 >= FRESHNESS_MIN_SMES) & (n0 >= FRESHNESS_MIN_SMES)
+    s1 = k1 / np.maximum(n1, 1)
+    s0 = k0 / np.maximum(n0, 1)
+    # one-sided Fisher exact: P(X >= k1), X hypergeometric (n1 + n0 SMEs, k1 + k0 silent, n1 drawn)
+    p = np.where(testable, hypergeom.sf(k1 - 1, n1 + n0, k1 + k0, n1), np.nan)
+    q = SEGMENT_BH(p)
+    rise = s1 - s0
+    act = (q < FRESHNESS_Q) & (rise >= FRESHNESS_MIN_RISE)
+    tests = tests.assign(
+        reference=[t.date().isoformat() for t in tests["reference"]],
+        silent_as_of=s1,
+        silent_compare=s0,
+        rise=rise,
+        p=p,
+        q=q,
+        signal=np.where(act, "act", "stable"),
+    )
+    tests = tests[list(FRESHNESS_COLUMNS)].reset_index(drop=True)
+    return Freshness(tests, tuple(refs), cadence, tuple(skipped))
 
 
 def _scored(
@@ -831,14 +1129,127 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "grades": realised,
         },
     }
+    doc["freshness"] = freshness_doc(result.freshness, result.as_of)
     doc["actions"] = actions(doc)
     return doc
+
+
+def freshness_doc(found: Freshness, as_of: pd.Timestamp) -> dict[str, Any]:
+    """The freshness check's part of the JSON summary."""
+    texts = {f.name: f for f in FEEDS}
+    refs = [t.date().isoformat() for t in found.references]
+    return {
+        "as_of": as_of.date().isoformat(),
+        "references": refs,
+        "reference_note": "the training profile records no feed freshness, so each share is "
+        f"compared with the same share at the reference dates ({', '.join(refs) or 'none'}: the "
+        f"comparison date and the {FRESHNESS_REFERENCES - 1} month ends before it), the one of "
+        "median silent share, each among the population at its date",
+        "method": "per feed, the SMEs of the population expected in it (a record in the "
+        f"{FRESHNESS_LOOKBACK_DAYS} days up to the date; for a core, a record with that core) "
+        f"and those with none in the last {'/'.join(map(str, FRESHNESS_WINDOWS))} days, records "
+        "dated on or before the date only; one-sided Fisher exact test that the silent share "
+        f"rose, Benjamini-Hochberg q < {FRESHNESS_Q:g} over all the tests, and a rise of at "
+        f"least {FRESHNESS_MIN_RISE:.0%} of the group: act",
+        "windows": list(FRESHNESS_WINDOWS),
+        "feeds": [
+            {
+                "feed": f.name,
+                "text": f.text,
+                "per_core": bool(f.counterparty),
+                "cadence_days": _num(found.cadence.get(f.name)),
+            }
+            for f in FEEDS
+        ],
+        "skipped": list(found.skipped),
+        "act": int((found.tests["signal"] == "act").sum()),
+        "tests": [
+            {
+                "feed": str(r["feed"]),
+                "text": texts[str(r["feed"])].text,
+                "counterparty": texts[str(r["feed"])].counterparty,
+                "kind": str(r["kind"]),
+                "group": str(r["group"]),
+                "window_days": int(r["window_days"]),
+                "n_as_of": int(r["n_as_of"]),
+                "active_as_of": int(r["active_as_of"]),
+                "reference": str(r["reference"]),
+                "n_compare": int(r["n_compare"]),
+                "active_compare": int(r["active_compare"]),
+                "silent_as_of": float(r["silent_as_of"]),
+                "silent_compare": float(r["silent_compare"]),
+                "rise": float(r["rise"]),
+                "p": _num(r["p"]),
+                "q": _num(r["q"]),
+                "signal": str(r["signal"]),
+            }
+            for r in found.tests.to_dict("records")
+        ],
+    }
+
+
+def _feed_said(t: dict[str, Any]) -> str:
+    """One freshness test in words: "invoices sold to C03: 0 of 57 SMEs with one in the last
+    14 days, 52 of 55 on 2023-09-30"."""
+    name = t["text"]
+    if t["kind"] == "core":
+        name += f" {t['counterparty']} {t['group']}"
+    return (
+        f"{name}: {t['active_as_of']} of {t['n_as_of']} SMEs with one in the last "
+        f"{t['window_days']} days, {t['active_compare']} of {t['n_compare']} on {t['reference']}"
+    )
+
+
+def freshness_actions(fresh: dict[str, Any]) -> list[str]:
+    """The freshness check's action lines (`actions`): one for the population, then one per
+    core and per industry whose silence is its own: the population's same feed is not flagged,
+    or the group's silent share rose by `FRESHNESS_MIN_RISE` more than the population's. Each
+    names, per flagged feed, its test of smallest q."""
+    acted = [t for t in fresh.get("tests", []) if t["signal"] == "act"]
+    if not acted:
+        return []
+    best: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for t in sorted(acted, key=lambda t: (t["q"], -t["rise"])):
+        best.setdefault((t["kind"], t["group"], t["feed"]), t)
+    whole = {feed: t for (kind, _, feed), t in best.items() if kind == "population"}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (kind, group, feed), t in best.items():
+        if kind != "population":
+            same = whole.get(feed)
+            if same is not None and t["rise"] < same["rise"] + FRESHNESS_MIN_RISE:
+                continue  # the population's silence, seen in this group too
+        groups.setdefault((kind, group), []).append(t)
+    order = {"population": 0, "core": 1, "industry": 2}
+    out: list[str] = []
+    for (kind, group), found in sorted(groups.items(), key=lambda g: (order[g[0][0]], g[0][1])):
+        found.sort(key=lambda t: FEED_ORDER[t["feed"]])
+        stopped = all(t["active_as_of"] == 0 for t in found)
+        feeds = "; ".join(_feed_said(t) for t in found)
+        payments = [t for t in found if t["feed"].startswith("payments")]
+        if kind == "core":
+            who = f"core {group}'s feeds {'stopped' if stopped else 'fell silent'}"
+        elif kind == "industry":
+            who = f"the SMEs of industry {group} fell silent"
+        else:
+            who = "SMEs of the population fell silent"
+        why = "a feed that stopped (or their trade stopped)"
+        if payments and len(payments) == len(found) and kind == "core":
+            why = (
+                f"either the payments feed stopped or {group} stopped paying its suppliers "
+                "(a core in distress delays its payments)"
+            )
+        out.append(
+            f"ACT data: {who}: {feeds}. Likely {why}: check the feeds (which SMEs, since when) "
+            "before reading this month's drift and scores; a silent SME's features describe the "
+            "weeks before its silence."
+        )
+    return out
 
 
 def actions(doc: dict[str, Any]) -> list[str]:
     """The summary as a short list of what to do, most urgent first (a single line saying so
     when there is nothing to act on)."""
-    out: list[str] = []
+    out: list[str] = freshness_actions(doc.get("freshness", {}))
     psi = doc["psi"]
     counted = [f for f in psi["features"] if f["signal"] in ("act", "watch")]
     if psi["score"]["band"] != "stable":
@@ -930,7 +1341,8 @@ def actions(doc: dict[str, Any]) -> list[str]:
             0,
             f"Nothing to act on in the model: the score is {psi['score']['band']} (PSI "
             f"{psi['score']['psi']:.2f}), no counted feature drifted, no industry or core's "
-            "SMEs moved against the rest, no grade failed its Jeffreys test.",
+            "SMEs moved against the rest, no grade failed its Jeffreys test"
+            + (", no data feed fell silent." if "freshness" in doc else "."),
         )
     return out
 
@@ -947,6 +1359,7 @@ def metrics_of(doc: dict[str, Any]) -> dict[str, float]:
         "population": float(doc["population"]["as_of"]),
         "mean_pd": float(doc["mean_pd"]["as_of"]),
         "early_warnings": float(doc["early_warning"]["count"]),
+        "freshness_act": float(doc.get("freshness", {}).get("act", 0)),
         **{
             f"segments_{signal}": float(
                 sum(g["signal"] == signal for g in doc["segments"]["segments"])

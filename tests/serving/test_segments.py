@@ -373,3 +373,161 @@ def test_an_outage_is_not_excused_as_window_filling(
     assert f["missing_like_coverage"] > f["expected_missing"] + 0.03, f
     line = next(a for a in doc["actions"] if a.startswith("ACT: dispute_rate_365d drifted"))
     assert f"missing for {f['missing_like_coverage']:.1%} of the SMEs on like coverage" in line
+
+
+# -- data freshness -------------------------------------------------------------------------------
+def core_stopped(tables: Tables, core: str, days: int) -> Tables:
+    """`tables` with the feed of one core enterprise stopped `days` days before the as-of date:
+    none of the invoices it sold or bought issued since then, and no payment on its invoices
+    recorded since then (paid later: unpaid in the data)."""
+    since = pd.Timestamp(AS_OF) - pd.Timedelta(days=days)
+    inv = tables.invoices
+    with_core = (inv["seller_id"] == core) | (inv["buyer_id"] == core)
+    inv = inv[~(with_core & (inv["issue_date"] > since))].copy()
+    late = ((inv["seller_id"] == core) | (inv["buyer_id"] == core)) & (inv["paid_date"] > since)
+    inv.loc[late, "paid_date"] = pd.NaT
+    inv.loc[late, "paid_amount"] = np.nan
+    return replace(tables, invoices=inv.reset_index(drop=True))
+
+
+def acted(doc: dict) -> dict[tuple[str, str, str], list[dict]]:
+    """The freshness tests at act, by (kind, group, feed)."""
+    found: dict[tuple[str, str, str], list[dict]] = {}
+    for t in doc["freshness"]["tests"]:
+        if t["signal"] == "act":
+            found.setdefault((t["kind"], t["group"], t["feed"]), []).append(t)
+    return found
+
+
+@pytest.mark.parametrize("days", [14, 21])
+def test_an_outage_younger_than_the_shortest_cut_is_a_data_action(
+    twins: Twins, stable: Monitored, days: int
+) -> None:
+    """A fifth of the SMEs silenced for the last 14 or 21 days: younger than the shortest like
+    coverage cut (30 days), so no feature's drift shows it (before the freshness check the
+    monitor had 0 act and 0 watch). The freshness check does: the share of the population's
+    SMEs without an invoice sold, an invoice bought or an inventory snapshot in the last 14 days
+    rose by about a fifth of the population against the reference dates, at act, and the first
+    action says so with the counts."""
+    from features.io import load_tables
+    from serving.portfolio.monitor import drift_profile, monitor, summary
+    from training.bundle import load_model
+
+    loaded = load_model(twins.uri, twins.tracking_uri)
+    tables = silenced(load_tables(twins.stable), stable.population, days)
+    doc = summary(monitor(tables, loaded, drift_profile(loaded), AS_OF))
+    assert doc["population"]["as_of"] == len(stable.population)
+    found = acted(doc)
+    for feed in ("invoices_sold", "invoices_bought", "inventory"):
+        tests = found[("population", "all", feed)]
+        assert max(t["rise"] for t in tests) > 0.15, tests  # a fifth of the SMEs fell silent
+        by_window = {t["window_days"]: t for t in tests}
+        assert 14 in by_window or feed == "inventory", tests
+    line = doc["actions"][0]
+    assert line.startswith("ACT data: SMEs of the population fell silent: invoices sold: "), line
+    assert "inventory snapshots: " in line
+    assert doc["freshness"]["act"] == sum(len(v) for v in found.values())
+
+
+def test_a_core_whose_feed_stopped_is_named(twins: Twins, stable: Monitored) -> None:
+    """Core C03's feed stopped 14 (7) days before the as-of date: none of its SMEs has an invoice
+    with it, or a payment on one, in the last 14 (7) days. Every flag is C03's, each of its four
+    feeds is at act, and the action names the core and the counts; the population's feeds, of
+    which C03 is a part, are not flagged."""
+    from features.io import load_tables
+    from serving.portfolio.monitor import (
+        freshness,
+        freshness_actions,
+        freshness_doc,
+        freshness_references,
+        months_before,
+    )
+
+    as_of = pd.Timestamp(AS_OF)
+    references = freshness_references(as_of, months_before(as_of))
+    for days in (14, 7):
+        tables = core_stopped(load_tables(twins.stable), "C03", days)
+        doc = {"freshness": freshness_doc(freshness(tables, as_of, references), as_of)}
+        found = acted(doc)
+        assert {(kind, group) for kind, group, _ in found} == {("core", "C03")}, found
+        feeds = {"invoices_sold", "invoices_bought", "payments_received", "payments_made"}
+        assert {feed for _, _, feed in found} == feeds
+        for tests in found.values():
+            assert any(t["active_as_of"] == 0 and t["window_days"] == days for t in tests)
+        sold = next(t for t in found[("core", "C03", "invoices_sold")] if t["window_days"] == days)
+        (line,) = freshness_actions(doc["freshness"])
+        assert line.startswith("ACT data: core C03's feeds stopped: invoices sold to C03: "), line
+        assert (
+            f"invoices sold to C03: 0 of {sold['n_as_of']} SMEs with one in the last {days} days, "
+            f"{sold['active_compare']} of {sold['n_compare']} on {sold['reference']}"
+        ) in line
+
+
+def test_the_unshocked_twin_raises_no_freshness_alarm(twins: Twins, stable: Monitored) -> None:
+    """No false alarm: at the as-of date of the monitored run, and at every month end of the
+    twin's second year (and two dates mid-month, one of them against month ends), no feed is at
+    act, except the payments received from a core that entered stress that month in the
+    simulator's truth: a stressed core pays 20-45 days later, so for weeks its suppliers receive
+    nothing (the action says it may be the core not paying). The population the check counts is
+    the scored one."""
+    from features.io import load_tables
+    from features.simulate import SimConfig, simulate
+    from serving.portfolio.monitor import (
+        freshness,
+        freshness_references,
+        months_before,
+        population_at,
+    )
+
+    assert stable.doc["freshness"]["act"] == 0, acted(stable.doc)
+    assert population_at(load_tables(twins.stable), AS_OF) == sorted(stable.population)
+    truth = simulate(
+        SimConfig(n_smes=800, n_cores=8, months=24, start=date(2022, 1, 1), seed=7,
+                  progress=False)
+    ).core_stress  # fmt: skip
+    stressed = truth.pivot(index="as_of", columns="core_id", values="stressed").astype(bool)
+    entered = stressed & ~stressed.shift(1, fill_value=False)
+    tables = load_tables(twins.stable)
+    dates = [*pd.date_range("2022-12-31", AS_OF, freq="ME"), pd.Timestamp("2023-12-15")]
+    runs = [(t, freshness_references(t, months_before(t))) for t in dates]
+    unaligned = pd.Timestamp("2023-12-15")  # against month ends
+    runs.append((unaligned, freshness_references(unaligned, pd.Timestamp("2023-09-30"))))
+    stress_flags = 0
+    for i, (as_of, refs) in enumerate(runs):
+        found = freshness(tables, as_of, refs)
+        for t in found.tests[found.tests["signal"] == "act"].to_dict("records"):
+            month = pd.offsets.MonthEnd().rollforward(as_of)
+            assert (t["feed"], t["kind"]) == ("payments_received", "core"), (as_of, t)
+            assert entered.loc[month, t["group"]], (as_of, t)
+            stress_flags += 1
+        out_of_phase = any(
+            r.day != as_of.day and not (r.is_month_end and as_of.is_month_end) for r in refs
+        )
+        assert out_of_phase == (i == len(runs) - 1)
+        if out_of_phase:  # monthly snapshots are not compared in windows shorter than a month
+            assert any(s.startswith("inventory snapshots") for s in found.skipped)
+            assert not (found.tests["feed"] == "inventory").any()
+        else:
+            assert not found.skipped
+    assert stress_flags <= 6  # C08 in 2023-07 and C05 in 2023-11, three windows each
+
+
+def test_the_freshness_check_sees_only_the_past(twins: Twins) -> None:
+    """The point-in-time rule: the check at a date is the same whether the data end there or run
+    on for months (records after the date removed, payments made after it unrecorded)."""
+    from features.io import load_tables
+    from serving.portfolio.monitor import freshness, freshness_references, months_before
+
+    as_of = pd.Timestamp("2023-09-30")
+    refs = freshness_references(as_of, months_before(as_of))
+    tables = load_tables(twins.stable)
+    inv, stock = tables.invoices, tables.inventory
+    cut = inv[inv["issue_date"] <= as_of].copy()
+    late = cut["paid_date"] > as_of
+    cut.loc[late, "paid_date"] = pd.NaT
+    cut.loc[late, "paid_amount"] = np.nan
+    kept = stock[stock["snapshot_date"] <= as_of].reset_index(drop=True)
+    ended = replace(tables, invoices=cut.reset_index(drop=True), inventory=kept)
+    full, short = freshness(tables, as_of, refs), freshness(ended, as_of, refs)
+    pd.testing.assert_frame_equal(full.tests, short.tests)
+    assert full.references == short.references and full.skipped == short.skipped
