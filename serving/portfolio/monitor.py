@@ -20,7 +20,14 @@
 - **realised default rate by grade against predicted PD** for the latest cohort whose labels have
   matured by the as-of date: the latest month end ``c`` with ``c + horizon ≤ as_of`` (the labels
   use only defaults up to the as-of date); `training.metrics.by_grade` gives n, defaults, observed
-  rate with Clopper–Pearson and Wilson 95 % intervals, and the mean PD of each grade.
+  rate with Clopper–Pearson and Wilson 95 % intervals, and the mean PD of each grade;
+- **data freshness** (`freshness`): per feed (invoices sold and bought, payments received and
+  made, inventory snapshots: `FEEDS`), for the population, each industry and, for the invoice
+  feeds, each core enterprise's SMEs, the share of SMEs expected in the feed with no record in
+  the last 7 / 14 / 30 days, against the same share at reference dates (the comparison date and
+  the two month ends before it, the median: the training profile records no freshness); a feed
+  that stopped is an action whatever the drift statistics say. An outage younger than the
+  shortest like-coverage cut (30 days) moves no feature's distribution; it shows here.
 
 Plain functions over frames; `monitor` assembles them, `summary` makes the JSON the report is
 rendered from, `log_to_mlflow` records a run in the ``monitoring`` experiment.
@@ -667,10 +674,15 @@ class FeedData:
             where = smes.get_indexer(known["enterprise_id"].astype(str))
             industry[where] = known["industry"].astype("object").where(known["industry"].notna())
         inv = tables.invoices
-        seller = smes.get_indexer(inv["seller_id"].astype(str))
-        buyer = smes.get_indexer(inv["buyer_id"].astype(str))
-        seller_core = cores.get_indexer(inv["seller_id"].astype(str))
-        buyer_core = cores.get_indexer(inv["buyer_id"].astype(str))
+        # each party looked up once, then as an SME / core position (the last entry, -1, for an
+        # id the enterprises do not hold: the lookup's -1 lands on it)
+        every = pd.Index(ids)
+        as_sme = np.append(smes.get_indexer(every), -1)
+        as_core = np.append(cores.get_indexer(every), -1)
+        seller_at = every.get_indexer(pd.Index(inv["seller_id"]))
+        buyer_at = every.get_indexer(pd.Index(inv["buyer_id"]))
+        seller, buyer = as_sme[seller_at], as_sme[buyer_at]
+        seller_core, buyer_core = as_core[seller_at], as_core[buyer_at]
         issued = _days(inv["issue_date"])
         paid_at = inv["paid_date"]
         paid = paid_at.notna().to_numpy()
@@ -761,6 +773,8 @@ def silent_counts(
     out: list[tuple[str, str, int, int, int]] = []
 
     def count(kind: str, group: str, last: np.ndarray) -> None:
+        if not len(last):  # nobody expected in the feed: nothing to test
+            return
         for n_days in windows:
             out.append((kind, group, n_days, len(last), int((last > t - n_days).sum())))
 
@@ -1230,6 +1244,8 @@ def freshness_actions(fresh: dict[str, Any]) -> list[str]:
             who = f"core {group}'s feeds {'stopped' if stopped else 'fell silent'}"
         elif kind == "industry":
             who = f"the SMEs of industry {group} fell silent"
+        elif stopped:
+            who = "the feeds stopped for the whole population"
         else:
             who = "SMEs of the population fell silent"
         why = "a feed that stopped (or their trade stopped)"
@@ -1300,6 +1316,11 @@ def actions(doc: dict[str, Any]) -> list[str]:
             f"today's windows are full ({said}). Compared on like coverage they are stable; "
             "their drift is not counted, and retraining on months whose histories cover the "
             "windows removes it."
+            + (
+                " Read while data feeds are silent (ACT data above): recheck once they deliver."
+                if doc.get("freshness", {}).get("act")
+                else ""
+            )
         )
     segments = doc["segments"]
     for seg in segments["segments"]:

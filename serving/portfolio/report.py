@@ -165,12 +165,14 @@ def render_monitor(doc: dict[str, Any]) -> str:
                 ("segments to act on", sum(s["signal"] == "act" for s in segments)),
                 ("segments to watch", sum(s["signal"] == "watch" for s in segments)),
                 ("early warnings", doc["early_warning"]["count"]),
+                ("data feeds to act on", doc["freshness"]["act"] if "freshness" in doc else "–"),
             )
         ),
         "<h2>What to do</h2>"
         + '<ol id="list-actions">'
         + "".join(f"<li>{_e(a)}</li>" for a in doc["actions"])
         + "</ol>",
+        _freshness_section(doc),
         _stability_section(doc),
         _score_shift_section(doc),
         _segments_section(doc),
@@ -247,6 +249,7 @@ def _stability_section(doc: dict[str, Any]) -> str:
                 "points change",
                 "missing (training)",
                 "missing (now)",
+                "missing on like coverage",
             ],
             [
                 [
@@ -261,10 +264,76 @@ def _stability_section(doc: dict[str, Any]) -> str:
                     _signed(f["points_change"]),
                     pct(f["expected_missing"], 1),
                     pct(f["actual_missing"], 1),
+                    pct(f.get("missing_like_coverage"), 1),
                 ]
                 for f in feats
             ],
             table_id="table-psi",
+            left=2,
+            raw=True,
+        )
+    )
+
+
+def _freshness_section(doc: dict[str, Any]) -> str:
+    """The data freshness check: every test of the whole population, then every group's test
+    at act (a table per reading: the population's feeds, then what stopped where)."""
+    fresh = doc.get("freshness")
+    if fresh is None:
+        return ""
+    tests = fresh["tests"]
+    shown = [t for t in tests if t["kind"] == "population" or t["signal"] == "act"]
+    cadence = "; ".join(
+        f"{f['text']} every {num(f['cadence_days'], 0)} days" for f in fresh["feeds"]
+    )
+    skipped = f" Not tested: {_e('; '.join(fresh['skipped']))}." if fresh["skipped"] else ""
+
+    def group(t: dict[str, Any]) -> str:
+        if t["kind"] == "core":
+            return f"SMEs trading with core {t['group']}"
+        if t["kind"] == "industry":
+            return f"industry {t['group']}"
+        return "population"
+
+    def share(active: int, n: int) -> str:
+        return f"{active} of {n} ({pct(active / n if n else None, 0)})"
+
+    return (
+        "<h2>Data freshness</h2>"
+        f'<p class="note">A feed that stops shows as SMEs without a record: per feed, the SMEs '
+        f"of the population expected in it and how many had a record in the last "
+        f"{'/'.join(str(w) for w in fresh['windows'])} days at {_e(fresh['as_of'])}, against "
+        f"the same at a reference date. Method: {_e(fresh['method'])}. Reference: "
+        f"{_e(fresh['reference_note'])}. Typical gap between an SME's records: {_e(cadence)}."
+        f"{skipped} The table lists every test of the whole population and every industry's "
+        f"or core's test at act ({fresh['act']} at act in all, of {len(tests)}).</p>"
+        + table(
+            [
+                "feed",
+                "SMEs",
+                "window (days)",
+                f"with a record at {fresh['as_of']}",
+                "reference date",
+                "with a record then",
+                "silent share rise",
+                "q",
+                "signal",
+            ],
+            [
+                [
+                    _e(t["text"]),
+                    _e(group(t)),
+                    str(t["window_days"]),
+                    share(t["active_as_of"], t["n_as_of"]),
+                    _e(t["reference"]),
+                    share(t["active_compare"], t["n_compare"]),
+                    _signed(100.0 * t["rise"]) + " pts",
+                    "–" if t["q"] is None else f"{t['q']:.2g}",
+                    _band(t["signal"]),
+                ]
+                for t in shown
+            ],
+            table_id="table-freshness",
             left=2,
             raw=True,
         )

@@ -252,7 +252,7 @@ JSON.stringify((() => {
           migration: cells('table-migration'), warnings: cells('table-warnings'),
           psiTable: cells('table-psi'), psiHeads: heads('table-psi'),
           segments: cells('table-segments'), realisedTable: cells('table-realised'),
-          performanceTable: cells('table-performance'),
+          performanceTable: cells('table-performance'), freshness: cells('table-freshness'),
           actions: Array.from(document.querySelectorAll('#list-actions li')).map(
             li => li.textContent),
           sections: Array.from(document.querySelectorAll('h2')).map(h => h.textContent),
@@ -265,6 +265,7 @@ JSON.stringify((() => {
 MONITOR_SECTIONS = [
     "Summary",
     "What to do",
+    "Data freshness",
     "Population stability, ranked by effect on the score",
     "What moved the score",
     "Segments: industries and core enterprises' SMEs",
@@ -288,6 +289,27 @@ def visit_report(path: Path, screenshot: Path) -> dict[str, Any]:
         assert chart["width"] > 300 and chart["height"] > 150, chart
         assert chart["display"] != "none" and chart["visibility"] == "visible"
     return dict(page)
+
+
+def assert_freshness_shown(page: dict[str, Any], doc: dict[str, Any]) -> None:
+    """The report's freshness table is the JSON's: every test of the whole population (every
+    feed, every window) and every group's test at act, with its counts and signal."""
+    fresh = doc["freshness"]
+    shown = [t for t in fresh["tests"] if t["kind"] == "population" or t["signal"] == "act"]
+    assert {t["feed"] for t in shown} == {f["feed"] for f in fresh["feeds"]}
+    assert [(r[0], r[2], r[3], r[4], r[5], r[-1]) for r in page["freshness"]] == [
+        (
+            t["text"],
+            str(t["window_days"]),
+            f"{t['active_as_of']} of {t['n_as_of']} "
+            f"({100 * t['active_as_of'] / t['n_as_of']:.0f}%)",
+            t["reference"],
+            f"{t['active_compare']} of {t['n_compare']} "
+            f"({100 * t['active_compare'] / t['n_compare']:.0f}%)",
+            t["signal"],
+        )
+        for t in shown
+    ]
 
 
 def test_monitor_command_writes_report_json_and_mlflow_run(
@@ -374,6 +396,12 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     assert [(r[0], r[share]) for r in page["psiTable"]] == [
         (f["name"], f"{100 * f['attribution_share']:.1f}%") for f in doc["psi"]["features"]
     ]
+    like = page["psiHeads"].index("missing on like coverage")
+    assert [r[like] for r in page["psiTable"]] == [
+        "–" if f["missing_like_coverage"] is None else f"{100 * f['missing_like_coverage']:.1f}%"
+        for f in doc["psi"]["features"]
+    ]
+    assert_freshness_shown(page, doc)
     assert [(b["label"], b["value"]) for b in page["shift"]] == [
         (m["name"], m["points_change"]) for m in doc["score_shift"]["by_feature"]
     ]
@@ -607,6 +635,7 @@ def test_monthly_command_writes_one_folder_of_reports(
     page = visit_report(out / "monitor.html", tmp_path / "monthly.png")
     assert "chart-performance" in {c["id"] for c in page["charts"]}
     assert [r[0] for r in page["performanceTable"]] == perf["as_of"].tolist()
+    assert_freshness_shown(page, doc)
     assert [r[2] for r in page["performanceTable"]] == [
         "yes" if m else "no" for m in perf["mature"]
     ]

@@ -427,6 +427,9 @@ def test_an_outage_younger_than_the_shortest_cut_is_a_data_action(
     assert line.startswith("ACT data: SMEs of the population fell silent: invoices sold: "), line
     assert "inventory snapshots: " in line
     assert doc["freshness"]["act"] == sum(len(v) for v in found.values())
+    # the window-filling excuse, if any, is said to be read while feeds are silent
+    for retrain in (a for a in doc["actions"] if a.startswith("RETRAIN")):
+        assert "Read while data feeds are silent" in retrain
 
 
 def test_a_core_whose_feed_stopped_is_named(twins: Twins, stable: Monitored) -> None:
