@@ -379,6 +379,7 @@ def test_monitor_command_writes_report_json_and_mlflow_run(
     run = next(r for r in runs if r.info.run_id in result.output)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["psi_score"] == pytest.approx(doc["psi"]["score"]["psi"])
+    assert run.data.metrics["freshness_act"] == doc["freshness"]["act"]
     assert run.data.params["as_of"] == "2023-12-31"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"monitor.html", "monitor.json"}
