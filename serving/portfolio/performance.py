@@ -72,25 +72,25 @@ ahead less than 3 (at 300 draws 117, 114, 116 against 119, 118, 117); a span of 
 before the trend is fitted moves the counts by a month or two, and 12 (a year: a trend is not
 read off a season) is kept.
 
-The recalibration is never learned from the month it is applied to, nor from the model's
-training months: an immature month uses every reference month (all matured before it); a
-reference month is judged *forward in time*, as its estimate was made at its own date: with a
-recalibration fitted on the reference months whose labels had matured by then (as-of + horizon
-<= its date, `TrainingWindow.judged_by`), never its own nor a later month's. That is exactly how
-the estimate is used on an immature month, so its coverage of the reference months is the
-coverage a risk team gets. (Leaving out only the months less than half a horizon away, the
-previous rule, let label windows 6-11 months apart share default events with the judged month
-and so its outcome weigh in its recalibration: pooled over four 84-month simulations it covered
-92-93 % of months on each metric where forward in time covers 85-90 %; `python -m bench cbpe`
-and README.) A reference month with fewer than `MIN_REFERENCE_MONTHS` such months before it
-shows plain CBPE, as do months inside the training window (the model is in sample there). With
-fewer than `MIN_REFERENCE_MONTHS` reference months or `MIN_REFERENCE_DEFAULTS` defaults or
-non-defaults in them (a model trained on all matured data, a young portfolio), or a fit that does
-not converge, every month falls back, visibly, to the plain sampling band: the per-month
-``interval`` and ``fallback`` columns (`Fallback`: which reason, on how many months and
-defaults) and the summary's ``method`` say which, and on how many months and defaults the
-recalibration rests. The embargo months' labels overlap the last
-training labels' windows, a mild optimism the validator can check: coverage is reported per role.
+The recalibration is never learned from the month it is applied to, nor from the model's training
+months: an immature month uses every reference month (all matured before it); a reference month is
+judged *forward in time*, as its estimate was made at its own date: with a recalibration fitted on
+the reference months whose labels had matured by then (as-of + horizon <= its date,
+`TrainingWindow.judged_by`), never its own nor a later month's. That is exactly how the estimate is
+used on an immature month, so its coverage of the reference months is the coverage a risk team gets.
+(Leaving out only the months less than half a horizon away, the previous rule, let label windows
+6-11 months apart share default events with the judged month and so its outcome weigh in its
+recalibration: pooled over four 84-month simulations it covered 92-93 % of months on each metric
+where forward in time covered 85-90 % (before the time trend; `python -m bench cbpe` and README).) A
+reference month with fewer than `MIN_REFERENCE_MONTHS` such months before it shows plain CBPE, as do
+months inside the training window (the model is in sample there). With fewer than
+`MIN_REFERENCE_MONTHS` reference months or `MIN_REFERENCE_DEFAULTS` defaults or non-defaults in them
+(a model trained on all matured data, a young portfolio), or a fit that does not converge, every
+month falls back, visibly, to the plain sampling band: the per-month ``interval`` and ``fallback``
+columns (`Fallback`: which reason, on how many months and defaults) and the summary's ``method`` say
+which, and on how many months and defaults the recalibration rests. The embargo months' labels
+overlap the last training labels' windows, a mild optimism the validator can check: coverage is
+reported per role.
 """
 
 from __future__ import annotations
