@@ -13,7 +13,10 @@ the labels known at the end of the data (`SCF_RISK_BENCH_CBPE_DRAWS` draws, defa
 per rule of `JUDGES` for the reference months a judged month's recalibration rests on:
 ``forward`` (those whose labels had matured by the judged month's date: how the estimate is used
 on an immature month), ``horizon`` (at least 12 months away on either side) and
-``half-horizon`` (6 months: the previous rule, whose label windows overlap).
+``half-horizon`` (6 months: the previous rule, whose label windows overlap); and forward in time
+once more without the recalibration's time trend (``forward, no trend``: the previous
+estimator, ``logit PD' = a + b logit PD`` whatever the reference months span), side by side with
+the trend the estimator now fits (`TREND_MIN_SPAN`, `TREND_AHEAD`).
 
 Reported per seed, rule and metric: realised inside the interval / months judged by a
 recalibration (months that fell back to plain CBPE are counted apart, with their reasons), the
@@ -25,6 +28,7 @@ per-month tables are written to bench-out/cbpe/.
 from __future__ import annotations
 
 import os
+import statistics
 from datetime import date
 from pathlib import Path
 
@@ -101,7 +105,7 @@ def summary(judged: pd.DataFrame, metric: str) -> dict[str, float]:
 
 
 def run(report: Report) -> None:
-    from serving.portfolio.performance import JUDGES, METRICS, performance_table
+    from serving.portfolio.performance import FORWARD, JUDGES, METRICS, performance_table
 
     n_smes = int(os.environ.get("SCF_RISK_BENCH_CBPE_SMES", "1200"))
     seeds = [int(s) for s in os.environ.get("SCF_RISK_BENCH_CBPE_SEEDS", "1,5,13,21").split(",")]
@@ -109,28 +113,33 @@ def run(report: Report) -> None:
     out = report.out_dir / "cbpe"
     out.mkdir(parents=True, exist_ok=True)
     pooled: dict[tuple[str, str], list[int]] = {}
+    widths: dict[tuple[str, str], list[float]] = {}
+    rules = [(judge, judge, True) for judge in JUDGES] + [("forward, no trend", FORWARD, False)]
     for seed in seeds:
         scores, window = scored_months(n_smes, seed)
-        for judge in JUDGES:
+        for name, judge, trend in rules:
             table = performance_table(
                 scores[["as_of", "sme_id", "pd"]],
                 scores["default_12m"].astype("Float64"),
                 window=window,  # type: ignore[arg-type]
                 draws=draws,
                 judge=judge,
+                trend=trend,
             )
-            table.to_csv(out / f"seed{seed}-{judge}.csv", index=False)
+            table.to_csv(out / f"seed{seed}-{name.replace(', ', '-').replace(' ', '-')}.csv",
+                         index=False)  # fmt: skip
             judged = judged_months(table)
             reasons = judged["fallback"].dropna().value_counts().to_dict()
             fell = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
             for metric in METRICS:
                 s = summary(judged, metric)
-                sums = pooled.setdefault((judge, metric), [0, 0])
+                sums = pooled.setdefault((name, metric), [0, 0])
                 sums[0] += s["inside"]
                 sums[1] += s["months"]
+                widths.setdefault((name, metric), []).append(s["width"])
                 report.add(
                     SECTION,
-                    f"seed {seed}, {judge}: {metric} inside",
+                    f"seed {seed}, {name}: {metric} inside",
                     s["inside"] / s["months"] if s["months"] else float("nan"),
                     "share",
                     target=">= 0.9",
@@ -142,12 +151,15 @@ def run(report: Report) -> None:
                         f"{draws} draws"
                     ),
                 )
-    for (judge, metric), (inside, months) in pooled.items():
+    for (name, metric), (inside, months) in pooled.items():
         report.add(
             SECTION,
-            f"pooled, {judge}: {metric} inside",
+            f"pooled, {name}: {metric} inside",
             inside / months if months else float("nan"),
             "share",
             target=">= 0.9",
-            note=f"{inside}/{months} months over seeds {','.join(map(str, seeds))}",
+            note=(
+                f"{inside}/{months} months over seeds {','.join(map(str, seeds))}; median over "
+                f"seeds of the median width {statistics.median(widths[(name, metric)]):.4f}"
+            ),
         )

@@ -47,25 +47,50 @@ ends are quantiles of all the draws. This is CBPE with the calibration assumptio
 one learned out of time, not a new estimator; the plain CBPE estimate and band stay in the table
 (``<metric>_cbpe``, ``_cbpe_low``, ``_cbpe_high``).
 
-The recalibration is never learned from the month it is applied to, nor from the model's
-training months: an immature month uses every reference month (all matured before it); a
-reference month is judged *forward in time*, as its estimate was made at its own date: with a
-recalibration fitted on the reference months whose labels had matured by then (as-of + horizon
-<= its date, `TrainingWindow.judged_by`), never its own nor a later month's. That is exactly how
-the estimate is used on an immature month, so its coverage of the reference months is the
-coverage a risk team gets. (Leaving out only the months less than half a horizon away, the
-previous rule, let label windows 6-11 months apart share default events with the judged month
-and so its outcome weigh in its recalibration: pooled over four 84-month simulations it covered
-92-93 % of months on each metric where forward in time covers 85-90 %; `python -m bench cbpe`
-and README.) A reference month with fewer than `MIN_REFERENCE_MONTHS` such months before it
-shows plain CBPE, as do months inside the training window (the model is in sample there). With
-fewer than `MIN_REFERENCE_MONTHS` reference months or `MIN_REFERENCE_DEFAULTS` defaults or
-non-defaults in them (a model trained on all matured data, a young portfolio), or a fit that does
-not converge, every month falls back, visibly, to the plain sampling band: the per-month
-``interval`` and ``fallback`` columns (`Fallback`: which reason, on how many months and
-defaults) and the summary's ``method`` say which, and on how many months and defaults the
-recalibration rests. The embargo months' labels overlap the last
-training labels' windows, a mild optimism the validator can check: coverage is reported per role.
+**A trend over time.** A portfolio ages, and the model's miscalibration moves with it: on the
+bench's simulations the spread of the true log-odds grows from about 1.8 to 2.6 over seven years
+while the model's stays near 1, so the slope b drifts upward and a recalibration averaged over
+the reference months understates the AUC and ECE of the later months. When the reference months
+span at least `TREND_MIN_SPAN` months, the recalibration carries a linear time trend
+(`TrendRecalibration`): ``logit PD' = a + b x + c tau + d tau x``, x = logit PD, tau = months
+from the reference rows' mean date, fitted the same way (Newton, the covariance of (a, b, c, d)
+clustered by SME); the month effects are the months' own fits' variation *around* the trend
+(their residuals on [1, tau_m], less their shared sampling noise through the hat matrix H:
+``sum_mn (I - H)_mn C_mn / (M - 2)``, which is the formula above when H averages), and the
+months' share of the trend's uncertainty at tau is ``between [1, tau] (T'T)^-1 [1, tau]'`` (T:
+the months' [1, tau_m]; between / M at their mean). A month is estimated with the trend read at
+its own tau, but at most `TREND_AHEAD` months past the newest reference month: per label draw
+(a + c tau, b + d tau) from their covariance, which grows with the distance by itself, and a
+month effect. Carried the full year that separates a judged month from its newest matured
+reference month, a trend fitted on one or two years overshoots where the drift is not linear
+(`python -m bench cbpe`, forward in time, pooled over four simulations: default rate, AUC and
+ECE inside 110, 114 and 103 of 128 months, against 112, 115 and 109 without a trend; seed 21's
+concept drift throws it furthest); read at most 3 months ahead, the recalibration follows the
+newest matured months rather than their average: 120, 115 and 118 of 128, at median widths 14,
+20 and 5 % wider (README). Read at the newest month itself (0 ahead) gives 119, 115 and 115; 6
+ahead less than 3 (at 300 draws 117, 114, 116 against 119, 118, 117); a span of 8 to 24 months
+before the trend is fitted moves the counts by a month or two, and 12 (a year: a trend is not
+read off a season) is kept.
+
+The recalibration is never learned from the month it is applied to, nor from the model's training
+months: an immature month uses every reference month (all matured before it); a reference month is
+judged *forward in time*, as its estimate was made at its own date: with a recalibration fitted on
+the reference months whose labels had matured by then (as-of + horizon <= its date,
+`TrainingWindow.judged_by`), never its own nor a later month's. That is exactly how the estimate is
+used on an immature month, so its coverage of the reference months is the coverage a risk team gets.
+(Leaving out only the months less than half a horizon away, the previous rule, let label windows
+6-11 months apart share default events with the judged month and so its outcome weigh in its
+recalibration: pooled over four 84-month simulations it covered 92-93 % of months on each metric
+where forward in time covered 85-90 % (before the time trend; `python -m bench cbpe` and README).) A
+reference month with fewer than `MIN_REFERENCE_MONTHS` such months before it shows plain CBPE, as do
+months inside the training window (the model is in sample there). With fewer than
+`MIN_REFERENCE_MONTHS` reference months or `MIN_REFERENCE_DEFAULTS` defaults or non-defaults in them
+(a model trained on all matured data, a young portfolio), or a fit that does not converge, every
+month falls back, visibly, to the plain sampling band: the per-month ``interval`` and ``fallback``
+columns (`Fallback`: which reason, on how many months and defaults) and the summary's ``method`` say
+which, and on how many months and defaults the recalibration rests. The embargo months' labels
+overlap the last training labels' windows, a mild optimism the validator can check: coverage is
+reported per role.
 """
 
 from __future__ import annotations
@@ -100,6 +125,14 @@ MIN_MONTH_DEFAULTS = 10
 a handful of defaults swing far beyond what their estimated sampling noise allows, and that
 spread would read as month-to-month variation (measured: 150 SMEs a month at a 2-3 % PD, no true
 month effect, gave an intercept sd of 0.2 to 2.9)."""
+TREND_MIN_SPAN = 12
+"""Fewest months (first to last, inclusive) the reference months span for the recalibration to
+carry a time trend; fewer fit the plain ``a + b logit PD`` (module docstring)."""
+TREND_AHEAD = 3
+"""Furthest the trend is extrapolated, in months past the newest reference month: further, the
+estimate is the trend's value there (measured, `python -m bench cbpe`: read 0 to 3 months ahead
+the trend gains coverage over none, 6 ahead gains less, a full year ahead loses: module
+docstring)."""
 PD_CLIP = 1e-9  # PDs of exactly 0 or 1 have no log-odds; they are read as 1e-9 and 1 - 1e-9
 
 TRAINED, OVERLAP, UNSEEN, UNKNOWN = "trained", "overlap", "unseen", "unknown"
@@ -215,6 +248,9 @@ class Recalibration:
     rows: int
     defaults: int
     varied_months: int = 0  # months with their own fit in `month_variation` (0: not estimated)
+    trend_ahead: float | None = None
+    """Months past the newest reference month at which a `TrendRecalibration` was read (None:
+    no trend)."""
 
     @property
     def shock_sd(self) -> float:
@@ -280,6 +316,85 @@ class Recalibration:
         return np.asarray(expit(logits + dev[:, [1]] * (x - self.centre)[None, :]))
 
 
+@dataclass(frozen=True)
+class TrendRecalibration:
+    """``logit PD' = a + b x + c tau + d tau x`` (x = logit PD, tau = months from the reference
+    rows' mean date `origin`), fitted on the reference rows with the SME-clustered covariance of
+    (a, b, c, d); the month-to-month variation of the recalibration around that trend
+    (`between`, centred form as `Recalibration`) and the inverse of the months' trend design
+    [1, tau_m] (`design_inv`: the months' effects enter the trend at tau with variance
+    ``between * [1, tau] design_inv [1, tau]``). `at` gives the `Recalibration` at a month."""
+
+    coef: tuple[float, ...]
+    cov: tuple[tuple[float, ...], ...]
+    between: tuple[tuple[float, float], tuple[float, float]]
+    design_inv: tuple[tuple[float, float], tuple[float, float]]
+    centre: float
+    origin: float  # mean month index (year * 12 + month) of the reference rows
+    last: float  # tau of the last reference month
+    months: int
+    rows: int
+    defaults: int
+    varied_months: int = 0  # as `Recalibration`
+
+    @classmethod
+    def fit(
+        cls, pd_: np.ndarray, y: np.ndarray, month: np.ndarray, sme: np.ndarray
+    ) -> TrendRecalibration | None:
+        """As `Recalibration.fit` (whose checks the caller has made) with the trend terms; None
+        when the fit does not converge."""
+        x = log_odds(np.asarray(pd_, dtype=np.float64))
+        yy = np.asarray(y, dtype=np.float64)
+        stamps = pd.DatetimeIndex(np.asarray(month))
+        index = np.asarray(stamps.year * 12 + stamps.month, dtype=np.float64)
+        origin = float(index.mean())
+        tau = index - origin
+        design = np.column_stack([np.ones_like(x), x, tau, tau * x])
+        coef = _newton(design, yy, np.array([0.0, 1.0, 0.0, 0.0]))
+        if coef is None:
+            return None
+        p = expit(design @ coef)
+        bread = np.linalg.inv(design.T @ (design * (p * (1 - p))[:, None]))
+        scores = pd.DataFrame(design * (yy - p)[:, None]).groupby(np.asarray(sme)).sum()
+        meat = scores.to_numpy().T @ scores.to_numpy()
+        cov = bread @ meat @ bread
+        centre = float(x.mean())
+        between, design_inv, varied = month_variation(
+            x - centre, yy, np.asarray(month), np.asarray(sme), coef[:2], centre, tau
+        )
+        if varied < MIN_REFERENCE_MONTHS:
+            design_inv = np.zeros((2, 2))
+        return cls(
+            tuple(float(v) for v in coef),
+            tuple(tuple(float(v) for v in row) for row in cov),
+            _matrix(between),
+            _matrix(design_inv),
+            centre,
+            origin,
+            float(tau.max()),
+            len(pd.unique(np.asarray(month))),
+            len(yy),
+            int(yy.sum()),
+            varied,
+        )
+
+    def tau_of(self, when: pd.Timestamp) -> float:
+        return float(when.year * 12 + when.month - self.origin)
+
+    def at(self, tau: float) -> Recalibration:
+        """The recalibration at `tau`: (a + c tau, b + d tau) with their covariance, the month
+        effect's spread `between`, and the months' share of the trend's uncertainty there."""
+        lift = np.array([[1.0, 0.0, tau, 0.0], [0.0, 1.0, 0.0, tau]])
+        coef = lift @ np.array(self.coef)
+        cov = lift @ np.array(self.cov) @ lift.T
+        point = np.array([1.0, tau])
+        mean_cov = np.array(self.between) * float(point @ np.array(self.design_inv) @ point)
+        return Recalibration(
+            _pair(coef), _matrix(cov), self.between, _matrix(mean_cov), self.centre,
+            self.months, self.rows, self.defaults, self.varied_months, tau - self.last,
+        )  # fmt: skip
+
+
 def month_variation(
     xc: np.ndarray,
     y: np.ndarray,
@@ -287,6 +402,7 @@ def month_variation(
     sme: np.ndarray,
     coef: np.ndarray,
     centre: float,
+    tau: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """How the recalibration varies from month to month, in the centred form ``a_m + b_m xc``
     (`xc`: log-odds minus `centre`; `coef`: the pooled, uncentred (a, b)): the between-month
@@ -304,11 +420,15 @@ def month_variation(
     covariance of the months' mean effect is it over M (the mean's sampling part is already in
     the pooled fit's clustered covariance). Months whose own fit does not converge (no
     defaults: the intercept is unbounded) are left out; with fewer than two fitted months both
-    are zero."""
+    are zero.
+
+    With `tau` (each row's months from the reference rows' mean date: `TrendRecalibration`) the
+    variation is that around a linear trend in the months' tau, and the second matrix returned
+    is (T'T)^-1 of the months' trend design T = [1, tau_m] instead of the mean's covariance."""
     design = np.column_stack([np.ones_like(xc), xc])
     start = np.array([coef[0] + coef[1] * centre, coef[1]])
     ids, codes = np.unique(sme, return_inverse=True)
-    fits, influence = [], []
+    fits, influence, used = [], [], []
     for m in pd.unique(month):
         rows = month == m
         events = int(y[rows].sum())
@@ -324,15 +444,28 @@ def month_variation(
         np.add.at(per_sme, codes[rows], per_row)
         fits.append(one)
         influence.append(per_sme)
+        used.append(m)
     k = len(fits)
     if k < MIN_REFERENCE_MONTHS:
         return np.zeros((2, 2)), np.zeros((2, 2)), k
-    spread = np.cov(np.array(fits), rowvar=False, ddof=1)
-    own = sum((e.T @ e for e in influence), np.zeros((2, 2)))
-    total = np.sum(influence, axis=0)
-    noise = (own - total.T @ total / k) / (k - 1)
+    if tau is None:
+        spread = np.cov(np.array(fits), rowvar=False, ddof=1)
+        own = sum((e.T @ e for e in influence), np.zeros((2, 2)))
+        total = np.sum(influence, axis=0)
+        noise = (own - total.T @ total / k) / (k - 1)
+        between = _psd(spread - noise)
+        return between, between / k, k
+    # around a linear trend in the months' tau: residuals of the fits on [1, tau_m]; their
+    # noise share sum_mn (I - H)_mn C_mn / (k - 2), H the hat matrix (k - 1 and 1/k above)
+    taus = np.array([tau[month == m][0] for m in used])
+    trend = np.column_stack([np.ones(k), taus])
+    hat = trend @ np.linalg.solve(trend.T @ trend, trend.T)
+    resid = (np.eye(k) - hat) @ np.array(fits)
+    spread = resid.T @ resid / (k - 2)
+    noise = np.einsum("mn,msi,nsj->ij", np.eye(k) - hat, np.array(influence),
+                      np.array(influence)) / (k - 2)  # fmt: skip
     between = _psd(spread - noise)
-    return between, between / k, k
+    return between, np.linalg.inv(trend.T @ trend), k
 
 
 def _psd(m: np.ndarray) -> np.ndarray:
@@ -481,6 +614,7 @@ def performance_table(
     level: float = LEVEL,
     seed: int = 0,
     judge: str = FORWARD,
+    trend: bool = True,
 ) -> pd.DataFrame:
     """One row per as-of date of `scores` (``as_of``, ``pd``, and ``sme_id`` when there is a
     `window`): n, the month's ``role`` against the model's training `window` (None: ``unknown``,
@@ -492,7 +626,10 @@ def performance_table(
     metric: the plain CBPE estimate and band (``<metric>_cbpe``, ``_cbpe_low``,
     ``_cbpe_high``), the shown ``_estimate``, ``_low``, ``_high`` and, once
     mature, ``_realised`` and ``_within`` (realised inside the shown interval). A reference
-    month is judged by the reference months `judge` picks (`TrainingWindow.judged_by`)."""
+    month is judged by the reference months `judge` picks (`TrainingWindow.judged_by`). `trend`:
+    a recalibration on reference months spanning `TREND_MIN_SPAN` months or more carries a time
+    trend, read at the month (at most `TREND_AHEAD` months past the newest reference month;
+    ``trend_ahead``: how far; NaN: no trend); False (the bench's comparison) never."""
     columns = ["as_of", "pd", *(["sme_id"] if "sme_id" in scores.columns else [])]
     frame = scores[columns].assign(label=labels.to_numpy())
     frame["as_of"] = pd.to_datetime(frame["as_of"])
@@ -510,30 +647,44 @@ def performance_table(
     if judge not in JUDGES:
         raise ValueError(f"judge must be one of {sorted(JUDGES)}, got {judge!r}")
 
-    def recalibrate(used: list[pd.Timestamp]) -> Recalibration | Fallback:
+    def recalibrate(used: list[pd.Timestamp]) -> Recalibration | TrendRecalibration | Fallback:
         if not used:
             return Fallback(FEW_MONTHS)
         rows = pd.concat([groups[d] for d in used])
-        return Recalibration.fit(
+        args = (
             rows["pd"].to_numpy(dtype=np.float64),
             rows["label"].to_numpy(dtype=np.float64),
             rows["as_of"].to_numpy(),
             rows["sme_id"].astype(str).to_numpy(),
         )
+        plain = Recalibration.fit(*args)
+        if not trend or not isinstance(plain, Recalibration):
+            return plain
+        if months_apart(min(used), max(used)) + 1 < TREND_MIN_SPAN:
+            return plain
+        return TrendRecalibration.fit(*args) or plain
+
+    def project(
+        outcome: Recalibration | TrendRecalibration | Fallback, when: pd.Timestamp
+    ) -> Recalibration | Fallback:
+        if not isinstance(outcome, TrendRecalibration):
+            return outcome
+        return outcome.at(min(outcome.tau_of(when), outcome.last + TREND_AHEAD))
 
     everything = recalibrate(reference)
     out: list[dict[str, Any]] = []
     for when in dates:
         month = groups[when]
         p = month["pd"].to_numpy(dtype=np.float64)
-        outcome: Recalibration | Fallback
+        outcome: Recalibration | TrendRecalibration | Fallback
         if role[when] in (TRAINED, UNKNOWN):
             outcome, how = Fallback(IN_SAMPLE if role[when] == TRAINED else NO_WINDOW), SAMPLING
         elif when in reference and window is not None:
             outcome, how = recalibrate(window.judged_by(when, reference, judge)), LEAVE_OUT
         else:
             outcome, how = everything, RECALIBRATED
-        fitted = outcome if isinstance(outcome, Recalibration) else None
+        shown_by = project(outcome, when)
+        fitted = shown_by if isinstance(shown_by, Recalibration) else None
         plain = estimate(p, draws=draws, level=level, seed=seed)
         shown = plain if fitted is None else estimate(p, recalibration=fitted, draws=draws,
                                                       level=level, seed=seed)  # fmt: skip
@@ -553,6 +704,11 @@ def performance_table(
             "shock_sd": fitted.shock_sd if fitted is not None else float("nan"),
             "slope_shock_sd": fitted.slope_sd if fitted is not None else float("nan"),
             "varied_months": fitted.varied_months if fitted is not None else 0,
+            "trend_ahead": (
+                fitted.trend_ahead
+                if fitted is not None and fitted.trend_ahead is not None
+                else float("nan")
+            ),
         }
         for metric in METRICS:
             row[f"{metric}_cbpe"] = plain[metric]["estimate"]
@@ -642,11 +798,20 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
             else f"month-to-month variation NOT estimated: {months_varied} month(s) with at least "
             f"{MIN_MONTH_DEFAULTS} defaults, {MIN_REFERENCE_MONTHS} needed"
         )
+        ahead = newest.get("trend_ahead")
+        trended = (
+            f", read on its linear time trend {float(ahead):.0f} month(s) past the newest of "
+            f"them (a trend once the reference months span {TREND_MIN_SPAN} months, read at most "
+            f"{TREND_AHEAD} months ahead)"
+            if ahead is not None and pd.notna(ahead)
+            else f" (no time trend: the reference months span fewer than {TREND_MIN_SPAN} "
+            "months, or the trend's fit did not converge)"
+        )
         note = (
             f"CBPE on recalibrated PDs: labels drawn from logit PD' = "
             f"{newest['intercept']:.2f} + {newest['slope']:.2f} logit PD, fitted on "
             f"{int(newest['reference_months'])} matured months after the model's training window "
-            f"({int(newest['reference_defaults'])} default labels; {varied}), the "
+            f"({int(newest['reference_defaults'])} default labels; {varied}){trended}, the "
             f"{level:.0%} interval carrying the sampling noise, the "
             "recalibration's uncertainty and its month-to-month variation; each of those "
             "months is judged forward in time, with a recalibration on the months whose labels "
@@ -664,6 +829,8 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
             key: value(newest[key]) for key in ("intercept", "slope", "shock_sd", "slope_shock_sd")
         }
         method["varied_months"] = int(newest["varied_months"])
+        ahead = newest.get("trend_ahead")
+        method["trend_ahead"] = value(ahead) if ahead is not None else None
     return {
         "level": level,
         "note": f"{note}; realised once every label of the month is known",

@@ -30,11 +30,14 @@ from serving.portfolio.performance import (
     RECALIBRATED,
     SAMPLING,
     TRAINED,
+    TREND_AHEAD,
+    TREND_MIN_SPAN,
     UNKNOWN,
     UNSEEN,
     Fallback,
     Recalibration,
     TrainingWindow,
+    TrendRecalibration,
     coverage,
     estimate,
     log_odds,
@@ -135,6 +138,7 @@ def distorted_months(
     b: float = 1.3,
     shock_sd: float = 0.0,
     slope_sd: float = 0.0,
+    slope_drift: float = 0.0,
     shared: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -143,14 +147,15 @@ def distorted_months(
     are too compressed (b > 1) and too low (a > 0), as the trained models are out of time.
     `shared`: every month holds the same SMEs with the same PDs and the same uniform draws
     behind their labels, so the months' label noise is shared (overlapping label windows at
-    their extreme) and only the month shocks tell them apart."""
+    their extreme) and only the month shocks tell them apart. `slope_drift`: the slope grows by
+    that much a month (month k's is b + k slope_drift)."""
     rng = np.random.default_rng(seed)
     frames = []
     x_shared, u_shared = rng.normal(-3.6, 1.0, size=n), rng.random(n)
     for k, when in enumerate(pd.date_range("2024-01-31", periods=n_months, freq="ME")):
         x = x_shared if shared else rng.normal(-3.6, 1.0, size=n)
         u = u_shared if shared else rng.random(n)
-        slope = b + rng.normal(0.0, slope_sd) if slope_sd else b
+        slope = b + k * slope_drift + (rng.normal(0.0, slope_sd) if slope_sd else 0.0)
         truth = expit(a + b * -3.6 + slope * (x + 3.6) + rng.normal(0.0, shock_sd))
         frames.append(
             pd.DataFrame(
@@ -225,6 +230,54 @@ def test_month_variation_counts_shared_label_noise_once() -> None:
                for s in range(3)]  # fmt: skip
     assert all(0.08 < v < 0.25 for v in shocked), shocked
     assert between_sd(distorted_months(24, 1000, shared=True, seed=7)) < 0.03
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_trend_recalibration_follows_a_drifting_slope(seed: int) -> None:
+    """The model's PDs grow more compressed every month (true slope 1.0 + 0.03 a month: the
+    portfolio ages, the model ranks better than its PDs say): the trend recovers the drift, and
+    read 3 months past the newest of 24 reference months its AUC interval covers the realised
+    AUC of that month, while the plain recalibration's estimate (the reference months' average)
+    lies below the whole interval; the plain one's interval is wide (the drift reads as month
+    effects) and its upper end barely reaches the realised AUC (0.005 below it to 0.02 above
+    over these seeds). The trend's uncertainty grows with the distance it is carried."""
+    rows = distorted_months(28, b=1.0, slope_drift=0.03, seed=seed)
+    reference, future = rows[rows["month"] < 24], rows[rows["month"] == 26]
+    args = (
+        reference["pd"].to_numpy(), reference["label"].to_numpy(), reference["as_of"].to_numpy(),
+        reference["sme_id"].to_numpy(),
+    )  # fmt: skip
+    plain, trend = Recalibration.fit(*args), TrendRecalibration.fit(*args)
+    assert isinstance(plain, Recalibration) and isinstance(trend, TrendRecalibration)
+    drift, se = trend.coef[3], float(np.sqrt(trend.cov[3][3]))
+    assert abs(drift - 0.03) < 3 * se and drift > 3 * se
+    when = pd.Timestamp(future["as_of"].iloc[0])
+    assert trend.tau_of(when) == trend.last + 3 and trend.last == 11.5
+    p, y = future["pd"].to_numpy(), future["label"].to_numpy()
+    real = roc_auc_score(y, p)
+    old = estimate(p, recalibration=plain, draws=500)["auc"]
+    new = estimate(p, recalibration=trend.at(trend.tau_of(when)), draws=500)["auc"]
+    assert old["estimate"] < new["low"] <= real <= new["high"], (old, new, real)
+    near, far = trend.at(trend.last), trend.at(trend.last + 12)
+    assert far.cov[1][1] > near.cov[1][1] > trend.at(0.0).cov[1][1]
+    assert near.trend_ahead == 0.0 and far.trend_ahead == 12.0 and plain.trend_ahead is None
+
+
+def test_the_trend_is_fitted_on_a_long_enough_span_and_read_not_far_ahead() -> None:
+    """Reference months spanning fewer than `TREND_MIN_SPAN` months get the plain fit; those
+    spanning more a trend, read at most `TREND_AHEAD` months past the newest of them (forward
+    in time, a judged month lies 12 months past it; an immature month 1 to 12)."""
+    scores, labels = synthetic_window_months(n_months=40)  # 33 reference months
+    table = performance_table(scores, labels, window=WINDOW, draws=50).set_index("as_of")
+    judged = table[table["interval"] == LEAVE_OUT]
+    span = judged["reference_months"]  # consecutive months: the span is their count
+    assert judged.loc[span < TREND_MIN_SPAN, "trend_ahead"].isna().all()
+    assert (judged.loc[span >= TREND_MIN_SPAN, "trend_ahead"] == TREND_AHEAD).all()
+    assert (span >= TREND_MIN_SPAN).any() and (span < TREND_MIN_SPAN).any()
+    immature = table[table["interval"] == RECALIBRATED]
+    assert (immature["trend_ahead"] <= TREND_AHEAD).all() and len(immature) > 0
+    untrended = performance_table(scores, labels, window=WINDOW, draws=50, trend=False)
+    assert untrended["trend_ahead"].isna().all()
 
 
 def test_recalibration_refuses_too_few_months_or_defaults() -> None:
