@@ -42,7 +42,13 @@ from serving.audit.canonical import (
     legacy_record_hash,
     record_hash,
 )
-from serving.audit.database import WriterTurn, make_engine, url_lock_timeout
+from serving.audit.database import (
+    DriverCursor,
+    DriverStatement,
+    WriterTurn,
+    make_engine,
+    url_lock_timeout,
+)
 from serving.audit.signing import PublicKeys, Signer
 from serving.exceptions import AuditCorrupt, AuditUnavailable, DecisionNotFound
 
@@ -67,6 +73,8 @@ MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
+ROW_COLUMNS = (*INDEXED, "seq", "payload", "prev_hash", "record_hash", "signature", "key_id")
+"""Every column of a decision's row, as `AuditStore._row` fills them."""
 
 
 @dataclass(eq=False)
@@ -223,6 +231,9 @@ class AuditStore:
         self._queue_lock = threading.Lock()
         self._turn = threading.Lock()
         self._writer = make_engine(url, immediate=True, lock_timeout=lock_timeout)
+        self._driver_statements: tuple[DriverStatement, DriverStatement, DriverStatement] | None = (
+            None
+        )
         self._reader = make_engine(url, lock_timeout=lock_timeout) if self._sqlite else self._writer
         self._schema_ready = False
         self.signer = signer
@@ -472,10 +483,11 @@ class AuditStore:
 
     def _commit_group(self, group: list[_Pending]) -> None:
         """Chain and commit every queued entry in one transaction; settle each entry."""
+        head, insert, move = self._append_statements()
         try:
-            with self.transaction() as conn:
-                row = conn.execute(self._head_for_update).one()
-                seq, prev = int(row.seq), str(row.record_hash)
+            with self.transaction() as conn, DriverCursor(conn) as cursor:
+                row = cursor.one(head, {})
+                seq, prev = int(row[0]), str(row[1])
                 rows: list[dict[str, Any]] = []
                 chained: list[list[dict[str, Any]]] = []
                 for entry in group:
@@ -505,8 +517,8 @@ class AuditStore:
                         payloads.append(payload)
                         prev = payload["record_hash"]
                     chained.append(payloads)
-                conn.execute(self._insert_decisions, rows)
-                conn.execute(self._move_head, {"new_seq": seq, "new_hash": prev})
+                cursor.many(insert, rows)
+                cursor.one(move, {"new_seq": seq, "new_hash": prev}, fetch=False)
         except SQLAlchemyError as exc:
             error = AuditUnavailable(f"audit store {self.safe_url} is not writable: {reason(exc)}")
             error.__cause__ = exc
@@ -524,6 +536,18 @@ class AuditStore:
                     self.checkpoints.note(seq, prev)
                 except AuditUnavailable as exc:  # the decisions are durable; the anchor is late
                     log.error("checkpoint not written: %s", exc)
+
+    def _append_statements(self) -> tuple[DriverStatement, DriverStatement, DriverStatement]:
+        """The three statements of every append (lock and read the head, insert the records,
+        move the head), compiled once for the writer's driver (`DriverStatement`)."""
+        if self._driver_statements is None:
+            dialect = self._writer.dialect
+            self._driver_statements = (
+                DriverStatement.of(self._head_for_update, dialect),
+                DriverStatement.of(self._insert_decisions, dialect, ROW_COLUMNS),
+                DriverStatement.of(self._move_head, dialect),
+            )
+        return self._driver_statements
 
     @staticmethod
     def _row(payload: Mapping[str, Any], text: str) -> dict[str, Any]:
