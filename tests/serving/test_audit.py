@@ -277,6 +277,28 @@ def test_read_only_database_fails_closed(tmp_path: Path) -> None:
     ro.dispose()
 
 
+def test_a_driver_error_in_an_append_is_unavailable_and_stores_nothing(store: AuditStore) -> None:
+    """The append's statements run on the driver's cursor (`DriverCursor`): its errors (a
+    duplicate sequence number, a missing head row) are AuditUnavailable like any database
+    error, nothing of the group is stored, and the store writes again once the cause is gone."""
+    store.append([body(1), body(2)])
+    with store.transaction() as conn:  # the head moved back: the next record collides
+        conn.execute(sa.update(store.head).values(seq=1))
+    with pytest.raises(AuditUnavailable, match="not writable"):
+        store.append([body(3)])
+    assert store.count() == 2
+    with store.transaction() as conn:
+        conn.execute(sa.delete(store.head))
+    with pytest.raises(AuditUnavailable, match="not writable"):
+        store.append([body(4)])
+    assert store.count() == 2
+    last = store.record_at(2)
+    with store.transaction() as conn:
+        conn.execute(sa.insert(store.head).values(id=1, seq=2, record_hash=last.record_hash))
+    (stored,) = store.append([body(5)])
+    assert stored["sequence"] == 3 and store.verify().ok
+
+
 def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "nowhere").write_text("a file where a folder should be")
     s = AuditStore(f"sqlite:///{tmp_path}/nowhere/x/a.db")
