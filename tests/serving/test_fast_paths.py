@@ -352,3 +352,73 @@ def test_a_models_view_goes_with_its_booster() -> None:
     del model
     gc.collect()
     assert booster() is None
+
+
+VOLATILE = ("decision_id", "receipt")
+"""What differs between two decisions on the same request: its id and its record's receipt."""
+
+
+def _comparable(response: Any) -> tuple[int, dict[str, str], Any]:
+    """A response without what differs between two occurrences (a decision's id and receipt,
+    an error's instance id, the date header)."""
+    headers = {k: v for k, v in response.headers.items() if k not in ("date", "content-length")}
+    doc = response.json()
+    if isinstance(doc, dict):
+        doc = {k: v for k, v in doc.items() if k not in (*VOLATILE, "instance")}
+    return response.status_code, headers, _typed(doc)
+
+
+def test_the_score_route_answers_as_its_declared_endpoint(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    """``POST /v1/scores`` resolves its caller, body and service itself (`handle_score`), not
+    through FastAPI's dependency graph: every answer, success or error, and the order of the
+    checks (key before role before Content-Type before the body) are those of `post_score`
+    declared as a plain route."""
+    from fastapi.routing import APIRoute
+
+    from serving.api.routes.scores import ScoreRoute, handle_score, post_score, router
+
+    route = next(r for r in router.routes if getattr(r, "path", None) == "/v1/scores")
+    assert isinstance(route, ScoreRoute) and route.get_route_handler() is handle_score
+    client.app.add_api_route("/v1/scores-declared", post_score, methods=["POST"])  # type: ignore[attr-defined]
+    declared = client.app.routes[-1]  # type: ignore[attr-defined]
+    assert type(declared) is APIRoute
+    good = {"sme_id": "S1", "as_of": "2024-06-30", "features": FEATURES, "allow_sparse": True}
+    as_json = {"Content-Type": "application/json"}
+    cases: list[tuple[dict[str, str], bytes]] = [
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps(good).encode()),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps({**good, "sme_id": "S2"}).encode()),
+        (as_json, json.dumps(good).encode()),  # no key
+        ({"X-API-Key": "", **as_json}, json.dumps(good).encode()),  # empty key
+        ({"X-API-Key": "sk_wrong", **as_json}, json.dumps(good).encode()),
+        ({"X-API-Key": keys["auditor"], **as_json}, json.dumps(good).encode()),  # wrong role
+        ({"X-API-Key": keys["scorer"], "Content-Type": "text/plain"}, json.dumps(good).encode()),
+        ({"X-API-Key": keys["scorer"]}, json.dumps(good).encode()),  # no Content-Type
+        ({"Content-Type": "text/plain"}, b"not json"),  # no key and not JSON: 401 first
+        ({"X-API-Key": keys["auditor"], "Content-Type": "text/plain"}, b"{}"),  # 403 first
+        ({"X-API-Key": keys["scorer"], **as_json}, b"{not json"),
+        ({"X-API-Key": keys["scorer"], **as_json}, b""),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps({**good, "extra": 1}).encode()),
+        (
+            {"X-API-Key": keys["scorer"], **as_json},
+            json.dumps({**good, "features": {"dso_90d": -5.0}}).encode(),
+        ),
+        (
+            {"X-API-Key": keys["scorer"], **as_json},
+            json.dumps({**good, "features": {"nope": 1.0}}).encode(),
+        ),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps({"sme_id": "S9"}).encode()),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps(good | {"sme_id": "S3"}).encode()),
+        (  # too few features without allow_sparse
+            {"X-API-Key": keys["scorer"], **as_json},
+            json.dumps({**good, "allow_sparse": False}).encode(),
+        ),
+    ]
+    statuses = set()
+    for headers, body in cases:
+        fast = client.post("/v1/scores", content=body, headers=headers)
+        plain = client.post("/v1/scores-declared", content=body, headers=headers)
+        assert _comparable(fast) == _comparable(plain), (headers, body)
+        statuses.add(fast.status_code)
+    assert statuses == {200, 401, 403, 415, 422}
