@@ -245,6 +245,46 @@ def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> No
         for name in data.draw(st.lists(st.sampled_from(view.names), max_size=8, unique=True))
     ]
     assert scoring._sides(model, M, wanted) == _sides_as_before(model, M, wanted)
+    for few in range(1, scoring.FEW_PROBES + 1):  # a single score's drivers: searched one by one
+        assert scoring._sides(model, M, wanted[:few]) == _sides_as_before(model, M, wanted[:few])
+
+
+def _drivers_in_bulk(points: np.ndarray) -> tuple[list[int], list[int], list[float]]:
+    """The drivers as the numpy path finds them for any number of rows (the oracle)."""
+    orders = np.argsort(points, axis=1, kind="stable")[:, : scoring.N_REASONS]
+    kept = np.take_along_axis(points, orders, axis=1)
+    rows, ranks = np.nonzero(kept < 0)
+    return rows.tolist(), orders[rows, ranks].tolist(), kept[rows, ranks].tolist()
+
+
+POINT_VALUES = st.sampled_from([-2.5, -1.0, -1e-300, -0.0, 0.0, 1e-300, 1.0, 3.0, math.nan])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda k: st.lists(
+            st.lists(st.one_of(POINT_VALUES, st.floats(-5, 5)), min_size=k, max_size=k),
+            min_size=1,
+            max_size=4,
+        )
+    )
+)
+def test_a_single_rows_drivers_are_the_bulk_paths(matrix: list[list[float]]) -> None:
+    """One row's drivers, sorted in Python (`scoring.drivers`), are the columns, order and
+    points the numpy path gives that row (ties, zeros of both signs and NaN included); and
+    several rows still go the numpy way."""
+    points = np.array(matrix, dtype=np.float64)
+    for i in range(len(points)):
+        rows, cols, kept = scoring.drivers(points[i : i + 1])
+        assert rows.dtype == cols.dtype == np.intp
+        want_rows, want_cols, want_kept = _drivers_in_bulk(points[i : i + 1])
+        assert (rows.tolist(), cols.tolist()) == (want_rows, want_cols)
+        assert np.array_equal(kept, want_kept) and all(
+            math.copysign(1, a) == math.copysign(1, b) for a, b in zip(kept, want_kept, strict=True)
+        )
+    rows, cols, kept = scoring.drivers(points)
+    assert (rows.tolist(), cols.tolist(), kept) == _drivers_in_bulk(points)
 
 
 TUNED = """
