@@ -195,9 +195,8 @@ class DriverCursor:
         self._cursor: Any = None
 
     def __enter__(self) -> DriverCursor:
-        self._cursor = self._run(
-            "cursor()", None, lambda: self._conn.connection.dbapi_connection.cursor()
-        )  # type: ignore[union-attr]
+        driver: Any = self._conn.connection.dbapi_connection
+        self._cursor = self._run("cursor()", None, driver.cursor)
         return self
 
     def __exit__(

@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -448,8 +448,9 @@ class AuditStore:
         the stored payloads (with decision_id, sequence, created_at, prev_hash, record_hash).
 
         Group commit: concurrent callers of this process queue their bodies; whichever gets the
-        writer's turn commits everything queued in one transaction (one fsync for the group) and
-        hands each caller its own payloads. Nobody returns before the transaction holding its
+        writer's turn commits everything queued by the time it holds the database's write lock
+        (the head row) in one transaction (one fsync for the group) and hands each caller its
+        own payloads. Nobody returns before the transaction holding its
         records is committed; if it fails, every caller in the group gets `AuditUnavailable` and
         nothing of the group is stored.
         """
@@ -462,9 +463,7 @@ class AuditStore:
         if self._turn.acquire(timeout=self.lock_timeout):
             try:
                 if not entry.done.is_set():
-                    with self._queue_lock:
-                        group, self._queue = self._queue, []
-                    self._commit_group(group)
+                    self._commit_group(self._take_queue)
             finally:
                 self._turn.release()
         else:
@@ -481,13 +480,49 @@ class AuditStore:
             raise entry.error
         return entry.payloads
 
-    def _commit_group(self, group: list[_Pending]) -> None:
-        """Chain and commit every queued entry in one transaction; settle each entry."""
+    def append_gathered(
+        self, gather: Callable[[], Sequence[Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """`append` of the bodies `gather()` returns, called once this store holds the write
+        lock (the head row read under it): what a caller queues while the store waits for
+        another process's commit is in this transaction, not the next one. Durable before it
+        returns, all stored or none (`gather` is called then too when the transaction failed
+        before it, so that its caller learns what the error was for)."""
+        self.ensure_schema()
+        entry = _Pending([])
+
+        def take() -> list[_Pending]:
+            entry.bodies = list(gather())
+            return [entry]
+
+        if not self._turn.acquire(timeout=self.lock_timeout):
+            raise AuditUnavailable(
+                f"audit store {self.safe_url}: no write turn within {self.lock_timeout:g} s"
+            )
+        try:
+            self._commit_group(take)
+        finally:
+            self._turn.release()
+        if entry.error is not None:
+            raise entry.error
+        return entry.payloads
+
+    def _take_queue(self) -> list[_Pending]:
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        return group
+
+    def _commit_group(self, gather: Callable[[], list[_Pending]]) -> None:
+        """Chain and commit, in one transaction, the entries `gather()` returns once the write
+        lock is held (the head row read); settle each entry. When the transaction fails before
+        `gather` was called, it is called then, and its entries get the error."""
         head, insert, move = self._append_statements()
+        group: list[_Pending] | None = None
         try:
             with self.transaction() as conn, DriverCursor(conn) as cursor:
                 row = cursor.one(head, {})
                 seq, prev = int(row[0]), str(row[1])
+                group = gather()
                 rows: list[dict[str, Any]] = []
                 chained: list[list[dict[str, Any]]] = []
                 for entry in group:
@@ -517,21 +552,23 @@ class AuditStore:
                         payloads.append(payload)
                         prev = payload["record_hash"]
                     chained.append(payloads)
-                cursor.many(insert, rows)
-                cursor.one(move, {"new_seq": seq, "new_hash": prev}, fetch=False)
+                if rows:
+                    cursor.many(insert, rows)
+                    cursor.one(move, {"new_seq": seq, "new_hash": prev}, fetch=False)
         except SQLAlchemyError as exc:
             error = AuditUnavailable(f"audit store {self.safe_url} is not writable: {reason(exc)}")
             error.__cause__ = exc
-            for entry in group:
+            for entry in group if group is not None else gather():
                 entry.settle(error=error)
         except BaseException as exc:
-            for entry in group:
+            for entry in group if group is not None else gather():
                 entry.settle(error=exc)
             raise
         else:
+            assert group is not None  # gathered inside the transaction that committed
             for entry, payloads in zip(group, chained, strict=True):
                 entry.settle(payloads=payloads)
-            if self.checkpoints is not None:
+            if self.checkpoints is not None and any(chained):
                 try:
                     self.checkpoints.note(seq, prev)
                 except AuditUnavailable as exc:  # the decisions are durable; the anchor is late
