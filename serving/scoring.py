@@ -632,14 +632,19 @@ def _margins_varying(
     (each row's margin does not depend on the others)."""
     if not asks:
         return []
+    engine = model.treeshap().with_threads(threads)
+    if len(asks) == 1:  # a single score's what-if: its row repeated, one column varied
+        row, name, values = asks[0]
+        X = np.repeat(M[row : row + 1], len(values), axis=0)
+        X[:, _view(model).slots[name]] = values
+        return [engine.margin(X)]
     counts = [len(v) for _, _, v in asks]
     at = np.repeat(np.array([r for r, _, _ in asks], dtype=np.intp), counts)
     slots = _view(model).slots
     cols = np.repeat(np.array([slots[n] for _, n, _ in asks], dtype=np.intp), counts)
     X = M[at]
     X[np.arange(len(at)), cols] = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
-    margin = model.treeshap().with_threads(threads).margin(X)
-    return np.split(margin, np.cumsum(counts)[:-1])
+    return np.split(engine.margin(X), np.cumsum(counts)[:-1])
 
 
 def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:

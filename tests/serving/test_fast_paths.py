@@ -249,6 +249,33 @@ def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> No
         assert scoring._sides(model, M, wanted[:few]) == _sides_as_before(model, M, wanted[:few])
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_a_single_what_if_is_the_bulk_paths(scoring_model: Any, data: st.DataObject) -> None:
+    """One (row, feature, values) ask, the what-if of a single score (its row repeated), gives
+    the margins the bulk path (rows gathered, values concatenated, margins split) gives it."""
+    model = scoring_model
+    view = scoring._view(model)
+    numeric = [n for n in view.names if view.features[n].kind != "categorical"]
+    rows = [
+        {n: data.draw(st.one_of(st.none(), st.floats(-1e3, 1e3))) for n in numeric}
+        for _ in range(data.draw(st.integers(1, 3)))
+    ]
+    M = model.records_matrix(rows)
+    asks = [
+        (
+            data.draw(st.integers(0, len(rows) - 1)),
+            data.draw(st.sampled_from(numeric)),
+            data.draw(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=6)),
+        )
+        for _ in range(data.draw(st.integers(2, 4)))
+    ]
+    bulk = scoring._margins_varying(model, M, asks)
+    for ask, margins in zip(asks, bulk, strict=True):
+        (alone,) = scoring._margins_varying(model, M, [ask])
+        assert alone.tobytes() == margins.tobytes()
+
+
 def _drivers_in_bulk(points: np.ndarray) -> tuple[list[int], list[int], list[float]]:
     """The drivers as the numpy path finds them for any number of rows (the oracle)."""
     orders = np.argsort(points, axis=1, kind="stable")[:, : scoring.N_REASONS]
