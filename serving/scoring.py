@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scf_risk.serving")
 N_REASONS = 4
+FEW_PROBES = N_REASONS
+"""Up to this many values probed (`_sides`), each value's nearest splits are searched one by
+one (fewer array calls); more, in bulk per feature. The same bounds either way."""
 DEFAULT_MIN_COVERAGE = 0.5
 DEFAULT_MAX_FEATURE_AGE_DAYS = 45
 Side = Literal["HIGH", "LOW"]
@@ -215,7 +218,7 @@ def explain_rows(
         expl = model.explain_matrix(M, method, threads=threads)
     except ModelInputError as exc:
         raise InvalidInput(("features",), str(exc)) from exc
-    names = list(model.feature_names)
+    names = _view(model).names
     values = recorded_values(model, rows)
     points = expl.point_values  # the model's feature order, as `names`
     reasons = _driver_reasons(
@@ -273,6 +276,28 @@ def matrix_reasons(
     return _driver_reasons(model, M, points, values_at)
 
 
+def drivers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """The drivers of each row of `points` (rows x features): the `N_REASONS` lowest points of
+    the row in a stable sort (ties in column order), those below 0, most negative first. Row
+    by row: their rows, their columns (numpy integer arrays) and their points.
+
+    One row (a single score) is sorted in Python: its negative points sorted stably by value
+    are the first of the whole row's stable sort (every negative sorts before 0, -0.0, any
+    positive and NaN, which numpy sorts last), so the drivers are the same columns in the same
+    order as the numpy path's, without its half-dozen array calls (tests/serving/
+    test_fast_paths.py)."""
+    if len(points) == 1:
+        row = points[0].tolist()
+        negative = [j for j, p in enumerate(row) if p < 0]
+        negative.sort(key=row.__getitem__)  # stable
+        cols = negative[:N_REASONS]
+        return np.zeros(len(cols), np.intp), np.array(cols, np.intp), [row[j] for j in cols]
+    orders = np.argsort(points, axis=1, kind="stable")[:, :N_REASONS]
+    kept = np.take_along_axis(points, orders, axis=1)
+    rows, ranks = np.nonzero(kept < 0)  # row-major: each row's drivers in order
+    return rows, orders[rows, ranks], kept[rows, ranks].tolist()
+
+
 def _driver_reasons(
     model: ScoringModel,
     M: np.ndarray,
@@ -284,18 +309,15 @@ def _driver_reasons(
     recorded of those cells. The order and sides are found for all rows at once."""
     from features.catalog import format_value
 
-    names = list(model.feature_names)
-    orders = np.argsort(points, axis=1, kind="stable")[:, :N_REASONS]
-    kept = np.take_along_axis(points, orders, axis=1)
-    rows, ranks = np.nonzero(kept < 0)  # row-major: each row's drivers in order
-    cols = orders[rows, ranks]
+    view = _view(model)
+    names = view.names
+    rows, cols, kept = drivers(points)
     values = values_at(rows, cols)
     row_list, col_list = rows.tolist(), cols.tolist()
     wanted = [(i, names[j], v) for i, j, v in zip(row_list, col_list, values, strict=True)]
     sides = _sides(model, M, wanted)
-    view = _view(model)
     out: list[list[Reason]] = [[] for _ in range(len(points))]
-    for (i, name, value), p in zip(wanted, kept[rows, ranks].tolist(), strict=True):
+    for (i, name, value), p in zip(wanted, kept, strict=True):
         f, codes = view.features[name], view.codes[name]
         if value is None:
             rc = codes["MISSING"]
@@ -610,14 +632,19 @@ def _margins_varying(
     (each row's margin does not depend on the others)."""
     if not asks:
         return []
+    engine = model.treeshap().with_threads(threads)
+    if len(asks) == 1:  # a single score's what-if: its row repeated, one column varied
+        row, name, values = asks[0]
+        X = np.repeat(M[row : row + 1], len(values), axis=0)
+        X[:, _view(model).slots[name]] = values
+        return [engine.margin(X)]
     counts = [len(v) for _, _, v in asks]
     at = np.repeat(np.array([r for r, _, _ in asks], dtype=np.intp), counts)
     slots = _view(model).slots
     cols = np.repeat(np.array([slots[n] for _, n, _ in asks], dtype=np.intp), counts)
     X = M[at]
     X[np.arange(len(at)), cols] = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
-    margin = model.treeshap().with_threads(threads).margin(X)
-    return np.split(margin, np.cumsum(counts)[:-1])
+    return np.split(engine.margin(X), np.cumsum(counts)[:-1])
 
 
 def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
@@ -657,22 +684,35 @@ def _sides(
         values.append(float(recorded))
     if not rows:
         return out
-    value = np.array(values, dtype=np.float64)
-    below, above = value.copy(), value.copy()
-    named = np.array(names, dtype=object)
-    for name in dict.fromkeys(names):
-        cuts = view.splits.get(name, _NO_SPLITS)
-        if not len(cuts):
-            continue
-        at = np.flatnonzero(named == name)
-        k = np.searchsorted(cuts, value[at], side="left")  # cuts[:k] < value <= cuts[k:]
-        has_below, has_above = k > 0, k < len(cuts)
-        below[at[has_below]] = cuts[k[has_below] - 1]
-        above[at[has_above]] = np.nextafter(cuts[k[has_above]], np.inf)
     n = len(rows)
+    probes: Any
+    if n <= FEW_PROBES:  # a single score's drivers: each value's nearest splits one by one
+        probes = []
+        for name, v in zip(names, values, strict=True):
+            cuts = view.splits.get(name, _NO_SPLITS)
+            j = int(cuts.searchsorted(v, side="left"))  # cuts[:j] < v <= cuts[j:]
+            probes += (
+                v,
+                cuts[j - 1] if j > 0 else v,
+                np.nextafter(cuts[j], np.inf) if j < len(cuts) else v,
+            )
+    else:
+        value = np.array(values, dtype=np.float64)
+        below, above = value.copy(), value.copy()
+        named = np.array(names, dtype=object)
+        for name in dict.fromkeys(names):
+            cuts = view.splits.get(name, _NO_SPLITS)
+            if not len(cuts):
+                continue
+            at = np.flatnonzero(named == name)
+            k = np.searchsorted(cuts, value[at], side="left")  # cuts[:k] < value <= cuts[k:]
+            has_below, has_above = k > 0, k < len(cuts)
+            below[at[has_below]] = cuts[k[has_below] - 1]
+            above[at[has_above]] = np.nextafter(cuts[k[has_above]], np.inf)
+        probes = np.column_stack([value, below, above]).ravel()
     X = np.repeat(M[np.array(rows, dtype=np.intp)], 3, axis=0)
     cols = np.repeat(np.array([view.slots[name] for name in names], dtype=np.intp), 3)
-    X[np.arange(3 * n), cols] = np.column_stack([value, below, above]).ravel()
+    X[np.arange(3 * n), cols] = probes
     margin = model.treeshap().with_threads(1).margin(X).reshape(n, 3)
     high = (margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]).tolist()
     for i, name, h in zip(rows, names, high, strict=True):

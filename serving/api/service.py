@@ -89,27 +89,36 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+Take = Callable[[], list[Group]]
+"""What a commit calls once it holds the write turn: the groups queued until then
+(`LoopCommits`)."""
+
+
 class LoopCommits:
     """Decisions recorded from the event loop, committed in groups on one thread of their own.
 
-    A request queues its decisions and waits on a future; while no commit is under way, the
-    queue goes to the thread as one append (one transaction, one fsync), and whatever queues
-    meanwhile is the next group. A future is resolved only when the transaction holding its
-    records has committed (or failed: then every request of the group gets the error and none
-    of its records is stored, as `AuditStore.append` promises). One thread hop per group, not
-    per request, and the loop never waits on the database.
+    A request queues its decisions and waits on a future; while no commit is under way, a commit
+    starts on the thread, and the queue is taken when that commit holds the database's write turn
+    (`AuditStore.append_gathered`): whatever queued while it waited for the turn (another worker
+    process committing, a batch's append) is in the same transaction, one fsync for all of them.
+    What queues after is the next group. A future is resolved only when the transaction holding
+    its records has committed (or failed: then every request of the group gets the error and none
+    of its records is stored, as `AuditStore.append` promises). One thread hop per group, not per
+    request, and the loop never waits on the database.
     """
 
-    def __init__(self, commit: Callable[[Sequence[Group]], list[list[dict[str, Any]]]]) -> None:
+    def __init__(self, commit: Callable[[Take], list[list[dict[str, Any]]]]) -> None:
         self._commit = commit
         self._queue: list[tuple[Group, asyncio.Future[list[dict[str, Any]]]]] = []
+        self._lock = threading.Lock()  # the queue: appended on the loop, taken on the thread
         self._drain: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="scf-risk-audit")
 
     async def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
-        self._queue.append(((decisions, caller), done))
+        with self._lock:
+            self._queue.append(((decisions, caller), done))
         if self._drain is None:
             self._drain = loop.create_task(self._commit_queued(loop))
         return await done
@@ -117,17 +126,26 @@ class LoopCommits:
     async def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             while self._queue:
-                group, self._queue = self._queue, []
+                group: list[tuple[Group, asyncio.Future[list[dict[str, Any]]]]] = []
+
+                def take(group: list[Any] = group) -> list[Group]:
+                    with self._lock:
+                        queued, self._queue = self._queue, []
+                    group.extend(queued)
+                    return [g for g, _ in queued]
+
                 try:
-                    stored = await loop.run_in_executor(
-                        self._thread, self._commit, [g for g, _ in group]
-                    )
+                    stored = await loop.run_in_executor(self._thread, self._commit, take)
                 except Exception as exc:  # the group's error, handed to each of its requests
+                    if not group:  # failed before it took the queue: the queue was its group
+                        take()
                     for _, done in group:
                         if not done.done():
                             done.set_exception(exc)
                     continue
                 except BaseException:  # the loop is closing: nobody is left to answer
+                    if not group:
+                        take()
                     for _, done in group:
                         done.cancel()
                     raise
@@ -207,7 +225,7 @@ class Service:
             )
         self._watcher = Watcher(self.follow, self.settings.reload_poll_seconds)
         self._watcher.start()
-        self._commits = LoopCommits(self.record_groups)
+        self._commits = LoopCommits(self.record_gathered)
         if self.tune_gc:
             gc.set_threshold(*GC_THRESHOLDS)
             settle_heap()
@@ -263,7 +281,18 @@ class Service:
     ) -> list[list[dict[str, Any]]]:
         """`record` for several callers' decisions in one append (one transaction): each
         group's stored payloads, in order; all stored or none."""
-        stored = self.store.append([d.body(caller) for ds, caller in groups for d in ds])
+        return self.record_gathered(lambda: list(groups))
+
+    def record_gathered(self, take: Take) -> list[list[dict[str, Any]]]:
+        """`record_groups` of the groups `take()` returns once the audit store holds its write
+        turn (`AuditStore.append_gathered`): each group's stored payloads, in order."""
+        groups: list[Group] = []
+
+        def bodies() -> list[dict[str, Any]]:
+            groups.extend(take())
+            return [d.body(caller) for ds, caller in groups for d in ds]
+
+        stored = self.store.append_gathered(bodies)
         for payload in stored:
             self.metrics.decisions.labels(payload["grade"]).inc()
         out: list[list[dict[str, Any]]] = []

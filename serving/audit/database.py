@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import sqlalchemy as sa
@@ -137,3 +141,94 @@ def make_engine(url: str, *, immediate: bool = False, lock_timeout: float | None
         conn.exec_driver_sql(begin_sql)
 
     return engine
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A SQLAlchemy Core statement compiled once for one dialect, run on the driver's own cursor
+    (`DriverCursor`): the statements every append runs, without SQLAlchemy's per-execution work
+    (cache lookup, execution context, events, result wrapping), which cost several times the
+    driver's own execution of them. The same SQL and the same bound values as ``conn.execute``
+    (the statement's own literals, e.g. the head row's id, plus the values given, each through
+    its type's bind processor if the dialect has one)."""
+
+    sql: str
+    names: tuple[str, ...] | None  # positional drivers: the parameters in order; None: named
+    defaults: Mapping[str, Any]
+    processors: Mapping[str, Callable[[Any], Any]]
+
+    @classmethod
+    def of(
+        cls, stmt: Any, dialect: sa.Dialect, column_keys: Sequence[str] | None = None
+    ) -> DriverStatement:
+        compiled = stmt.compile(
+            dialect=dialect, column_keys=list(column_keys) if column_keys is not None else None
+        )
+        processors = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        names = tuple(compiled.positiontup or ()) if compiled.positional else None
+        return cls(str(compiled), names, dict(compiled.params), processors)
+
+    def parameters(self, values: Mapping[str, Any]) -> Any:
+        """The driver's parameters for `values` (and the statement's own literals)."""
+        merged = {**self.defaults, **values}
+        for name, process in self.processors.items():
+            if name in merged:
+                merged[name] = process(merged[name])
+        if self.names is None:
+            return merged
+        return tuple(merged[name] for name in self.names)
+
+
+class DriverCursor:
+    """The driver's cursor of a SQLAlchemy connection inside its transaction, for
+    `DriverStatement`s. A driver error is raised as SQLAlchemy's (`sa.exc.DBAPIError.instance`:
+    OperationalError, IntegrityError ...), as ``conn.execute`` raises it, so the transaction
+    that catches it discards the connection and the store answers AuditUnavailable."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+        self._dbapi_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+        self._cursor: Any = None
+
+    def __enter__(self) -> DriverCursor:
+        driver: Any = self._conn.connection.dbapi_connection
+        self._cursor = self._run("cursor()", None, driver.cursor)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        cursor, self._cursor = self._cursor, None
+        with suppress(self._dbapi_error):  # the transaction's own end (or error) decides
+            cursor.close()
+
+    def one(self, stmt: DriverStatement, values: Mapping[str, Any], *, fetch: bool = True) -> Any:
+        """Run `stmt` once; its first row when `fetch` (NoResultFound when there is none)."""
+        params = stmt.parameters(values)
+        self._run(stmt.sql, params, lambda: self._cursor.execute(stmt.sql, params))
+        if not fetch:
+            return None
+        row = self._run(stmt.sql, params, self._cursor.fetchone)
+        if row is None:
+            raise sa.exc.NoResultFound(f"no row: {stmt.sql}")
+        return row
+
+    def many(self, stmt: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run `stmt` once per row (the driver's executemany)."""
+        params = [stmt.parameters(r) for r in rows]
+        self._run(stmt.sql, params, lambda: self._cursor.executemany(stmt.sql, params))
+
+    def _run(self, sql: str, params: Any, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except self._dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(
+                sql, params, exc, self._dbapi_error, dialect=self._conn.dialect
+            ) from exc

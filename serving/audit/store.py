@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +42,13 @@ from serving.audit.canonical import (
     legacy_record_hash,
     record_hash,
 )
-from serving.audit.database import WriterTurn, make_engine, url_lock_timeout
+from serving.audit.database import (
+    DriverCursor,
+    DriverStatement,
+    WriterTurn,
+    make_engine,
+    url_lock_timeout,
+)
 from serving.audit.signing import PublicKeys, Signer
 from serving.exceptions import AuditCorrupt, AuditUnavailable, DecisionNotFound
 
@@ -67,6 +73,8 @@ MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
+ROW_COLUMNS = (*INDEXED, "seq", "payload", "prev_hash", "record_hash", "signature", "key_id")
+"""Every column of a decision's row, as `AuditStore._row` fills them."""
 
 
 @dataclass(eq=False)
@@ -223,6 +231,9 @@ class AuditStore:
         self._queue_lock = threading.Lock()
         self._turn = threading.Lock()
         self._writer = make_engine(url, immediate=True, lock_timeout=lock_timeout)
+        self._driver_statements: tuple[DriverStatement, DriverStatement, DriverStatement] | None = (
+            None
+        )
         self._reader = make_engine(url, lock_timeout=lock_timeout) if self._sqlite else self._writer
         self._schema_ready = False
         self.signer = signer
@@ -437,8 +448,9 @@ class AuditStore:
         the stored payloads (with decision_id, sequence, created_at, prev_hash, record_hash).
 
         Group commit: concurrent callers of this process queue their bodies; whichever gets the
-        writer's turn commits everything queued in one transaction (one fsync for the group) and
-        hands each caller its own payloads. Nobody returns before the transaction holding its
+        writer's turn commits everything queued by the time it holds the database's write lock
+        (the head row) in one transaction (one fsync for the group) and hands each caller its
+        own payloads. Nobody returns before the transaction holding its
         records is committed; if it fails, every caller in the group gets `AuditUnavailable` and
         nothing of the group is stored.
         """
@@ -451,9 +463,7 @@ class AuditStore:
         if self._turn.acquire(timeout=self.lock_timeout):
             try:
                 if not entry.done.is_set():
-                    with self._queue_lock:
-                        group, self._queue = self._queue, []
-                    self._commit_group(group)
+                    self._commit_group(self._take_queue)
             finally:
                 self._turn.release()
         else:
@@ -470,12 +480,49 @@ class AuditStore:
             raise entry.error
         return entry.payloads
 
-    def _commit_group(self, group: list[_Pending]) -> None:
-        """Chain and commit every queued entry in one transaction; settle each entry."""
+    def append_gathered(
+        self, gather: Callable[[], Sequence[Mapping[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """`append` of the bodies `gather()` returns, called once this store holds the write
+        lock (the head row read under it): what a caller queues while the store waits for
+        another process's commit is in this transaction, not the next one. Durable before it
+        returns, all stored or none (`gather` is called then too when the transaction failed
+        before it, so that its caller learns what the error was for)."""
+        self.ensure_schema()
+        entry = _Pending([])
+
+        def take() -> list[_Pending]:
+            entry.bodies = list(gather())
+            return [entry]
+
+        if not self._turn.acquire(timeout=self.lock_timeout):
+            raise AuditUnavailable(
+                f"audit store {self.safe_url}: no write turn within {self.lock_timeout:g} s"
+            )
         try:
-            with self.transaction() as conn:
-                row = conn.execute(self._head_for_update).one()
-                seq, prev = int(row.seq), str(row.record_hash)
+            self._commit_group(take)
+        finally:
+            self._turn.release()
+        if entry.error is not None:
+            raise entry.error
+        return entry.payloads
+
+    def _take_queue(self) -> list[_Pending]:
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        return group
+
+    def _commit_group(self, gather: Callable[[], list[_Pending]]) -> None:
+        """Chain and commit, in one transaction, the entries `gather()` returns once the write
+        lock is held (the head row read); settle each entry. When the transaction fails before
+        `gather` was called, it is called then, and its entries get the error."""
+        head, insert, move = self._append_statements()
+        group: list[_Pending] | None = None
+        try:
+            with self.transaction() as conn, DriverCursor(conn) as cursor:
+                row = cursor.one(head, {})
+                seq, prev = int(row[0]), str(row[1])
+                group = gather()
                 rows: list[dict[str, Any]] = []
                 chained: list[list[dict[str, Any]]] = []
                 for entry in group:
@@ -505,25 +552,39 @@ class AuditStore:
                         payloads.append(payload)
                         prev = payload["record_hash"]
                     chained.append(payloads)
-                conn.execute(self._insert_decisions, rows)
-                conn.execute(self._move_head, {"new_seq": seq, "new_hash": prev})
+                if rows:
+                    cursor.many(insert, rows)
+                    cursor.one(move, {"new_seq": seq, "new_hash": prev}, fetch=False)
         except SQLAlchemyError as exc:
             error = AuditUnavailable(f"audit store {self.safe_url} is not writable: {reason(exc)}")
             error.__cause__ = exc
-            for entry in group:
+            for entry in group if group is not None else gather():
                 entry.settle(error=error)
         except BaseException as exc:
-            for entry in group:
+            for entry in group if group is not None else gather():
                 entry.settle(error=exc)
             raise
         else:
+            assert group is not None  # gathered inside the transaction that committed
             for entry, payloads in zip(group, chained, strict=True):
                 entry.settle(payloads=payloads)
-            if self.checkpoints is not None:
+            if self.checkpoints is not None and any(chained):
                 try:
                     self.checkpoints.note(seq, prev)
                 except AuditUnavailable as exc:  # the decisions are durable; the anchor is late
                     log.error("checkpoint not written: %s", exc)
+
+    def _append_statements(self) -> tuple[DriverStatement, DriverStatement, DriverStatement]:
+        """The three statements of every append (lock and read the head, insert the records,
+        move the head), compiled once for the writer's driver (`DriverStatement`)."""
+        if self._driver_statements is None:
+            dialect = self._writer.dialect
+            self._driver_statements = (
+                DriverStatement.of(self._head_for_update, dialect),
+                DriverStatement.of(self._insert_decisions, dialect, ROW_COLUMNS),
+                DriverStatement.of(self._move_head, dialect),
+            )
+        return self._driver_statements
 
     @staticmethod
     def _row(payload: Mapping[str, Any], text: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -149,27 +150,39 @@ def test_concurrent_appends_from_threads_keep_one_chain(store: AuditStore) -> No
     assert store.verify().ok
 
 
-def _hold_first_group(store: AuditStore, monkeypatch: pytest.MonkeyPatch, others: int) -> list[int]:
-    """Make the first group's writer wait until `others` more callers are queued; returns the
-    size of every committed group."""
+def _hold_first_group(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch, others: int
+) -> tuple[list[int], threading.Event]:
+    """Make the first group's writer, once it has taken its group (inside its transaction: the
+    queue is taken when the write lock is held), wait until `others` more callers are queued;
+    returns the size of every committed group, and an event set when the first group is taken
+    (`_append_all` starts the other callers then)."""
     original = store._commit_group
     sizes: list[int] = []
+    taken = threading.Event()
 
-    def held(group: list) -> None:  # type: ignore[type-arg]
-        if not sizes:
-            deadline = time.monotonic() + 20
-            while len(store._queue) < others and time.monotonic() < deadline:
-                time.sleep(0.005)
-        sizes.append(len(group))
-        original(group)
+    def held(gather: Callable[[], list]) -> None:  # type: ignore[type-arg]
+        def gather_then_wait() -> list:  # type: ignore[type-arg]
+            group = gather()
+            if not sizes:
+                taken.set()
+                deadline = time.monotonic() + 20
+                while len(store._queue) < others and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            sizes.append(len(group))
+            return group
+
+        original(gather_then_wait)
 
     monkeypatch.setattr(store, "_commit_group", held)
-    return sizes
+    return sizes, taken
 
 
 def _append_all(
-    store: AuditStore, n: int
+    store: AuditStore, n: int, first_taken: threading.Event
 ) -> tuple[list[list[dict[str, object]]], list[BaseException]]:
+    """`n` callers appending two records each; the first alone, the others once its group is
+    taken (they queue while its transaction is under way)."""
     results: list[list[dict[str, object]]] = [[] for _ in range(n)]
     errors: list[BaseException] = []
 
@@ -180,7 +193,9 @@ def _append_all(
             errors.append(exc)
 
     threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
-    for th in threads:
+    threads[0].start()
+    assert first_taken.wait(20)
+    for th in threads[1:]:
         th.start()
     for th in threads:
         th.join(60)
@@ -191,8 +206,8 @@ def test_concurrent_appends_are_committed_as_one_group(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.ensure_schema()
-    sizes = _hold_first_group(store, monkeypatch, others=11)
-    results, errors = _append_all(store, 12)
+    sizes, taken = _hold_first_group(store, monkeypatch, others=11)
+    results, errors = _append_all(store, 12, taken)
     assert not errors
     assert sizes == [1, 11]  # the 11 callers that queued meanwhile shared one transaction
     for k, payloads in enumerate(results):  # each caller got back its own two records
@@ -209,7 +224,7 @@ def test_a_failed_group_fails_every_caller_in_it_and_stores_none(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(store, 2)
-    sizes = _hold_first_group(store, monkeypatch, others=5)
+    sizes, taken = _hold_first_group(store, monkeypatch, others=5)
     real_row = AuditStore._row
     calls = 0
 
@@ -222,7 +237,7 @@ def test_a_failed_group_fails_every_caller_in_it_and_stores_none(
         return out
 
     monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
-    results, errors = _append_all(store, 6)
+    results, errors = _append_all(store, 6, taken)
     assert sizes == [1, 5]
     assert len(errors) == 5 and all(isinstance(e, AuditUnavailable) for e in errors)
     assert sum(1 for r in results if r) == 1  # only the first caller's records were stored
@@ -275,6 +290,70 @@ def test_read_only_database_fails_closed(tmp_path: Path) -> None:
         ro.append([body(2)])
     assert ro.count() == 1  # still readable
     ro.dispose()
+
+
+def test_a_driver_error_in_an_append_is_unavailable_and_stores_nothing(store: AuditStore) -> None:
+    """The append's statements run on the driver's cursor (`DriverCursor`): its errors (a
+    duplicate sequence number, a missing head row) are AuditUnavailable like any database
+    error, nothing of the group is stored, and the store writes again once the cause is gone."""
+    store.append([body(1), body(2)])
+    with store.transaction() as conn:  # the head moved back: the next record collides
+        conn.execute(sa.update(store.head).values(seq=1))
+    with pytest.raises(AuditUnavailable, match="not writable"):
+        store.append([body(3)])
+    assert store.count() == 2
+    with store.transaction() as conn:
+        conn.execute(sa.delete(store.head))
+    with pytest.raises(AuditUnavailable, match="not writable"):
+        store.append([body(4)])
+    assert store.count() == 2
+    last = store.record_at(2)
+    with store.transaction() as conn:
+        conn.execute(sa.insert(store.head).values(id=1, seq=2, record_hash=last.record_hash))
+    (stored,) = store.append([body(5)])
+    assert stored["sequence"] == 3 and store.verify().ok
+
+
+def test_append_gathered_takes_what_queued_while_it_waited_for_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """`append_gathered` asks for its bodies once it holds the write lock: what queued while
+    another writer held the database is in its one transaction, not left for the next."""
+    import sqlite3
+
+    path = tmp_path / "a.db"
+    store = AuditStore(f"sqlite:///{path}")
+    store.append([body(0)])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the database
+    queued = [body(1)]
+    calls: list[int] = []
+
+    def gather() -> list[dict[str, object]]:
+        calls.append(len(queued))
+        return list(queued)
+
+    done: list[list[dict[str, object]]] = []
+    writer = threading.Thread(target=lambda: done.append(store.append_gathered(gather)))
+    writer.start()
+    time.sleep(0.3)
+    assert not done and not calls  # waiting for the lock, nothing taken yet
+    queued += [body(2), body(3)]  # arrive meanwhile
+    other.execute("COMMIT")
+    writer.join(10)
+    assert calls == [3] and [p["sequence"] for p in done[0]] == [2, 3, 4]
+    assert store.count() == 4 and store.verify().ok
+    other.close()
+    store.dispose()
+
+
+def test_append_gathered_on_an_unreachable_store_is_unavailable(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "nowhere").write_text("a file where a folder should be")
+    store = AuditStore(f"sqlite:///{tmp_path}/nowhere/x/a.db")
+    with pytest.raises(AuditUnavailable):
+        store.append_gathered(lambda: [body(1)])
 
 
 def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:

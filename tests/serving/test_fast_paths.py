@@ -245,6 +245,73 @@ def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> No
         for name in data.draw(st.lists(st.sampled_from(view.names), max_size=8, unique=True))
     ]
     assert scoring._sides(model, M, wanted) == _sides_as_before(model, M, wanted)
+    for few in range(1, scoring.FEW_PROBES + 1):  # a single score's drivers: searched one by one
+        assert scoring._sides(model, M, wanted[:few]) == _sides_as_before(model, M, wanted[:few])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_a_single_what_if_is_the_bulk_paths(scoring_model: Any, data: st.DataObject) -> None:
+    """One (row, feature, values) ask, the what-if of a single score (its row repeated), gives
+    the margins the bulk path (rows gathered, values concatenated, margins split) gives it."""
+    model = scoring_model
+    view = scoring._view(model)
+    numeric = [n for n in view.names if view.features[n].kind != "categorical"]
+    rows = [
+        {n: data.draw(st.one_of(st.none(), st.floats(-1e3, 1e3))) for n in numeric}
+        for _ in range(data.draw(st.integers(1, 3)))
+    ]
+    M = model.records_matrix(rows)
+    asks = [
+        (
+            data.draw(st.integers(0, len(rows) - 1)),
+            data.draw(st.sampled_from(numeric)),
+            data.draw(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=6)),
+        )
+        for _ in range(data.draw(st.integers(2, 4)))
+    ]
+    bulk = scoring._margins_varying(model, M, asks)
+    for ask, margins in zip(asks, bulk, strict=True):
+        (alone,) = scoring._margins_varying(model, M, [ask])
+        assert alone.tobytes() == margins.tobytes()
+
+
+def _drivers_in_bulk(points: np.ndarray) -> tuple[list[int], list[int], list[float]]:
+    """The drivers as the numpy path finds them for any number of rows (the oracle)."""
+    orders = np.argsort(points, axis=1, kind="stable")[:, : scoring.N_REASONS]
+    kept = np.take_along_axis(points, orders, axis=1)
+    rows, ranks = np.nonzero(kept < 0)
+    return rows.tolist(), orders[rows, ranks].tolist(), kept[rows, ranks].tolist()
+
+
+POINT_VALUES = st.sampled_from([-2.5, -1.0, -1e-300, -0.0, 0.0, 1e-300, 1.0, 3.0, math.nan])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda k: st.lists(
+            st.lists(st.one_of(POINT_VALUES, st.floats(-5, 5)), min_size=k, max_size=k),
+            min_size=1,
+            max_size=4,
+        )
+    )
+)
+def test_a_single_rows_drivers_are_the_bulk_paths(matrix: list[list[float]]) -> None:
+    """One row's drivers, sorted in Python (`scoring.drivers`), are the columns, order and
+    points the numpy path gives that row (ties, zeros of both signs and NaN included); and
+    several rows still go the numpy way."""
+    points = np.array(matrix, dtype=np.float64)
+    for i in range(len(points)):
+        rows, cols, kept = scoring.drivers(points[i : i + 1])
+        assert rows.dtype == cols.dtype == np.intp
+        want_rows, want_cols, want_kept = _drivers_in_bulk(points[i : i + 1])
+        assert (rows.tolist(), cols.tolist()) == (want_rows, want_cols)
+        assert np.array_equal(kept, want_kept) and all(
+            math.copysign(1, a) == math.copysign(1, b) for a, b in zip(kept, want_kept, strict=True)
+        )
+    rows, cols, kept = scoring.drivers(points)
+    assert (rows.tolist(), cols.tolist(), kept) == _drivers_in_bulk(points)
 
 
 TUNED = """
@@ -352,3 +419,73 @@ def test_a_models_view_goes_with_its_booster() -> None:
     del model
     gc.collect()
     assert booster() is None
+
+
+VOLATILE = ("decision_id", "receipt")
+"""What differs between two decisions on the same request: its id and its record's receipt."""
+
+
+def _comparable(response: Any) -> tuple[int, dict[str, str], Any]:
+    """A response without what differs between two occurrences (a decision's id and receipt,
+    an error's instance id, the date header)."""
+    headers = {k: v for k, v in response.headers.items() if k not in ("date", "content-length")}
+    doc = response.json()
+    if isinstance(doc, dict):
+        doc = {k: v for k, v in doc.items() if k not in (*VOLATILE, "instance")}
+    return response.status_code, headers, _typed(doc)
+
+
+def test_the_score_route_answers_as_its_declared_endpoint(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    """``POST /v1/scores`` resolves its caller, body and service itself (`handle_score`), not
+    through FastAPI's dependency graph: every answer, success or error, and the order of the
+    checks (key before role before Content-Type before the body) are those of `post_score`
+    declared as a plain route."""
+    from fastapi.routing import APIRoute
+
+    from serving.api.routes.scores import ScoreRoute, handle_score, post_score, router
+
+    route = next(r for r in router.routes if getattr(r, "path", None) == "/v1/scores")
+    assert isinstance(route, ScoreRoute) and route.get_route_handler() is handle_score
+    client.app.add_api_route("/v1/scores-declared", post_score, methods=["POST"])  # type: ignore[attr-defined]
+    declared = client.app.routes[-1]  # type: ignore[attr-defined]
+    assert type(declared) is APIRoute
+    good = {"sme_id": "S1", "as_of": "2024-06-30", "features": FEATURES, "allow_sparse": True}
+    as_json = {"Content-Type": "application/json"}
+    cases: list[tuple[dict[str, str], bytes]] = [
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps(good).encode()),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps({**good, "sme_id": "S2"}).encode()),
+        (as_json, json.dumps(good).encode()),  # no key
+        ({"X-API-Key": "", **as_json}, json.dumps(good).encode()),  # empty key
+        ({"X-API-Key": "sk_wrong", **as_json}, json.dumps(good).encode()),
+        ({"X-API-Key": keys["auditor"], **as_json}, json.dumps(good).encode()),  # wrong role
+        ({"X-API-Key": keys["scorer"], "Content-Type": "text/plain"}, json.dumps(good).encode()),
+        ({"X-API-Key": keys["scorer"]}, json.dumps(good).encode()),  # no Content-Type
+        ({"Content-Type": "text/plain"}, b"not json"),  # no key and not JSON: 401 first
+        ({"X-API-Key": keys["auditor"], "Content-Type": "text/plain"}, b"{}"),  # 403 first
+        ({"X-API-Key": keys["scorer"], **as_json}, b"{not json"),
+        ({"X-API-Key": keys["scorer"], **as_json}, b""),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps({**good, "extra": 1}).encode()),
+        (
+            {"X-API-Key": keys["scorer"], **as_json},
+            json.dumps({**good, "features": {"dso_90d": -5.0}}).encode(),
+        ),
+        (
+            {"X-API-Key": keys["scorer"], **as_json},
+            json.dumps({**good, "features": {"nope": 1.0}}).encode(),
+        ),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps({"sme_id": "S9"}).encode()),
+        ({"X-API-Key": keys["scorer"], **as_json}, json.dumps(good | {"sme_id": "S3"}).encode()),
+        (  # too few features without allow_sparse
+            {"X-API-Key": keys["scorer"], **as_json},
+            json.dumps({**good, "allow_sparse": False}).encode(),
+        ),
+    ]
+    statuses = set()
+    for headers, body in cases:
+        fast = client.post("/v1/scores", content=body, headers=headers)
+        plain = client.post("/v1/scores-declared", content=body, headers=headers)
+        assert _comparable(fast) == _comparable(plain), (headers, body)
+        statuses.add(fast.status_code)
+    assert statuses == {200, 401, 403, 415, 422}

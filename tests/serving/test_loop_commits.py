@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,15 +17,21 @@ from serving.exceptions import AuditUnavailable
 
 class FakeCommit:
     """Stores each group's decisions as payloads; the first commit is slow, so that the requests
-    that arrive meanwhile queue into the next group."""
+    that arrive meanwhile queue into the next group. `wait_for_turn`: seconds each commit waits
+    for the database's write turn before it takes the queue (another process committing)."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, wait_for_turn: float = 0.0) -> None:
         self.groups: list[int] = []
         self.fail = fail
+        self.wait_for_turn = wait_for_turn
         self.thread: str | None = None
 
-    def __call__(self, groups: Sequence[tuple[Sequence[Any], Any]]) -> list[list[dict[str, Any]]]:
+    def __call__(
+        self, take: Callable[[], Sequence[tuple[Sequence[Any], Any]]]
+    ) -> list[list[dict[str, Any]]]:
         self.thread = threading.current_thread().name
+        time.sleep(self.wait_for_turn)
+        groups = take()
         self.groups.append(len(groups))
         if len(self.groups) == 1:
             time.sleep(0.2)
@@ -95,3 +101,47 @@ def test_a_request_that_left_does_not_stop_the_others() -> None:
     finally:
         commits.close()
     assert commit.groups == [1, 2]
+
+
+def test_requests_queued_while_a_commit_waits_for_its_write_turn_join_that_commit() -> None:
+    """The queue is taken when the commit holds the write turn, not when it starts: requests
+    that arrive while it waits (another worker process committing) share its transaction."""
+    commit = FakeCommit(wait_for_turn=0.2)
+    commits = LoopCommits(commit)
+
+    async def run() -> list[list[dict[str, Any]]]:
+        first = asyncio.ensure_future(commits.record(["a"], "k0"))
+        await asyncio.sleep(0.05)  # its commit has started and waits for the turn
+        rest = asyncio.gather(*(commits.record([f"d{i}"], f"k{i}") for i in range(1, 4)))
+        return [await first, *await rest]
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        commits.close()
+    assert commit.groups == [4]  # one transaction, one fsync, for all four
+    assert answers == [
+        [{"decision": d, "caller": f"k{i}"}] for i, d in enumerate(["a", "d1", "d2", "d3"])
+    ]
+
+
+def test_a_commit_that_fails_before_it_takes_the_queue_fails_the_queue() -> None:
+    """A commit that fails before it holds the write turn (the store refused at once) answers
+    the requests it was started for with the error; none is left waiting."""
+
+    def refuse(take: Callable[[], Any]) -> list[list[dict[str, Any]]]:
+        raise AuditUnavailable("audit store: no write turn within 30 s")
+
+    commits = LoopCommits(refuse)
+
+    async def run() -> list[BaseException | list[dict[str, Any]]]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(commits.record([i], "k") for i in range(3)), return_exceptions=True),
+            timeout=10,
+        )
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        commits.close()
+    assert len(answers) == 3 and all(isinstance(a, AuditUnavailable) for a in answers)
