@@ -383,9 +383,17 @@ def assemble(
         params={
             "lightgbm": {k: v for k, v in params.items()},
             "best_iteration": grown.best_iteration,
+            "bag_seeds": _bag_seeds(params, len(prep.split.fit)),
             "train": cfg.as_params(),
         },
     )
+
+
+def _bag_seeds(params: dict[str, Any], fit_rows: int) -> list[int]:
+    """The seeds of the boosters the model averages (`training.booster.bag_size`); one booster:
+    its seed."""
+    bag = boosting.bag_size(fit_rows)
+    return boosting.bag_seeds(int(params["seed"]), bag) if bag > 1 else [int(params["seed"])]
 
 
 def grow(
@@ -403,13 +411,21 @@ def grow(
     X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     sme = prep.data["sme_id"].to_numpy()
     say = steps.say
+    bag = boosting.bag_size(len(split.fit))  # every booster below is a bag of this many
     trainer: boosting.Trainer = (
-        boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers)
+        boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers, bag)
         if cfg.engine == "dask"
-        else boosting.LocalTrainer(catalog, params)
+        else boosting.LocalTrainer(catalog, params, bag)
     )
+    if bag > 1:
+        model_fit = None  # the search grew one booster; the model is a bag
     with trainer:
         grown_by = "the best trial of the search" if model_fit else f"{cfg.engine} engine"
+        if bag > 1:
+            grown_by += (
+                f", the mean of {bag} boosters differing in their seed: fewer than "
+                f"{boosting.SMALL_DATA_ROWS:,} fit rows"
+            )
         say(f"training LightGBM ({grown_by}) on {len(split.fit):,} rows")
         fit_rows = trainer.rows(X[split.fit], y[split.fit])  # binned once: the folds share it
         grown = model_fit or trainer.train(
