@@ -1,4 +1,5 @@
-"""Growing the LightGBM booster: parameters, early stopping, the Dask engine and Optuna tuning.
+"""Growing the LightGBM booster: parameters, early stopping, the bag of boosters on small data,
+the Dask engine and Optuna tuning.
 
 Every function takes float matrices in catalog order (categoricals as integer codes, NaN =
 missing, see `training.model.to_matrix`) so the pandas and Dask engines see the same data.
@@ -156,7 +157,7 @@ def staged_log_loss(boosters: Sequence[lgb.Booster], X: np.ndarray, y: np.ndarra
         rows = X[lo : lo + 1024]
         margin = np.zeros((len(rows), n))
         for booster, values in zip(boosters, leaves, strict=True):
-            reached = booster.predict(rows, pred_leaf=True, num_iteration=n).astype(np.int64)
+            reached = np.asarray(booster.predict(rows, pred_leaf=True, num_iteration=n), np.int64)
             margin += np.column_stack([v[reached[:, t]] for t, v in enumerate(values)])
         margin = np.cumsum(margin / len(boosters), axis=1)  # rows x iterations
         sign = 2.0 * y[lo : lo + 1024, None] - 1.0

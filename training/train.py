@@ -407,7 +407,9 @@ def grow(
     already grown with `params`), the cross-fitted margins of the fit rows, OOT margins from
     boosters that never saw the row's SME, and the margins of the calibration rows from the
     calibration booster (empty without calibration months). The fit rows are binned once; the
-    other boosters grow on subsets of them, with the same bins."""
+    other boosters grow on subsets of them, with the same bins. On small data each of these
+    boosters is a bag (`training.booster.bag_size`: the mean of 5 differing in their seed, below
+    20,000 fit rows), so that the calibration and cross-fitted margins stand for the model."""
     X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     sme = prep.data["sme_id"].to_numpy()
     say = steps.say

@@ -120,7 +120,7 @@ def test_a_bag_is_the_mean_of_its_boosters_and_reproducible() -> None:
     np.testing.assert_allclose(margin, mean, rtol=0, atol=1e-12)
     assert np.ptp(mean - members[0].predict(X, raw_score=True)) > 1e-3  # the seeds differ
     assert fit.best_iteration == 20 and fit.booster.num_trees() == 60
-    contributions = fit.booster.predict(X, pred_contrib=True)
+    contributions = np.asarray(fit.booster.predict(X, pred_contrib=True))
     np.testing.assert_allclose(contributions.sum(axis=1), margin, rtol=0, atol=1e-12)
     again = LocalTrainer(CATALOG, BAGGED, bag=3)
     assert again.train(again.rows(X, y), rounds=20).booster.model_to_string() == (
