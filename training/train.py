@@ -236,6 +236,7 @@ def fit(
     from training.evaluate import evaluate
 
     ev = evaluate(model, prep, grown, calibrated, cfg, truth=truth, tables=tables, say=steps.say)
+    ev.metrics["bag_boosters"] = float(len(model.params["bag_seeds"]))  # logged with the run
     model.metrics = dict(ev.metrics)
     train = prep.split.train
     model.drift_profile = build_profile(prep.data.iloc[train], ev.score[train], model.catalog)

@@ -267,6 +267,7 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
     assert fit_rows < SMALL_DATA_ROWS
     bagged = fit(panel, CATALOG, config)
     assert bagged.model.params["bag_seeds"] == bag_seeds(2, BAG)
+    assert bagged.metrics["bag_boosters"] == BAG  # logged with the run's metrics
     rounds = bagged.model.params["best_iteration"]
     assert bagged.model.booster.num_trees() == BAG * rounds
     X = bagged.oot[bagged.model.feature_names]
@@ -276,5 +277,5 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
         assert np.abs(total - e.score).max() < 1e-6, method
     monkeypatch.setattr(boosting, "SMALL_DATA_ROWS", fit_rows)
     single = fit(panel, CATALOG, config)
-    assert single.model.params["bag_seeds"] == [2]
+    assert single.model.params["bag_seeds"] == [2] and single.metrics["bag_boosters"] == 1
     assert single.model.booster.num_trees() == single.model.params["best_iteration"]
