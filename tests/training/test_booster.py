@@ -1,4 +1,5 @@
-"""The engines' training rows: binned once, shared by the boosters grown on their subsets."""
+"""The engines' training rows: binned once, shared by the boosters grown on their subsets; the
+bag of boosters grown on small data."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import numpy as np
 import pytest
 
 from features.catalog import Feature
-from training.booster import LocalTrainer, start_margin
+from training.booster import (
+    BAG,
+    SMALL_DATA_ROWS,
+    LocalTrainer,
+    bag_seeds,
+    bag_size,
+    best_iteration_by_patience,
+    start_margin,
+)
+from training.metrics import log_loss
 
 PARAMS = {
     "objective": "binary",
@@ -73,3 +83,82 @@ def test_subsets_grow_as_on_the_raw_rows_without_copying_them() -> None:
     assert rows.dataset is not None and rows.dataset.data is None  # freed once binned
     np.testing.assert_array_equal(sub.y, y[first][second])
     np.testing.assert_array_equal(sub.X, X[first][second])
+
+
+def _bag_data(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(1_500, 1))
+    y = (rng.random(1_500) < 1 / (1 + np.exp(-1.5 * X[:, 0]))).astype(np.float64)
+    return X, y
+
+
+BAGGED = {**PARAMS, "num_leaves": 4, "bagging_fraction": 0.7, "bagging_freq": 1, "seed": 5}
+
+
+def test_small_data_is_grown_as_a_bag_by_fit_rows() -> None:
+    assert bag_size(SMALL_DATA_ROWS - 1) == BAG > 1
+    assert bag_size(SMALL_DATA_ROWS) == 1
+    seeds = bag_seeds(5, BAG)
+    assert seeds == bag_seeds(5, BAG) and len(set(seeds)) == BAG
+    assert not set(seeds) & set(bag_seeds(6, BAG))  # bags of other seeds share no booster
+    with pytest.raises(ValueError, match="at least one booster"):
+        LocalTrainer(CATALOG, PARAMS, bag=0)
+
+
+def test_a_bag_is_the_mean_of_its_boosters_and_reproducible() -> None:
+    """One booster whose margin is the mean of the bag's boosters (grown with `bag_seeds`), whose
+    contributions add up to it, the same when grown again."""
+    X, y = _bag_data()
+    trainer = LocalTrainer(CATALOG, BAGGED, bag=3)
+    fit = trainer.train(trainer.rows(X, y), rounds=20)
+    members = [
+        lgb.train({**BAGGED, "seed": s}, lgb.Dataset(X, y, params=BAGGED), 20)
+        for s in bag_seeds(5, 3)
+    ]
+    mean = np.mean([b.predict(X, raw_score=True) for b in members], axis=0)
+    margin = fit.booster.predict(X, raw_score=True)
+    np.testing.assert_allclose(margin, mean, rtol=0, atol=1e-12)
+    assert np.ptp(mean - members[0].predict(X, raw_score=True)) > 1e-3  # the seeds differ
+    assert fit.best_iteration == 20 and fit.booster.num_trees() == 60
+    contributions = np.asarray(fit.booster.predict(X, pred_contrib=True))
+    np.testing.assert_allclose(contributions.sum(axis=1), margin, rtol=0, atol=1e-12)
+    again = LocalTrainer(CATALOG, BAGGED, bag=3)
+    assert again.train(again.rows(X, y), rounds=20).booster.model_to_string() == (
+        fit.booster.model_to_string()
+    )
+
+
+def test_a_bag_stops_early_on_the_loss_of_its_mean() -> None:
+    """The rounds of a bag with a validation set: the best iteration of the mean margin's
+    validation loss (by `patience`), recomputed here one iteration at a time."""
+    X, y = _bag_data()
+    Xv, yv = _bag_data(seed=4)
+    params = {**BAGGED, "learning_rate": 0.3}
+    trainer = LocalTrainer(CATALOG, params, bag=3)
+    fit = trainer.train(trainer.rows(X, y), rounds=400, X_val=Xv, y_val=yv, patience=15)
+    members = []
+    for s in bag_seeds(5, 3):
+        data = lgb.Dataset(X, y, params=params)
+        valid = lgb.Dataset(Xv, yv, reference=data)
+        stop = lgb.early_stopping(15, verbose=False)
+        members.append(
+            lgb.train(
+                {**params, "seed": s},
+                data,
+                400,
+                valid_sets=[valid],
+                callbacks=[stop],
+                keep_training_booster=True,
+            )
+        )
+    n = min(b.current_iteration() for b in members)
+    losses = []
+    for i in range(1, n + 1):
+        mean = np.mean([b.predict(Xv, raw_score=True, num_iteration=i) for b in members], 0)
+        losses.append(log_loss(yv, 1 / (1 + np.exp(-mean))))
+    best = best_iteration_by_patience(np.array(losses), 15)
+    assert 1 < best < n  # it stopped early
+    assert fit.best_iteration == best
+    assert fit.val_loss == pytest.approx(losses[best - 1], abs=1e-12)
+    mean = np.mean([b.predict(Xv, raw_score=True, num_iteration=best) for b in members], 0)
+    np.testing.assert_allclose(fit.booster.predict(Xv, raw_score=True), mean, atol=1e-12)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from tests.support.panels import CATALOG, FAST, make_panel
-from training.booster import scaled_params, start_margin
+from training import booster as boosting
+from training.booster import BAG, SMALL_DATA_ROWS, bag_seeds, scaled_params, start_margin
 from training.calibration import LogOddsCalibrator
 from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
@@ -87,7 +88,8 @@ def test_tuning_runs_seeded_trials() -> None:
     assert a.tuning[0]["min_data_in_leaf"] == scaled["min_data_in_leaf"]
     b = fit(panel, CATALOG, config)
     assert a.tuning == b.tuning
-    # the model is the search's best trial, reused: growing it again gives the same booster
+    # growing the model again gives the same booster (the search's best trial, reused, on
+    # large data; on these few rows a bag, grown again)
     again = grow(prepare(panel, CATALOG, config), a.lgb_params, config, Steps())
     assert again.best_iteration == a.model.params["best_iteration"]
     assert again.booster.model_to_string() == a.model.booster.model_to_string()
@@ -254,3 +256,26 @@ def test_boosters_grown_at_once_are_the_boosters_grown_one_by_one() -> None:
     assert prep.split.calibration_months  # the calibration booster is among them
     for name in ("oof", "unseen", "cal_margin"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
+    """Below `SMALL_DATA_ROWS` fit rows the model is the mean of `BAG` boosters (its seeds in the
+    bundle); its reason points still add up to the score exactly. At the threshold: one."""
+    panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
+    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60})
+    fit_rows = len(prepare(panel, CATALOG, config).split.fit)
+    assert fit_rows < SMALL_DATA_ROWS
+    bagged = fit(panel, CATALOG, config)
+    assert bagged.model.params["bag_seeds"] == bag_seeds(2, BAG)
+    assert bagged.metrics["bag_boosters"] == BAG  # logged with the run's metrics
+    rounds = bagged.model.params["best_iteration"]
+    assert bagged.model.booster.num_trees() == BAG * rounds
+    X = bagged.oot[bagged.model.feature_names]
+    for method in ("pred_contrib", "tree_shap", "fast"):
+        e = bagged.model.explain(X, method=method)
+        total = e.base_points + e.points.sum(axis=1).to_numpy()
+        assert np.abs(total - e.score).max() < 1e-6, method
+    monkeypatch.setattr(boosting, "SMALL_DATA_ROWS", fit_rows)
+    single = fit(panel, CATALOG, config)
+    assert single.model.params["bag_seeds"] == [2] and single.metrics["bag_boosters"] == 1
+    assert single.model.booster.num_trees() == single.model.params["best_iteration"]
