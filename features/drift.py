@@ -651,6 +651,7 @@ def rank_drift(
     coverage: Coverage | None = None,
     like_coverage: Mapping[Any, float] | None = None,
     like_missing: Mapping[Any, float] | None = None,
+    excuse: bool = True,
 ) -> pd.DataFrame:
     """The feature rows of a `psi_table`, ranked by what their drift does to the score.
 
@@ -667,7 +668,9 @@ def rank_drift(
     windows were mostly partial (`Coverage.partial`) and whose missing share did not rise beyond
     chance, on the full windows nor on like coverage (`_more_missing`), the smaller of its band
     and its like-coverage band, named ``window-filling`` when that is stable; else the band
-    (watch / act). Rows: counted signals first (act, watch), by impact descending."""
+    (watch / act); with `excuse` False (a data feed is silent) the like-coverage comparison is
+    reported but lowers no band. Rows: counted signals first (act, watch), by impact
+    descending."""
     rows = psi[psi["kind"] != SCORE].copy()
     rows["attribution_share"] = [float(shares.get(n, 0.0)) for n in rows["name"]]
     rows["impact"] = rows["psi"] * rows["attribution_share"]
@@ -696,7 +699,8 @@ def rank_drift(
         band = str(r["band"])
         compared = r["psi_like_coverage"]
         if (
-            coverage is not None
+            excuse
+            and coverage is not None
             and coverage.partial(str(r["name"]))
             and math.isfinite(compared)
             and not _more_missing(r)

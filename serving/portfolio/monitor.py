@@ -27,7 +27,9 @@
   the last 7 / 14 / 30 days, against the same share at reference dates (the comparison date and
   the two month ends before it, the median: the training profile records no freshness); a feed
   that stopped is an action whatever the drift statistics say. An outage younger than the
-  shortest like-coverage cut (30 days) moves no feature's distribution; it shows here.
+  shortest like-coverage cut (30 days) moves no feature's distribution; it shows here. While a
+  feed is silent across the population (`feeds_silent`), no drift is excused as window filling:
+  the windowed features keep their raw signal.
 
 Plain functions over frames; `monitor` assembles them, `summary` makes the JSON the report is
 rendered from, `log_to_mlflow` records a run in the ``monitoring`` experiment.
@@ -417,14 +419,19 @@ def monitor(
         coverage=profile.coverage,
     )  # fmt: skip
     drift = ranked()
+    fresh = freshness(tables, as_of_t, freshness_references(as_of_t, compare_t))
     compare_like = coverage_candidates(drift, profile.coverage)
-    if compare_like:  # ranked again, with those features' PSI and missing share on like coverage
+    if compare_like:
+        # ranked again, with those features' PSI and missing share on like coverage; while a
+        # feed is silent across the population they excuse no drift as windows filling (the
+        # shortest like-coverage cut cannot see an outage younger than it)
         like = like_coverage_shares(
             tables, profile, as_of_t, now.features["sme_id"], compare_like, horizon_days
         )
         drift = ranked(
             like_coverage=psi_of_shares(profile, like),
             like_missing={n: float(s[-1]) for n, s in like.items()},
+            excuse=not feeds_silent(fresh),
         )
     windows = {f.name: f.window_days for f in model.catalog}
     drift["window_days"] = [windows.get(str(n)) for n in drift["name"]]
@@ -522,8 +529,15 @@ def monitor(
         cohort=cohort,
         realised=realised,
         realised_note=note,
-        freshness=freshness(tables, as_of_t, freshness_references(as_of_t, compare_t)),
+        freshness=fresh,
     )
+
+
+def feeds_silent(found: Freshness) -> bool:
+    """Whether a feed fell silent across the population (a freshness test of the whole
+    population at act): the monitor then excuses no drift as window filling."""
+    tests = found.tests
+    return bool(((tests["kind"] == "population") & (tests["signal"] == "act")).any())
 
 
 def cut_history(tables: Tables, start: pd.Timestamp) -> Tables:
@@ -1177,6 +1191,7 @@ def freshness_doc(found: Freshness, as_of: pd.Timestamp) -> dict[str, Any]:
         ],
         "skipped": list(found.skipped),
         "act": int((found.tests["signal"] == "act").sum()),
+        "blocks_window_filling": feeds_silent(found),
         "tests": [
             {
                 "feed": str(r["feed"]),
@@ -1317,7 +1332,8 @@ def actions(doc: dict[str, Any]) -> list[str]:
             "their drift is not counted, and retraining on months whose histories cover the "
             "windows removes it."
             + (
-                " Read while data feeds are silent (ACT data above): recheck once they deliver."
+                " Read while a core's or an industry's feeds are silent (ACT data above): "
+                "recheck once they deliver."
                 if doc.get("freshness", {}).get("act")
                 else ""
             )

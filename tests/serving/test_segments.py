@@ -309,6 +309,10 @@ def test_a_cores_own_features_take_one_value_per_core(stable: Monitored) -> None
         assert (by_core[name].std(ddof=0) <= 0.01 * spread).all(), name
 
 
+RATES_365D = ("ap_days_beyond_terms_365d", "ap_late_rate_365d", "dispute_rate_365d")
+"""The twin's three rates that drift only because their windows filled (window-filling)."""
+
+
 def test_the_unshocked_twin_has_no_feature_at_act(stable: Monitored) -> None:
     """The model trained on the data's first months, when every SME's 365-day windows were only
     partly covered (on median 120 days): its late-payment and dispute rates, shares over fewer
@@ -320,7 +324,7 @@ def test_the_unshocked_twin_has_no_feature_at_act(stable: Monitored) -> None:
         f["name"] for f in run.doc["psi"]["features"] if f["signal"] == "act"
     ]
     found = {f["name"]: f for f in run.doc["psi"]["features"]}
-    for name in ("ap_days_beyond_terms_365d", "ap_late_rate_365d", "dispute_rate_365d"):
+    for name in RATES_365D:
         f = found[name]
         assert f["band"] == "act" and f["signal"] == "window-filling", f
         assert f["psi_like_coverage"] < 0.1 and f["training_full_share"] < 0.5
@@ -427,9 +431,15 @@ def test_an_outage_younger_than_the_shortest_cut_is_a_data_action(
     assert line.startswith("ACT data: SMEs of the population fell silent: invoices sold: "), line
     assert "inventory snapshots: " in line
     assert doc["freshness"]["act"] == sum(len(v) for v in found.values())
-    # the window-filling excuse, if any, is said to be read while feeds are silent
-    for retrain in (a for a in doc["actions"] if a.startswith("RETRAIN")):
-        assert "Read while data feeds are silent" in retrain
+    # while the population's feeds are silent no drift is excused as window filling: the three
+    # 365-day rates that are window-filling on the twin without the outage keep their raw signal
+    assert doc["freshness"]["blocks_window_filling"] is True
+    signals = {f["name"]: f["signal"] for f in doc["psi"]["features"]}
+    assert "window-filling" not in signals.values(), signals
+    assert not [a for a in doc["actions"] if a.startswith("RETRAIN")]
+    before = {f["name"]: f["signal"] for f in stable.doc["psi"]["features"]}
+    for name in RATES_365D:
+        assert before[name] == "window-filling" and signals[name] == "act", (name, signals[name])
 
 
 def test_a_core_whose_feed_stopped_is_named(twins: Twins, stable: Monitored) -> None:
