@@ -309,7 +309,7 @@ def test_a_batch_item_with_a_lone_surrogate_is_refused_at_its_own_field(
     copy of it) and the other items are scored."""
     h = {**headers("scorer"), "Content-Type": "application/json"}
     bad = {**ONE, "features": {**FEATURES, "industry": "fo\ud800od"}}
-    keyed = {**ONE, "features": {"dso\udfff": 1.0}}
+    keyed = {**ONE, "features": {"dé\udfff": 1.0}}
     single = client.post("/v1/scores", content=json.dumps(bad), headers=h)
     assert single.status_code == 422 and problems(single)[0]["type"] == "json_invalid"
     r = client.post("/v1/scores/batch", content=json.dumps([ONE, bad, keyed]), headers=h)
@@ -318,7 +318,7 @@ def test_a_batch_item_with_a_lone_surrogate_is_refused_at_its_own_field(
     assert (out["scored"], out["failed"]) == (1, 2)
     errors = {item["index"]: item["errors"][0] for item in out["errors"]}
     assert errors[1]["loc"] == ["body", 1, "features", "industry"]
-    assert errors[2]["loc"] == ["body", 2, "features", "dso\\udfff"]
+    assert errors[2]["loc"] == ["body", 2, "features", "dé\\udfff"]
     assert {e["type"] for e in errors.values()} == {"json_invalid"}
     assert "lone surrogate" in errors[1]["msg"]
 

@@ -114,7 +114,7 @@ def _lone_surrogate(value: Any, at: tuple[str | int, ...] = ()) -> tuple[str | i
     if isinstance(value, dict):
         for key, item in value.items():
             if _SURROGATE.search(key):
-                return (*at, key.encode("utf-8", "backslashreplace").decode("ascii"))
+                return (*at, _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", key))
             found = _lone_surrogate(item, (*at, key))
             if found is not None:
                 return found
