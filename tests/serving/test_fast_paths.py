@@ -435,6 +435,39 @@ def _comparable(response: Any) -> tuple[int, dict[str, str], Any]:
     return response.status_code, headers, _typed(doc)
 
 
+def test_the_score_route_skips_no_declared_dependency(
+    client: TestClient, keys: dict[str, str]
+) -> None:
+    """`handle_score` resolves `post_score`'s own dependencies only: a router given more
+    dependencies is refused when the route is built, and an app's dependency override is
+    honoured (the route then runs FastAPI's own handler)."""
+    from fastapi import APIRouter, Depends, HTTPException
+
+    from serving.api.deps import service
+    from serving.api.routes.scores import ScoreRoute, post_score
+
+    def deny() -> None:
+        raise HTTPException(status_code=418)
+
+    with pytest.raises(RuntimeError, match="would be skipped"):
+        APIRouter(dependencies=[Depends(deny)]).add_api_route(
+            "/v1/scores", post_score, methods=["POST"], route_class_override=ScoreRoute
+        )
+
+    def refused() -> None:
+        raise HTTPException(status_code=503, detail="overridden")
+
+    good = {"sme_id": "S1", "as_of": "2024-06-30", "features": FEATURES, "allow_sparse": True}
+    headers = {"X-API-Key": keys["scorer"], "Content-Type": "application/json"}
+    client.app.dependency_overrides[service] = refused  # type: ignore[attr-defined]
+    try:
+        r = client.post("/v1/scores", content=json.dumps(good), headers=headers)
+    finally:
+        client.app.dependency_overrides.clear()  # type: ignore[attr-defined]
+    assert r.status_code == 503, r.text
+    assert client.post("/v1/scores", content=json.dumps(good), headers=headers).status_code == 200
+
+
 def test_the_score_route_answers_as_its_declared_endpoint(
     client: TestClient, keys: dict[str, str]
 ) -> None:
@@ -444,10 +477,10 @@ def test_the_score_route_answers_as_its_declared_endpoint(
     declared as a plain route."""
     from fastapi.routing import APIRoute
 
-    from serving.api.routes.scores import ScoreRoute, handle_score, post_score, router
+    from serving.api.routes.scores import ScoreRoute, post_score, router
 
     route = next(r for r in router.routes if getattr(r, "path", None) == "/v1/scores")
-    assert isinstance(route, ScoreRoute) and route.get_route_handler() is handle_score
+    assert isinstance(route, ScoreRoute)
     client.app.add_api_route("/v1/scores-declared", post_score, methods=["POST"])  # type: ignore[attr-defined]
     declared = client.app.routes[-1]  # type: ignore[attr-defined]
     assert type(declared) is APIRoute

@@ -175,10 +175,27 @@ async def handle_score(request: Request) -> Response:
 
 
 class ScoreRoute(APIRoute):
-    """The route of ``POST /v1/scores``: `post_score`'s declaration, `handle_score`'s run."""
+    """The route of ``POST /v1/scores``: `post_score`'s declaration, `handle_score`'s run.
+    `handle_score` resolves `post_score`'s own dependencies only, so a route given more (its
+    router's ``dependencies=``) is refused when built, and while the app overrides a dependency
+    (``app.dependency_overrides``, as tests do) the route runs FastAPI's own handler. (An
+    ``include_router(..., dependencies=...)`` would not be seen here: `create_app` passes none.)"""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return handle_score
+        if self.dependencies:
+            raise RuntimeError(
+                f"{self.path} resolves its dependencies itself (handle_score): the "
+                f"dependencies {self.dependencies!r} declared on its router or app would be "
+                "skipped"
+            )
+        declared = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            if request.app.dependency_overrides:
+                return await declared(request)
+            return await handle_score(request)
+
+        return handler
 
 
 router.add_api_route(
