@@ -73,8 +73,6 @@ MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
-ROW_COLUMNS = (*INDEXED, "seq", "payload", "prev_hash", "record_hash", "signature", "key_id")
-"""Every column of a decision's row, as `AuditStore._row` fills them."""
 
 
 @dataclass(eq=False)
@@ -581,14 +579,17 @@ class AuditStore:
             dialect = self._writer.dialect
             self._driver_statements = (
                 DriverStatement.of(self._head_for_update, dialect),
-                DriverStatement.of(self._insert_decisions, dialect, ROW_COLUMNS),
+                DriverStatement.of(
+                    self._insert_decisions, dialect, [c.key for c in self.decisions.columns]
+                ),
                 DriverStatement.of(self._move_head, dialect),
             )
         return self._driver_statements
 
     @staticmethod
     def _row(payload: Mapping[str, Any], text: str) -> dict[str, Any]:
-        """The table row of a chained payload whose canonical text is `text`."""
+        """The table row of a chained payload whose canonical text is `text`: every column of
+        the decisions table (the insert refuses a row with one more or one less)."""
         row = {k: payload[k] for k in INDEXED}
         row.update(
             seq=payload["sequence"],

@@ -347,6 +347,57 @@ def test_append_gathered_takes_what_queued_while_it_waited_for_the_write_lock(
     store.dispose()
 
 
+@pytest.mark.parametrize("change", ["missing", "unknown"])
+def test_an_append_row_without_a_column_or_with_an_unknown_one_stores_nothing(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The insert runs on the driver's cursor (`DriverStatement`): a row with a column missing
+    is refused (never a placeholder written in its place), and so is a row with a column the
+    table does not have (never dropped silently): AuditUnavailable naming it, nothing stored."""
+    store.append([body(1)])
+    real_row = AuditStore._row
+
+    def row(payload: dict[str, object], text: str) -> dict[str, object]:
+        out = real_row(payload, text)
+        if change == "missing":
+            del out["signature"]
+        else:
+            out["reviewer"] = "someone"
+        return out
+
+    monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
+    named = "no value for signature" if change == "missing" else "no parameter: reviewer"
+    with pytest.raises(AuditUnavailable, match=named):
+        store.append([body(2)])
+    with pytest.raises(AuditUnavailable, match=named):
+        store.append_gathered(lambda: [body(3)])
+    monkeypatch.undo()
+    assert store.count() == 1 and store.verify().ok
+    (stored,) = store.append([body(4)])
+    assert stored["sequence"] == 2 and store.verify().ok
+
+
+def test_driver_statements_take_exactly_their_parameters(store: AuditStore) -> None:
+    """Each append statement takes the values of its own parameters, no more, no fewer; its
+    literals (the head row's id) are its own, and nothing required has a placeholder value."""
+    store.ensure_schema()
+    head, insert, move = store._append_statements()
+    columns = {c.key for c in store.decisions.columns}
+    assert insert.required == columns and not insert.defaults
+    assert head.required == frozenset() and list(head.defaults.values()) == [1]
+    assert move.required == {"new_seq", "new_hash"} and list(move.defaults.values()) == [1]
+    full = dict.fromkeys(columns)
+    assert len(insert.parameters(full)) == len(columns)
+    for values, named in [
+        ({k: v for k, v in full.items() if k != "seq"}, "no value for seq"),
+        ({**full, "extra": 1}, "no parameter: extra"),
+        ({"new_seq": 1}, "no value for new_hash"),
+    ]:
+        stmt = move if "new_seq" in values else insert
+        with pytest.raises(sa.exc.InvalidRequestError, match=named):
+            stmt.parameters(values)
+
+
 def test_append_gathered_on_an_unreachable_store_is_unavailable(
     tmp_path: Path,
 ) -> None:
