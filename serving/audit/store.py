@@ -513,13 +513,16 @@ class AuditStore:
     def _commit_group(self, gather: Callable[[], list[_Pending]]) -> None:
         """Chain and commit, in one transaction, the entries `gather()` returns once the write
         lock is held (the head row read); settle each entry. When the transaction fails before
-        `gather` was called, it is called then, and its entries get the error."""
+        `gather` was called, it is called then, and its entries get the error; `gather` is
+        never called twice (one that raised has no entries to settle: it answers for itself)."""
         head, insert, move = self._append_statements()
         group: list[_Pending] | None = None
+        gathered = False
         try:
             with self.transaction() as conn, DriverCursor(conn) as cursor:
                 row = cursor.one(head, {})
                 seq, prev = int(row[0]), str(row[1])
+                gathered = True
                 group = gather()
                 rows: list[dict[str, Any]] = []
                 chained: list[list[dict[str, Any]]] = []
@@ -556,10 +559,10 @@ class AuditStore:
         except SQLAlchemyError as exc:
             error = AuditUnavailable(f"audit store {self.safe_url} is not writable: {reason(exc)}")
             error.__cause__ = exc
-            for entry in group if group is not None else gather():
+            for entry in _failed(group, gathered, gather):
                 entry.settle(error=error)
         except BaseException as exc:
-            for entry in group if group is not None else gather():
+            for entry in _failed(group, gathered, gather):
                 entry.settle(error=exc)
             raise
         else:
@@ -950,6 +953,16 @@ class AuditStore:
                     )
         except SQLAlchemyError as exc:
             raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
+
+
+def _failed(
+    group: list[_Pending] | None, gathered: bool, gather: Callable[[], list[_Pending]]
+) -> list[_Pending]:
+    """The entries a failed group commit settles with its error: those it gathered, else (it
+    failed before it gathered) those `gather()` returns now; none when `gather` itself raised."""
+    if group is not None:
+        return group
+    return [] if gathered else gather()
 
 
 class _Duplicate(ValueError):

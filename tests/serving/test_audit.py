@@ -347,6 +347,58 @@ def test_append_gathered_takes_what_queued_while_it_waited_for_the_write_lock(
     store.dispose()
 
 
+def _wait_for_queue(store: AuditStore, n: int) -> int:
+    """Wait (at most 10 s) until `n` callers are queued for `store`'s group commit."""
+    deadline = time.monotonic() + 10
+    while len(store._queue) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return len(store._queue)
+
+
+def test_a_gather_that_raises_is_called_once_and_leaves_the_queue_to_the_next_writer(
+    tmp_path: Path,
+) -> None:
+    """A commit whose `gather` raises is not asked again (a second call would take, and fail,
+    what queued meanwhile); the appends queued while it waited are committed by the next writer,
+    not failed for its error."""
+    import sqlite3
+
+    path = tmp_path / "a.db"
+    store = AuditStore(f"sqlite:///{path}")
+    store.append([body(0)])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    calls: list[int] = []
+
+    def gather() -> list[dict[str, object]]:
+        calls.append(1)
+        raise KeyError("a body that cannot be made")
+
+    errors: list[BaseException] = []
+    stored: list[list[dict[str, object]]] = []
+
+    def gathered() -> None:
+        try:
+            store.append_gathered(gather)
+        except KeyError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=gathered)
+    first.start()
+    time.sleep(0.2)
+    late = threading.Thread(target=lambda: stored.append(store.append([body(2)])))
+    late.start()
+    assert _wait_for_queue(store, 1) == 1
+    other.execute("COMMIT")
+    other.close()
+    first.join(30)
+    late.join(30)
+    assert calls == [1] and len(errors) == 1
+    assert [p["sequence"] for p in stored[0]] == [2]
+    assert store.count() == 2 and store.verify().ok
+    store.dispose()
+
+
 @pytest.mark.parametrize("change", ["missing", "unknown"])
 def test_an_append_row_without_a_column_or_with_an_unknown_one_stores_nothing(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch, change: str
