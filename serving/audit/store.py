@@ -446,11 +446,11 @@ class AuditStore:
         the stored payloads (with decision_id, sequence, created_at, prev_hash, record_hash).
 
         Group commit: concurrent callers of this process queue their bodies; whichever gets the
-        writer's turn commits everything queued by the time it holds the database's write lock
-        (the head row) in one transaction (one fsync for the group) and hands each caller its
-        own payloads. Nobody returns before the transaction holding its
-        records is committed; if it fails, every caller in the group gets `AuditUnavailable` and
-        nothing of the group is stored.
+        writer's turn (this method's callers and `append_gathered`'s) commits everything queued
+        by the time it holds the database's write lock (the head row) in one transaction (one
+        fsync for the group) and hands each caller its own payloads. Nobody returns before the
+        transaction holding its records is committed; if it fails, every caller in the group
+        gets `AuditUnavailable` and nothing of the group is stored.
         """
         if not bodies:
             return []
@@ -483,15 +483,19 @@ class AuditStore:
     ) -> list[dict[str, Any]]:
         """`append` of the bodies `gather()` returns, called once this store holds the write
         lock (the head row read under it): what a caller queues while the store waits for
-        another process's commit is in this transaction, not the next one. Durable before it
-        returns, all stored or none (`gather` is called then too when the transaction failed
-        before it, so that its caller learns what the error was for)."""
+        another process's commit is in this transaction, not the next one. The same group
+        commit as `append`: what `append`'s callers queued by then is in this transaction too,
+        and gets its error if it fails. Durable before it returns, all stored or none (`gather`
+        is called once: then too when the transaction failed before it, so that its caller
+        learns what the error was for)."""
         self.ensure_schema()
         entry = _Pending([])
 
         def take() -> list[_Pending]:
+            # The caller's bodies first: if they cannot be made, the queue is left to the next
+            # writer, not failed for another caller's error.
             entry.bodies = list(gather())
-            return [entry]
+            return [entry, *self._take_queue()]
 
         if not self._turn.acquire(timeout=self.lock_timeout):
             raise AuditUnavailable(

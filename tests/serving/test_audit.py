@@ -347,12 +347,100 @@ def test_append_gathered_takes_what_queued_while_it_waited_for_the_write_lock(
     store.dispose()
 
 
+def _group_sizes(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of callers in each group commit (transaction) of `store` from now on."""
+    original = store._commit_group
+    sizes: list[int] = []
+
+    def counted(gather: Callable[[], list]) -> None:  # type: ignore[type-arg]
+        def gather_and_count() -> list:  # type: ignore[type-arg]
+            group = gather()
+            sizes.append(len(group))
+            return group
+
+        original(gather_and_count)
+
+    monkeypatch.setattr(store, "_commit_group", counted)
+    return sizes
+
+
 def _wait_for_queue(store: AuditStore, n: int) -> int:
     """Wait (at most 10 s) until `n` callers are queued for `store`'s group commit."""
     deadline = time.monotonic() + 10
     while len(store._queue) < n and time.monotonic() < deadline:
         time.sleep(0.005)
     return len(store._queue)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["commits", "fails"])
+def test_append_gathered_takes_the_appends_queued_meanwhile_into_its_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """`append_gathered` (the event loop's commits) and `append` (batch requests) are one group
+    commit: the appends queued while `append_gathered` waited for the write lock are in its
+    transaction, each caller gets its own records; if the transaction fails, every one of them
+    gets the error and nothing of it is stored."""
+    import sqlite3
+
+    path = tmp_path / "a.db"
+    store = AuditStore(f"sqlite:///{path}")
+    store.append([body(0)])
+    sizes = _group_sizes(store, monkeypatch)
+    if fails:
+        real_row = AuditStore._row
+
+        def row(payload: dict[str, object], text: str) -> dict[str, object]:
+            out = real_row(payload, text)
+            if payload["sme_id"] == "late2":
+                out["decision_id"] = None  # NOT NULL: the insert of the whole group fails
+            return out
+
+        monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the database
+    results: dict[str, list[dict[str, object]]] = {}
+    errors: dict[str, BaseException] = {}
+
+    def call(name: str, append: Callable[[], list[dict[str, object]]]) -> None:
+        try:
+            results[name] = append()
+        except BaseException as exc:  # collected and checked by the test thread
+            errors[name] = exc
+
+    gathered = threading.Thread(
+        target=call, args=("gathered", lambda: store.append_gathered(lambda: [body(1)]))
+    )
+    gathered.start()
+    time.sleep(0.2)  # it holds this process's write turn, waiting for the database's lock
+    late = [
+        threading.Thread(
+            target=call, args=(f"late{k}", lambda k=k: store.append([body(10 + k, sme=f"late{k}")]))
+        )
+        for k in range(3)
+    ]
+    for th in late:
+        th.start()
+    assert _wait_for_queue(store, 3) == 3
+    other.execute("COMMIT")
+    other.close()
+    for th in [gathered, *late]:
+        th.join(30)
+    assert sizes == [4]  # one transaction for the four callers
+    if fails:
+        assert not results and sorted(errors) == ["gathered", "late0", "late1", "late2"]
+        assert all(isinstance(e, AuditUnavailable) for e in errors.values())
+        assert store.count() == 1
+    else:
+        assert not errors
+        assert [p["sme_id"] for p in results["gathered"]] == ["S1"]
+        for k in range(3):
+            (stored,) = results[f"late{k}"]
+            assert (
+                stored["sme_id"] == f"late{k}" and store.get(str(stored["decision_id"])) == stored
+            )
+        assert store.count() == 5
+    assert store.verify().ok
+    store.dispose()
 
 
 def test_a_gather_that_raises_is_called_once_and_leaves_the_queue_to_the_next_writer(
