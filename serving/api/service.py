@@ -279,9 +279,13 @@ class Service:
     def record_groups(
         self, groups: Sequence[tuple[Sequence[Decision], Caller]]
     ) -> list[list[dict[str, Any]]]:
-        """`record` for several callers' decisions in one append (one transaction): each
-        group's stored payloads, in order; all stored or none."""
-        return self.record_gathered(lambda: list(groups))
+        """`record` for several callers' decisions in one append: each group's stored
+        payloads, in order; all stored or none. Through the store's group commit
+        (`AuditStore.append`): concurrent callers (batch requests on the route's threads) share
+        a transaction, with each other and with the event loop's commit (`record_gathered`)."""
+        groups = list(groups)
+        stored = self.store.append([d.body(caller) for ds, caller in groups for d in ds])
+        return self._per_group(groups, stored)
 
     def record_gathered(self, take: Take) -> list[list[dict[str, Any]]]:
         """`record_groups` of the groups `take()` returns once the audit store holds its write
@@ -292,7 +296,12 @@ class Service:
             groups.extend(take())
             return [d.body(caller) for ds, caller in groups for d in ds]
 
-        stored = self.store.append_gathered(bodies)
+        return self._per_group(groups, self.store.append_gathered(bodies))
+
+    def _per_group(
+        self, groups: Sequence[Group], stored: list[dict[str, Any]]
+    ) -> list[list[dict[str, Any]]]:
+        """The stored payloads of `groups`' decisions (in order), split by group; counted."""
         for payload in stored:
             self.metrics.decisions.labels(payload["grade"]).inc()
         out: list[list[dict[str, Any]]] = []

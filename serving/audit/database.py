@@ -150,11 +150,15 @@ class DriverStatement:
     (cache lookup, execution context, events, result wrapping), which cost several times the
     driver's own execution of them. The same SQL and the same bound values as ``conn.execute``
     (the statement's own literals, e.g. the head row's id, plus the values given, each through
-    its type's bind processor if the dialect has one)."""
+    its type's bind processor if the dialect has one). The values must name exactly the
+    statement's parameters that have no value of their own (`required`: an insert's columns):
+    one missing or one more is an error (SQLAlchemy's InvalidRequestError, as ``conn.execute``
+    raises for a missing one), never a placeholder or a dropped value written to the table."""
 
     sql: str
     names: tuple[str, ...] | None  # positional drivers: the parameters in order; None: named
-    defaults: Mapping[str, Any]
+    defaults: Mapping[str, Any]  # the statement's own literals
+    required: frozenset[str]  # the parameters every call gives, and no others
     processors: Mapping[str, Callable[[Any], Any]]
 
     @classmethod
@@ -170,10 +174,20 @@ class DriverStatement:
             if process is not None:
                 processors[name] = process
         names = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return cls(str(compiled), names, dict(compiled.params), processors)
+        params = dict(compiled.params)  # a required one's value is a placeholder (REQUIRED)
+        required = frozenset(name for name in params if compiled.binds[name].required)
+        defaults = {name: v for name, v in params.items() if name not in required}
+        return cls(str(compiled), names, defaults, required, processors)
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
-        """The driver's parameters for `values` (and the statement's own literals)."""
+        """The driver's parameters for `values` (and the statement's own literals);
+        InvalidRequestError unless `values` names exactly the `required` parameters."""
+        if values.keys() != self.required:
+            missing = sorted(self.required - values.keys())
+            unknown = sorted(values.keys() - self.required)
+            why = [f"no value for {', '.join(missing)}"] if missing else []
+            why += [f"a value for no parameter: {', '.join(unknown)}"] if unknown else []
+            raise sa.exc.InvalidRequestError(f"{self.sql.split('(')[0].strip()}: {'; '.join(why)}")
         merged = {**self.defaults, **values}
         for name, process in self.processors.items():
             if name in merged:

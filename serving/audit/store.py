@@ -73,8 +73,6 @@ MODEL_CHANGE = "model_change"
 MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is never empty)
 # Columns copied out of the payload for queries; verify checks they still equal the payload.
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
-ROW_COLUMNS = (*INDEXED, "seq", "payload", "prev_hash", "record_hash", "signature", "key_id")
-"""Every column of a decision's row, as `AuditStore._row` fills them."""
 
 
 @dataclass(eq=False)
@@ -448,11 +446,11 @@ class AuditStore:
         the stored payloads (with decision_id, sequence, created_at, prev_hash, record_hash).
 
         Group commit: concurrent callers of this process queue their bodies; whichever gets the
-        writer's turn commits everything queued by the time it holds the database's write lock
-        (the head row) in one transaction (one fsync for the group) and hands each caller its
-        own payloads. Nobody returns before the transaction holding its
-        records is committed; if it fails, every caller in the group gets `AuditUnavailable` and
-        nothing of the group is stored.
+        writer's turn (this method's callers and `append_gathered`'s) commits everything queued
+        by the time it holds the database's write lock (the head row) in one transaction (one
+        fsync for the group) and hands each caller its own payloads. Nobody returns before the
+        transaction holding its records is committed; if it fails, every caller in the group
+        gets `AuditUnavailable` and nothing of the group is stored.
         """
         if not bodies:
             return []
@@ -485,15 +483,19 @@ class AuditStore:
     ) -> list[dict[str, Any]]:
         """`append` of the bodies `gather()` returns, called once this store holds the write
         lock (the head row read under it): what a caller queues while the store waits for
-        another process's commit is in this transaction, not the next one. Durable before it
-        returns, all stored or none (`gather` is called then too when the transaction failed
-        before it, so that its caller learns what the error was for)."""
+        another process's commit is in this transaction, not the next one. The same group
+        commit as `append`: what `append`'s callers queued by then is in this transaction too,
+        and gets its error if it fails. Durable before it returns, all stored or none (`gather`
+        is called once: then too when the transaction failed before it, so that its caller
+        learns what the error was for)."""
         self.ensure_schema()
         entry = _Pending([])
 
         def take() -> list[_Pending]:
+            # The caller's bodies first: if they cannot be made, the queue is left to the next
+            # writer, not failed for another caller's error.
             entry.bodies = list(gather())
-            return [entry]
+            return [entry, *self._take_queue()]
 
         if not self._turn.acquire(timeout=self.lock_timeout):
             raise AuditUnavailable(
@@ -515,13 +517,16 @@ class AuditStore:
     def _commit_group(self, gather: Callable[[], list[_Pending]]) -> None:
         """Chain and commit, in one transaction, the entries `gather()` returns once the write
         lock is held (the head row read); settle each entry. When the transaction fails before
-        `gather` was called, it is called then, and its entries get the error."""
+        `gather` was called, it is called then, and its entries get the error; `gather` is
+        never called twice (one that raised has no entries to settle: it answers for itself)."""
         head, insert, move = self._append_statements()
         group: list[_Pending] | None = None
+        gathered = False
         try:
             with self.transaction() as conn, DriverCursor(conn) as cursor:
                 row = cursor.one(head, {})
                 seq, prev = int(row[0]), str(row[1])
+                gathered = True
                 group = gather()
                 rows: list[dict[str, Any]] = []
                 chained: list[list[dict[str, Any]]] = []
@@ -558,10 +563,10 @@ class AuditStore:
         except SQLAlchemyError as exc:
             error = AuditUnavailable(f"audit store {self.safe_url} is not writable: {reason(exc)}")
             error.__cause__ = exc
-            for entry in group if group is not None else gather():
+            for entry in _failed(group, gathered, gather):
                 entry.settle(error=error)
         except BaseException as exc:
-            for entry in group if group is not None else gather():
+            for entry in _failed(group, gathered, gather):
                 entry.settle(error=exc)
             raise
         else:
@@ -581,14 +586,17 @@ class AuditStore:
             dialect = self._writer.dialect
             self._driver_statements = (
                 DriverStatement.of(self._head_for_update, dialect),
-                DriverStatement.of(self._insert_decisions, dialect, ROW_COLUMNS),
+                DriverStatement.of(
+                    self._insert_decisions, dialect, [c.key for c in self.decisions.columns]
+                ),
                 DriverStatement.of(self._move_head, dialect),
             )
         return self._driver_statements
 
     @staticmethod
     def _row(payload: Mapping[str, Any], text: str) -> dict[str, Any]:
-        """The table row of a chained payload whose canonical text is `text`."""
+        """The table row of a chained payload whose canonical text is `text`: every column of
+        the decisions table (the insert refuses a row with one more or one less)."""
         row = {k: payload[k] for k in INDEXED}
         row.update(
             seq=payload["sequence"],
@@ -949,6 +957,16 @@ class AuditStore:
                     )
         except SQLAlchemyError as exc:
             raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
+
+
+def _failed(
+    group: list[_Pending] | None, gathered: bool, gather: Callable[[], list[_Pending]]
+) -> list[_Pending]:
+    """The entries a failed group commit settles with its error: those it gathered, else (it
+    failed before it gathered) those `gather()` returns now; none when `gather` itself raised."""
+    if group is not None:
+        return group
+    return [] if gathered else gather()
 
 
 class _Duplicate(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,6 +136,70 @@ def test_the_score_answer_is_the_response_model_of_the_stored_decision(
     over_http = score_one(client, headers)
     assert list(over_http) == list(ScoreResponse.model_fields)
     assert ScoreResponse.model_validate(over_http).receipt is not None
+
+
+def test_concurrent_records_share_a_transaction_and_are_each_durable(
+    client: TestClient, keys: dict[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Service.record` (the batch route, on its threads) goes through the store's group commit:
+    the callers that queue while a commit waits for the write lock share one transaction, each
+    gets its own records back, every one of them durable and the chain intact."""
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    store: AuditStore = svc.store
+    served = svc.holder.get()
+    caller = svc.keys.authenticate(keys["scorer"])
+    raws = [
+        {"sme_id": f"S{k}", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES}
+        for k in range(6)
+    ]
+    decisions = [
+        scoring.score(served, served.request_model.model_validate_json(json.dumps(raw)), raw=raw)
+        for raw in raws
+    ]
+    before = store.count()
+    original = store._commit_group
+    sizes: list[int] = []
+
+    def counted(gather: Callable[[], list[Any]]) -> None:
+        def gather_and_count() -> list[Any]:
+            group = gather()
+            sizes.append(len(group))
+            return group
+
+        original(gather_and_count)
+
+    monkeypatch.setattr(store, "_commit_group", counted)
+    results: list[list[dict[str, Any]]] = [[] for _ in decisions]
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        try:
+            results[k] = svc.record([decisions[k]], caller)
+        except BaseException as exc:  # collected and checked by the test thread
+            errors.append(exc)
+
+    blocker = sqlite3.connect(settings.audit_db.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another worker's commit holds the database
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(decisions))]
+    try:
+        for th in threads:
+            th.start()
+        deadline = time.monotonic() + 10
+        while len(store._queue) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    for th in threads:
+        th.join(30)
+    assert not errors
+    assert sizes == [len(threads)]  # one transaction for all of them
+    for raw, (stored,) in zip(raws, results, strict=True):
+        assert stored["sme_id"] == raw["sme_id"]
+        stored.pop("receipt", None)  # the caller's proof, not part of the stored record
+        assert store.get(str(stored["decision_id"])) == stored
+    assert store.count() == before + len(threads)
+    assert store.verify().ok
 
 
 def test_batch_scores_one_decision_per_item(client: TestClient, headers: Headers) -> None:

@@ -347,6 +347,197 @@ def test_append_gathered_takes_what_queued_while_it_waited_for_the_write_lock(
     store.dispose()
 
 
+def _group_sizes(store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of callers in each group commit (transaction) of `store` from now on."""
+    original = store._commit_group
+    sizes: list[int] = []
+
+    def counted(gather: Callable[[], list]) -> None:  # type: ignore[type-arg]
+        def gather_and_count() -> list:  # type: ignore[type-arg]
+            group = gather()
+            sizes.append(len(group))
+            return group
+
+        original(gather_and_count)
+
+    monkeypatch.setattr(store, "_commit_group", counted)
+    return sizes
+
+
+def _wait_for_queue(store: AuditStore, n: int) -> int:
+    """Wait (at most 10 s) until `n` callers are queued for `store`'s group commit."""
+    deadline = time.monotonic() + 10
+    while len(store._queue) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return len(store._queue)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["commits", "fails"])
+def test_append_gathered_takes_the_appends_queued_meanwhile_into_its_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """`append_gathered` (the event loop's commits) and `append` (batch requests) are one group
+    commit: the appends queued while `append_gathered` waited for the write lock are in its
+    transaction, each caller gets its own records; if the transaction fails, every one of them
+    gets the error and nothing of it is stored."""
+    import sqlite3
+
+    path = tmp_path / "a.db"
+    store = AuditStore(f"sqlite:///{path}")
+    store.append([body(0)])
+    sizes = _group_sizes(store, monkeypatch)
+    if fails:
+        real_row = AuditStore._row
+
+        def row(payload: dict[str, object], text: str) -> dict[str, object]:
+            out = real_row(payload, text)
+            if payload["sme_id"] == "late2":
+                out["decision_id"] = None  # NOT NULL: the insert of the whole group fails
+            return out
+
+        monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the database
+    results: dict[str, list[dict[str, object]]] = {}
+    errors: dict[str, BaseException] = {}
+
+    def call(name: str, append: Callable[[], list[dict[str, object]]]) -> None:
+        try:
+            results[name] = append()
+        except BaseException as exc:  # collected and checked by the test thread
+            errors[name] = exc
+
+    gathered = threading.Thread(
+        target=call, args=("gathered", lambda: store.append_gathered(lambda: [body(1)]))
+    )
+    gathered.start()
+    time.sleep(0.2)  # it holds this process's write turn, waiting for the database's lock
+    late = [
+        threading.Thread(
+            target=call, args=(f"late{k}", lambda k=k: store.append([body(10 + k, sme=f"late{k}")]))
+        )
+        for k in range(3)
+    ]
+    for th in late:
+        th.start()
+    assert _wait_for_queue(store, 3) == 3
+    other.execute("COMMIT")
+    other.close()
+    for th in [gathered, *late]:
+        th.join(30)
+    assert sizes == [4]  # one transaction for the four callers
+    if fails:
+        assert not results and sorted(errors) == ["gathered", "late0", "late1", "late2"]
+        assert all(isinstance(e, AuditUnavailable) for e in errors.values())
+        assert store.count() == 1
+    else:
+        assert not errors
+        assert [p["sme_id"] for p in results["gathered"]] == ["S1"]
+        for k in range(3):
+            (stored,) = results[f"late{k}"]
+            assert (
+                stored["sme_id"] == f"late{k}" and store.get(str(stored["decision_id"])) == stored
+            )
+        assert store.count() == 5
+    assert store.verify().ok
+    store.dispose()
+
+
+def test_a_gather_that_raises_is_called_once_and_leaves_the_queue_to_the_next_writer(
+    tmp_path: Path,
+) -> None:
+    """A commit whose `gather` raises is not asked again (a second call would take, and fail,
+    what queued meanwhile); the appends queued while it waited are committed by the next writer,
+    not failed for its error."""
+    import sqlite3
+
+    path = tmp_path / "a.db"
+    store = AuditStore(f"sqlite:///{path}")
+    store.append([body(0)])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    calls: list[int] = []
+
+    def gather() -> list[dict[str, object]]:
+        calls.append(1)
+        raise KeyError("a body that cannot be made")
+
+    errors: list[BaseException] = []
+    stored: list[list[dict[str, object]]] = []
+
+    def gathered() -> None:
+        try:
+            store.append_gathered(gather)
+        except KeyError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=gathered)
+    first.start()
+    time.sleep(0.2)
+    late = threading.Thread(target=lambda: stored.append(store.append([body(2)])))
+    late.start()
+    assert _wait_for_queue(store, 1) == 1
+    other.execute("COMMIT")
+    other.close()
+    first.join(30)
+    late.join(30)
+    assert calls == [1] and len(errors) == 1
+    assert [p["sequence"] for p in stored[0]] == [2]
+    assert store.count() == 2 and store.verify().ok
+    store.dispose()
+
+
+@pytest.mark.parametrize("change", ["missing", "unknown"])
+def test_an_append_row_without_a_column_or_with_an_unknown_one_stores_nothing(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The insert runs on the driver's cursor (`DriverStatement`): a row with a column missing
+    is refused (never a placeholder written in its place), and so is a row with a column the
+    table does not have (never dropped silently): AuditUnavailable naming it, nothing stored."""
+    store.append([body(1)])
+    real_row = AuditStore._row
+
+    def row(payload: dict[str, object], text: str) -> dict[str, object]:
+        out = real_row(payload, text)
+        if change == "missing":
+            del out["signature"]
+        else:
+            out["reviewer"] = "someone"
+        return out
+
+    monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
+    named = "no value for signature" if change == "missing" else "no parameter: reviewer"
+    with pytest.raises(AuditUnavailable, match=named):
+        store.append([body(2)])
+    with pytest.raises(AuditUnavailable, match=named):
+        store.append_gathered(lambda: [body(3)])
+    monkeypatch.undo()
+    assert store.count() == 1 and store.verify().ok
+    (stored,) = store.append([body(4)])
+    assert stored["sequence"] == 2 and store.verify().ok
+
+
+def test_driver_statements_take_exactly_their_parameters(store: AuditStore) -> None:
+    """Each append statement takes the values of its own parameters, no more, no fewer; its
+    literals (the head row's id) are its own, and nothing required has a placeholder value."""
+    store.ensure_schema()
+    head, insert, move = store._append_statements()
+    columns = {c.key for c in store.decisions.columns}
+    assert insert.required == columns and not insert.defaults
+    assert head.required == frozenset() and list(head.defaults.values()) == [1]
+    assert move.required == {"new_seq", "new_hash"} and list(move.defaults.values()) == [1]
+    full = dict.fromkeys(columns)
+    assert len(insert.parameters(full)) == len(columns)
+    for values, named in [
+        ({k: v for k, v in full.items() if k != "seq"}, "no value for seq"),
+        ({**full, "extra": 1}, "no parameter: extra"),
+        ({"new_seq": 1}, "no value for new_hash"),
+    ]:
+        stmt = move if "new_seq" in values else insert
+        with pytest.raises(sa.exc.InvalidRequestError, match=named):
+            stmt.parameters(values)
+
+
 def test_append_gathered_on_an_unreachable_store_is_unavailable(
     tmp_path: Path,
 ) -> None:
