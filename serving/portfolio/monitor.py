@@ -686,7 +686,10 @@ class FeedData:
         if "industry" in ent.columns:
             known = ent[role == "sme"]
             where = smes.get_indexer(known["enterprise_id"].astype(str))
-            industry[where] = known["industry"].astype("object").where(known["industry"].notna())
+            # None where not given (a NaN would be read as an industry named "nan")
+            industry[where] = (
+                known["industry"].astype("object").where(known["industry"].notna(), None)
+            )
         inv = tables.invoices
         # each party looked up once, then as an SME / core position (the last entry, -1, for an
         # id the enterprises do not hold: the lookup's -1 lands on it)
@@ -799,8 +802,8 @@ def silent_counts(
     industry = data.industry
     for name in sorted({str(i) for i in industry[seen] if i is not None}):
         count("industry", name, last[seen & (industry == name)])
-    if feed.counterparty:
-        with_core = core >= 0
+    with_core = core >= 0
+    if feed.counterparty and with_core.any():  # no record with a core: no core to test
         n = len(data.smes)
         key = core[with_core].astype(np.int64) * n + sme[with_core]
         pair = pd.Series(day[with_core]).groupby(key, sort=True).max()

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.contract import Tables
 from features.drift import PROFILE_ARTIFACT, SCORE
 from serving.exceptions import ModelLoadFailed
 from serving.portfolio.charts import Chart, Series
@@ -138,6 +139,84 @@ def test_comparison_and_cohort_dates() -> None:
     assert matured_cohort("2023-12-31", "2022-01-01") == pd.Timestamp("2022-12-31")
     assert matured_cohort("2023-12-30", "2022-01-01") == pd.Timestamp("2022-11-30")
     assert matured_cohort("2022-12-30", "2022-01-01") is None
+
+
+# -- data freshness on thin data ------------------------------------------------------------------
+FRESH_AS_OF = pd.Timestamp("2024-06-30")
+
+
+def sellers(
+    n: int = 12,
+    *,
+    core_smes: int = 0,
+    paid: bool = True,
+    industry: object = "food",
+    start: str = "2023-01-01",
+) -> Tables:
+    """`n` SMEs that only sell, an invoice a week each until the freshness date, to core C2 (the
+    first `core_smes` to core C1, whose feed stopped 20 days before it); paid on the day of issue
+    or (`paid` False) never. No invoice bought, no inventory snapshot, no loan. The first SME's
+    industry is `industry`, the others' "food"."""
+    smes = [f"S{i:02d}" for i in range(n)]
+    ent = pd.DataFrame(
+        {
+            "enterprise_id": [*smes, "C1", "C2"],
+            "role": ["sme"] * n + ["core", "core"],
+            "industry": pd.Series([industry, *["food"] * (n - 1), None, None], dtype=object),
+        }
+    )
+    rows = []
+    for i, s in enumerate(smes):
+        core = "C1" if i < core_smes else "C2"
+        for d in pd.date_range(start, FRESH_AS_OF, freq="7D"):
+            if core == "C1" and d > FRESH_AS_OF - pd.Timedelta(days=20):
+                continue
+            rows.append((f"I{len(rows)}", s, core, d, d if paid else pd.NaT))
+    inv = pd.DataFrame(
+        rows, columns=["invoice_id", "seller_id", "buyer_id", "issue_date", "paid_date"]
+    )
+    inv["paid_date"] = pd.to_datetime(inv["paid_date"])
+    return Tables(enterprises=ent, invoices=inv)
+
+
+def test_a_per_core_feed_without_a_record_with_a_core_is_checked() -> None:
+    """SMEs that only sell to cores, with no inventory snapshot (and, unpaid, no payment on a
+    core's invoice): contract-valid data where a per-core feed (invoices bought, payments made)
+    has no record with a core. Counting its cores ran into a ValueError (no core, one empty
+    piece), and with it every `scf-risk monitor` run."""
+    from serving.portfolio.monitor import FEEDS, freshness, freshness_references
+
+    for paid in (True, False):
+        tables = sellers(paid=paid)
+        for feed in FEEDS:
+            counts = silent_counts_of(tables, feed.name)
+            has = feed.name == "invoices_sold" or (paid and feed.name == "payments_received")
+            assert (not counts.empty) == has, (feed.name, counts)
+        found = freshness(
+            tables, FRESH_AS_OF, freshness_references(FRESH_AS_OF, months_before(FRESH_AS_OF))
+        )
+        assert set(found.tests["feed"]) == (
+            {"invoices_sold", "payments_received"} if paid else {"invoices_sold"}
+        )
+        assert (found.tests["signal"] == "stable").all()
+
+
+def silent_counts_of(tables: Tables, feed: str) -> pd.DataFrame:
+    from serving.portfolio.monitor import FEEDS, FeedData, silent_counts
+
+    return silent_counts(FeedData.of(tables), next(f for f in FEEDS if f.name == feed), FRESH_AS_OF)
+
+
+def test_an_sme_without_industry_is_in_no_industry_group() -> None:
+    """An SME whose industry is not given (NaN in the table) is in no industry's group: not in
+    one named "nan"."""
+    from serving.portfolio.monitor import FEEDS, FeedData, silent_counts
+
+    for missing in (np.nan, None):
+        data = FeedData.of(sellers(industry=missing))
+        assert data.industry[0] is None
+        groups = set(silent_counts(data, FEEDS[0], FRESH_AS_OF)["group"])
+        assert groups == {"all", "food", "C2"}, groups
 
 
 # -- the training reference -----------------------------------------------------------------------
