@@ -56,6 +56,7 @@ from features.contract import DEFAULT_HORIZON_DAYS
 from features.drift import (
     FULL_COVERAGE_MIN,
     MIN_SHARE,
+    MISSING_MIN_RISE,
     MISSING_RISE_P,
     PROFILE_ARTIFACT,
     SCORE,
@@ -1059,9 +1060,10 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "rows' histories covered the whole window) counts at the lower of its band and its "
             "band on like coverage (the population's features recomputed from the data cut at "
             "the training rows' history lengths, every SME of the population in every cut), "
-            "and is window-filling when that is stable, unless its missing share rose beyond "
-            "chance on the full windows or on like coverage (one-sided Fisher exact test "
-            f"against the training rows at {MISSING_RISE_P:g}); ranked by impact = PSI x "
+            "and is window-filling when that is stable, unless its missing share rose by at "
+            f"least {MISSING_MIN_RISE:.0%} of the SMEs and beyond chance on the full windows or "
+            "on like coverage (one-sided Fisher exact test against the training rows at "
+            f"{MISSING_RISE_P:g}); ranked by impact = PSI x "
             "attribution share",
             "coverage": coverage_note(result.profile),
             "band_counts": {b: int(signals.get(b, 0)) for b in SIGNALS},
