@@ -29,7 +29,10 @@
   that stopped is an action whatever the drift statistics say. An outage younger than the
   shortest like-coverage cut (30 days) moves no feature's distribution; it shows here. While a
   feed is silent across the population (`feeds_silent`), no drift is excused as window filling:
-  the windowed features keep their raw signal.
+  the windowed features keep their raw signal. What it could not test is said, never called
+  stable: a group with too few SMEs is ``untested``; a feed without records, a skipped window or
+  data without a reference date is listed (`freshness_gaps`) in an ``UNCHECKED data`` action, and
+  "no data feed fell silent" is said only when every feed was tested.
 
 Plain functions over frames; `monitor` assembles them, `summary` makes the JSON the report is
 rendered from, `log_to_mlflow` records a run in the ``monitoring`` experiment.
@@ -53,6 +56,7 @@ from features.contract import DEFAULT_HORIZON_DAYS
 from features.drift import (
     FULL_COVERAGE_MIN,
     MIN_SHARE,
+    MISSING_MIN_RISE,
     MISSING_RISE_P,
     PROFILE_ARTIFACT,
     SCORE,
@@ -652,7 +656,9 @@ FRESHNESS_Q = 0.01
 FRESHNESS_MIN_RISE = 0.05
 """A silent share rises materially by at least this much (5 % of the group's SMEs fell silent)."""
 FRESHNESS_MIN_SMES = 10
-"""Groups with fewer SMEs expected in the feed at either date are not tested."""
+"""Groups with fewer SMEs expected in the feed at either date are not tested (``untested``)."""
+UNTESTED = "untested"
+"""The signal of a freshness test that could not be made (too few SMEs at either date)."""
 FRESHNESS_REFERENCES = 3
 """Reference dates: the comparison date and the months before it (`freshness_references`)."""
 FRESHNESS_COLUMNS = (
@@ -686,7 +692,10 @@ class FeedData:
         if "industry" in ent.columns:
             known = ent[role == "sme"]
             where = smes.get_indexer(known["enterprise_id"].astype(str))
-            industry[where] = known["industry"].astype("object").where(known["industry"].notna())
+            # None where not given (a NaN would be read as an industry named "nan")
+            industry[where] = (
+                known["industry"].astype("object").where(known["industry"].notna(), None)
+            )
         inv = tables.invoices
         # each party looked up once, then as an SME / core position (the last entry, -1, for an
         # id the enterprises do not hold: the lookup's -1 lands on it)
@@ -799,8 +808,8 @@ def silent_counts(
     industry = data.industry
     for name in sorted({str(i) for i in industry[seen] if i is not None}):
         count("industry", name, last[seen & (industry == name)])
-    if feed.counterparty:
-        with_core = core >= 0
+    with_core = core >= 0
+    if feed.counterparty and with_core.any():  # no record with a core: no core to test
         n = len(data.smes)
         key = core[with_core].astype(np.int64) * n + sme[with_core]
         pair = pd.Series(day[with_core]).groupby(key, sort=True).max()
@@ -832,6 +841,7 @@ class Freshness:
     references: tuple[pd.Timestamp, ...]  # the reference dates with a population
     cadence: dict[str, float]  # per feed, its typical gap in days (NaN: unknown)
     skipped: tuple[str, ...]  # windows not tested, and why
+    windows: dict[str, tuple[int, ...]]  # per feed, the windows compared (none skipped)
 
 
 def freshness(
@@ -847,8 +857,11 @@ def freshness(
     paying a backlog as it leaves stress) does not make an ordinary month look silent; an outage
     is compared with dates before it as long as the median reference predates it. One-sided
     Fisher exact test that the silent share rose, Benjamini-Hochberg over all the run's tests:
-    ``act`` when q < `FRESHNESS_Q` and the share rose by `FRESHNESS_MIN_RISE` or more, else
-    ``stable``.
+    ``act`` when q < `FRESHNESS_Q` and the share rose by `FRESHNESS_MIN_RISE` or more,
+    ``untested`` when the group has fewer than `FRESHNESS_MIN_SMES` SMEs expected in the feed at
+    either date (p and q NaN: nothing was tested, so nothing is called stable), else ``stable``.
+    A feed no SME of the population is expected in, and every feed when no reference date has
+    a population, has no test at all (`freshness_gaps` says what was not checked).
 
     Fisher's test treats the two dates as independent samples; they hold largely the same SMEs,
     whose silences are positively correlated, so it overstates the noise of the difference:
@@ -865,6 +878,7 @@ def freshness(
     frames: list[pd.DataFrame] = []
     cadence: dict[str, float] = {}
     skipped: list[str] = []
+    compared: dict[str, tuple[int, ...]] = {}
     for feed in FEEDS:
         cadence[feed.name] = feed_cadence(data, feed.name, refs[0]) if refs else math.nan
         windows = list(FRESHNESS_WINDOWS)
@@ -877,6 +891,7 @@ def freshness(
                     f"{cadence[feed.name]:.0f} days, and the reference dates sit at other "
                     f"places in their months than {as_of.date()})"
                 )
+        compared[feed.name] = tuple(windows) if refs else ()
         if not windows or not refs:
             continue
         now = silent_counts(data, feed, as_of, windows)
@@ -894,7 +909,7 @@ def freshness(
         frames.append(both.assign(feed=feed.name))
     if not frames:
         empty = pd.DataFrame(columns=list(FRESHNESS_COLUMNS))
-        return Freshness(empty, tuple(refs), cadence, tuple(skipped))
+        return Freshness(empty, tuple(refs), cadence, tuple(skipped), compared)
     tests = pd.concat(frames, ignore_index=True)
     n1 = tests["n_as_of"].to_numpy(dtype=np.int64)
     n0 = tests["n_compare"].to_numpy(dtype=np.int64)
@@ -915,10 +930,10 @@ def freshness(
         rise=rise,
         p=p,
         q=q,
-        signal=np.where(act, "act", "stable"),
+        signal=np.where(testable, np.where(act, "act", "stable"), UNTESTED),
     )
     tests = tests[list(FRESHNESS_COLUMNS)].reset_index(drop=True)
-    return Freshness(tests, tuple(refs), cadence, tuple(skipped))
+    return Freshness(tests, tuple(refs), cadence, tuple(skipped), compared)
 
 
 def _scored(
@@ -1045,9 +1060,10 @@ def summary(result: MonitorResult) -> dict[str, Any]:
             "rows' histories covered the whole window) counts at the lower of its band and its "
             "band on like coverage (the population's features recomputed from the data cut at "
             "the training rows' history lengths, every SME of the population in every cut), "
-            "and is window-filling when that is stable, unless its missing share rose beyond "
-            "chance on the full windows or on like coverage (one-sided Fisher exact test "
-            f"against the training rows at {MISSING_RISE_P:g}); ranked by impact = PSI x "
+            "and is window-filling when that is stable, unless its missing share rose by at "
+            f"least {MISSING_MIN_RISE:.0%} of the SMEs and beyond chance on the full windows or "
+            "on like coverage (one-sided Fisher exact test against the training rows at "
+            f"{MISSING_RISE_P:g}); ranked by impact = PSI x "
             "attribution share",
             "coverage": coverage_note(result.profile),
             "band_counts": {b: int(signals.get(b, 0)) for b in SIGNALS},
@@ -1162,10 +1178,58 @@ def summary(result: MonitorResult) -> dict[str, Any]:
     return doc
 
 
+def freshness_gaps(found: Freshness, as_of: pd.Timestamp) -> tuple[list[str], list[str]]:
+    """What the freshness check could not check, in words: (feeds, groups). Feeds: all of them
+    when no reference date has a population; else the windows skipped (`Freshness.skipped`), the
+    feeds without a test of the whole population (no SME of the population expected in them at
+    the as-of or the reference date) and the windows whose test of the whole population is
+    ``untested``. Groups: the industries and cores with an ``untested`` test (too few SMEs), with
+    their feeds. A feed that stopped there would not show, so the monitor says that no data feed
+    fell silent only when the first list is empty (`actions`)."""
+    if not found.references:
+        return [
+            "every feed: no reference date has a population (the data begin after the "
+            f"comparison date and the {FRESHNESS_REFERENCES - 1} month ends before it), so no "
+            f"silence at {as_of.date()} could be compared"
+        ], []
+    tests = found.tests
+    feeds = list(found.skipped)
+    for feed in FEEDS:
+        windows = found.windows.get(feed.name, ())
+        if not windows:
+            continue  # every window skipped: said
+        whole = tests[(tests["feed"] == feed.name) & (tests["kind"] == "population")]
+        if whole.empty:
+            feeds.append(
+                f"{feed.text}: no SME of the population had one in the {FRESHNESS_LOOKBACK_DAYS} "
+                f"days up to {as_of.date()} or up to the reference date, so none was expected"
+            )
+            continue
+        small = whole[whole["signal"] == UNTESTED]
+        if not small.empty:
+            r = small.iloc[0]
+            feeds.append(
+                f"{feed.text}: the {'/'.join(str(w) for w in small['window_days'])}-day windows "
+                f"({r['n_as_of']} SMEs expected in it at {as_of.date()}, {r['n_compare']} on "
+                f"{r['reference']}: fewer than {FRESHNESS_MIN_SMES})"
+            )
+    untested = tests[(tests["signal"] == UNTESTED) & (tests["kind"] != "population")]
+    groups = []
+    for (kind, group), rows in untested.groupby(["kind", "group"], sort=True):
+        said = ", ".join(f.text for f in FEEDS if f.name in set(rows["feed"]))
+        groups.append(f"{kind} {group} ({said})")
+    return feeds, groups
+
+
 def freshness_doc(found: Freshness, as_of: pd.Timestamp) -> dict[str, Any]:
-    """The freshness check's part of the JSON summary."""
+    """The freshness check's part of the JSON summary. ``tested`` / ``untested``: the tests
+    made and those that could not be (too few SMEs); ``not_checked``: the feeds and windows not
+    checked, ``untested_groups`` the groups with an untested feed (`freshness_gaps`);
+    ``complete``: every feed's whole population checked in every window."""
     texts = {f.name: f for f in FEEDS}
     refs = [t.date().isoformat() for t in found.references]
+    not_checked, untested_groups = freshness_gaps(found, as_of)
+    signals = found.tests["signal"]
     return {
         "as_of": as_of.date().isoformat(),
         "references": refs,
@@ -1178,7 +1242,8 @@ def freshness_doc(found: Freshness, as_of: pd.Timestamp) -> dict[str, Any]:
         f"and those with none in the last {'/'.join(map(str, FRESHNESS_WINDOWS))} days, records "
         "dated on or before the date only; one-sided Fisher exact test that the silent share "
         f"rose, Benjamini-Hochberg q < {FRESHNESS_Q:g} over all the tests, and a rise of at "
-        f"least {FRESHNESS_MIN_RISE:.0%} of the group: act",
+        f"least {FRESHNESS_MIN_RISE:.0%} of the group: act; a group with fewer than "
+        f"{FRESHNESS_MIN_SMES} SMEs expected in the feed at either date: untested",
         "windows": list(FRESHNESS_WINDOWS),
         "feeds": [
             {
@@ -1190,7 +1255,12 @@ def freshness_doc(found: Freshness, as_of: pd.Timestamp) -> dict[str, Any]:
             for f in FEEDS
         ],
         "skipped": list(found.skipped),
-        "act": int((found.tests["signal"] == "act").sum()),
+        "act": int((signals == "act").sum()),
+        "tested": int((signals != UNTESTED).sum()),
+        "untested": int((signals == UNTESTED).sum()),
+        "not_checked": not_checked,
+        "untested_groups": untested_groups,
+        "complete": not not_checked,
         "blocks_window_filling": feeds_silent(found),
         "tests": [
             {
@@ -1280,7 +1350,11 @@ def freshness_actions(fresh: dict[str, Any]) -> list[str]:
 def actions(doc: dict[str, Any]) -> list[str]:
     """The summary as a short list of what to do, most urgent first (a single line saying so
     when there is nothing to act on)."""
-    out: list[str] = freshness_actions(doc.get("freshness", {}))
+    fresh = doc.get("freshness")
+    out: list[str] = freshness_actions(fresh or {})
+    unchecked = _unchecked(fresh)
+    if unchecked:
+        out.append(unchecked)
     psi = doc["psi"]
     counted = [f for f in psi["features"] if f["signal"] in ("act", "watch")]
     if psi["score"]["band"] != "stable":
@@ -1373,15 +1447,45 @@ def actions(doc: dict[str, Any]) -> list[str]:
             f"WORKOUT: {ew['count']} early warning(s) (down {ew['min_notches']}+ grades or PD "
             f"crossed {ew['pd_threshold']:.0%}); review them with the workout team."
         )
-    if not out or all(a.startswith(("WORKOUT", "RETRAIN")) for a in out):
+    if not out or all(a.startswith(("WORKOUT", "RETRAIN", UNCHECKED)) for a in out):
         out.insert(
             0,
             f"Nothing to act on in the model: the score is {psi['score']['band']} (PSI "
             f"{psi['score']['psi']:.2f}), no counted feature drifted, no industry or core's "
-            "SMEs moved against the rest, no grade failed its Jeffreys test"
-            + (", no data feed fell silent." if "freshness" in doc else "."),
+            "SMEs moved against the rest, no grade failed its Jeffreys test" + _silence_said(fresh),
         )
     return out
+
+
+UNCHECKED = "UNCHECKED data"
+"""The action line of what the freshness check could not test (`freshness_gaps`)."""
+
+
+def _unchecked(fresh: dict[str, Any] | None) -> str:
+    """The action line of the feeds and windows the freshness check could not test (empty when
+    it tested them all)."""
+    if fresh is None or fresh.get("complete", True):
+        return ""
+    return (
+        f"{UNCHECKED}: the freshness check could not test {'; '.join(fresh['not_checked'])}. "
+        "A feed that stopped there would not show: check these feeds' latest records before "
+        "reading this month's drift and scores."
+    )
+
+
+def _silence_said(fresh: dict[str, Any] | None) -> str:
+    """The end of the nothing-to-act-on line: that no data feed fell silent only when every
+    feed was tested; the groups too small to test named."""
+    if fresh is None:
+        return "."
+    groups = fresh.get("untested_groups") or []
+    small = f" (too few SMEs to test the feeds of {'; '.join(groups)})" if groups else ""
+    if not fresh.get("complete", False):
+        return (
+            f"; the data feeds it tested did not fall silent{small}, but not every feed could "
+            f"be tested ({UNCHECKED})."
+        )
+    return f", no data feed fell silent{small}."
 
 
 def metrics_of(doc: dict[str, Any]) -> dict[str, float]:

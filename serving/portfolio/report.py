@@ -66,6 +66,7 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}
 .band-stable{color:#2e7d32;font-weight:600}.band-watch{color:#b58100;font-weight:600}
 .band-act{color:#c62828;font-weight:600}
 .band-time-like,.band-filled-in,.band-window-filling,.band-negligible{color:#777}
+.band-untested{color:#b58100;font-style:italic}
 .chart{display:block;margin:8px 0}
 .kpi{display:inline-block;margin:4px 18px 4px 0}.kpi b{font-size:20px;display:block}
 ul.reasons{margin:0;padding-left:16px;text-align:left}
@@ -286,7 +287,16 @@ def _freshness_section(doc: dict[str, Any]) -> str:
     cadence = "; ".join(
         f"{f['text']} every {num(f['cadence_days'], 0)} days" for f in fresh["feeds"]
     )
-    skipped = f" Not tested: {_e('; '.join(fresh['skipped']))}." if fresh["skipped"] else ""
+    gaps = fresh.get("not_checked", fresh["skipped"])
+    skipped = f" Not tested: {_e('; '.join(gaps))}." if gaps else ""
+    groups = fresh.get("untested_groups") or []
+    if groups:
+        skipped += f" Too few SMEs to test: {_e('; '.join(groups))}."
+    counted = (
+        f"{fresh['tested']} tested, {fresh['untested']} untested"
+        if "tested" in fresh
+        else f"of {len(tests)}"
+    )
 
     def group(t: dict[str, Any]) -> str:
         if t["kind"] == "core":
@@ -306,7 +316,7 @@ def _freshness_section(doc: dict[str, Any]) -> str:
         f"the same at a reference date. Method: {_e(fresh['method'])}. Reference: "
         f"{_e(fresh['reference_note'])}. Typical gap between an SME's records: {_e(cadence)}."
         f"{skipped} The table lists every test of the whole population and every industry's "
-        f"or core's test at act ({fresh['act']} at act in all, of {len(tests)}).</p>"
+        f"or core's test at act ({fresh['act']} at act in all; {counted}).</p>"
         + table(
             [
                 "feed",

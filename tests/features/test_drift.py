@@ -474,16 +474,17 @@ def test_a_rise_of_the_missing_share_on_like_coverage_is_not_excused(
 
 
 def test_a_missing_rise_counts_the_training_rows() -> None:
-    """Training's missing share is itself counted over some thousand rows: with them, one SME
-    missing of 744 against 0 of 6,335 in training is chance (Fisher's exact test), three are a
-    rise; without them the training share is taken as exact and any missing value rises above
-    0. On like coverage (the unshocked twin on 2023-06-30): one SME with no data in one of the 8
-    cuts, 1/(752 x 8) missing against none in training, does not block window filling."""
+    """Training's missing share is itself counted over some rows: with them, 20 SMEs missing of
+    744 (2.7 %) against 0 of 60 training rows is chance (Fisher's exact test), against 0 of
+    6,335 a rise; without them the training share is taken as exact and any material rise above
+    0 is one. On like coverage (the unshocked twin on 2023-06-30): one SME with no data in one of
+    the 8 cuts, 1/(752 x 8) missing against none in training, does not block window filling; 3 %
+    of the SMEs missing does."""
     from features.drift import Coverage, WindowCoverage, missing_rose, rank_drift
 
-    assert not missing_rose(0.0, 1 / 744, 744, 6335)
-    assert missing_rose(0.0, 3 / 744, 744, 6335)
-    assert missing_rose(0.0, 1 / 744, 744)
+    assert not missing_rose(0.0, 20 / 744, 744, 60)
+    assert missing_rose(0.0, 20 / 744, 744, 6335)
+    assert missing_rose(0.0, 20 / 744, 744)
     assert not missing_rose(0.05, 45 / 744, 744, 6335)  # 6.0 % against 5.0 %
     assert missing_rose(0.05, 65 / 744, 744, 6335)  # 8.7 %
     coverage = Coverage(
@@ -496,12 +497,52 @@ def test_a_missing_rise_counts_the_training_rows() -> None:
     )
     name = "inventory_turnover_365d"
 
-    def judged(frame: pd.DataFrame) -> str:
+    def judged(frame: pd.DataFrame, like_missing: float) -> str:
         ranked = rank_drift(
             frame, {name: 0.2}, coverage=coverage, like_coverage={name: 0.014},
-            like_missing={name: 1 / (752 * 8)},
+            like_missing={name: like_missing},
         )  # fmt: skip
         return str(ranked.loc[0, "signal"])
 
-    assert judged(rows.assign(expected_rows=[6335])) == "window-filling"
-    assert judged(rows) == "watch"  # the training rows unknown: any missing value is a rise
+    for counted in (rows.assign(expected_rows=[6335]), rows):
+        assert judged(counted, 1 / (752 * 8)) == "window-filling"
+        assert judged(counted, 0.03) == "watch"
+
+
+@pytest.mark.parametrize("scale", [1, 10])
+def test_a_missing_rise_must_be_material(scale: int) -> None:
+    """A missing share must rise by `MISSING_MIN_RISE` (2 points) as well as beyond chance: the
+    unshocked twin's 6.1 % on like coverage against 5.0 % in training (752 SMEs, 6,335 training
+    rows: p = 0.11) became significant at ten times the portfolio (p = 3.4e-05) and blocked the
+    window-filling excuse on stable data. 5 % to 8 % still is a rise at both sizes, and so are the
+    outages (8.8 % and 11.5 %)."""
+    from features.drift import MISSING_MIN_RISE, Coverage, WindowCoverage, missing_rose, rank_drift
+
+    assert MISSING_MIN_RISE == 0.02
+    n, training = 752 * scale, 6335 * scale
+    assert not missing_rose(0.05, 0.061, n, training)
+    assert not missing_rose(0.05, 0.069, n, training)
+    for rose in (0.08, 0.088, 0.115):
+        assert missing_rose(0.05, rose, n, training), rose
+    # in rank_drift, on the full windows and on like coverage
+    coverage = Coverage(
+        rows=training,
+        history_days=(30, 120, 240),
+        windows=(WindowCoverage("dispute_rate_365d", 365, 0.0, 120.0),),
+    )
+    rows = _drifted("dispute_rate_365d", 0.6).assign(
+        expected_missing=[0.05], actual_missing=[0.05], psi_present=[0.6], rows=[n],
+        expected_rows=[training],
+    )  # fmt: skip
+
+    def judged(actual: float, like: float) -> str:
+        ranked = rank_drift(
+            rows.assign(actual_missing=[actual]), {"dispute_rate_365d": 0.2}, coverage=coverage,
+            like_coverage={"dispute_rate_365d": 0.05}, like_missing={"dispute_rate_365d": like},
+        )  # fmt: skip
+        return str(ranked.loc[0, "signal"])
+
+    assert judged(0.05, 0.061) == "window-filling"
+    assert judged(0.061, 0.05) == "window-filling"
+    assert judged(0.05, 0.08) == "act"
+    assert judged(0.08, 0.05) == "act"

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.contract import Tables
 from features.drift import PROFILE_ARTIFACT, SCORE
 from serving.exceptions import ModelLoadFailed
 from serving.portfolio.charts import Chart, Series
@@ -138,6 +139,216 @@ def test_comparison_and_cohort_dates() -> None:
     assert matured_cohort("2023-12-31", "2022-01-01") == pd.Timestamp("2022-12-31")
     assert matured_cohort("2023-12-30", "2022-01-01") == pd.Timestamp("2022-11-30")
     assert matured_cohort("2022-12-30", "2022-01-01") is None
+
+
+# -- data freshness on thin data ------------------------------------------------------------------
+FRESH_AS_OF = pd.Timestamp("2024-06-30")
+
+
+def sellers(
+    n: int = 12,
+    *,
+    core_smes: int = 0,
+    paid: bool = True,
+    industry: object = "food",
+    start: str = "2023-01-01",
+) -> Tables:
+    """`n` SMEs that only sell, an invoice a week each until the freshness date, to core C2 (the
+    first `core_smes` to core C1, whose feed stopped 20 days before it); paid on the day of issue
+    or (`paid` False) never. No invoice bought, no inventory snapshot, no loan. The first SME's
+    industry is `industry`, the others' "food"."""
+    smes = [f"S{i:02d}" for i in range(n)]
+    ent = pd.DataFrame(
+        {
+            "enterprise_id": [*smes, "C1", "C2"],
+            "role": ["sme"] * n + ["core", "core"],
+            "industry": pd.Series([industry, *["food"] * (n - 1), None, None], dtype=object),
+        }
+    )
+    rows = []
+    for i, s in enumerate(smes):
+        core = "C1" if i < core_smes else "C2"
+        for d in pd.date_range(start, FRESH_AS_OF, freq="7D"):
+            if core == "C1" and d > FRESH_AS_OF - pd.Timedelta(days=20):
+                continue
+            rows.append((f"I{len(rows)}", s, core, d, d if paid else pd.NaT))
+    inv = pd.DataFrame(
+        rows, columns=["invoice_id", "seller_id", "buyer_id", "issue_date", "paid_date"]
+    )
+    inv["paid_date"] = pd.to_datetime(inv["paid_date"])
+    return Tables(enterprises=ent, invoices=inv)
+
+
+def test_a_per_core_feed_without_a_record_with_a_core_is_checked() -> None:
+    """SMEs that only sell to cores, with no inventory snapshot (and, unpaid, no payment on a
+    core's invoice): contract-valid data where a per-core feed (invoices bought, payments made)
+    has no record with a core. Counting its cores ran into a ValueError (no core, one empty
+    piece), and with it every `scf-risk monitor` run."""
+    from serving.portfolio.monitor import FEEDS, freshness, freshness_references
+
+    for paid in (True, False):
+        tables = sellers(paid=paid)
+        for feed in FEEDS:
+            counts = silent_counts_of(tables, feed.name)
+            has = feed.name == "invoices_sold" or (paid and feed.name == "payments_received")
+            assert (not counts.empty) == has, (feed.name, counts)
+        found = freshness(
+            tables, FRESH_AS_OF, freshness_references(FRESH_AS_OF, months_before(FRESH_AS_OF))
+        )
+        assert set(found.tests["feed"]) == (
+            {"invoices_sold", "payments_received"} if paid else {"invoices_sold"}
+        )
+        assert (found.tests["signal"] == "stable").all()
+
+
+def silent_counts_of(tables: Tables, feed: str) -> pd.DataFrame:
+    from serving.portfolio.monitor import FEEDS, FeedData, silent_counts
+
+    return silent_counts(FeedData.of(tables), next(f for f in FEEDS if f.name == feed), FRESH_AS_OF)
+
+
+def checked(tables: Tables, as_of: pd.Timestamp = FRESH_AS_OF) -> dict[str, Any]:
+    from serving.portfolio.monitor import freshness, freshness_doc, freshness_references
+
+    return freshness_doc(
+        freshness(tables, as_of, freshness_references(as_of, months_before(as_of))), as_of
+    )
+
+
+def quiet(fresh: dict[str, Any]) -> list[str]:
+    """The actions of a monitoring summary with nothing to act on but this freshness part."""
+    from serving.portfolio.monitor import actions
+
+    doc = {
+        "compare": "2024-03-31",
+        "psi": {"score": {"band": "stable", "psi": 0.02}, "features": [], "coverage": "known"},
+        "score_shift": {"by_feature": [], "change": 0.0},
+        "segments": {"baseline": None, "segments": []},
+        "realised_by_grade": {"grades": []},
+        "early_warning": {"count": 0},
+        "freshness": fresh,
+    }
+    return actions(doc)
+
+
+@pytest.mark.parametrize("paid", [True, False])
+def test_smes_that_only_sell_are_checked_and_the_empty_feeds_said(paid: bool) -> None:
+    """SMEs that only sell to cores, with no inventory snapshot (and, unpaid, no payment on a
+    core's invoice): contract-valid data where a per-core feed has no record with a core. The
+    check ran into a ValueError (no core, one empty piece) and with it every `scf-risk monitor`
+    run. It tests the feeds that have records and says which it could not test."""
+    fresh = checked(sellers(paid=paid))
+    tested = {t["feed"] for t in fresh["tests"]}
+    assert tested == ({"invoices_sold", "payments_received"} if paid else {"invoices_sold"})
+    assert {(t["kind"], t["group"]) for t in fresh["tests"]} == {
+        ("population", "all"), ("industry", "food"), ("core", "C2"),
+    }  # fmt: skip
+    assert all(t["signal"] == "stable" for t in fresh["tests"]), fresh["tests"]
+    assert fresh["complete"] is False and fresh["act"] == 0
+    empty = ["invoices bought", "payments made", "inventory snapshots"]
+    empty += [] if paid else ["payments received"]
+    for text in empty:
+        assert any(s.startswith(f"{text}: no SME of the population") for s in fresh["not_checked"])
+    assert len(fresh["not_checked"]) == len(empty)
+    lines = quiet(fresh)
+    assert lines[0].startswith("Nothing to act on in the model")
+    assert (
+        "no data feed fell silent" not in lines[0] and "not every feed could be tested" in lines[0]
+    )
+    (unchecked,) = [a for a in lines if a.startswith("UNCHECKED data: ")]
+    assert all(text in unchecked for text in empty)
+
+
+def test_an_sme_without_industry_is_in_no_industry_group() -> None:
+    """An SME whose industry is not given (NaN in the table) is in no industry's group: not in
+    one named "nan"."""
+    from serving.portfolio.monitor import FEEDS, FeedData, silent_counts
+
+    for missing in (np.nan, None):
+        data = FeedData.of(sellers(industry=missing))
+        assert data.industry[0] is None
+        groups = set(silent_counts(data, FEEDS[0], FRESH_AS_OF)["group"])
+        assert groups == {"all", "food", "C2"}, groups
+
+
+def test_a_group_too_small_to_test_is_untested_not_stable() -> None:
+    """Core C1's 6 SMEs, whose feed stopped 20 days ago, are fewer than `FRESHNESS_MIN_SMES`:
+    their tests have no p-value and are untested, not stable; the summary counts them and names
+    the core, and does not claim plainly that no data feed fell silent."""
+    fresh = checked(sellers(200, core_smes=6))
+    c1 = [t for t in fresh["tests"] if t["group"] == "C1"]
+    assert c1 and all(t["signal"] == "untested" and t["p"] is None for t in c1), c1
+    assert any(t["active_as_of"] == 0 for t in c1)  # it did fall silent
+    assert fresh["untested"] == len(c1) and fresh["tested"] == len(fresh["tests"]) - len(c1)
+    assert fresh["untested_groups"] == ["core C1 (invoices sold, payments received)"]
+    line = quiet(fresh)[0]
+    assert "too few SMEs to test the feeds of core C1 (invoices sold, payments received)" in line
+
+
+def test_young_data_tests_nothing_and_says_so() -> None:
+    """On data younger than the reference dates (none has a population) the check makes no test:
+    it says so, and no line claims that no data feed fell silent."""
+    as_of = pd.Timestamp("2023-01-31")
+    fresh = checked(sellers(start="2022-12-01"), as_of)
+    assert fresh["tests"] == [] and fresh["tested"] == 0 and fresh["references"] == []
+    assert fresh["complete"] is False
+    (gap,) = fresh["not_checked"]
+    assert gap.startswith("every feed: no reference date has a population")
+    lines = quiet(fresh)
+    assert "no data feed fell silent" not in " ".join(lines)
+    assert any(
+        a.startswith("UNCHECKED data: the freshness check could not test every feed") for a in lines
+    )
+
+
+def test_skipped_windows_are_said_in_the_actions() -> None:
+    """At a mid-month date against month ends, the inventory's monthly snapshots are not compared
+    in windows shorter than 1.5 months: every inventory window skipped, and said."""
+    tables = sellers(paid=True)
+    days = pd.date_range("2023-01-31", FRESH_AS_OF, freq="ME")
+    stock = pd.DataFrame(
+        [(s, d) for s in tables.enterprises["enterprise_id"][:12] for d in days],
+        columns=["sme_id", "snapshot_date"],
+    )
+    from dataclasses import replace
+
+    from serving.portfolio.monitor import freshness, freshness_doc, freshness_references
+
+    as_of = pd.Timestamp("2024-06-15")
+    found = freshness(
+        replace(tables, inventory=stock),
+        as_of,
+        freshness_references(as_of, pd.Timestamp("2024-03-31")),
+    )
+    fresh = freshness_doc(found, as_of)
+    assert not any(t["feed"] == "inventory" for t in fresh["tests"])
+    assert any(
+        s.startswith("inventory snapshots: the 7/14/30-day windows") for s in fresh["not_checked"]
+    )
+    assert fresh["complete"] is False
+    (unchecked,) = [a for a in quiet(fresh) if a.startswith("UNCHECKED")]
+    assert "inventory snapshots: the 7/14/30-day windows" in unchecked
+
+
+def test_every_feed_tested_is_said_plainly() -> None:
+    """When every feed's whole population was tested in every window (and no group is too small)
+    the summary says no data feed fell silent, and lists nothing unchecked."""
+    tables = sellers(paid=True)
+    smes = list(tables.enterprises["enterprise_id"][:12])
+    days = pd.date_range("2023-01-01", FRESH_AS_OF, freq="7D")
+    stock = pd.DataFrame([(s, d) for s in smes for d in days], columns=["sme_id", "snapshot_date"])
+    inv = tables.invoices
+    bought = inv.assign(
+        invoice_id=inv["invoice_id"] + "b", seller_id="C2", buyer_id=inv["seller_id"]
+    )
+    from dataclasses import replace
+
+    full = replace(tables, invoices=pd.concat([inv, bought], ignore_index=True), inventory=stock)
+    fresh = checked(full)
+    assert fresh["complete"] is True and fresh["not_checked"] == [] and fresh["untested"] == 0
+    assert fresh["tested"] == len(fresh["tests"]) > 0
+    lines = quiet(fresh)
+    assert lines == [lines[0]] and lines[0].endswith(", no data feed fell silent.")
 
 
 # -- the training reference -----------------------------------------------------------------------
@@ -656,3 +867,46 @@ def test_monthly_command_writes_one_folder_of_reports(
         "--model", profiled.uri,
     )  # fmt: skip
     assert again.exit_code == 1 and "not an empty folder" in again.output
+
+
+def test_the_report_says_what_the_freshness_check_could_not_test() -> None:
+    """The report's freshness section counts the tests made and untested, and names the feeds
+    not checked and the groups too small to test; an untested test reads untested."""
+    from serving.portfolio.report import _freshness_section
+
+    fresh = checked(sellers(200, core_smes=6))
+    html = _freshness_section({"freshness": fresh})
+    assert f"{fresh['tested']} tested, {fresh['untested']} untested" in html
+    assert "Not tested: invoices bought: no SME of the population had one" in html
+    assert "Too few SMEs to test: core C1 (invoices sold, payments received)." in html
+
+
+def test_the_monitor_completes_on_smes_that_only_sell_with_no_inventory(
+    profiled: Profiled,
+) -> None:
+    """Contract-valid data where SMEs only sell to cores, no core pays (no payment recorded)
+    and no inventory snapshot is delivered: the monitor ran into a ValueError in the freshness
+    check (a per-core feed with no record with a core), so `scf-risk monitor` died with a
+    traceback. It completes, tests the feed it can (invoices sold) and says which it could not,
+    in the JSON and in the actions."""
+    from dataclasses import replace
+
+    from features.io import load_tables
+    from serving.portfolio.monitor import monitor, summary
+
+    tables = load_tables(profiled.data)
+    role = tables.enterprises.set_index("enterprise_id")["role"]
+    inv = tables.invoices
+    sold = (inv["seller_id"].map(role) == "sme") & (inv["buyer_id"].map(role) == "core")
+    inv = inv[sold].assign(paid_date=pd.NaT, paid_amount=np.nan).reset_index(drop=True)
+    thin = replace(tables, invoices=inv, inventory=tables.inventory.iloc[:0])
+    loaded = load_model(profiled.uri, profiled.tracking_uri)
+    doc = summary(monitor(thin, loaded, profiled.profile, "2022-09-30"))
+    fresh = doc["freshness"]
+    assert {t["feed"] for t in fresh["tests"]} == {"invoices_sold"}
+    assert fresh["complete"] is False and fresh["tested"] > 0
+    for text in ("invoices bought", "payments received", "payments made", "inventory snapshots"):
+        assert any(s.startswith(f"{text}: no SME of the population") for s in fresh["not_checked"])
+    (line,) = [a for a in doc["actions"] if a.startswith("UNCHECKED data: ")]
+    assert "inventory snapshots" in line and "payments received" in line
+    assert not any("no data feed fell silent" in a for a in doc["actions"])
