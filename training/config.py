@@ -37,6 +37,8 @@ class TrainConfig:
     # (threads, pandas engine); each is grown alone all the same: no effect on the model
     max_rounds: int = 3000
     early_stopping_rounds: int = 200
+    bag: int | None = None  # boosters the model averages, differing in their seed; None = by
+    # the fit rows (`training.booster.bag_size`: 5 below 20,000, else 1)
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
     benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)
@@ -52,6 +54,10 @@ class TrainConfig:
     monotonicity_rows: int = 200
     monotonicity_grid: int = 25
     explain_rows: int = 2000  # OOT rows explained for the SHAP summary and top drivers
+
+    def __post_init__(self) -> None:
+        if self.bag is not None and self.bag < 1:
+            raise ValueError(f"bag must be at least 1 (or None: by the fit rows), got {self.bag}")
 
     @property
     def embargo(self) -> int:
@@ -85,6 +91,7 @@ class TrainConfig:
             "num_threads": self.num_threads,
             "max_rounds": self.max_rounds,
             "early_stopping_rounds": self.early_stopping_rounds,
+            "bag": "by fit rows" if self.bag is None else self.bag,
             "val_fraction": self.val_fraction,
             "calibration_folds": self.calibration_folds,
             "calibration_months": self.calibration_months,

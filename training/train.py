@@ -384,16 +384,20 @@ def assemble(
         params={
             "lightgbm": {k: v for k, v in params.items()},
             "best_iteration": grown.best_iteration,
-            "bag_seeds": _bag_seeds(params, len(prep.split.fit)),
+            "bag_seeds": _bag_seeds(params, bag_for(cfg, len(prep.split.fit))),
             "train": cfg.as_params(),
         },
     )
 
 
-def _bag_seeds(params: dict[str, Any], fit_rows: int) -> list[int]:
-    """The seeds of the boosters the model averages (`training.booster.bag_size`); one booster:
-    its seed."""
-    bag = boosting.bag_size(fit_rows)
+def bag_for(cfg: TrainConfig, fit_rows: int) -> int:
+    """How many boosters the model averages: `TrainConfig.bag`, or by the fit rows
+    (`training.booster.bag_size`)."""
+    return boosting.bag_size(fit_rows) if cfg.bag is None else cfg.bag
+
+
+def _bag_seeds(params: dict[str, Any], bag: int) -> list[int]:
+    """The seeds of the boosters the model averages (`bag_for`); one booster: its seed."""
     return boosting.bag_seeds(int(params["seed"]), bag) if bag > 1 else [int(params["seed"])]
 
 
@@ -414,7 +418,7 @@ def grow(
     X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     sme = prep.data["sme_id"].to_numpy()
     say = steps.say
-    bag = boosting.bag_size(len(split.fit))  # every booster below is a bag of this many
+    bag = bag_for(cfg, len(split.fit))  # every booster below is a bag of this many
     trainer: boosting.Trainer = (
         boosting.DaskTrainer(catalog, params, cfg.scheduler, cfg.dask_workers, bag)
         if cfg.engine == "dask"

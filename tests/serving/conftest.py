@@ -118,6 +118,7 @@ def registered(
         early_stopping_rounds=20,
         monotonicity_rows=40,
         explain_rows=100,
+        bag=1,  # one booster, as on large data (the small-data bag is tested in training)
     )
     root = tmp_path_factory.mktemp("registry")
     return register_simulated(root, config, tracking_stores.new(root))[0]

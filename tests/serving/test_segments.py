@@ -207,7 +207,7 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> Twins:
     tracking_uri = f"sqlite:///{root}/mlflow.db"
     config = TrainConfig(
         oot_months=4, embargo_days=0, calibration_folds=2, max_rounds=80,
-        early_stopping_rounds=20, monotonicity_rows=40, explain_rows=100,
+        early_stopping_rounds=20, monotonicity_rows=40, explain_rows=100, bag=1,
     )  # fmt: skip
     run, _ = train_and_register(
         load_inputs(root / "stable", None), config, tracking_uri=tracking_uri

@@ -74,5 +74,10 @@ def make_panel(
     return panel, truth
 
 
-FAST: dict[str, Any] = {"calibration_folds": 3, "max_rounds": 400, "early_stopping_rounds": 50}
+FAST: dict[str, Any] = {
+    "calibration_folds": 3,
+    "max_rounds": 400,
+    "early_stopping_rounds": 50,
+    "bag": 1,  # one booster, as on large data: the small-data bag has its own tests
+}
 """TrainConfig settings that keep the tests fast (the defaults are for real data)."""

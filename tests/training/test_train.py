@@ -262,7 +262,7 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
     """Below `SMALL_DATA_ROWS` fit rows the model is the mean of `BAG` boosters (its seeds in the
     bundle); its reason points still add up to the score exactly. At the threshold: one."""
     panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
-    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60})
+    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": None})
     fit_rows = len(prepare(panel, CATALOG, config).split.fit)
     assert fit_rows < SMALL_DATA_ROWS
     bagged = fit(panel, CATALOG, config)
@@ -279,3 +279,5 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
     single = fit(panel, CATALOG, config)
     assert single.model.params["bag_seeds"] == [2] and single.metrics["bag_boosters"] == 1
     assert single.model.booster.num_trees() == single.model.params["best_iteration"]
+    with pytest.raises(ValueError, match="bag must be at least 1"):
+        TrainConfig(bag=0)
