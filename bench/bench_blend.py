@@ -11,7 +11,10 @@ it, each measured against the current model on the same OOT rows, per data seed 
   months, the model's rounds) and the margins of a scorecard fitted on the training rows of the
   same earlier months (embargoed), both on the held-out months' rows. The weights are then
   applied to the model's booster and the benchmark scorecard (fitted on all training rows, as
-  `training.evaluate` fits it) on the OOT rows. No OOT label is used.
+  `training.evaluate` fits it) on the OOT rows. No OOT label is used. The scorecard's logistic
+  regression gives some WoE columns negative weights (collinear features): a blend with it is
+  not monotone in those features, so the blend is measured again with scorecards whose weights
+  are held >= 0 (``weights >= 0``), the version a monotone model could serve.
 - ``blend (val SMEs)``: the same regression on the validation SMEs' rows: the model's margins
   (its early stopping saw these rows, so they flatter the booster a little) and a scorecard fitted
   on the fit SMEs only; applied on OOT with that scorecard.
@@ -52,6 +55,11 @@ SECTION = "blend"
 SEEDS = (1, 2, 3)
 SMES = 2000
 FEW_LEAVES = 4
+CI: dict[str, tuple[str, str]] = {
+    "diff": ("low", "high"),
+    "vs_scorecard": ("vs_scorecard_low", "vs_scorecard_high"),
+}
+"""The figures reported with their 95 % DeLong intervals: (low, high) keys."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,34 @@ class Variant:
 def _logodds(card: Any, frame: pd.DataFrame) -> np.ndarray:
     """A scorecard's log-odds (its logistic regression's decision function)."""
     return np.asarray(card.model_.decision_function(card._woe(frame)), dtype=np.float64)
+
+
+def _monotone_logodds(card: Any, fit: pd.DataFrame, y: np.ndarray) -> Callable[..., np.ndarray]:
+    """The scorecard's bins with non-negative weights: an L2 logistic regression on the WoE
+    columns (the scorecard's C) with every coefficient >= 0, so that each feature's term rises
+    with its WoE, i.e. keeps the direction of its bins (a blend with a positive weight is then
+    monotone in each feature as the booster is). Returns the log-odds function of a frame."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    W = card._woe(fit)
+    k = W.shape[1]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:k], theta[k]
+        z = W @ w + b
+        nll = float(np.sum(np.logaddexp(0.0, z) - y * z)) + 0.5 * float(w @ w) / card.C
+        r = expit(z) - y
+        return nll, np.append(W.T @ r + w / card.C, r.sum())
+
+    start = np.append(np.zeros(k), np.log(y.mean() / (1 - y.mean())))
+    bounds = [(0.0, None)] * k + [(None, None)]
+    theta = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds).x
+
+    def logodds(frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(card._woe(frame) @ theta[:k] + theta[k], dtype=np.float64)
+
+    return logodds
 
 
 def _stack(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -156,6 +192,20 @@ def measure(
         Variant(
             "blend (cal months)",
             blend_cal.decision_function(_stack(margin[oot], sc_oot)),
+            f"weights booster {w[0]:.3f}, scorecard {w[1]:.3f}",
+            (float(w[0]), float(w[1])),
+        )
+    )
+    # the same with scorecards of non-negative weights (a blend that keeps monotonicity)
+    mono_oot = _monotone_logodds(card, frame.iloc[train], y[train])(frame.iloc[oot])
+    mono_cal = _monotone_logodds(card_cal, frame.iloc[early], y[early])(frame.iloc[split.cal])
+    variants.append(Variant("scorecard, weights >= 0", mono_oot))
+    blend_mono = _blend(_stack(cal_margin, mono_cal), y[split.cal])
+    w = blend_mono.coef_[0]
+    variants.append(
+        Variant(
+            "blend (cal months), scorecard weights >= 0",
+            blend_mono.decision_function(_stack(margin[oot], mono_oot)),
             f"weights booster {w[0]:.3f}, scorecard {w[1]:.3f}",
             (float(w[0]), float(w[1])),
         )
@@ -298,8 +348,10 @@ def _figures(
     has = ~np.isnan(pd_true)
     oracle = m.auc(y_oot[has], pd_true[has]) if has.any() else float("nan")
     out: dict[str, dict[str, float]] = {}
+    scorecard = next(v.score for v in variants if v.name == "scorecard")
     for v in variants:
         diff, low, high, p_value = m.auc_difference(y_oot, v.score, margin[oot])
+        versus, versus_low, versus_high, _ = m.auc_difference(y_oot, v.score, scorecard)
         gap = oracle - m.auc(y_oot[has], v.score[has]) if has.any() else float("nan")
         out[v.name] = {
             "auc": m.auc(y_oot, v.score),
@@ -308,12 +360,16 @@ def _figures(
             "high": high,
             "p": p_value,
             "oracle_gap": gap,
+            "vs_scorecard": versus,
+            "vs_scorecard_low": versus_low,
+            "vs_scorecard_high": versus_high,
         }
         if v.weights is not None:
             out[v.name]["weight_booster"], out[v.name]["weight_scorecard"] = v.weights
         say(
             f"  {v.name:32s} AUC {out[v.name]['auc']:.4f}  vs current {diff:+.4f} "
-            f"[{low:+.4f}, {high:+.4f}] p={p_value:.3f}  oracle gap {gap:.4f}  {v.note}"
+            f"[{low:+.4f}, {high:+.4f}] p={p_value:.3f}  vs scorecard {versus:+.4f} "
+            f"[{versus_low:+.4f}, {versus_high:+.4f}]  oracle gap {gap:.4f}  {v.note}"
         )
     facts = {
         "oracle_auc": oracle,
@@ -346,21 +402,20 @@ def run(report: Report) -> None:
         for key, label in (
             ("auc", "OOT AUC"),
             ("diff", "OOT AUC - current model's (DeLong, same rows)"),
+            ("vs_scorecard", "OOT AUC - benchmark scorecard's (DeLong, same rows)"),
             ("oracle_gap", "oracle AUC - OOT AUC"),
             ("weight_scorecard", "the scorecard's weight"),
         ):
             if key not in per_seed[0][name]:
                 continue
             values = [s[name][key] for s in per_seed]
-            cis = "; ".join(
-                f"seed {seed}: [{s[name]['low']:+.4f}, {s[name]['high']:+.4f}]"
-                for seed, s in zip(seeds, per_seed, strict=True)
-            )
+            text = note
+            if key in CI:
+                lo, hi = CI[key]
+                text += "; 95 % CI " + "; ".join(
+                    f"seed {seed}: [{s[name][lo]:+.4f}, {s[name][hi]:+.4f}]"
+                    for seed, s in zip(seeds, per_seed, strict=True)
+                )
             report.add(
-                SECTION,
-                f"{name}: {label}",
-                statistics.median(values),
-                "",
-                runs=values,
-                note=f"{note}; 95 % CI {cis}" if key == "diff" else note,
+                SECTION, f"{name}: {label}", statistics.median(values), "", runs=values, note=text
             )
