@@ -42,6 +42,9 @@ CONNECTIONS = 16
 WORKERS = 2
 VERIFY_RUNS = 20
 VERIFY_CONNECTIONS = 2  # commits during every run, while the chain (and each run) stays short
+VERIFY_PAUSE_S = 0.02  # each connection waits after a response: at most about 100 decisions a
+# second however fast the service, so that the chain, and each verify run over all of it, stays
+# short (unpaced, a faster service grew it so fast that 20 runs did not fit in the deadline)
 VERIFY_DEADLINE_S = 120
 
 
@@ -101,7 +104,11 @@ def test_audit_verify_while_the_service_writes_gives_no_false_alarm(
     outputs: list[tuple[int, str]] = []
     took: list[float] = []
     load = LoadGenerator(
-        srv.url, bodies, {"X-API-Key": served.keys["scorer"]}, connections=VERIFY_CONNECTIONS
+        srv.url,
+        bodies,
+        {"X-API-Key": served.keys["scorer"]},
+        connections=VERIFY_CONNECTIONS,
+        pause=VERIFY_PAUSE_S,
     )
     with load:
         time.sleep(1)  # decisions and a first checkpoint in the store

@@ -174,7 +174,8 @@ class LoadResult:
 
 class LoadGenerator:
     """`connections` threads, each with one keep-alive HTTP/1.1 connection to `url`, sending the
-    (path, body) pairs round-robin until stopped. Every response is read and recorded."""
+    (path, body) pairs round-robin until stopped, each waiting `pause` seconds after a response
+    (0: none). Every response is read and recorded."""
 
     def __init__(
         self,
@@ -184,6 +185,7 @@ class LoadGenerator:
         *,
         connections: int = 16,
         timeout: float = 120.0,
+        pause: float = 0.0,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
@@ -193,6 +195,7 @@ class LoadGenerator:
         self.headers = {"Content-Type": "application/json", **headers}
         self.connections = connections
         self.timeout = timeout
+        self.pause = pause
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._outcomes: list[Outcome] = []
@@ -289,6 +292,8 @@ class LoadGenerator:
             if resp.will_close:
                 conn.close()
                 conn = self._connect()
+            if self.pause:
+                self._stop.wait(self.pause)
         conn.close()
 
 
