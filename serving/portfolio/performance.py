@@ -283,11 +283,7 @@ class Recalibration:
         coef = _newton(design, yy, np.array([0.0, 1.0]))
         if coef is None:
             return Fallback(NOT_CONVERGED, **counts)
-        p = expit(design @ coef)
-        bread = np.linalg.inv(design.T @ (design * (p * (1 - p))[:, None]))
-        scores = pd.DataFrame(design * (yy - p)[:, None]).groupby(np.asarray(sme)).sum()
-        meat = scores.to_numpy().T @ scores.to_numpy()
-        cov = bread @ meat @ bread
+        cov = _clustered_cov(design, yy, coef, sme)
         centre = float(x.mean())
         between, mean_cov, varied = month_variation(
             x - centre, yy, np.asarray(month), np.asarray(sme), coef, centre
@@ -353,11 +349,7 @@ class TrendRecalibration:
         coef = _newton(design, yy, np.array([0.0, 1.0, 0.0, 0.0]))
         if coef is None:
             return None
-        p = expit(design @ coef)
-        bread = np.linalg.inv(design.T @ (design * (p * (1 - p))[:, None]))
-        scores = pd.DataFrame(design * (yy - p)[:, None]).groupby(np.asarray(sme)).sum()
-        meat = scores.to_numpy().T @ scores.to_numpy()
-        cov = bread @ meat @ bread
+        cov = _clustered_cov(design, yy, coef, sme)
         centre = float(x.mean())
         between, design_inv, varied = month_variation(
             x - centre, yy, np.asarray(month), np.asarray(sme), coef[:2], centre, tau
@@ -466,6 +458,17 @@ def month_variation(
                       np.array(influence)) / (k - 2)  # fmt: skip
     between = _psd(spread - noise)
     return between, np.linalg.inv(trend.T @ trend), k
+
+
+def _clustered_cov(
+    design: np.ndarray, y: np.ndarray, coef: np.ndarray, sme: np.ndarray
+) -> np.ndarray:
+    """The covariance of a logistic fit's coefficients, clustered by SME (sandwich: the
+    inverse information around the SMEs' summed scores)."""
+    p = expit(design @ coef)
+    bread = np.linalg.inv(design.T @ (design * (p * (1 - p))[:, None]))
+    scores = pd.DataFrame(design * (y - p)[:, None]).groupby(np.asarray(sme)).sum().to_numpy()
+    return np.asarray(bread @ (scores.T @ scores) @ bread)
 
 
 def _psd(m: np.ndarray) -> np.ndarray:
