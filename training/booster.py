@@ -400,19 +400,11 @@ class LocalTrainer(Trainer):
     def _grow(
         self, rows: TrainingRows, rounds: int, validation: _Validation, patience: int
     ) -> BoosterFit:
-        dfit = rows.dataset if rows.dataset is not None else self._dataset(rows.X, rows.y)
+        booster = self._grow_all(rows, rounds, validation, patience, self.params)
         if validation is None:
-            booster = lgb.train(self.params, dfit, num_boost_round=rounds)
             return BoosterFit(booster, booster.current_iteration(), float("nan"))
-        dval = lgb.Dataset(*validation, reference=dfit)
-        booster = lgb.train(
-            self.params,
-            dfit,
-            num_boost_round=rounds,
-            valid_sets=[dval],
-            valid_names=["val"],
-            callbacks=[lgb.early_stopping(patience, first_metric_only=True, verbose=False)],
-        )
+        # cut at LightGBM's own best iteration (the same model text as lgb.train keeping only
+        # the best: checked byte for byte)
         best = booster.best_iteration if booster.best_iteration > 0 else rounds
         loss = float(booster.best_score["val"]["binary_logloss"])
         return BoosterFit(_truncate(booster, best), best, loss)
