@@ -70,6 +70,7 @@ from features.drift import (
     rank_drift,
 )
 from features.exceptions import FeatureError
+from features.own import day_of, to_days
 from serving.exceptions import ModelLoadFailed
 from serving.portfolio.batch import Progress, Scored, model_info, reasons_of, score_population
 from serving.portfolio.segments import FDR as SEGMENT_FDR
@@ -577,7 +578,6 @@ def like_coverage_shares(
     would hide an outage: SMEs whose feed stopped (or whose trade collapsed) some days ago would
     drop out of the shorter cuts, and those cuts would compare with training as if nothing had
     happened. Empty when the profile records no coverage or the population is empty."""
-    from features.own import day_of
     from features.reference import build_reference, feature_rows
 
     coverage = profile.coverage
@@ -706,16 +706,16 @@ class FeedData:
         buyer_at = every.get_indexer(pd.Index(inv["buyer_id"]))
         seller, buyer = as_sme[seller_at], as_sme[buyer_at]
         seller_core, buyer_core = as_core[seller_at], as_core[buyer_at]
-        issued = _days(inv["issue_date"])
+        issued = to_days(inv["issue_date"])
         paid_at = inv["paid_date"]
         paid = paid_at.notna().to_numpy()
-        paid_day = np.where(paid, _days(paid_at.fillna(inv["issue_date"])), 0)
+        paid_day = np.where(paid, to_days(paid_at.fillna(inv["issue_date"])), 0)
         records: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for feed in FEEDS:
             if feed.name == "inventory":
                 stock = tables.inventory
                 sme = smes.get_indexer(stock["sme_id"].astype(str))
-                records[feed.name] = (sme, np.full(len(sme), -1), _days(stock["snapshot_date"]))
+                records[feed.name] = (sme, np.full(len(sme), -1), to_days(stock["snapshot_date"]))
                 continue
             sold = feed.name.endswith(("sold", "received"))
             own, core = (seller, buyer_core) if sold else (buyer, seller_core)
@@ -729,13 +729,13 @@ class FeedData:
             hit = loans["default_date"].notna().to_numpy()
             sme = smes.get_indexer(loans["sme_id"].astype(str))[hit]
             ok = sme >= 0
-            np.minimum.at(default_day, sme[ok], _days(loans["default_date"][hit])[ok])
+            np.minimum.at(default_day, sme[ok], to_days(loans["default_date"][hit])[ok])
         return cls(smes, cores, industry, records, (seller, buyer, issued), default_day)
 
     def population(self, when: pd.Timestamp) -> np.ndarray:
         """The population at `when` (data contract) as a mask over `smes`: an invoice, sold or
         bought, issued in ``(when - 365 d, when]`` and no loan default on or before `when`."""
-        t = _day(when)
+        t = day_of(when)
         seller, buyer, issued = self.trade
         year = (issued <= t) & (issued > t - 365)
         active = np.zeros(len(self.smes), dtype=bool)
@@ -743,14 +743,6 @@ class FeedData:
             picked = side[year]
             active[picked[picked >= 0]] = True
         return active & (self.default_day > t)
-
-
-def _days(dates: pd.Series) -> np.ndarray:
-    return pd.to_datetime(dates).to_numpy("datetime64[D]").astype(np.int64)
-
-
-def _day(when: pd.Timestamp) -> int:
-    return int(np.datetime64(when.date(), "D").astype(np.int64))
 
 
 def population_at(tables: Tables, when: object) -> list[str]:
@@ -765,7 +757,7 @@ def feed_cadence(data: FeedData, feed: str, when: pd.Timestamp) -> float:
     distinct dates of an SME's records in the `FRESHNESS_LOOKBACK_DAYS` up to `when` (NaN when
     no SME has two)."""
     sme, _, day = data.records[feed]
-    t = _day(when)
+    t = day_of(when)
     keep = (day <= t) & (day > t - FRESHNESS_LOOKBACK_DAYS) & (sme >= 0)
     key = np.unique(sme[keep].astype(np.int64) * (1 << 32) + day[keep])
     who, days = key >> 32, key & ((1 << 32) - 1)
@@ -788,7 +780,7 @@ def silent_counts(
     before `when` (the point-in-time rule). Groups: ``population`` (all), each ``industry`` and,
     for a feed per counterparty, each ``core``: the SMEs with a record with that core in the
     lookback, active with a record with it in the window."""
-    t = _day(when)
+    t = day_of(when)
     sme, core, day = data.records[feed.name]
     keep = (sme >= 0) & (day <= t) & (day > t - FRESHNESS_LOOKBACK_DAYS)
     keep[keep] = data.population(when)[sme[keep]]
