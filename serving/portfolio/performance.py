@@ -144,9 +144,9 @@ SAMPLING, RECALIBRATED, LEAVE_OUT = "sampling", "recalibrated", "recalibrated-le
 INTERVALS: dict[str, str] = {
     SAMPLING: "plain CBPE: labels drawn Y ~ Bernoulli(PD)",
     RECALIBRATED: "CBPE on PDs recalibrated on the reference months",
-    LEAVE_OUT: "CBPE on PDs recalibrated on the reference months whose labels had matured by the "
-    "month's own date, as the estimate was made then (its own labels and every later month's "
-    "left out)",
+    LEAVE_OUT: "CBPE on PDs recalibrated on the reference months that judge the month (its "
+    "`judged_by`; by default those whose labels had matured by the month's own date, as the "
+    "estimate was made then: its own labels and every later month's left out)",
 }
 FORWARD, HORIZON, HALF = "forward", "horizon", "half-horizon"
 JUDGES: dict[str, str] = {
@@ -698,6 +698,7 @@ def performance_table(
             "role": role[when],
             "mature": mature[when],
             "interval": how if fitted is not None else SAMPLING,
+            "judged_by": JUDGES[judge] if how == LEAVE_OUT else None,
             "fallback": outcome.reason if isinstance(outcome, Fallback) else None,
             "fallback_reason": outcome.describe() if isinstance(outcome, Fallback) else None,
             "reference_months": fitted.months if fitted is not None else 0,
@@ -767,6 +768,13 @@ def coverage(
     return int(known.astype(bool).sum()), len(known)
 
 
+def judged_by(table: pd.DataFrame) -> str:
+    """Which reference months judged the reference months of `table` (`JUDGES`; a table made
+    before the column existed, or with no judged month, was judged forward in time)."""
+    named = table["judged_by"].dropna().unique() if "judged_by" in table else []
+    return str(named[0]) if len(named) else JUDGES[FORWARD]
+
+
 def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, Any]:
     """`performance_table` as the JSON summary (and the report) shows it: how the newest month's
     estimate was made (``method``), the reference months, the coverage so far per role, and per
@@ -817,9 +825,9 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
             f"({int(newest['reference_defaults'])} default labels; {varied}){trended}, the "
             f"{level:.0%} interval carrying the sampling noise, the "
             "recalibration's uncertainty and its month-to-month variation; each of those "
-            "months is judged forward in time, with a recalibration on the months whose labels "
-            "had matured by its own date (plain CBPE where fewer than "
-            f"{MIN_REFERENCE_MONTHS} had); months inside the training window show plain CBPE"
+            f"months is judged with a recalibration on {judged_by(table)} (plain CBPE where "
+            f"fewer than {MIN_REFERENCE_MONTHS} were); months inside the training window show "
+            "plain CBPE"
         )
     method: dict[str, Any] = {"interval": how, "description": INTERVALS[how]}
     if newest is not None and how == SAMPLING:

@@ -17,9 +17,11 @@ from features.simulate import SimConfig, generate_to_folder, simulate
 from serving.portfolio.performance import (
     FEW_DEFAULTS,
     FEW_MONTHS,
+    FORWARD,
     HALF,
     HORIZON,
     IN_SAMPLE,
+    JUDGES,
     LEAVE_OUT,
     METRICS,
     MIN_MONTH_DEFAULTS,
@@ -405,6 +407,14 @@ def test_other_leave_out_rules_for_the_bench() -> None:
     # the middle months of 21 have fewer than 4 reference months 12 or more months away
     expected = [SAMPLING] * 4 + [LEAVE_OUT] * 6 + [SAMPLING] * 9 + [LEAVE_OUT] * 6
     assert table["interval"].tolist() == [*expected, RECALIBRATED, RECALIBRATED, RECALIBRATED]
+    # each reference month (judged, or too few months to judge it), and the summary's note,
+    # name the rule; the training and the immature months were not judged
+    assert (table["judged_by"].iloc[4:25] == JUDGES[HORIZON]).all()
+    assert table["judged_by"].iloc[[0, 1, 2, 3, 25, 26, 27]].isna().all()
+    assert JUDGES[HORIZON] in performance_doc(table)["note"]
+    forward = performance_table(scores, labels, window=WINDOW, draws=50)
+    assert JUDGES[FORWARD] in performance_doc(forward)["note"]
+    assert JUDGES[HORIZON] not in performance_doc(forward)["note"]
 
 
 def test_too_few_reference_months_fall_back_to_plain_cbpe_visibly() -> None:
