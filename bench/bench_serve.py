@@ -230,9 +230,13 @@ def train_model(root: Path) -> tuple[str, str, list[dict[str, Any]]]:
     from tests.support.models import register_simulated
     from training.train import TrainConfig
 
+    # One booster, as `make run`'s demo (50,240 fit rows) and every panel of 20,000 fit rows or
+    # more grow: the bench's small panel would otherwise be a bag of 5 (5 times the trees).
     reg, result = register_simulated(
-        root, TrainConfig(oot_months=4, max_rounds=300, embargo_days=0)
+        root, TrainConfig(oot_months=4, max_rounds=300, embargo_days=0, bag=1)
     )
+    trees = result.model.booster.num_trees()
+    print(f"  served model: {trees} trees, {len(result.model.feature_names)} features", flush=True)
     tracking = reg.tracking_uri
     names = result.model.feature_names
     panel = reg.panel
