@@ -8,7 +8,6 @@ category codes."""
 from __future__ import annotations
 
 import pickle
-import time
 from collections import Counter
 from typing import Any
 
@@ -131,7 +130,6 @@ def _assert_exact(booster: lgb.Booster, engine: TreeShap, X: np.ndarray) -> None
 
 
 def test_equals_pred_contrib_on_many_random_models() -> None:
-    start = time.perf_counter()
     rng = np.random.default_rng(20261129)
     seen: Counter[str] = Counter()
     cases = 60
@@ -162,7 +160,6 @@ def test_equals_pred_contrib_on_many_random_models() -> None:
         "per-leaf tree",
     ):
         assert seen[kind] > 0, (kind, seen)
-    assert time.perf_counter() - start < 45
 
 
 def test_single_leaf_trees_and_one_tree() -> None:
