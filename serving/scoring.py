@@ -36,11 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("scf_risk.serving")
 N_REASONS = 4
 FEW_PROBES = N_REASONS
+"""Up to this many values probed (`_sides`), each value's nearest splits are searched one by
+one (fewer array calls); more, in bulk per feature. The same bounds either way."""
 WHAT_IF_FIRST = 2
 """Candidates of each what-if computed in its first round (`_first_moves`); then windows of
 twice as many, 4, 8, ..., for the asks that have not moved a grade yet."""
-"""Up to this many values probed (`_sides`), each value's nearest splits are searched one by
-one (fewer array calls); more, in bulk per feature. The same bounds either way."""
 DEFAULT_MIN_COVERAGE = 0.5
 DEFAULT_MAX_FEATURE_AGE_DAYS = 45
 Side = Literal["HIGH", "LOW"]
@@ -676,7 +676,7 @@ def _sides(
     A probed value's margin is compared with the margins at the nearest split below it and
     just above the nearest split at or above it (the value itself where there is none: no
     change); the nearest splits of all values of a feature are found in one search. ``threads``
-    > 1: the probes of many values are split over that many threads (the same margins)."""
+    > 1: the probes of many values are split over numba's threads (the same margins)."""
     view = _view(model)
     out: dict[tuple[int, str], Side] = {}
     rows: list[int] = []

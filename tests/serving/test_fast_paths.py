@@ -9,7 +9,9 @@
 - the side of each reason (HIGH or LOW), its nearest splits searched in bulk, is the one the
   search one value at a time gave;
 - the audit record's stored text and hash, built from one serialisation per record, are
-  byte-identical to the canonical form of the whole payload (what `verify` re-derives).
+  byte-identical to the canonical form of the whole payload (what `verify` re-derives);
+- the what-ifs of a batch, their candidates computed in rounds that stop at the first grade up,
+  are those of every candidate computed at once.
 """
 
 from __future__ import annotations
