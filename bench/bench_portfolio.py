@@ -6,7 +6,7 @@ the model is used in memory). Then the population at the last month end is score
 by `serving.portfolio.batch.score_population`, which computes the point-in-time features of
 every SME and explains every score (PD, score, grade, top 4 reasons), on:
 
-- pandas (one process);
+- pandas (one process, explaining on `default_threads()` threads: both cores where there are 2);
 - pandas without explanations (PD, score and grade only), to show what the explanations cost;
 - Dask with 2 worker processes on an already running LocalCluster (partitioned by SME);
 - Dask with 2 workers including the start of the LocalCluster, as `scf-risk score --engine dask`
@@ -52,7 +52,7 @@ def run(report: Report) -> None:
 
     from features.pipeline import data_range
     from features.simulate import SimConfig, generate_to_folder
-    from serving.portfolio.batch import score_population
+    from serving.portfolio.batch import default_threads, score_population
     from training.bundle import MODEL_NAME, LoadedModel
     from training.run import load_inputs
     from training.train import TrainConfig, fit
@@ -105,7 +105,12 @@ def run(report: Report) -> None:
 
         _, times, scored = median_runs(lambda: score_population(tables, [as_of], loaded), RUNS)
         n = len(scored.scores)
-        measure("pandas, with explanations", times, n, setup)
+        measure(
+            f"pandas, with explanations ({default_threads()} thread(s): the default)",
+            times,
+            n,
+            setup,
+        )
         _, times, fast = median_runs(
             lambda: score_population(tables, [as_of], loaded, explain=False), RUNS
         )

@@ -38,6 +38,9 @@ N_REASONS = 4
 FEW_PROBES = N_REASONS
 """Up to this many values probed (`_sides`), each value's nearest splits are searched one by
 one (fewer array calls); more, in bulk per feature. The same bounds either way."""
+WHAT_IF_FIRST = 2
+"""Candidates of each what-if computed in its first round (`_first_moves`); then windows of
+twice as many, 4, 8, ..., for the asks that have not moved a grade yet."""
 DEFAULT_MIN_COVERAGE = 0.5
 DEFAULT_MAX_FEATURE_AGE_DAYS = 45
 Side = Literal["HIGH", "LOW"]
@@ -228,6 +231,7 @@ def explain_rows(
         lambda rows, cols: [
             values[i][names[j]] for i, j in zip(rows.tolist(), cols.tolist(), strict=True)
         ],
+        threads=threads,
     )
     # Python numbers once for the batch (the same values as float() of each numpy element)
     point_rows, base = points.tolist(), expl.base_points.tolist()
@@ -303,10 +307,13 @@ def _driver_reasons(
     M: np.ndarray,
     points: np.ndarray,
     values_at: Callable[[np.ndarray, np.ndarray], list[Any]],
+    *,
+    threads: int = 1,
 ) -> list[tuple[Reason, ...]]:
     """Each row's reasons: its `N_REASONS` most negative points (only those below 0), most
     negative first, with their codes and sentences. `values_at(rows, columns)`: the values as
-    recorded of those cells. The order and sides are found for all rows at once."""
+    recorded of those cells. The order and sides are found for all rows at once (``threads``:
+    as `_sides`)."""
     from features.catalog import format_value
 
     view = _view(model)
@@ -315,7 +322,7 @@ def _driver_reasons(
     values = values_at(rows, cols)
     row_list, col_list = rows.tolist(), cols.tolist()
     wanted = [(i, names[j], v) for i, j, v in zip(row_list, col_list, values, strict=True)]
-    sides = _sides(model, M, wanted)
+    sides = _sides(model, M, wanted, threads=threads)
     out: list[list[Reason]] = [[] for _ in range(len(points))]
     for (i, name, value), p in zip(wanted, kept, strict=True):
         f, codes = view.features[name], view.codes[name]
@@ -658,6 +665,8 @@ def _sides(
     model: ScoringModel,
     M: np.ndarray,
     wanted: Sequence[tuple[int, str, Any]],
+    *,
+    threads: int = 1,
 ) -> dict[tuple[int, str], Side]:
     """The side of each (row, feature, value as recorded) of `wanted` whose value is a present
     number: HIGH when its level adds risk because it is high (declared by the catalog's
@@ -666,7 +675,8 @@ def _sides(
 
     A probed value's margin is compared with the margins at the nearest split below it and
     just above the nearest split at or above it (the value itself where there is none: no
-    change); the nearest splits of all values of a feature are found in one search."""
+    change); the nearest splits of all values of a feature are found in one search. ``threads``
+    > 1: the probes of many values are split over numba's threads (the same margins)."""
     view = _view(model)
     out: dict[tuple[int, str], Side] = {}
     rows: list[int] = []
@@ -713,7 +723,7 @@ def _sides(
     X = np.repeat(M[np.array(rows, dtype=np.intp)], 3, axis=0)
     cols = np.repeat(np.array([view.slots[name] for name in names], dtype=np.intp), 3)
     X[np.arange(3 * n), cols] = probes
-    margin = model.treeshap().with_threads(1).margin(X).reshape(n, 3)
+    margin = model.treeshap().with_threads(threads).margin(X).reshape(n, 3)
     high = (margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]).tolist()
     for i, name, h in zip(rows, names, high, strict=True):
         out[i, name] = "HIGH" if h else "LOW"
@@ -825,17 +835,10 @@ def improvements(
             candidates = np.nextafter(above[above < domain.high], np.inf).tolist()
         if candidates:
             asks.append((i, name, candidates))
-    margins = _margins_varying(model, M, asks, threads=threads)
-    got = iter(_grades_of(model, np.concatenate(margins)).tolist() if margins else [])
-    for i, name, candidates in asks:
-        k = rank[decisions[i].grade]
-        moved = [
-            (c, g)
-            for c, g in zip(candidates, islice(got, len(candidates)), strict=True)
-            if rank[g] < k
-        ]
-        if moved:  # the nearest
-            to, grade = moved[0]
+    moved = _first_moves(model, M, asks, [rank[d.grade] for d in decisions], rank, threads)
+    for a, (i, name, _) in enumerate(asks):
+        if a in moved:  # the nearest
+            to, grade = moved[a]
             f, current = view.features[name], float(values[i][name])
             verb = "Lowering" if f.direction > 0 else "Raising"
             out[i] = {
@@ -846,6 +849,49 @@ def improvements(
                 f"{format_value(f, to)} would move the SME from {decisions[i].grade} to {grade}",
             }
     return out
+
+
+def _first_moves(
+    model: ScoringModel,
+    M: np.ndarray,
+    asks: Sequence[tuple[int, str, list[float]]],
+    ranks: Sequence[int],
+    rank: dict[str, int],
+    threads: int,
+) -> dict[int, tuple[float, str]]:
+    """For each ask (row, feature, candidates nearest first) of `improvements`: its first
+    candidate whose grade ranks better than the row's (`ranks`, by row), with that grade; asks
+    without one are left out. The candidates go through the trees in rounds, the first
+    `WHAT_IF_FIRST` of every ask, then windows twice as long, of the asks still without a
+    move: most move within a few candidates of the nearest, so most of the candidates further
+    out are never computed. Each margin is its row's alone (`_margins_varying`), so the answer
+    is the one of computing every candidate at once."""
+    found: dict[int, tuple[float, str]] = {}
+    pending = list(range(len(asks)))
+    start, size = 0, WHAT_IF_FIRST
+    while pending:
+        stop = start + size
+        part = [(asks[a][0], asks[a][1], asks[a][2][start:stop]) for a in pending]
+        margins = _margins_varying(model, M, part, threads=threads)
+        grades = _grades_of(model, np.concatenate(margins)).tolist()
+        at, still = 0, []
+        for a, (i, _, window) in zip(pending, part, strict=True):
+            k = ranks[i]
+            hit = next(
+                (
+                    (c, g)
+                    for c, g in zip(window, grades[at : at + len(window)], strict=True)
+                    if rank[g] < k
+                ),
+                None,
+            )
+            at += len(window)
+            if hit is not None:
+                found[a] = hit
+            elif len(asks[a][2]) > stop:
+                still.append(a)
+        pending, start, size = still, stop, 2 * size
+    return found
 
 
 def history_features(

@@ -99,10 +99,14 @@ class ServedModel:
         return str(self.loaded.uri)
 
 
-def build_served(loaded: LoadedModel, explain_method: str) -> ServedModel:
-    """Derive the request models and check the model explains additively before serving it."""
+def build_served(loaded: LoadedModel, explain_method: str, *, threads: int = 1) -> ServedModel:
+    """Derive the request models and check the model explains additively before serving it.
+    ``threads`` > 1: the compiled kernels that split a large batch over threads are compiled
+    (or loaded from numba's cache) now, not by the first batch."""
     model = loaded.model
     probe = model.explain(pd.DataFrame(index=pd.RangeIndex(1)), method=explain_method)
+    if threads > 1:
+        model.treeshap().with_threads(threads).warm_up()
     gap = float(np.abs(probe.base_points + probe.points.sum(axis=1).to_numpy() - probe.score).max())
     if not gap <= ADDITIVITY_TOLERANCE:
         raise ModelLoadFailed(
@@ -122,9 +126,16 @@ class ModelHolder:
     """The current model of this worker, its last load error, and the shared reload generation."""
 
     def __init__(
-        self, loader: Loader, *, model_uri: str, tracking_uri: str, explain_method: str
+        self,
+        loader: Loader,
+        *,
+        model_uri: str,
+        tracking_uri: str,
+        explain_method: str,
+        threads: int = 1,
     ) -> None:
         self.loader = loader
+        self.threads = threads
         self.model_uri = model_uri
         self.tracking_uri = tracking_uri
         self.explain_method = explain_method
@@ -152,7 +163,7 @@ class ModelHolder:
         with self._lock:
             try:
                 loaded = self.loader(target, self.tracking_uri)
-                served = build_served(loaded, self.explain_method)
+                served = build_served(loaded, self.explain_method, threads=self.threads)
             except ModelLoadFailed as exc:
                 self.last_error = str(exc)
                 raise

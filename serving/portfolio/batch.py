@@ -93,6 +93,14 @@ def model_info(loaded: LoadedModel) -> dict[str, str | None]:
     }
 
 
+def default_threads() -> int:
+    """Threads `score_population` explains on unless told: 2 on a machine with 2 cores or
+    more, else 1. Two, not every core: TreeSHAP runs without the GIL, the reasons' Python does
+    not, so a third thread finds the GIL held (one thread's reasons while another's TreeSHAP
+    runs is what there is to overlap)."""
+    return min(2, os.cpu_count() or 1)
+
+
 def score_rows(
     model: ScoringModel,
     rows: pd.DataFrame,
@@ -219,7 +227,7 @@ def score_population(
     horizon_days: int | None = None,
     data_end: object | None = None,
     progress: Progress | None = None,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> Scored:
     """Score every SME in the population at each as-of date (see the module docstring).
 
@@ -227,9 +235,11 @@ def score_population(
     errors as the service reports them. `data_end` (default: the data's last date) decides which
     labels are mature. Dask: connect to `scheduler` if given, else a LocalCluster of `n_workers`
     processes (default one per core). The labels' horizon is the model's own (its bundle's)
-    unless `horizon_days` says otherwise. ``threads`` (pandas): as `score_rows`; 1 by default,
-    since on a 2-core machine shared with other work 2 threads took more CPU time and no less
-    wall time."""
+    unless `horizon_days` says otherwise. ``threads`` (pandas): as `score_rows`; by default
+    `default_threads()` (both cores of a machine that has them: the same frame as one
+    thread, tests/serving/test_scoring.py)."""
+    if threads is None:
+        threads = default_threads()
     if horizon_days is None:
         horizon_days = loaded.model.horizon_days
     from features.engines import ENGINES, default_partitions, partition_smes, split_tables

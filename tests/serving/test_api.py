@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
@@ -623,3 +624,37 @@ def test_keys_never_appear_in_logs(
     client.post("/audit/login", data={"api_key": keys["auditor"]})
     for key in keys.values():
         assert key not in caplog.text
+
+
+def test_a_batch_decides_alike_on_numba_threads_and_beside_another_batch(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Service.decide_batch`: a large batch runs its kernels on numba's threads
+    (`SCF_RISK_BATCH_THREADS` 2), and a batch arriving while another holds them runs on one
+    thread instead of waiting (or of a second parallel launch): the same decisions either way,
+    byte for byte."""
+    from serving.audit.canonical import canonical_bytes
+    from training.treeshap import PARALLEL_MIN_ROWS
+
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    monkeypatch.setattr(svc, "settings", svc.settings.model_copy(update={"batch_threads": 2}))
+    served = svc.holder.get()
+    model = served.model
+    numeric = [f.name for f in model.catalog if f.kind != "categorical"][:12]
+    rng = np.random.default_rng(4)
+    inputs = []
+    for k in range(PARALLEL_MIN_ROWS + 44):
+        features: dict[str, Any] = {"industry": "food"}
+        features.update({n: float(rng.uniform(0, 1)) for n in numeric})
+        raw = {"sme_id": f"S{k}", "as_of": "2024-06-30", "allow_sparse": True, "features": features}
+        request = served.request_model.model_validate_json(json.dumps(raw))
+        inputs.append(scoring.prepare(served, request, None, loc=(k,), raw=raw))
+    alone = [canonical_bytes(d.body()) for d in scoring.decide(served, inputs)]
+    assert [canonical_bytes(d.body()) for d in svc.decide_batch(served, inputs)] == alone
+    assert svc.parallel.acquire(blocking=False)  # another batch's kernels are running
+    try:
+        beside = [canonical_bytes(d.body()) for d in svc.decide_batch(served, inputs)]
+    finally:
+        svc.parallel.release()
+    assert beside == alone
+    assert len(set(alone)) == len(inputs)

@@ -9,7 +9,9 @@
 - the side of each reason (HIGH or LOW), its nearest splits searched in bulk, is the one the
   search one value at a time gave;
 - the audit record's stored text and hash, built from one serialisation per record, are
-  byte-identical to the canonical form of the whole payload (what `verify` re-derives).
+  byte-identical to the canonical form of the whole payload (what `verify` re-derives);
+- the what-ifs of a batch, their candidates computed in rounds that stop at the first grade up,
+  are those of every candidate computed at once.
 """
 
 from __future__ import annotations
@@ -522,3 +524,79 @@ def test_the_score_route_answers_as_its_declared_endpoint(
         assert _comparable(fast) == _comparable(plain), (headers, body)
         statuses.add(fast.status_code)
     assert statuses == {200, 401, 403, 415, 422}
+
+
+def _moves_all_at_once(
+    model: Any, M: np.ndarray, asks: list[tuple[int, str, list[float]]], ranks: list[int]
+) -> dict[int, tuple[float, str]]:
+    """The first grade-improving candidate of each ask with every candidate of every ask
+    computed in one call, as `improvements` did before it went in rounds (the oracle)."""
+    rank = {g: r for r, g in enumerate(model.master_scale.grades)}
+    margins = scoring._margins_varying(model, M, asks)
+    got = iter(scoring._grades_of(model, np.concatenate(margins)).tolist() if margins else [])
+    out: dict[int, tuple[float, str]] = {}
+    for a, (i, _, candidates) in enumerate(asks):
+        grades = [next(got) for _ in candidates]
+        moved = [(c, g) for c, g in zip(candidates, grades, strict=True) if rank[g] < ranks[i]]
+        if moved:
+            out[a] = moved[0]
+    return out
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_what_ifs_in_rounds_are_those_of_every_candidate_at_once(
+    scoring_model: Any, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The what-if of each decision of a batch, its candidates computed in rounds that stop at
+    the first grade up, is the nearest move every candidate computed at once gives: the same
+    value, grade and text (and none where none moves), whatever the first round's width."""
+    from features.catalog import domain_of
+    from tests.support.models import synthetic_rows
+
+    model = scoring_model
+    frame, _ = synthetic_rows(300, seed)
+    rows = [
+        {k: v for k, v in r.items() if not (isinstance(v, float) and v != v)}
+        for r in frame.to_dict(orient="records")
+    ]
+    meta = [(f"S{i}", scoring.date(2024, 1, 31), "features", "") for i in range(len(rows))]
+    decisions, M = scoring.explain_rows(
+        model, rows, method="fast", model_info={"name": None}, meta=meta
+    )
+    rank = {g: r for r, g in enumerate(model.master_scale.grades)}
+    ranks = [rank[d.grade] for d in decisions]
+    seen: list[list[dict[str, Any] | None]] = []
+    for first in (1, 2, 3, 10_000):  # 10,000: every candidate in the first round
+        monkeypatch.setattr(scoring, "WHAT_IF_FIRST", first)
+        seen.append(scoring.improvements(model, rows, decisions, M))
+    assert all(s == seen[0] for s in seen[1:])
+    # the oracle: every candidate of every ask at once
+    asks_all: list[tuple[int, str, list[float]]] = []
+    view = scoring._view(model)
+    for i, (row, d) in enumerate(zip(rows, decisions, strict=True)):
+        what_if = seen[0][i]
+        if what_if is None or not d.reasons:
+            continue
+        name = d.reasons[0].feature
+        f = view.features[name]
+        value = row.get(name)
+        if ranks[i] == 0 or f.kind == "categorical" or f.direction == 0 or value is None:
+            continue
+        domain, cuts, current = domain_of(f), view.splits[name], float(value)
+        if f.direction > 0:
+            below = cuts[cuts < current][::-1]
+            candidates = below[below >= domain.low].tolist()
+        else:
+            above = cuts[cuts >= current]
+            candidates = np.nextafter(above[above < domain.high], np.inf).tolist()
+        if candidates:
+            asks_all.append((i, name, candidates))
+    expected = _moves_all_at_once(model, M, asks_all, ranks)
+    assert len(expected) > 10 and any(len(c) > 3 for _, _, c in asks_all)
+    for a, (i, _, _) in enumerate(asks_all):
+        got = seen[0][i]
+        assert got is not None
+        if a in expected:
+            assert (got["to"], got["grade"]) == expected[a]
+        else:
+            assert got["to"] is None and got["grade"] is None

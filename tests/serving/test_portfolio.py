@@ -97,6 +97,21 @@ def test_dask_on_two_workers_equals_pandas(tables, loaded) -> None:
     assert pandas.scores["as_of"].nunique() == 2
 
 
+def test_two_threads_score_the_frame_one_thread_scores(tables, loaded) -> None:
+    """`scf-risk score` explains on both cores by default (`default_threads`): the frame is
+    exactly the one thread's, every value and every reason (enough rows that the pandas
+    engine splits them into pieces over the threads)."""
+    from serving.portfolio.batch import PIPELINE_ROWS, default_threads
+
+    dates = ["2023-06-30", "2023-07-31", "2023-08-31", "2023-09-30", "2023-10-31", AS_OF]
+    one = score_population(tables, dates, loaded, threads=1)
+    two = score_population(tables, dates, loaded, threads=2)
+    assert len(one.scores) >= 2 * PIPELINE_ROWS
+    pd.testing.assert_frame_equal(two.scores, one.scores, check_exact=True)
+    assert default_threads() >= 1
+    pd.testing.assert_frame_equal(score_population(tables, dates, loaded).scores, one.scores)
+
+
 def test_a_date_without_population_or_out_of_range_is_named(tmp_path, loaded) -> None:
     empty = load_tables(empty_population_folder(tmp_path / "empty"))
     with pytest.raises(FeatureError, match="no SME is in the population at 2021-12-31"):

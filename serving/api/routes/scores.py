@@ -279,7 +279,7 @@ def post_score_batch(
     if not prepared:  # no item is valid: nothing is scored, and the request as a whole is refused
         errors = [e for _, errs in sorted(failed.items()) for e in errs[:MAX_ERRORS_PER_ITEM]]
         raise BatchRefused(errors, sum(len(errs) for errs in failed.values()))
-    decisions = scoring.decide(served, [x for _, x in prepared])
+    decisions = svc.decide_batch(served, [x for _, x in prepared])
     stored = svc.record(decisions, caller) if decisions else []
     results: list[dict[str, Any] | None] = [None] * len(items)
     for (i, _), payload in zip(prepared, stored, strict=True):
