@@ -636,22 +636,17 @@ def _margins_varying(
 ) -> list[np.ndarray]:
     """For each (row, feature, values): the raw margins of row `row` of `M` with that feature
     set to each of `values` (the others as they are), all through the compiled trees in one call
-    (each row's margin does not depend on the others)."""
+    (`TreeShap.margin_varied`: each probe walks only the trees that split on its feature)."""
     if not asks:
         return []
     engine = model.treeshap().with_threads(threads)
-    if len(asks) == 1:  # a single score's what-if: its row repeated, one column varied
-        row, name, values = asks[0]
-        X = np.repeat(M[row : row + 1], len(values), axis=0)
-        X[:, _view(model).slots[name]] = values
-        return [engine.margin(X)]
     counts = [len(v) for _, _, v in asks]
-    at = np.repeat(np.array([r for r, _, _ in asks], dtype=np.intp), counts)
     slots = _view(model).slots
+    rows = np.repeat(np.array([r for r, _, _ in asks], dtype=np.intp), counts)
     cols = np.repeat(np.array([slots[n] for _, n, _ in asks], dtype=np.intp), counts)
-    X = M[at]
-    X[np.arange(len(at)), cols] = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
-    return np.split(engine.margin(X), np.cumsum(counts)[:-1])
+    values = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
+    margins = engine.margin_varied(M, rows, cols, values)
+    return [margins] if len(asks) == 1 else np.split(margins, np.cumsum(counts)[:-1])
 
 
 def _grades_of(model: ScoringModel, margin: np.ndarray) -> np.ndarray:
@@ -720,10 +715,11 @@ def _sides(
             below[at[has_below]] = cuts[k[has_below] - 1]
             above[at[has_above]] = np.nextafter(cuts[k[has_above]], np.inf)
         probes = np.column_stack([value, below, above]).ravel()
-    X = np.repeat(M[np.array(rows, dtype=np.intp)], 3, axis=0)
+    at = np.repeat(np.array(rows, dtype=np.intp), 3)
     cols = np.repeat(np.array([view.slots[name] for name in names], dtype=np.intp), 3)
-    X[np.arange(3 * n), cols] = probes
-    margin = model.treeshap().with_threads(threads).margin(X).reshape(n, 3)
+    probed = np.asarray(probes, dtype=np.float64)
+    engine = model.treeshap().with_threads(threads)
+    margin = engine.margin_varied(M, at, cols, probed).reshape(n, 3)
     high = (margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]).tolist()
     for i, name, h in zip(rows, names, high, strict=True):
         out[i, name] = "HIGH" if h else "LOW"

@@ -123,6 +123,19 @@ class _Forest:
         values = (getattr(self, f.name) for f in fields(self))
         return tuple(v for v in values if isinstance(v, np.ndarray))
 
+    @cached_property
+    def feature_trees(self) -> tuple[np.ndarray, np.ndarray]:
+        """The trees that split on each feature, as (starts, trees): feature ``j``'s trees are
+        ``trees[starts[j]:starts[j + 1]]``, ascending (`TreeShap.margin_varied`). A tree that
+        does not split on a feature sends every row to the same leaf whatever its value."""
+        counts = np.diff(self.trees[:, _T_NODE_START : _T_NODE_END + 1], axis=1)[:, 0]
+        tree_of_node = np.repeat(np.arange(len(self.trees), dtype=np.int64), counts)
+        pairs = np.unique(np.column_stack([self.nodes[:, _N_FEATURE], tree_of_node]), axis=0)
+        width = int(pairs[:, 0].max()) + 1 if len(pairs) else 0
+        starts = np.zeros(width + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs[:, 0], minlength=width), out=starts[1:])
+        return starts, np.ascontiguousarray(pairs[:, 1], dtype=np.int64)
+
 
 class TreeShap:
     """Exact TreeSHAP values and raw margins of a LightGBM single-output booster (module doc).
@@ -201,6 +214,34 @@ class TreeShap:
         kernel(X, out, f.trees, f.nodes, f.thresholds, f.cat_words, f.leaves, f.leaf_values)
         return out
 
+    def margin_varied(
+        self, M: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
+        """For each probe ``k``: the raw margin of row ``rows[k]`` of ``M`` with its column
+        ``cols[k]`` set to ``values[k]`` (the what-if of one feature), bit for bit what `margin`
+        gives for those rows built out. Each row's leaf in every tree is found once (probes of
+        the same row in a run share it); a probe then walks only the trees that split on its
+        column and sums every tree's leaf in the trees' order, as `margin` does."""
+        X = self._check(M)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        cols = np.ascontiguousarray(cols, dtype=np.int64)
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        if not rows.shape == cols.shape == values.shape or rows.ndim != 1:
+            raise ValueError("rows, cols and values must be 1-d arrays of one length")
+        f = self._f
+        starts, tree_ids = f.feature_trees
+        if len(starts) < X.shape[1] + 1:  # features after the last one split on: no trees
+            starts = np.concatenate([starts, np.full(X.shape[1] + 1 - len(starts), starts[-1])])
+        out = np.empty(len(rows), dtype=np.float64)
+        args = (starts, tree_ids, f.trees, f.nodes, f.thresholds, f.cat_words, f.leaf_values)
+        if self._parallel(rows):
+            if not _inside(X, rows, cols):
+                raise ValueError(_OUTSIDE)
+            _margin_varied_parallel(X, rows, cols, values, out, *args)
+        elif not _margin_varied_rows(X, rows, cols, values, out, 0, len(rows), *args):
+            raise ValueError(_OUTSIDE)
+        return out
+
     def warm_up(self) -> float:
         """Compile (or load from numba's on-disk cache) every kernel this instance uses, on a
         row of missing values; the seconds it took. Call it at load time so that the first
@@ -211,9 +252,12 @@ class TreeShap:
             x = np.full((n, self.num_features), np.nan)
             self.shap_values(x)
             self.margin(x)
+            probes = np.zeros(n, dtype=np.int64)
+            self.margin_varied(x, probes, probes, np.zeros(n))
         return time.perf_counter() - t0
 
     def _parallel(self, X: np.ndarray) -> bool:
+        """Whether a call over ``X``'s rows (or probes) is split over threads."""
         return self.threads > 1 and X.shape[0] >= PARALLEL_MIN_ROWS
 
     def _check(self, M: np.ndarray) -> np.ndarray:
@@ -223,6 +267,15 @@ class TreeShap:
                 f"expected a matrix of {self.num_features} feature columns, got shape {X.shape}"
             )
         return X
+
+
+_OUTSIDE = "a probe's row or column is outside the matrix"
+
+
+def _inside(X: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> bool:
+    return not len(rows) or (
+        rows.min() >= 0 and rows.max() < len(X) and cols.min() >= 0 and cols.max() < X.shape[1]
+    )
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -809,3 +862,71 @@ def _margin_serial(X, out, trees, nodes, thresholds, cat_words, leaves, leaf_val
 def _margin_parallel(X, out, trees, nodes, thresholds, cat_words, leaves, leaf_values):
     for r in prange(X.shape[0]):
         out[r] = _margin_row(X[r], trees, nodes, thresholds, cat_words, leaves, leaf_values)
+
+
+@njit(cache=True)
+def _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values):
+    """The value of the leaf row ``x`` reaches in tree ``t`` (`_margin_row`'s walk)."""
+    n0 = trees[t, _T_NODE_START]
+    node = 0
+    if trees[t, _T_NODE_END] == n0:  # a single-leaf tree
+        node = -1
+    while node >= 0:
+        g = n0 + node
+        node = (
+            nodes[g, _N_LEFT]
+            if _goes_left(x, g, nodes, thresholds, cat_words)
+            else nodes[g, _N_RIGHT]
+        )
+    return leaf_values[trees[t, _T_LEAF_START] + ~node]
+
+
+@njit(cache=True, nogil=True)  # Python threads may run beside it
+def _margin_varied_rows(
+    X, rows, cols, values, out, lo, hi, starts, tree_ids, trees, nodes, thresholds, cat_words,
+    leaf_values,
+):  # fmt: skip
+    """`TreeShap.margin_varied` for probes ``lo`` to ``hi``: the base row's leaves once per run
+    of probes of one row, then per probe only the trees of its column walked again, and the
+    leaves summed from 0.0 in tree order (`_margin_row`'s additions, in its order). False (and
+    nothing computed) when a probe's row or column is outside ``X``."""
+    for k in range(lo, hi):
+        if not (0 <= rows[k] < X.shape[0] and 0 <= cols[k] < X.shape[1]):
+            return False
+    n_trees = trees.shape[0]
+    base = np.empty(n_trees)
+    work = np.empty(n_trees)
+    x = np.empty(X.shape[1])
+    row = -1
+    for k in range(lo, hi):
+        if rows[k] != row:
+            row = rows[k]
+            x[:] = X[row]
+            for t in range(n_trees):
+                base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+        c = cols[k]
+        kept = x[c]
+        x[c] = values[k]
+        work[:] = base
+        for q in range(starts[c], starts[c + 1]):
+            t = tree_ids[q]
+            work[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+        x[c] = kept
+        total = 0.0
+        for t in range(n_trees):
+            total += work[t]
+        out[k] = total
+    return True
+
+
+@njit(cache=True, parallel=True)
+def _margin_varied_parallel(
+    X, rows, cols, values, out, starts, tree_ids, trees, nodes, thresholds, cat_words, leaf_values
+):  # fmt: skip
+    n = rows.shape[0]
+    chunks = min(n, 64)
+    for c in prange(chunks):
+        _margin_varied_rows(
+            X, rows, cols, values, out, c * n // chunks, (c + 1) * n // chunks, starts, tree_ids,
+            trees, nodes, thresholds, cat_words, leaf_values,
+        )  # fmt: skip

@@ -127,6 +127,22 @@ def _assert_exact(booster: lgb.Booster, engine: TreeShap, X: np.ndarray) -> None
     margin = booster.predict(X, raw_score=True)
     np.testing.assert_allclose(engine.margin(X), margin, rtol=0, atol=TOL)
     np.testing.assert_allclose(phi.sum(axis=1) + phi0, margin, rtol=0, atol=TOL)
+    _assert_varied_exact(engine, X)
+
+
+def _assert_varied_exact(engine: TreeShap, X: np.ndarray) -> None:
+    """`margin_varied` is bit for bit `margin` of the rows built out: probes in runs of one row
+    and alone, each column, values taken from other rows (NaN, zeros, thresholds, infinities,
+    unseen categories)."""
+    rng = np.random.default_rng(len(X))
+    n = 4 * len(X)
+    rows = np.sort(rng.integers(0, len(X), n))
+    rows[::7] = rng.integers(0, len(X), len(rows[::7]))  # some probes out of their run
+    cols = rng.integers(0, X.shape[1], n)
+    values = X[rng.integers(0, len(X), n), cols]
+    built = X[rows].copy()
+    built[np.arange(n), cols] = values
+    np.testing.assert_array_equal(engine.margin_varied(X, rows, cols, values), engine.margin(built))
 
 
 def test_equals_pred_contrib_on_many_random_models() -> None:
@@ -218,6 +234,12 @@ def test_threads_and_input_checks() -> None:
     a, b = serial.shap_values(rows), parallel.shap_values(rows)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(serial.margin(rows), parallel.margin(rows))
+    probes = np.arange(len(rows))
+    cols = probes % N_FEATURES
+    np.testing.assert_array_equal(
+        serial.margin_varied(rows, probes, cols, rows[::-1, 0]),
+        parallel.margin_varied(rows, probes, cols, rows[::-1, 0]),
+    )
     _assert_exact(booster, parallel, rows)
     # non-contiguous and float32 input are read as LightGBM reads them
     _assert_exact(booster, serial, np.asfortranarray(rows))
@@ -227,6 +249,10 @@ def test_threads_and_input_checks() -> None:
         serial.shap_values(np.zeros((2, N_FEATURES + 1)))
     with pytest.raises(ValueError, match="threads"):
         TreeShap.from_booster(booster, threads=0)
+    with pytest.raises(ValueError, match="outside the matrix"):
+        serial.margin_varied(rows, np.array([len(rows)]), np.array([0]), np.array([1.0]))
+    with pytest.raises(ValueError, match="one length"):
+        serial.margin_varied(rows, np.array([0, 1]), np.array([0]), np.array([1.0]))
     assert serial.warm_up() >= 0
 
 
