@@ -7,7 +7,9 @@ at t reads rows at t and before): for a few signals per family, the change again
 months before, the gap to the SME's own mean over the 12 months before (its baseline), and the
 6-month standard deviation. A family is worth adding to the pipeline (`features/own.py`) only
 when it raises the leak-free OOT AUC beyond noise; the paired DeLong interval of each gain is
-reported beside it.
+reported beside it, and each family's information ceiling (`bench.bench_gap`: a regression of
+logit(pd_true) on the same features) beside its AUC: what the family adds to what the features
+know, before what the labels can teach.
 
 Two more families read the SME's persistent state, which the issue-13 diagnosis found the model
 misses most (`bench.bench_gap`): `statement history`, the mean of every statement the SME has
@@ -15,6 +17,14 @@ published (its long-run financial level, where the pipeline keeps only the lates
 per-year slope across them (its drift); `first-year baseline`, a few signals now against the
 same signal over the SME's first year on record (the change since onboarding: accumulated
 drift, with the firm's habit cancelled).
+
+Two long-memory families estimate the persistent part of the latent health (its level, AR and
+mean-reverting, and the drift accumulated since onboarding) from the monthly values of the
+signals health drives (`LONG_MEMORY`), over the SME's panel rows on or before the as-of date:
+`exponential means`, exponentially weighted means with half-lives of 3, 6, 12 and 24 months
+(the steady-state Kalman filter of a level observed with noise); `whole history`, the mean of
+every row so far, the current value against it, and the per-month slope across every row so far
+(six rows or more).
 """
 
 from __future__ import annotations
@@ -175,7 +185,79 @@ def first_year_baseline(panel: pd.DataFrame) -> tuple[pd.DataFrame, list]:
     return out, feats
 
 
+LONG_MEMORY: dict[str, tuple[bool, Direction]] = {
+    # signal: (read on the log scale, direction)
+    "ap_days_beyond_terms_90d": (False, 1),
+    "ap_late_rate_90d": (False, 1),
+    "dispute_rate_90d": (False, 1),
+    "dilution_90d": (False, 1),
+    "sales_amount_90d": (True, -1),
+    "purchases_amount_90d": (True, -1),
+    "dio_90d": (True, 1),
+    "pledged_share": (False, 1),
+    "exposure_to_sales_365d": (True, 1),
+}
+HALF_LIVES = (3, 6, 12, 24)  # months
+
+
+def _long_memory_signal(panel: pd.DataFrame, column: str, log: bool) -> pd.Series:
+    x = panel[column].astype("float64")
+    return np.log(x.where(x > 0)) if log else x
+
+
+def exponential_means(panel: pd.DataFrame) -> tuple[pd.DataFrame, list]:
+    """Per panel row (same index; `panel` sorted by SME and as-of): exponentially weighted means
+    of each `LONG_MEMORY` signal over the SME's rows so far, one per half-life in `HALF_LIVES`
+    (weights normalised over the rows there are, missing values skipped)."""
+    from features.catalog import Feature
+
+    sme = panel["sme_id"]
+    out, feats = {}, []
+    for column, (log, direction) in LONG_MEMORY.items():
+        by = _long_memory_signal(panel, column, log).groupby(sme)
+        for half_life in HALF_LIVES:
+            name = f"{column}_ewm{half_life}m"
+            out[name] = by.transform(
+                lambda s, h=half_life: s.ewm(halflife=h, ignore_na=True).mean()
+            )
+            what = f"{'log ' if log else ''}{column}, mean with a {half_life}-month half-life"
+            feats.append(Feature(name, "exponential means", what, "", direction))
+    return pd.DataFrame(out, index=panel.index), feats
+
+
+def whole_history(panel: pd.DataFrame) -> tuple[pd.DataFrame, list]:
+    """Per panel row (same index; `panel` sorted by SME and as-of): each `LONG_MEMORY` signal's
+    mean over the SME's rows so far, the current value minus that mean, and the per-month OLS
+    slope over those rows (six values or more)."""
+    from features.catalog import Feature
+
+    sme = panel["sme_id"]
+    month = panel.groupby(sme).cumcount().astype("float64")
+    out, feats = {}, []
+    for column, (log, direction) in LONG_MEMORY.items():
+        x = _long_memory_signal(panel, column, log)
+        has = x.notna().astype("float64")
+        y = x.fillna(0.0)
+        k = has.groupby(sme).cumsum()
+        sx, sxx = (month * has).groupby(sme).cumsum(), (month * month * has).groupby(sme).cumsum()
+        sy, sxy = y.groupby(sme).cumsum(), (month * y).groupby(sme).cumsum()
+        mean = (sy / k).where(k > 0)
+        spread = sxx - sx * sx / k
+        out[f"{column}_history_mean"] = mean
+        out[f"{column}_vs_history"] = x - mean
+        out[f"{column}_history_slope"] = ((sxy - sx * sy / k) / spread).where(
+            (k >= 6) & (spread > 0)
+        )
+        feats += [
+            Feature(f"{column}_history_mean", "whole history", f"mean {column}", "", direction),
+            Feature(f"{column}_vs_history", "whole history", f"{column} - its mean", "", 0),
+            Feature(f"{column}_history_slope", "whole history", f"slope of {column}", "", 0),
+        ]
+    return pd.DataFrame(out, index=panel.index), feats
+
+
 def run(report: Report) -> None:
+    from bench.bench_gap import information_ceiling
     from features.engines import build_panel
     from features.io import load_tables
     from features.pipeline import data_range, month_ends
@@ -194,7 +276,9 @@ def run(report: Report) -> None:
     panel, families = dynamic_features(panel)
     history, families["statement history"] = statement_history(panel, tables.financials)
     baseline, families["first-year baseline"] = first_year_baseline(panel)
-    panel = pd.concat([panel, history, baseline], axis=1)
+    means, families["exponential means"] = exponential_means(panel)
+    whole, families["whole history"] = whole_history(panel)
+    panel = pd.concat([panel, history, baseline, means, whole], axis=1)
     config = TrainConfig(seed=0, benchmark=False)
     reference: pd.DataFrame | None = None
     every = [f for feats in families.values() for f in feats]
@@ -214,3 +298,12 @@ def run(report: Report) -> None:
             diff, low, high, _ = m.auc_difference(y, new, old)
             note += f"; gain over none {diff:+.4f} [95% CI {low:+.4f}, {high:+.4f}]"
         report.add(SECTION, f"OOT AUC, dynamic family: {name}", auc, "", note=note)
+        ceiling = information_ceiling(panel[cols], truth, config, catalog)
+        report.add(
+            SECTION,
+            f"OOT AUC, information ceiling, dynamic family: {name}",
+            ceiling,
+            "",
+            note=f"regression on logit(pd_true) (bench.bench_gap), oracle "
+            f"{result.metrics['auc_oracle_oot']:.4f}; {len(catalog)} features",
+        )
