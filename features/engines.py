@@ -14,6 +14,9 @@ computes the dates on forked processes that share the prepared arrays.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -336,6 +339,28 @@ def _date_table(plan: PreparedPanel, t: int) -> pa.Table:
     return panel_table(rows, plan.horizon_days, plan.data_end)
 
 
+def release_freed_memory() -> None:
+    """Hand memory already freed back to the operating system: Arrow's pool, and glibc's heap
+    (`malloc_trim`), where freed blocks below its mmap threshold (a part's arrays, the tables'
+    pandas intermediates) otherwise stay in the process. A forked date worker that allocated
+    from that inherited free heap would copy each page it touches; returned, the pages are
+    neither counted nor copied. Without glibc (no `malloc_trim`) only Arrow's pool is
+    released."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    return getattr(ctypes.CDLL(name), "malloc_trim", None)
+
+
 _FORKED: PreparedPanel | None = None
 """The plan forked date workers read (set only while `_date_tables` starts its pool)."""
 
@@ -352,7 +377,7 @@ def _date_tables(plan: PreparedPanel, jobs: int) -> Iterator[pa.Table]:
         for t in plan.days:
             yield _date_table(plan, t)
         return
-    pa.default_memory_pool().release_unused()  # freed tables: not inherited by the workers
+    release_freed_memory()  # freed tables: not inherited (and copied on write) by the workers
     global _FORKED
     _FORKED = plan
     try:
