@@ -60,11 +60,12 @@ def iter_split_tables(tables: Tables, parts: Sequence[Sequence[str]]) -> Iterato
     """`split_tables` one partition at a time (only the current one's copies are alive)."""
     part_of: dict[str, int] = {s: k for k, part in enumerate(parts) for s in part}
     ids = pa.array(list(part_of), type=pa.string())
-    part_no = np.fromiter(part_of.values(), dtype=np.int64, count=len(part_of))
+    part_no = np.fromiter(part_of.values(), dtype=np.int32, count=len(part_of))
 
-    def owner(values: pd.Series) -> np.ndarray:
+    def owner(values: pd.Series) -> np.ndarray:  # int32: alive for every partition's cut
         code = _codes(values, ids)
-        return np.where(code >= 0, part_no[np.maximum(code, 0)] if len(part_no) else -1, -1)
+        found = part_no[np.maximum(code, 0)] if len(part_no) else np.int32(-1)
+        return np.where(code >= 0, found, np.int32(-1)).astype(np.int32, copy=False)
 
     inv = tables.invoices
     seller, buyer = owner(inv["seller_id"]), owner(inv["buyer_id"])
