@@ -14,6 +14,9 @@ computes the dates on forked processes that share the prepared arrays.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -57,11 +60,12 @@ def iter_split_tables(tables: Tables, parts: Sequence[Sequence[str]]) -> Iterato
     """`split_tables` one partition at a time (only the current one's copies are alive)."""
     part_of: dict[str, int] = {s: k for k, part in enumerate(parts) for s in part}
     ids = pa.array(list(part_of), type=pa.string())
-    part_no = np.fromiter(part_of.values(), dtype=np.int64, count=len(part_of))
+    part_no = np.fromiter(part_of.values(), dtype=np.int32, count=len(part_of))
 
-    def owner(values: pd.Series) -> np.ndarray:
+    def owner(values: pd.Series) -> np.ndarray:  # int32: alive for every partition's cut
         code = _codes(values, ids)
-        return np.where(code >= 0, part_no[np.maximum(code, 0)] if len(part_no) else -1, -1)
+        found = part_no[np.maximum(code, 0)] if len(part_no) else np.int32(-1)
+        return np.where(code >= 0, found, np.int32(-1)).astype(np.int32, copy=False)
 
     inv = tables.invoices
     seller, buyer = owner(inv["seller_id"]), owner(inv["buyer_id"])
@@ -336,6 +340,28 @@ def _date_table(plan: PreparedPanel, t: int) -> pa.Table:
     return panel_table(rows, plan.horizon_days, plan.data_end)
 
 
+def release_freed_memory() -> None:
+    """Hand memory already freed back to the operating system: Arrow's pool, and glibc's heap
+    (`malloc_trim`), where freed blocks below its mmap threshold (a part's arrays, the tables'
+    pandas intermediates) otherwise stay in the process. A forked date worker that allocated
+    from that inherited free heap would copy each page it touches; returned, the pages are
+    neither counted nor copied. Without glibc (no `malloc_trim`) only Arrow's pool is
+    released."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    return getattr(ctypes.CDLL(name), "malloc_trim", None)
+
+
 _FORKED: PreparedPanel | None = None
 """The plan forked date workers read (set only while `_date_tables` starts its pool)."""
 
@@ -352,7 +378,7 @@ def _date_tables(plan: PreparedPanel, jobs: int) -> Iterator[pa.Table]:
         for t in plan.days:
             yield _date_table(plan, t)
         return
-    pa.default_memory_pool().release_unused()  # freed tables: not inherited by the workers
+    release_freed_memory()  # freed tables: not inherited (and copied on write) by the workers
     global _FORKED
     _FORKED = plan
     try:

@@ -177,7 +177,37 @@ class Sides:
     confirmed: np.ndarray
 
     def take(self, idx: np.ndarray) -> Sides:
-        return Sides(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        """The rows `idx`, every integer column as int64 (`NEVER` for a missing date)."""
+        return Sides(*(_widen(getattr(self, f)[idx]) for f in self.__dataclass_fields__))
+
+    def compact(self) -> Sides:
+        """The same rows with each integer column held as int32 where its values fit (half the
+        memory of the prepared arrays' codes and days); `take` gives them back as int64."""
+        return Sides(*(_narrow(getattr(self, f)) for f in self.__dataclass_fields__))
+
+
+_NEVER32 = np.int32(np.iinfo(np.int32).max)
+"""`NEVER` in an int32 column of `Sides.compact` (no day or code there reaches it)."""
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """An int64 column (codes, or days with `NEVER`) as int32 with `NEVER` as `_NEVER32`, when
+    every other value lies strictly inside int32's range; anything else unchanged."""
+    if values.dtype != np.int64:
+        return values
+    known = values[values != NEVER]
+    if len(known) and (int(known.min()) <= np.iinfo(np.int32).min or int(known.max()) >= _NEVER32):
+        return values
+    return np.where(values == NEVER, _NEVER32, values).astype(np.int32)
+
+
+def _widen(values: np.ndarray) -> np.ndarray:
+    """`_narrow` undone: an int32 column back to int64, `_NEVER32` to `NEVER`."""
+    if values.dtype != np.int32:
+        return values
+    wide = values.astype(np.int64)
+    wide[values == _NEVER32] = NEVER
+    return wide
 
 
 @dataclass(frozen=True)
@@ -311,6 +341,7 @@ def prepare(
     first = np.full(n, NEVER, dtype=np.int64)
     np.minimum.at(first, recv.sme, recv.issue)
     np.minimum.at(first, pay.sme, pay.issue)
+    recv, pay = recv.compact(), pay.compact()  # the arrays every date's rows are taken from
 
     # ---- inventory by (sme, snapshot)
     invt = tables.inventory

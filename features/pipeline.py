@@ -233,7 +233,9 @@ def write_row_groups(
         try:
             for table in tables:
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
+                    writer = pq.ParquetWriter(
+                        tmp, table.schema, use_dictionary=_dictionary_columns(table.schema)
+                    )
                 if table.num_rows:
                     writer.write_table(table)
                     rows += table.num_rows
@@ -249,6 +251,14 @@ def write_row_groups(
         Path(tmp).unlink(missing_ok=True)
         raise
     return rows
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth dictionary encoding in a panel file: all but the floating-point ones.
+    Their values are mostly distinct, so the writer would build each one's dictionary and then
+    fall back to plain encoding (about twice the time of plain encoding, and a larger file).
+    The encoding is invisible to readers: the file reads back to the same frame."""
+    return [f.name for f in schema if not pa.types.is_floating(f.type)]
 
 
 def panel_table(rows: pd.DataFrame, horizon_days: int, data_end: pd.Timestamp) -> pa.Table:

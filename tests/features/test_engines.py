@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,6 +18,7 @@ from features.engines import (
     write_features,
 )
 from features.exceptions import FeatureError
+from features.own import NEVER, _narrow, _widen
 from features.pipeline import build_features, month_ends, write_panel
 from tests.support.tables import random_tables
 
@@ -102,6 +105,41 @@ def test_streamed_panel_file_reads_back_as_the_panel(tables, dates, tmp_path, jo
     )
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
     assert pq.ParquetFile(tmp_path / "streamed.parquet").num_row_groups == len(dates)
+
+
+def test_streamed_panel_dictionary_encodes_only_non_float_columns(tables, dates, tmp_path):
+    # a float feature's values are mostly distinct: a dictionary would be built and dropped
+    write_features(prepare_panel(tables, dates), tmp_path / "panel.parquet", jobs=1)
+    meta = pq.ParquetFile(tmp_path / "panel.parquet").metadata
+    group = meta.row_group(meta.num_row_groups - 1)
+    encodings = {
+        group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)
+    }
+    floats = [f.name for f in meta.schema.to_arrow_schema() if pa.types.is_floating(f.type)]
+    assert floats and all("RLE_DICTIONARY" not in encodings[name] for name in floats)
+    for name in ("sme_id", "as_of", "industry", "region", "default_12m"):
+        assert "RLE_DICTIONARY" in encodings[name], name
+
+
+def test_compact_columns_give_back_the_same_int64_values():
+    days = np.array([19_000, NEVER, -5, 20_100, NEVER], dtype=np.int64)
+    narrow = _narrow(days)
+    assert narrow.dtype == np.int32
+    assert _widen(narrow).dtype == np.int64
+    np.testing.assert_array_equal(_widen(narrow), days)
+    # a value int32 cannot hold (or that would read as NEVER) keeps the column int64
+    for wide in ([0, 2**31 - 1], [0, -(2**31)], [0, 2**40 + 1]):
+        kept = _narrow(np.array(wide, dtype=np.int64))
+        assert kept.dtype == np.int64 and kept.tolist() == wide
+
+
+def test_prepared_sides_are_compact_and_take_the_int64_rows(tables):
+    plan = prepare_panel(tables, ["2024-03-31"])
+    recv = plan.parts[0].recv
+    assert recv.issue.dtype == recv.paid.dtype == recv.sme.dtype == np.int32
+    rows = recv.take(np.arange(len(recv.issue)))
+    assert rows.paid.dtype == rows.sme.dtype == np.int64
+    assert (rows.paid == NEVER).any() and not (rows.paid == np.iinfo(np.int32).max).any()
 
 
 def test_streamed_panel_without_population_leaves_no_file(tables, tmp_path):
