@@ -117,15 +117,19 @@ def regrows(fit_rows: int) -> bool:
 
 def regrown_rounds(best_iteration: int, fit_rows: int, train_rows: int) -> int:
     """The rounds of the model regrown on `train_rows` rows after early stopping chose
-    `best_iteration` on a booster of `fit_rows` rows: the same count (`REGROW_SCALES_ROUNDS`
-    off), or that count times the ratio of the rows."""
+    `best_iteration` on a booster of `fit_rows` rows: that count times the ratio of the rows
+    (`REGROW_SCALES_ROUNDS`; off: the same count). More rows carry more signal for the same
+    learning rate and leaf sizes, so the model needs more rounds to learn it."""
     if not REGROW_SCALES_ROUNDS:
         return best_iteration
     return max(1, round(best_iteration * train_rows / max(fit_rows, 1)))
 
 
-REGROW_SCALES_ROUNDS = False
-"""`regrown_rounds`: scale the early-stopping count by the rows' ratio (see `regrows`)."""
+REGROW_SCALES_ROUNDS = True
+"""`regrown_rounds`: scale the early-stopping count by the rows' ratio. On the German credit data
+(`python -m bench german`, 5,400 fit rows and 6,380 training rows: 1.18 times the count), OOT
+AUC minus plain LightGBM's over training seeds 0-9, same count / scaled count: see README
+("Real data"); the scaled count was ahead on most seeds and on the worst."""
 
 
 def bag_seeds(seed: int, bag: int) -> list[int]:

@@ -10,7 +10,14 @@ import pytest
 
 from tests.support.panels import CATALOG, FAST, make_panel
 from training import booster as boosting
-from training.booster import BAG, SMALL_DATA_ROWS, bag_seeds, scaled_params, start_margin
+from training.booster import (
+    BAG,
+    SMALL_DATA_ROWS,
+    bag_seeds,
+    regrown_rounds,
+    scaled_params,
+    start_margin,
+)
 from training.calibration import LogOddsCalibrator
 from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
@@ -269,7 +276,7 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
     bagged = fit(panel, CATALOG, config)
     assert bagged.model.params["bag_seeds"] == bag_seeds(2, BAG)
     assert bagged.metrics["bag_boosters"] == BAG  # logged with the run's metrics
-    rounds = bagged.model.params["best_iteration"]
+    rounds = bagged.model.params["final_model"]["rounds"]  # regrown: small data
     assert bagged.model.booster.num_trees() == BAG * rounds
     X = bagged.oot[bagged.model.feature_names]
     for method in ("pred_contrib", "tree_shap", "fast"):
@@ -299,14 +306,15 @@ def test_small_data_regrows_the_model_on_every_training_sme() -> None:
     grown = grow(prep, params, config, Steps())  # regrow: by the fit rows
     assert grown.regrown and not kept.regrown
     assert grown.rows == len(split.train) and kept.rows == len(split.fit)
-    assert grown.best_iteration == kept.best_iteration == grown.rounds
+    assert grown.best_iteration == kept.best_iteration
+    assert grown.rounds == regrown_rounds(kept.best_iteration, len(split.fit), len(split.train))
     assert grown.val_loss == kept.val_loss  # the early-stopping booster's
     trainer = boosting.LocalTrainer(CATALOG, params, 2)
     by_hand = trainer.train(
         trainer.rows(
             prep.X[split.train], y[split.train], bins=trainer.rows(prep.X[split.fit], y[split.fit])
         ),
-        rounds=kept.best_iteration,
+        rounds=grown.rounds,
     ).booster
     assert grown.booster.model_to_string() == by_hand.model_to_string()
     assert grown.booster.model_to_string() != kept.booster.model_to_string()
@@ -337,7 +345,8 @@ def test_the_regrown_model_is_served_recorded_and_reproducible() -> None:
     panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
     config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": 2})
     r = fit(panel, CATALOG, config)
-    rounds = r.model.params["best_iteration"]
+    best = r.model.params["best_iteration"]
+    rounds = regrown_rounds(best, len(r.split.fit), len(r.split.train))
     assert r.model.params["final_model"] == {
         "grown_on": "fit and validation SMEs",
         "regrown": True,
