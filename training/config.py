@@ -39,6 +39,8 @@ class TrainConfig:
     early_stopping_rounds: int = 200
     bag: int | None = None  # boosters the model averages, differing in their seed; None = by
     # the fit rows (`training.booster.bag_size`: 5 below 20,000, else 1)
+    regrow: bool | None = None  # grow the model again on fit and validation SMEs with the rounds
+    # early stopping chose; None = by the fit rows (`training.booster.regrows`: below 20,000)
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
     benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)
@@ -92,6 +94,7 @@ class TrainConfig:
             "max_rounds": self.max_rounds,
             "early_stopping_rounds": self.early_stopping_rounds,
             "bag": "by fit rows" if self.bag is None else self.bag,
+            "regrow": "by fit rows" if self.regrow is None else self.regrow,
             "val_fraction": self.val_fraction,
             "calibration_folds": self.calibration_folds,
             "calibration_months": self.calibration_months,
@@ -121,17 +124,24 @@ class Prepared:
 class Grown:
     """The boosters' output: the model's booster and the held-out margins the other steps use."""
 
-    booster: Any  # lightgbm.Booster
-    best_iteration: int
-    val_loss: float
+    booster: Any  # lightgbm.Booster: the model
+    best_iteration: int  # rounds early stopping on the validation SMEs chose (fit SMEs' booster)
+    val_loss: float  # that booster's validation log loss at `best_iteration`
     margin: np.ndarray  # the model's margins of every matured row (positions of `data`)
     oof: np.ndarray  # cross-fitted margins of the fit rows
     unseen: np.ndarray  # OOT margins from boosters that never saw the row's SME
+    val_margin: np.ndarray  # validation rows' margins from a booster that never saw them (the
+    # early-stopping booster when the model was regrown, else the model), on the model's scale
     cal_margin: np.ndarray  # calibration rows' margins on the model's scale (empty without
     # calibration months): the calibration booster's margins plus `cal_drift`
     cal_drift: float = 0.0  # the model's start margin minus the calibration booster's: added back
     # to the fitted intercept, so the calibration carries the drift of the default rate from the
     # booster's months to the held-out months, as the model's from its months to the OOT months
+    regrown: bool = False  # the model was grown again on fit and validation SMEs
+    # (`training.booster.regrows`); False: the model is the early-stopping booster itself
+    rounds: int = 0  # rounds of the model's booster(s): `best_iteration`, or when regrown
+    # `training.booster.regrown_rounds` of it
+    rows: int = 0  # rows the model grew on (fit rows, or when regrown fit and validation rows)
 
 
 @dataclass(frozen=True)

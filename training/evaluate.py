@@ -65,8 +65,11 @@ def evaluate(
     oot_idx = split.oot
     y_oot, p_oot = y[oot_idx], pd_all[oot_idx]
     metrics: dict[str, float] = {}
-    for name, idx in (("oot", oot_idx), ("val", split.val)):
-        for key, value in m.summary(y[idx], pd_all[idx], cfg.ece_bins).items():
+    # the validation SMEs as scored by a booster that never saw them: the model, or when the
+    # model was regrown on them (small data) the early-stopping booster (`Grown.val_margin`)
+    p_val = np.asarray(expit(calibration.logodds(grown.val_margin)), dtype=np.float64)
+    for name, yy, pp in (("oot", y_oot, p_oot), ("val", y[split.val], p_val)):
+        for key, value in m.summary(yy, pp, cfg.ece_bins).items():
             metrics[f"{key}_{name}"] = value
     p_oof = np.asarray(expit(calibration.logodds(grown.oof)), dtype=np.float64)
     for key, value in m.summary(y[split.fit], p_oof, cfg.ece_bins).items():
@@ -76,7 +79,10 @@ def evaluate(
     metrics["auc_oot_unseen_sme"] = m.auc(y_oot, p_unseen)
     metrics["oot_defaults_revealed_share"] = revealed_share(sme, y, split.train, oot_idx)
     metrics["ece_oot_unseen_sme"] = m.ece(y_oot, p_unseen, cfg.ece_bins)
-    metrics["best_iteration"] = float(grown.best_iteration)
+    metrics["best_iteration"] = float(grown.best_iteration)  # early stopping's choice
+    metrics["model_regrown"] = 1.0 if grown.regrown else 0.0  # on fit and validation SMEs
+    metrics["model_rounds"] = float(grown.rounds)  # the served booster's rounds (per booster)
+    metrics["model_rows"] = float(grown.rows)  # the rows the served booster grew on
     metrics["val_log_loss_lgb"] = grown.val_loss
     metrics["calibration_a"] = calibrated.calibrator.a_
     metrics["calibration_b"] = calibrated.calibrator.b_

@@ -3,7 +3,8 @@ out-of-time evaluation. Plain functions, no MLflow (see `training.registry` for 
 
 Steps of `fit`: validate the panel against the catalog; keep matured rows; split out of time and
 by SME (`training.split`); grow the booster on the fit SMEs with monotone constraints and early
-stopping on the validation SMEs (optionally after an Optuna search); calibrate the log-odds on
+stopping on the validation SMEs (optionally after an Optuna search), and on small data grow the
+model again on fit and validation SMEs with the rounds so chosen (`grow`); calibrate the log-odds on
 held-out training months (`training.split`: the last training months scored by a booster grown
 with the same settings and rounds on the earlier months, so the calibration rows stand to their
 booster as the OOT rows stand to the model); evaluate on the OOT months; verify monotonicity on
@@ -18,14 +19,17 @@ cross-fitted slope was 0.75 where the OOT called for 1.14, and the OOT ECE was 0
 on held-out months it was 0.0045-0.0061 over three seeds.
 
 Besides the headline OOT metrics (the registered model on every OOT row), ``*_oot_unseen_sme``
-scores each OOT row with a booster that never saw its SME (the cross-fitting boosters, or the
-final booster for validation SMEs): the gap between the two shows how much the model gains from
-having seen an SME's earlier rows, whose label windows can reach into the OOT period unless an
-embargo (`TrainConfig.embargo_days`) separates training and OOT. ``oot_defaults_revealed_share``
-says how much of the OOT there is to gain that way: the share of OOT default rows whose SME has a
-training row labelled 1, i.e. whose OOT default the training labels already record (with the
-default 6 OOT months and no embargo, most of them: every default within a year of the last
-training month is in a training label).
+scores each OOT row with a booster that never saw its SME (the cross-fitting boosters for fit
+SMEs; for validation SMEs the model, or when the model was regrown on them the early-stopping
+booster, grown on the fit SMEs only; the model for SMEs new in the OOT months): the gap between
+the two shows how much the model gains from having seen an SME's earlier rows, whose label
+windows can reach into the OOT period unless an embargo (`TrainConfig.embargo_days`) separates
+training and OOT. ``oot_defaults_revealed_share`` says how much of the OOT there is to gain that
+way: the share of OOT default rows whose SME has a training row labelled 1, i.e. whose OOT
+default the training labels already record (with the default 6 OOT months and no embargo, most
+of them: every default within a year of the last training month is in a training label). The
+``*_val`` figures likewise score the validation SMEs with a booster that never saw them (the
+early-stopping booster when the model was regrown on them).
 
 Products (metrics by product): an OOT row (SME, t) belongs to product P when the SME has a loan of
 product P outstanding at t: ``disbursed_date <= t < maturity_date`` and not defaulted by t. A row
@@ -199,11 +203,13 @@ class Steps:
 
     @staticmethod
     def count(cfg: TrainConfig, split: Split) -> int:
-        """The messages `fit` sends: tuning (1 + one per trial), growing, one per cross-fitting
-        fold, the calibration booster (when there are calibration months), calibrating,
-        evaluating, monotonicity, explaining."""
+        """The messages `fit` sends: tuning (1 + one per trial), growing, regrowing on all
+        training SMEs (small data: `regrow_for`), one per cross-fitting fold, the calibration
+        booster (when there are calibration months), calibrating, evaluating, monotonicity,
+        explaining."""
         tuning = cfg.tune_trials + 1 if cfg.tune_trials > 0 else int(cfg.tune_minutes > 0)
-        return tuning + 1 + split.folds + bool(split.calibration_months) + 4
+        regrow = regrow_for(cfg, len(split.fit))
+        return tuning + 1 + regrow + split.folds + bool(split.calibration_months) + 4
 
 
 def fit(
@@ -385,6 +391,12 @@ def assemble(
             "lightgbm": {k: v for k, v in params.items()},
             "best_iteration": grown.best_iteration,
             "bag_seeds": _bag_seeds(params, bag_for(cfg, len(prep.split.fit))),
+            "final_model": {  # what the served booster grew on, and for how many rounds
+                "grown_on": "fit and validation SMEs" if grown.regrown else "fit SMEs",
+                "regrown": grown.regrown,
+                "rows": grown.rows,
+                "rounds": grown.rounds,
+            },
             "train": cfg.as_params(),
         },
     )
@@ -394,6 +406,12 @@ def bag_for(cfg: TrainConfig, fit_rows: int) -> int:
     """How many boosters the model averages: `TrainConfig.bag`, or by the fit rows
     (`training.booster.bag_size`)."""
     return boosting.bag_size(fit_rows) if cfg.bag is None else cfg.bag
+
+
+def regrow_for(cfg: TrainConfig, fit_rows: int) -> bool:
+    """Whether the model is grown again on fit and validation SMEs once early stopping has
+    chosen its rounds: `TrainConfig.regrow`, or by the fit rows (`training.booster.regrows`)."""
+    return boosting.regrows(fit_rows) if cfg.regrow is None else cfg.regrow
 
 
 def _bag_seeds(params: dict[str, Any], bag: int) -> list[int]:
@@ -414,7 +432,16 @@ def grow(
     calibration booster (empty without calibration months). The fit rows are binned once; the
     other boosters grow on subsets of them, with the same bins. On small data each of these
     boosters is a bag (`training.booster.bag_size`: the mean of 5 differing in their seed, below
-    20,000 fit rows), so that the calibration and cross-fitted margins stand for the model."""
+    20,000 fit rows), so that the calibration and cross-fitted margins stand for the model.
+
+    On small data (`regrow_for`) the model is then grown again on all training rows, fit and
+    validation SMEs (binned with the fit rows' bins), with the rounds early stopping chose
+    (`training.booster.regrown_rounds`); the early-stopping booster is kept only to read the
+    validation SMEs, which the model now holds: their margins (`Grown.val_margin`, the
+    validation metrics) and the OOT margins of their SMEs (the unseen-SME figure) come from it,
+    read on the model's scale (the model starts from all training rows' log-odds). The
+    cross-fitting and calibration boosters are the same either way (fit SMEs only, never a
+    validation SME), and their margins are read on the model's scale too."""
     X, y, split, catalog = prep.X, prep.y, prep.split, prep.catalog
     sme = prep.data["sme_id"].to_numpy()
     say = steps.say
@@ -426,6 +453,7 @@ def grow(
     )
     if bag > 1:
         model_fit = None  # the search grew one booster; the model is a bag
+    regrow = regrow_for(cfg, len(split.fit))
     with trainer:
         grown_by = "the best trial of the search" if model_fit else f"{cfg.engine} engine"
         if bag > 1:
@@ -442,9 +470,28 @@ def grow(
             y_val=y[split.val],
             patience=cfg.early_stopping_rounds,
         )
+        model, rounds, model_rows = grown.booster, grown.best_iteration, split.fit
+        if regrow:
+            model_rows = split.train
+            rounds = boosting.regrown_rounds(grown.best_iteration, len(split.fit), len(model_rows))
+            say(
+                f"regrowing the model on all {len(model_rows):,} training rows (fit and "
+                f"validation SMEs): {rounds} rounds, chosen by early stopping on the validation "
+                f"SMEs ({grown.best_iteration}; fewer than {boosting.SMALL_DATA_ROWS:,} fit rows)"
+            )
+            every = trainer.rows(X[model_rows], y[model_rows], bins=fit_rows)
+            model = trainer.train(every, rounds=rounds).booster
         oof = np.empty(len(split.fit))
-        margin = _margins(grown.booster, X)  # every row, once: `evaluate` scores them from it
+        margin = _margins(model, X)  # every row, once: `evaluate` scores them from it
         unseen = margin[split.oot]  # a copy: the folds overwrite the rows of their SMEs
+        y_fit = y[split.fit]
+        start = boosting.start_margin(y[model_rows], params)  # the model's start margin
+        val_margin = margin[split.val]
+        if regrow:  # the validation SMEs are in the model: read them on the booster that is not
+            held_out = start - boosting.start_margin(y_fit, params)
+            val_margin = _margins(grown.booster, X[split.val]) + held_out
+            in_val = pd.Series(sme[split.oot]).isin(set(sme[split.val])).to_numpy()
+            unseen[in_val] = _margins(grown.booster, X[split.oot[in_val]]) + held_out
         # the folds' boosters, then the calibration booster: subsets of the fit rows (cal_grow
         # is a subset of fit, both ascending: training.split), grown with the model's rounds
         parts = [np.flatnonzero(split.fold != k) for k in range(split.folds)]
@@ -455,8 +502,6 @@ def grow(
         # calibration slope b scales what the trees learned, not the difference of the starts
         # (which `calibrate` adds back to the intercept once, as the drift of the default rate).
         # Unshifted, a slope of 8.7 turned a start difference of 0.16 into 1.4 log-odds.
-        y_fit = y[split.fit]
-        start = boosting.start_margin(y_fit, params)
         shift = [start - boosting.start_margin(y_fit[rows], params) for rows in parts]
         boosters = trainer.train_each(
             [fit_rows.subset(rows) for rows in parts],
@@ -476,14 +521,18 @@ def grow(
             cal_booster = next(boosters).booster
             cal_margin = _margins(cal_booster, X[split.cal]) + shift[-1]
     return Grown(
-        booster=grown.booster,
+        booster=model,
         best_iteration=grown.best_iteration,
         val_loss=grown.val_loss,
         margin=margin,
         oof=oof,
         unseen=unseen,
+        val_margin=val_margin,
         cal_margin=cal_margin,
         cal_drift=shift[-1] if split.calibration_months else 0.0,
+        regrown=regrow,
+        rounds=rounds,
+        rows=len(model_rows),
     )
 
 

@@ -382,7 +382,13 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         (
             "validation AUC / cross-fitted AUC and ECE (training months)",
             f"{human(mt['auc_val'])} / {human(mt['auc_oof'])}, {human(mt['ece_oof'])}",
-            "the same figures inside the training months, for SMEs the booster did not fit",
+            "the same figures inside the training months, for SMEs the booster did not fit"
+            + (
+                " (validation SMEs: the early-stopping booster, grown on the fit SMEs only; the "
+                "model was regrown on them)"
+                if mt.get("model_regrown") == 1.0
+                else ""
+            ),
         ),
     ]
     population = [
@@ -410,6 +416,13 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
     ]
     model_facts = [
         ("best iteration (early stopping on validation SMEs)", int(mt["best_iteration"])),
+        (
+            "final model grown on",
+            f"fit and validation SMEs ({int(mt['model_rows']):,} rows), regrown with "
+            f"{int(mt['model_rounds'])} rounds after early stopping"
+            if mt.get("model_regrown") == 1.0
+            else f"fit SMEs ({int(mt['model_rows']):,} rows): the early-stopping booster",
+        ),
         (
             "calibration: z = a + b·margin",
             f"a = {mt['calibration_a']:.5f}, b = {mt['calibration_b']:.5f}",
@@ -446,7 +459,14 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         "<p>Population and labels follow the data contract: one row per SME with an invoice in "
         "the past 365 days and no earlier default, per month end; immature rows (horizon beyond "
         "the data) are excluded. Out-of-time: the last OOT months; the training months are "
-        "split by SME into fit and validation (early stopping) sets; the log-odds calibration "
+        "split by SME into fit and validation (early stopping) sets"
+        + (
+            ", and the model is then grown again on both with the rounds early stopping chose "
+            "(small data), so the validation figures come from the early-stopping booster"
+            if mt.get("model_regrown") == 1.0
+            else ""
+        )
+        + "; the log-odds calibration "
         f"{calibration_text}</p>",
         _kv(population),
         "<h2>2. Model</h2>",

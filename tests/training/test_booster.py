@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from features.catalog import Feature
+from training import booster
 from training.booster import (
     BAG,
     SMALL_DATA_ROWS,
@@ -15,6 +16,8 @@ from training.booster import (
     bag_seeds,
     bag_size,
     best_iteration_by_patience,
+    regrown_rounds,
+    regrows,
     start_margin,
 )
 from training.metrics import log_loss
@@ -162,3 +165,24 @@ def test_a_bag_stops_early_on_the_loss_of_its_mean() -> None:
     assert fit.val_loss == pytest.approx(losses[best - 1], abs=1e-12)
     mean = np.mean([b.predict(Xv, raw_score=True, num_iteration=best) for b in members], 0)
     np.testing.assert_allclose(fit.booster.predict(Xv, raw_score=True), mean, atol=1e-12)
+
+
+def test_rows_binned_with_other_rows_bins() -> None:
+    """Rows given `bins` split where a booster grown on those rows can: x takes 11 values on the
+    rows, only 1 and 2 on the rows whose bins they take, so the one split is midway (1.5)."""
+    X = np.repeat(np.linspace(1.0, 2.0, 11), 20)[:, None]
+    y = (X[:, 0] > 1.55).astype(np.float64)
+    ends = np.flatnonzero((X[:, 0] == 1.0) | (X[:, 0] == 2.0))
+    trainer = LocalTrainer(CATALOG, PARAMS)
+
+    def threshold(rows) -> float:  # type: ignore[no-untyped-def]
+        booster = trainer.train(rows, rounds=1).booster
+        return float(booster.dump_model()["tree_info"][0]["tree_structure"]["threshold"])
+
+    assert threshold(trainer.rows(X, y)) == pytest.approx(1.55)  # its own bins
+    assert threshold(trainer.rows(X, y, bins=trainer.rows(X[ends], y[ends]))) == pytest.approx(1.5)
+
+
+def test_regrowing_is_for_small_data() -> None:
+    assert regrows(SMALL_DATA_ROWS - 1) and not regrows(SMALL_DATA_ROWS)
+    assert regrown_rounds(200, 850, 1000) == (235 if booster.REGROW_SCALES_ROUNDS else 200)

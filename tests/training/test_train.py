@@ -10,7 +10,14 @@ import pytest
 
 from tests.support.panels import CATALOG, FAST, make_panel
 from training import booster as boosting
-from training.booster import BAG, SMALL_DATA_ROWS, bag_seeds, scaled_params, start_margin
+from training.booster import (
+    BAG,
+    SMALL_DATA_ROWS,
+    bag_seeds,
+    regrown_rounds,
+    scaled_params,
+    start_margin,
+)
 from training.calibration import LogOddsCalibrator
 from training.evaluate import active_products, revealed_share
 from training.exceptions import TrainingError
@@ -114,7 +121,8 @@ def test_calibration_on_held_out_months_reads_margins_from_the_models_start() ->
     assert split.calibration_months and "calibrated on the held-out months" in (
         split.calibration_note
     )
-    start = start_margin(y[split.fit], params)
+    assert grown.regrown  # small data: the model grew on every training row, and starts there
+    start = start_margin(y[split.train], params)
     drift = start - start_margin(y[split.cal_grow], params)
     assert abs(drift) > 0.05 and grown.cal_drift == pytest.approx(drift)
     cal = calibrate(prep, grown, Steps()).calibrator
@@ -268,7 +276,7 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
     bagged = fit(panel, CATALOG, config)
     assert bagged.model.params["bag_seeds"] == bag_seeds(2, BAG)
     assert bagged.metrics["bag_boosters"] == BAG  # logged with the run's metrics
-    rounds = bagged.model.params["best_iteration"]
+    rounds = bagged.model.params["final_model"]["rounds"]  # regrown: small data
     assert bagged.model.booster.num_trees() == BAG * rounds
     X = bagged.oot[bagged.model.feature_names]
     for method in ("pred_contrib", "tree_shap", "fast"):
@@ -281,3 +289,108 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
     assert single.model.booster.num_trees() == single.model.params["best_iteration"]
     with pytest.raises(ValueError, match="bag must be at least 1"):
         TrainConfig(bag=0)
+
+
+def test_small_data_regrows_the_model_on_every_training_sme() -> None:
+    """Below `SMALL_DATA_ROWS` fit rows the served model is grown again on fit and validation
+    SMEs (the fit rows' bins) with the rounds early stopping chose; the validation SMEs' margins
+    and the OOT margins of their SMEs come from the early-stopping booster, which never saw
+    them; every other booster is the one grown without regrowing, read on the model's scale."""
+    panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
+    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": 2})
+    prep = prepare(panel, CATALOG, config)
+    split, y = prep.split, prep.y
+    assert len(split.fit) < SMALL_DATA_ROWS and split.calibration_months
+    params, _ = choose_params(prep, config, Steps())
+    kept = grow(prep, params, replace(config, regrow=False), Steps())
+    grown = grow(prep, params, config, Steps())  # regrow: by the fit rows
+    assert grown.regrown and not kept.regrown
+    assert grown.rows == len(split.train) and kept.rows == len(split.fit)
+    assert grown.best_iteration == kept.best_iteration
+    assert grown.rounds == regrown_rounds(kept.best_iteration, len(split.fit), len(split.train))
+    assert grown.val_loss == kept.val_loss  # the early-stopping booster's
+    trainer = boosting.LocalTrainer(CATALOG, params, 2)
+    by_hand = trainer.train(
+        trainer.rows(
+            prep.X[split.train], y[split.train], bins=trainer.rows(prep.X[split.fit], y[split.fit])
+        ),
+        rounds=grown.rounds,
+    ).booster
+    assert grown.booster.model_to_string() == by_hand.model_to_string()
+    assert grown.booster.model_to_string() != kept.booster.model_to_string()
+    # read on the regrown model's scale: it starts from all training rows' log-odds
+    held = start_margin(y[split.train], params) - start_margin(y[split.fit], params)
+    assert held != 0.0
+    np.testing.assert_allclose(grown.val_margin, kept.margin[split.val] + held, atol=1e-12)
+    in_sample = grown.margin[split.val]  # the regrown model saw these rows: not what is reported
+    assert not np.allclose(grown.val_margin, in_sample)
+    sme = prep.data["sme_id"].to_numpy()
+    oot_sme = pd.Series(sme[split.oot])
+    in_val = oot_sme.isin(set(sme[split.val])).to_numpy()
+    in_fit = oot_sme.isin(set(sme[split.fit])).to_numpy()
+    assert in_val.any() and in_fit.any()
+    seen = in_val | in_fit
+    np.testing.assert_allclose(grown.unseen[seen], kept.unseen[seen] + held, atol=1e-12)
+    np.testing.assert_array_equal(grown.unseen[~seen], grown.margin[split.oot][~seen])
+    np.testing.assert_allclose(grown.oof, kept.oof + held, atol=1e-12)
+    np.testing.assert_allclose(grown.cal_margin, kept.cal_margin + held, atol=1e-12)
+    assert grown.cal_drift == pytest.approx(kept.cal_drift + held)
+    # the calibration sees the same margins: the same slope
+    assert calibrate(prep, grown, Steps()).calibrator.b_ == pytest.approx(
+        calibrate(prep, kept, Steps()).calibrator.b_
+    )
+
+
+def test_the_regrown_model_is_served_recorded_and_reproducible() -> None:
+    panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
+    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": 2})
+    r = fit(panel, CATALOG, config)
+    best = r.model.params["best_iteration"]
+    rounds = regrown_rounds(best, len(r.split.fit), len(r.split.train))
+    assert r.model.params["final_model"] == {
+        "grown_on": "fit and validation SMEs",
+        "regrown": True,
+        "rows": len(r.split.train),
+        "rounds": rounds,
+    }
+    assert r.metrics["model_regrown"] == 1.0 and r.metrics["model_rounds"] == rounds
+    assert r.metrics["model_rows"] == len(r.split.train)
+    assert r.model.booster.num_trees() == 2 * rounds
+    again = fit(panel, CATALOG, config)
+    assert again.model.booster.model_to_string() == r.model.booster.model_to_string()
+    X = r.oot[r.model.feature_names]
+    np.testing.assert_allclose(r.oot["pd"], r.model.predict(X))  # the OOT figures: the served
+    for method in ("pred_contrib", "tree_shap", "fast"):
+        e = r.model.explain(X, method=method)
+        total = e.base_points + e.points.sum(axis=1).to_numpy()
+        assert np.abs(total - e.score).max() < 1e-6, method
+    # the validation figures are those of the booster that never saw the validation SMEs: the
+    # same ranking as the model that is not regrown (its margins but for a constant)
+    kept = fit(panel, CATALOG, replace(config, regrow=False))
+    assert kept.model.params["final_model"]["regrown"] is False
+    assert kept.metrics["model_regrown"] == 0.0
+    assert r.metrics["auc_val"] == pytest.approx(kept.metrics["auc_val"], abs=1e-12)
+    assert r.metrics["val_log_loss_lgb"] == kept.metrics["val_log_loss_lgb"]
+    assert r.model.booster.model_to_string() != kept.model.booster.model_to_string()
+
+
+def test_large_data_serves_the_early_stopping_booster_unchanged(monkeypatch) -> None:
+    """At `SMALL_DATA_ROWS` fit rows and above the model is the booster early stopping kept, as
+    before regrowing existed: the same booster `grow` grows with regrowing turned off."""
+    panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
+    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60})
+    prep = prepare(panel, CATALOG, config)
+    monkeypatch.setattr(boosting, "SMALL_DATA_ROWS", len(prep.split.fit))
+    params, _ = choose_params(prep, config, Steps())
+    grown = grow(prep, params, config, Steps())
+    assert not grown.regrown and grown.rows == len(prep.split.fit)
+    trainer = boosting.LocalTrainer(CATALOG, params)
+    early = trainer.train(
+        trainer.rows(prep.X[prep.split.fit], prep.y[prep.split.fit]),
+        rounds=config.max_rounds,
+        X_val=prep.X[prep.split.val],
+        y_val=prep.y[prep.split.val],
+        patience=config.early_stopping_rounds,
+    )
+    assert grown.booster.model_to_string() == early.booster.model_to_string()
+    np.testing.assert_array_equal(grown.val_margin, grown.margin[prep.split.val])
