@@ -771,8 +771,10 @@ def coverage(
 def judged_by(table: pd.DataFrame) -> str:
     """Which reference months judged the reference months of `table` (`JUDGES`; a table made
     before the column existed, or with no judged month, was judged forward in time)."""
-    named = table["judged_by"].dropna().unique() if "judged_by" in table else []
-    return str(named[0]) if len(named) else JUDGES[FORWARD]
+    named: list[str] = (
+        [str(v) for v in table["judged_by"].dropna().unique()] if "judged_by" in table else []
+    )
+    return named[0] if named else JUDGES[FORWARD]
 
 
 def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, Any]:
