@@ -793,8 +793,9 @@ def improvements(
 ) -> list[dict[str, Any] | None]:
     """For the top reason of each decision: the nearest value of that feature, along its
     monotone direction, that moves the SME one grade up with the model held fixed (None when
-    there is no reason). `values`: each row's features, `M`: their matrix; every candidate value
-    of every row goes through the compiled trees in one call."""
+    there is no reason). `values`: each row's features, `M`: their matrix; the candidate values
+    go through the compiled trees in rounds (`_first_moves`), each row's stopping at its first
+    grade up."""
     from features.catalog import domain_of, format_value
 
     rank = {g: r for r, g in enumerate(model.master_scale.grades)}  # 0 = the best grade

@@ -43,10 +43,11 @@ class Settings(TrackingSettings):
         default=1,
         ge=1,
         validation_alias="SCF_RISK_BATCH_THREADS",
-        description="More than 1: a batch of at least 256 items has its TreeSHAP, its "
-        "reasons' side probes and its what-if margins computed by the compiled kernels over "
-        "numba's threads (without the GIL; the same values, bit for bit), one batch at a time "
-        "per worker. 1 by default: with both workers busy there is no idle core to take them, "
+        description="More than 1: a batch's TreeSHAP, its reasons' side probes and its "
+        "what-if margins are computed by the compiled kernels over numba's threads wherever a "
+        "kernel call holds 256 rows or probes or more (3 probes a reason: from about 22 items), "
+        "without the GIL (the same values, bit for bit), one batch at a time per worker. "
+        "1 by default: with both workers busy there is no idle core to take them, "
         "and the threads cost CPU (measured on a loaded 2-core machine: about 7 % more server "
         "CPU per SME, no faster).",
     )

@@ -36,6 +36,7 @@ value; a single-leaf tree's only value), a constant computed at parse time.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -61,7 +62,14 @@ parsing: the served model (75 trees of 15 leaves) keeps about 0.18 M values (1.4
 TABLE_MAX_FEATURES = 12
 """Longest path (unique features) whose ``2**d · d`` contributions are tabulated."""
 PARALLEL_MIN_ROWS = 256
-"""Rows from which a `TreeShap` built with ``threads > 1`` splits a call over numba threads."""
+"""Rows (or probes) from which a `TreeShap` built with ``threads > 1`` splits a call over numba
+threads."""
+PARALLEL_TURN = threading.RLock()
+"""Held by every launch of a parallel kernel, in every `TreeShap` of the process: numba's
+workqueue threading layer (its fallback where neither OpenMP nor TBB is installed) aborts the
+process on concurrent parallel launches. Re-entrant, so a caller may hold it across several
+calls (`serving.api.service.Service.decide_batch` takes it without waiting: a batch arriving
+while another holds it runs on one thread instead)."""
 
 # columns of the packed integer arrays
 _N_FEATURE, _N_FLAGS, _N_CAT_START, _N_CAT_LEN, _N_LEFT, _N_RIGHT = range(6)
@@ -201,8 +209,11 @@ class TreeShap:
         X = self._check(M)
         f = self._f
         phi = np.zeros((X.shape[0], self.num_features), dtype=np.float64)
-        kernel = _shap_parallel if self._parallel(X) else _shap_serial
-        kernel(X, phi, f.arrays, f.max_depth, f.max_nodes)
+        if self._parallel(X):
+            with PARALLEL_TURN:
+                _shap_parallel(X, phi, f.arrays, f.max_depth, f.max_nodes)
+        else:
+            _shap_serial(X, phi, f.arrays, f.max_depth, f.max_nodes)
         return phi, np.full(X.shape[0], f.bias)
 
     def margin(self, M: np.ndarray) -> np.ndarray:
@@ -210,8 +221,12 @@ class TreeShap:
         X = self._check(M)
         f = self._f
         out = np.empty(X.shape[0], dtype=np.float64)
-        kernel = _margin_parallel if self._parallel(X) else _margin_serial
-        kernel(X, out, f.trees, f.nodes, f.thresholds, f.cat_words, f.leaves, f.leaf_values)
+        args = (f.trees, f.nodes, f.thresholds, f.cat_words, f.leaves, f.leaf_values)
+        if self._parallel(X):
+            with PARALLEL_TURN:
+                _margin_parallel(X, out, *args)
+        else:
+            _margin_serial(X, out, *args)
         return out
 
     def margin_varied(
@@ -237,7 +252,8 @@ class TreeShap:
         if self._parallel(rows):
             if not _inside(X, rows, cols):
                 raise ValueError(_OUTSIDE)
-            _margin_varied_parallel(X, rows, cols, values, out, *args)
+            with PARALLEL_TURN:
+                _margin_varied_parallel(X, rows, cols, values, out, *args)
         elif not _margin_varied_rows(X, rows, cols, values, out, 0, len(rows), *args):
             raise ValueError(_OUTSIDE)
         return out

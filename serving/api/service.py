@@ -30,6 +30,7 @@ from serving.scoring import Decision
 from serving.served import Loader, ModelHolder, ServedModel, Watcher
 from serving.settings import Settings
 from training.bundle import load_model
+from training.treeshap import PARALLEL_TURN
 
 log = logging.getLogger("scf_risk.serving")
 
@@ -186,11 +187,10 @@ class Service:
             threads=settings.batch_threads,
         )
         self.keys: KeyStore
-        self.parallel = threading.Lock()
+        self.parallel = PARALLEL_TURN
         """Held by the batch whose compiled kernels run over numba's threads
-        (`decide_batch`): one at a time per process, since numba's workqueue threading layer
-        (its fallback where neither OpenMP nor TBB is installed) aborts on concurrent parallel
-        launches."""
+        (`decide_batch`), and by every parallel kernel launch in the process (a model loading
+        on a reload warms its kernels under it): `training.treeshap.PARALLEL_TURN`."""
         self._watcher: Watcher | None = None
         self._commits: LoopCommits | None = None
         self._empty_models: tuple[type[ScoreRequestBase], type[RootModel[Any]]] | None = None

@@ -650,11 +650,30 @@ def test_a_batch_decides_alike_on_numba_threads_and_beside_another_batch(
         request = served.request_model.model_validate_json(json.dumps(raw))
         inputs.append(scoring.prepare(served, request, None, loc=(k,), raw=raw))
     alone = [canonical_bytes(d.body()) for d in scoring.decide(served, inputs)]
+    decide, threads_used = scoring.decide, []
+
+    def spy(*args: Any, threads: int = 1, **kwargs: Any) -> Any:
+        threads_used.append(threads)
+        return decide(*args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(scoring, "decide", spy)
     assert [canonical_bytes(d.body()) for d in svc.decide_batch(served, inputs)] == alone
-    assert svc.parallel.acquire(blocking=False)  # another batch's kernels are running
+    held = threading.Event()
+    release = threading.Event()
+
+    def other_batch() -> None:  # another thread's batch holds the kernels' turn
+        with svc.parallel:
+            held.set()
+            release.wait(30)
+
+    other = threading.Thread(target=other_batch)
+    other.start()
     try:
+        assert held.wait(30)
         beside = [canonical_bytes(d.body()) for d in svc.decide_batch(served, inputs)]
     finally:
-        svc.parallel.release()
+        release.set()
+        other.join()
     assert beside == alone
+    assert threads_used == [2, 1]  # on numba's threads, then on one beside the other batch
     assert len(set(alone)) == len(inputs)

@@ -8,6 +8,7 @@ category codes."""
 from __future__ import annotations
 
 import pickle
+import threading
 from collections import Counter
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from training.model import ScoringModel
-from training.treeshap import TreeShap
+from training.treeshap import PARALLEL_TURN, TreeShap
 
 TOL = 1e-9
 N_FEATURES = 8
@@ -254,6 +255,36 @@ def test_threads_and_input_checks() -> None:
     with pytest.raises(ValueError, match="one length"):
         serial.margin_varied(rows, np.array([0, 1]), np.array([0]), np.array([1.0]))
     assert serial.warm_up() >= 0
+
+
+@pytest.mark.parametrize("call", ["shap_values", "margin", "margin_varied", "warm_up"])
+def test_parallel_launches_take_turns_across_the_process(call: str) -> None:
+    """Every parallel kernel launch, of any `TreeShap` in the process (a reload's warm-up
+    included), waits while another thread holds `PARALLEL_TURN`: numba's workqueue layer
+    aborts on concurrent launches. Serial calls do not wait."""
+    rng = np.random.default_rng(7)
+    X, y = _training_data(rng, 400)
+    params = {"objective": "binary", "verbose": -1, "num_threads": 1, "num_leaves": 7}
+    booster = lgb.train(params, lgb.Dataset(X, y, categorical_feature=[0, 1]), 5)
+    parallel, serial = TreeShap.from_booster(booster, threads=2), TreeShap.from_booster(booster)
+    parallel.warm_up()
+    rows = _rows(rng, booster, 300)  # above PARALLEL_MIN_ROWS
+    probes = np.arange(len(rows))
+    calls = {
+        "shap_values": lambda e: e.shap_values(rows),
+        "margin": lambda e: e.margin(rows),
+        "margin_varied": lambda e: e.margin_varied(rows, probes, probes % N_FEATURES, rows[:, 2]),
+        "warm_up": lambda e: e.warm_up(),
+    }
+    done = threading.Event()
+    launch = threading.Thread(target=lambda: (calls[call](parallel), done.set()))
+    with PARALLEL_TURN:
+        launch.start()
+        assert not done.wait(0.5)  # it waits for the turn ...
+        calls[call](serial)  # ... which a serial call does not need
+        assert not done.is_set()
+    assert done.wait(60)  # ... and runs once the turn is free
+    launch.join()
 
 
 def test_rejects_multiclass_and_linear_trees() -> None:
