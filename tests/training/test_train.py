@@ -112,7 +112,11 @@ def test_calibration_on_held_out_months_reads_margins_from_the_models_start() ->
     thinned = early & (labels == 1) & (np.arange(len(panel)) % 2 == 0)
     panel = panel.assign(default_12m=panel["default_12m"].mask(thinned, 0))  # fewer early
     config = TrainConfig(
-        seed=2, embargo_days=0, calibration_months=6, params={"learning_rate": 0.003}, **FAST
+        seed=2,
+        embargo_days=0,
+        calibration_months=6,
+        params={"learning_rate": 0.003},
+        **{**FAST, "regrow": None},
     )
     prep = prepare(panel, CATALOG, config)
     params, _ = choose_params(prep, config, Steps())
@@ -270,7 +274,9 @@ def test_small_data_grows_a_bag_recorded_in_the_bundle(monkeypatch) -> None:
     """Below `SMALL_DATA_ROWS` fit rows the model is the mean of `BAG` boosters (its seeds in the
     bundle); its reason points still add up to the score exactly. At the threshold: one."""
     panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
-    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": None})
+    config = TrainConfig(
+        seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": None, "regrow": None}
+    )
     fit_rows = len(prepare(panel, CATALOG, config).split.fit)
     assert fit_rows < SMALL_DATA_ROWS
     bagged = fit(panel, CATALOG, config)
@@ -297,7 +303,9 @@ def test_small_data_regrows_the_model_on_every_training_sme() -> None:
     and the OOT margins of their SMEs come from the early-stopping booster, which never saw
     them; every other booster is the one grown without regrowing, read on the model's scale."""
     panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
-    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": 2})
+    config = TrainConfig(
+        seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": 2, "regrow": None}
+    )
     prep = prepare(panel, CATALOG, config)
     split, y = prep.split, prep.y
     assert len(split.fit) < SMALL_DATA_ROWS and split.calibration_months
@@ -343,7 +351,9 @@ def test_small_data_regrows_the_model_on_every_training_sme() -> None:
 
 def test_the_regrown_model_is_served_recorded_and_reproducible() -> None:
     panel, _ = make_panel(n_smes=150, n_months=16, seed=6)
-    config = TrainConfig(seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": 2})
+    config = TrainConfig(
+        seed=2, embargo_days=0, **{**FAST, "max_rounds": 60, "bag": 2, "regrow": None}
+    )
     r = fit(panel, CATALOG, config)
     best = r.model.params["best_iteration"]
     rounds = regrown_rounds(best, len(r.split.fit), len(r.split.train))
