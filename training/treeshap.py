@@ -853,18 +853,7 @@ def _shap_parallel(X, phi, forest, max_depth, max_nodes):
 def _margin_row(x, trees, nodes, thresholds, cat_words, leaves, leaf_values):
     total = 0.0
     for t in range(trees.shape[0]):
-        n0 = trees[t, _T_NODE_START]
-        node = 0
-        if trees[t, _T_NODE_END] == n0:  # a single-leaf tree
-            node = -1
-        while node >= 0:
-            g = n0 + node
-            node = (
-                nodes[g, _N_LEFT]
-                if _goes_left(x, g, nodes, thresholds, cat_words)
-                else nodes[g, _N_RIGHT]
-            )
-        total += leaf_values[trees[t, _T_LEAF_START] + ~node]
+        total += _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
     return total
 
 
@@ -882,7 +871,7 @@ def _margin_parallel(X, out, trees, nodes, thresholds, cat_words, leaves, leaf_v
 
 @njit(cache=True)
 def _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values):
-    """The value of the leaf row ``x`` reaches in tree ``t`` (`_margin_row`'s walk)."""
+    """The value of the leaf row ``x`` reaches in tree ``t`` (`_margin_row` sums them)."""
     n0 = trees[t, _T_NODE_START]
     node = 0
     if trees[t, _T_NODE_END] == n0:  # a single-leaf tree
