@@ -206,15 +206,28 @@ class TreeShap:
     def shap_values(self, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(φ, φ0) of every row of ``M`` (n × num_features, float; NaN = missing): φ is
         n × num_features, φ0 the bias column (n), and ``φ.sum(1) + φ0`` the raw margin."""
+        phi, phi0, _, _ = self.explain(M)
+        return phi, phi0
+
+    def explain(
+        self, M: np.ndarray, *, leaves: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(φ, φ0, margin, leaf values) of every row of ``M`` in one pass over the trees: φ and
+        φ0 as `shap_values`, the raw margin bit for bit `margin`'s (each row is routed once
+        through every tree for both), and with ``leaves`` each row's leaf value in every tree
+        (n × `num_trees`, else None), the base that `margin_varied` then need not route again."""
         X = self._check(M)
         f = self._f
-        phi = np.zeros((X.shape[0], self.num_features), dtype=np.float64)
+        n = X.shape[0]
+        phi = np.zeros((n, self.num_features), dtype=np.float64)
+        margin = np.empty(n, dtype=np.float64)
+        leaf = np.empty((n if leaves else 0, len(f.trees)), dtype=np.float64)
         if self._parallel(X):
             with PARALLEL_TURN:
-                _shap_parallel(X, phi, f.arrays, f.max_depth, f.max_nodes)
+                _shap_parallel(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
         else:
-            _shap_serial(X, phi, f.arrays, f.max_depth, f.max_nodes)
-        return phi, np.full(X.shape[0], f.bias)
+            _shap_serial(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
+        return phi, np.full(n, f.bias), margin, leaf if leaves else None
 
     def margin(self, M: np.ndarray) -> np.ndarray:
         """The raw margin of every row (``booster.predict(M, raw_score=True)``)."""
@@ -230,13 +243,20 @@ class TreeShap:
         return out
 
     def margin_varied(
-        self, M: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
+        self,
+        M: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        values: np.ndarray,
+        *,
+        leaves: np.ndarray | None = None,
     ) -> np.ndarray:
         """For each probe ``k``: the raw margin of row ``rows[k]`` of ``M`` with its column
         ``cols[k]`` set to ``values[k]`` (the what-if of one feature), bit for bit what `margin`
         gives for those rows built out. Each row's leaf in every tree is found once (probes of
-        the same row in a run share it); a probe then walks only the trees that split on its
-        column and sums every tree's leaf in the trees' order, as `margin` does."""
+        the same row in a run share it), or read from ``leaves`` (`explain`'s leaf values of
+        ``M``) when given; a probe then walks only the trees that split on its column and sums
+        every tree's leaf in the trees' order, as `margin` does."""
         X = self._check(M)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         cols = np.ascontiguousarray(cols, dtype=np.int64)
@@ -244,6 +264,14 @@ class TreeShap:
         if not rows.shape == cols.shape == values.shape or rows.ndim != 1:
             raise ValueError("rows, cols and values must be 1-d arrays of one length")
         f = self._f
+        if leaves is None:
+            known = np.empty((0, len(f.trees)), dtype=np.float64)
+        else:
+            known = np.ascontiguousarray(leaves, dtype=np.float64)
+            if known.shape != (X.shape[0], len(f.trees)):
+                raise ValueError(
+                    f"leaves must be {X.shape[0]} rows x {len(f.trees)} trees, got {known.shape}"
+                )
         starts, tree_ids = f.feature_trees
         if len(starts) < X.shape[1] + 1:  # features after the last one split on: no trees
             starts = np.concatenate([starts, np.full(X.shape[1] + 1 - len(starts), starts[-1])])
@@ -253,8 +281,8 @@ class TreeShap:
             if not _inside(X, rows, cols):
                 raise ValueError(_OUTSIDE)
             with PARALLEL_TURN:
-                _margin_varied_parallel(X, rows, cols, values, out, *args)
-        elif not _margin_varied_rows(X, rows, cols, values, out, 0, len(rows), *args):
+                _margin_varied_parallel(X, rows, cols, values, out, *args, known)
+        elif not _margin_varied_rows(X, rows, cols, values, out, 0, len(rows), *args, known):
             raise ValueError(_OUTSIDE)
         return out
 
@@ -266,10 +294,12 @@ class TreeShap:
         rows = PARALLEL_MIN_ROWS if self.threads > 1 else 1
         for n in sorted({1, rows}):
             x = np.full((n, self.num_features), np.nan)
-            self.shap_values(x)
+            _, _, _, leaves = self.explain(x, leaves=True)
+            self.explain(x)
             self.margin(x)
             probes = np.zeros(n, dtype=np.int64)
             self.margin_varied(x, probes, probes, np.zeros(n))
+            self.margin_varied(x, probes, probes, np.zeros(n), leaves=leaves)
         return time.perf_counter() - t0
 
     def _parallel(self, X: np.ndarray) -> bool:
@@ -691,8 +721,8 @@ def _route(x, t, trees, nodes, thresholds, cat_words, left):
         g = n0 + s
         go = _goes_left(x, g, nodes, thresholds, cat_words)
         left[s] = go
-        if go and s < 64:
-            bits |= np.uint64(1) << np.uint64(s)
+        if s < 64:  # the decision as a bit, without a branch on it (unpredictable)
+            bits |= np.uint64(go) << np.uint64(s)
     return bits
 
 
@@ -747,9 +777,13 @@ def _path_weights(e0, d, ones, zeros, factors, pw, w):
 
 
 @njit(cache=True)
-def _shap_row(x, phi, forest, left, pw, ones, w):
-    """Add one row's SHAP values (every tree) to ``phi``; ``forest`` is `_Forest.arrays()`;
-    ``left``, ``pw``, ``ones``, ``w`` are scratch."""
+def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
+    """Add one row's SHAP values (every tree) to ``phi`` and return its raw margin; ``forest``
+    is `_Forest.arrays()`; ``left``, ``pw``, ``ones``, ``w`` are scratch; ``leafv`` (one per
+    tree) receives the value of the leaf the row reaches in each tree. The margin is those
+    values summed from 0.0 in tree order, the additions of `_margin_row` in its order: the
+    same number bit for bit (the leaf is found from the decisions `_route` made, which are
+    `_leaf_value`'s)."""
     (
         trees,
         nodes,
@@ -769,8 +803,16 @@ def _shap_row(x, phi, forest, left, pw, ones, w):
         group_tables,
         factors,
     ) = forest
+    total = 0.0
     for t in range(trees.shape[0]):
         bits = _route(x, t, trees, nodes, thresholds, cat_words, left)
+        n0 = trees[t, _T_NODE_START]
+        node = 0 if trees[t, _T_NODE_END] > n0 else -1  # -1: a single-leaf tree
+        while node >= 0:  # the child by index (right, left), not by a branch
+            node = nodes[n0 + node, _N_RIGHT - left[node]]
+        value = leaf_values[trees[t, _T_LEAF_START] + ~node]
+        leafv[t] = value
+        total += value
         if trees[t, _T_GROUP_END] > trees[t, _T_GROUP_START]:
             for g in range(trees[t, _T_GROUP_START], trees[t, _T_GROUP_END]):
                 # the table row: the one fractions of the features on the path to the group,
@@ -823,30 +865,37 @@ def _shap_row(x, phi, forest, left, pw, ones, w):
                 v = leaf_values[leaf]
                 for k in range(d):
                     phi[elems[e0 + k, _E_FEATURE]] += w[k] * (ones[k] - zeros[e0 + k, 0]) * v
+    return total
 
 
 @njit(cache=True)
-def _shap_rows(X, phi, lo, hi, forest, max_depth, max_nodes):
-    """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays."""
+def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes):
+    """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays: the
+    margins into ``margin``, each tree's leaf value into ``leaves`` (rows x trees) when it has
+    rows (else into scratch)."""
     left = np.zeros(max(max_nodes, 1), dtype=np.int64)
     pw = np.zeros(max_depth + 2)
     ones = np.zeros(max_depth + 1)
     w = np.zeros(max_depth + 1)
+    keep = leaves.shape[0] > 0
+    scratch = np.empty(forest[0].shape[0])
     for r in range(lo, hi):
-        _shap_row(X[r], phi[r], forest, left, pw, ones, w)
+        leafv = leaves[r] if keep else scratch
+        margin[r] = _shap_row(X[r], phi[r], forest, left, pw, ones, w, leafv)
 
 
 @njit(cache=True, nogil=True)  # Python threads may run beside it
-def _shap_serial(X, phi, forest, max_depth, max_nodes):
-    _shap_rows(X, phi, 0, X.shape[0], forest, max_depth, max_nodes)
+def _shap_serial(X, phi, margin, leaves, forest, max_depth, max_nodes):
+    _shap_rows(X, phi, margin, leaves, 0, X.shape[0], forest, max_depth, max_nodes)
 
 
 @njit(cache=True, parallel=True)
-def _shap_parallel(X, phi, forest, max_depth, max_nodes):
+def _shap_parallel(X, phi, margin, leaves, forest, max_depth, max_nodes):
     n = X.shape[0]
     chunks = min(n, 64)
     for c in prange(chunks):
-        _shap_rows(X, phi, c * n // chunks, (c + 1) * n // chunks, forest, max_depth, max_nodes)
+        lo, hi = c * n // chunks, (c + 1) * n // chunks
+        _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes)
 
 
 @njit(cache=True)
@@ -876,25 +925,22 @@ def _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values):
     node = 0
     if trees[t, _T_NODE_END] == n0:  # a single-leaf tree
         node = -1
-    while node >= 0:
+    while node >= 0:  # the child by index (right, left), not by a branch
         g = n0 + node
-        node = (
-            nodes[g, _N_LEFT]
-            if _goes_left(x, g, nodes, thresholds, cat_words)
-            else nodes[g, _N_RIGHT]
-        )
+        node = nodes[g, _N_RIGHT - int(_goes_left(x, g, nodes, thresholds, cat_words))]
     return leaf_values[trees[t, _T_LEAF_START] + ~node]
 
 
 @njit(cache=True, nogil=True)  # Python threads may run beside it
 def _margin_varied_rows(
     X, rows, cols, values, out, lo, hi, starts, tree_ids, trees, nodes, thresholds, cat_words,
-    leaf_values,
+    leaf_values, known,
 ):  # fmt: skip
     """`TreeShap.margin_varied` for probes ``lo`` to ``hi``: the base row's leaves once per run
-    of probes of one row, then per probe only the trees of its column walked again, and the
-    leaves summed from 0.0 in tree order (`_margin_row`'s additions, in its order). False (and
-    nothing computed) when a probe's row or column is outside ``X``."""
+    of probes of one row (read from ``known``, rows x trees, when it has rows: `TreeShap.explain`'s
+    leaves of ``X``), then per probe only the trees of its column walked again, and the leaves
+    summed from 0.0 in tree order (`_margin_row`'s additions, in its order). False (and nothing
+    computed) when a probe's row or column is outside ``X``."""
     for k in range(lo, hi):
         if not (0 <= rows[k] < X.shape[0] and 0 <= cols[k] < X.shape[1]):
             return False
@@ -902,13 +948,17 @@ def _margin_varied_rows(
     base = np.empty(n_trees)
     work = np.empty(n_trees)
     x = np.empty(X.shape[1])
+    given = known.shape[0] > 0
     row = -1
     for k in range(lo, hi):
         if rows[k] != row:
             row = rows[k]
             x[:] = X[row]
-            for t in range(n_trees):
-                base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+            if given:
+                base[:] = known[row]
+            else:
+                for t in range(n_trees):
+                    base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
         c = cols[k]
         kept = x[c]
         x[c] = values[k]
@@ -926,12 +976,13 @@ def _margin_varied_rows(
 
 @njit(cache=True, parallel=True)
 def _margin_varied_parallel(
-    X, rows, cols, values, out, starts, tree_ids, trees, nodes, thresholds, cat_words, leaf_values
+    X, rows, cols, values, out, starts, tree_ids, trees, nodes, thresholds, cat_words, leaf_values,
+    known,
 ):  # fmt: skip
     n = rows.shape[0]
     chunks = min(n, 64)
     for c in prange(chunks):
         _margin_varied_rows(
             X, rows, cols, values, out, c * n // chunks, (c + 1) * n // chunks, starts, tree_ids,
-            trees, nodes, thresholds, cat_words, leaf_values,
+            trees, nodes, thresholds, cat_words, leaf_values, known,
         )  # fmt: skip
