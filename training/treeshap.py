@@ -946,7 +946,6 @@ def _margin_varied_rows(
             return False
     n_trees = trees.shape[0]
     base = np.empty(n_trees)
-    work = np.empty(n_trees)
     x = np.empty(X.shape[1])
     given = known.shape[0] > 0
     row = -1
@@ -955,21 +954,27 @@ def _margin_varied_rows(
             row = rows[k]
             x[:] = X[row]
             if given:
-                base[:] = known[row]
+                src = known[row]
             else:
                 for t in range(n_trees):
                     base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+                src = base
         c = cols[k]
         kept = x[c]
         x[c] = values[k]
-        work[:] = base
-        for q in range(starts[c], starts[c + 1]):
-            t = tree_ids[q]
-            work[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
-        x[c] = kept
+        # every tree's leaf in tree order: the base row's, but for the trees of the column
+        # (ascending), walked again with the probe's value
+        q, end = starts[c], starts[c + 1]
+        walk = tree_ids[q] if q < end else n_trees
         total = 0.0
         for t in range(n_trees):
-            total += work[t]
+            if t == walk:
+                total += _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+                q += 1
+                walk = tree_ids[q] if q < end else n_trees
+            else:
+                total += src[t]
+        x[c] = kept
         out[k] = total
     return True
 
