@@ -75,6 +75,7 @@ while another holds it runs on one thread instead)."""
 _N_FEATURE, _N_FLAGS, _N_CAT_START, _N_CAT_LEN, _N_LEFT, _N_RIGHT = range(6)
 _T_NODE_START, _T_NODE_END, _T_LEAF_START, _T_LEAF_END, _T_GROUP_START, _T_GROUP_END = range(6)
 _G_PRE_START, _G_PRE_END, _G_DEC_START, _G_DEC_END, _G_FEAT_START, _G_FEAT_END, _G_TABLE = range(7)
+_G_LEAF = 7
 _L_ELEM_START, _L_ELEM_END, _L_TABLE = range(3)
 _E_FEATURE, _E_SPLIT_START, _E_SPLIT_END = range(3)
 
@@ -99,8 +100,10 @@ class _Forest:
     - ``groups`` (groups × 7): prefix element start/end in ``group_masks`` (uint64 mask / want
       of each feature on the path to the group), node start/end in ``group_nodes`` (local
       ids), feature start/end in ``group_features``, table offset in ``group_tables`` (rows of
-      as many contributions as the group has features). Trees (columns 4-5) list their groups;
-      a tree without groups goes leaf by leaf."""
+      as many contributions as the group has features), and (column 7) the offset in
+      ``group_leaves`` of the leaf value of each key when the group is the whole tree (its
+      decisions are every node's: the key says the leaf), else -1. Trees (columns 4-5) list
+      their groups; a tree without groups goes leaf by leaf."""
 
     trees: np.ndarray
     nodes: np.ndarray
@@ -118,6 +121,7 @@ class _Forest:
     group_nodes: np.ndarray
     group_features: np.ndarray
     group_tables: np.ndarray
+    group_leaves: np.ndarray
     factors: np.ndarray  # 4 × (D+1) × (D+1): ExtendPath / UnwoundPathSum factors
     max_depth: int  # the most unique features on a path
     max_nodes: int  # the most internal nodes of a tree
@@ -477,7 +481,9 @@ def _parse(
     tree_arr = np.asarray(tree_rows, dtype=np.int64).reshape(-1, 6)
     groups = _Groups()
     for t, root, leaf_start, leaf_elements in groupable:
-        groups.add_tree(t, root, leaf_start, leaf_elements, leaves, tables, tree_arr, table_budget)
+        groups.add_tree(
+            t, root, leaf_start, leaf_elements, leaves, tables, tree_arr, table_budget, values
+        )
     # the leaf tables of grouped trees are summed into their groups: keep only the others'
     kept: list[np.ndarray] = []
     offset = 0
@@ -508,13 +514,14 @@ def _parse(
         splits=np.asarray(splits, dtype=np.int64).reshape(-1, 2),
         masks=np.asarray(masks, dtype=np.uint64).reshape(-1, 2),
         tables=tables,
-        groups=np.asarray(groups.rows, dtype=np.int64).reshape(-1, 7),
+        groups=np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8),
         group_masks=np.asarray(groups.masks, dtype=np.uint64).reshape(-1, 2),
         group_nodes=np.asarray(groups.nodes, dtype=np.int64),
         group_features=np.asarray(groups.features, dtype=np.int64),
         group_tables=(
             np.concatenate(groups.tables).ravel() if groups.tables else np.zeros(0, np.float64)
         ),
+        group_leaves=(np.concatenate(groups.leaves) if groups.leaves else np.zeros(0, np.float64)),
         factors=factors,
         max_depth=max_depth,
         max_nodes=max_nodes,
@@ -539,7 +546,9 @@ class _Groups:
         self.nodes: list[int] = []
         self.features: list[int] = []
         self.tables: list[np.ndarray] = []
+        self.leaves: list[np.ndarray] = []  # leaf value by key of the whole-tree groups
         self.size = 0
+        self.leaf_size = 0
 
     def add_tree(
         self,
@@ -551,6 +560,7 @@ class _Groups:
         tables: np.ndarray,
         trees: np.ndarray,
         budget: int,
+        leaf_values: np.ndarray,
     ) -> None:
         """Group one tree's leaves (when they all have tables and the budget allows)."""
         if any(leaves[leaf_start + i, _L_TABLE] < 0 for i in range(len(leaf_elements))):
@@ -581,8 +591,14 @@ class _Groups:
             self.masks += [(mask, want) for _, mask, want in prefix_masks]
             self.nodes += inner
             self.features += features
+            leaf_at = -1
+            if not prefix_masks and len(made) == 1:  # the whole tree: the leaf of each key
+                leaf_at = self.leaf_size
+                by_key = _leaf_by_key(root, inner, leaf_values[leaf_start:])
+                self.leaves.append(by_key)
+                self.leaf_size += len(by_key)
             row = (m0, len(self.masks), n0, len(self.nodes), f0, len(self.features), offset)
-            self.rows.append(row)
+            self.rows.append((*row, leaf_at))
             offset += table.size
             self.tables.append(table)
         trees[t, _T_GROUP_START], trees[t, _T_GROUP_END] = first, len(self.rows)
@@ -635,6 +651,20 @@ class _Groups:
             for k, (f, _) in enumerate(elements):
                 table[:, column[f]] += own[:, k]
         return prefix_masks, inner, features, table.ravel()
+
+
+def _leaf_by_key(root: dict[str, Any], inner: list[int], values: np.ndarray) -> np.ndarray:
+    """The value of the leaf each key of a whole-tree group reaches (bit ``j`` of the key: the
+    row goes left at node ``inner[j]``), as `_leaf_value` walks to it."""
+    bit = {s: j for j, s in enumerate(inner)}
+    out = np.empty(1 << len(inner), dtype=np.float64)
+    for key in range(len(out)):
+        node = root
+        while "split_index" in node:
+            left = (key >> bit[int(node["split_index"])]) & 1
+            node = node["left_child"] if left else node["right_child"]
+        out[key] = values[int(node["leaf_index"])]
+    return out
 
 
 def _subtree(node: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -801,18 +831,21 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
         group_nodes,
         group_features,
         group_tables,
+        group_leaves,
         factors,
     ) = forest
     total = 0.0
     for t in range(trees.shape[0]):
         bits = _route(x, t, trees, nodes, thresholds, cat_words, left)
-        n0 = trees[t, _T_NODE_START]
-        node = 0 if trees[t, _T_NODE_END] > n0 else -1  # -1: a single-leaf tree
-        while node >= 0:  # the child by index (right, left), not by a branch
-            node = nodes[n0 + node, _N_RIGHT - left[node]]
-        value = leaf_values[trees[t, _T_LEAF_START] + ~node]
-        leafv[t] = value
-        total += value
+        g0 = trees[t, _T_GROUP_START]
+        if trees[t, _T_GROUP_END] > g0 and groups[g0, _G_LEAF] >= 0:
+            value = 0.0  # read with the group's key below
+        else:
+            n0 = trees[t, _T_NODE_START]
+            node = 0 if trees[t, _T_NODE_END] > n0 else -1  # -1: a single-leaf tree
+            while node >= 0:  # the child by index (right, left), not by a branch
+                node = nodes[n0 + node, _N_RIGHT - left[node]]
+            value = leaf_values[trees[t, _T_LEAF_START] + ~node]
         if trees[t, _T_GROUP_END] > trees[t, _T_GROUP_START]:
             for g in range(trees[t, _T_GROUP_START], trees[t, _T_GROUP_END]):
                 # the table row: the one fractions of the features on the path to the group,
@@ -831,7 +864,13 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
                 base = groups[g, _G_TABLE] + key * u
                 for c in range(u):
                     phi[group_features[f0 + c]] += group_tables[base + c]
+                if groups[g, _G_LEAF] >= 0:  # the whole tree: the key is every decision
+                    value = group_leaves[groups[g, _G_LEAF] + key]
+            leafv[t] = value
+            total += value
             continue
+        leafv[t] = value
+        total += value
         use_bits = trees[t, _T_NODE_END] - trees[t, _T_NODE_START] <= 64
         for leaf in range(trees[t, _T_LEAF_START], trees[t, _T_LEAF_END]):
             e0 = leaves[leaf, _L_ELEM_START]
