@@ -113,11 +113,13 @@ def score_rows(
     with the same index and the columns pd, score, grade, base_points, reasons.
 
     With `explain`, the service's explanation (`ScoringModel.explain_matrix`, reasons = top 4
-    risk-increasing features by `serving.scoring.matrix_reasons`: those `explain_rows` gives),
-    a frame at a time; ``threads`` > 1 scores pieces of `PIPELINE_ROWS` rows in that many
-    threads, so that one thread's TreeSHAP (compiled, without the GIL) runs while another
-    writes its reasons (every row is scored alone: the same values). Without `explain`,
-    PD/score/grade only (reasons empty, base_points NaN)."""
+    risk-increasing features by `serving.scoring.matrix_reasons`: those `explain_rows` gives):
+    the model's matrix of the whole frame at once (pandas, column by column), then pieces of
+    `PIPELINE_ROWS` rows explained (`_explained`), in ``threads`` threads when > 1, so that one
+    thread's TreeSHAP and side probes (compiled, without the GIL) run while another writes its
+    reasons; one frame of the pieces at the end. Every row is scored alone: the same values
+    however the rows are cut. Without `explain`, PD/score/grade only (reasons empty,
+    base_points NaN)."""
     from serving.exceptions import InvalidInput
     from training.exceptions import ModelInputError
 
