@@ -258,26 +258,82 @@ def explain_rows(
     return decisions, M
 
 
+@dataclass(frozen=True)
+class ReasonColumns:
+    """The reasons of many rows column by column (`matrix_reasons`): one entry per reason, the
+    rows in order and each row's most negative first; ``rows[k]`` is the row of entry ``k``.
+    The fields of `Reason`, without a Python object per reason."""
+
+    rows: list[int]
+    codes: list[str]
+    features: list[str]
+    values: list[float | str | None]
+    points: list[float]
+    texts: list[str]
+
+
 def matrix_reasons(
-    model: ScoringModel, M: np.ndarray, points: np.ndarray
-) -> list[tuple[Reason, ...]]:
+    model: ScoringModel,
+    M: np.ndarray,
+    points: np.ndarray,
+    *,
+    leaves: np.ndarray | None = None,
+) -> ReasonColumns:
     """The reasons of each row of the model's matrix `M` (`ScoringModel.matrix`) given its
-    points: those `explain_rows` gives the same rows, the values read back from the matrix
-    (numbers as they are, categories from their codes, None for missing). For batches, where
-    nothing needs each row's values as a dict."""
-    names = list(model.feature_names)
+    points: those `explain_rows` gives the same rows (tests/serving/test_fast_paths.py), the
+    values read back from the matrix (numbers as they are, categories from their codes, None
+    for missing). For batches, where nothing needs each row's values as a dict: the drivers,
+    values and sides are found with array operations (`_high_sides`; ``leaves``: the rows' leaf
+    values, `Explanation.leaves`, so that the side probes need not route the rows again), and
+    each distinct (feature, code, value) is written once."""
+    from features.catalog import format_value
+
+    view = _view(model)
+    names = view.names
+    feats = [view.features[n] for n in names]
+    rows, cols, kept = drivers(points)
+    x = M[rows, cols]
+    categorical = np.array([f.kind == "categorical" for f in feats], dtype=bool)[cols]
+    direction = np.array([f.direction for f in feats], dtype=np.int64)[cols]
+    missing = np.isnan(x)
+    number = ~(missing | categorical)
+    free = number & (direction == 0)
+    high = direction > 0
+    if free.any():
+        high[free] = _high_sides(model, M, rows[free], cols[free], x[free], leaves=leaves)
+    # the code of each reason: 0 MISSING, 1 CATEGORY, 2 HIGH, 3 LOW
+    side = np.where(missing, 0, np.where(categorical, 1, np.where(high, 2, 3))).tolist()
+    sides: tuple[ReasonSide, ...] = ("MISSING", "CATEGORY", "HIGH", "LOW")
     levels = [model.categories.get(n) for n in names]
-
-    def values_at(rows: np.ndarray, cols: np.ndarray) -> list[Any]:
-        out: list[Any] = M[rows, cols].tolist()
-        for k, (x, j) in enumerate(zip(out, cols.tolist(), strict=True)):
-            if x != x:
-                out[k] = None
-            elif (cats := levels[j]) is not None:
-                out[k] = cats[int(x)]
-        return out
-
-    return _driver_reasons(model, M, points, values_at)
+    written: dict[tuple[int, int, Any], tuple[float | str | None, str, str]] = {}
+    values: list[float | str | None] = []
+    codes: list[str] = []
+    texts: list[str] = []
+    for j, v, k in zip(cols.tolist(), x.tolist(), side, strict=True):
+        # -0.0 equals 0.0 as a key: zeros are keyed by their text, NaN (missing) by nothing
+        key = (j, k, None if k == 0 else v if v or k == 1 else repr(v))
+        hit = written.get(key)
+        if hit is None:
+            value: float | str | None = None if k == 0 else v
+            if k == 1:
+                value = levels[j][int(v)]
+            rc = view.codes[names[j]][sides[k]]
+            hit = written[key] = (
+                value,
+                rc.code,
+                rc.template.format(value=format_value(feats[j], value)),
+            )
+        values.append(hit[0])
+        codes.append(hit[1])
+        texts.append(hit[2])
+    return ReasonColumns(
+        rows=rows.tolist(),
+        codes=codes,
+        features=[names[j] for j in cols.tolist()],
+        values=values,
+        points=kept,
+        texts=texts,
+    )
 
 
 def drivers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -662,6 +718,7 @@ def _sides(
     wanted: Sequence[tuple[int, str, Any]],
     *,
     threads: int = 1,
+    leaves: np.ndarray | None = None,
 ) -> dict[tuple[int, str], Side]:
     """The side of each (row, feature, value as recorded) of `wanted` whose value is a present
     number: HIGH when its level adds risk because it is high (declared by the catalog's
@@ -671,7 +728,8 @@ def _sides(
     A probed value's margin is compared with the margins at the nearest split below it and
     just above the nearest split at or above it (the value itself where there is none: no
     change); the nearest splits of all values of a feature are found in one search. ``threads``
-    > 1: the probes of many values are split over numba's threads (the same margins)."""
+    > 1: the probes of many values are split over numba's threads (the same margins);
+    ``leaves``: `M`'s leaf values when the caller has them (`Explanation.leaves`)."""
     view = _view(model)
     out: dict[tuple[int, str], Side] = {}
     rows: list[int] = []
@@ -690,9 +748,18 @@ def _sides(
     if not rows:
         return out
     n = len(rows)
-    probes: Any
-    if n <= FEW_PROBES:  # a single score's drivers: each value's nearest splits one by one
-        probes = []
+    if n > FEW_PROBES:  # in bulk: the nearest splits of all values of a feature in one search
+        high = _high_sides(
+            model,
+            M,
+            np.array(rows, dtype=np.intp),
+            np.array([view.slots[name] for name in names], dtype=np.intp),
+            np.array(values, dtype=np.float64),
+            leaves=leaves,
+            threads=threads,
+        ).tolist()
+    else:  # a single score's drivers: each value's nearest splits one by one
+        probes: list[float] = []
         for name, v in zip(names, values, strict=True):
             cuts = view.splits.get(name, _NO_SPLITS)
             j = int(cuts.searchsorted(v, side="left"))  # cuts[:j] < v <= cuts[j:]
@@ -701,29 +768,50 @@ def _sides(
                 cuts[j - 1] if j > 0 else v,
                 np.nextafter(cuts[j], np.inf) if j < len(cuts) else v,
             )
-    else:
-        value = np.array(values, dtype=np.float64)
-        below, above = value.copy(), value.copy()
-        named = np.array(names, dtype=object)
-        for name in dict.fromkeys(names):
-            cuts = view.splits.get(name, _NO_SPLITS)
-            if not len(cuts):
-                continue
-            at = np.flatnonzero(named == name)
-            k = np.searchsorted(cuts, value[at], side="left")  # cuts[:k] < value <= cuts[k:]
-            has_below, has_above = k > 0, k < len(cuts)
-            below[at[has_below]] = cuts[k[has_below] - 1]
-            above[at[has_above]] = np.nextafter(cuts[k[has_above]], np.inf)
-        probes = np.column_stack([value, below, above]).ravel()
-    at = np.repeat(np.array(rows, dtype=np.intp), 3)
-    cols = np.repeat(np.array([view.slots[name] for name in names], dtype=np.intp), 3)
-    probed = np.asarray(probes, dtype=np.float64)
-    engine = model.treeshap().with_threads(threads)
-    margin = engine.margin_varied(M, at, cols, probed).reshape(n, 3)
-    high = (margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]).tolist()
+        at = np.repeat(np.array(rows, dtype=np.intp), 3)
+        cols = np.repeat(np.array([view.slots[name] for name in names], dtype=np.intp), 3)
+        engine = model.treeshap().with_threads(threads)
+        probed = np.asarray(probes, dtype=np.float64)
+        margin = engine.margin_varied(M, at, cols, probed, leaves=leaves).reshape(n, 3)
+        high = (margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]).tolist()
     for i, name, h in zip(rows, names, high, strict=True):
         out[i, name] = "HIGH" if h else "LOW"
     return out
+
+
+def _high_sides(
+    model: ScoringModel,
+    M: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    values: np.ndarray,
+    *,
+    leaves: np.ndarray | None = None,
+    threads: int = 1,
+) -> np.ndarray:
+    """`_sides` of present numbers of unconstrained features, in bulk: for each (row of `M`,
+    column, value), whether its level adds risk because it is high. The value's margin against
+    those at the nearest split below it and just above the nearest split at or above it (the
+    value itself where there is none); the splits of each feature searched once for all its
+    values. ``leaves``: `M`'s leaf values (`TreeShap.margin_varied`), ``threads``: as there."""
+    view = _view(model)
+    below, above = values.copy(), values.copy()
+    for j in np.unique(cols).tolist():
+        cuts = view.splits.get(view.names[j], _NO_SPLITS)
+        if not len(cuts):
+            continue
+        at = np.flatnonzero(cols == j)
+        k = np.searchsorted(cuts, values[at], side="left")  # cuts[:k] < value <= cuts[k:]
+        has_below, has_above = k > 0, k < len(cuts)
+        below[at[has_below]] = cuts[k[has_below] - 1]
+        above[at[has_above]] = np.nextafter(cuts[k[has_above]], np.inf)
+    probes = np.column_stack([values, below, above]).ravel()
+    engine = model.treeshap().with_threads(threads)
+    margin = engine.margin_varied(
+        M, np.repeat(rows, 3), np.repeat(cols, 3), probes, leaves=leaves
+    ).reshape(len(values), 3)
+    high: np.ndarray = margin[:, 1] - margin[:, 0] <= margin[:, 2] - margin[:, 0]
+    return high
 
 
 def reason(

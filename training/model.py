@@ -136,6 +136,8 @@ class Explanation:
     shap_values: np.ndarray  # n × every feature: raw-margin SHAP values φi
     columns: Labels  # the feature names, in the model's order
     index: Labels | None = None  # the rows' labels (a RangeIndex when None)
+    leaves: np.ndarray | None = None  # asked of the "fast" engine: each row's leaf value in
+    # every tree (n × trees), the base of `TreeShap.margin_varied`'s probes of these rows
 
     @cached_property
     def points(self) -> Frame:
@@ -288,20 +290,25 @@ class ScoringModel:
         *,
         index: pd.Index | None = None,
         threads: int = 1,
+        leaves: bool = False,
     ) -> Explanation:
         """`explain` on LightGBM's matrix (see `matrix` / `records_matrix`). ``threads`` > 1:
-        the "fast" engine splits a large batch over that many threads (the same values)."""
+        the "fast" engine splits a large batch over that many threads (the same values).
+        ``leaves`` ("fast" only): keep each row's leaf values (`Explanation.leaves`)."""
         if method not in EXPLAIN_METHODS:
             raise ValueError(f"explain method must be one of {EXPLAIN_METHODS}, got {method!r}")
         k = len(self.catalog)
         margin: np.ndarray | None = None
+        leaf: np.ndarray | None = None
+        if leaves and method != "fast":
+            raise ValueError(f"leaf values come from the fast engine only, not {method!r}")
         if method == "pred_contrib":
             contrib = np.asarray(self.booster.predict(M, pred_contrib=True), dtype=np.float64)
             phi, phi0 = contrib[:, :k], contrib[:, k]
         elif method == "fast":
             engine = self.treeshap().with_threads(threads)
-            phi, phi0 = engine.shap_values(M)
-            margin = engine.margin(M)  # the same trees: equal to booster.predict's to rounding
+            # one pass: the margin is `engine.margin`'s bit for bit, booster.predict's to rounding
+            phi, phi0, margin, leaf = engine.explain(M, leaves=leaves)
         else:
             values = self._shap_explainer()(M)
             phi = np.asarray(values.values, dtype=np.float64)
@@ -326,6 +333,7 @@ class ScoringModel:
             shap_values=phi,
             columns=self._columns,
             index=index,
+            leaves=leaf,
         )
 
     def __getstate__(self) -> dict[str, Any]:

@@ -75,6 +75,7 @@ while another holds it runs on one thread instead)."""
 _N_FEATURE, _N_FLAGS, _N_CAT_START, _N_CAT_LEN, _N_LEFT, _N_RIGHT = range(6)
 _T_NODE_START, _T_NODE_END, _T_LEAF_START, _T_LEAF_END, _T_GROUP_START, _T_GROUP_END = range(6)
 _G_PRE_START, _G_PRE_END, _G_DEC_START, _G_DEC_END, _G_FEAT_START, _G_FEAT_END, _G_TABLE = range(7)
+_G_LEAF = 7
 _L_ELEM_START, _L_ELEM_END, _L_TABLE = range(3)
 _E_FEATURE, _E_SPLIT_START, _E_SPLIT_END = range(3)
 
@@ -99,8 +100,10 @@ class _Forest:
     - ``groups`` (groups × 7): prefix element start/end in ``group_masks`` (uint64 mask / want
       of each feature on the path to the group), node start/end in ``group_nodes`` (local
       ids), feature start/end in ``group_features``, table offset in ``group_tables`` (rows of
-      as many contributions as the group has features). Trees (columns 4-5) list their groups;
-      a tree without groups goes leaf by leaf."""
+      as many contributions as the group has features), and (column 7) the offset in
+      ``group_leaves`` of the leaf value of each key when the group is the whole tree (its
+      decisions are every node's: the key says the leaf), else -1. Trees (columns 4-5) list
+      their groups; a tree without groups goes leaf by leaf."""
 
     trees: np.ndarray
     nodes: np.ndarray
@@ -118,6 +121,7 @@ class _Forest:
     group_nodes: np.ndarray
     group_features: np.ndarray
     group_tables: np.ndarray
+    group_leaves: np.ndarray
     factors: np.ndarray  # 4 × (D+1) × (D+1): ExtendPath / UnwoundPathSum factors
     max_depth: int  # the most unique features on a path
     max_nodes: int  # the most internal nodes of a tree
@@ -206,15 +210,28 @@ class TreeShap:
     def shap_values(self, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(φ, φ0) of every row of ``M`` (n × num_features, float; NaN = missing): φ is
         n × num_features, φ0 the bias column (n), and ``φ.sum(1) + φ0`` the raw margin."""
+        phi, phi0, _, _ = self.explain(M)
+        return phi, phi0
+
+    def explain(
+        self, M: np.ndarray, *, leaves: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(φ, φ0, margin, leaf values) of every row of ``M`` in one pass over the trees: φ and
+        φ0 as `shap_values`, the raw margin bit for bit `margin`'s (each row is routed once
+        through every tree for both), and with ``leaves`` each row's leaf value in every tree
+        (n × `num_trees`, else None), the base that `margin_varied` then need not route again."""
         X = self._check(M)
         f = self._f
-        phi = np.zeros((X.shape[0], self.num_features), dtype=np.float64)
+        n = X.shape[0]
+        phi = np.zeros((n, self.num_features), dtype=np.float64)
+        margin = np.empty(n, dtype=np.float64)
+        leaf = np.empty((n if leaves else 0, len(f.trees)), dtype=np.float64)
         if self._parallel(X):
             with PARALLEL_TURN:
-                _shap_parallel(X, phi, f.arrays, f.max_depth, f.max_nodes)
+                _shap_parallel(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
         else:
-            _shap_serial(X, phi, f.arrays, f.max_depth, f.max_nodes)
-        return phi, np.full(X.shape[0], f.bias)
+            _shap_serial(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
+        return phi, np.full(n, f.bias), margin, leaf if leaves else None
 
     def margin(self, M: np.ndarray) -> np.ndarray:
         """The raw margin of every row (``booster.predict(M, raw_score=True)``)."""
@@ -230,13 +247,20 @@ class TreeShap:
         return out
 
     def margin_varied(
-        self, M: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
+        self,
+        M: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        values: np.ndarray,
+        *,
+        leaves: np.ndarray | None = None,
     ) -> np.ndarray:
         """For each probe ``k``: the raw margin of row ``rows[k]`` of ``M`` with its column
         ``cols[k]`` set to ``values[k]`` (the what-if of one feature), bit for bit what `margin`
         gives for those rows built out. Each row's leaf in every tree is found once (probes of
-        the same row in a run share it); a probe then walks only the trees that split on its
-        column and sums every tree's leaf in the trees' order, as `margin` does."""
+        the same row in a run share it), or read from ``leaves`` (`explain`'s leaf values of
+        ``M``) when given; a probe then walks only the trees that split on its column and sums
+        every tree's leaf in the trees' order, as `margin` does."""
         X = self._check(M)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         cols = np.ascontiguousarray(cols, dtype=np.int64)
@@ -244,6 +268,14 @@ class TreeShap:
         if not rows.shape == cols.shape == values.shape or rows.ndim != 1:
             raise ValueError("rows, cols and values must be 1-d arrays of one length")
         f = self._f
+        if leaves is None:
+            known = np.empty((0, len(f.trees)), dtype=np.float64)
+        else:
+            known = np.ascontiguousarray(leaves, dtype=np.float64)
+            if known.shape != (X.shape[0], len(f.trees)):
+                raise ValueError(
+                    f"leaves must be {X.shape[0]} rows x {len(f.trees)} trees, got {known.shape}"
+                )
         starts, tree_ids = f.feature_trees
         if len(starts) < X.shape[1] + 1:  # features after the last one split on: no trees
             starts = np.concatenate([starts, np.full(X.shape[1] + 1 - len(starts), starts[-1])])
@@ -253,8 +285,8 @@ class TreeShap:
             if not _inside(X, rows, cols):
                 raise ValueError(_OUTSIDE)
             with PARALLEL_TURN:
-                _margin_varied_parallel(X, rows, cols, values, out, *args)
-        elif not _margin_varied_rows(X, rows, cols, values, out, 0, len(rows), *args):
+                _margin_varied_parallel(X, rows, cols, values, out, *args, known)
+        elif not _margin_varied_rows(X, rows, cols, values, out, 0, len(rows), *args, known):
             raise ValueError(_OUTSIDE)
         return out
 
@@ -266,10 +298,12 @@ class TreeShap:
         rows = PARALLEL_MIN_ROWS if self.threads > 1 else 1
         for n in sorted({1, rows}):
             x = np.full((n, self.num_features), np.nan)
-            self.shap_values(x)
+            _, _, _, leaves = self.explain(x, leaves=True)
+            self.explain(x)
             self.margin(x)
             probes = np.zeros(n, dtype=np.int64)
             self.margin_varied(x, probes, probes, np.zeros(n))
+            self.margin_varied(x, probes, probes, np.zeros(n), leaves=leaves)
         return time.perf_counter() - t0
 
     def _parallel(self, X: np.ndarray) -> bool:
@@ -447,7 +481,9 @@ def _parse(
     tree_arr = np.asarray(tree_rows, dtype=np.int64).reshape(-1, 6)
     groups = _Groups()
     for t, root, leaf_start, leaf_elements in groupable:
-        groups.add_tree(t, root, leaf_start, leaf_elements, leaves, tables, tree_arr, table_budget)
+        groups.add_tree(
+            t, root, leaf_start, leaf_elements, leaves, tables, tree_arr, table_budget, values
+        )
     # the leaf tables of grouped trees are summed into their groups: keep only the others'
     kept: list[np.ndarray] = []
     offset = 0
@@ -478,13 +514,14 @@ def _parse(
         splits=np.asarray(splits, dtype=np.int64).reshape(-1, 2),
         masks=np.asarray(masks, dtype=np.uint64).reshape(-1, 2),
         tables=tables,
-        groups=np.asarray(groups.rows, dtype=np.int64).reshape(-1, 7),
+        groups=np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8),
         group_masks=np.asarray(groups.masks, dtype=np.uint64).reshape(-1, 2),
         group_nodes=np.asarray(groups.nodes, dtype=np.int64),
         group_features=np.asarray(groups.features, dtype=np.int64),
         group_tables=(
             np.concatenate(groups.tables).ravel() if groups.tables else np.zeros(0, np.float64)
         ),
+        group_leaves=(np.concatenate(groups.leaves) if groups.leaves else np.zeros(0, np.float64)),
         factors=factors,
         max_depth=max_depth,
         max_nodes=max_nodes,
@@ -509,7 +546,9 @@ class _Groups:
         self.nodes: list[int] = []
         self.features: list[int] = []
         self.tables: list[np.ndarray] = []
+        self.leaves: list[np.ndarray] = []  # leaf value by key of the whole-tree groups
         self.size = 0
+        self.leaf_size = 0
 
     def add_tree(
         self,
@@ -521,6 +560,7 @@ class _Groups:
         tables: np.ndarray,
         trees: np.ndarray,
         budget: int,
+        leaf_values: np.ndarray,
     ) -> None:
         """Group one tree's leaves (when they all have tables and the budget allows)."""
         if any(leaves[leaf_start + i, _L_TABLE] < 0 for i in range(len(leaf_elements))):
@@ -551,8 +591,14 @@ class _Groups:
             self.masks += [(mask, want) for _, mask, want in prefix_masks]
             self.nodes += inner
             self.features += features
+            leaf_at = -1
+            if not prefix_masks and len(made) == 1:  # the whole tree: the leaf of each key
+                leaf_at = self.leaf_size
+                by_key = _leaf_by_key(root, inner, leaf_values[leaf_start:])
+                self.leaves.append(by_key)
+                self.leaf_size += len(by_key)
             row = (m0, len(self.masks), n0, len(self.nodes), f0, len(self.features), offset)
-            self.rows.append(row)
+            self.rows.append((*row, leaf_at))
             offset += table.size
             self.tables.append(table)
         trees[t, _T_GROUP_START], trees[t, _T_GROUP_END] = first, len(self.rows)
@@ -605,6 +651,20 @@ class _Groups:
             for k, (f, _) in enumerate(elements):
                 table[:, column[f]] += own[:, k]
         return prefix_masks, inner, features, table.ravel()
+
+
+def _leaf_by_key(root: dict[str, Any], inner: list[int], values: np.ndarray) -> np.ndarray:
+    """The value of the leaf each key of a whole-tree group reaches (bit ``j`` of the key: the
+    row goes left at node ``inner[j]``), as `_leaf_value` walks to it."""
+    bit = {s: j for j, s in enumerate(inner)}
+    out = np.empty(1 << len(inner), dtype=np.float64)
+    for key in range(len(out)):
+        node = root
+        while "split_index" in node:
+            left = (key >> bit[int(node["split_index"])]) & 1
+            node = node["left_child"] if left else node["right_child"]
+        out[key] = values[int(node["leaf_index"])]
+    return out
 
 
 def _subtree(node: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -691,8 +751,8 @@ def _route(x, t, trees, nodes, thresholds, cat_words, left):
         g = n0 + s
         go = _goes_left(x, g, nodes, thresholds, cat_words)
         left[s] = go
-        if go and s < 64:
-            bits |= np.uint64(1) << np.uint64(s)
+        if s < 64:  # the decision as a bit, without a branch on it (unpredictable)
+            bits |= np.uint64(go) << np.uint64(s)
     return bits
 
 
@@ -747,9 +807,13 @@ def _path_weights(e0, d, ones, zeros, factors, pw, w):
 
 
 @njit(cache=True)
-def _shap_row(x, phi, forest, left, pw, ones, w):
-    """Add one row's SHAP values (every tree) to ``phi``; ``forest`` is `_Forest.arrays()`;
-    ``left``, ``pw``, ``ones``, ``w`` are scratch."""
+def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
+    """Add one row's SHAP values (every tree) to ``phi`` and return its raw margin; ``forest``
+    is `_Forest.arrays()`; ``left``, ``pw``, ``ones``, ``w`` are scratch; ``leafv`` (one per
+    tree) receives the value of the leaf the row reaches in each tree. The margin is those
+    values summed from 0.0 in tree order, the additions of `_margin_row` in its order: the
+    same number bit for bit (the leaf is found from the decisions `_route` made, which are
+    `_leaf_value`'s)."""
     (
         trees,
         nodes,
@@ -767,10 +831,21 @@ def _shap_row(x, phi, forest, left, pw, ones, w):
         group_nodes,
         group_features,
         group_tables,
+        group_leaves,
         factors,
     ) = forest
+    total = 0.0
     for t in range(trees.shape[0]):
         bits = _route(x, t, trees, nodes, thresholds, cat_words, left)
+        g0 = trees[t, _T_GROUP_START]
+        if trees[t, _T_GROUP_END] > g0 and groups[g0, _G_LEAF] >= 0:
+            value = 0.0  # read with the group's key below
+        else:
+            n0 = trees[t, _T_NODE_START]
+            node = 0 if trees[t, _T_NODE_END] > n0 else -1  # -1: a single-leaf tree
+            while node >= 0:  # the child by index (right, left), not by a branch
+                node = nodes[n0 + node, _N_RIGHT - left[node]]
+            value = leaf_values[trees[t, _T_LEAF_START] + ~node]
         if trees[t, _T_GROUP_END] > trees[t, _T_GROUP_START]:
             for g in range(trees[t, _T_GROUP_START], trees[t, _T_GROUP_END]):
                 # the table row: the one fractions of the features on the path to the group,
@@ -789,7 +864,13 @@ def _shap_row(x, phi, forest, left, pw, ones, w):
                 base = groups[g, _G_TABLE] + key * u
                 for c in range(u):
                     phi[group_features[f0 + c]] += group_tables[base + c]
+                if groups[g, _G_LEAF] >= 0:  # the whole tree: the key is every decision
+                    value = group_leaves[groups[g, _G_LEAF] + key]
+            leafv[t] = value
+            total += value
             continue
+        leafv[t] = value
+        total += value
         use_bits = trees[t, _T_NODE_END] - trees[t, _T_NODE_START] <= 64
         for leaf in range(trees[t, _T_LEAF_START], trees[t, _T_LEAF_END]):
             e0 = leaves[leaf, _L_ELEM_START]
@@ -823,30 +904,37 @@ def _shap_row(x, phi, forest, left, pw, ones, w):
                 v = leaf_values[leaf]
                 for k in range(d):
                     phi[elems[e0 + k, _E_FEATURE]] += w[k] * (ones[k] - zeros[e0 + k, 0]) * v
+    return total
 
 
 @njit(cache=True)
-def _shap_rows(X, phi, lo, hi, forest, max_depth, max_nodes):
-    """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays."""
+def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes):
+    """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays: the
+    margins into ``margin``, each tree's leaf value into ``leaves`` (rows x trees) when it has
+    rows (else into scratch)."""
     left = np.zeros(max(max_nodes, 1), dtype=np.int64)
     pw = np.zeros(max_depth + 2)
     ones = np.zeros(max_depth + 1)
     w = np.zeros(max_depth + 1)
+    keep = leaves.shape[0] > 0
+    scratch = np.empty(forest[0].shape[0])
     for r in range(lo, hi):
-        _shap_row(X[r], phi[r], forest, left, pw, ones, w)
+        leafv = leaves[r] if keep else scratch
+        margin[r] = _shap_row(X[r], phi[r], forest, left, pw, ones, w, leafv)
 
 
 @njit(cache=True, nogil=True)  # Python threads may run beside it
-def _shap_serial(X, phi, forest, max_depth, max_nodes):
-    _shap_rows(X, phi, 0, X.shape[0], forest, max_depth, max_nodes)
+def _shap_serial(X, phi, margin, leaves, forest, max_depth, max_nodes):
+    _shap_rows(X, phi, margin, leaves, 0, X.shape[0], forest, max_depth, max_nodes)
 
 
 @njit(cache=True, parallel=True)
-def _shap_parallel(X, phi, forest, max_depth, max_nodes):
+def _shap_parallel(X, phi, margin, leaves, forest, max_depth, max_nodes):
     n = X.shape[0]
     chunks = min(n, 64)
     for c in prange(chunks):
-        _shap_rows(X, phi, c * n // chunks, (c + 1) * n // chunks, forest, max_depth, max_nodes)
+        lo, hi = c * n // chunks, (c + 1) * n // chunks
+        _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes)
 
 
 @njit(cache=True)
@@ -876,62 +964,69 @@ def _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values):
     node = 0
     if trees[t, _T_NODE_END] == n0:  # a single-leaf tree
         node = -1
-    while node >= 0:
+    while node >= 0:  # the child by index (right, left), not by a branch
         g = n0 + node
-        node = (
-            nodes[g, _N_LEFT]
-            if _goes_left(x, g, nodes, thresholds, cat_words)
-            else nodes[g, _N_RIGHT]
-        )
+        node = nodes[g, _N_RIGHT - int(_goes_left(x, g, nodes, thresholds, cat_words))]
     return leaf_values[trees[t, _T_LEAF_START] + ~node]
 
 
 @njit(cache=True, nogil=True)  # Python threads may run beside it
 def _margin_varied_rows(
     X, rows, cols, values, out, lo, hi, starts, tree_ids, trees, nodes, thresholds, cat_words,
-    leaf_values,
+    leaf_values, known,
 ):  # fmt: skip
     """`TreeShap.margin_varied` for probes ``lo`` to ``hi``: the base row's leaves once per run
-    of probes of one row, then per probe only the trees of its column walked again, and the
-    leaves summed from 0.0 in tree order (`_margin_row`'s additions, in its order). False (and
-    nothing computed) when a probe's row or column is outside ``X``."""
+    of probes of one row (read from ``known``, rows x trees, when it has rows: `TreeShap.explain`'s
+    leaves of ``X``), then per probe only the trees of its column walked again, and the leaves
+    summed from 0.0 in tree order (`_margin_row`'s additions, in its order). False (and nothing
+    computed) when a probe's row or column is outside ``X``."""
     for k in range(lo, hi):
         if not (0 <= rows[k] < X.shape[0] and 0 <= cols[k] < X.shape[1]):
             return False
     n_trees = trees.shape[0]
     base = np.empty(n_trees)
-    work = np.empty(n_trees)
     x = np.empty(X.shape[1])
+    given = known.shape[0] > 0
     row = -1
     for k in range(lo, hi):
         if rows[k] != row:
             row = rows[k]
             x[:] = X[row]
-            for t in range(n_trees):
-                base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+            if given:
+                src = known[row]
+            else:
+                for t in range(n_trees):
+                    base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+                src = base
         c = cols[k]
         kept = x[c]
         x[c] = values[k]
-        work[:] = base
-        for q in range(starts[c], starts[c + 1]):
-            t = tree_ids[q]
-            work[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
-        x[c] = kept
+        # every tree's leaf in tree order: the base row's, but for the trees of the column
+        # (ascending), walked again with the probe's value
+        q, end = starts[c], starts[c + 1]
+        walk = tree_ids[q] if q < end else n_trees
         total = 0.0
         for t in range(n_trees):
-            total += work[t]
+            if t == walk:
+                total += _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
+                q += 1
+                walk = tree_ids[q] if q < end else n_trees
+            else:
+                total += src[t]
+        x[c] = kept
         out[k] = total
     return True
 
 
 @njit(cache=True, parallel=True)
 def _margin_varied_parallel(
-    X, rows, cols, values, out, starts, tree_ids, trees, nodes, thresholds, cat_words, leaf_values
+    X, rows, cols, values, out, starts, tree_ids, trees, nodes, thresholds, cat_words, leaf_values,
+    known,
 ):  # fmt: skip
     n = rows.shape[0]
     chunks = min(n, 64)
     for c in prange(chunks):
         _margin_varied_rows(
             X, rows, cols, values, out, c * n // chunks, (c + 1) * n // chunks, starts, tree_ids,
-            trees, nodes, thresholds, cat_words, leaf_values,
+            trees, nodes, thresholds, cat_words, leaf_values, known,
         )  # fmt: skip

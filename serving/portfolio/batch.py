@@ -113,13 +113,14 @@ def score_rows(
     with the same index and the columns pd, score, grade, base_points, reasons.
 
     With `explain`, the service's explanation (`ScoringModel.explain_matrix`, reasons = top 4
-    risk-increasing features by `serving.scoring.matrix_reasons`: those `explain_rows` gives),
-    a frame at a time; ``threads`` > 1 scores pieces of `PIPELINE_ROWS` rows in that many
-    threads, so that one thread's TreeSHAP (compiled, without the GIL) runs while another
-    writes its reasons (every row is scored alone: the same values). Without `explain`,
-    PD/score/grade only (reasons empty, base_points NaN)."""
+    risk-increasing features by `serving.scoring.matrix_reasons`: those `explain_rows` gives):
+    the model's matrix of the whole frame at once (pandas, column by column), then pieces of
+    `PIPELINE_ROWS` rows explained (`_explained`), in ``threads`` threads when > 1, so that one
+    thread's TreeSHAP and side probes (compiled, without the GIL) run while another writes its
+    reasons; one frame of the pieces at the end. Every row is scored alone: the same values
+    however the rows are cut. Without `explain`, PD/score/grade only (reasons empty,
+    base_points NaN)."""
     from serving.exceptions import InvalidInput
-    from serving.scoring import matrix_reasons
     from training.exceptions import ModelInputError
 
     names = [n for n in model.feature_names if n in rows.columns]
@@ -136,38 +137,68 @@ def score_rows(
             [np.nan] * len(rows),
             [[] for _ in range(len(rows))],
         )
-    if threads > 1 and len(rows) >= 2 * PIPELINE_ROWS:
-        model.treeshap()  # parsed once, before the threads
-        pieces = [rows.iloc[at : at + PIPELINE_ROWS] for at in range(0, len(rows), PIPELINE_ROWS)]
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            parts = list(pool.map(lambda p: score_rows(model, p, method=method), pieces))
-        return pd.concat(parts)
     try:
         M = model.matrix(rows[names])
-        expl = model.explain_matrix(M, method, threads=threads)
     except ModelInputError as exc:
         raise InvalidInput(("features",), str(exc)) from exc
-    reasons = [
-        [
-            {
-                "feature": r.feature,
-                "value": r.value if isinstance(r.value, float) else None,
-                "value_text": None if r.value is None else _text(r.value),
-                "points": r.points,
-                "text": r.text,
-            }
-            for r in row
-        ]
-        for row in matrix_reasons(model, M, expl.point_values)
-    ]
+    starts = range(0, len(M), PIPELINE_ROWS)
+    if threads > 1 and len(starts) > 1:
+        model.treeshap()  # parsed once, before the threads
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = list(
+                pool.map(lambda at: _explained(model, M[at : at + PIPELINE_ROWS], method), starts)
+            )
+    else:
+        parts = [_explained(model, M[at : at + PIPELINE_ROWS], method) for at in starts]
     return _score_frame(
         rows.index,
-        expl.pd,
-        expl.score,
-        expl.grade.tolist(),
-        expl.base_points,
-        reasons,
+        np.concatenate([p.pd for p in parts]),
+        np.concatenate([p.score for p in parts]),
+        [g for p in parts for g in p.grade],
+        np.concatenate([p.base_points for p in parts]),
+        [r for p in parts for r in p.reasons],
     )
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """`_explained`'s answer: a piece of rows scored and explained."""
+
+    pd: np.ndarray
+    score: np.ndarray
+    grade: list[str]
+    base_points: np.ndarray
+    reasons: list[list[dict[str, Any]]]
+
+
+def _explained(model: ScoringModel, M: np.ndarray, method: str) -> _Piece:
+    """PD, score, grade, base points and reasons (records as `score_rows` writes them) of the
+    rows of the model's matrix `M`. The fast engine keeps the rows' leaf values for the
+    reasons' side probes (`serving.scoring.matrix_reasons`): each row is routed through the
+    trees once."""
+    from serving.exceptions import InvalidInput
+    from serving.scoring import matrix_reasons
+    from training.exceptions import ModelInputError
+
+    try:
+        expl = model.explain_matrix(M, method, leaves=method == "fast")
+    except ModelInputError as exc:
+        raise InvalidInput(("features",), str(exc)) from exc
+    found = matrix_reasons(model, M, expl.point_values, leaves=expl.leaves)
+    reasons: list[list[dict[str, Any]]] = [[] for _ in range(len(M))]
+    for i, feature, value, points, text in zip(
+        found.rows, found.features, found.values, found.points, found.texts, strict=True
+    ):
+        reasons[i].append(
+            {
+                "feature": feature,
+                "value": value if isinstance(value, float) else None,
+                "value_text": None if value is None else _text(value),
+                "points": points,
+                "text": text,
+            }
+        )
+    return _Piece(expl.pd, expl.score, expl.grade.tolist(), expl.base_points, reasons)
 
 
 def _text(value: float | str) -> str:

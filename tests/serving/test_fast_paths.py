@@ -600,3 +600,58 @@ def test_what_ifs_in_rounds_are_those_of_every_candidate_at_once(
             assert (got["to"], got["grade"]) == expected[a]
         else:
             assert got["to"] is None and got["grade"] is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_batchs_reasons_are_the_services(scoring_model: Any, data: st.DataObject) -> None:
+    """`matrix_reasons` (the batch: values read back from the matrix, sides in bulk, each
+    distinct value written once, with and without the rows' leaf values) gives every row the
+    reasons `explain_rows` (the service) gives it: codes, features, values (zeros of both
+    signs), points bit for bit and texts; values on, beside and between the splits, missing,
+    known and unseen categories, repeated values."""
+    model = scoring_model
+    view = scoring._view(model)
+    n_rows = data.draw(st.integers(1, 12))
+    rows: list[dict[str, Any]] = []
+    for _ in range(n_rows):
+        row: dict[str, Any] = {}
+        for name in view.names:
+            f = view.features[name]
+            if f.kind == "categorical":
+                known = list(model.categories[name])
+                row[name] = data.draw(st.one_of(st.sampled_from(known), st.just("wood"), st.none()))
+                continue
+            cuts = view.splits[name].tolist() or [0.0]
+            row[name] = data.draw(
+                st.one_of(
+                    st.sampled_from(cuts),
+                    st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
+                    st.floats(min(cuts) - 10, max(cuts) + 10),
+                    st.sampled_from([0.0, -0.0]),
+                    st.none(),
+                )
+            )
+        rows.append(row)
+    rows += rows[: data.draw(st.integers(0, n_rows))]  # repeated values
+    meta = [(f"S{i}", scoring.date(2025, 1, 31), "batch", "") for i in range(len(rows))]
+    decisions, M = scoring.explain_rows(model, rows, method="fast", model_info={}, meta=meta)
+    want = [
+        [(r.code, r.feature, repr(r.value), repr(r.points), r.text) for r in d.reasons]
+        for d in decisions
+    ]
+    expl = model.explain_matrix(M, "fast", leaves=True)
+    for leaves in (None, expl.leaves):
+        found = scoring.matrix_reasons(model, M, expl.point_values, leaves=leaves)
+        got: list[list[tuple[str, str, str, str, str]]] = [[] for _ in rows]
+        for i, code, feature, value, points, text in zip(
+            found.rows,
+            found.codes,
+            found.features,
+            found.values,
+            found.points,
+            found.texts,
+            strict=True,
+        ):
+            got[i].append((code, feature, repr(value), repr(points), text))
+        assert got == want

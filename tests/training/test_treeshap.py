@@ -128,7 +128,24 @@ def _assert_exact(booster: lgb.Booster, engine: TreeShap, X: np.ndarray) -> None
     margin = booster.predict(X, raw_score=True)
     np.testing.assert_allclose(engine.margin(X), margin, rtol=0, atol=TOL)
     np.testing.assert_allclose(phi.sum(axis=1) + phi0, margin, rtol=0, atol=TOL)
+    _assert_one_pass_exact(engine, X)
     _assert_varied_exact(engine, X)
+
+
+def _assert_one_pass_exact(engine: TreeShap, X: np.ndarray) -> None:
+    """`explain` (SHAP values, margin and leaf values in one pass) gives bit for bit what
+    `shap_values` and `margin` give, and leaf values whose sum in tree order is that margin."""
+    phi, phi0, margin, leaves = engine.explain(X, leaves=True)
+    alone = engine.shap_values(X)
+    assert phi.tobytes() == alone[0].tobytes() and phi0.tobytes() == alone[1].tobytes()
+    assert margin.tobytes() == engine.margin(X).tobytes()
+    assert leaves is not None and leaves.shape == (len(X), engine.num_trees)
+    summed = np.zeros(len(X))
+    for t in range(engine.num_trees):
+        summed += leaves[:, t]
+    assert summed.tobytes() == margin.tobytes()
+    assert engine.explain(X)[3] is None
+    assert engine.explain(X)[2].tobytes() == margin.tobytes()
 
 
 def _assert_varied_exact(engine: TreeShap, X: np.ndarray) -> None:
@@ -143,7 +160,11 @@ def _assert_varied_exact(engine: TreeShap, X: np.ndarray) -> None:
     values = X[rng.integers(0, len(X), n), cols]
     built = X[rows].copy()
     built[np.arange(n), cols] = values
-    np.testing.assert_array_equal(engine.margin_varied(X, rows, cols, values), engine.margin(built))
+    varied = engine.margin_varied(X, rows, cols, values)
+    np.testing.assert_array_equal(varied, engine.margin(built))
+    leaves = engine.explain(X, leaves=True)[3]
+    given = engine.margin_varied(X, rows, cols, values, leaves=leaves)
+    assert given.tobytes() == varied.tobytes()  # the base read from `explain`'s leaves
 
 
 def test_equals_pred_contrib_on_many_random_models() -> None:
@@ -254,6 +275,11 @@ def test_threads_and_input_checks() -> None:
         serial.margin_varied(rows, np.array([len(rows)]), np.array([0]), np.array([1.0]))
     with pytest.raises(ValueError, match="one length"):
         serial.margin_varied(rows, np.array([0, 1]), np.array([0]), np.array([1.0]))
+    with pytest.raises(ValueError, match="leaves must be"):
+        serial.margin_varied(rows, probes, cols, rows[:, 0], leaves=np.zeros((2, 20)))
+    np.testing.assert_array_equal(
+        serial.explain(rows, leaves=True)[3], parallel.explain(rows, leaves=True)[3]
+    )
     assert serial.warm_up() >= 0
 
 
