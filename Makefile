@@ -24,10 +24,10 @@ run: install ## the main job: demo data -> features -> train -> promote -> serve
 	@bash scripts/run-demo.sh
 
 test: install ## the whole test suite (slow load/fault/fuzz tests included, bounded)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 test-fast: install ## the suite without the slow tests
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow" tests
 
 lint: install ## ruff lint + format check, mypy
 	$(VENV)/bin/ruff check .

@@ -54,6 +54,8 @@ def settings(tmp_path: Path) -> Settings:
         keys_recheck_seconds=0.0,  # keys added or revoked count from the next request (the
         # interval itself: test_keys)
         ready_probe_reuse_seconds=0.0,  # every /readyz probes (the reuse itself: test_hardening)
+        model_load_wait_seconds=600.0,  # start-up waits for the model however loaded the machine
+        # (parallel test workers compiling the TreeSHAP kernels took over 30 s once)
     )
 
 
