@@ -263,6 +263,16 @@ class Service:
         self._watcher: Watcher | None = None
         self._commits: LoopCommits | None = None
         self._empty_models: tuple[type[ScoreRequestBase], type[RootModel[Any]]] | None = None
+        self._limits: tuple[tuple[float, int], scoring.Limits] | None = None
+
+    @property
+    def limits(self) -> scoring.Limits:
+        """The settings' refusal thresholds (`Settings.limits`), built again only when the
+        settings' values change (not on every request)."""
+        key = (self.settings.min_coverage, self.settings.max_feature_age_days)
+        if self._limits is None or self._limits[0] != key:
+            self._limits = (key, self.settings.limits)
+        return self._limits[1]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -379,7 +389,7 @@ class Service:
     ) -> list[list[dict[str, Any]]]:
         """The stored payloads of `groups`' decisions (in order), split by group; counted."""
         for payload in stored:
-            self.metrics.decisions.labels(payload["grade"]).inc()
+            self.metrics.count_decision(payload["grade"])
         out: list[list[dict[str, Any]]] = []
         at = 0
         for ds, _ in groups:
