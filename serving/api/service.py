@@ -178,7 +178,8 @@ class LoopCommits:
                 take()
             error = exc
         if stored is not None and len(stored) != len(group):
-            stored, error = None, RuntimeError(f"{len(stored)} answers for {len(group)} requests")
+            error = RuntimeError(f"{len(stored)} answers for {len(group)} requests")
+            stored = None
         with self._lock:
             self._state = "pending"
         if not self._answer(group, stored, error):
