@@ -65,6 +65,30 @@ class Metrics:
             multiprocess_mode="liveall",
         )
         self._model: tuple[str, str, str] | None = None
+        # Each label set's child, looked up once: `labels()` takes the metric's lock and
+        # rebuilds the label tuple on every call (children are never removed here).
+        self._requests: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._decisions: dict[str, Any] = {}
+
+    def count_request(self, method: str, route: str, status: str, seconds: float) -> None:
+        """One HTTP request answered: counted by method, route template and status; timed."""
+        key = (method, route, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(method, route, status)
+        counter.inc()
+        timer = self._latency.get(key[:2])
+        if timer is None:
+            timer = self._latency[key[:2]] = self.latency.labels(method, route)
+        timer.observe(seconds)
+
+    def count_decision(self, grade: str) -> None:
+        """One decision stored, by grade."""
+        counter = self._decisions.get(grade)
+        if counter is None:
+            counter = self._decisions[grade] = self.decisions.labels(grade)
+        counter.inc()
 
     def set_model(self, name: str, version: str | None, run_id: str | None) -> None:
         """Mark the served model (the previous one goes to 0)."""
@@ -108,5 +132,6 @@ class MetricsMiddleware:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            self.metrics.requests.labels(method, template, str(status["code"])).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
+            self.metrics.count_request(
+                method, template, str(status["code"]), time.perf_counter() - start
+            )

@@ -11,7 +11,6 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import RootModel
@@ -99,67 +98,170 @@ Take = Callable[[], list[Group]]
 class LoopCommits:
     """Decisions recorded from the event loop, committed in groups on one thread of their own.
 
-    A request queues its decisions and waits on a future; while no commit is under way, a commit
-    starts on the thread, and the queue is taken when that commit holds the database's write turn
-    (`AuditStore.append_gathered`): whatever queued while it waited for the turn (another worker
-    process committing, a batch's append) is in the same transaction, one fsync for all of them.
-    What queues after is the next group. A future is resolved only when the transaction holding
-    its records has committed (or failed: then every request of the group gets the error and none
-    of its records is stored, as `AuditStore.append` promises). One thread hop per group, not per
-    request, and the loop never waits on the database.
+    A request queues its decisions and waits on a future; while no commit is under way, a
+    request wakes the commit thread, and the queue is taken when that commit holds the
+    database's write turn (`AuditStore.append_gathered`): whatever queued while it waited for
+    the turn (another worker process committing, a batch's append) is in the same
+    transaction, one fsync for all of them. What queues after is the next group: once the loop
+    has handed the group's requests their answers (one `call_soon_threadsafe` per group), it
+    runs the thread again if anything queued meanwhile, so the groups are as large as when each
+    commit was an executor job the loop awaited (a thread going straight on to the next group
+    made groups of 2.7 requests instead of 6.8 at 8 in flight: more commits, more CPU). A
+    future is resolved only when the transaction holding its records has committed (or failed:
+    then every request of the group gets the error and none of its records is stored, as
+    `AuditStore.append` promises). The loop never waits on the database. (An executor job per
+    group, its future chained to the loop's, cost more CPU than the rest of the hand-off.)
     """
 
     def __init__(self, commit: Callable[[Take], list[list[dict[str, Any]]]]) -> None:
         self._commit = commit
         self._queue: list[tuple[Group, asyncio.Future[list[dict[str, Any]]]]] = []
-        self._lock = threading.Lock()  # the queue: appended on the loop, taken on the thread
-        self._drain: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="scf-risk-audit")
+        self._lock = threading.Lock()  # the queue and the state below
+        self._wake = threading.Lock()  # held while the thread waits: released to run it once
+        self._wake.acquire()
+        # "idle": nothing queued; "running": the thread commits (or is about to); "pending":
+        # the loop runs it next (`_next`: a first request queued, or a group's answers sent)
+        self._state = "idle"
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
     async def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the audit commits are closed: no decision is recorded")
             self._queue.append(((decisions, caller), done))
-        if self._drain is None:
-            self._drain = loop.create_task(self._commit_queued(loop))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="scf-risk-audit", daemon=True
+                )
+                self._thread.start()
+            start = self._state == "idle"
+            if start:
+                self._state = "pending"
+        if start:  # after what else the loop has ready: those requests join the group
+            loop.call_soon(self._next)
         return await done
 
-    async def _commit_queued(self, loop: asyncio.AbstractEventLoop) -> None:
-        try:
-            while self._queue:
-                group: list[tuple[Group, asyncio.Future[list[dict[str, Any]]]]] = []
-
-                def take(group: list[Any] = group) -> list[Group]:
-                    with self._lock:
-                        queued, self._queue = self._queue, []
-                    group.extend(queued)
-                    return [g for g, _ in queued]
-
-                try:
-                    stored = await loop.run_in_executor(self._thread, self._commit, take)
-                except Exception as exc:  # the group's error, handed to each of its requests
-                    if not group:  # failed before it took the queue: the queue was its group
-                        take()
-                    for _, done in group:
-                        if not done.done():
-                            done.set_exception(exc)
+    def _run(self) -> None:
+        """The commit thread: one group each time it is run, until closed with nothing left."""
+        while True:
+            self._wake.acquire()
+            with self._lock:
+                if not self._queue:
+                    self._state = "idle"
+                    if self._closed:
+                        return
                     continue
-                except BaseException:  # the loop is closing: nobody is left to answer
-                    if not group:
-                        take()
-                    for _, done in group:
-                        done.cancel()
-                    raise
-                for (_, done), payloads in zip(group, stored, strict=True):
-                    if not done.done():  # a request whose client left is stored all the same
-                        done.set_result(payloads)
+            self._commit_group()
+
+    def _commit_group(self) -> None:
+        """One commit of what is queued when it holds the write turn; its requests answered."""
+        group: list[tuple[Group, asyncio.Future[list[dict[str, Any]]]]] = []
+        taken = False
+
+        def take() -> list[Group]:
+            nonlocal taken
+            with self._lock:
+                queued, self._queue = self._queue, []
+            taken = True
+            group.extend(queued)
+            return [g for g, _ in queued]
+
+        stored: list[list[dict[str, Any]]] | None = None
+        error: BaseException | None = None
+        try:
+            stored = self._commit(take)
+        except BaseException as exc:  # the group's error, handed to each of its requests
+            if not taken:  # failed before it took the queue: the queue was its group
+                take()
+            error = exc
+        if stored is not None and len(stored) != len(group):
+            error = RuntimeError(f"{len(stored)} answers for {len(group)} requests")
+            stored = None
+        with self._lock:
+            self._state = "pending"
+        if not self._answer(group, stored, error):
+            self._next()  # no loop will: the thread goes on by itself
+        if error is not None and not isinstance(error, Exception):
+            raise error
+
+    def _answer(
+        self,
+        group: Sequence[tuple[Group, asyncio.Future[list[dict[str, Any]]]]],
+        stored: list[list[dict[str, Any]]] | None,
+        error: BaseException | None,
+    ) -> bool:
+        """Hand each request of the group its payloads (or the error) on its loop, one call
+        per loop; the last of them runs the thread again (`_next`). False when no loop is
+        left to do so (one has closed, or the group was empty)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[int]] = {}
+        for k, (_, done) in enumerate(group):
+            by_loop.setdefault(done.get_loop(), []).append(k)
+        scheduled = 0
+        for n, (loop, ks) in enumerate(by_loop.items()):
+            futures = [group[k][1] for k in ks]
+            results = None if stored is None else [stored[k] for k in ks]
+            try:
+                loop.call_soon_threadsafe(
+                    self._settle, futures, results, error, n == len(by_loop) - 1
+                )
+            except RuntimeError:  # the loop is closed: nobody is left to answer
+                continue
+            scheduled += 1
+        return 0 < scheduled == len(by_loop)
+
+    def _settle(
+        self,
+        futures: Sequence[asyncio.Future[list[dict[str, Any]]]],
+        results: Sequence[list[dict[str, Any]]] | None,
+        error: BaseException | None,
+        last: bool,
+    ) -> None:
+        """On the loop: resolve each request's future (one whose client left is skipped: its
+        decisions are stored all the same); after the group's last answers, the next group
+        once the requests answered have had their turn (`call_soon`), as when the loop awaited
+        an executor job per commit."""
+        try:
+            for k, done in enumerate(futures):
+                if done.done():
+                    continue
+                if results is not None:
+                    done.set_result(results[k])
+                elif isinstance(error, Exception):
+                    done.set_exception(error)
+                else:
+                    done.cancel()
         finally:
-            self._drain = None
+            if last:
+                asyncio.get_running_loop().call_soon(self._next)
+
+    def _next(self) -> None:
+        """Run the thread when anything is queued (or the commits are closing), else it is
+        idle: on the loop after a first request queued or a group was answered, or on the
+        thread when no loop is left to."""
+        with self._lock:
+            if self._state != "pending":
+                return  # `close` ran it already
+            wake = bool(self._queue) or self._closed
+            self._state = "running" if wake else "idle"
+        if wake:
+            self._wake.release()
 
     def close(self) -> None:
-        """Wait for the commit under way (requests have stopped coming)."""
-        self._thread.shutdown(wait=True)
+        """Wait for the commits under way and queued (requests have stopped coming)."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            wake = self._state in ("idle", "pending")  # a `_next` the loop may never run
+            if wake:
+                self._state = "running"
+        if thread is None:
+            return
+        if wake:
+            self._wake.release()
+        thread.join()
 
 
 class Service:
@@ -194,6 +296,16 @@ class Service:
         self._watcher: Watcher | None = None
         self._commits: LoopCommits | None = None
         self._empty_models: tuple[type[ScoreRequestBase], type[RootModel[Any]]] | None = None
+        self._limits: tuple[tuple[float, int], scoring.Limits] | None = None
+
+    @property
+    def limits(self) -> scoring.Limits:
+        """The settings' refusal thresholds (`Settings.limits`), built again only when the
+        settings' values change (not on every request)."""
+        key = (self.settings.min_coverage, self.settings.max_feature_age_days)
+        if self._limits is None or self._limits[0] != key:
+            self._limits = (key, self.settings.limits)
+        return self._limits[1]
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -310,7 +422,7 @@ class Service:
     ) -> list[list[dict[str, Any]]]:
         """The stored payloads of `groups`' decisions (in order), split by group; counted."""
         for payload in stored:
-            self.metrics.decisions.labels(payload["grade"]).inc()
+            self.metrics.count_decision(payload["grade"])
         out: list[list[dict[str, Any]]] = []
         at = 0
         for ds, _ in groups:

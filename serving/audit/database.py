@@ -203,14 +203,22 @@ class DriverCursor:
     OperationalError, IntegrityError ...), as ``conn.execute`` raises it, so the transaction
     that catches it discards the connection and the store answers AuditUnavailable."""
 
-    def __init__(self, conn: sa.Connection) -> None:
-        self._conn = conn
-        self._dbapi_error: type[Exception] = conn.dialect.loaded_dbapi.Error
+    def __init__(
+        self, conn: sa.Connection | None, *, driver: Any = None, dialect: Any = None
+    ) -> None:
+        self._driver: Any = conn.connection.dbapi_connection if conn is not None else driver
+        self._dialect: sa.Dialect = conn.dialect if conn is not None else dialect
+        self._dbapi_error: type[Exception] = self._dialect.loaded_dbapi.Error
         self._cursor: Any = None
 
+    @classmethod
+    def of_driver(cls, driver: Any, dialect: sa.Dialect) -> DriverCursor:
+        """The cursor of a driver connection held outside a SQLAlchemy connection (a pooled
+        one: `AuditStore._appending`), with the dialect its errors are raised as."""
+        return cls(None, driver=driver, dialect=dialect)
+
     def __enter__(self) -> DriverCursor:
-        driver: Any = self._conn.connection.dbapi_connection
-        self._cursor = self._run("cursor()", None, driver.cursor)
+        self._cursor = self._run("cursor()", None, self._driver.cursor)
         return self
 
     def __exit__(
@@ -239,10 +247,19 @@ class DriverCursor:
         params = [stmt.parameters(r) for r in rows]
         self._run(stmt.sql, params, lambda: self._cursor.executemany(stmt.sql, params))
 
+    def run(self, sql: str) -> None:
+        """Run a statement without parameters (``BEGIN IMMEDIATE``)."""
+        self._run(sql, (), lambda: self._cursor.execute(sql))
+
+    def end(self, sql: str, call: Callable[[], Any]) -> None:
+        """End the transaction with the driver's `call` (its commit or rollback); `sql` names
+        it in an error."""
+        self._run(sql, (), call)
+
     def _run(self, sql: str, params: Any, call: Callable[[], Any]) -> Any:
         try:
             return call()
         except self._dbapi_error as exc:
             raise sa.exc.DBAPIError.instance(
-                sql, params, exc, self._dbapi_error, dialect=self._conn.dialect
+                sql, params, exc, self._dbapi_error, dialect=self._dialect
             ) from exc

@@ -234,6 +234,8 @@ class AuditStore:
         )
         self._reader = make_engine(url, lock_timeout=lock_timeout) if self._sqlite else self._writer
         self._schema_ready = False
+        # SQLite: the pooled connection the group commits keep between groups (`_appending`).
+        self._append_conn: Any = None
         self.signer = signer
         self.checkpoints = checkpoints
         self.display_name: str | None = None
@@ -310,6 +312,9 @@ class AuditStore:
                 self.checkpoints.flush()
             except AuditUnavailable as exc:
                 log.error("no checkpoint at shutdown: %s", exc)
+        if self._append_conn is not None:
+            conn, self._append_conn = self._append_conn, None
+            conn.close()  # back to the pool, which the engine's dispose closes
         self._writer.dispose()
         if self._writer_turn is not None:
             self._writer_turn.close()
@@ -318,6 +323,9 @@ class AuditStore:
 
     def drop_all(self) -> None:
         """Drop this store's tables (tests with a per-run prefix)."""
+        if self._append_conn is not None:
+            conn, self._append_conn = self._append_conn, None
+            conn.close()
         self._md.drop_all(self._writer, checkfirst=True)
         self._schema_ready = False
 
@@ -332,44 +340,86 @@ class AuditStore:
         failed a write may be read-only (PostgreSQL fixes ``default_transaction_read_only`` when
         a session starts) or half broken, and reusing it would keep refusing decisions after the
         database came back."""
-        local, turn = self._local_writer, self._writer_turn
         limit = self.lock_timeout if timeout is None else timeout
+        start = time.monotonic()
+        with self._write_turn(limit), self._writer.connect() as conn:
+            try:
+                if timeout is not None:
+                    self._bound_waits(conn, max(0.0, limit - (time.monotonic() - start)))
+                trans = conn.begin()
+                try:
+                    yield conn
+                except BaseException:
+                    trans.rollback()
+                    raise
+                if commit:
+                    trans.commit()
+                else:
+                    trans.rollback()
+            except SQLAlchemyError:
+                conn.invalidate()
+                raise
+            finally:
+                if timeout is not None and not conn.invalidated:
+                    self._bound_waits(conn, None)
+
+    @contextmanager
+    def _write_turn(self, limit: float) -> Iterator[None]:
+        """This process's write turn on SQLite (its writers' lock, then the writers' file lock
+        across processes), waited for at most `limit` seconds in all; AuditUnavailable after."""
+        local, turn = self._local_writer, self._writer_turn
         start = time.monotonic()
         if local is not None and not local.acquire(timeout=limit):
             raise AuditUnavailable(f"audit store {self.safe_url}: no write turn within {limit:g} s")
-        left = max(0.0, limit - (time.monotonic() - start))
-        if turn is not None and not turn.acquire(left):
-            if local is not None:
-                local.release()
-            raise AuditUnavailable(
-                f"audit store {self.safe_url}: another process kept the write turn for {limit:g} s"
-            )
         try:
-            with self._writer.connect() as conn:
-                try:
-                    if timeout is not None:
-                        self._bound_waits(conn, max(0.0, limit - (time.monotonic() - start)))
-                    trans = conn.begin()
-                    try:
-                        yield conn
-                    except BaseException:
-                        trans.rollback()
-                        raise
-                    if commit:
-                        trans.commit()
-                    else:
-                        trans.rollback()
-                except SQLAlchemyError:
-                    conn.invalidate()
-                    raise
-                finally:
-                    if timeout is not None and not conn.invalidated:
-                        self._bound_waits(conn, None)
+            left = max(0.0, limit - (time.monotonic() - start))
+            if turn is not None and not turn.acquire(left):
+                raise AuditUnavailable(
+                    f"audit store {self.safe_url}: another process kept the write turn for "
+                    f"{limit:g} s"
+                )
+            try:
+                yield
+            finally:
+                if turn is not None:
+                    turn.release()
         finally:
-            if turn is not None:
-                turn.release()
             if local is not None:
                 local.release()
+
+    @contextmanager
+    def _appending(self) -> Iterator[DriverCursor]:
+        """The write transaction of a group commit (`_commit_group`), on the driver's cursor.
+
+        PostgreSQL: `transaction`'s. SQLite: the same write turn, ``BEGIN IMMEDIATE`` (the
+        engine's own begin) and commit, on one pooled connection the appends keep between
+        groups (appends take turns: `_turn`), run on the driver itself: a pool check-out and
+        check-in and SQLAlchemy's begin and commit machinery per group cost more CPU than the
+        rest of a one-record commit but its fsync. As in `transaction`, a database error
+        discards the connection (the next group opens another) and any other error rolls the
+        transaction back; driver errors are raised as SQLAlchemy's."""
+        if not self._sqlite:
+            with self.transaction() as conn, DriverCursor(conn) as cursor:
+                yield cursor
+            return
+        with self._write_turn(self.lock_timeout):
+            if self._append_conn is None:
+                self._append_conn = self._writer.raw_connection()
+            raw = self._append_conn
+            dialect = self._writer.dialect
+            try:
+                with DriverCursor.of_driver(raw.dbapi_connection, dialect) as cursor:
+                    cursor.run("BEGIN IMMEDIATE")
+                    try:
+                        yield cursor
+                    except BaseException:
+                        cursor.end("ROLLBACK", raw.dbapi_connection.rollback)
+                        raise
+                    cursor.end("COMMIT", raw.dbapi_connection.commit)
+            except SQLAlchemyError:
+                self._append_conn = None
+                raw.invalidate()
+                raise
 
     def _bound_waits(self, conn: sa.Connection, seconds: float | None) -> None:
         """Make this connection wait at most `seconds` for a lock (None: back to the default)."""
@@ -523,7 +573,7 @@ class AuditStore:
         group: list[_Pending] | None = None
         gathered = False
         try:
-            with self.transaction() as conn, DriverCursor(conn) as cursor:
+            with self._appending() as cursor:
                 row = cursor.one(head, {})
                 seq, prev = int(row[0]), str(row[1])
                 gathered = True

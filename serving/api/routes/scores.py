@@ -151,7 +151,7 @@ async def score_one(caller: Caller, body: bytes, svc: Service) -> Response:
     # the stored payload projected on ScoreResponse (`response_json`), not validated again.
     served = svc.holder.get()
     request: ScoreRequestBase = parse_body(served.request_model, body)
-    limits, raw = svc.settings.limits, _raw(body)
+    limits, raw = svc.limits, _raw(body)
     if request.mode == "features":
         decision = scoring.score(served, request, limits=limits, raw=raw)
     else:
@@ -243,7 +243,7 @@ def post_score_batch(
     prepared: list[tuple[int, Any]] = []
     failed: dict[int, list[dict[str, Any]]] = {}
     valid = _all_valid(served.batch_model, body)
-    limits = svc.settings.limits
+    limits = svc.limits
     for i, item in enumerate(items):
         surrogate = _lone_surrogate(item) if valid is None else None
         if surrogate is not None:
