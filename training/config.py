@@ -39,10 +39,9 @@ class TrainConfig:
     early_stopping_rounds: int = 200
     bag: int | None = None  # boosters the model averages, differing in their seed; None = by
     # the fit rows (`training.booster.bag_size`: 5 below 20,000, else 1)
-    regrow: bool | None = False  # grow the model again on fit and validation SMEs with the
+    regrow: bool | None = None  # grow the model again on fit and validation SMEs with the
     # rounds early stopping chose; None = by the fit rows (`training.booster.regrows`: below
-    # 20,000). Off by default: on the CBPE acceptance test's 600-SME model (seed 5) the
-    # regrown model's AUC intervals covered 25 of 32 months, against 31 without regrowing
+    # 20,000); True / False: always / never
     params: Mapping[str, Any] = field(default_factory=dict)  # overrides of DEFAULT_PARAMS
     scale_params: bool = True  # tree size from the fit rows and defaults (booster.scaled_params)
     benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)

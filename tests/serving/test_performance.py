@@ -14,6 +14,7 @@ from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
 from features.simulate import SimConfig, generate_to_folder, simulate
+from serving.portfolio import performance
 from serving.portfolio.performance import (
     FEW_DEFAULTS,
     FEW_MONTHS,
@@ -266,20 +267,70 @@ def test_a_trend_recalibration_follows_a_drifting_slope(seed: int) -> None:
 
 
 def test_the_trend_is_fitted_on_a_long_enough_span_and_read_not_far_ahead() -> None:
-    """Reference months spanning fewer than `TREND_MIN_SPAN` months get the plain fit; those
-    spanning more a trend, read at most `TREND_AHEAD` months past the newest of them (forward
-    in time, a judged month lies 12 months past it; an immature month 1 to 12)."""
-    scores, labels = synthetic_window_months(n_months=40)  # 33 reference months
+    """The trend rests on the unseen reference months (on or after `unseen_from`): spanning
+    fewer than `TREND_MIN_SPAN` months, the plain fit on every reference month (embargo months
+    too) is kept; spanning more, a trend on them, read at most `TREND_AHEAD` months past the
+    newest of them (forward in time, a judged month lies 12 months past it; an immature month
+    1 to 12). The embargo months never count towards the span."""
+    scores, labels = synthetic_window_months(n_months=46)  # 39 reference months, 11 embargo
     table = performance_table(scores, labels, window=WINDOW, draws=50).set_index("as_of")
+    reference = list(table.index[table["mature"] & (table["role"] != TRAINED)])
     judged = table[table["interval"] == LEAVE_OUT]
-    span = judged["reference_months"]  # consecutive months: the span is their count
-    assert judged.loc[span < TREND_MIN_SPAN, "trend_ahead"].isna().all()
-    assert (judged.loc[span >= TREND_MIN_SPAN, "trend_ahead"] == TREND_AHEAD).all()
-    assert (span >= TREND_MIN_SPAN).any() and (span < TREND_MIN_SPAN).any()
+    used = {when: WINDOW.judged_by(when, reference) for when in judged.index}
+    unseen = {when: [d for d in months if d >= WINDOW.unseen_from] for when, months in used.items()}
+
+    def span(months: list[pd.Timestamp]) -> int:
+        return months_apart(min(months), max(months)) + 1 if months else 0
+
+    trended = pd.Series({when: span(unseen[when]) >= TREND_MIN_SPAN for when in judged.index})
+    assert judged.loc[~trended, "trend_ahead"].isna().all()
+    assert (judged.loc[trended, "trend_ahead"] == TREND_AHEAD).all()
+    # a trend rests on the unseen months, the plain fit on all of them
+    rests_on = [len(unseen[w]) if trended[w] else len(used[w]) for w in judged.index]
+    assert judged["reference_months"].tolist() == rests_on
+    # months whose reference months span a year only with the embargo months: no trend
+    embargo_only = [w for w in judged.index if span(used[w]) >= TREND_MIN_SPAN and not trended[w]]
+    assert trended.any() and len(embargo_only) >= 11
     immature = table[table["interval"] == RECALIBRATED]
     assert (immature["trend_ahead"] <= TREND_AHEAD).all() and len(immature) > 0
     untrended = performance_table(scores, labels, window=WINDOW, draws=50, trend=False)
     assert untrended["trend_ahead"].isna().all()
+
+
+def fading_months(seed: int, n_months: int = 36) -> pd.DataFrame:
+    """Months from 2024-01 whose model ranks better than its PDs say in and after its training
+    window (`WINDOW`: trained 2024-01 to 2024-04, embargo months 2024-05 to 2025-03), less so
+    each month (true slope 1.8 at 2024-05, falling by 0.08 a month), and steadily from the
+    first unseen month on (slope 0.92, where the fall ends): the memory of the training labels
+    fading over the embargo months, as a model regrown on every training SME shows it
+    (`serving.portfolio.performance`'s docstring)."""
+    early = distorted_months(15, 3000, b=2.12, slope_drift=-0.08, seed=seed)
+    late = distorted_months(n_months - 15, 3000, b=0.92, seed=seed + 100)
+    late["as_of"] = late["as_of"] + pd.offsets.MonthEnd(15)
+    return pd.concat([early, late], ignore_index=True)
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_the_trend_does_not_read_the_embargo_months_fading_memory_as_a_drift(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embargo months' slope falls to the unseen months' level and stays there. A trend
+    fitted across them (the rule before `TREND_UNSEEN_ONLY`) carries the fall on and puts the
+    AUC interval below the realised AUC in most of the months it judges (2026-04 on); fitted on
+    the unseen months only (none span a year here), every one of those months is covered."""
+    rows = fading_months(seed)
+    scores, labels = rows[["as_of", "sme_id", "pd"]], rows["label"].astype("Float64")
+    later = pd.Timestamp("2026-04-01")
+
+    def misses() -> list[pd.Timestamp]:
+        table = performance_table(scores, labels, window=WINDOW, draws=200)
+        judged = table[(table["interval"] == LEAVE_OUT) & (table["as_of"] >= later)]
+        assert len(judged) == 9
+        return list(judged.loc[~judged["auc_within"].astype(bool), "as_of"])
+
+    assert misses() == []
+    monkeypatch.setattr(performance, "TREND_UNSEEN_ONLY", False)
+    assert len(misses()) >= 4
 
 
 def test_recalibration_refuses_too_few_months_or_defaults() -> None:
