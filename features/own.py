@@ -201,28 +201,50 @@ class SaleSides(Sides):
     confirmed: np.ndarray
 
 
-_NEVER32 = np.int32(np.iinfo(np.int32).max)
-"""`NEVER` in an int32 column of `Sides.compact` (no day or code there reaches it)."""
+_COMPACT_TYPES = (np.int16, np.int32)
+"""The integer types of `Sides.compact` columns, narrowest first; in each, its largest value
+stands for `NEVER` (no day or code there reaches it)."""
 
 
 def _narrow(values: np.ndarray) -> np.ndarray:
-    """An int64 column (codes, or days with `NEVER`) as int32 with `NEVER` as `_NEVER32`, when
-    every other value lies strictly inside int32's range; anything else unchanged."""
+    """An int64 column (codes, or days with `NEVER`) as the narrowest of int16 / int32 whose
+    range holds every other value strictly inside it (`NEVER` as that type's largest value);
+    anything else unchanged. Days of 1970..2059 and codes below 32,767 fit int16."""
     if values.dtype != np.int64:
         return values
     known = values[values != NEVER]
-    if len(known) and (int(known.min()) <= np.iinfo(np.int32).min or int(known.max()) >= _NEVER32):
-        return values
-    return np.where(values == NEVER, _NEVER32, values).astype(np.int32)
+    low, high = (int(known.min()), int(known.max())) if len(known) else (0, 0)
+    for small in _COMPACT_TYPES:
+        info = np.iinfo(small)
+        if info.min < low and high < info.max:
+            return np.where(values == NEVER, info.max, values).astype(small)
+    return values
 
 
 def _widen(values: np.ndarray) -> np.ndarray:
-    """`_narrow` undone: an int32 column back to int64, `_NEVER32` to `NEVER`."""
-    if values.dtype != np.int32:
+    """`_narrow` undone: an int16 / int32 column back to int64, its largest value to `NEVER`."""
+    if values.dtype not in _COMPACT_TYPES:
         return values
     wide = values.astype(np.int64)
-    wide[values == _NEVER32] = NEVER
+    wide[values == np.iinfo(values.dtype).max] = NEVER
     return wide
+
+
+def _clip_day(values: np.ndarray, day: int) -> int:
+    """`day` clipped into the range of a compact column's type: a search or comparison of the
+    column's known values against it answers as against `day` (they lie strictly inside)."""
+    if values.dtype not in _COMPACT_TYPES:
+        return day
+    info = np.iinfo(values.dtype)
+    return min(max(day, int(info.min)), int(info.max))
+
+
+def _paid_after(paid: np.ndarray, day: int) -> np.ndarray:
+    """`paid > day` for a (possibly compact) payment-day column, `NEVER` (never paid) being
+    after every day."""
+    if paid.dtype in _COMPACT_TYPES and day >= np.iinfo(paid.dtype).max:
+        return paid == np.iinfo(paid.dtype).max  # only the unpaid lie after such a day
+    return paid > _clip_day(paid, day)
 
 
 @dataclass(frozen=True)
@@ -518,9 +540,9 @@ class _Side:
     455 days, paid in the last 365 days or still open), with their age buckets."""
 
     def __init__(self, sides: Sides, n: int, t: int) -> None:
-        lo = int(np.searchsorted(sides.issue, t - 455, side="right"))
-        hi = int(np.searchsorted(sides.issue, t, side="right"))
-        old = np.flatnonzero(sides.paid[:lo] > t - 365)  # paid in the last year or still open
+        lo = int(np.searchsorted(sides.issue, _clip_day(sides.issue, t - 455), side="right"))
+        hi = int(np.searchsorted(sides.issue, _clip_day(sides.issue, t), side="right"))
+        old = np.flatnonzero(_paid_after(sides.paid[:lo], t - 365))  # paid in the last year or open
         v = sides.take(np.concatenate([old, np.arange(lo, hi)]))
         self.v, self.n, self.t = v, n, t
         self.open = v.paid > t
