@@ -86,7 +86,8 @@ def _lookup(ids: pd.Series) -> pd.Index:
 def _positions(lookup: pd.Index, ids: pd.Series) -> np.ndarray:
     """Position of each id in `lookup` (int64); -1 where absent or missing."""
     values = pd.Series(ids).astype("object")
-    return lookup.get_indexer(values.where(values.notna(), None)).astype(np.int64, copy=False)
+    known = pd.Index(values.where(values.notna(), None), dtype=object)
+    return lookup.get_indexer(known).astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True)
@@ -428,9 +429,23 @@ def build_reference(tables: Tables) -> Reference:
     issue_at = inv["issue_date"].to_numpy(dtype="datetime64[ns]")
     day = to_days(np.concatenate([issue_at[a], issue_at[b]]))
     del a, b
-    order = np.lexsort((day, pair))
-    pair, day = pair[order], day[order]
-    del order
+    # sorted by (pair, day): one int64 key sorted in place where it fits (no index array and no
+    # reordered copies beside the originals: these are the build's largest arrays)
+    fit = _pair_day_span(pair, day)
+    if fit is None:
+        order = np.lexsort((day, pair))
+        pair, day = pair[order], day[order]
+        del order
+    else:
+        first, span = fit
+        key = pair * span
+        del pair
+        key += day - first
+        del day
+        key.sort()
+        pair, day = np.divmod(key, span)
+        del key
+        day += first
     p_pair, p_start, p_end = _merge_runs(pair, day, PEER_WINDOW_DAYS)
 
     # default intervals per SME, intersected with each of its peer intervals
@@ -472,6 +487,17 @@ def build_reference(tables: Tables) -> Reference:
         ),
         financial_columns=tuple(financial_columns(tables)),
     )
+
+
+def _pair_day_span(pair: np.ndarray, day: np.ndarray) -> tuple[int, int] | None:
+    """(first day, span) such that `pair * span + (day - first)` orders (pair, day) rows as a
+    lexsort does and fits int64; None where it would not fit."""
+    if len(day) == 0:
+        return None
+    first, span = int(day.min()), int(day.max()) - int(day.min()) + 1
+    if int(pair.min()) < 0 or int(pair.max()) >= (2**62) // span:
+        return None
+    return first, span
 
 
 def _role_maps(ent_ids: pa.Array, members: pa.Array) -> np.ndarray:
