@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.catalog import Feature, catalog_for, financial_columns
 from features.contract import ENTERPRISES, Tables
@@ -47,7 +48,6 @@ from features.own import (
     Prepared,
     _codes,
     _id_array,
-    _sorted_positions,
     day_of,
     own_features,
     prepare,
@@ -75,6 +75,19 @@ def _merge_runs(group: np.ndarray, day: np.ndarray, span: int) -> tuple[np.ndarr
     starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], len(day)] - 1
     return group[starts], day[starts], day[ends] + span
+
+
+def _lookup(ids: pd.Series) -> pd.Index:
+    """Distinct non-missing ids, sorted, as an object Index (positions by `_positions`)."""
+    distinct = pd.unique(ids.dropna().astype("object").to_numpy())
+    return pd.Index(sorted(str(i) for i in distinct), dtype=object)
+
+
+def _positions(lookup: pd.Index, ids: pd.Series) -> np.ndarray:
+    """Position of each id in `lookup` (int64); -1 where absent or missing."""
+    values = pd.Series(ids).astype("object")
+    known = pd.Index(values.where(values.notna(), None), dtype=object)
+    return lookup.get_indexer(known).astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True)
@@ -128,10 +141,32 @@ class Reference:
 
     # ---- query indexes (built on first use)
     @cached_property
-    def _payments_index(self) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _core_lookup(self) -> pd.Index:
+        """Every core id of the payments and intervals, sorted: a query's cores are coded once
+        into it (the hash table is built once and kept by the index)."""
+        ids = pd.concat(
+            [self.core_payments["core_id"], self.peer_intervals["core_id"],
+             self.default_intervals["core_id"]],
+            ignore_index=True,
+        )  # fmt: skip
+        return _lookup(ids)
+
+    @cached_property
+    def _sme_lookup(self) -> pd.Index:
+        """Every SME id of the intervals, sorted (see `_core_lookup`)."""
+        ids = pd.concat(
+            [self.peer_intervals["sme_id"], self.default_intervals["sme_id"]], ignore_index=True
+        )
+        return _lookup(ids)
+
+    def _core_codes(self, core_ids: pd.Series) -> np.ndarray:
+        """Position of each core id in `_core_lookup`; -1 where unknown or missing."""
+        return _positions(self._core_lookup, core_ids)
+
+    @cached_property
+    def _payments_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         cp = self.core_payments
-        cores = _id_array(sorted(pd.unique(cp["core_id"]).tolist()))
-        code = _codes(cp["core_id"], cores)
+        code = self._core_codes(cp["core_id"])
         day = to_days(cp["paid_date"])
         order = np.lexsort((day, code))
         code, day = code[order], day[order]
@@ -146,7 +181,6 @@ class Reference:
         cum = frame.groupby("code", sort=False)[["amount", "amount_days", "invoices"]].cumsum()
         keys = code * _KEY + day + _SHIFT
         return (
-            cores,
             keys,
             cum["amount"].to_numpy(float),
             cum["amount_days"].to_numpy(float),
@@ -154,12 +188,11 @@ class Reference:
         )
 
     @cached_property
-    def _peer_index(self) -> dict[str, tuple[pa.Array, np.ndarray, np.ndarray]]:
-        """Per interval kind: core ids, sorted (core, day) event keys, count after each event."""
+    def _peer_index(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per interval kind: sorted (core, day) event keys, count after each event."""
         out = {}
         for kind, frame in (("peer", self.peer_intervals), ("default", self.default_intervals)):
-            cores = _id_array(sorted(pd.unique(frame["core_id"]).tolist()))
-            code = _codes(frame["core_id"], cores)
+            code = self._core_codes(frame["core_id"])
             start, end = to_days(frame["start"]), to_days(frame["end"])
             ev_code = np.concatenate([code, code])
             ev_day = np.concatenate([start, end])
@@ -167,29 +200,36 @@ class Reference:
             order = np.lexsort((ev_day, ev_code))
             ev_code, ev_day, delta = ev_code[order], ev_day[order], delta[order]
             counts = pd.Series(delta).groupby(ev_code).cumsum().to_numpy(np.int64)
-            out[kind] = (cores, ev_code * _KEY + ev_day + _SHIFT, counts)
+            out[kind] = (ev_code * _KEY + ev_day + _SHIFT, counts)
         return out
 
     @cached_property
-    def _pair_index(self) -> dict[str, tuple[pa.Array, np.ndarray, np.ndarray]]:
-        """Per interval kind: (core, sme) pair ids, sorted (pair, start) keys, interval ends."""
+    def _pair_index(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per interval kind: (core, sme) pair numbers (`_pair_numbers`) sorted, sorted (pair,
+        start) keys (pair = position among those numbers), interval ends."""
         out = {}
         for kind, frame in (("peer", self.peer_intervals), ("default", self.default_intervals)):
-            pair = frame["core_id"].astype("str") + "\x1f" + frame["sme_id"].astype("str")
-            pairs = _id_array(sorted(pd.unique(pair).tolist()))
-            code = _codes(pair, pairs)
+            number = self._pair_numbers(
+                self._core_codes(frame["core_id"]), _positions(self._sme_lookup, frame["sme_id"])
+            )
+            pairs = np.unique(number)
+            code = np.searchsorted(pairs, number)
             start, end = to_days(frame["start"]), to_days(frame["end"])
             keys = code * _KEY + start + _SHIFT
             order = np.argsort(keys, kind="stable")
             out[kind] = (pairs, keys[order], end[order])
         return out
 
+    def _pair_numbers(self, core: np.ndarray, sme: np.ndarray) -> np.ndarray:
+        """(core code, SME code) -> one int64 per pair; -1 where either is unknown (-1)."""
+        number = core.astype(np.int64) * max(len(self._sme_lookup), 1) + sme
+        return np.where((core >= 0) & (sme >= 0), number, -1)
+
     # ---- point-in-time queries (vectorised over rows)
     def _window_sums(
-        self, core_ids: pd.Series, t: int, w: int
+        self, code: np.ndarray, t: int, w: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cores, keys, amount, amount_days, invoices = self._payments_index
-        code = _codes(core_ids, cores)
+        keys, amount, amount_days, invoices = self._payments_index
 
         def at(day: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             pos = np.searchsorted(keys, code * _KEY + day + _SHIFT, side="right") - 1
@@ -211,7 +251,10 @@ class Reference:
     def core_days_to_pay(self, core_ids: pd.Series, t: int, w: int) -> np.ndarray:
         """Amount-weighted days from invoice to payment of the cores' supplier invoices paid in
         (t - w, t]; NaN for unknown cores or no payment in the window."""
-        amount, amount_days, count = self._window_sums(core_ids, t, w)
+        return self._days_to_pay(self._core_codes(core_ids), t, w)
+
+    def _days_to_pay(self, code: np.ndarray, t: int, w: int) -> np.ndarray:
+        amount, amount_days, count = self._window_sums(code, t, w)
         out = np.full(len(amount), np.nan)
         ok = count > 0
         out[ok] = amount_days[ok] / amount[ok]
@@ -219,13 +262,15 @@ class Reference:
 
     def payment_stress(self, core_ids: pd.Series, t: int) -> np.ndarray:
         """A core's days to pay its suppliers in the last 90 days minus its 365-day baseline."""
-        return self.core_days_to_pay(core_ids, t, STRESS_RECENT_DAYS) - self.core_days_to_pay(
-            core_ids, t, STRESS_BASELINE_DAYS
+        return self._stress(self._core_codes(core_ids), t)
+
+    def _stress(self, code: np.ndarray, t: int) -> np.ndarray:
+        return self._days_to_pay(code, t, STRESS_RECENT_DAYS) - self._days_to_pay(
+            code, t, STRESS_BASELINE_DAYS
         )
 
-    def _count(self, kind: str, core_ids: pd.Series, t: int) -> np.ndarray:
-        cores, keys, counts = self._peer_index[kind]
-        code = _codes(core_ids, cores)
+    def _count(self, kind: str, code: np.ndarray, t: int) -> np.ndarray:
+        keys, counts = self._peer_index[kind]
         if len(keys) == 0:
             return np.zeros(len(code), dtype=np.int64)
         pos = np.searchsorted(keys, code * _KEY + t + _SHIFT, side="right") - 1
@@ -233,11 +278,12 @@ class Reference:
         ok = (code >= 0) & (pos >= 0) & (keys[safe] // _KEY == code)
         return np.where(ok, counts[safe], 0)
 
-    def _member(self, kind: str, core_ids: pd.Series, sme_ids: pd.Series, t: int) -> np.ndarray:
+    def _member(self, kind: str, pair: np.ndarray, t: int) -> np.ndarray:
         pairs, keys, ends = self._pair_index[kind]
-        code = _codes(core_ids.astype("str") + "\x1f" + sme_ids.astype("str"), pairs)
         if len(keys) == 0:
-            return np.zeros(len(code), dtype=bool)
+            return np.zeros(len(pair), dtype=bool)
+        at = np.minimum(np.searchsorted(pairs, pair), len(pairs) - 1)
+        code = np.where((pair >= 0) & (pairs[at] == pair), at, -1)
         pos = np.searchsorted(keys, code * _KEY + t + _SHIFT, side="right") - 1
         safe = np.maximum(pos, 0)
         ok = (code >= 0) & (pos >= 0) & (keys[safe] // _KEY == code) & (t < ends[safe])
@@ -246,14 +292,25 @@ class Reference:
     def peer_default_share(self, core_ids: pd.Series, sme_ids: pd.Series, t: int) -> np.ndarray:
         """Share of the other SMEs trading with each core in (t - 365, t] that had a default in
         (t - 365, t]; the SME itself is left out. NaN without a core or without other SMEs."""
-        peers = self._count("peer", core_ids, t) - self._member("peer", core_ids, sme_ids, t)
-        defaulted = self._count("default", core_ids, t) - self._member(
-            "default", core_ids, sme_ids, t
-        )
+        code = self._core_codes(core_ids)
+        return self._default_share(code, _positions(self._sme_lookup, sme_ids), t)
+
+    def _default_share(self, code: np.ndarray, sme: np.ndarray, t: int) -> np.ndarray:
+        pair = self._pair_numbers(code, sme)
+        peers = self._count("peer", code, t) - self._member("peer", pair, t)
+        defaulted = self._count("default", code, t) - self._member("default", pair, t)
         out = np.full(len(peers), np.nan)
-        ok = (peers > 0) & core_ids.notna().to_numpy()
+        ok = (peers > 0) & (code >= 0)
         out[ok] = defaulted[ok] / peers[ok]
         return out
+
+    def network_features(
+        self, core_ids: pd.Series, sme_ids: pd.Series, t: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(`payment_stress`, `peer_default_share`) of rows at day `t`, the ids coded once."""
+        code = self._core_codes(core_ids)
+        sme = _positions(self._sme_lookup, sme_ids)
+        return self._stress(code, t), self._default_share(code, sme, t)
 
     @cached_property
     def _counterparties(self) -> Counterparties:
@@ -310,27 +367,42 @@ def build_reference(tables: Tables) -> Reference:
     sme_universe = _id_array(sorted(roles.index[roles == "sme"].tolist()))
 
     inv = tables.invoices
-    order = _sorted_positions(inv, ["invoice_id"])  # canonical order: sums do not depend on
-    issue = to_days(inv["issue_date"])[order]  # the rows' order in the file
-    paid = (to_days(inv["paid_date"]) if "paid_date" in inv else np.full(len(inv), NEVER))[order]
-    amount = inv["amount"].to_numpy(float)[order]
-    seller_core = _codes(inv["seller_id"], core_ids)[order]
-    buyer_core = _codes(inv["buyer_id"], core_ids)[order]
-    seller_sme = _codes(inv["seller_id"], sme_universe)[order]
-    buyer_sme = _codes(inv["buyer_id"], sme_universe)[order]
+    # each side coded once into every enterprise id, then mapped to its core / SME code (int32:
+    # these arrays span every invoice)
+    ent_ids = _id_array(sorted(set(roles.index.tolist())))
+    core_of, sme_of = _role_maps(ent_ids, core_ids), _role_maps(ent_ids, sme_universe)
+    seller = _codes(inv["seller_id"], ent_ids, np.int32)
+    seller_core, seller_sme = core_of[seller], sme_of[seller]
+    del seller
+    buyer = _codes(inv["buyer_id"], ent_ids, np.int32)
+    buyer_core, buyer_sme = core_of[buyer], sme_of[buyer]
+    del buyer
 
-    # a core's payments to its suppliers, summed per (core, payment day), canonical order
-    m = (buyer_core >= 0) & (paid < NEVER)
+    # a core's payments to its suppliers, summed per (core, payment day) in canonical order
+    # (by invoice id: sums do not depend on the rows' order in the file)
+    paid_at = (
+        inv["paid_date"].to_numpy(dtype="datetime64[ns]")
+        if "paid_date" in inv
+        else np.full(len(inv), np.datetime64("NaT"), dtype="datetime64[ns]")
+    )
+    rows = np.flatnonzero((buyer_core >= 0) & ~np.isnat(paid_at))
+    rows = rows[_sorted_taken(inv["invoice_id"], rows)]
+    paid = to_days(paid_at[rows])
+    del paid_at
+    issued = to_days(inv["issue_date"].to_numpy(dtype="datetime64[ns]")[rows])
+    amount = inv["amount"].to_numpy(float)[rows]
     pay = pd.DataFrame(
         {
-            "core": buyer_core[m],
-            "day": paid[m],
-            "amount": amount[m],
-            "amount_days": amount[m] * (paid[m] - issue[m]),
-            "invoices": np.ones(int(m.sum()), dtype=np.int64),
+            "core": buyer_core[rows].astype(np.int64),
+            "day": paid,
+            "amount": amount,
+            "amount_days": amount * (paid - issued),
+            "invoices": np.ones(len(rows), dtype=np.int64),
         }
     )
+    del rows, paid, issued, amount
     daily = pay.groupby(["core", "day"], sort=True).sum().reset_index()
+    del pay
     core_list = np.asarray(core_ids.to_pylist(), dtype=object)
     core_payments = pd.DataFrame(
         {
@@ -342,16 +414,38 @@ def build_reference(tables: Tables) -> Reference:
         }
     )
 
-    # peer intervals: (core, sme) trading days, merged into [start, end)
-    a = (seller_core >= 0) & (buyer_sme >= 0)
-    b = (buyer_core >= 0) & (seller_sme >= 0)
+    # peer intervals: (core, sme) trading days, merged into [start, end) (the merge depends on
+    # the (pair, day) values only, not on the rows' order)
+    a = np.flatnonzero((seller_core >= 0) & (buyer_sme >= 0))
+    b = np.flatnonzero((buyer_core >= 0) & (seller_sme >= 0))
     n_sme = max(len(sme_universe), 1)
     pair = np.concatenate(
-        [seller_core[a] * n_sme + buyer_sme[a], buyer_core[b] * n_sme + seller_sme[b]]
-    ).astype(np.int64)
-    day = np.concatenate([issue[a], issue[b]])
-    order = np.lexsort((day, pair))
-    pair, day = pair[order], day[order]
+        [
+            seller_core[a].astype(np.int64) * n_sme + buyer_sme[a],
+            buyer_core[b].astype(np.int64) * n_sme + seller_sme[b],
+        ]
+    )
+    del seller_core, seller_sme, buyer_core, buyer_sme
+    issue_at = inv["issue_date"].to_numpy(dtype="datetime64[ns]")
+    day = to_days(np.concatenate([issue_at[a], issue_at[b]]))
+    del a, b
+    # sorted by (pair, day): one int64 key sorted in place where it fits (no index array and no
+    # reordered copies beside the originals: these are the build's largest arrays)
+    fit = _pair_day_span(pair, day)
+    if fit is None:
+        order = np.lexsort((day, pair))
+        pair, day = pair[order], day[order]
+        del order
+    else:
+        first, span = fit
+        key = pair * span
+        del pair
+        key += day - first
+        del day
+        key.sort()
+        pair, day = np.divmod(key, span)
+        del key
+        day += first
     p_pair, p_start, p_end = _merge_runs(pair, day, PEER_WINDOW_DAYS)
 
     # default intervals per SME, intersected with each of its peer intervals
@@ -393,6 +487,31 @@ def build_reference(tables: Tables) -> Reference:
         ),
         financial_columns=tuple(financial_columns(tables)),
     )
+
+
+def _pair_day_span(pair: np.ndarray, day: np.ndarray) -> tuple[int, int] | None:
+    """(first day, span) such that `pair * span + (day - first)` orders (pair, day) rows as a
+    lexsort does and fits int64; None where it would not fit."""
+    if len(day) == 0:
+        return None
+    first, span = int(day.min()), int(day.max()) - int(day.min()) + 1
+    if int(pair.min()) < 0 or int(pair.max()) >= (2**62) // span:
+        return None
+    return first, span
+
+
+def _role_maps(ent_ids: pa.Array, members: pa.Array) -> np.ndarray:
+    """For each position in `ent_ids`, the position of that id in `members` (-1 if not one),
+    plus a last entry -1: indexed by `_codes` into `ent_ids`, -1 (unknown) maps to -1."""
+    found = _codes(pd.Series(ent_ids.to_pylist(), dtype="str"), members, np.int32)
+    return np.append(found, np.int32(-1))
+
+
+def _sorted_taken(ids: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """Stable order of `ids` at `rows` (ascending): `rows[order]` is the order in which sorting
+    every row by id and keeping `rows` would list them."""
+    taken = pa.array(ids).take(pa.array(rows))
+    return pc.sort_indices(taken, sort_keys=[("", "ascending")]).to_numpy().astype(np.int64)
 
 
 def sme_ids_of(tables: Tables) -> list[str]:
@@ -445,8 +564,9 @@ def date_rows(
     main_core = own[META_MAIN_CORE]
     assert isinstance(main_core, pd.Series)
     sme_col = pd.Series(prepared.sme_ids, dtype="str")
-    own["main_core_payment_stress"] = reference.payment_stress(main_core, t)
-    own["peer_default_share_365d"] = reference.peer_default_share(main_core, sme_col, t)
+    stress, share = reference.network_features(main_core, sme_col, t)
+    own["main_core_payment_stress"] = stress
+    own["peer_default_share_365d"] = share
     columns: dict[str, object] = {
         "sme_id": sme_col,
         "as_of": pd.Series(np.repeat(_days_to_dates(np.array([t])), prepared.n)),

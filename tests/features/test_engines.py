@@ -18,7 +18,7 @@ from features.engines import (
     write_features,
 )
 from features.exceptions import FeatureError
-from features.own import NEVER, _narrow, _widen
+from features.own import NEVER, _clip_day, _narrow, _paid_after, _widen
 from features.pipeline import build_features, month_ends, write_panel
 from tests.support.tables import random_tables
 
@@ -124,22 +124,46 @@ def test_streamed_panel_dictionary_encodes_only_non_float_columns(tables, dates,
 def test_compact_columns_give_back_the_same_int64_values():
     days = np.array([19_000, NEVER, -5, 20_100, NEVER], dtype=np.int64)
     narrow = _narrow(days)
-    assert narrow.dtype == np.int32
+    assert narrow.dtype == np.int16
     assert _widen(narrow).dtype == np.int64
     np.testing.assert_array_equal(_widen(narrow), days)
+    # a value int16 cannot hold (or that would read as NEVER) takes int32
+    for values in ([0, 2**15 - 1, NEVER], [0, -(2**15)], [40_000, NEVER, 3]):
+        days = np.array(values, dtype=np.int64)
+        narrow = _narrow(days)
+        assert narrow.dtype == np.int32
+        np.testing.assert_array_equal(_widen(narrow), days)
     # a value int32 cannot hold (or that would read as NEVER) keeps the column int64
     for wide in ([0, 2**31 - 1], [0, -(2**31)], [0, 2**40 + 1]):
         kept = _narrow(np.array(wide, dtype=np.int64))
         assert kept.dtype == np.int64 and kept.tolist() == wide
 
 
+@pytest.mark.parametrize("kind", [np.int16, np.int32])
+def test_searches_in_compact_columns_answer_as_in_int64(kind):
+    """A day outside the compact type's range (an as-of date far from the SMEs' own days) is
+    clipped for searches, and an unpaid row is after every day, as `NEVER` is in int64."""
+    top = int(np.iinfo(kind).max)
+    issue = np.array([-top + 1, 5, 9, top - 1], dtype=np.int64)
+    paid = np.array([-top + 1, NEVER, 9, top - 1], dtype=np.int64)
+    narrow_issue, narrow_paid = issue.astype(kind), _narrow(paid)
+    assert narrow_paid.dtype == kind and _narrow(issue).dtype == kind
+    for day in (-(2**40), -top - 5, -top, 0, 5, 9, top - 1, top, top + 5, 2**40 - 1):
+        wide = int(np.searchsorted(issue, day, side="right"))
+        assert (
+            int(np.searchsorted(narrow_issue, _clip_day(narrow_issue, day), side="right")) == wide
+        )
+        np.testing.assert_array_equal(_paid_after(narrow_paid, day), paid > day)
+
+
 def test_prepared_sides_are_compact_and_take_the_int64_rows(tables):
     plan = prepare_panel(tables, ["2024-03-31"])
     recv = plan.parts[0].recv
-    assert recv.issue.dtype == recv.paid.dtype == recv.sme.dtype == np.int32
+    assert recv.issue.dtype == recv.paid.dtype == recv.sme.dtype == np.int16
     rows = recv.take(np.arange(len(recv.issue)))
     assert rows.paid.dtype == rows.sme.dtype == np.int64
-    assert (rows.paid == NEVER).any() and not (rows.paid == np.iinfo(np.int32).max).any()
+    assert (rows.paid == NEVER).any() and not (rows.paid == np.iinfo(np.int16).max).any()
+    np.testing.assert_array_equal(rows.paid, _widen(recv.paid))
 
 
 def test_streamed_panel_without_population_leaves_no_file(tables, tmp_path):
