@@ -185,7 +185,9 @@ class LoopCommits:
         if not self._answer(group, stored, error):
             self._next()  # no loop will: the thread goes on by itself
         if error is not None and not isinstance(error, Exception):
-            raise error
+            # its requests were cancelled (`_settle`); the thread lives on for the next groups
+            # (raised, it would end the thread and leave every later request waiting)
+            log.error("audit commit interrupted (%r): its requests were cancelled", error)
 
     def _answer(
         self,

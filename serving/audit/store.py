@@ -312,9 +312,7 @@ class AuditStore:
                 self.checkpoints.flush()
             except AuditUnavailable as exc:
                 log.error("no checkpoint at shutdown: %s", exc)
-        if self._append_conn is not None:
-            conn, self._append_conn = self._append_conn, None
-            conn.close()  # back to the pool, which the engine's dispose closes
+        self._close_append_conn()  # back to the pool, which the engine's dispose closes
         self._writer.dispose()
         if self._writer_turn is not None:
             self._writer_turn.close()
@@ -323,11 +321,25 @@ class AuditStore:
 
     def drop_all(self) -> None:
         """Drop this store's tables (tests with a per-run prefix)."""
-        if self._append_conn is not None:
-            conn, self._append_conn = self._append_conn, None
-            conn.close()
+        self._close_append_conn()
         self._md.drop_all(self._writer, checkfirst=True)
         self._schema_ready = False
+
+    def _close_append_conn(self) -> None:
+        """Close the connection the group commits keep (`_appending`) once no append of this
+        process holds it (its writers' lock, at most the lock timeout; closed all the same
+        after that, with a log line: an append still on it then fails and stores nothing)."""
+        local = self._local_writer
+        held = local is None or local.acquire(timeout=self.lock_timeout)
+        if not held:
+            log.error("closing the audit append connection while an append may still use it")
+        try:
+            if self._append_conn is not None:
+                conn, self._append_conn = self._append_conn, None
+                conn.close()
+        finally:
+            if held and local is not None:
+                local.release()
 
     @contextmanager
     def transaction(
@@ -395,9 +407,9 @@ class AuditStore:
         engine's own begin) and commit, on one pooled connection the appends keep between
         groups (appends take turns: `_turn`), run on the driver itself: a pool check-out and
         check-in and SQLAlchemy's begin and commit machinery per group cost more CPU than the
-        rest of a one-record commit but its fsync. As in `transaction`, a database error
-        discards the connection (the next group opens another) and any other error rolls the
-        transaction back; driver errors are raised as SQLAlchemy's."""
+        rest of a one-record commit but its fsync. Any error (a database error, as in
+        `transaction`, or any other) rolls back where it can and discards the connection: the
+        next group opens another; driver errors are raised as SQLAlchemy's."""
         if not self._sqlite:
             with self.transaction() as conn, DriverCursor(conn) as cursor:
                 yield cursor
@@ -416,7 +428,8 @@ class AuditStore:
                         cursor.end("ROLLBACK", raw.dbapi_connection.rollback)
                         raise
                     cursor.end("COMMIT", raw.dbapi_connection.commit)
-            except SQLAlchemyError:
+            except BaseException:  # a database error, or anything else between BEGIN and
+                # COMMIT: never reuse a connection whose transaction may still be open
                 self._append_conn = None
                 raw.invalidate()
                 raise

@@ -856,7 +856,7 @@ def performance_doc(table: pd.DataFrame, *, level: float = LEVEL) -> dict[str, A
             if ahead is not None and pd.notna(ahead)
             else f" (no time trend: the unseen reference months span fewer than "
             f"{TREND_MIN_SPAN} "
-            "months, or the trend's fit did not converge)"
+            "months, hold too few defaults for a fit, or the trend's fit did not converge)"
         )
         note = (
             f"CBPE on recalibrated PDs: labels drawn from logit PD' = "

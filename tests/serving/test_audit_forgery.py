@@ -289,15 +289,16 @@ def _as_the_tool_opens_it(store: AuditStore) -> AuditStore:
     return tool
 
 
-WRITER_APPENDS = 300
-"""Appends of two records the concurrent writer makes at most."""
+APPENDS_PER_VERIFY = 10
+"""Appends of two records the concurrent writer makes while each verification runs."""
 
 
 def test_verify_under_concurrent_writes_gives_no_false_alarm(signed: Signed) -> None:
     """20 verifications per store, each opened as the `audit verify` tool opens it, while a
-    writer appends and checkpoints: not one problem. The writer stops at `WRITER_APPENDS`
-    appends, so that each verification reads a bounded chain however fast the store appends
-    (unbounded, a fast writer grew the chain faster than 20 verifications could read it)."""
+    writer appends and checkpoints: not one problem. Each verification lets the writer make
+    `APPENDS_PER_VERIFY` appends as it starts, so that writes and reads overlap however fast
+    the store appends, and every verification reads a bounded chain (an unbounded writer grew
+    the chain faster than 20 verifications could read it)."""
     signed.store.checkpoints = CheckpointLog(
         signed.path,
         signed.signer,
@@ -307,14 +308,19 @@ def test_verify_under_concurrent_writes_gives_no_false_alarm(signed: Signed) -> 
     )
     signed.fill(3)
     stop = threading.Event()
+    rounds = threading.Semaphore(0)
     errors: list[BaseException] = []
 
     def writer() -> None:
         i = 0
         try:
-            while not stop.is_set() and i < 2 * WRITER_APPENDS:
-                signed.store.append([body(i), body(i + 1)])
-                i += 2
+            while True:
+                rounds.acquire()
+                if stop.is_set():
+                    return
+                for _ in range(APPENDS_PER_VERIFY):
+                    signed.store.append([body(i), body(i + 1)])
+                    i += 2
         except BaseException as exc:
             errors.append(exc)
 
@@ -323,6 +329,7 @@ def test_verify_under_concurrent_writes_gives_no_false_alarm(signed: Signed) -> 
     reports = []
     try:
         for _ in range(20):
+            rounds.release()  # the writer appends while this verification reads
             tool = _as_the_tool_opens_it(signed.store)
             try:
                 reports.append(tool.verify(public_keys=signed.keys, checkpoints=signed.path))
@@ -330,12 +337,15 @@ def test_verify_under_concurrent_writes_gives_no_false_alarm(signed: Signed) -> 
                 tool.dispose()
     finally:
         stop.set()
+        rounds.release()
         thread.join(30)
+    assert not thread.is_alive()
     assert not errors, errors
     assert len(reports) == 20
     bad = [r for r in reports if not r.ok]
     assert not bad, bad[0]
-    assert reports[-1].records > reports[0].records  # the writer really wrote meanwhile
+    # the writer's later rounds start only after the first verification ended: the last sees them
+    assert reports[-1].records > reports[0].records
 
 
 def test_a_checkpoint_is_written_at_shutdown(store: AuditStore, tmp_path: Path) -> None:

@@ -145,3 +145,43 @@ def test_a_commit_that_fails_before_it_takes_the_queue_fails_the_queue() -> None
     finally:
         commits.close()
     assert len(answers) == 3 and all(isinstance(a, AuditUnavailable) for a in answers)
+
+
+class Interrupted(BaseException):
+    """Not an `Exception`: what a commit interrupted by the interpreter raises."""
+
+
+def test_an_interrupted_commit_cancels_its_group_and_the_next_requests_are_committed() -> None:
+    """A commit that raises a BaseException cancels its own requests; the commit thread lives
+    on, so later requests are committed, not left waiting (review: raised, it ended the
+    thread)."""
+    calls: list[int] = []
+
+    def commit(
+        take: Callable[[], Sequence[tuple[Sequence[Any], Any]]],
+    ) -> list[list[dict[str, Any]]]:
+        groups = take()
+        calls.append(len(groups))
+        if len(calls) == 1:
+            raise Interrupted()
+        return [[{"decision": d} for d in ds] for ds, _ in groups]
+
+    commits = LoopCommits(commit)
+
+    async def run() -> tuple[BaseException | None, list[dict[str, Any]]]:
+        first = asyncio.ensure_future(commits.record(["a"], "k"))
+        cancelled: BaseException | None = None
+        try:
+            await first
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+        later = await asyncio.wait_for(commits.record(["b"], "k"), timeout=30)
+        return cancelled, later
+
+    try:
+        cancelled, later = asyncio.run(run())
+    finally:
+        commits.close()
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert later == [{"decision": "b"}]
+    assert calls == [1, 1]
