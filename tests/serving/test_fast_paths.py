@@ -214,6 +214,19 @@ def _sides_as_before(model: Any, M: np.ndarray, wanted: list[tuple[int, str, Any
     return out
 
 
+def _near_splits(cuts: list[float], *also: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A feature's value where its sides change: on a split, just above one, anywhere around
+    them, or missing (and whatever `also` draws)."""
+    cuts = cuts or [0.0]
+    return st.one_of(
+        st.sampled_from(cuts),
+        st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
+        st.floats(min(cuts) - 10, max(cuts) + 10),
+        st.none(),
+        *also,
+    )
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> None:
@@ -230,15 +243,7 @@ def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> No
         for name in view.names:
             if view.features[name].kind == "categorical":
                 continue
-            cuts = view.splits[name].tolist() or [0.0]
-            row[name] = data.draw(
-                st.one_of(
-                    st.sampled_from(cuts),
-                    st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
-                    st.floats(min(cuts) - 10, max(cuts) + 10),
-                    st.none(),
-                )
-            )
+            row[name] = data.draw(_near_splits(view.splits[name].tolist()))
         rows.append(row)
     M = model.records_matrix(rows)
     wanted = [
@@ -622,16 +627,8 @@ def test_a_batchs_reasons_are_the_services(scoring_model: Any, data: st.DataObje
                 known = list(model.categories[name])
                 row[name] = data.draw(st.one_of(st.sampled_from(known), st.just("wood"), st.none()))
                 continue
-            cuts = view.splits[name].tolist() or [0.0]
-            row[name] = data.draw(
-                st.one_of(
-                    st.sampled_from(cuts),
-                    st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
-                    st.floats(min(cuts) - 10, max(cuts) + 10),
-                    st.sampled_from([0.0, -0.0]),
-                    st.none(),
-                )
-            )
+            zeros = st.sampled_from([0.0, -0.0])
+            row[name] = data.draw(_near_splits(view.splits[name].tolist(), zeros))
         rows.append(row)
     rows += rows[: data.draw(st.integers(0, n_rows))]  # repeated values
     meta = [(f"S{i}", scoring.date(2025, 1, 31), "batch", "") for i in range(len(rows))]
