@@ -189,7 +189,7 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs], *, threads: int = 1) 
     firsts = [r[0] if r else None for r in ex.reasons]
     what_ifs = _what_ifs(model, rows, firsts, ex.grades, ex.M, threads=threads, leaves=ex.leaves)
     bands = {g: grade_band(model, g) for g in set(ex.grades)}
-    names, method = ex.names, served.explain_method
+    names, method, info = ex.names, served.explain_method, served.info
     return [
         Decision(
             sme_id=x.sme_id,
@@ -203,7 +203,7 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs], *, threads: int = 1) 
             score=ex.score[i],
             grade=ex.grades[i],
             reasons=ex.reasons[i],
-            model=dict(served.info),
+            model=dict(info),
             explain_method=method,
             coverage=x.coverage,
             allow_sparse=x.allow_sparse,
