@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
@@ -174,32 +175,156 @@ def score_many(
 def decide(served: ServedModel, inputs: Sequence[_Inputs], *, threads: int = 1) -> list[Decision]:
     """Explain prepared inputs (see `prepare`) with one call: one decision each, in order.
     ``threads`` > 1: the fast engine's TreeSHAP and what-if margins of a large batch are
-    split over that many threads (the same values)."""
+    split over that many threads (the same values).
+
+    The decisions `explain_rows` and `improvements` give, each built once. A batch's reasons
+    are found column by column (`matrix_reasons`) and its side and what-if probes start from
+    the rows' leaf values (the fast engine's, kept by its explanation): the same reasons and
+    what-ifs (tests/serving/test_scoring_batch.py)."""
     if not inputs:
         return []
     model = served.model
-    decisions, M = explain_rows(
-        model,
-        [x.features for x in inputs],
-        method=served.explain_method,
-        model_info=served.info,
-        meta=[(x.sme_id, x.as_of, x.mode, x.inputs_hash) for x in inputs],
-        threads=threads,
-    )
-    what_ifs = improvements(model, [x.features for x in inputs], decisions, M, threads=threads)
-    bands = {g: grade_band(model, g) for g in {d.grade for d in decisions}}
+    rows = [x.features for x in inputs]
+    ex = _explain(model, rows, method=served.explain_method, threads=threads, batch=len(rows) > 1)
+    firsts = [r[0] if r else None for r in ex.reasons]
+    what_ifs = _what_ifs(model, rows, firsts, ex.grades, ex.M, threads=threads, leaves=ex.leaves)
+    bands = {g: grade_band(model, g) for g in set(ex.grades)}
+    names, method, info = ex.names, served.explain_method, served.info
     return [
-        replace(
-            d,
+        Decision(
+            sme_id=x.sme_id,
+            as_of=x.as_of,
+            mode=x.mode,
+            inputs_hash=x.inputs_hash,
+            features=ex.values[i],
+            contributions=dict(zip(names, ex.points[i], strict=True)),
+            base_points=ex.base[i],
+            pd=ex.pd[i],
+            score=ex.score[i],
+            grade=ex.grades[i],
+            reasons=ex.reasons[i],
+            model=dict(info),
+            explain_method=method,
             coverage=x.coverage,
             allow_sparse=x.allow_sparse,
             features_as_of=x.features_as_of,
-            grade_band=bands[d.grade],
-            improvement=what_if,
+            grade_band=bands[ex.grades[i]],
+            improvement=what_ifs[i],
             input=x.input,
         )
-        for d, x, what_if in zip(decisions, inputs, what_ifs, strict=True)
+        for i, x in enumerate(inputs)
     ]
+
+
+@dataclass(frozen=True)
+class _Explained:
+    """Rows explained (`_explain`): the matrix, each row's recorded values, reasons and the
+    explanation's numbers as Python lists; the leaf values when the fast engine kept them."""
+
+    M: np.ndarray
+    names: list[str]
+    values: list[dict[str, float | str | None]]
+    reasons: list[tuple[Reason, ...]]
+    points: list[list[float]]
+    base: list[float]
+    pd: list[float]
+    score: list[float]
+    grades: list[str]
+    leaves: np.ndarray | None
+
+
+def _explain(
+    model: ScoringModel,
+    rows: Sequence[dict[str, Any]],
+    *,
+    method: str,
+    threads: int = 1,
+    batch: bool = False,
+) -> _Explained:
+    """Explain feature rows ({feature: value}, any subset): `explain_rows` without its
+    decisions. ``batch``: the reasons come from `matrix_reasons` (the fast engine's leaf
+    values kept for its side probes and for the caller's what-ifs) wherever each driver's value
+    read back from the matrix is the value as recorded (always, but for values the matrix
+    holds as another type, e.g. a numeric string): else from `_driver_reasons`, as a single
+    row's."""
+    from training.exceptions import ModelInputError
+
+    keep = batch and method == "fast"
+    try:
+        M = model.records_matrix(rows)
+        expl = model.explain_matrix(M, method, threads=threads, leaves=keep)
+    except ModelInputError as exc:
+        raise InvalidInput(("features",), str(exc)) from exc
+    names = _view(model).names
+    values = recorded_values(model, rows)
+    points = expl.point_values  # the model's feature order, as `names`
+    reasons = (
+        _batch_reasons(model, M, points, values, leaves=expl.leaves, threads=threads)
+        if batch
+        else None
+    )
+    if reasons is None:
+        reasons = _driver_reasons(
+            model,
+            M,
+            points,
+            lambda rows, cols: [
+                values[i][names[j]] for i, j in zip(rows.tolist(), cols.tolist(), strict=True)
+            ],
+            threads=threads,
+        )
+    # Python numbers once for the batch (the same values as float() of each numpy element)
+    return _Explained(
+        M=M,
+        names=names,
+        values=values,
+        reasons=reasons,
+        points=points.tolist(),
+        base=expl.base_points.tolist(),
+        pd=expl.pd.tolist(),
+        score=expl.score.tolist(),
+        grades=[str(g) for g in expl.grade.tolist()],
+        leaves=expl.leaves,
+    )
+
+
+def _batch_reasons(
+    model: ScoringModel,
+    M: np.ndarray,
+    points: np.ndarray,
+    values: Sequence[dict[str, float | str | None]],
+    *,
+    leaves: np.ndarray | None,
+    threads: int,
+) -> list[tuple[Reason, ...]] | None:
+    """Each row's reasons from `matrix_reasons`, or None when a driver's value read back from
+    the matrix is not the recorded one (same type, value and sign): then its text could differ
+    from `_driver_reasons`', which the caller uses instead."""
+    found = matrix_reasons(model, M, points, leaves=leaves, threads=threads)
+    out: list[list[Reason]] = [[] for _ in range(len(points))]
+    for i, code, name, value, p, text in zip(
+        found.rows,
+        found.codes,
+        found.features,
+        found.values,
+        found.points,
+        found.texts,
+        strict=True,
+    ):
+        recorded = values[i][name]
+        if not _same_value(recorded, value):
+            return None
+        out[i].append(Reason(code, name, recorded, p, text))
+    return [tuple(r) for r in out]
+
+
+def _same_value(a: float | str | None, b: float | str | None) -> bool:
+    """Whether two recorded values are written alike (None, or one type, value and sign)."""
+    if a is None or b is None:
+        return a is b
+    if type(a) is not type(b) or a != b:
+        return False
+    return isinstance(a, str) or a != 0.0 or math.copysign(1.0, a) == math.copysign(1.0, b)  # type: ignore[arg-type]
 
 
 def explain_rows(
@@ -213,49 +338,28 @@ def explain_rows(
 ) -> tuple[list[Decision], np.ndarray]:
     """Explain feature rows ({feature: value}, any subset) and build one `Decision` per row
     (``meta``: sme_id, as_of, mode, inputs hash of each row); also the matrix it explained (one
-    row per input, for the what-if). ``threads``: as `ScoringModel.explain_matrix`."""
-    from training.exceptions import ModelInputError
-
-    try:
-        M = model.records_matrix(rows)
-        expl = model.explain_matrix(M, method, threads=threads)
-    except ModelInputError as exc:
-        raise InvalidInput(("features",), str(exc)) from exc
-    names = _view(model).names
-    values = recorded_values(model, rows)
-    points = expl.point_values  # the model's feature order, as `names`
-    reasons = _driver_reasons(
-        model,
-        M,
-        points,
-        lambda rows, cols: [
-            values[i][names[j]] for i, j in zip(rows.tolist(), cols.tolist(), strict=True)
-        ],
-        threads=threads,
-    )
-    # Python numbers once for the batch (the same values as float() of each numpy element)
-    point_rows, base = points.tolist(), expl.base_points.tolist()
-    pd_, score_, grade = expl.pd.tolist(), expl.score.tolist(), expl.grade.tolist()
-    decisions: list[Decision] = []
-    for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta):
-        decisions.append(
-            Decision(
-                sme_id=sme_id,
-                as_of=as_of,
-                mode=mode,
-                inputs_hash=inputs_hash,
-                features=values[i],
-                contributions=dict(zip(names, point_rows[i], strict=True)),
-                base_points=base[i],
-                pd=pd_[i],
-                score=score_[i],
-                grade=str(grade[i]),
-                reasons=reasons[i],
-                model=dict(model_info),
-                explain_method=method,
-            )
+    row per input, for the what-if). ``threads``: as `ScoringModel.explain_matrix`. The
+    reasons are found row by row (`_driver_reasons`), whatever the number of rows."""
+    ex = _explain(model, rows, method=method, threads=threads)
+    decisions = [
+        Decision(
+            sme_id=sme_id,
+            as_of=as_of,
+            mode=mode,
+            inputs_hash=inputs_hash,
+            features=ex.values[i],
+            contributions=dict(zip(ex.names, ex.points[i], strict=True)),
+            base_points=ex.base[i],
+            pd=ex.pd[i],
+            score=ex.score[i],
+            grade=ex.grades[i],
+            reasons=ex.reasons[i],
+            model=dict(model_info),
+            explain_method=method,
         )
-    return decisions, M
+        for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta)
+    ]
+    return decisions, ex.M
 
 
 @dataclass(frozen=True)
@@ -278,6 +382,7 @@ def matrix_reasons(
     points: np.ndarray,
     *,
     leaves: np.ndarray | None = None,
+    threads: int = 1,
 ) -> ReasonColumns:
     """The reasons of each row of the model's matrix `M` (`ScoringModel.matrix`) given its
     points: those `explain_rows` gives the same rows (tests/serving/test_fast_paths.py), the
@@ -285,7 +390,7 @@ def matrix_reasons(
     for missing). For batches, where nothing needs each row's values as a dict: the drivers,
     values and sides are found with array operations (`_high_sides`; ``leaves``: the rows' leaf
     values, `Explanation.leaves`, so that the side probes need not route the rows again), and
-    each distinct (feature, code, value) is written once."""
+    each distinct (feature, code, value) is written once. ``threads``: as `_high_sides`."""
     from features.catalog import format_value
 
     view = _view(model)
@@ -300,7 +405,9 @@ def matrix_reasons(
     free = number & (direction == 0)
     high = direction > 0
     if free.any():
-        high[free] = _high_sides(model, M, rows[free], cols[free], x[free], leaves=leaves)
+        high[free] = _high_sides(
+            model, M, rows[free], cols[free], x[free], leaves=leaves, threads=threads
+        )
     # the code of each reason: 0 MISSING, 1 CATEGORY, 2 HIGH, 3 LOW
     side = np.where(missing, 0, np.where(categorical, 1, np.where(high, 2, 3))).tolist()
     sides: tuple[ReasonSide, ...] = ("MISSING", "CATEGORY", "HIGH", "LOW")
@@ -689,10 +796,12 @@ def _margins_varying(
     asks: Sequence[tuple[int, str, Sequence[float]]],
     *,
     threads: int = 1,
+    leaves: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """For each (row, feature, values): the raw margins of row `row` of `M` with that feature
     set to each of `values` (the others as they are), all through the compiled trees in one call
-    (`TreeShap.margin_varied`: each probe walks only the trees that split on its feature)."""
+    (`TreeShap.margin_varied`: each probe walks only the trees that split on its feature;
+    ``leaves``: `M`'s leaf values, when the caller has them)."""
     if not asks:
         return []
     engine = model.treeshap().with_threads(threads)
@@ -701,7 +810,7 @@ def _margins_varying(
     rows = np.repeat(np.array([r for r, _, _ in asks], dtype=np.intp), counts)
     cols = np.repeat(np.array([slots[n] for _, n, _ in asks], dtype=np.intp), counts)
     values = np.concatenate([np.asarray(v, np.float64) for _, _, v in asks])
-    margins = engine.margin_varied(M, rows, cols, values)
+    margins = engine.margin_varied(M, rows, cols, values, leaves=leaves)
     return [margins] if len(asks) == 1 else np.split(margins, np.cumsum(counts)[:-1])
 
 
@@ -884,21 +993,38 @@ def improvements(
     there is no reason). `values`: each row's features, `M`: their matrix; the candidate values
     go through the compiled trees in rounds (`_first_moves`), each row's stopping at its first
     grade up."""
+    firsts = [d.reasons[0] if d.reasons else None for d in decisions]
+    return _what_ifs(model, values, firsts, [d.grade for d in decisions], M, threads=threads)
+
+
+def _what_ifs(
+    model: ScoringModel,
+    values: Sequence[dict[str, Any]],
+    firsts: Sequence[Reason | None],
+    grades: Sequence[str],
+    M: np.ndarray,
+    *,
+    threads: int = 1,
+    leaves: np.ndarray | None = None,
+) -> list[dict[str, Any] | None]:
+    """`improvements` of rows given each one's top reason (`firsts`, None: no reason) and
+    grade; ``leaves``: `M`'s leaf values (`Explanation.leaves`), so that the candidates' probes
+    need not route the rows again (the same margins, `TreeShap.margin_varied`)."""
     from features.catalog import domain_of, format_value
 
     rank = {g: r for r, g in enumerate(model.master_scale.grades)}  # 0 = the best grade
     view = _view(model)
-    out: list[dict[str, Any] | None] = [None] * len(decisions)
+    out: list[dict[str, Any] | None] = [None] * len(firsts)
     asks: list[tuple[int, str, list[float]]] = []
-    for i, (row, decision) in enumerate(zip(values, decisions, strict=True)):
-        if not decision.reasons:
+    for i, (row, first, grade) in enumerate(zip(values, firsts, grades, strict=True)):
+        if first is None:
             continue
-        name = decision.reasons[0].feature
+        name = first.feature
         f = view.features[name]
-        base = {"feature": name, "from": decision.reasons[0].value, "to": None, "grade": None}
+        base = {"feature": name, "from": first.value, "to": None, "grade": None}
         value = row.get(name)
         out[i] = {**base, "text": "no change of this feature alone moves it up a grade"}
-        if rank[decision.grade] == 0:
+        if rank[grade] == 0:
             out[i] = {**base, "text": "already in the best grade"}
             continue
         if f.kind == "categorical" or f.direction == 0 or not _present(value):
@@ -920,7 +1046,7 @@ def improvements(
             candidates = np.nextafter(above[above < domain.high], np.inf).tolist()
         if candidates:
             asks.append((i, name, candidates))
-    moved = _first_moves(model, M, asks, [rank[d.grade] for d in decisions], rank, threads)
+    moved = _first_moves(model, M, asks, [rank[g] for g in grades], rank, threads, leaves)
     for a, (i, name, _) in enumerate(asks):
         if a in moved:  # the nearest
             to, grade = moved[a]
@@ -931,7 +1057,7 @@ def improvements(
                 "to": to,
                 "grade": grade,
                 "text": f"{verb} {name} from {format_value(f, current)} to "
-                f"{format_value(f, to)} would move the SME from {decisions[i].grade} to {grade}",
+                f"{format_value(f, to)} would move the SME from {grades[i]} to {grade}",
             }
     return out
 
@@ -943,6 +1069,7 @@ def _first_moves(
     ranks: Sequence[int],
     rank: dict[str, int],
     threads: int,
+    leaves: np.ndarray | None = None,
 ) -> dict[int, tuple[float, str]]:
     """For each ask (row, feature, candidates nearest first) of `improvements`: its first
     candidate whose grade ranks better than the row's (`ranks`, by row), with that grade; asks
@@ -950,14 +1077,14 @@ def _first_moves(
     `WHAT_IF_FIRST` of every ask, then windows twice as long, of the asks still without a
     move: most move within a few candidates of the nearest, so most of the candidates further
     out are never computed. Each margin is its row's alone (`_margins_varying`), so the answer
-    is the one of computing every candidate at once."""
+    is the one of computing every candidate at once (``leaves``: as `_margins_varying`)."""
     found: dict[int, tuple[float, str]] = {}
     pending = list(range(len(asks)))
     start, size = 0, WHAT_IF_FIRST
     while pending:
         stop = start + size
         part = [(asks[a][0], asks[a][1], asks[a][2][start:stop]) for a in pending]
-        margins = _margins_varying(model, M, part, threads=threads)
+        margins = _margins_varying(model, M, part, threads=threads, leaves=leaves)
         grades = _grades_of(model, np.concatenate(margins)).tolist()
         at, still = 0, []
         for a, (i, _, window) in zip(pending, part, strict=True):
