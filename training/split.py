@@ -67,6 +67,7 @@ class Split:
     cal_grow: np.ndarray  # fit rows before the calibration months (the calibration booster)
     cal: np.ndarray  # training rows of the calibration months (the calibration set)
     calibration_months: tuple[str, ...]  # empty: calibrate on cross-fitted margins instead
+    val_smes: int  # SMEs of the validation rows (`training.train.cross_fit_for` counts them)
     calibration_note: str = ""  # how the calibration set was chosen, and why, for the record
 
     @property
@@ -175,6 +176,7 @@ def make_split(
         cal_grow=cal_grow,
         cal=cal,
         calibration_months=cal_months,
+        val_smes=len(set(panel["sme_id"].to_numpy()[train_idx[val]])),
         calibration_note=cal_note,
     )
     for name in ("fit", "val", "oot"):
