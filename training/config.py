@@ -47,6 +47,10 @@ class TrainConfig:
     benchmark: bool = True  # train the benchmark scorecard on the same split (training.scorecard)
     val_fraction: float = 0.15  # share of training SMEs for early stopping and tuning
     calibration_folds: int = 5  # cross-fitting folds of the fit SMEs (unseen-SME metrics)
+    cross_fit: bool | None = None  # grow the `calibration_folds` cross-fitting boosters; None =
+    # by the data (`training.train.cross_fit_for`: fewer validation SMEs than
+    # `MIN_UNSEEN_VALIDATION_SMES`, no calibration months, or a regrown model); True / False:
+    # always / never (False needs calibration months). No effect on the served model.
     calibration_months: int = 6  # last training months held out to calibrate (training.split)
     embargo_days: int | None = None  # training rows need as_of + embargo <= first OOT as-of;
     # None = the label horizon (leak-free: no training label window reaches the OOT period)
@@ -98,6 +102,7 @@ class TrainConfig:
             "regrow": "by fit rows" if self.regrow is None else self.regrow,
             "val_fraction": self.val_fraction,
             "calibration_folds": self.calibration_folds,
+            "cross_fit": "by the data" if self.cross_fit is None else self.cross_fit,
             "calibration_months": self.calibration_months,
             "embargo_days": self.embargo,
             "horizon_days": self.horizon_days,
@@ -129,8 +134,9 @@ class Grown:
     best_iteration: int  # rounds early stopping on the validation SMEs chose (fit SMEs' booster)
     val_loss: float  # that booster's validation log loss at `best_iteration`
     margin: np.ndarray  # the model's margins of every matured row (positions of `data`)
-    oof: np.ndarray  # cross-fitted margins of the fit rows
-    unseen: np.ndarray  # OOT margins from boosters that never saw the row's SME
+    oof: np.ndarray  # cross-fitted margins of the fit rows (empty when not cross-fitted)
+    unseen: np.ndarray  # OOT margins from boosters that never saw the row's SME; NaN where
+    # no such booster was grown (not cross-fitted: OOT rows of fit SMEs)
     val_margin: np.ndarray  # validation rows' margins from a booster that never saw them (the
     # early-stopping booster when the model was regrown, else the model), on the model's scale
     cal_margin: np.ndarray  # calibration rows' margins on the model's scale (empty without
@@ -143,6 +149,17 @@ class Grown:
     rounds: int = 0  # rounds of the model's booster(s): `best_iteration`, or when regrown
     # `training.booster.regrown_rounds` of it
     rows: int = 0  # rows the model grew on (fit rows, or when regrown fit and validation rows)
+
+    @property
+    def cross_fitted(self) -> bool:
+        """Whether the cross-fitting boosters were grown (`oof` holds every fit row)."""
+        return bool(self.oof.size)
+
+    @property
+    def unseen_rows(self) -> np.ndarray:
+        """OOT rows (positions of `Split.oot`) whose SME a booster never saw: the rows the
+        unseen-SME figure stands on (every OOT row when cross-fitted)."""
+        return ~np.isnan(self.unseen)
 
 
 @dataclass(frozen=True)

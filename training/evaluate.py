@@ -71,14 +71,21 @@ def evaluate(
     for name, yy, pp in (("oot", y_oot, p_oot), ("val", y[split.val], p_val)):
         for key, value in m.summary(yy, pp, cfg.ece_bins).items():
             metrics[f"{key}_{name}"] = value
-    p_oof = np.asarray(expit(calibration.logodds(grown.oof)), dtype=np.float64)
-    for key, value in m.summary(y[split.fit], p_oof, cfg.ece_bins).items():
-        metrics[f"{key}_oof"] = value
-    p_unseen = np.asarray(expit(calibration.logodds(grown.unseen)), dtype=np.float64)
+    if grown.cross_fitted:  # else no `*_oof` metric: the validation report says why
+        p_oof = np.asarray(expit(calibration.logodds(grown.oof)), dtype=np.float64)
+        for key, value in m.summary(y[split.fit], p_oof, cfg.ece_bins).items():
+            metrics[f"{key}_oof"] = value
+    # the OOT rows whose SME a booster never saw: all of them when cross-fitted, else those of
+    # the validation SMEs and of SMEs new in the OOT months (`training.train.cross_fit_for`)
+    has = grown.unseen_rows
+    p_unseen = np.asarray(expit(calibration.logodds(grown.unseen[has])), dtype=np.float64)
     sme = data["sme_id"].to_numpy()
-    metrics["auc_oot_unseen_sme"] = m.auc(y_oot, p_unseen)
+    metrics["auc_oot_unseen_sme"] = m.auc(y_oot[has], p_unseen)
+    metrics["ece_oot_unseen_sme"] = m.ece(y_oot[has], p_unseen, cfg.ece_bins)
+    metrics["unseen_sme_rows"] = float(has.sum())  # what the two figures above stand on
+    metrics["unseen_sme_smes"] = float(len(set(sme[oot_idx[has]])))
+    metrics["unseen_sme_cross_fitted"] = 1.0 if grown.cross_fitted else 0.0
     metrics["oot_defaults_revealed_share"] = revealed_share(sme, y, split.train, oot_idx)
-    metrics["ece_oot_unseen_sme"] = m.ece(y_oot, p_unseen, cfg.ece_bins)
     metrics["best_iteration"] = float(grown.best_iteration)  # early stopping's choice
     metrics["model_regrown"] = 1.0 if grown.regrown else 0.0  # on fit and validation SMEs
     metrics["model_rounds"] = float(grown.rounds)  # the served booster's rounds (per booster)
@@ -130,7 +137,8 @@ def evaluate(
     say("explaining a sample of OOT rows")
     rng = np.random.default_rng(cfg.seed)
     sample = np.sort(rng.choice(len(oot), size=min(cfg.explain_rows, len(oot)), replace=False))
-    explanation = model.explain(oot.iloc[sample][[f.name for f in cat]])
+    # from LightGBM's matrix of those rows, already built (`model.explain` would build it again)
+    explanation = model.explain_matrix(X[oot_idx[sample]], index=oot.index[sample])
     importance = pd.DataFrame(
         {
             "feature": model.feature_names,

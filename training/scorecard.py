@@ -8,7 +8,10 @@ feature without one, in the direction of its rank correlation with the label; mi
 get their own bin. Categorical features get one bin per category seen in training. Each bin's
 weight of evidence ``ln((defaults_b + ½)/(D + ½) / ((goods_b + ½)/(G + ½)))`` replaces the value,
 features whose information value is below `min_iv` are dropped, and an L2 logistic regression
-on the WoE columns gives the PD.
+on the WoE columns gives the PD. The regression's matrix products run on one BLAS thread: on a
+busy 2-core machine two threads spent 2.8 times the CPU of one (2.16 s against 0.77 s, 177,000
+training rows of the 6,000-SME bench panel), and one thread makes the coefficients independent
+of the machine's core count (two threads moved them by up to 2e-13).
 
 (optbinning's solver would be the reference implementation, but its ortools dependency needs a
 protobuf older than the one this project pins; this is the same monotone binning by pooling.)
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
+from threadpoolctl import threadpool_limits
 
 from features.catalog import Feature
 
@@ -168,7 +172,8 @@ class Scorecard:
         if not self.binnings_:
             raise ValueError(f"no feature reaches an information value of {self.min_iv}")
         self.model_ = LogisticRegression(C=self.C, max_iter=1000, random_state=self.random_state)
-        self.model_.fit(self._woe(X), yy)
+        with threadpool_limits(limits=1, user_api="blas"):  # module docstring
+            self.model_.fit(self._woe(X), yy)
         return self
 
     def _woe(self, X: pd.DataFrame) -> np.ndarray:
@@ -178,4 +183,5 @@ class Scorecard:
         """PD of each row."""
         if not hasattr(self, "model_"):
             raise RuntimeError("Scorecard is not fitted: call fit first")
-        return np.asarray(self.model_.predict_proba(self._woe(X))[:, 1], dtype=np.float64)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return np.asarray(self.model_.predict_proba(self._woe(X))[:, 1], dtype=np.float64)

@@ -67,6 +67,7 @@ class Split:
     cal_grow: np.ndarray  # fit rows before the calibration months (the calibration booster)
     cal: np.ndarray  # training rows of the calibration months (the calibration set)
     calibration_months: tuple[str, ...]  # empty: calibrate on cross-fitted margins instead
+    val_smes: int  # SMEs of the validation rows (`training.train.cross_fit_for` counts them)
     calibration_note: str = ""  # how the calibration set was chosen, and why, for the record
 
     @property
@@ -79,8 +80,12 @@ class Split:
 
 
 def months(as_of: pd.Series) -> np.ndarray:
-    """The as-of month of each row, as "YYYY-MM"."""
-    return np.asarray(pd.to_datetime(as_of).dt.strftime("%Y-%m"), dtype=object)
+    """The as-of month of each row, as "YYYY-MM" (NaN for a missing date). Each distinct date
+    is formatted once: a panel holds a few dozen as-of dates over hundreds of thousands of rows
+    (formatting every row cost 0.4 s CPU on 230,000 rows, three calls per `fit`)."""
+    codes, dates = pd.factorize(pd.to_datetime(as_of), use_na_sentinel=False)
+    labels = np.asarray(pd.DatetimeIndex(dates).strftime("%Y-%m"), dtype=object)
+    return labels[codes]
 
 
 def out_of_time(
@@ -175,6 +180,7 @@ def make_split(
         cal_grow=cal_grow,
         cal=cal,
         calibration_months=cal_months,
+        val_smes=len(set(panel["sme_id"].to_numpy()[train_idx[val]])),
         calibration_note=cal_note,
     )
     for name in ("fit", "val", "oot"):

@@ -9,8 +9,11 @@ held-out training months (`training.split`: the last training months scored by a
 with the same settings and rounds on the earlier months, so the calibration rows stand to their
 booster as the OOT rows stand to the model); evaluate on the OOT months; verify monotonicity on
 real OOT rows. Cross-fitted margins (fold k of the fit SMEs scored by a booster grown without
-fold k) give the unseen-SME metrics below, and the calibration when the training months are too
-few for the held-out months.
+fold k) give the unseen-SME metrics below and the ``*_oof`` metrics, and the calibration when the
+training months are too few for the held-out months. They cost K boosters (1.4 models' CPU at
+K = 5), so they are grown only where they are needed (`cross_fit_for`): without them the
+unseen-SME figure stands on the OOT rows of the validation SMEs and of SMEs new in the OOT
+months, which the model never saw, and is read on them when these are many.
 
 Why months and not cross-fitted SMEs: an OOT row's SME was mostly seen in training, and with no
 embargo its earlier rows' label windows reach into the OOT period, so the model's OOT margins are
@@ -20,8 +23,10 @@ on held-out months it was 0.0045-0.0061 over three seeds.
 
 Besides the headline OOT metrics (the registered model on every OOT row), ``*_oot_unseen_sme``
 scores each OOT row with a booster that never saw its SME (the cross-fitting boosters for fit
-SMEs; for validation SMEs the model, or when the model was regrown on them the early-stopping
-booster, grown on the fit SMEs only; the model for SMEs new in the OOT months): the gap between
+SMEs, whose OOT rows are left out when there are none; for validation SMEs the model, or when the
+model was regrown on them the early-stopping booster, grown on the fit SMEs only; the model for
+SMEs new in the OOT months; ``unseen_sme_rows`` and ``unseen_sme_smes`` say how many rows and
+SMEs it stands on, ``unseen_sme_cross_fitted`` whether the fit SMEs are among them): the gap between
 the two shows how much the model gains from having seen an SME's earlier rows, whose label
 windows can reach into the OOT period unless an embargo (`TrainConfig.embargo_days`) separates
 training and OOT. ``oot_defaults_revealed_share`` says how much of the OOT there is to gain that
@@ -61,7 +66,7 @@ from training.model import (
     to_matrix,
 )
 from training.monotone import MonotonicityReport
-from training.split import Split, make_split
+from training.split import CROSS_FITTED, Split, make_split
 from training.thresholds import MODEL_THRESHOLDS
 
 if TYPE_CHECKING:
@@ -71,6 +76,56 @@ if TYPE_CHECKING:
 KEYS: tuple[str, str] = ("sme_id", "as_of")
 MAX_BUDGET_TRIALS = 1000
 """Most Optuna trials of a budgeted search (`TrainConfig.tune_minutes`)."""
+MIN_UNSEEN_VALIDATION_SMES = 2_000
+"""Validation SMEs from which the unseen-SME figure is read without cross-fitting
+(`cross_fit_for`): on the validation SMEs (which the model, grown on the fit SMEs, never saw)
+and on SMEs new in the OOT months. Below it the figure would rest on few SMEs (the 2,000-SME
+demo has about 300 validation SMEs) and the K cross-fitting boosters add every fit SME to it; at
+20,000 SMEs there are about 3,000 validation SMEs."""
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    """Whether `grow` grows the cross-fitting boosters, and why (said in the progress messages
+    and the validation report)."""
+
+    on: bool
+    why: str
+
+
+def cross_fit_for(cfg: TrainConfig, split: Split) -> CrossFit:
+    """`TrainConfig.cross_fit`, or by the data: cross-fit when the validation SMEs are fewer than
+    `MIN_UNSEEN_VALIDATION_SMES`, when there are no calibration months (the calibration then
+    needs the cross-fitted margins) or when the model is regrown (small data: it saw the
+    validation SMEs, so the unseen-SME figure needs the folds for the fit SMEs; they are cheap
+    there). The served model does not depend on it. Raises `TrainingError` for
+    ``cross_fit=False`` without calibration months (nothing else to calibrate on)."""
+    folds = f"{split.folds} cross-fitting boosters"
+    if not split.calibration_months:
+        if cfg.cross_fit is False:
+            raise TrainingError(
+                "cross_fit=False needs calibration months to calibrate on, and there are none "
+                f"({split.calibration_note.removesuffix(CROSS_FITTED)}): leave cross_fit unset "
+                "or give more training months"
+            )
+        return CrossFit(True, f"{folds}: no calibration months, the calibration needs them")
+    if cfg.cross_fit is not None:
+        if cfg.cross_fit:
+            return CrossFit(True, f"{folds}: asked for (TrainConfig.cross_fit)")
+        return CrossFit(False, "no cross-fitting: asked for (TrainConfig.cross_fit=False)")
+    if regrow_for(cfg, len(split.fit)):
+        return CrossFit(True, f"{folds}: the model is regrown on the validation SMEs")
+    if split.val_smes < MIN_UNSEEN_VALIDATION_SMES:
+        return CrossFit(
+            True,
+            f"{folds}: {split.val_smes:,} validation SMEs, fewer than "
+            f"{MIN_UNSEEN_VALIDATION_SMES:,}",
+        )
+    return CrossFit(
+        False,
+        f"no cross-fitting: {split.val_smes:,} validation SMEs (at least "
+        f"{MIN_UNSEEN_VALIDATION_SMES:,}), which the model never saw",
+    )
 
 
 @dataclass
@@ -204,12 +259,13 @@ class Steps:
     @staticmethod
     def count(cfg: TrainConfig, split: Split) -> int:
         """The messages `fit` sends: tuning (1 + one per trial), growing, regrowing on all
-        training SMEs (small data: `regrow_for`), one per cross-fitting fold, the calibration
-        booster (when there are calibration months), calibrating, evaluating, monotonicity,
-        explaining."""
+        training SMEs (small data: `regrow_for`), one per cross-fitting fold (or one saying
+        there are none: `cross_fit_for`), the calibration booster (when there are calibration
+        months), calibrating, evaluating, monotonicity, explaining."""
         tuning = cfg.tune_trials + 1 if cfg.tune_trials > 0 else int(cfg.tune_minutes > 0)
         regrow = regrow_for(cfg, len(split.fit))
-        return tuning + 1 + regrow + split.folds + bool(split.calibration_months) + 4
+        folds = split.folds if cross_fit_for(cfg, split).on else 1
+        return tuning + 1 + regrow + folds + bool(split.calibration_months) + 4
 
 
 def fit(
@@ -354,6 +410,8 @@ def calibrate(prep: Prepared, grown: Grown, steps: Steps) -> Calibrated:
     steps.say(f"calibrating the log-odds: {prep.split.calibration_note}")
     split, y = prep.split, prep.y
     by_months = bool(split.calibration_months)
+    if not by_months and not grown.cross_fitted:  # cross_fit_for never lets this happen
+        raise TrainingError("no calibration months and no cross-fitted margins to calibrate on")
     cal_x, cal_y = (grown.cal_margin, y[split.cal]) if by_months else (grown.oof, y[split.fit])
     calibrator = LogOddsCalibrator().fit(cal_x, cal_y)
     if by_months:
@@ -429,7 +487,9 @@ def grow(
     """The model's booster (fit SMEs, early stopping on the validation SMEs; `model_fit` when
     already grown with `params`), the cross-fitted margins of the fit rows, OOT margins from
     boosters that never saw the row's SME, and the margins of the calibration rows from the
-    calibration booster (empty without calibration months). The fit rows are binned once; the
+    calibration booster (empty without calibration months). The cross-fitting boosters only
+    when `cross_fit_for` says so: without them `oof` is empty and the OOT rows of fit SMEs have
+    no unseen margin (NaN). The fit rows are binned once; the
     other boosters grow on subsets of them, with the same bins. On small data each of these
     boosters is a bag (`training.booster.bag_size`: the mean of 5 differing in their seed, below
     20,000 fit rows), so that the calibration and cross-fitted margins stand for the model.
@@ -454,6 +514,7 @@ def grow(
     if bag > 1:
         model_fit = None  # the search grew one booster; the model is a bag
     regrow = regrow_for(cfg, len(split.fit))
+    cross = cross_fit_for(cfg, split)
     with trainer:
         grown_by = "the best trial of the search" if model_fit else f"{cfg.engine} engine"
         if bag > 1:
@@ -481,20 +542,24 @@ def grow(
             )
             every = trainer.rows(X[model_rows], y[model_rows], bins=fit_rows)
             model = trainer.train(every, rounds=rounds).booster
-        oof = np.empty(len(split.fit))
         margin = _margins(model, X)  # every row, once: `evaluate` scores them from it
         unseen = margin[split.oot]  # a copy: the folds overwrite the rows of their SMEs
         y_fit = y[split.fit]
         start = boosting.start_margin(y[model_rows], params)  # the model's start margin
         val_margin = margin[split.val]
+        oot_sme = pd.Series(sme[split.oot])  # pandas' hash-based isin (numpy's: all pairs)
         if regrow:  # the validation SMEs are in the model: read them on the booster that is not
             held_out = start - boosting.start_margin(y_fit, params)
             val_margin = _margins(grown.booster, X[split.val]) + held_out
-            in_val = pd.Series(sme[split.oot]).isin(set(sme[split.val])).to_numpy()
+            in_val = oot_sme.isin(set(sme[split.val])).to_numpy()
             unseen[in_val] = _margins(grown.booster, X[split.oot[in_val]]) + held_out
+        if not cross.on:  # the model saw the fit SMEs: their OOT rows have no unseen margin
+            say(f"unseen-SME figure: {cross.why}; on the OOT rows of the other SMEs")
+            unseen[oot_sme.isin(set(sme[split.fit])).to_numpy()] = np.nan
         # the folds' boosters, then the calibration booster: subsets of the fit rows (cal_grow
         # is a subset of fit, both ascending: training.split), grown with the model's rounds
-        parts = [np.flatnonzero(split.fold != k) for k in range(split.folds)]
+        folds = split.folds if cross.on else 0
+        parts = [np.flatnonzero(split.fold != k) for k in range(folds)]
         if split.calibration_months:
             parts.append(np.searchsorted(split.fit, split.cal_grow))
         # Each booster starts from its own rows' log-odds (boost_from_average); its margins
@@ -508,12 +573,13 @@ def grow(
             rounds=grown.best_iteration,
             at_once=cfg.boosters_at_once,
         )
-        for k, fold_fit in zip(range(split.folds), boosters, strict=False):  # then calibration
-            say(f"cross-fitting calibration: fold {k + 1}/{split.folds}")
+        oof = np.empty(len(split.fit) if cross.on else 0)
+        for k, fold_fit in zip(range(folds), boosters, strict=False):  # then calibration
+            why = f" ({cross.why})" if k == 0 else ""
+            say(f"cross-fitting: fold {k + 1}/{split.folds}{why}")
             held = split.fold == k
             oof[held] = _margins(fold_fit.booster, X[split.fit[held]]) + shift[k]
-            # pandas' hash-based isin: numpy's isin on object arrays compares all pairs
-            in_fold = pd.Series(sme[split.oot]).isin(set(sme[split.fit[held]])).to_numpy()
+            in_fold = oot_sme.isin(set(sme[split.fit[held]])).to_numpy()
             unseen[in_fold] = _margins(fold_fit.booster, X[split.oot[in_fold]]) + shift[k]
         cal_margin = np.empty(0)
         if split.calibration_months:

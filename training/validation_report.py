@@ -18,7 +18,7 @@ from sklearn.metrics import roc_curve
 
 from training.evaluate import STATIC_RATING
 from training.split import CROSS_FITTED
-from training.train import TrainResult
+from training.train import TrainResult, cross_fit_for
 
 PLOTS = ("roc", "calibration_by_grade", "shap_summary", "importance", "stability")
 
@@ -254,6 +254,23 @@ def _with_ci(mt: dict[str, float], key: str, low: str, high: str) -> str:
     return f"{human(mt.get(key, nan))} [{human(mt.get(low, nan))}, {human(mt.get(high, nan))}]"
 
 
+def unseen_sme_method(result: TrainResult) -> str:
+    """How the unseen-SME figure was obtained and what it stands on (`training.train.grow`)."""
+    mt = result.metrics
+    on = f"{int(mt['unseen_sme_rows']):,} OOT rows of {int(mt['unseen_sme_smes']):,} SMEs"
+    if mt["unseen_sme_cross_fitted"] == 1.0:
+        return (
+            f"every OOT row ({on}): fit SMEs scored by the cross-fitting booster grown without "
+            "their fold, validation SMEs by a booster grown on the fit SMEs only, SMEs new in "
+            "the OOT months by the model"
+        )
+    return (
+        f"{on}, those of the validation SMEs (scored by a booster grown on the fit SMEs only) "
+        "and of SMEs new in the OOT months (the model); the OOT rows of the fit SMEs are left "
+        "out (" + cross_fit_for(result.config, result.split).why + ")"
+    )
+
+
 def failed_tests(result: TrainResult) -> list[str]:
     """Every validation test the model fails, one sentence each (the report's headline)."""
     r, mt = result, result.metrics
@@ -366,7 +383,7 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         (
             "OOT AUC / ECE, each SME scored by a booster that never saw it",
             f"{human(mt['auc_oot_unseen_sme'])} / {human(mt['ece_oot_unseen_sme'])}",
-            "the same OOT rows for SMEs new to the model: how it does on new clients",
+            "how the model does on new clients: " + unseen_sme_method(result),
         ),
         (
             "OOT default rows whose default a training label already records",
@@ -381,13 +398,25 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
         ),
         (
             "validation AUC / cross-fitted AUC and ECE (training months)",
-            f"{human(mt['auc_val'])} / {human(mt['auc_oof'])}, {human(mt['ece_oof'])}",
+            f"{human(mt['auc_val'])} / "
+            + (
+                f"{human(mt['auc_oof'])}, {human(mt['ece_oof'])}"
+                if "auc_oof" in mt
+                else "not computed"
+            ),
             "the same figures inside the training months, for SMEs the booster did not fit"
             + (
                 " (validation SMEs: the early-stopping booster, grown on the fit SMEs only; the "
                 "model was regrown on them)"
                 if mt.get("model_regrown") == 1.0
                 else ""
+            )
+            + (
+                ""
+                if "auc_oof" in mt
+                else "; no cross-fitted figures: the cross-fitting boosters were not grown ("
+                + cross_fit_for(result.config, result.split).why
+                + ")"
             ),
         ),
     ]
@@ -452,7 +481,8 @@ def validation_report(result: TrainResult, info: dict[str, Any], plots: Path) ->
             else "<p class='ok'>Every validation test passed.</p>"
         ),
         f"<p><b>Protocol:</b> {html.escape(r.config.protocol)}. The unseen-SME figure scores "
-        "each OOT row with a booster that never saw its SME.</p>",
+        f"OOT rows with a booster that never saw their SME: {html.escape(unseen_sme_method(r))}."
+        "</p>",
         f"<p>Monotonicity check: <span class='{mono_class}'>{mono_text}</span>. "
         f"OOT AUC {_fmt(mt.get('auc_oot'))}, ECE {_fmt(mt.get('ece_oot'))}.</p>",
         "<h2>1. Data and population</h2>",

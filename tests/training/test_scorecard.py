@@ -67,3 +67,35 @@ def test_report_numbers_are_for_people_and_failed_tests_are_flagged(trained) -> 
     assert sum(t.startswith("Jeffreys test, grade") for t in flagged) == int(busy.sum())
     assert sum(t.startswith("binomial test, grade") for t in flagged) == int(busy.sum())
     assert any(t.startswith("protocol: the OOT figures carry label leakage") for t in flagged)
+
+
+def test_the_regression_runs_on_one_blas_thread(monkeypatch) -> None:
+    """One BLAS thread: a third of the CPU of two on a busy machine, and coefficients that do
+    not depend on the core count (module docstring of `training.scorecard`)."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen: list[int] = []
+    fit, proba = LogisticRegression.fit, LogisticRegression.predict_proba
+
+    def blas_threads() -> int:
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    def fit_spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(blas_threads())
+        return fit(self, *args, **kwargs)
+
+    def proba_spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(blas_threads())
+        return proba(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", fit_spy)
+    monkeypatch.setattr(LogisticRegression, "predict_proba", proba_spy)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-(-2 + x)))).astype(float)
+    frame = pd.DataFrame({"ap_days_beyond_terms_90d": x})
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a 2-core machine
+        assert blas_threads() == 2 or pytest.skip("one BLAS thread only on this machine")
+        Scorecard([get_feature("ap_days_beyond_terms_90d")]).fit(frame, y).predict(frame)
+    assert seen == [1, 1]
