@@ -258,21 +258,26 @@ def _explain(
     names = _view(model).names
     values = recorded_values(model, rows)
     points = expl.point_values  # the model's feature order, as `names`
-    reasons = (
+    found: list[tuple[Reason, ...] | None] = (
         _batch_reasons(model, M, points, values, leaves=expl.leaves, threads=threads)
         if batch
-        else None
+        else [None] * len(rows)
     )
-    if reasons is None:
-        reasons = _driver_reasons(
+    redo = [i for i, r in enumerate(found) if r is None]  # rows whose reasons go row by row
+    if redo:
+        at = slice(None) if len(redo) == len(rows) else np.asarray(redo)
+        again = _driver_reasons(
             model,
-            M,
-            points,
-            lambda rows, cols: [
-                values[i][names[j]] for i, j in zip(rows.tolist(), cols.tolist(), strict=True)
+            M[at],
+            points[at],
+            lambda rs, cols: [
+                values[redo[i]][names[j]] for i, j in zip(rs.tolist(), cols.tolist(), strict=True)
             ],
             threads=threads,
         )
+        for i, r in zip(redo, again, strict=True):
+            found[i] = r
+    reasons = [r for r in found if r is not None]
     # Python numbers once for the batch (the same values as float() of each numpy element)
     return _Explained(
         M=M,
@@ -296,12 +301,12 @@ def _batch_reasons(
     *,
     leaves: np.ndarray | None,
     threads: int,
-) -> list[tuple[Reason, ...]] | None:
-    """Each row's reasons from `matrix_reasons`, or None when a driver's value read back from
-    the matrix is not the recorded one (same type, value and sign): then its text could differ
-    from `_driver_reasons`', which the caller uses instead."""
+) -> list[tuple[Reason, ...] | None]:
+    """Each row's reasons from `matrix_reasons`; None for a row where a driver's value read
+    back from the matrix is not the recorded one (same type, value and sign): its text could
+    differ from `_driver_reasons`', which the caller uses for that row alone."""
     found = matrix_reasons(model, M, points, leaves=leaves, threads=threads)
-    out: list[list[Reason]] = [[] for _ in range(len(points))]
+    out: list[list[Reason] | None] = [[] for _ in range(len(points))]
     for i, code, name, value, p, text in zip(
         found.rows,
         found.codes,
@@ -311,11 +316,15 @@ def _batch_reasons(
         found.texts,
         strict=True,
     ):
+        row = out[i]
+        if row is None:
+            continue
         recorded = values[i][name]
         if not _same_value(recorded, value):
-            return None
-        out[i].append(Reason(code, name, recorded, p, text))
-    return [tuple(r) for r in out]
+            out[i] = None
+            continue
+        row.append(Reason(code, name, recorded, p, text))
+    return [None if r is None else tuple(r) for r in out]
 
 
 def _same_value(a: float | str | None, b: float | str | None) -> bool:

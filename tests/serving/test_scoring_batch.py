@@ -94,6 +94,69 @@ def test_values_the_matrix_holds_as_another_type_are_written_as_recorded(
     _alone_and_together(served, rows)
 
 
+def _mixed_rows(served: ServedModel, n: int, *, strings_every: int = 0) -> list[dict[str, Any]]:
+    """`n` rows of numeric values on and beside the splits (every `strings_every`-th row, when
+    given, with its values as numeric strings)."""
+    view = scoring._view(served.model)
+    rows = []
+    for k in range(n):
+        row: dict[str, Any] = {}
+        for j, name in enumerate(view.names):
+            if view.features[name].kind == "categorical":
+                continue
+            cuts = view.splits[name]
+            value = float(cuts[(j * 7 + k) % len(cuts)]) if len(cuts) else float(k % 3)
+            if k % 3 == 1:
+                value = float(np.nextafter(value, -np.inf))
+            text = strings_every and k % strings_every == 0
+            row[name] = str(value) if text else value
+        rows.append(row)
+    return rows
+
+
+def test_only_the_rows_with_values_held_as_another_type_go_row_by_row(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch takes the column-wise reasons for every row whose drivers read back as recorded;
+    only the others (numeric strings, every 5th row here) have their reasons found row by row,
+    and the batch still records each row as alone."""
+    rows = _mixed_rows(served, 20, strings_every=5)
+    seen: list[int] = []
+    driver_reasons = scoring._driver_reasons
+
+    def spy(model: Any, M: np.ndarray, *args: Any, **kw: Any) -> Any:
+        seen.append(len(M))
+        return driver_reasons(model, M, *args, **kw)
+
+    monkeypatch.setattr(scoring, "_driver_reasons", spy)
+    scoring.decide(served, _inputs(rows))
+    assert seen == [4]  # rows 0, 5, 10, 15 only
+    monkeypatch.undo()
+    _alone_and_together(served, rows)
+
+
+def test_a_large_batch_on_two_threads_records_each_row_as_alone(
+    served: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the parallel kernels' threshold, on 2 threads: the same records as each row alone
+    (and the column-wise reasons are used: no row goes row by row)."""
+    rows = _mixed_rows(served, 300)
+    inputs = _inputs(rows)
+    driver_reasons = scoring._driver_reasons
+    seen: list[int] = []
+
+    def spy(model: Any, M: np.ndarray, *args: Any, **kw: Any) -> Any:
+        seen.append(len(M))
+        return driver_reasons(model, M, *args, **kw)
+
+    monkeypatch.setattr(scoring, "_driver_reasons", spy)
+    together = [canonical_bytes(d.body()) for d in scoring.decide(served, inputs, threads=2)]
+    assert seen == []
+    monkeypatch.undo()
+    alone = [canonical_bytes(scoring.decide(served, [x])[0].body()) for x in inputs]
+    assert together == alone
+
+
 @pytest.mark.parametrize(
     ("a", "b", "same"),
     [
@@ -106,6 +169,9 @@ def test_values_the_matrix_holds_as_another_type_are_written_as_recorded(
         ("1.5", 1.5, False),
         ("food", "food", True),
         ("food", "metals", False),
+        (float("nan"), float("nan"), False),  # never recorded (missing is None); row by row
+        (1, 1.0, False),
+        (True, 1.0, False),
     ],
 )
 def test_same_value(a: Any, b: Any, same: bool) -> None:
