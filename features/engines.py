@@ -19,6 +19,8 @@ import ctypes.util
 import gc
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -101,20 +103,56 @@ def _partition_rows(
     )
 
 
-def dask_pieces(
+def _partition_batches(
+    part: Tables,
+    days: list[int],
+    reference: Reference,
+    sme_ids: list[str],
+    horizon_days: int,
+) -> bytes:
+    """One partition's population rows (runs on a Dask worker) as an Arrow IPC file of one
+    record batch per as-of day, in day order (an empty batch for a day without rows). The
+    client writes it to disk as it arrives and reads it back a day at a time (`_read_day`)."""
+    return _day_batches(_partition_rows(part, days, reference, sme_ids, horizon_days), days)
+
+
+def _day_batches(rows: pd.DataFrame, days: list[int]) -> bytes:
+    """`rows` (ordered by as_of, with the pandas metadata that restores their dtypes) as an
+    Arrow IPC file, batch j holding the rows at `days[j]`. Converted once, so every batch has
+    the partition's one schema."""
+    table = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()
+    batches = table.to_batches()  # one contiguous batch (none without rows)
+    batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+    assert len(batches) <= 1 and batch.schema == table.schema
+    bounds = _date_bounds(rows, days)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, batch.schema) as writer:
+        for j in range(len(days)):
+            writer.write_batch(batch.slice(bounds[j], bounds[j + 1] - bounds[j]))
+    return sink.getvalue().to_pybytes()
+
+
+def _read_day(reader: pa.ipc.RecordBatchFileReader, j: int) -> pd.DataFrame:
+    """Batch j of a `_day_batches` file: the partition's rows at its j-th day, as a frame equal
+    to the slice it was written from (same columns, dtypes and values; a fresh RangeIndex)."""
+    return pa.Table.from_batches([reader.get_batch(j)]).to_pandas()
+
+
+def _dask_map(
     tables: Tables,
     days: list[int],
     reference: Reference,
     client: object,
-    *,
+    task: Callable[[Tables, list[int], Reference, list[str], int], object],
+    on_result: Callable[[int, Any], object],
     horizon_days: int,
     partitions: int,
-    on_partition: Callable[[], object] | None = None,
-) -> list[pd.DataFrame]:
-    """Population rows computed on a dask.distributed `client`, partitioned by SME: each
-    partition's rows (ordered by (as_of, sme_id)), partitions in SME order. A partition's tables
-    are cut and sent when a worker can take it (at most two per worker in flight), so the
-    workers never hold every partition at once."""
+) -> int:
+    """Run `task(piece, days, reference, smes, horizon_days)` for every partition of the SMEs
+    on `client` and hand each result to `on_result(k, result)` in the client as it finishes
+    (the worker's copy is then released); returns the number of partitions. A partition's
+    tables are cut and sent when a worker can take it (at most two per worker in flight), so
+    the workers never hold every partition at once; the reference is sent to each once."""
     from distributed import Client, as_completed
 
     assert isinstance(client, Client)
@@ -128,7 +166,7 @@ def dask_pieces(
     def submit_next() -> None:
         for k, smes, piece in pending:
             future = client.submit(
-                _partition_rows, client.scatter(piece), days, ref, smes, horizon_days, pure=False
+                task, client.scatter(piece), days, ref, smes, horizon_days, pure=False
             )
             index[future.key] = k
             done.add(future)
@@ -136,14 +174,13 @@ def dask_pieces(
 
     for _ in range(in_flight):
         submit_next()
-    results: dict[int, pd.DataFrame] = {}
     for future in done:
-        results[index[future.key]] = future.result()
+        result = future.result()
         future.release()
         submit_next()
-        if on_partition is not None:
-            on_partition()
-    return [results.pop(k) for k in range(len(parts))]
+        on_result(index[future.key], result)
+        del result
+    return len(parts)
 
 
 def default_partitions(n_workers: int, n_smes: int = 0) -> int:
@@ -180,9 +217,18 @@ def build_panel(
         )
         return finish_panel(rows, horizon_days, end)
 
-    pieces = _dask_run(
-        tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress
-    )
+    results: dict[int, pd.DataFrame] = {}
+
+    def keep(k: int, rows: Any, tick: Callable[[], object] | None) -> None:
+        results[k] = rows
+        if tick is not None:
+            tick()
+
+    n = _dask_run(
+        tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress,
+        _partition_rows, keep,
+    )  # fmt: skip
+    pieces = [results.pop(k) for k in range(n)]
     rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
     return finish_panel(rows, horizon_days, end)
 
@@ -201,23 +247,43 @@ def write_dask_panel(
     progress: Callable[[int], Callable[[], object]] | None = None,
 ) -> int:
     """`write_panel(build_panel(..., engine="dask"), out)` without the whole panel's copies:
-    the partitions' rows are written date by date (one row group each), each date's rows
-    gathered from the partitions in SME order. Returns the number of rows."""
+    each partition's rows go to a temporary Arrow file (one batch per date) as they arrive,
+    beside `out`; the panel is then written date by date (one row group each), each date's
+    rows read from the partitions' files in SME order, so the client holds one partition's
+    result or one date's rows at a time. Returns the number of rows. The temporary files are
+    removed however it ends; the panel file is written atomically (`write_row_groups`)."""
     days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
-    pieces = _dask_run(
-        tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress
-    )
-    bounds = [_date_bounds(piece, days) for piece in pieces]
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".parts", dir=target.parent))
+    try:
+        files: dict[int, Path] = {}
 
-    def date_tables() -> Iterator[pa.Table]:
-        for j in range(len(days)):
-            rows = pd.concat(
-                [piece.iloc[b[j] : b[j + 1]] for piece, b in zip(pieces, bounds, strict=True)],
-                ignore_index=True,
-            )
-            yield panel_table(rows, horizon_days, end)
+        def save(k: int, data: Any, tick: Callable[[], object] | None) -> None:
+            path = folder / f"part-{k:06d}.arrow"
+            path.write_bytes(data)
+            files[k] = path
+            if tick is not None:
+                tick()
 
-    return write_row_groups(date_tables(), out)
+        n = _dask_run(
+            tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress,
+            _partition_batches, save,
+        )  # fmt: skip
+        with ExitStack() as stack:
+            readers = [
+                pa.ipc.open_file(stack.enter_context(pa.OSFile(str(files[k]), "rb")))
+                for k in range(n)
+            ]
+
+            def date_tables() -> Iterator[pa.Table]:
+                for j in range(len(days)):
+                    rows = pd.concat([_read_day(r, j) for r in readers], ignore_index=True)
+                    yield panel_table(rows, horizon_days, end)
+
+            return write_row_groups(date_tables(), target)
+    finally:
+        shutil.rmtree(folder)
 
 
 def _dask_run(
@@ -229,23 +295,27 @@ def _dask_run(
     n_workers: int | None,
     partitions: int | None,
     progress: Callable[[int], Callable[[], object]] | None,
-) -> list[pd.DataFrame]:
-    """`dask_pieces` on a client of `scheduler` (else a LocalCluster, `_dask_client`), with
-    `partitions` or `default_partitions` for the workers it has; `progress(total)` ticks once
-    per partition."""
+    task: Callable[[Tables, list[int], Reference, list[str], int], object],
+    on_result: Callable[[int, Any, Callable[[], object] | None], object],
+) -> int:
+    """`_dask_map` of `task` on a client of `scheduler` (else a LocalCluster, `_dask_client`),
+    with `partitions` or `default_partitions` for the workers it has; `on_result(k, result,
+    tick)` gets `progress(total)`'s callback, to call once per partition. Returns the number of
+    partitions."""
     n_smes = len(sme_ids_of(tables))
     with _dask_client(scheduler, n_workers) as client:
         workers_now = max(1, len(client.scheduler_info().get("workers", {})))
         k = partitions or default_partitions(workers_now, n_smes)
         tick = progress(min(k, max(1, n_smes))) if progress is not None else None
-        return dask_pieces(
+        return _dask_map(
             tables,
             days,
             reference,
             client,
-            horizon_days=horizon_days,
-            partitions=k,
-            on_partition=tick,
+            task,
+            lambda part, result: on_result(part, result, tick),
+            horizon_days,
+            k,
         )
 
 
