@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 import features.engines as engines
-from features.engines import build_panel, prepare_panel, write_dask_panel, write_features
+from features.engines import (
+    build_panel,
+    prepare_dask_panel,
+    prepare_panel,
+    write_dask_inputs,
+    write_dask_panel,
+    write_features,
+)
 from features.exceptions import FeatureError
 from features.pipeline import month_ends
 from features.reference import build_reference, feature_rows
@@ -39,11 +46,12 @@ def scheduler():
 
 
 def _watch(folder, seen):
-    """A `progress` that records, after each partition, the temporary files beside the out."""
+    """A `progress` that records, after each partition, the partitions' row files beside the
+    output."""
 
     def progress(total):
         def tick():
-            seen.append(sorted(p.name for p in folder.glob(".p.parquet.*.parts/*")))
+            seen.append(sorted(p.name for p in folder.glob(".p.parquet.*.parts/part-*")))
 
         return tick
 
@@ -105,4 +113,22 @@ def test_a_failed_write_leaves_no_file(tables, tmp_path, scheduler):
             partitions=3, progress=_watch(tmp_path, seen),
         )  # fmt: skip
     assert len(seen) == 3 and seen[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepared_inputs_give_the_same_file_without_the_tables(tables, dates, tmp_path, scheduler):
+    write_dask_panel(tables, dates, tmp_path / "whole.parquet", scheduler=scheduler, partitions=4)
+    inputs = prepare_dask_panel(
+        tables.__class__(**tables.frames()), dates, tmp_path / "p.parquet", partitions=4
+    )  # a copy of the tables, released before the computation
+    assert len(inputs.parts) == 4 and len(list(inputs.folder.glob("in-*.arrow"))) == 4 * 5
+    rows = write_dask_inputs(inputs, tmp_path / "p.parquet", scheduler=scheduler)
+    assert rows == len(pd.read_parquet(tmp_path / "p.parquet"))
+    assert (tmp_path / "p.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.parquet", "whole.parquet"]
+
+
+def test_prepared_inputs_not_written_are_removed_on_close(tables, dates, tmp_path):
+    with prepare_dask_panel(tables, dates, tmp_path / "p.parquet", partitions=2) as inputs:
+        assert inputs.folder.parent == tmp_path and any(inputs.folder.iterdir())
     assert list(tmp_path.iterdir()) == []
