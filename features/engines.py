@@ -114,7 +114,14 @@ def _partition_batches(
     files (`_save_tables`), as an Arrow IPC file of one record batch per as-of day, in day
     order (an empty batch for a day without rows). The client writes it to disk as it arrives
     and reads it back a day at a time (`_read_day`)."""
-    tables = Tables(**{name: _ipc_frame(data) for name, data in part.items()})
+    frames = {name: _ipc_frame(data) for name, data in part.items()}
+    tables = Tables(
+        enterprises=frames["enterprises"],
+        invoices=frames["invoices"],
+        inventory=frames["inventory"],
+        loans=frames["loans"],
+        financials=frames["financials"],
+    )
     return _day_batches(_partition_rows(tables, days, reference, sme_ids, horizon_days), days)
 
 
