@@ -6,10 +6,13 @@ the reference, and every worker runs `features.reference.feature_rows` on its SM
 depends only on the SME's own rows in canonical order plus the reference, so the engines give
 identical frames.
 
-Files: `write_features` (pandas) and `write_dask_panel` write the panel date by date, one
-Parquet row group each, never holding the whole panel and its copies: the pandas engine prepares
-the SMEs in parts (`prepare_panel`; the tables can be released before the dates are computed) and
-computes the dates on forked processes that share the prepared arrays.
+Files: `write_features` (pandas) and `write_dask_inputs` / `write_dask_panel` write the panel
+date by date, one Parquet row group each, never holding the whole panel and its copies: the
+pandas engine prepares the SMEs in parts (`prepare_panel`; the tables can be released before the
+dates are computed) and computes the dates on forked processes that share the prepared arrays;
+the Dask engine writes each partition's own rows to temporary Arrow files beside the output
+(`prepare_dask_panel`; the tables can then be released), and each partition's rows, one Arrow
+batch per date, to another as they arrive from the workers, then reads one date at a time.
 """
 
 from __future__ import annotations
@@ -372,13 +375,15 @@ def write_dask_panel(
     to `default_partitions` for the workers the cluster has: the panel file of
     `write_panel(build_panel(..., engine="dask"))`, the tables held by the caller throughout
     (`prepare_dask_panel` lets the caller release them). Returns the number of rows."""
-    inputs: DaskInputs | None = None
+    dates = list(as_of_dates)
+    _, reference, end = panel_plan(tables, dates, horizon_days, reference, data_end)  # no cluster
+    inputs: DaskInputs | None = None  # started for a FeatureError
     try:
         with _dask_client(scheduler, n_workers) as client:
             k = partitions or default_partitions(_workers(client), len(sme_ids_of(tables)))
             inputs = prepare_dask_panel(
-                tables, as_of_dates, out, horizon_days=horizon_days, reference=reference,
-                data_end=data_end, partitions=k,
+                tables, dates, out, horizon_days=horizon_days, reference=reference,
+                data_end=end, partitions=k,
             )  # fmt: skip
             files = _compute_inputs(inputs, client, progress)
         return _write_results(inputs, files, out)

@@ -132,3 +132,13 @@ def test_prepared_inputs_not_written_are_removed_on_close(tables, dates, tmp_pat
     with prepare_dask_panel(tables, dates, tmp_path / "p.parquet", partitions=2) as inputs:
         assert inputs.folder.parent == tmp_path and any(inputs.folder.iterdir())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_date_outside_the_data_fails_before_a_cluster_starts(tables, tmp_path, monkeypatch):
+    def no_cluster(*args):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(engines, "_dask_client", no_cluster)
+    with pytest.raises(FeatureError, match="outside"):
+        write_dask_panel(tables, ["2030-01-31"], tmp_path / "p.parquet")
+    assert list(tmp_path.iterdir()) == []
