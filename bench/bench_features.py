@@ -132,8 +132,14 @@ def _child(engine: str, data: str, out: str, first: str, last: str) -> None:
 
     pandas: load, reference, prepare (own rows -> arrays; the tables released), panel (dates
     computed on 2 forked processes and written one row group each). dask: load, reference,
-    panel (2-worker LocalCluster; written date by date)."""
-    from features.engines import prepare_panel, write_dask_panel, write_features
+    prepare (each partition's own rows -> temporary Arrow files; the tables released), panel
+    (2-worker LocalCluster; the partitions' rows to temporary files, written date by date)."""
+    from features.engines import (
+        prepare_dask_panel,
+        prepare_panel,
+        write_dask_inputs,
+        write_features,
+    )
     from features.io import load_tables
     from features.pipeline import month_ends
     from features.reference import build_reference
@@ -154,8 +160,11 @@ def _child(engine: str, data: str, out: str, first: str, last: str) -> None:
         rows = write_features(plan, out, jobs=2)
         phases |= {"prepare_s": t3 - t2, "panel_s": time.perf_counter() - t3}
     else:
-        rows = write_dask_panel(tables, dates, out, reference=reference, n_workers=2)
-        phases |= {"panel_s": time.perf_counter() - t2}
+        inputs = prepare_dask_panel(tables, dates, out, reference=reference, n_workers=2)
+        del tables
+        t3 = time.perf_counter()
+        rows = write_dask_inputs(inputs, out, n_workers=2)
+        phases |= {"prepare_s": t3 - t2, "panel_s": time.perf_counter() - t3}
     import pyarrow.parquet as pq
 
     columns = len(pq.read_schema(out).names)

@@ -6,10 +6,13 @@ the reference, and every worker runs `features.reference.feature_rows` on its SM
 depends only on the SME's own rows in canonical order plus the reference, so the engines give
 identical frames.
 
-Files: `write_features` (pandas) and `write_dask_panel` write the panel date by date, one
-Parquet row group each, never holding the whole panel and its copies: the pandas engine prepares
-the SMEs in parts (`prepare_panel`; the tables can be released before the dates are computed) and
-computes the dates on forked processes that share the prepared arrays.
+Files: `write_features` (pandas) and `write_dask_inputs` / `write_dask_panel` write the panel
+date by date, one Parquet row group each, never holding the whole panel and its copies: the
+pandas engine prepares the SMEs in parts (`prepare_panel`; the tables can be released before the
+dates are computed) and computes the dates on forked processes that share the prepared arrays;
+the Dask engine writes each partition's own rows to temporary Arrow files beside the output
+(`prepare_dask_panel`; the tables can then be released), and each partition's rows, one Arrow
+batch per date, to another as they arrive from the workers, then reads one date at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import ctypes.util
 import gc
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -101,49 +106,98 @@ def _partition_rows(
     )
 
 
-def dask_pieces(
-    tables: Tables,
+def _partition_batches(
+    part: dict[str, bytes],
     days: list[int],
     reference: Reference,
-    client: object,
-    *,
+    sme_ids: list[str],
     horizon_days: int,
-    partitions: int,
-    on_partition: Callable[[], object] | None = None,
-) -> list[pd.DataFrame]:
-    """Population rows computed on a dask.distributed `client`, partitioned by SME: each
-    partition's rows (ordered by (as_of, sme_id)), partitions in SME order. A partition's tables
-    are cut and sent when a worker can take it (at most two per worker in flight), so the
-    workers never hold every partition at once."""
+) -> bytes:
+    """One partition's population rows (runs on a Dask worker) from its tables as Arrow IPC
+    files (`_save_tables`), as an Arrow IPC file of one record batch per as-of day, in day
+    order (an empty batch for a day without rows). The client writes it to disk as it arrives
+    and reads it back a day at a time (`_read_day`)."""
+    frames = {name: _ipc_frame(data) for name, data in part.items()}
+    tables = Tables(
+        enterprises=frames["enterprises"],
+        invoices=frames["invoices"],
+        inventory=frames["inventory"],
+        loans=frames["loans"],
+        financials=frames["financials"],
+    )
+    return _day_batches(_partition_rows(tables, days, reference, sme_ids, horizon_days), days)
+
+
+def _ipc_frame(data: bytes) -> pd.DataFrame:
+    """An Arrow IPC file written from a frame -> that frame (its dtypes from the pandas
+    metadata; a fresh RangeIndex)."""
+    return pa.ipc.open_file(pa.py_buffer(data)).read_all().to_pandas()
+
+
+def _day_batches(rows: pd.DataFrame, days: list[int]) -> bytes:
+    """`rows` (ordered by as_of, with the pandas metadata that restores their dtypes) as an
+    Arrow IPC file, batch j holding the rows at `days[j]`. Converted once, so every batch has
+    the partition's one schema."""
+    table = pa.Table.from_pandas(rows, preserve_index=False).combine_chunks()
+    batches = table.to_batches()  # one contiguous batch (none without rows)
+    batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+    assert len(batches) <= 1 and batch.schema == table.schema
+    bounds = _date_bounds(rows, days)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, batch.schema) as writer:
+        for j in range(len(days)):
+            writer.write_batch(batch.slice(bounds[j], bounds[j + 1] - bounds[j]))
+    return sink.getvalue().to_pybytes()
+
+
+def _read_day(reader: pa.ipc.RecordBatchFileReader, j: int) -> pd.DataFrame:
+    """Batch j of a `_day_batches` file: the partition's rows at its j-th day, as a frame equal
+    to the slice it was written from (same columns, dtypes and values; a fresh RangeIndex)."""
+    return pa.Table.from_batches([reader.get_batch(j)]).to_pandas()
+
+
+def _dask_map(
+    client: object,
+    pending: Iterator[tuple[list[str], object]],
+    task: Callable[..., object],
+    on_result: Callable[[int, Any], object],
+    days: list[int],
+    reference: Reference,
+    horizon_days: int,
+) -> None:
+    """Run `task(piece, days, reference, smes, horizon_days)` on `client` for each partition
+    (`pending`: its SME ids and piece, in SME order) and hand each result to
+    `on_result(k, result)` in the client as it finishes (the worker's copy is then released).
+    A partition's piece is taken from `pending` (cut, or read) and sent when a worker can take
+    it (at most two per worker in flight), so the workers never hold every partition at once;
+    the reference is sent to each worker once."""
     from distributed import Client, as_completed
 
     assert isinstance(client, Client)
-    parts = partition_smes(sme_ids_of(tables), partitions)
     in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     ref = client.scatter(reference, broadcast=True)
-    pending = zip(range(len(parts)), parts, iter_split_tables(tables, parts), strict=True)
+    numbered = enumerate(pending)
     index: dict[Any, int] = {}  # future key -> partition
     done = as_completed(loop=client.loop)
 
     def submit_next() -> None:
-        for k, smes, piece in pending:
-            future = client.submit(
-                _partition_rows, client.scatter(piece), days, ref, smes, horizon_days, pure=False
-            )
+        for k, (smes, piece) in numbered:
+            # a list of one: a dict piece is one value (scattered as a dict, its keys would
+            # name the data); hash=False: no content hash of the piece
+            (data,) = client.scatter([piece], hash=False)
+            future = client.submit(task, data, days, ref, smes, horizon_days, pure=False)
             index[future.key] = k
             done.add(future)
             return
 
     for _ in range(in_flight):
         submit_next()
-    results: dict[int, pd.DataFrame] = {}
     for future in done:
-        results[index[future.key]] = future.result()
+        result = future.result()
         future.release()
         submit_next()
-        if on_partition is not None:
-            on_partition()
-    return [results.pop(k) for k in range(len(parts))]
+        on_result(index[future.key], result)
+        del result
 
 
 def default_partitions(n_workers: int, n_smes: int = 0) -> int:
@@ -180,11 +234,128 @@ def build_panel(
         )
         return finish_panel(rows, horizon_days, end)
 
-    pieces = _dask_run(
-        tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress
-    )
+    smes = sme_ids_of(tables)
+    results: dict[int, pd.DataFrame] = {}
+    with _dask_client(scheduler, n_workers) as client:
+        parts = partition_smes(smes, partitions or default_partitions(_workers(client), len(smes)))
+        tick = progress(len(parts)) if progress is not None else None
+
+        def keep(k: int, rows: Any) -> None:
+            results[k] = rows
+            if tick is not None:
+                tick()
+
+        pending = zip(parts, iter_split_tables(tables, parts), strict=True)
+        _dask_map(client, pending, _partition_rows, keep, days, reference, horizon_days)
+    pieces = [results.pop(k) for k in range(len(parts))]
     rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
     return finish_panel(rows, horizon_days, end)
+
+
+@dataclass(frozen=True)
+class DaskInputs:
+    """What the Dask engine needs once the tables are read: each partition's own rows as Arrow
+    IPC files in `folder` (a temporary folder beside the output), the partitions' SME ids (in
+    order), the reference, the checked as-of days, the label horizon and the last date the data
+    covers. The tables themselves can then be released. `write_dask_inputs` removes the folder
+    however it ends; `close` (or leaving a `with` block) removes it when it is not called."""
+
+    folder: Path
+    parts: tuple[list[str], ...]
+    reference: Reference
+    days: list[int]
+    horizon_days: int
+    data_end: pd.Timestamp
+
+    def close(self) -> None:
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+
+    def __enter__(self) -> DaskInputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prepare_dask_panel(
+    tables: Tables,
+    as_of_dates: Iterable[object],
+    out: str | Path,
+    *,
+    horizon_days: int = DEFAULT_HORIZON_DAYS,
+    reference: Reference | None = None,
+    data_end: object | None = None,
+    n_workers: int | None = None,
+    partitions: int | None = None,
+) -> DaskInputs:
+    """The panel of `build_panel(tables, as_of_dates, engine="dask", ...)` prepared for
+    `write_dask_inputs` (same checks, same FeatureErrors): the SMEs cut into `partitions`
+    (default: `default_partitions` for `n_workers`, one per core by default) and each
+    partition's own rows written to a temporary folder beside `out`, one partition at a time.
+    The caller can then release the tables (the client's largest holding while the workers
+    compute)."""
+    days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
+    smes = sme_ids_of(tables)
+    k = partitions or default_partitions(n_workers or os.cpu_count() or 1, len(smes))
+    parts = partition_smes(smes, k)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".parts", dir=target.parent))
+    inputs = DaskInputs(folder, tuple(parts), reference, days, int(horizon_days), end)
+    try:
+        for i, piece in enumerate(iter_split_tables(tables, parts)):
+            _save_tables(piece, folder, i)
+            del piece
+            pa.default_memory_pool().release_unused()  # the part's Arrow intermediates
+    except BaseException:
+        inputs.close()
+        raise
+    return inputs
+
+
+def _save_tables(piece: Tables, folder: Path, k: int) -> None:
+    """Partition k's tables as Arrow IPC files (`in-k.<table>.arrow`), read back by
+    `_ipc_frame` to equal frames."""
+    for name, frame in piece.frames().items():
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        with (
+            pa.OSFile(str(folder / f"in-{k:06d}.{name}.arrow"), "wb") as sink,
+            pa.ipc.new_file(sink, table.schema) as writer,
+        ):
+            writer.write_table(table)
+
+
+def _read_tables(folder: Path, k: int) -> dict[str, bytes]:
+    """Partition k's saved tables (`_save_tables`) as bytes, by table name."""
+    return {
+        path.name.split(".")[1]: path.read_bytes()
+        for path in sorted(folder.glob(f"in-{k:06d}.*.arrow"))
+    }
+
+
+def write_dask_inputs(
+    inputs: DaskInputs,
+    out: str | Path,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    progress: Callable[[int], Callable[[], object]] | None = None,
+) -> int:
+    """Compute the panel of `inputs` on Dask and write it to Parquet, one row group per as-of
+    date, atomically as `write_panel` does; returns the number of rows. The file is
+    `write_panel(build_panel(..., engine="dask"))`'s (same rows, columns, dtypes, horizon
+    attribute) without the whole panel's copies: each partition's rows go to a file in the
+    inputs' folder as they arrive, then the panel is written date by date, each date's rows
+    read from the partitions' files in SME order. The folder is removed however it ends.
+
+    Connects to `scheduler` if given, else starts a LocalCluster of `n_workers` processes
+    (default: one per core); `progress(total)` returns a callback called once per partition."""
+    with inputs:
+        release_freed_memory()  # the tables the caller released after `prepare_dask_panel`
+        with _dask_client(scheduler, n_workers) as client:
+            files = _compute_inputs(inputs, client, progress)
+        return _write_results(inputs, files, out)
 
 
 def write_dask_panel(
@@ -200,53 +371,67 @@ def write_dask_panel(
     partitions: int | None = None,
     progress: Callable[[int], Callable[[], object]] | None = None,
 ) -> int:
-    """`write_panel(build_panel(..., engine="dask"), out)` without the whole panel's copies:
-    the partitions' rows are written date by date (one row group each), each date's rows
-    gathered from the partitions in SME order. Returns the number of rows."""
-    days, reference, end = panel_plan(tables, as_of_dates, horizon_days, reference, data_end)
-    pieces = _dask_run(
-        tables, days, reference, horizon_days, scheduler, n_workers, partitions, progress
-    )
-    bounds = [_date_bounds(piece, days) for piece in pieces]
+    """`write_dask_inputs(prepare_dask_panel(tables, ...), out)` with `partitions` defaulting
+    to `default_partitions` for the workers the cluster has: the panel file of
+    `write_panel(build_panel(..., engine="dask"))`, the tables held by the caller throughout
+    (`prepare_dask_panel` lets the caller release them). Returns the number of rows."""
+    dates = list(as_of_dates)
+    _, reference, end = panel_plan(tables, dates, horizon_days, reference, data_end)  # no cluster
+    inputs: DaskInputs | None = None  # started for a FeatureError
+    try:
+        with _dask_client(scheduler, n_workers) as client:
+            k = partitions or default_partitions(_workers(client), len(sme_ids_of(tables)))
+            inputs = prepare_dask_panel(
+                tables, dates, out, horizon_days=horizon_days, reference=reference,
+                data_end=end, partitions=k,
+            )  # fmt: skip
+            files = _compute_inputs(inputs, client, progress)
+        return _write_results(inputs, files, out)
+    finally:
+        if inputs is not None:
+            inputs.close()
 
-    def date_tables() -> Iterator[pa.Table]:
-        for j in range(len(days)):
-            rows = pd.concat(
-                [piece.iloc[b[j] : b[j + 1]] for piece, b in zip(pieces, bounds, strict=True)],
-                ignore_index=True,
-            )
-            yield panel_table(rows, horizon_days, end)
 
-    return write_row_groups(date_tables(), out)
+def _compute_inputs(
+    inputs: DaskInputs, client: object, progress: Callable[[int], Callable[[], object]] | None
+) -> list[Path]:
+    """Every partition's rows (`_partition_batches`) computed on `client`, each written to the
+    inputs' folder as it arrives; the files, in SME order."""
+    tick = progress(len(inputs.parts)) if progress is not None else None
+    files: dict[int, Path] = {}
+
+    def save(k: int, data: Any) -> None:
+        path = inputs.folder / f"part-{k:06d}.arrow"
+        path.write_bytes(data)
+        files[k] = path
+        if tick is not None:
+            tick()
+
+    pending = ((smes, _read_tables(inputs.folder, k)) for k, smes in enumerate(inputs.parts))
+    _dask_map(
+        client, pending, _partition_batches, save, inputs.days, inputs.reference,
+        inputs.horizon_days,
+    )  # fmt: skip
+    return [files[k] for k in range(len(inputs.parts))]
 
 
-def _dask_run(
-    tables: Tables,
-    days: list[int],
-    reference: Reference,
-    horizon_days: int,
-    scheduler: str | None,
-    n_workers: int | None,
-    partitions: int | None,
-    progress: Callable[[int], Callable[[], object]] | None,
-) -> list[pd.DataFrame]:
-    """`dask_pieces` on a client of `scheduler` (else a LocalCluster, `_dask_client`), with
-    `partitions` or `default_partitions` for the workers it has; `progress(total)` ticks once
-    per partition."""
-    n_smes = len(sme_ids_of(tables))
-    with _dask_client(scheduler, n_workers) as client:
-        workers_now = max(1, len(client.scheduler_info().get("workers", {})))
-        k = partitions or default_partitions(workers_now, n_smes)
-        tick = progress(min(k, max(1, n_smes))) if progress is not None else None
-        return dask_pieces(
-            tables,
-            days,
-            reference,
-            client,
-            horizon_days=horizon_days,
-            partitions=k,
-            on_partition=tick,
-        )
+def _write_results(inputs: DaskInputs, files: list[Path], out: str | Path) -> int:
+    """The panel file from the partitions' row files (`_day_batches`): date by date, each
+    date's rows from every partition in SME order, one row group each (`write_row_groups`)."""
+    with ExitStack() as stack:
+        readers = [pa.ipc.open_file(stack.enter_context(pa.OSFile(str(f), "rb"))) for f in files]
+
+        def date_tables() -> Iterator[pa.Table]:
+            for j in range(len(inputs.days)):
+                rows = pd.concat([_read_day(r, j) for r in readers], ignore_index=True)
+                yield panel_table(rows, inputs.horizon_days, inputs.data_end)
+
+        return write_row_groups(date_tables(), out)
+
+
+def _workers(client: Any) -> int:
+    """The number of workers `client`'s scheduler has now (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
 
 
 def _date_bounds(rows: pd.DataFrame, days: list[int]) -> np.ndarray:
