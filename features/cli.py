@@ -165,7 +165,13 @@ def features_command(
     as-of date, every catalog feature and the default_12m label) and write it to Parquet."""
     import pyarrow.parquet as pq
 
-    from features.engines import prepare_panel, write_dask_panel, write_features
+    from features.engines import (
+        prepare_dask_panel,
+        prepare_panel,
+        write_dask_inputs,
+        write_dask_panel,
+        write_features,
+    )
     from features.io import load_tables
     from features.pipeline import data_range, month_ends
 
@@ -197,7 +203,11 @@ def features_command(
             rows = write_features(
                 plan, out, jobs=jobs or os.cpu_count() or 1, on_date=progress(len(plan.days))
             )
-        else:
+        elif scheduler is None:  # a local cluster, one worker per core, as prepared for
+            inputs = prepare_dask_panel(tables, dates, out, horizon_days=horizon_days)
+            del tables  # the partitions' rows are on disk: the client need not hold them
+            rows = write_dask_inputs(inputs, out, progress=progress)
+        else:  # partitions for the workers the cluster has, known once connected
             rows = write_dask_panel(
                 tables, dates, out, scheduler=scheduler, horizon_days=horizon_days,
                 progress=progress,

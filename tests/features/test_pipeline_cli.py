@@ -125,3 +125,18 @@ def test_the_output_format_follows_the_file_name_or_is_refused(tmp_path) -> None
     assert result.exit_code == 2
     assert "--out" in result.output and "expected a .parquet file" in result.output
     assert not out.exists()
+
+
+def test_the_dask_engine_on_a_local_cluster_writes_the_pandas_panel(data_dir, tmp_path):
+    """`--engine dask` without a scheduler: the partitions are prepared on disk and the tables
+    released before the cluster computes (`prepare_dask_panel`); the panel is the pandas
+    engine's, and nothing but the panel is left beside it."""
+    pandas_out, dask_out = (
+        tmp_path / "pandas" / "panel.parquet",
+        tmp_path / "dask" / "panel.parquet",
+    )
+    assert run("--data", str(data_dir), "--out", str(pandas_out)).exit_code == 0
+    result = run("--data", str(data_dir), "--out", str(dask_out), "--engine", "dask")
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_parquet(dask_out), pd.read_parquet(pandas_out))
+    assert sorted(p.name for p in dask_out.parent.iterdir()) == ["panel.parquet"]
