@@ -9,8 +9,9 @@ into a temporary MLflow store, then on 127.0.0.1:
 - `mlflow models serve` of the same registered model version (which explains and stores nothing),
   the same single-row load, side by side in the same run: the throughput ratio;
 - the framework floor: an empty FastAPI POST route that reads the same bodies and parses them
-  with orjson (`floor_app`), under the same uvicorn settings (2 workers, uvloop, httptools) and
-  the same load, in the same run: what the stack itself allows, beside the service's figures;
+  with orjson (`bench.floor_app`), under the same uvicorn settings (2 workers, uvloop,
+  httptools) and the same load, in the same run after the service's runs: what the stack
+  itself allows, beside the service's figures;
 - afterwards, the audit store must hold a record for every 200 response;
 - the soak: `SOAK_S` (60 s) at 16 keep-alive connections against 2 workers, with the SQLite audit
   store and again with PostgreSQL (``SCF_RISK_TEST_POSTGRES_URL``, a fresh database created and
@@ -131,29 +132,6 @@ def _process(cmd: list[str], env: dict[str, str], cwd: Path, ready_url: str) -> 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-
-
-def floor_app() -> Any:
-    """The framework floor (a uvicorn factory): FastAPI with one POST route that reads the body
-    and parses it with orjson, as the service's route does first, and answers its sme_id; and
-    the readiness route `_process` waits for. Nothing is validated, scored or stored: the
-    req/s and latency of the stack alone under the service's load."""
-    import orjson
-    from fastapi import FastAPI, Request, Response
-
-    async def score(request: Request) -> Response:
-        doc = orjson.loads(await request.body())
-        return Response(orjson.dumps({"sme_id": doc.get("sme_id")}), media_type="application/json")
-
-    async def ready() -> dict[str, bool]:
-        return {"ready": True}
-
-    # the annotations are strings here (postponed): FastAPI reads these objects instead
-    score.__annotations__.update({"request": Request, "return": Response})
-    app = FastAPI()
-    app.add_api_route("/v1/scores", score, methods=["POST"])
-    app.add_api_route("/readyz", ready, methods=["GET"])
-    return app
 
 
 # -- load generators ---------------------------------------------------------------------------
@@ -493,29 +471,39 @@ def _run(report: Report, root: Path) -> None:
         SECTION, "throughput ratio scf-risk / mlflow", ours / theirs, "x",
         target=f">= {TARGET_RATIO}", note="medians of the runs of each, same run of the bench",
     )  # fmt: skip
-    floor(report, root, singles, ours, p99s, note)
+    floor(report, root, singles, hdr, ours, p99s, note)
     soak(report, root, tracking, rows)
 
 
 def floor(
-    report: Report, root: Path, bodies: list[str], ours: float, our_p99s: list[float], note: str
+    report: Report,
+    root: Path,
+    bodies: list[str],
+    headers: dict[str, str],
+    ours: float,
+    our_p99s: list[float],
+    note: str,
 ) -> None:
-    """The framework floor (`floor_app`) under the service's uvicorn settings and load, in the
+    """The framework floor (`bench.floor_app`) under the service's uvicorn settings and load, in the
     same run: its req/s and p99 beside the service's, and the service's share of it."""
     fport = _free_port()
     fbase = f"http://127.0.0.1:{fport}"
-    floor_cmd = [sys.executable, "-m", "uvicorn", "bench.bench_serve:floor_app", "--factory"]
+    floor_cmd = [sys.executable, "-m", "uvicorn", "bench.floor_app:floor_app", "--factory"]
     floor_cmd += ["--host", "127.0.0.1", "--port", str(fport), "--workers", str(WORKERS)]
     floor_cmd += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
     floor_cmd += ["--log-level", "warning"]
     repo = str(Path(__file__).resolve().parents[1])  # `bench` importable from the work folder
     fenv = {"PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     with _process(floor_cmd, fenv, root, f"{fbase}/readyz"):
-        run_load(f"{fbase}/v1/scores", bodies, {}, 2)
-        floads = [run_load(f"{fbase}/v1/scores", bodies, {}, DURATION_S) for _ in range(RUNS)]
+        run_load(f"{fbase}/v1/scores", bodies, headers, 2)
+        floads = [run_load(f"{fbase}/v1/scores", bodies, headers, DURATION_S) for _ in range(RUNS)]
     if any(x.ok != x.requests for x in floads):
         raise RuntimeError("the framework floor answered errors; the comparison is void")
-    fnote = f"{note}; an empty FastAPI POST route reading and parsing the same bodies (orjson)"
+    fnote = (
+        f"{note}; an empty FastAPI POST route reading and parsing the same bodies and headers "
+        "(orjson), run after the service's runs (not interleaved); unlike the service it has "
+        "no header deadline protocol nor access log, and answers ~20 bytes, not a few KB"
+    )
     theirs = _add(
         report, "framework floor throughput", [x.rps for x in floads], "req/s", note=fnote
     )
