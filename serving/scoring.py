@@ -189,22 +189,16 @@ def decide(served: ServedModel, inputs: Sequence[_Inputs], *, threads: int = 1) 
     firsts = [r[0] if r else None for r in ex.reasons]
     what_ifs = _what_ifs(model, rows, firsts, ex.grades, ex.M, threads=threads, leaves=ex.leaves)
     bands = {g: grade_band(model, g) for g in set(ex.grades)}
-    names, method, info = ex.names, served.explain_method, served.info
+    method, info = served.explain_method, served.info
     return [
-        Decision(
-            sme_id=x.sme_id,
-            as_of=x.as_of,
-            mode=x.mode,
-            inputs_hash=x.inputs_hash,
-            features=ex.values[i],
-            contributions=dict(zip(names, ex.points[i], strict=True)),
-            base_points=ex.base[i],
-            pd=ex.pd[i],
-            score=ex.score[i],
-            grade=ex.grades[i],
-            reasons=ex.reasons[i],
-            model=dict(info),
-            explain_method=method,
+        ex.decision(
+            i,
+            x.sme_id,
+            x.as_of,
+            x.mode,
+            x.inputs_hash,
+            info,
+            method,
             coverage=x.coverage,
             allow_sparse=x.allow_sparse,
             features_as_of=x.features_as_of,
@@ -231,6 +225,36 @@ class _Explained:
     score: list[float]
     grades: list[str]
     leaves: np.ndarray | None
+
+    def decision(
+        self,
+        i: int,
+        sme_id: str,
+        as_of: date,
+        mode: str,
+        inputs_hash: str,
+        model_info: dict[str, str | None],
+        method: str,
+        **served: Any,
+    ) -> Decision:
+        """Row `i`'s decision; ``served``: the fields a served decision adds (coverage, grade
+        band, what-if, input, ...)."""
+        return Decision(
+            sme_id=sme_id,
+            as_of=as_of,
+            mode=mode,
+            inputs_hash=inputs_hash,
+            features=self.values[i],
+            contributions=dict(zip(self.names, self.points[i], strict=True)),
+            base_points=self.base[i],
+            pd=self.pd[i],
+            score=self.score[i],
+            grade=self.grades[i],
+            reasons=self.reasons[i],
+            model=dict(model_info),
+            explain_method=method,
+            **served,
+        )
 
 
 def _explain(
@@ -351,21 +375,7 @@ def explain_rows(
     reasons are found row by row (`_driver_reasons`), whatever the number of rows."""
     ex = _explain(model, rows, method=method, threads=threads)
     decisions = [
-        Decision(
-            sme_id=sme_id,
-            as_of=as_of,
-            mode=mode,
-            inputs_hash=inputs_hash,
-            features=ex.values[i],
-            contributions=dict(zip(ex.names, ex.points[i], strict=True)),
-            base_points=ex.base[i],
-            pd=ex.pd[i],
-            score=ex.score[i],
-            grade=ex.grades[i],
-            reasons=ex.reasons[i],
-            model=dict(model_info),
-            explain_method=method,
-        )
+        ex.decision(i, sme_id, as_of, mode, inputs_hash, model_info, method)
         for i, (sme_id, as_of, mode, inputs_hash) in enumerate(meta)
     ]
     return decisions, ex.M
