@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -196,24 +202,25 @@ def features_command(
         )
 
     progress, close = progress_bar("features", "date" if engine == "pandas" else "partition")
-    try:
-        if engine == "pandas":
-            plan = prepare_panel(tables, dates, horizon_days=horizon_days)
-            del tables  # the prepared arrays hold what the panel needs
-            rows = write_features(
-                plan, out, jobs=jobs or os.cpu_count() or 1, on_date=progress(len(plan.days))
-            )
-        elif scheduler is None:  # a local cluster, one worker per core, as prepared for
-            inputs = prepare_dask_panel(tables, dates, out, horizon_days=horizon_days)
-            del tables  # the partitions' rows are on disk: the client need not hold them
-            rows = write_dask_inputs(inputs, out, progress=progress)
-        else:  # partitions for the workers the cluster has, known once connected
-            rows = write_dask_panel(
-                tables, dates, out, scheduler=scheduler, horizon_days=horizon_days,
-                progress=progress,
-            )  # fmt: skip
-    finally:
-        close()
+    with terminated_as_exit():
+        try:
+            if engine == "pandas":
+                plan = prepare_panel(tables, dates, horizon_days=horizon_days)
+                del tables  # the prepared arrays hold what the panel needs
+                rows = write_features(
+                    plan, out, jobs=jobs or os.cpu_count() or 1, on_date=progress(len(plan.days))
+                )
+            elif scheduler is None:  # a local cluster, one worker per core, as prepared for
+                with prepare_dask_panel(tables, dates, out, horizon_days=horizon_days) as inputs:
+                    del tables  # the partitions' rows are on disk: the client need not hold them
+                    rows = write_dask_inputs(inputs, out, progress=progress)
+            else:  # partitions for the workers the cluster has, known once connected
+                rows = write_dask_panel(
+                    tables, dates, out, scheduler=scheduler, horizon_days=horizon_days,
+                    progress=progress,
+                )  # fmt: skip
+        finally:
+            close()
     columns = len(pq.read_schema(out).names)
     typer.echo(f"{out}: {rows:,} rows x {columns} columns")
 
@@ -252,3 +259,27 @@ def german_credit(
     layout = Layout(months=months, start=parse_date(start, "--start"), seed=seed)
     typer.echo(write_example(source, out, layout))
     typer.echo(f"{out}: written (enterprises, invoices, loans, financials, conversion.md)")
+
+
+TERMINATED = 128 + signal.SIGTERM
+"""The exit code of a build stopped by SIGTERM (`terminated_as_exit`), as a shell reports it."""
+
+
+def _exit_terminated(_signum: int, _frame: FrameType | None) -> None:
+    sys.exit(TERMINATED)
+
+
+@contextmanager
+def terminated_as_exit() -> Iterator[None]:
+    """SIGTERM (a cancelled job, a stopped container) as ``SystemExit(TERMINATED)`` inside the
+    block, so that what a failure cleans up is cleaned up then too: the Dask engine's temporary
+    files beside the output (several GB at 100,000 SMEs) and the unfinished output. The previous
+    handler is back afterwards; outside the main thread (no signal handlers there) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

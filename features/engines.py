@@ -396,7 +396,9 @@ def _compute_inputs(
     inputs: DaskInputs, client: object, progress: Callable[[int], Callable[[], object]] | None
 ) -> list[Path]:
     """Every partition's rows (`_partition_batches`) computed on `client`, each written to the
-    inputs' folder as it arrives; the files, in SME order."""
+    inputs' folder as it arrives (and the partition's input files removed then: the disk holds
+    at most the inputs and the results, never both of one partition for long); the files, in
+    SME order."""
     tick = progress(len(inputs.parts)) if progress is not None else None
     files: dict[int, Path] = {}
 
@@ -404,6 +406,8 @@ def _compute_inputs(
         path = inputs.folder / f"part-{k:06d}.arrow"
         path.write_bytes(data)
         files[k] = path
+        for done in inputs.folder.glob(f"in-{k:06d}.*.arrow"):  # its rows are computed
+            done.unlink()
         if tick is not None:
             tick()
 

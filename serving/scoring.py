@@ -299,9 +299,12 @@ def _explain(
             ],
             threads=threads,
         )
-        for i, r in zip(redo, again, strict=True):
-            found[i] = r
-    reasons = [r for r in found if r is not None]
+        for i, row_reasons in zip(redo, again, strict=True):
+            found[i] = row_reasons
+    reasons: list[tuple[Reason, ...]] = []
+    for r in found:
+        assert r is not None  # every row's, once `redo` is filled
+        reasons.append(r)
     # Python numbers once for the batch (the same values as float() of each numpy element)
     return _Explained(
         M=M,

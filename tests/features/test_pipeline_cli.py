@@ -138,5 +138,44 @@ def test_the_dask_engine_on_a_local_cluster_writes_the_pandas_panel(data_dir, tm
     assert run("--data", str(data_dir), "--out", str(pandas_out)).exit_code == 0
     result = run("--data", str(data_dir), "--out", str(dask_out), "--engine", "dask")
     assert result.exit_code == 0, result.output
-    pd.testing.assert_frame_equal(pd.read_parquet(dask_out), pd.read_parquet(pandas_out))
+    assert dask_out.read_bytes() == pandas_out.read_bytes()
     assert sorted(p.name for p in dask_out.parent.iterdir()) == ["panel.parquet"]
+
+
+@pytest.mark.slow
+def test_a_dask_build_stopped_by_sigterm_leaves_no_temporary_files(tmp_path):
+    """A cancelled job (SIGTERM) while the Dask engine holds its temporary files beside the
+    output: exit 143, and neither those files nor an output are left (`terminated_as_exit`)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    tables = random_tables(n_smes=300, n_cores=6, n_invoices=60_000, days=700, seed=3)
+    for name, frame in tables.frames().items():
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "features", "features", "--data", str(folder)]
+    cmd += ["--out", str(out_dir / "panel.parquet"), "--engine", "dask"]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not any(out_dir.glob(".panel.parquet.*.parts")):
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the temporary folder never appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output
+    assert list(out_dir.iterdir()) == []
