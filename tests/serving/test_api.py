@@ -284,6 +284,13 @@ BAD_BODIES: list[tuple[str, str, list[Any]]] = [
         "overflow",
         [*F, "dso_90d"],
     ),
+    (
+        '{"sme_id":"S1","as_of":"2024-06-30","allow_sparse":true,"features":{"dso_90d":1'
+        + "0" * 400
+        + "}}",
+        "integer beyond float",
+        [*F, "dso_90d"],
+    ),
     ('{"sme_id":"S1","as_of":"2024-02-30","features":{}}', "bad date", ["body", "as_of"]),
     ('{"sme_id":"S1","as_of":"yesterday","features":{}}', "not a date", ["body", "as_of"]),
     ('{"sme_id":"S1","as_of":1700000000,"features":{}}', "number date", ["body", "as_of"]),
