@@ -14,7 +14,7 @@ import hashlib
 import logging
 import math
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from itertools import islice
@@ -334,15 +334,7 @@ def _batch_reasons(
     differ from `_driver_reasons`', which the caller uses for that row alone."""
     found = matrix_reasons(model, M, points, leaves=leaves, threads=threads)
     out: list[list[Reason] | None] = [[] for _ in range(len(points))]
-    for i, code, name, value, p, text in zip(
-        found.rows,
-        found.codes,
-        found.features,
-        found.values,
-        found.points,
-        found.texts,
-        strict=True,
-    ):
+    for i, code, name, value, p, text in found.entries():
         row = out[i]
         if row is None:
             continue
@@ -396,6 +388,12 @@ class ReasonColumns:
     values: list[float | str | None]
     points: list[float]
     texts: list[str]
+
+    def entries(self) -> Iterator[tuple[int, str, str, float | str | None, float, str]]:
+        """Each reason as (row, code, feature, value, points, text), in order."""
+        return zip(
+            self.rows, self.codes, self.features, self.values, self.points, self.texts, strict=True
+        )
 
 
 def matrix_reasons(

@@ -34,6 +34,7 @@ from serving.audit.canonical import canonical_bytes, canonical_json, json_value,
 from serving.audit.store import chained_text
 from serving.schemas import BatchScoreResponse, ScoreResponse, batch_response_json
 from tests.serving.test_api import FEATURES, _typed
+from tests.support.strategies import near_splits
 
 
 def _documents(largest: int) -> st.SearchStrategy[Any]:
@@ -214,19 +215,6 @@ def _sides_as_before(model: Any, M: np.ndarray, wanted: list[tuple[int, str, Any
     return out
 
 
-def _near_splits(cuts: list[float], *also: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """A feature's value where its sides change: on a split, just above one, anywhere around
-    them, or missing (and whatever `also` draws)."""
-    cuts = cuts or [0.0]
-    return st.one_of(
-        st.sampled_from(cuts),
-        st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
-        st.floats(min(cuts) - 10, max(cuts) + 10),
-        st.none(),
-        *also,
-    )
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> None:
@@ -243,7 +231,7 @@ def test_sides_are_what_they_were(scoring_model: Any, data: st.DataObject) -> No
         for name in view.names:
             if view.features[name].kind == "categorical":
                 continue
-            row[name] = data.draw(_near_splits(view.splits[name].tolist()))
+            row[name] = data.draw(near_splits(view.splits[name].tolist()))
         rows.append(row)
     M = model.records_matrix(rows)
     wanted = [
@@ -628,7 +616,7 @@ def test_a_batchs_reasons_are_the_services(scoring_model: Any, data: st.DataObje
                 row[name] = data.draw(st.one_of(st.sampled_from(known), st.just("wood"), st.none()))
                 continue
             zeros = st.sampled_from([0.0, -0.0])
-            row[name] = data.draw(_near_splits(view.splits[name].tolist(), zeros))
+            row[name] = data.draw(near_splits(view.splits[name].tolist(), zeros))
         rows.append(row)
     rows += rows[: data.draw(st.integers(0, n_rows))]  # repeated values
     meta = [(f"S{i}", scoring.date(2025, 1, 31), "batch", "") for i in range(len(rows))]
@@ -641,14 +629,6 @@ def test_a_batchs_reasons_are_the_services(scoring_model: Any, data: st.DataObje
     for leaves in (None, expl.leaves):
         found = scoring.matrix_reasons(model, M, expl.point_values, leaves=leaves)
         got: list[list[tuple[str, str, str, str, str]]] = [[] for _ in rows]
-        for i, code, feature, value, points, text in zip(
-            found.rows,
-            found.codes,
-            found.features,
-            found.values,
-            found.points,
-            found.texts,
-            strict=True,
-        ):
+        for i, code, feature, value, points, text in found.entries():
             got[i].append((code, feature, repr(value), repr(points), text))
         assert got == want

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from serving import scoring
 from serving.audit.canonical import canonical_bytes
 from serving.served import ServedModel, build_served
+from tests.support.strategies import near_splits
 from training.bundle import LoadedModel
 from training.model import ScoringModel
 
@@ -57,16 +58,8 @@ def test_a_batch_records_each_row_as_alone(served: ServedModel, data: st.DataObj
                 known = list(model.categories[name])
                 row[name] = data.draw(st.one_of(st.sampled_from(known), st.just("wood"), st.none()))
                 continue
-            cuts = view.splits[name].tolist() or [0.0]
-            row[name] = data.draw(
-                st.one_of(
-                    st.sampled_from(cuts),
-                    st.sampled_from(cuts).map(lambda c: float(np.nextafter(c, np.inf))),
-                    st.floats(min(cuts) - 10, max(cuts) + 10),
-                    st.sampled_from([0.0, -0.0, float("nan"), None]),
-                    st.integers(-3, 40),
-                )
-            )
+            also = (st.sampled_from([0.0, -0.0, float("nan")]), st.integers(-3, 40))
+            row[name] = data.draw(near_splits(view.splits[name].tolist(), *also))
         rows.append(row)
     rows += rows[: data.draw(st.integers(0, n_rows))]
     _alone_and_together(served, rows)
