@@ -23,7 +23,6 @@ import gc
 import multiprocessing
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from features.exceptions import FeatureError
 from features.own import Prepared, _codes
 from features.pipeline import finish_panel, panel_plan, panel_table, write_row_groups
 from features.reference import Reference, date_rows, feature_rows, sme_ids_of
+from features.scratch import sibling
 
 Engine = Literal["pandas", "dask"]
 ENGINES: tuple[str, ...] = ("pandas", "dask")
@@ -301,7 +301,7 @@ def prepare_dask_panel(
     parts = partition_smes(smes, k)
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".parts", dir=target.parent))
+    folder = sibling(target, ".parts", folder=True)
     inputs = DaskInputs(folder, tuple(parts), reference, days, int(horizon_days), end)
     try:
         for i, piece in enumerate(iter_split_tables(tables, parts)):

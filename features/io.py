@@ -47,7 +47,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +73,7 @@ from features.contract import (
     empty_frame,
 )
 from features.exceptions import ContractError, ScfRiskError, Violation
+from features.scratch import sibling
 
 __all__ = [
     "DATE_RANGE",
@@ -220,7 +220,7 @@ def write_new_folder(out: Path, write: Callable[[Path], None]) -> None:
         if any(out.iterdir()):
             raise ScfRiskError(f"{out}: folder is not empty; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = sibling(out, ".partial", folder=True)
     finished = False
     try:
         write(tmp)

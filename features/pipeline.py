@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from features.contract import (
 from features.exceptions import FeatureError
 from features.own import META_COLUMNS, META_EVENT, NEVER, day_of, to_days
 from features.reference import Reference, build_reference, feature_rows, sme_features
+from features.scratch import sibling
 
 __all__ = [
     "LABEL",
@@ -206,8 +206,7 @@ def write_panel(panel: pd.DataFrame, out: str | Path) -> Path:
     any failure nothing is left at `out` (nor a temporary file)."""
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = sibling(target, ".tmp", folder=False)
     try:
         panel.to_parquet(tmp, index=False)
         os.replace(tmp, target)
@@ -225,8 +224,7 @@ def write_row_groups(
     nothing is left); returns the number of rows. FeatureError, and no file, without rows."""
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = sibling(target, ".tmp", folder=False)
     rows = 0
     try:
         writer: pq.ParquetWriter | None = None

@@ -22,7 +22,6 @@ number, null when missing or categorical), ``value_text`` (the value as text, nu
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -37,6 +36,7 @@ import pyarrow as pa
 from features.exceptions import FeatureError
 from features.own import META_MAIN_CORE
 from features.pipeline import LABEL, as_of_days, data_range, finish_panel
+from features.scratch import sibling
 from training.model import DEFAULT_EXPLAIN_METHOD
 
 if TYPE_CHECKING:
@@ -377,8 +377,7 @@ def write_scores(scores: pd.DataFrame, out: str | Path) -> Path:
     table = scores_table(scores)
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = sibling(target, ".tmp", folder=False)
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, target)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from features.scratch import sibling
 from serving.portfolio.monitor import MonitorResult
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def monthly(
     performance = performance_by_month(tables, loaded, month_ends(start, when), when)
     doc["performance"] = performance_doc(performance)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = sibling(out, ".partial", folder=True)
     try:
         write_scores(result.now.scores, tmp / "scores.parquet")
         (tmp / "monitor.html").write_text(render_monitor(doc), encoding="utf-8")
