@@ -10,10 +10,10 @@ The algorithm is LightGBM's own (``Tree::TreeSHAP`` in src/io/tree.cpp; Lundberg
 "From local explanations to global understanding with explainable AI for trees", 2020,
 Algorithm 2), rearranged per leaf instead of recursing:
 
-- a row is routed once through every split of a tree with LightGBM's decision rules
-  (``NumericalDecision`` / ``CategoricalDecision`` in include/LightGBM/tree.h: missing types
-  None / Zero / NaN, ``default_left``; NaN and negative categories go right; |x| <= 1e-35
-  reads as 0 as in LightGBM's dense-row reader);
+- a row's decision at every split of every tree is taken once, in one pass over the nodes
+  (`_decide`), with LightGBM's decision rules (``NumericalDecision`` / ``CategoricalDecision``
+  in include/LightGBM/tree.h: missing types None / Zero / NaN, ``default_left``; NaN and
+  negative categories go right; |x| <= 1e-35 reads as 0 as in LightGBM's dense-row reader);
 - a leaf's path is known at parse time as its unique features, each with its zero fraction
   (the product of the cover ratios of that feature's splits on the path; cover = the training
   rows counted at each node, as LightGBM uses). Only the one fractions depend on the row: 1 if
@@ -103,7 +103,12 @@ class _Forest:
       as many contributions as the group has features), and (column 7) the offset in
       ``group_leaves`` of the leaf value of each key when the group is the whole tree (its
       decisions are every node's: the key says the leaf), else -1. Trees (columns 4-5) list
-      their groups; a tree without groups goes leaf by leaf."""
+      their groups; a tree without groups goes leaf by leaf. A group's nodes are in ascending
+      order, so the key of a whole-tree group is the tree's decision mask itself;
+    - ``node_features``, ``node_nan``, ``node_zero``, ``cat_nodes``: what `_decide` needs to
+      take every node's decision for a row in one pass (`_numeric_left` written as a lookup:
+      ``x <= threshold`` but for a missing or zero value, whose decision depends only on the
+      node)."""
 
     trees: np.ndarray
     nodes: np.ndarray
@@ -123,8 +128,11 @@ class _Forest:
     group_tables: np.ndarray
     group_leaves: np.ndarray
     factors: np.ndarray  # 4 × (D+1) × (D+1): ExtendPath / UnwoundPathSum factors
+    node_features: np.ndarray  # each node's split feature (``nodes[:, 0]``, contiguous)
+    node_nan: np.ndarray  # each numerical node's decision (1 left) for NaN
+    node_zero: np.ndarray  # ... for |x| <= kZeroThreshold (`_numeric_left`)
+    cat_nodes: np.ndarray  # the categorical nodes (global ids)
     max_depth: int  # the most unique features on a path
-    max_nodes: int  # the most internal nodes of a tree
     bias: float  # Σ trees' expected values
 
     @cached_property
@@ -228,9 +236,9 @@ class TreeShap:
         leaf = np.empty((n if leaves else 0, len(f.trees)), dtype=np.float64)
         if self._parallel(X):
             with PARALLEL_TURN:
-                _shap_parallel(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
+                _shap_parallel(X, phi, margin, leaf, f.arrays, f.max_depth)
         else:
-            _shap_serial(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
+            _shap_serial(X, phi, margin, leaf, f.arrays, f.max_depth)
         return phi, np.full(n, f.bias), margin, leaf if leaves else None
 
     def margin(self, M: np.ndarray) -> np.ndarray:
@@ -357,7 +365,7 @@ def _parse(
     zeros: list[float] = []
     splits: list[tuple[int, int]] = []
     masks: list[tuple[int, int]] = []
-    max_nodes, bias = 0, 0.0
+    bias = 0.0
     # per tree of at most 64 internal nodes: (tree, root, first leaf, each leaf's unique
     # features in LightGBM's order with the splits of each: (feature, [(split, went left)]))
     groupable: list[tuple[int, dict[str, Any], int, list[list[tuple[int, list[tuple[int, int]]]]]]]
@@ -373,7 +381,6 @@ def _parse(
             tree_rows.append((node_start, node_start, leaf_start, leaf_start + 1, 0, 0))
             continue
         n_internal = int(info["num_leaves"]) - 1
-        max_nodes = max(max_nodes, n_internal)
         nodes += [[0] * 6 for _ in range(n_internal)]
         thresholds += [0.0] * n_internal
         found: dict[int, tuple[float, float, list[tuple[int, bool, int, float]]]] = {}
@@ -502,10 +509,16 @@ def _parse(
             offset += n
     tables = np.concatenate(kept) if kept else np.zeros(0, dtype=np.float64)
 
+    node_arr = np.asarray(nodes, dtype=np.int64).reshape(-1, 6)
+    threshold_arr = np.asarray(thresholds, dtype=np.float64)
+    flags = node_arr[:, _N_FLAGS]
+    default_left = (flags & _DEFAULT_LEFT) != 0
+    missing = flags >> 2
+    zero_left = threshold_arr >= 0.0  # 0.0 <= threshold
     return _Forest(
         trees=tree_arr,
-        nodes=np.asarray(nodes, dtype=np.int64).reshape(-1, 6),
-        thresholds=np.asarray(thresholds, dtype=np.float64),
+        nodes=node_arr,
+        thresholds=threshold_arr,
         cat_words=np.asarray(words, dtype=np.uint32),
         leaves=leaves,
         leaf_values=values,
@@ -523,8 +536,13 @@ def _parse(
         ),
         group_leaves=(np.concatenate(groups.leaves) if groups.leaves else np.zeros(0, np.float64)),
         factors=factors,
+        node_features=np.ascontiguousarray(node_arr[:, _N_FEATURE]),
+        # NaN: the default side for the missing types NaN and Zero (NaN reads as 0, a zero),
+        # else read as 0; a zero: the default side for Zero, else 0 <= threshold
+        node_nan=np.where(missing >= 1, default_left, zero_left).astype(np.uint8),
+        node_zero=np.where(missing == 1, default_left, zero_left).astype(np.uint8),
+        cat_nodes=np.flatnonzero(flags & _CATEGORICAL).astype(np.int64),
         max_depth=max_depth,
-        max_nodes=max_nodes,
         bias=bias,
     )
 
@@ -668,7 +686,7 @@ def _leaf_by_key(root: dict[str, Any], inner: list[int], values: np.ndarray) -> 
 
 
 def _subtree(node: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """(internal split indices, leaf indices) of the subtree at ``node``."""
+    """(internal split indices, ascending; leaf indices) of the subtree at ``node``."""
     inner: list[int] = []
     below: list[int] = []
     stack = [node]
@@ -679,7 +697,7 @@ def _subtree(node: dict[str, Any]) -> tuple[list[int], list[int]]:
             stack += [n["right_child"], n["left_child"]]
         else:
             below.append(int(n["leaf_index"]))
-    return inner, below
+    return sorted(inner), below
 
 
 def _count(node: dict[str, Any]) -> float:
@@ -742,21 +760,6 @@ def _goes_left(x, g, nodes, thresholds, cat_words):
 
 
 @njit(cache=True)
-def _route(x, t, trees, nodes, thresholds, cat_words, left):
-    """Each internal node's decision (1 = left) for row ``x`` in tree ``t`` into ``left`` (by
-    local node id); also as a bit mask (the first 64 nodes)."""
-    n0 = trees[t, _T_NODE_START]
-    bits = np.uint64(0)
-    for s in range(trees[t, _T_NODE_END] - n0):
-        g = n0 + s
-        go = _goes_left(x, g, nodes, thresholds, cat_words)
-        left[s] = go
-        if s < 64:  # the decision as a bit, without a branch on it (unpredictable)
-            bits |= np.uint64(go) << np.uint64(s)
-    return bits
-
-
-@njit(cache=True)
 def _fill_tables(tables, leaves, leaf_values, zeros, factors):
     """Every tabulated leaf's contribution of each feature for every one-fraction pattern."""
     pw = np.zeros(factors.shape[1] + 1)
@@ -807,13 +810,31 @@ def _path_weights(e0, d, ones, zeros, factors, pw, w):
 
 
 @njit(cache=True)
-def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
+def _decide(x, dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes, cat_words):
+    """Every node's decision (1 = left) for row ``x`` into ``dec`` (by global node id): the
+    decisions `_goes_left` takes, numerical nodes in one pass without branches (a missing or
+    zero value's decision is the node's ``node_nan`` / ``node_zero``), then the categorical
+    nodes."""
+    for g in range(node_features.shape[0]):
+        v = x[node_features[g]]
+        d = np.uint8(v <= thresholds[g])
+        d = node_nan[g] if v != v else d
+        d = node_zero[g] if abs(v) <= ZERO_THRESHOLD else d
+        dec[g] = d
+    for g in cat_nodes:
+        dec[g] = _category_left(
+            x[nodes[g, _N_FEATURE]], cat_words, nodes[g, _N_CAT_START], nodes[g, _N_CAT_LEN]
+        )
+
+
+@njit(cache=True)
+def _shap_row(x, phi, forest, dec, pw, ones, w, leafv):
     """Add one row's SHAP values (every tree) to ``phi`` and return its raw margin; ``forest``
-    is `_Forest.arrays()`; ``left``, ``pw``, ``ones``, ``w`` are scratch; ``leafv`` (one per
-    tree) receives the value of the leaf the row reaches in each tree. The margin is those
-    values summed from 0.0 in tree order, the additions of `_margin_row` in its order: the
-    same number bit for bit (the leaf is found from the decisions `_route` made, which are
-    `_leaf_value`'s)."""
+    is `_Forest.arrays()`; ``dec`` (one per node), ``pw``, ``ones``, ``w`` are scratch;
+    ``leafv`` (one per tree) receives the value of the leaf the row reaches in each tree. The
+    margin is those values summed from 0.0 in tree order, the additions of `_margin_row` in
+    its order: the same number bit for bit (the leaf is found from the decisions `_decide`
+    took, which are `_leaf_value`'s)."""
     (
         trees,
         nodes,
@@ -833,21 +854,42 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
         group_tables,
         group_leaves,
         factors,
+        node_features,
+        node_nan,
+        node_zero,
+        cat_nodes,
     ) = forest
+    _decide(x, dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes, cat_words)
     total = 0.0
     for t in range(trees.shape[0]):
-        bits = _route(x, t, trees, nodes, thresholds, cat_words, left)
+        n0 = trees[t, _T_NODE_START]
+        m = trees[t, _T_NODE_END] - n0
+        bits = np.uint64(0)  # the decisions as a mask (the first 64 nodes)
+        for s in range(min(m, 64)):
+            bits |= np.uint64(dec[n0 + s]) << np.uint64(s)
         g0 = trees[t, _T_GROUP_START]
-        if trees[t, _T_GROUP_END] > g0 and groups[g0, _G_LEAF] >= 0:
-            value = 0.0  # read with the group's key below
-        else:
-            n0 = trees[t, _T_NODE_START]
-            node = 0 if trees[t, _T_NODE_END] > n0 else -1  # -1: a single-leaf tree
-            while node >= 0:  # the child by index (right, left), not by a branch
-                node = nodes[n0 + node, _N_RIGHT - left[node]]
-            value = leaf_values[trees[t, _T_LEAF_START] + ~node]
-        if trees[t, _T_GROUP_END] > trees[t, _T_GROUP_START]:
-            for g in range(trees[t, _T_GROUP_START], trees[t, _T_GROUP_END]):
+        g1 = trees[t, _T_GROUP_END]
+        if g1 == g0 + 1 and groups[g0, _G_LEAF] >= 0:
+            # the whole tree as one group: its nodes ascending, every one a key bit, so the
+            # key is the mask (`_Groups.add_tree`)
+            key = int(bits)
+            f0 = groups[g0, _G_FEAT_START]
+            u = groups[g0, _G_FEAT_END] - f0
+            base = groups[g0, _G_TABLE] + key * u
+            for c in range(u):
+                phi[group_features[f0 + c]] += group_tables[base + c]
+            value = group_leaves[groups[g0, _G_LEAF] + key]
+            leafv[t] = value
+            total += value
+            continue
+        node = 0 if m > 0 else -1  # -1: a single-leaf tree
+        while node >= 0:  # the child by index (right, left), not by a branch
+            node = nodes[n0 + node, _N_RIGHT - dec[n0 + node]]
+        value = leaf_values[trees[t, _T_LEAF_START] + ~node]
+        leafv[t] = value
+        total += value
+        if g1 > g0:
+            for g in range(g0, g1):
                 # the table row: the one fractions of the features on the path to the group,
                 # then the decisions at the group's nodes
                 key = 0
@@ -864,14 +906,8 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
                 base = groups[g, _G_TABLE] + key * u
                 for c in range(u):
                     phi[group_features[f0 + c]] += group_tables[base + c]
-                if groups[g, _G_LEAF] >= 0:  # the whole tree: the key is every decision
-                    value = group_leaves[groups[g, _G_LEAF] + key]
-            leafv[t] = value
-            total += value
             continue
-        leafv[t] = value
-        total += value
-        use_bits = trees[t, _T_NODE_END] - trees[t, _T_NODE_START] <= 64
+        use_bits = m <= 64
         for leaf in range(trees[t, _T_LEAF_START], trees[t, _T_LEAF_END]):
             e0 = leaves[leaf, _L_ELEM_START]
             d = leaves[leaf, _L_ELEM_END] - e0
@@ -888,7 +924,7 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
                     e = e0 + k
                     o = 1
                     for q in range(elems[e, _E_SPLIT_START], elems[e, _E_SPLIT_END]):
-                        if left[splits[q, 0]] != splits[q, 1]:
+                        if dec[n0 + splits[q, 0]] != splits[q, 1]:
                             o = 0
                             break
                     pattern |= o << k
@@ -908,11 +944,11 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
 
 
 @njit(cache=True)
-def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes):
+def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth):
     """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays: the
     margins into ``margin``, each tree's leaf value into ``leaves`` (rows x trees) when it has
     rows (else into scratch)."""
-    left = np.zeros(max(max_nodes, 1), dtype=np.int64)
+    dec = np.zeros(forest[1].shape[0], dtype=np.uint8)
     pw = np.zeros(max_depth + 2)
     ones = np.zeros(max_depth + 1)
     w = np.zeros(max_depth + 1)
@@ -920,21 +956,21 @@ def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes):
     scratch = np.empty(forest[0].shape[0])
     for r in range(lo, hi):
         leafv = leaves[r] if keep else scratch
-        margin[r] = _shap_row(X[r], phi[r], forest, left, pw, ones, w, leafv)
+        margin[r] = _shap_row(X[r], phi[r], forest, dec, pw, ones, w, leafv)
 
 
 @njit(cache=True, nogil=True)  # Python threads may run beside it
-def _shap_serial(X, phi, margin, leaves, forest, max_depth, max_nodes):
-    _shap_rows(X, phi, margin, leaves, 0, X.shape[0], forest, max_depth, max_nodes)
+def _shap_serial(X, phi, margin, leaves, forest, max_depth):
+    _shap_rows(X, phi, margin, leaves, 0, X.shape[0], forest, max_depth)
 
 
 @njit(cache=True, parallel=True)
-def _shap_parallel(X, phi, margin, leaves, forest, max_depth, max_nodes):
+def _shap_parallel(X, phi, margin, leaves, forest, max_depth):
     n = X.shape[0]
     chunks = min(n, 64)
     for c in prange(chunks):
         lo, hi = c * n // chunks, (c + 1) * n // chunks
-        _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes)
+        _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth)
 
 
 @njit(cache=True)
