@@ -108,7 +108,10 @@ class _Forest:
     - ``node_features``, ``node_nan``, ``node_zero``, ``cat_nodes``: what `_decide` needs to
       take every node's decision for a row in one pass (`_numeric_left` written as a lookup:
       ``x <= threshold`` but for a missing or zero value, whose decision depends only on the
-      node)."""
+      node);
+    - ``whole`` (trees × 6, int32): for a tree grouped whole, what `_shap_row` reads of it in
+      one small row: node start, node count, table offset, feature start and count in
+      ``group_features``, offset in ``group_leaves``; node count -1 for every other tree."""
 
     trees: np.ndarray
     nodes: np.ndarray
@@ -132,6 +135,7 @@ class _Forest:
     node_nan: np.ndarray  # each numerical node's decision (1 left) for NaN
     node_zero: np.ndarray  # ... for |x| <= kZeroThreshold (`_numeric_left`)
     cat_nodes: np.ndarray  # the categorical nodes (global ids)
+    whole: np.ndarray  # trees × 6 (int32): a whole-tree group's node start, node count, ...
     max_depth: int  # the most unique features on a path
     bias: float  # Σ trees' expected values
 
@@ -515,6 +519,7 @@ def _parse(
     default_left = (flags & _DEFAULT_LEFT) != 0
     missing = flags >> 2
     zero_left = threshold_arr >= 0.0  # 0.0 <= threshold
+    group_arr = np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8)
     return _Forest(
         trees=tree_arr,
         nodes=node_arr,
@@ -527,24 +532,42 @@ def _parse(
         splits=np.asarray(splits, dtype=np.int64).reshape(-1, 2),
         masks=np.asarray(masks, dtype=np.uint64).reshape(-1, 2),
         tables=tables,
-        groups=np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8),
+        groups=group_arr,
         group_masks=np.asarray(groups.masks, dtype=np.uint64).reshape(-1, 2),
         group_nodes=np.asarray(groups.nodes, dtype=np.int64),
-        group_features=np.asarray(groups.features, dtype=np.int64),
+        group_features=np.asarray(groups.features, dtype=np.int32),
         group_tables=(
             np.concatenate(groups.tables).ravel() if groups.tables else np.zeros(0, np.float64)
         ),
         group_leaves=(np.concatenate(groups.leaves) if groups.leaves else np.zeros(0, np.float64)),
         factors=factors,
-        node_features=np.ascontiguousarray(node_arr[:, _N_FEATURE]),
+        node_features=node_arr[:, _N_FEATURE].astype(np.int32),
         # NaN: the default side for the missing types NaN and Zero (NaN reads as 0, a zero),
         # else read as 0; a zero: the default side for Zero, else 0 <= threshold
         node_nan=np.where(missing >= 1, default_left, zero_left).astype(np.uint8),
         node_zero=np.where(missing == 1, default_left, zero_left).astype(np.uint8),
         cat_nodes=np.flatnonzero(flags & _CATEGORICAL).astype(np.int64),
+        whole=_whole(tree_arr, group_arr),
         max_depth=max_depth,
         bias=bias,
     )
+
+
+def _whole(trees: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """`_Forest.whole`: the trees grouped whole (one group whose key says the leaf), as
+    `_shap_row` reads them. The offsets are within `TABLE_BUDGET`: int32 holds them."""
+    out = np.full((len(trees), 6), -1, dtype=np.int32)
+    g0 = trees[:, _T_GROUP_START]
+    one = trees[:, _T_GROUP_END] == g0 + 1
+    one[one] = groups[g0[one], _G_LEAF] >= 0
+    g = g0[one]
+    out[one, 0] = trees[one, _T_NODE_START]
+    out[one, 1] = trees[one, _T_NODE_END] - trees[one, _T_NODE_START]
+    out[one, 2] = groups[g, _G_TABLE]
+    out[one, 3] = groups[g, _G_FEAT_START]
+    out[one, 4] = groups[g, _G_FEAT_END] - groups[g, _G_FEAT_START]
+    out[one, 5] = groups[g, _G_LEAF]
+    return out
 
 
 GROUP_KEY_BITS = 9
@@ -858,10 +881,28 @@ def _shap_row(x, phi, forest, dec, pw, ones, w, leafv):
         node_nan,
         node_zero,
         cat_nodes,
+        whole,
     ) = forest
     _decide(x, dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes, cat_words)
     total = 0.0
     for t in range(trees.shape[0]):
+        m = whole[t, 1]
+        if m >= 0:
+            # the whole tree as one group: its nodes ascending, every one a key bit, so the
+            # key is the decision mask (`_Groups.add_tree`)
+            n0 = whole[t, 0]
+            key = 0
+            for s in range(m):
+                key |= int(dec[n0 + s]) << s
+            f0 = whole[t, 3]
+            u = whole[t, 4]
+            base = whole[t, 2] + key * u
+            for c in range(u):
+                phi[group_features[f0 + c]] += group_tables[base + c]
+            value = group_leaves[whole[t, 5] + key]
+            leafv[t] = value
+            total += value
+            continue
         n0 = trees[t, _T_NODE_START]
         m = trees[t, _T_NODE_END] - n0
         bits = np.uint64(0)  # the decisions as a mask (the first 64 nodes)
@@ -869,19 +910,6 @@ def _shap_row(x, phi, forest, dec, pw, ones, w, leafv):
             bits |= np.uint64(dec[n0 + s]) << np.uint64(s)
         g0 = trees[t, _T_GROUP_START]
         g1 = trees[t, _T_GROUP_END]
-        if g1 == g0 + 1 and groups[g0, _G_LEAF] >= 0:
-            # the whole tree as one group: its nodes ascending, every one a key bit, so the
-            # key is the mask (`_Groups.add_tree`)
-            key = int(bits)
-            f0 = groups[g0, _G_FEAT_START]
-            u = groups[g0, _G_FEAT_END] - f0
-            base = groups[g0, _G_TABLE] + key * u
-            for c in range(u):
-                phi[group_features[f0 + c]] += group_tables[base + c]
-            value = group_leaves[groups[g0, _G_LEAF] + key]
-            leafv[t] = value
-            total += value
-            continue
         node = 0 if m > 0 else -1  # -1: a single-leaf tree
         while node >= 0:  # the child by index (right, left), not by a branch
             node = nodes[n0 + node, _N_RIGHT - dec[n0 + node]]
