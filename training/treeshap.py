@@ -529,17 +529,17 @@ def _parse(
     zero_left = threshold_arr >= 0.0  # 0.0 <= threshold
     # `_decide`'s order: the numerical nodes by feature, then threshold; the categorical after
     is_cat = (flags & _CATEGORICAL) != 0
-    feature = node_arr[:, _N_FEATURE]
+    split_feature = node_arr[:, _N_FEATURE]
     if np.isnan(threshold_arr[~is_cat]).any():
         raise ValueError("a numerical split of the booster has a NaN threshold")
     numerical = np.flatnonzero(~is_cat)
-    numerical = numerical[np.lexsort((threshold_arr[numerical], feature[numerical]))]
+    numerical = numerical[np.lexsort((threshold_arr[numerical], split_feature[numerical]))]
     cat_nodes = np.flatnonzero(is_cat).astype(np.int64)
     node_order = np.empty(len(node_arr), dtype=np.int32)
     node_order[np.concatenate([numerical, cat_nodes])] = np.arange(len(node_arr))
-    width = int(feature.max()) + 1 if len(feature) else 0
+    width = int(split_feature.max()) + 1 if len(split_feature) else 0
     feature_nodes = np.zeros(width + 1, dtype=np.int64)
-    np.cumsum(np.bincount(feature[numerical], minlength=width), out=feature_nodes[1:])
+    np.cumsum(np.bincount(split_feature[numerical], minlength=width), out=feature_nodes[1:])
     group_arr = np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8)
     return _Forest(
         trees=tree_arr,
