@@ -1122,8 +1122,10 @@ def _margin_varied_rows(
     """`TreeShap.margin_varied` for probes ``lo`` to ``hi``: the base row's leaves once per run
     of probes of one row (read from ``known``, rows x trees, when it has rows: `TreeShap.explain`'s
     leaves of ``X``), then per probe only the trees of its column walked again, and the leaves
-    summed from 0.0 in tree order (`_margin_row`'s additions, in its order). False (and nothing
-    computed) when a probe's row or column is outside ``X``."""
+    summed from 0.0 in tree order (`_margin_row`'s additions, in its order). Up to 4 probes in
+    a row of one row and column (a value and its neighbours) are summed side by side, each
+    its own sum in tree order: bit for bit the sum alone. False (and nothing computed) when a
+    probe's row or column is outside ``X``."""
     for k in range(lo, hi):
         if not (0 <= rows[k] < X.shape[0] and 0 <= cols[k] < X.shape[1]):
             return False
@@ -1131,34 +1133,58 @@ def _margin_varied_rows(
     base = np.empty(n_trees)
     x = np.empty(X.shape[1])
     given = known.shape[0] > 0
+    walked = np.zeros((n_trees, 4))  # the probes' leaves in the trees of their column
     row = -1
-    for k in range(lo, hi):
+    k = lo
+    while k < hi:
         if rows[k] != row:
             row = rows[k]
             x[:] = X[row]
-            if given:
-                src = known[row]
-            else:
+            if not given:
                 for t in range(n_trees):
                     base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
-                src = base
+        src = known[row] if given else base
         c = cols[k]
+        end = k + 1
+        while end < hi and end - k < 4 and rows[end] == row and cols[end] == c:
+            end += 1
+        q0, q1 = starts[c], starts[c + 1]
         kept = x[c]
-        x[c] = values[k]
-        # every tree's leaf in tree order: the base row's, but for the trees of the column
-        # (ascending), walked again with the probe's value
-        q, end = starts[c], starts[c + 1]
-        walk = tree_ids[q] if q < end else n_trees
-        total = 0.0
-        for t in range(n_trees):
-            if t == walk:
-                total += _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
-                q += 1
-                walk = tree_ids[q] if q < end else n_trees
-            else:
-                total += src[t]
+        for j in range(end - k):
+            x[c] = values[k + j]
+            for q in range(q0, q1):
+                t = tree_ids[q]
+                walked[q - q0, j] = _leaf_value(
+                    x, t, trees, nodes, thresholds, cat_words, leaf_values
+                )
         x[c] = kept
-        out[k] = total
+        # every tree's leaf in tree order: the base row's, but for the trees of the column
+        # (ascending), walked with each probe's value
+        s0 = s1 = s2 = s3 = 0.0
+        t = 0
+        for q in range(q0, q1 + 1):
+            stop = tree_ids[q] if q < q1 else n_trees
+            for u in range(t, stop):
+                v = src[u]
+                s0 += v
+                s1 += v
+                s2 += v
+                s3 += v
+            if q < q1:
+                i = q - q0
+                s0 += walked[i, 0]
+                s1 += walked[i, 1]
+                s2 += walked[i, 2]
+                s3 += walked[i, 3]
+                t = stop + 1
+        out[k] = s0
+        if end - k > 1:
+            out[k + 1] = s1
+        if end - k > 2:
+            out[k + 2] = s2
+        if end - k > 3:
+            out[k + 3] = s3
+        k = end
     return True
 
 
