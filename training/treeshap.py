@@ -64,9 +64,6 @@ TABLE_MAX_FEATURES = 12
 PARALLEL_MIN_ROWS = 256
 """Rows (or probes) from which a `TreeShap` built with ``threads > 1`` splits a call over numba
 threads."""
-BLOCK_ROWS = 8
-"""Rows explained side by side (`_shap_block`): each tree's tables are read once for them, and
-their sums, independent, overlap."""
 PARALLEL_TURN = threading.RLock()
 """Held by every launch of a parallel kernel, in every `TreeShap` of the process: numba's
 workqueue threading layer (its fallback where neither OpenMP nor TBB is installed) aborts the
@@ -108,13 +105,10 @@ class _Forest:
       decisions are every node's: the key says the leaf), else -1. Trees (columns 4-5) list
       their groups; a tree without groups goes leaf by leaf. A group's nodes are in ascending
       order, so the key of a whole-tree group is the tree's decision mask itself;
-    - ``node_order``, ``feature_nodes``, ``order_thresholds``, ``order_nan``, ``order_zero``,
-      ``cat_nodes``: what `_decide` needs to take every node's decision for a row in one pass
-      over the features. The numerical nodes are placed by feature, then threshold: a value
-      goes left at the nodes of its feature whose threshold is at least the value, a run of
-      that order found by one search (`_numeric_left`, but for a missing or zero value,
-      whose decision depends only on the node: ``order_nan`` / ``order_zero``); then the
-      categorical nodes. ``node_order`` says where each node's decision is;
+    - ``node_features``, ``node_nan``, ``node_zero``, ``cat_nodes``: what `_decide` needs to
+      take every node's decision for a row in one pass (`_numeric_left` written as a lookup:
+      ``x <= threshold`` but for a missing or zero value, whose decision depends only on the
+      node);
     - ``whole`` (trees × 6, int32): for a tree grouped whole, what `_shap_row` reads of it in
       one small row: node start, node count, table offset, feature start and count in
       ``group_features``, offset in ``group_leaves``; node count -1 for every other tree."""
@@ -137,12 +131,10 @@ class _Forest:
     group_tables: np.ndarray
     group_leaves: np.ndarray
     factors: np.ndarray  # 4 × (D+1) × (D+1): ExtendPath / UnwoundPathSum factors
-    node_order: np.ndarray  # each node's place (int32) in `_decide`'s order
-    feature_nodes: np.ndarray  # feature j's numerical nodes: that order's [j] to [j + 1]
-    order_thresholds: np.ndarray  # the numerical nodes' thresholds, in that order
-    order_nan: np.ndarray  # their decisions (1 left) for NaN
-    order_zero: np.ndarray  # ... for |x| <= kZeroThreshold (`_numeric_left`)
-    cat_nodes: np.ndarray  # the categorical nodes (global ids), placed after the numerical
+    node_features: np.ndarray  # each node's split feature (``nodes[:, 0]``, contiguous)
+    node_nan: np.ndarray  # each numerical node's decision (1 left) for NaN
+    node_zero: np.ndarray  # ... for |x| <= kZeroThreshold (`_numeric_left`)
+    cat_nodes: np.ndarray  # the categorical nodes (global ids)
     whole: np.ndarray  # trees × 6 (int32): a whole-tree group's node start, node count, ...
     max_depth: int  # the most unique features on a path
     bias: float  # Σ trees' expected values
@@ -527,19 +519,6 @@ def _parse(
     default_left = (flags & _DEFAULT_LEFT) != 0
     missing = flags >> 2
     zero_left = threshold_arr >= 0.0  # 0.0 <= threshold
-    # `_decide`'s order: the numerical nodes by feature, then threshold; the categorical after
-    is_cat = (flags & _CATEGORICAL) != 0
-    split_feature = node_arr[:, _N_FEATURE]
-    if np.isnan(threshold_arr[~is_cat]).any():
-        raise ValueError("a numerical split of the booster has a NaN threshold")
-    numerical = np.flatnonzero(~is_cat)
-    numerical = numerical[np.lexsort((threshold_arr[numerical], split_feature[numerical]))]
-    cat_nodes = np.flatnonzero(is_cat).astype(np.int64)
-    node_order = np.empty(len(node_arr), dtype=np.int32)
-    node_order[np.concatenate([numerical, cat_nodes])] = np.arange(len(node_arr))
-    width = int(split_feature.max()) + 1 if len(split_feature) else 0
-    feature_nodes = np.zeros(width + 1, dtype=np.int64)
-    np.cumsum(np.bincount(split_feature[numerical], minlength=width), out=feature_nodes[1:])
     group_arr = np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8)
     return _Forest(
         trees=tree_arr,
@@ -562,14 +541,12 @@ def _parse(
         ),
         group_leaves=(np.concatenate(groups.leaves) if groups.leaves else np.zeros(0, np.float64)),
         factors=factors,
-        node_order=node_order,
-        feature_nodes=feature_nodes,
-        order_thresholds=threshold_arr[numerical],
+        node_features=node_arr[:, _N_FEATURE].astype(np.int32),
         # NaN: the default side for the missing types NaN and Zero (NaN reads as 0, a zero),
         # else read as 0; a zero: the default side for Zero, else 0 <= threshold
-        order_nan=np.where(missing >= 1, default_left, zero_left)[numerical].astype(np.uint8),
-        order_zero=np.where(missing == 1, default_left, zero_left)[numerical].astype(np.uint8),
-        cat_nodes=cat_nodes,
+        node_nan=np.where(missing >= 1, default_left, zero_left).astype(np.uint8),
+        node_zero=np.where(missing == 1, default_left, zero_left).astype(np.uint8),
+        cat_nodes=np.flatnonzero(flags & _CATEGORICAL).astype(np.int64),
         whole=_whole(tree_arr, group_arr),
         max_depth=max_depth,
         bias=bias,
@@ -856,63 +833,37 @@ def _path_weights(e0, d, ones, zeros, factors, pw, w):
 
 
 @njit(cache=True)
-def _decide(x, dec, feature_nodes, thresholds, on_nan, on_zero, cat_nodes, nodes, cat_words):
-    """Every node's decision (1 = left) for row ``x`` into ``dec``, in `_Forest.node_order`'s
-    order: the decisions `_goes_left` takes. Each feature's numerical nodes (thresholds
-    ascending) in one run: left from the first threshold at least the value (a binary search)
-    to the end; all as ``on_nan`` / ``on_zero`` say for a missing or zero value. Then the
-    categorical nodes."""
-    for j in range(min(x.shape[0], feature_nodes.shape[0] - 1)):
-        a, b = feature_nodes[j], feature_nodes[j + 1]
-        if a == b:
-            continue
-        v = x[j]
-        if v != v:
-            for g in range(a, b):
-                dec[g] = on_nan[g]
-        elif abs(v) <= ZERO_THRESHOLD:
-            for g in range(a, b):
-                dec[g] = on_zero[g]
-        else:
-            lo, hi = a, b  # the first threshold >= v: thresholds[lo:b] >= v > thresholds[a:lo]
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if thresholds[mid] < v:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            for g in range(a, lo):
-                dec[g] = 0
-            for g in range(lo, b):
-                dec[g] = 1
-    c0 = feature_nodes[-1]
-    for i in range(cat_nodes.shape[0]):
-        g = cat_nodes[i]
-        dec[c0 + i] = _category_left(
+def _decide(x, dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes, cat_words):
+    """Every node's decision (1 = left) for row ``x`` into ``dec`` (by global node id): the
+    decisions `_goes_left` takes, numerical nodes in one pass without branches (a missing or
+    zero value's decision is the node's ``node_nan`` / ``node_zero``), then the categorical
+    nodes."""
+    for g in range(node_features.shape[0]):
+        v = x[node_features[g]]
+        d = np.uint8(v <= thresholds[g])
+        d = node_nan[g] if v != v else d
+        d = node_zero[g] if abs(v) <= ZERO_THRESHOLD else d
+        dec[g] = d
+    for g in cat_nodes:
+        dec[g] = _category_left(
             x[nodes[g, _N_FEATURE]], cat_words, nodes[g, _N_CAT_START], nodes[g, _N_CAT_LEN]
         )
 
 
 @njit(cache=True)
-def _shap_block(X, phi, margin, leaves, lo, hi, forest, decs, keys, pw, ones, w):
-    """Add the SHAP values of rows ``lo`` to ``hi`` of ``X`` (at most `BLOCK_ROWS`) to ``phi``
-    and their raw margins to ``margin`` (zeros before); ``forest`` is `_Forest.arrays()`;
-    ``decs`` (rows × nodes), ``keys`` (rows × trees), ``pw``, ``ones``, ``w`` are scratch;
-    ``leaves`` (rows × trees, when it has rows) receives the value of the leaf each row
-    reaches in each tree.
-
-    Each row's decisions are taken first (`_decide`), with the key of every tree grouped
-    whole; then tree by tree, each row of the block in turn: a row's values and margin get
-    their additions in tree order, as one row alone (the block only interleaves rows, whose
-    sums are independent). The margin is the leaf values summed from 0.0 in tree order, the
-    additions of `_margin_row` in its order: the same number bit for bit (the leaf is found
-    from the decisions `_decide` took, which are `_leaf_value`'s)."""
+def _shap_row(x, phi, forest, dec, pw, ones, w, leafv):
+    """Add one row's SHAP values (every tree) to ``phi`` and return its raw margin; ``forest``
+    is `_Forest.arrays()`; ``dec`` (one per node), ``pw``, ``ones``, ``w`` are scratch;
+    ``leafv`` (one per tree) receives the value of the leaf the row reaches in each tree. The
+    margin is those values summed from 0.0 in tree order, the additions of `_margin_row` in
+    its order: the same number bit for bit (the leaf is found from the decisions `_decide`
+    took, which are `_leaf_value`'s)."""
     (
         trees,
         nodes,
-        _thresholds,
+        thresholds,
         cat_words,
-        leaf_index,
+        leaves,
         leaf_values,
         elems,
         zeros,
@@ -926,145 +877,114 @@ def _shap_block(X, phi, margin, leaves, lo, hi, forest, decs, keys, pw, ones, w)
         group_tables,
         group_leaves,
         factors,
-        node_order,
-        feature_nodes,
-        order_thresholds,
-        order_nan,
-        order_zero,
+        node_features,
+        node_nan,
+        node_zero,
         cat_nodes,
         whole,
     ) = forest
-    keep = leaves.shape[0] > 0
-    n_trees = trees.shape[0]
-    for r in range(lo, hi):
-        dec = decs[r - lo]
-        _decide(
-            X[r], dec, feature_nodes, order_thresholds, order_nan, order_zero, cat_nodes, nodes,
-            cat_words,
-        )  # fmt: skip
-        # a tree grouped whole: its nodes ascending, every one a key bit, so the key is the
-        # decision mask (`_Groups.add_tree`)
-        key = keys[r - lo]
-        for t in range(n_trees):
+    _decide(x, dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes, cat_words)
+    total = 0.0
+    for t in range(trees.shape[0]):
+        m = whole[t, 1]
+        if m >= 0:
+            # the whole tree as one group: its nodes ascending, every one a key bit, so the
+            # key is the decision mask (`_Groups.add_tree`)
             n0 = whole[t, 0]
-            k = 0
-            for s in range(whole[t, 1]):
-                k |= int(dec[node_order[n0 + s]]) << s
-            key[t] = k
-    for t in range(n_trees):
-        if whole[t, 1] >= 0:
+            key = 0
+            for s in range(m):
+                key |= int(dec[n0 + s]) << s
             f0 = whole[t, 3]
             u = whole[t, 4]
-            for r in range(lo, hi):
-                k = keys[r - lo, t]
-                base = whole[t, 2] + k * u
-                row = phi[r]
-                for c in range(u):
-                    row[group_features[f0 + c]] += group_tables[base + c]
-                value = group_leaves[whole[t, 5] + k]
-                if keep:
-                    leaves[r, t] = value
-                margin[r] += value
-            continue
-        for r in range(lo, hi):
-            value = _tree_shap(
-                t, decs[r - lo], phi[r], trees, nodes, leaf_index, leaf_values, elems, zeros,
-                splits, masks, tables, groups, group_masks, group_nodes, group_features,
-                group_tables, factors, node_order, pw, ones, w,
-            )  # fmt: skip
-            if keep:
-                leaves[r, t] = value
-            margin[r] += value
-
-
-@njit(cache=True)
-def _tree_shap(
-    t, dec, phi, trees, nodes, leaves, leaf_values, elems, zeros, splits, masks, tables, groups,
-    group_masks, group_nodes, group_features, group_tables, factors, node_order, pw, ones, w,
-):  # fmt: skip
-    """Add one row's SHAP values in tree ``t`` (not grouped whole) to ``phi`` and return the
-    value of the leaf it reaches, from its decisions ``dec`` (`_decide`'s order)."""
-    n0 = trees[t, _T_NODE_START]
-    m = trees[t, _T_NODE_END] - n0
-    bits = np.uint64(0)  # the decisions as a mask (the first 64 nodes)
-    for s in range(min(m, 64)):
-        bits |= np.uint64(dec[node_order[n0 + s]]) << np.uint64(s)
-    node = 0 if m > 0 else -1  # -1: a single-leaf tree
-    while node >= 0:  # the child by index (right, left), not by a branch
-        node = nodes[n0 + node, _N_RIGHT - dec[node_order[n0 + node]]]
-    value = leaf_values[trees[t, _T_LEAF_START] + ~node]
-    g0 = trees[t, _T_GROUP_START]
-    g1 = trees[t, _T_GROUP_END]
-    if g1 > g0:
-        for g in range(g0, g1):
-            # the table row: the one fractions of the features on the path to the group, then
-            # the decisions at the group's nodes
-            key = 0
-            k = 0
-            for q in range(groups[g, _G_PRE_START], groups[g, _G_PRE_END]):
-                off_path = (bits ^ group_masks[q, 1]) & group_masks[q, 0]
-                key |= int(off_path == np.uint64(0)) << k
-                k += 1
-            for q in range(groups[g, _G_DEC_START], groups[g, _G_DEC_END]):
-                key |= int((bits >> np.uint64(group_nodes[q])) & np.uint64(1)) << k
-                k += 1
-            f0 = groups[g, _G_FEAT_START]
-            u = groups[g, _G_FEAT_END] - f0
-            base = groups[g, _G_TABLE] + key * u
+            base = whole[t, 2] + key * u
             for c in range(u):
                 phi[group_features[f0 + c]] += group_tables[base + c]
-        return value
-    use_bits = m <= 64
-    for leaf in range(trees[t, _T_LEAF_START], trees[t, _T_LEAF_END]):
-        e0 = leaves[leaf, _L_ELEM_START]
-        d = leaves[leaf, _L_ELEM_END] - e0
-        if d == 0:
+            value = group_leaves[whole[t, 5] + key]
+            leafv[t] = value
+            total += value
             continue
-        # the one fractions: does the row follow every split of the feature on the path?
-        pattern = 0
-        if use_bits:
-            for k in range(d):
-                off_path = (bits ^ masks[e0 + k, 1]) & masks[e0 + k, 0]
-                pattern |= int(off_path == np.uint64(0)) << k
-        else:
-            for k in range(d):
-                e = e0 + k
-                o = 1
-                for q in range(elems[e, _E_SPLIT_START], elems[e, _E_SPLIT_END]):
-                    if dec[node_order[n0 + splits[q, 0]]] != splits[q, 1]:
-                        o = 0
-                        break
-                pattern |= o << k
-        off = leaves[leaf, _L_TABLE]
-        if off >= 0:
-            base = off + pattern * d
-            for k in range(d):
-                phi[elems[e0 + k, _E_FEATURE]] += tables[base + k]
-        else:
-            for k in range(d):
-                ones[k] = float((pattern >> k) & 1)
-            _path_weights(e0, d, ones, zeros, factors, pw, w)
-            v = leaf_values[leaf]
-            for k in range(d):
-                phi[elems[e0 + k, _E_FEATURE]] += w[k] * (ones[k] - zeros[e0 + k, 0]) * v
-    return value
+        n0 = trees[t, _T_NODE_START]
+        m = trees[t, _T_NODE_END] - n0
+        bits = np.uint64(0)  # the decisions as a mask (the first 64 nodes)
+        for s in range(min(m, 64)):
+            bits |= np.uint64(dec[n0 + s]) << np.uint64(s)
+        g0 = trees[t, _T_GROUP_START]
+        g1 = trees[t, _T_GROUP_END]
+        node = 0 if m > 0 else -1  # -1: a single-leaf tree
+        while node >= 0:  # the child by index (right, left), not by a branch
+            node = nodes[n0 + node, _N_RIGHT - dec[n0 + node]]
+        value = leaf_values[trees[t, _T_LEAF_START] + ~node]
+        leafv[t] = value
+        total += value
+        if g1 > g0:
+            for g in range(g0, g1):
+                # the table row: the one fractions of the features on the path to the group,
+                # then the decisions at the group's nodes
+                key = 0
+                k = 0
+                for q in range(groups[g, _G_PRE_START], groups[g, _G_PRE_END]):
+                    off_path = (bits ^ group_masks[q, 1]) & group_masks[q, 0]
+                    key |= int(off_path == np.uint64(0)) << k
+                    k += 1
+                for q in range(groups[g, _G_DEC_START], groups[g, _G_DEC_END]):
+                    key |= int((bits >> np.uint64(group_nodes[q])) & np.uint64(1)) << k
+                    k += 1
+                f0 = groups[g, _G_FEAT_START]
+                u = groups[g, _G_FEAT_END] - f0
+                base = groups[g, _G_TABLE] + key * u
+                for c in range(u):
+                    phi[group_features[f0 + c]] += group_tables[base + c]
+            continue
+        use_bits = m <= 64
+        for leaf in range(trees[t, _T_LEAF_START], trees[t, _T_LEAF_END]):
+            e0 = leaves[leaf, _L_ELEM_START]
+            d = leaves[leaf, _L_ELEM_END] - e0
+            if d == 0:
+                continue
+            # the one fractions: does the row follow every split of the feature on the path?
+            pattern = 0
+            if use_bits:
+                for k in range(d):
+                    off_path = (bits ^ masks[e0 + k, 1]) & masks[e0 + k, 0]
+                    pattern |= int(off_path == np.uint64(0)) << k
+            else:
+                for k in range(d):
+                    e = e0 + k
+                    o = 1
+                    for q in range(elems[e, _E_SPLIT_START], elems[e, _E_SPLIT_END]):
+                        if dec[n0 + splits[q, 0]] != splits[q, 1]:
+                            o = 0
+                            break
+                    pattern |= o << k
+            off = leaves[leaf, _L_TABLE]
+            if off >= 0:
+                base = off + pattern * d
+                for k in range(d):
+                    phi[elems[e0 + k, _E_FEATURE]] += tables[base + k]
+            else:
+                for k in range(d):
+                    ones[k] = float((pattern >> k) & 1)
+                _path_weights(e0, d, ones, zeros, factors, pw, w)
+                v = leaf_values[leaf]
+                for k in range(d):
+                    phi[elems[e0 + k, _E_FEATURE]] += w[k] * (ones[k] - zeros[e0 + k, 0]) * v
+    return total
 
 
 @njit(cache=True)
 def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth):
-    """`_shap_block` over rows ``lo`` to ``hi`` of ``X``, `BLOCK_ROWS` at a time, with one set
-    of scratch arrays: the margins into ``margin``, each tree's leaf value into ``leaves``
-    (rows x trees) when it has rows."""
-    decs = np.zeros((BLOCK_ROWS, forest[1].shape[0]), dtype=np.uint8)
-    keys = np.zeros((BLOCK_ROWS, forest[0].shape[0]), dtype=np.int64)
+    """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays: the
+    margins into ``margin``, each tree's leaf value into ``leaves`` (rows x trees) when it has
+    rows (else into scratch)."""
+    dec = np.zeros(forest[1].shape[0], dtype=np.uint8)
     pw = np.zeros(max_depth + 2)
     ones = np.zeros(max_depth + 1)
     w = np.zeros(max_depth + 1)
+    keep = leaves.shape[0] > 0
+    scratch = np.empty(forest[0].shape[0])
     for r in range(lo, hi):
-        margin[r] = 0.0
-    for at in range(lo, hi, BLOCK_ROWS):
-        end = min(at + BLOCK_ROWS, hi)
-        _shap_block(X, phi, margin, leaves, at, end, forest, decs, keys, pw, ones, w)
+        leafv = leaves[r] if keep else scratch
+        margin[r] = _shap_row(X[r], phi[r], forest, dec, pw, ones, w, leafv)
 
 
 @njit(cache=True, nogil=True)  # Python threads may run beside it
