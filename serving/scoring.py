@@ -471,18 +471,31 @@ def drivers(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[float]]:
     One row (a single score) is sorted in Python: its negative points sorted stably by value
     are the first of the whole row's stable sort (every negative sorts before 0, -0.0, any
     positive and NaN, which numpy sorts last), so the drivers are the same columns in the same
-    order as the numpy path's, without its half-dozen array calls (tests/serving/
-    test_fast_paths.py)."""
+    order as the numpy path's, without its dozen array calls. Several rows are partitioned,
+    not sorted (tests/serving/test_fast_paths.py: both against a stable sort of each row)."""
     if len(points) == 1:
         row = points[0].tolist()
         negative = [j for j, p in enumerate(row) if p < 0]
         negative.sort(key=row.__getitem__)  # stable
         cols = negative[:N_REASONS]
         return np.zeros(len(cols), np.intp), np.array(cols, np.intp), [row[j] for j in cols]
-    orders = np.argsort(points, axis=1, kind="stable")[:, :N_REASONS]
-    kept = np.take_along_axis(points, orders, axis=1)
-    rows, ranks = np.nonzero(kept < 0)  # row-major: each row's drivers in order
-    return rows, orders[rows, ranks], kept[rows, ranks].tolist()
+    # the candidates: each row's negative points not above its N_REASONS-th lowest (a
+    # partition, not a sort of the row; NaN partitions last and is no candidate), which hold
+    # the first N_REASONS of the row's stable sort that are negative; those sorted stably by
+    # row then value (the columns ascending within ties, as `np.nonzero` gives them)
+    k = min(N_REASONS, points.shape[1])
+    candidate = points < 0
+    if points.shape[1] > k:
+        kth = np.partition(points, k - 1, axis=1)[:, k - 1 : k]
+        candidate &= ~(points > kth)
+    at_rows, at_cols = np.nonzero(candidate)
+    values = points[at_rows, at_cols]
+    order = np.lexsort((values, at_rows))
+    at_rows, at_cols, values = at_rows[order], at_cols[order], values[order]
+    first = np.flatnonzero(np.r_[True, at_rows[1:] != at_rows[:-1]]) if len(at_rows) else at_rows
+    rank = np.arange(len(at_rows)) - np.repeat(first, np.diff(np.r_[first, len(at_rows)]))
+    keep = rank < N_REASONS
+    return at_rows[keep], at_cols[keep], values[keep].tolist()
 
 
 def _driver_reasons(

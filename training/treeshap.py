@@ -10,10 +10,10 @@ The algorithm is LightGBM's own (``Tree::TreeSHAP`` in src/io/tree.cpp; Lundberg
 "From local explanations to global understanding with explainable AI for trees", 2020,
 Algorithm 2), rearranged per leaf instead of recursing:
 
-- a row is routed once through every split of a tree with LightGBM's decision rules
-  (``NumericalDecision`` / ``CategoricalDecision`` in include/LightGBM/tree.h: missing types
-  None / Zero / NaN, ``default_left``; NaN and negative categories go right; |x| <= 1e-35
-  reads as 0 as in LightGBM's dense-row reader);
+- a row's decision at every split of every tree is taken once, in one pass over the nodes
+  (`_decide`), with LightGBM's decision rules (``NumericalDecision`` / ``CategoricalDecision``
+  in include/LightGBM/tree.h: missing types None / Zero / NaN, ``default_left``; NaN and
+  negative categories go right; |x| <= 1e-35 reads as 0 as in LightGBM's dense-row reader);
 - a leaf's path is known at parse time as its unique features, each with its zero fraction
   (the product of the cover ratios of that feature's splits on the path; cover = the training
   rows counted at each node, as LightGBM uses). Only the one fractions depend on the row: 1 if
@@ -64,6 +64,8 @@ TABLE_MAX_FEATURES = 12
 PARALLEL_MIN_ROWS = 256
 """Rows (or probes) from which a `TreeShap` built with ``threads > 1`` splits a call over numba
 threads."""
+BLOCK_ROWS = 8
+"""Rows explained side by side when every tree is grouped whole (`_whole_block`)."""
 PARALLEL_TURN = threading.RLock()
 """Held by every launch of a parallel kernel, in every `TreeShap` of the process: numba's
 workqueue threading layer (its fallback where neither OpenMP nor TBB is installed) aborts the
@@ -103,7 +105,15 @@ class _Forest:
       as many contributions as the group has features), and (column 7) the offset in
       ``group_leaves`` of the leaf value of each key when the group is the whole tree (its
       decisions are every node's: the key says the leaf), else -1. Trees (columns 4-5) list
-      their groups; a tree without groups goes leaf by leaf."""
+      their groups; a tree without groups goes leaf by leaf. A group's nodes are in ascending
+      order, so the key of a whole-tree group is the tree's decision mask itself;
+    - ``node_features``, ``node_nan``, ``node_zero``, ``cat_nodes``: what `_decide` needs to
+      take every node's decision for a row in one pass (`_numeric_left` written as a lookup:
+      ``x <= threshold`` but for a missing or zero value, whose decision depends only on the
+      node);
+    - ``whole`` (trees × 6, int32): for a tree grouped whole, what `_shap_row` reads of it in
+      one small row: node start, node count, table offset, feature start and count in
+      ``group_features``, offset in ``group_leaves``; node count -1 for every other tree."""
 
     trees: np.ndarray
     nodes: np.ndarray
@@ -123,8 +133,12 @@ class _Forest:
     group_tables: np.ndarray
     group_leaves: np.ndarray
     factors: np.ndarray  # 4 × (D+1) × (D+1): ExtendPath / UnwoundPathSum factors
+    node_features: np.ndarray  # each node's split feature (``nodes[:, 0]``, contiguous)
+    node_nan: np.ndarray  # each numerical node's decision (1 left) for NaN
+    node_zero: np.ndarray  # ... for |x| <= kZeroThreshold (`_numeric_left`)
+    cat_nodes: np.ndarray  # the categorical nodes (global ids)
+    whole: np.ndarray  # trees × 6 (int32): a whole-tree group's node start, node count, ...
     max_depth: int  # the most unique features on a path
-    max_nodes: int  # the most internal nodes of a tree
     bias: float  # Σ trees' expected values
 
     @cached_property
@@ -228,9 +242,9 @@ class TreeShap:
         leaf = np.empty((n if leaves else 0, len(f.trees)), dtype=np.float64)
         if self._parallel(X):
             with PARALLEL_TURN:
-                _shap_parallel(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
+                _shap_parallel(X, phi, margin, leaf, f.arrays, f.max_depth)
         else:
-            _shap_serial(X, phi, margin, leaf, f.arrays, f.max_depth, f.max_nodes)
+            _shap_serial(X, phi, margin, leaf, f.arrays, f.max_depth)
         return phi, np.full(n, f.bias), margin, leaf if leaves else None
 
     def margin(self, M: np.ndarray) -> np.ndarray:
@@ -357,7 +371,7 @@ def _parse(
     zeros: list[float] = []
     splits: list[tuple[int, int]] = []
     masks: list[tuple[int, int]] = []
-    max_nodes, bias = 0, 0.0
+    bias = 0.0
     # per tree of at most 64 internal nodes: (tree, root, first leaf, each leaf's unique
     # features in LightGBM's order with the splits of each: (feature, [(split, went left)]))
     groupable: list[tuple[int, dict[str, Any], int, list[list[tuple[int, list[tuple[int, int]]]]]]]
@@ -373,7 +387,6 @@ def _parse(
             tree_rows.append((node_start, node_start, leaf_start, leaf_start + 1, 0, 0))
             continue
         n_internal = int(info["num_leaves"]) - 1
-        max_nodes = max(max_nodes, n_internal)
         nodes += [[0] * 6 for _ in range(n_internal)]
         thresholds += [0.0] * n_internal
         found: dict[int, tuple[float, float, list[tuple[int, bool, int, float]]]] = {}
@@ -502,10 +515,17 @@ def _parse(
             offset += n
     tables = np.concatenate(kept) if kept else np.zeros(0, dtype=np.float64)
 
+    node_arr = np.asarray(nodes, dtype=np.int64).reshape(-1, 6)
+    threshold_arr = np.asarray(thresholds, dtype=np.float64)
+    flags = node_arr[:, _N_FLAGS]
+    default_left = (flags & _DEFAULT_LEFT) != 0
+    missing = flags >> 2
+    zero_left = threshold_arr >= 0.0  # 0.0 <= threshold
+    group_arr = np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8)
     return _Forest(
         trees=tree_arr,
-        nodes=np.asarray(nodes, dtype=np.int64).reshape(-1, 6),
-        thresholds=np.asarray(thresholds, dtype=np.float64),
+        nodes=node_arr,
+        thresholds=threshold_arr,
         cat_words=np.asarray(words, dtype=np.uint32),
         leaves=leaves,
         leaf_values=values,
@@ -514,19 +534,42 @@ def _parse(
         splits=np.asarray(splits, dtype=np.int64).reshape(-1, 2),
         masks=np.asarray(masks, dtype=np.uint64).reshape(-1, 2),
         tables=tables,
-        groups=np.asarray(groups.rows, dtype=np.int64).reshape(-1, 8),
+        groups=group_arr,
         group_masks=np.asarray(groups.masks, dtype=np.uint64).reshape(-1, 2),
         group_nodes=np.asarray(groups.nodes, dtype=np.int64),
-        group_features=np.asarray(groups.features, dtype=np.int64),
+        group_features=np.asarray(groups.features, dtype=np.int32),
         group_tables=(
             np.concatenate(groups.tables).ravel() if groups.tables else np.zeros(0, np.float64)
         ),
         group_leaves=(np.concatenate(groups.leaves) if groups.leaves else np.zeros(0, np.float64)),
         factors=factors,
+        node_features=node_arr[:, _N_FEATURE].astype(np.int32),
+        # NaN: the default side for the missing types NaN and Zero (NaN reads as 0, a zero),
+        # else read as 0; a zero: the default side for Zero, else 0 <= threshold
+        node_nan=np.where(missing >= 1, default_left, zero_left).astype(np.uint8),
+        node_zero=np.where(missing == 1, default_left, zero_left).astype(np.uint8),
+        cat_nodes=np.flatnonzero(flags & _CATEGORICAL).astype(np.int64),
+        whole=_whole(tree_arr, group_arr),
         max_depth=max_depth,
-        max_nodes=max_nodes,
         bias=bias,
     )
+
+
+def _whole(trees: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """`_Forest.whole`: the trees grouped whole (one group whose key says the leaf), as
+    `_shap_row` reads them. The offsets are within `TABLE_BUDGET`: int32 holds them."""
+    out = np.full((len(trees), 6), -1, dtype=np.int32)
+    g0 = trees[:, _T_GROUP_START]
+    one = trees[:, _T_GROUP_END] == g0 + 1
+    one[one] = groups[g0[one], _G_LEAF] >= 0
+    g = g0[one]
+    out[one, 0] = trees[one, _T_NODE_START]
+    out[one, 1] = trees[one, _T_NODE_END] - trees[one, _T_NODE_START]
+    out[one, 2] = groups[g, _G_TABLE]
+    out[one, 3] = groups[g, _G_FEAT_START]
+    out[one, 4] = groups[g, _G_FEAT_END] - groups[g, _G_FEAT_START]
+    out[one, 5] = groups[g, _G_LEAF]
+    return out
 
 
 GROUP_KEY_BITS = 9
@@ -668,7 +711,7 @@ def _leaf_by_key(root: dict[str, Any], inner: list[int], values: np.ndarray) -> 
 
 
 def _subtree(node: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """(internal split indices, leaf indices) of the subtree at ``node``."""
+    """(internal split indices, ascending; leaf indices) of the subtree at ``node``."""
     inner: list[int] = []
     below: list[int] = []
     stack = [node]
@@ -679,7 +722,7 @@ def _subtree(node: dict[str, Any]) -> tuple[list[int], list[int]]:
             stack += [n["right_child"], n["left_child"]]
         else:
             below.append(int(n["leaf_index"]))
-    return inner, below
+    return sorted(inner), below
 
 
 def _count(node: dict[str, Any]) -> float:
@@ -742,21 +785,6 @@ def _goes_left(x, g, nodes, thresholds, cat_words):
 
 
 @njit(cache=True)
-def _route(x, t, trees, nodes, thresholds, cat_words, left):
-    """Each internal node's decision (1 = left) for row ``x`` in tree ``t`` into ``left`` (by
-    local node id); also as a bit mask (the first 64 nodes)."""
-    n0 = trees[t, _T_NODE_START]
-    bits = np.uint64(0)
-    for s in range(trees[t, _T_NODE_END] - n0):
-        g = n0 + s
-        go = _goes_left(x, g, nodes, thresholds, cat_words)
-        left[s] = go
-        if s < 64:  # the decision as a bit, without a branch on it (unpredictable)
-            bits |= np.uint64(go) << np.uint64(s)
-    return bits
-
-
-@njit(cache=True)
 def _fill_tables(tables, leaves, leaf_values, zeros, factors):
     """Every tabulated leaf's contribution of each feature for every one-fraction pattern."""
     pw = np.zeros(factors.shape[1] + 1)
@@ -807,13 +835,31 @@ def _path_weights(e0, d, ones, zeros, factors, pw, w):
 
 
 @njit(cache=True)
-def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
+def _decide(x, dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes, cat_words):
+    """Every node's decision (1 = left) for row ``x`` into ``dec`` (by global node id): the
+    decisions `_goes_left` takes, numerical nodes in one pass without branches (a missing or
+    zero value's decision is the node's ``node_nan`` / ``node_zero``), then the categorical
+    nodes."""
+    for g in range(node_features.shape[0]):
+        v = x[node_features[g]]
+        d = np.uint8(v <= thresholds[g])
+        d = node_nan[g] if v != v else d
+        d = node_zero[g] if abs(v) <= ZERO_THRESHOLD else d
+        dec[g] = d
+    for g in cat_nodes:
+        dec[g] = _category_left(
+            x[nodes[g, _N_FEATURE]], cat_words, nodes[g, _N_CAT_START], nodes[g, _N_CAT_LEN]
+        )
+
+
+@njit(cache=True)
+def _shap_row(x, phi, forest, dec, pw, ones, w, leafv):
     """Add one row's SHAP values (every tree) to ``phi`` and return its raw margin; ``forest``
-    is `_Forest.arrays()`; ``left``, ``pw``, ``ones``, ``w`` are scratch; ``leafv`` (one per
-    tree) receives the value of the leaf the row reaches in each tree. The margin is those
-    values summed from 0.0 in tree order, the additions of `_margin_row` in its order: the
-    same number bit for bit (the leaf is found from the decisions `_route` made, which are
-    `_leaf_value`'s)."""
+    is `_Forest.arrays()`; ``dec`` (one per node), ``pw``, ``ones``, ``w`` are scratch;
+    ``leafv`` (one per tree) receives the value of the leaf the row reaches in each tree. The
+    margin is those values summed from 0.0 in tree order, the additions of `_margin_row` in
+    its order: the same number bit for bit (the leaf is found from the decisions `_decide`
+    took, which are `_leaf_value`'s)."""
     (
         trees,
         nodes,
@@ -833,21 +879,47 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
         group_tables,
         group_leaves,
         factors,
+        node_features,
+        node_nan,
+        node_zero,
+        cat_nodes,
+        whole,
     ) = forest
+    _decide(x, dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes, cat_words)
     total = 0.0
     for t in range(trees.shape[0]):
-        bits = _route(x, t, trees, nodes, thresholds, cat_words, left)
+        m = whole[t, 1]
+        if m >= 0:
+            # the whole tree as one group: its nodes ascending, every one a key bit, so the
+            # key is the decision mask (`_Groups.add_tree`)
+            n0 = whole[t, 0]
+            key = 0
+            for s in range(m):
+                key |= int(dec[n0 + s]) << s
+            f0 = whole[t, 3]
+            u = whole[t, 4]
+            base = whole[t, 2] + key * u
+            for c in range(u):
+                phi[group_features[f0 + c]] += group_tables[base + c]
+            value = group_leaves[whole[t, 5] + key]
+            leafv[t] = value
+            total += value
+            continue
+        n0 = trees[t, _T_NODE_START]
+        m = trees[t, _T_NODE_END] - n0
+        bits = np.uint64(0)  # the decisions as a mask (the first 64 nodes)
+        for s in range(min(m, 64)):
+            bits |= np.uint64(dec[n0 + s]) << np.uint64(s)
         g0 = trees[t, _T_GROUP_START]
-        if trees[t, _T_GROUP_END] > g0 and groups[g0, _G_LEAF] >= 0:
-            value = 0.0  # read with the group's key below
-        else:
-            n0 = trees[t, _T_NODE_START]
-            node = 0 if trees[t, _T_NODE_END] > n0 else -1  # -1: a single-leaf tree
-            while node >= 0:  # the child by index (right, left), not by a branch
-                node = nodes[n0 + node, _N_RIGHT - left[node]]
-            value = leaf_values[trees[t, _T_LEAF_START] + ~node]
-        if trees[t, _T_GROUP_END] > trees[t, _T_GROUP_START]:
-            for g in range(trees[t, _T_GROUP_START], trees[t, _T_GROUP_END]):
+        g1 = trees[t, _T_GROUP_END]
+        node = 0 if m > 0 else -1  # -1: a single-leaf tree
+        while node >= 0:  # the child by index (right, left), not by a branch
+            node = nodes[n0 + node, _N_RIGHT - dec[n0 + node]]
+        value = leaf_values[trees[t, _T_LEAF_START] + ~node]
+        leafv[t] = value
+        total += value
+        if g1 > g0:
+            for g in range(g0, g1):
                 # the table row: the one fractions of the features on the path to the group,
                 # then the decisions at the group's nodes
                 key = 0
@@ -864,14 +936,8 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
                 base = groups[g, _G_TABLE] + key * u
                 for c in range(u):
                     phi[group_features[f0 + c]] += group_tables[base + c]
-                if groups[g, _G_LEAF] >= 0:  # the whole tree: the key is every decision
-                    value = group_leaves[groups[g, _G_LEAF] + key]
-            leafv[t] = value
-            total += value
             continue
-        leafv[t] = value
-        total += value
-        use_bits = trees[t, _T_NODE_END] - trees[t, _T_NODE_START] <= 64
+        use_bits = m <= 64
         for leaf in range(trees[t, _T_LEAF_START], trees[t, _T_LEAF_END]):
             e0 = leaves[leaf, _L_ELEM_START]
             d = leaves[leaf, _L_ELEM_END] - e0
@@ -888,7 +954,7 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
                     e = e0 + k
                     o = 1
                     for q in range(elems[e, _E_SPLIT_START], elems[e, _E_SPLIT_END]):
-                        if left[splits[q, 0]] != splits[q, 1]:
+                        if dec[n0 + splits[q, 0]] != splits[q, 1]:
                             o = 0
                             break
                     pattern |= o << k
@@ -908,11 +974,22 @@ def _shap_row(x, phi, forest, left, pw, ones, w, leafv):
 
 
 @njit(cache=True)
-def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes):
+def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth):
     """`_shap_row` over rows ``lo`` to ``hi`` of ``X``, with one set of scratch arrays: the
     margins into ``margin``, each tree's leaf value into ``leaves`` (rows x trees) when it has
-    rows (else into scratch)."""
-    left = np.zeros(max(max_nodes, 1), dtype=np.int64)
+    rows (else into scratch). A forest of trees all grouped whole goes `BLOCK_ROWS` rows at a
+    time (`_whole_block`: the same values)."""
+    dec = np.zeros(forest[1].shape[0], dtype=np.uint8)
+    whole = forest[-1]
+    every = whole.shape[0] > 0
+    for t in range(whole.shape[0]):
+        every = every and whole[t, 1] >= 0
+    if every:
+        decs = np.zeros((BLOCK_ROWS, dec.shape[0]), dtype=np.uint8)
+        keys = np.zeros((BLOCK_ROWS, whole.shape[0]), dtype=np.int64)
+        for at in range(lo, hi, BLOCK_ROWS):
+            _whole_block(X, phi, margin, leaves, at, min(at + BLOCK_ROWS, hi), forest, decs, keys)
+        return
     pw = np.zeros(max_depth + 2)
     ones = np.zeros(max_depth + 1)
     w = np.zeros(max_depth + 1)
@@ -920,21 +997,80 @@ def _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes):
     scratch = np.empty(forest[0].shape[0])
     for r in range(lo, hi):
         leafv = leaves[r] if keep else scratch
-        margin[r] = _shap_row(X[r], phi[r], forest, left, pw, ones, w, leafv)
+        margin[r] = _shap_row(X[r], phi[r], forest, dec, pw, ones, w, leafv)
+
+
+@njit(cache=True)
+def _whole_block(X, phi, margin, leaves, lo, hi, forest, decs, keys):
+    """`_shap_row` of rows ``lo`` to ``hi`` (at most `BLOCK_ROWS`) of a forest whose trees are
+    all grouped whole: each row's decisions and every tree's key first, then tree by tree each
+    row in turn (a tree's table read once for the block; the rows' sums, independent,
+    overlap). Each row's values and margin get their additions in tree order from 0.0, as
+    `_shap_row` gives them: the same numbers bit for bit."""
+    (
+        _trees,
+        nodes,
+        thresholds,
+        cat_words,
+        _leaves,
+        _leaf_values,
+        _elems,
+        _zeros,
+        _splits,
+        _masks,
+        _tables,
+        _groups,
+        _group_masks,
+        _group_nodes,
+        group_features,
+        group_tables,
+        group_leaves,
+        _factors,
+        node_features,
+        node_nan,
+        node_zero,
+        cat_nodes,
+        whole,
+    ) = forest
+    keep = leaves.shape[0] > 0
+    for r in range(lo, hi):
+        dec = decs[r - lo]
+        _decide(X[r], dec, node_features, thresholds, node_nan, node_zero, cat_nodes, nodes,
+                cat_words)  # fmt: skip
+        key = keys[r - lo]
+        for t in range(whole.shape[0]):  # the key is the decision mask (`_shap_row`)
+            n0 = whole[t, 0]
+            k = 0
+            for s in range(whole[t, 1]):
+                k |= int(dec[n0 + s]) << s
+            key[t] = k
+        margin[r] = 0.0
+    for t in range(whole.shape[0]):
+        f0 = whole[t, 3]
+        u = whole[t, 4]
+        for r in range(lo, hi):
+            k = keys[r - lo, t]
+            base = whole[t, 2] + k * u
+            for c in range(u):
+                phi[r, group_features[f0 + c]] += group_tables[base + c]
+            value = group_leaves[whole[t, 5] + k]
+            if keep:
+                leaves[r, t] = value
+            margin[r] += value
 
 
 @njit(cache=True, nogil=True)  # Python threads may run beside it
-def _shap_serial(X, phi, margin, leaves, forest, max_depth, max_nodes):
-    _shap_rows(X, phi, margin, leaves, 0, X.shape[0], forest, max_depth, max_nodes)
+def _shap_serial(X, phi, margin, leaves, forest, max_depth):
+    _shap_rows(X, phi, margin, leaves, 0, X.shape[0], forest, max_depth)
 
 
 @njit(cache=True, parallel=True)
-def _shap_parallel(X, phi, margin, leaves, forest, max_depth, max_nodes):
+def _shap_parallel(X, phi, margin, leaves, forest, max_depth):
     n = X.shape[0]
     chunks = min(n, 64)
     for c in prange(chunks):
         lo, hi = c * n // chunks, (c + 1) * n // chunks
-        _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth, max_nodes)
+        _shap_rows(X, phi, margin, leaves, lo, hi, forest, max_depth)
 
 
 @njit(cache=True)
@@ -978,8 +1114,10 @@ def _margin_varied_rows(
     """`TreeShap.margin_varied` for probes ``lo`` to ``hi``: the base row's leaves once per run
     of probes of one row (read from ``known``, rows x trees, when it has rows: `TreeShap.explain`'s
     leaves of ``X``), then per probe only the trees of its column walked again, and the leaves
-    summed from 0.0 in tree order (`_margin_row`'s additions, in its order). False (and nothing
-    computed) when a probe's row or column is outside ``X``."""
+    summed from 0.0 in tree order (`_margin_row`'s additions, in its order). Up to 4 probes in
+    a row of one row and column (a value and its neighbours) are summed side by side, each
+    its own sum in tree order: bit for bit the sum alone. False (and nothing computed) when a
+    probe's row or column is outside ``X``."""
     for k in range(lo, hi):
         if not (0 <= rows[k] < X.shape[0] and 0 <= cols[k] < X.shape[1]):
             return False
@@ -987,34 +1125,58 @@ def _margin_varied_rows(
     base = np.empty(n_trees)
     x = np.empty(X.shape[1])
     given = known.shape[0] > 0
+    walked = np.zeros((n_trees, 4))  # the probes' leaves in the trees of their column
     row = -1
-    for k in range(lo, hi):
+    k = lo
+    while k < hi:
         if rows[k] != row:
             row = rows[k]
             x[:] = X[row]
-            if given:
-                src = known[row]
-            else:
+            if not given:
                 for t in range(n_trees):
                     base[t] = _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
-                src = base
+        src = known[row] if given else base
         c = cols[k]
+        end = k + 1
+        while end < hi and end - k < 4 and rows[end] == row and cols[end] == c:
+            end += 1
+        q0, q1 = starts[c], starts[c + 1]
         kept = x[c]
-        x[c] = values[k]
-        # every tree's leaf in tree order: the base row's, but for the trees of the column
-        # (ascending), walked again with the probe's value
-        q, end = starts[c], starts[c + 1]
-        walk = tree_ids[q] if q < end else n_trees
-        total = 0.0
-        for t in range(n_trees):
-            if t == walk:
-                total += _leaf_value(x, t, trees, nodes, thresholds, cat_words, leaf_values)
-                q += 1
-                walk = tree_ids[q] if q < end else n_trees
-            else:
-                total += src[t]
+        for j in range(end - k):
+            x[c] = values[k + j]
+            for q in range(q0, q1):
+                t = tree_ids[q]
+                walked[q - q0, j] = _leaf_value(
+                    x, t, trees, nodes, thresholds, cat_words, leaf_values
+                )
         x[c] = kept
-        out[k] = total
+        # every tree's leaf in tree order: the base row's, but for the trees of the column
+        # (ascending), walked with each probe's value
+        s0 = s1 = s2 = s3 = 0.0
+        t = 0
+        for q in range(q0, q1 + 1):
+            stop = tree_ids[q] if q < q1 else n_trees
+            for u in range(t, stop):
+                v = src[u]
+                s0 += v
+                s1 += v
+                s2 += v
+                s3 += v
+            if q < q1:
+                i = q - q0
+                s0 += walked[i, 0]
+                s1 += walked[i, 1]
+                s2 += walked[i, 2]
+                s3 += walked[i, 3]
+                t = stop + 1
+        out[k] = s0
+        if end - k > 1:
+            out[k + 1] = s1
+        if end - k > 2:
+            out[k + 2] = s2
+        if end - k > 3:
+            out[k + 3] = s3
+        k = end
     return True
 
 

@@ -272,7 +272,7 @@ def test_a_single_what_if_is_the_bulk_paths(scoring_model: Any, data: st.DataObj
 
 
 def _drivers_in_bulk(points: np.ndarray) -> tuple[list[int], list[int], list[float]]:
-    """The drivers as the numpy path finds them for any number of rows (the oracle)."""
+    """The drivers by their definition, a stable sort of each row (the oracle)."""
     orders = np.argsort(points, axis=1, kind="stable")[:, : scoring.N_REASONS]
     kept = np.take_along_axis(points, orders, axis=1)
     rows, ranks = np.nonzero(kept < 0)
@@ -295,7 +295,7 @@ POINT_VALUES = st.sampled_from([-2.5, -1.0, -1e-300, -0.0, 0.0, 1e-300, 1.0, 3.0
 def test_a_single_rows_drivers_are_the_bulk_paths(matrix: list[list[float]]) -> None:
     """One row's drivers, sorted in Python (`scoring.drivers`), are the columns, order and
     points the numpy path gives that row (ties, zeros of both signs and NaN included); and
-    several rows still go the numpy way."""
+    several rows (partitioned, not sorted) give the rows' stable sorts' drivers."""
     points = np.array(matrix, dtype=np.float64)
     for i in range(len(points)):
         rows, cols, kept = scoring.drivers(points[i : i + 1])
@@ -306,6 +306,7 @@ def test_a_single_rows_drivers_are_the_bulk_paths(matrix: list[list[float]]) -> 
             math.copysign(1, a) == math.copysign(1, b) for a, b in zip(kept, want_kept, strict=True)
         )
     rows, cols, kept = scoring.drivers(points)
+    assert rows.dtype == cols.dtype == np.intp
     assert (rows.tolist(), cols.tolist(), kept) == _drivers_in_bulk(points)
 
 

@@ -150,13 +150,16 @@ def _assert_one_pass_exact(engine: TreeShap, X: np.ndarray) -> None:
 
 def _assert_varied_exact(engine: TreeShap, X: np.ndarray) -> None:
     """`margin_varied` is bit for bit `margin` of the rows built out: probes in runs of one row
-    and alone, each column, values taken from other rows (NaN, zeros, thresholds, infinities,
-    unseen categories)."""
+    and alone, each column, in runs of one column (1 to 6 probes: summed side by side up to
+    4) and not, values taken from other rows (NaN, zeros, thresholds, infinities, unseen
+    categories)."""
     rng = np.random.default_rng(len(X))
     n = 4 * len(X)
     rows = np.sort(rng.integers(0, len(X), n))
     rows[::7] = rng.integers(0, len(X), len(rows[::7]))  # some probes out of their run
     cols = rng.integers(0, X.shape[1], n)
+    runs = np.repeat(rng.integers(0, X.shape[1], n), rng.integers(1, 7, n))[: n // 2]
+    cols[: len(runs)] = runs  # the first half in runs of one column
     values = X[rng.integers(0, len(X), n), cols]
     built = X[rows].copy()
     built[np.arange(n), cols] = values
