@@ -154,9 +154,13 @@ class Leader:
                 conn, _ = self._listener.accept()
             except OSError:
                 return  # closed
-            _, uid, _ = _CRED.unpack(
-                conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-            )
+            try:
+                _, uid, _ = _CRED.unpack(
+                    conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+                )
+            except OSError:  # the peer is gone already
+                conn.close()
+                continue
             if uid != self._uid:
                 log.error("audit relay: refused a connection of user id %d", uid)
                 conn.close()
