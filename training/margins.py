@@ -21,6 +21,9 @@ algorithm to rank documents with additive ensembles of regression trees", SIGIR 
 - the leaves' values are summed from 0.0 in tree order, as LightGBM's ``PredictRaw`` adds
   them: the same additions in the same order, so the same double, bit for bit (tested).
 
+On that model's 888,117 matured rows: 33 s of CPU in ``booster.predict``, 11 s here, every
+margin equal bit for bit (one thread each, a busy 2-core machine).
+
 A tree of more than 64 leaves does not fit a mask: `Margins` refuses such a booster (ValueError),
 and `margins` then asks ``booster.predict``.
 """
