@@ -1,6 +1,6 @@
 """The raw margins of many rows from a LightGBM booster, bit for bit ``booster.predict(X,
-raw_score=True)``, several times faster: the training margins of every matured row
-(`training.train.grow`) and the monotonicity probes (`training.evaluate`).
+raw_score=True)``, several times faster: every margin `training.train.grow` reads (the model's
+of every matured row, the calibration and cross-fitting boosters' of their held-out rows).
 
 LightGBM walks every tree for every row, from the root down, one unpredictable branch per
 level (about 70 ns per row and tree on the 20,000-SME bench model: 523 trees of 23 leaves).
