@@ -17,6 +17,10 @@ import pandas as pd
 from features.catalog import Feature
 from features.catalog import monotone_constraints as catalog_constraints
 
+MarginVaried = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""(matrix, rows, columns, values) -> the margin of each row with that column set to that value
+(`training.treeshap.TreeShap.margin_varied`)."""
+
 
 def monotone_constraints(catalog: tuple[Feature, ...]) -> list[int]:
     """LightGBM's `monotone_constraints`, one per feature of `catalog` (in its order): the
@@ -66,9 +70,18 @@ def check_monotonicity(
     n_grid: int = 25,
     seed: int = 0,
     tolerance: float = 1e-9,
+    margin_varied: MarginVaried | None = None,
 ) -> MonotonicityReport:
     """Verify every constrained feature on a seeded sample of the rows of ``X`` (the model's
-    float matrix, columns in catalog order) over a grid of that feature's quantiles in ``X``."""
+    float matrix, columns in catalog order) over a grid of that feature's quantiles in ``X``.
+
+    ``predict_margin`` scores the sample with the feature set to each grid value (rows x grid
+    values, built out). ``margin_varied`` (`training.treeshap.TreeShap.margin_varied`), when
+    given, scores the same probes without building them out: (sample, rows, columns, values)
+    -> the margin of each sample row with that column set to that value, the same numbers as
+    ``predict_margin`` of the built-out rows; it walks only the trees that split on the
+    feature (the 20,000-SME bench model's 63 constrained features: 4.7 s of CPU -> 2.0 s, the
+    same report)."""
     if X.ndim != 2 or X.shape[1] != len(catalog):
         raise ValueError(f"X has shape {X.shape}; expected (rows, {len(catalog)})")
     if len(X) == 0:
@@ -90,9 +103,14 @@ def check_monotonicity(
             checks.append(FeatureCheck(f.name, direction, len(sample), int(grid.size), 0, 0.0))
             continue
         R, G = len(sample), grid.size
-        moved = np.repeat(sample, G, axis=0)
-        moved[:, j] = np.tile(grid, R)
-        margins = np.asarray(predict_margin(moved), dtype=np.float64).reshape(R, G)
+        if margin_varied is not None:
+            rows = np.repeat(np.arange(R), G)
+            varied = margin_varied(sample, rows, np.full(R * G, j), np.tile(grid, R))
+            margins = np.asarray(varied, dtype=np.float64).reshape(R, G)
+        else:
+            moved = np.repeat(sample, G, axis=0)
+            moved[:, j] = np.tile(grid, R)
+            margins = np.asarray(predict_margin(moved), dtype=np.float64).reshape(R, G)
         against = -direction * np.diff(margins, axis=1)  # > 0 = moves against the direction
         bad = against > tolerance
         checks.append(

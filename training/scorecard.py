@@ -81,6 +81,24 @@ def _pool(rate: np.ndarray, weight: np.ndarray, increasing: bool) -> list[list[i
     return blocks
 
 
+def _rank_correlation_sign(x: np.ndarray, y: np.ndarray) -> int:
+    """The sign (-1, 0, 1) of Spearman's rank correlation of ``x`` with ``y`` (ties ranked by
+    their average rank, as `scipy.stats.spearmanr`). For 0/1 labels it is computed exactly, in
+    integers, from one sort of ``x``: the ranks of a 0/1 label rise with it, so the correlation
+    has the sign of the labelled rows' rank sum minus its expectation n1(n+1)/2 (on the 20,000-SME
+    bench panel's 32 undirected features: the directions spearmanr gave, for a fraction of its
+    time, which ranked both columns). Other labels: spearmanr."""
+    if not np.isin(y, (0.0, 1.0)).all():
+        rho = spearmanr(x, y).statistic
+        return int(np.sign(np.nan_to_num(rho)))
+    ordered = np.sort(x)
+    marked = np.sort(x[y == 1.0])  # sorted, so that the look-ups walk `ordered` once
+    # twice a value's average rank: (rows below it) + (rows at or below it) + 1
+    twice = np.searchsorted(ordered, marked, "left") + np.searchsorted(ordered, marked, "right")
+    excess = int(twice.sum(dtype=np.int64)) + len(marked) - len(marked) * (len(x) + 1)
+    return (excess > 0) - (excess < 0)
+
+
 def fit_binning(feature: Feature, values: pd.Series, y: np.ndarray, max_bins: int = 20) -> Binning:
     """Monotone bins of one feature on training rows (module docstring)."""
     total_bad = float(y.sum())
@@ -111,8 +129,7 @@ def fit_binning(feature: Feature, values: pd.Series, y: np.ndarray, max_bins: in
         if feature.direction != 0:
             increasing = feature.direction > 0
         else:
-            rho = spearmanr(xs, ys).statistic if xs.size > 2 and np.ptp(xs) > 0 else 0.0
-            increasing = bool(np.nan_to_num(rho) >= 0)
+            increasing = xs.size <= 2 or not np.ptp(xs) > 0 or _rank_correlation_sign(xs, ys) >= 0
         blocks = _pool(bad / np.maximum(n, 1), n, increasing) if cut.size else []
         edges = tuple(float(cut[b[-1]]) for b in blocks)
         if edges:

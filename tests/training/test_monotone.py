@@ -63,6 +63,15 @@ def test_an_unconstrained_booster_on_a_u_shape_is_caught() -> None:
     margin = lambda b: lambda M: np.asarray(b.predict(M, raw_score=True))  # noqa: E731
     assert not check_monotonicity(margin(free), X, CATALOG).ok
     assert check_monotonicity(margin(constrained), X, CATALOG).ok
+    # the probes scored without building them out (what `training.evaluate` does): the same
+    # report, violations and their sizes included
+    from training.treeshap import TreeShap
+
+    for booster in (free, constrained):
+        engine = TreeShap.from_booster(booster)
+        built = check_monotonicity(margin(booster), X, CATALOG)
+        varied = check_monotonicity(margin(booster), X, CATALOG, margin_varied=engine.margin_varied)
+        assert varied == built
 
 
 def test_declared_fin_directions_reach_lightgbm() -> None:
