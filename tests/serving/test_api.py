@@ -23,11 +23,12 @@ from serving.schemas import ScoreResponse, response_json
 from serving.settings import Settings
 from tests.support.models import Registry
 from tests.support.problems import problems
+from tests.support.requests import SPARSE_FEATURES, typed
 from training.model import ScoringModel
 
 Headers = Callable[[str], dict[str, str]]
 ROLES = ("scorer", "auditor", "admin")
-FEATURES = {"dso_90d": 42.5, "industry": "food"}
+FEATURES = SPARSE_FEATURES
 
 
 def score_one(client: TestClient, headers: Headers, **body: Any) -> dict[str, Any]:
@@ -94,15 +95,6 @@ def test_score_response_and_stored_decision(client: TestClient, headers: Headers
     assert [d["decision_id"] for d in listed["decisions"]] == [resp["decision_id"]]
 
 
-def _typed(value: Any) -> Any:
-    """A JSON value with the type of every number kept (1 and 1.0 differ)."""
-    if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    return (type(value).__name__, value)
-
-
 def test_the_score_answer_is_the_response_model_of_the_stored_decision(
     client: TestClient, headers: Headers, keys: dict[str, str]
 ) -> None:
@@ -133,7 +125,7 @@ def test_the_score_answer_is_the_response_model_of_the_stored_decision(
         fast = response_json(ScoreResponse, payload)
         slow = adapter.dump_json(adapter.validate_python(payload), by_alias=True)
         assert list(json.loads(fast)) == list(json.loads(slow))
-        assert _typed(json.loads(fast)) == _typed(json.loads(slow)), body
+        assert typed(json.loads(fast)) == typed(json.loads(slow)), body
     over_http = score_one(client, headers)
     assert list(over_http) == list(ScoreResponse.model_fields)
     assert ScoreResponse.model_validate(over_http).receipt is not None

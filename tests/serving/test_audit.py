@@ -20,18 +20,7 @@ from serving.audit.canonical import canonical_json, legacy_record_hash, record_h
 from serving.audit.store import GENESIS_HASH, AuditStore, Prepared
 from serving.exceptions import AuditUnavailable, DecisionNotFound
 from serving.online import OnlineFeatures, materialize
-
-
-def body(i: int, sme: str = "S1", grade: str = "G03") -> dict[str, object]:
-    return {
-        "sme_id": sme,
-        "as_of": "2024-01-31",
-        "grade": grade,
-        "score": 600.0 + i / 7,
-        "pd": 0.01 + i / 1000,
-        "features": {"dso_90d": float(i), "industry": "food", "missing": None},
-        "contributions": {"dso_90d": -1.25 * i},
-    }
+from tests.support.audit import body
 
 
 def fill(store: AuditStore, n: int = 6) -> list[dict[str, object]]:

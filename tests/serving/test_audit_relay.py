@@ -19,7 +19,7 @@ from serving.audit.canonical import canonical_bytes, canonical_json, record_hash
 from serving.audit.signing import PublicKeys, Signer
 from serving.audit.store import CHAIN_KEYS, AuditStore, Prepared
 from serving.exceptions import AuditUnavailable
-from tests.serving.test_audit import body
+from tests.support.audit import body
 
 needs_relay = pytest.mark.skipif(not relay.supported(), reason="abstract Unix sockets: Linux only")
 

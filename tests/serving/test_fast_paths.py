@@ -33,7 +33,7 @@ from serving.api.routes.scores import _json_items
 from serving.audit.canonical import canonical_bytes, canonical_json, json_value, record_hash
 from serving.audit.store import chained_text
 from serving.schemas import BatchScoreResponse, ScoreResponse, batch_response_json
-from tests.serving.test_api import FEATURES, _typed
+from tests.support.requests import SPARSE_FEATURES, typed
 from tests.support.strategies import near_splits
 
 
@@ -61,7 +61,7 @@ payload_values = _documents(2**63 - 1)  # what the audit store's canonical form 
 @given(documents)
 def test_body_reads_as_the_standard_library_reads_it(doc: Any) -> None:
     body = json.dumps(doc).encode()
-    assert _typed(_json_items(body)) == _typed(json.loads(body))
+    assert typed(_json_items(body)) == typed(json.loads(body))
 
 
 def test_long_fractions_stay_with_orjson_and_long_integers_do_not() -> None:
@@ -72,7 +72,7 @@ def test_long_fractions_stay_with_orjson_and_long_integers_do_not() -> None:
         (b'{"a": 18446744073709551616}', {"a": 18446744073709551616}),
         (b"[12345678901234567890.5, 1e0000000000000000001]", [1.2345678901234567e19, 10.0]),
     ]:
-        assert _typed(_json_items(text)) == _typed(expected)
+        assert typed(_json_items(text)) == typed(expected)
 
 
 @settings(max_examples=300, deadline=None)
@@ -98,7 +98,7 @@ def test_the_batch_answer_is_the_response_model_of_its_parts(
     served = svc.holder.get()
     caller = svc.keys.authenticate(keys["scorer"])
     good = [
-        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES},
+        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": SPARSE_FEATURES},
         {"sme_id": "S2", "as_of": "2024-06-30", "allow_sparse": True, "features": {}},
     ]
     bad = [
@@ -121,7 +121,7 @@ def test_the_batch_answer_is_the_response_model_of_its_parts(
     adapter = TypeAdapter(BatchScoreResponse)
     doc = {"scored": 2, "failed": 3, "results": results, "errors": errors}
     slow = adapter.dump_json(adapter.validate_python(doc), by_alias=True)
-    assert _typed(json.loads(fast)) == _typed(json.loads(slow))
+    assert typed(json.loads(fast)) == typed(json.loads(slow))
     assert list(json.loads(fast)) == list(BatchScoreResponse.model_fields)
     assert list(json.loads(fast)["results"][0]) == list(ScoreResponse.model_fields)
     assert list(json.loads(fast)["errors"][0]["errors"][0]) == list(
@@ -131,7 +131,7 @@ def test_the_batch_answer_is_the_response_model_of_its_parts(
 
 def test_the_batch_route_answers_with_its_parts(client: TestClient, headers: Any) -> None:
     items = [
-        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": FEATURES},
+        {"sme_id": "S1", "as_of": "2024-06-30", "allow_sparse": True, "features": SPARSE_FEATURES},
         {"sme_id": "S2", "as_of": "2024-06-30", "features": {"dso_90d": 10**100}},
     ]
     r = client.post("/v1/scores/batch", json=items, headers=headers("scorer"))
@@ -183,7 +183,7 @@ def test_recorded_values_are_what_they_were(scoring_model: Any, data: st.DataObj
     rows = data.draw(
         st.lists(st.dictionaries(st.sampled_from(model.feature_names), value), max_size=6)
     )
-    assert _typed(scoring.recorded_values(model, rows)) == _typed(_recorded_as_before(model, rows))
+    assert typed(scoring.recorded_values(model, rows)) == typed(_recorded_as_before(model, rows))
 
 
 def _sides_as_before(model: Any, M: np.ndarray, wanted: list[tuple[int, str, Any]]) -> dict:
@@ -428,7 +428,7 @@ def _comparable(response: Any) -> tuple[int, dict[str, str], Any]:
     doc = response.json()
     if isinstance(doc, dict):
         doc = {k: v for k, v in doc.items() if k not in (*VOLATILE, "instance")}
-    return response.status_code, headers, _typed(doc)
+    return response.status_code, headers, typed(doc)
 
 
 def test_the_score_route_skips_no_declared_dependency(
@@ -453,7 +453,12 @@ def test_the_score_route_skips_no_declared_dependency(
     def refused() -> None:
         raise HTTPException(status_code=503, detail="overridden")
 
-    good = {"sme_id": "S1", "as_of": "2024-06-30", "features": FEATURES, "allow_sparse": True}
+    good = {
+        "sme_id": "S1",
+        "as_of": "2024-06-30",
+        "features": SPARSE_FEATURES,
+        "allow_sparse": True,
+    }
     headers = {"X-API-Key": keys["scorer"], "Content-Type": "application/json"}
     client.app.dependency_overrides[service] = refused  # type: ignore[attr-defined]
     try:
@@ -480,7 +485,12 @@ def test_the_score_route_answers_as_its_declared_endpoint(
     client.app.add_api_route("/v1/scores-declared", post_score, methods=["POST"])  # type: ignore[attr-defined]
     declared = client.app.routes[-1]  # type: ignore[attr-defined]
     assert type(declared) is APIRoute
-    good = {"sme_id": "S1", "as_of": "2024-06-30", "features": FEATURES, "allow_sparse": True}
+    good = {
+        "sme_id": "S1",
+        "as_of": "2024-06-30",
+        "features": SPARSE_FEATURES,
+        "allow_sparse": True,
+    }
     as_json = {"Content-Type": "application/json"}
     cases: list[tuple[dict[str, str], bytes]] = [
         ({"X-API-Key": keys["scorer"], **as_json}, json.dumps(good).encode()),
