@@ -121,13 +121,6 @@ class Settings(TrackingSettings):
         "they cost (`python -m bench audit`): records are then hash-chained but unsigned, "
         "responses carry no receipt. Refused in production.",
     )
-    audit_relay: bool = Field(
-        default=True,
-        validation_alias="SCF_RISK_AUDIT_RELAY",
-        description="The worker processes of a host commit their single scores in one group "
-        "commit (one fsync for all: `serving.audit.relay`) instead of taking turns, each with "
-        "its own. Off (false): each worker commits its own groups (measurements).",
-    )
     checkpoint_every_records: int = Field(
         default=1000, gt=0, validation_alias="SCF_RISK_CHECKPOINT_EVERY_RECORDS"
     )

@@ -113,17 +113,8 @@ class LoopCommits:
     group, its future chained to the loop's, cost more CPU than the rest of the hand-off.)
     """
 
-    def __init__(
-        self,
-        commit: Callable[[Take], list[list[dict[str, Any]]]],
-        *,
-        queued_elsewhere: Callable[[], bool] | None = None,
-    ) -> None:
+    def __init__(self, commit: Callable[[Take], list[list[dict[str, Any]]]]) -> None:
         self._commit = commit
-        # What else the commit takes besides the loop's requests (the audit store's queue: the
-        # other workers' records, when this process leads the relay): the thread runs for it too.
-        self._queued_elsewhere = queued_elsewhere or (lambda: False)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[tuple[Group, asyncio.Future[list[dict[str, Any]]]]] = []
         self._lock = threading.Lock()  # the queue and the state below
         self._wake = threading.Lock()  # held while the thread waits: released to run it once
@@ -136,7 +127,6 @@ class LoopCommits:
 
     async def record(self, decisions: Sequence[Decision], caller: Caller) -> list[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        self._loop = loop
         done: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
         with self._lock:
             if self._closed:
@@ -159,7 +149,7 @@ class LoopCommits:
         while True:
             self._wake.acquire()
             with self._lock:
-                if not self._queue and not self._queued_elsewhere():
+                if not self._queue:
                     self._state = "idle"
                     if self._closed:
                         return
@@ -256,31 +246,10 @@ class LoopCommits:
         with self._lock:
             if self._state != "pending":
                 return  # `close` ran it already
-            wake = bool(self._queue) or self._closed or self._queued_elsewhere()
+            wake = bool(self._queue) or self._closed
             self._state = "running" if wake else "idle"
         if wake:
             self._wake.release()
-
-    def poke(self) -> bool:
-        """From any thread: run a commit once more (for what is `queued_elsewhere`), unless one
-        is under way or due (it takes that too). False when no loop can do it (none has
-        recorded yet, it has closed, or the commits are closed): the caller commits itself."""
-        loop = self._loop
-        if loop is None or self._closed:
-            return False
-        try:
-            loop.call_soon_threadsafe(self._poked)
-        except RuntimeError:  # the loop is closed
-            return False
-        return True
-
-    def _poked(self) -> None:
-        with self._lock:
-            start = self._state == "idle" and not self._closed
-            if start:
-                self._state = "pending"
-        if start:
-            self._next()
 
     def close(self) -> None:
         """Wait for the commits under way and queued (requests have stopped coming)."""
@@ -358,8 +327,6 @@ class Service:
             )
         try:
             self.store.ensure_schema()
-            if self.settings.audit_relay:
-                self.store.start_relay()
         except AuditUnavailable as exc:
             log.error("audit store not available at start (not ready): %s", exc)
         try:
@@ -379,8 +346,7 @@ class Service:
             )
         self._watcher = Watcher(self.follow, self.settings.reload_poll_seconds)
         self._watcher.start()
-        self._commits = LoopCommits(self.record_gathered, queued_elsewhere=self.store.queued)
-        self.store.commit_waker = self._commits.poke
+        self._commits = LoopCommits(self.record_gathered)
         if self.tune_gc:
             gc.set_threshold(*GC_THRESHOLDS)
             settle_heap()
@@ -406,7 +372,6 @@ class Service:
     def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
-        self.store.commit_waker = None  # the relay's requests: committed by their own thread
         if self._commits is not None:
             self._commits.close()  # the commit under way ends first
             self._commits = None

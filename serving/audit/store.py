@@ -16,7 +16,6 @@ The same database holds ``features_latest`` (the online feature table, `serving.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
@@ -50,8 +49,6 @@ from serving.audit.database import (
     make_engine,
     url_lock_timeout,
 )
-from serving.audit.relay import Relay
-from serving.audit.relay import supported as relay_supported
 from serving.audit.signing import PublicKeys, Signer
 from serving.exceptions import AuditCorrupt, AuditUnavailable, DecisionNotFound
 
@@ -78,77 +75,11 @@ MODEL_CHANGE_SME = ""  # model_change records: no SME (a decision's sme_id is ne
 INDEXED = ("decision_id", "sme_id", "as_of", "grade", "score", "pd", "created_at")
 
 
-CHAIN_KEYS = ("created_at", "decision_id", "prev_hash", "record_hash", "sequence")
-"""The fields the chain adds to a body (sorted): a body holds none of them."""
-BODY_COLUMNS = ("sme_id", "as_of", "grade", "score", "pd")
-"""The indexed columns whose values come from the body (the others, from the chain)."""
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A body serialised before the chain's fields are known: the canonical fragments of its
-    top-level keys that sort between the chain's fields (`CHAIN_KEYS`; six, some empty), the
-    indexed columns it gives, the decision id it will be stored under (drawn here, so that a
-    record whose commit lost its answer can be looked up: `committed_fields`), and the body
-    itself (None for a body another worker process prepared and sent: `serving.audit.relay`).
-    `chained` joins them with the chain's fields into the record's hash and stored text: byte
-    for byte `record_hash` and `canonical_json` of the payload (tests/serving/
-    test_audit_relay.py). A sender's records are so serialised by the sender, and the leader's
-    write turn holds only the join, the hash and the signature."""
-
-    parts: tuple[bytes, bytes, bytes, bytes, bytes, bytes]
-    columns: dict[str, Any]
-    decision_id: str
-    body: Mapping[str, Any] | None = None
-
-    @classmethod
-    def of(cls, body: Mapping[str, Any]) -> Prepared:
-        """ValueError for a body holding a chain field (it would be written twice)."""
-        groups: list[dict[str, Any]] = [{}, {}, {}, {}, {}, {}]
-        for key, value in body.items():
-            at = bisect.bisect_left(CHAIN_KEYS, key)
-            if at < len(CHAIN_KEYS) and CHAIN_KEYS[at] == key:
-                raise ValueError(f"a body to chain holds the chain's field {key!r}")
-            groups[at][key] = value
-        a, b, c, d, e, f = (canonical_bytes(g)[1:-1] if g else b"" for g in groups)
-        columns = {k: body[k] for k in BODY_COLUMNS}
-        return cls((a, b, c, d, e, f), columns, str(uuid.uuid4()), body)
-
-    def chained(
-        self, decision_id: str, sequence: int, created_at: str, prev: str
-    ) -> tuple[str, str]:
-        """The record hash and the stored text of this body with the chain's fields."""
-        p = self.parts
-        head = [
-            p[0],
-            b'"created_at":' + canonical_bytes(created_at),
-            p[1],
-            b'"decision_id":' + canonical_bytes(decision_id),
-            p[2],
-            b'"prev_hash":' + canonical_bytes(prev),
-            p[3],
-        ]
-        tail = [p[4], b'"sequence":' + canonical_bytes(sequence), p[5]]
-        before = b",".join(x for x in head if x)
-        after = b",".join(x for x in tail if x)
-        hashed = hashlib.sha256(b"{")
-        hashed.update(before)
-        hashed.update(b",")
-        hashed.update(after)
-        hashed.update(b"}")
-        digest = hashed.hexdigest()
-        field = b'"record_hash":"' + digest.encode("ascii") + b'"'
-        text = b"".join((b"{", before, b",", field, b",", after, b"}"))
-        return digest, text.decode("utf-8")
-
-
 @dataclass(eq=False)
 class _Pending:
-    """One caller's decisions waiting in the group-commit queue, and how they ended: for a body
-    of this process its stored payload, for one another process sent (`Prepared.body` None)
-    the chain's fields of its record (`chain_fields`)."""
+    """One caller's decisions waiting in the group-commit queue, and how they ended."""
 
-    items: list[Prepared]
+    bodies: list[Mapping[str, Any]]
     payloads: list[dict[str, Any]] = field(default_factory=list)
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -159,41 +90,6 @@ class _Pending:
         self.payloads = payloads or []
         self.error = error
         self.done.set()
-
-
-def chain_fields(
-    decision_id: str,
-    sequence: int,
-    created_at: str,
-    prev: str,
-    digest: str,
-    signature: str | None,
-    key_id: str | None,
-) -> dict[str, Any]:
-    """What the chain adds to a body (and, signed, the receipt), in the payload's order."""
-    out: dict[str, Any] = {
-        "decision_id": decision_id,
-        "sequence": sequence,
-        "created_at": created_at,
-        "prev_hash": prev,
-        "record_hash": digest,
-    }
-    if signature is not None:
-        # Not stored in the payload (it signs it): the caller's proof.
-        out["receipt"] = {
-            "sequence": sequence,
-            "record_hash": digest,
-            "signature": signature,
-            "key_id": key_id,
-        }
-    return out
-
-
-def payload_of(body: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored decision's payload: its body, then the chain's fields (`chain_fields`)."""
-    payload = dict(body)
-    payload.update(fields)
-    return payload
 
 
 @dataclass(frozen=True)
@@ -343,10 +239,6 @@ class AuditStore:
         self.signer = signer
         self.checkpoints = checkpoints
         self.display_name: str | None = None
-        self._relay: Relay | None = None
-        self.commit_waker: Callable[[], bool] | None = None
-        """Set by the service: asks its event loop's commits to run once more (the relay's
-        leader commits the other workers' records with them: `append_prepared`)."""
 
     @property
     def chain_name(self) -> str:
@@ -361,32 +253,6 @@ class AuditStore:
         else:
             where = url.set(password=None, query={}).render_as_string(hide_password=True)
         return f"{where}#{self.decisions.name}"
-
-    def relay_identity(self) -> str:
-        """What tells this store's database apart beyond its name (`serving.audit.relay`): a
-        SQLite file's device and inode; empty for a server's database."""
-        if not self._sqlite:
-            return ""
-        path = sa.make_url(self.url).database or ""
-        try:
-            found = os.stat(path)
-        except OSError:
-            return path
-        return f"{found.st_dev}:{found.st_ino}"
-
-    def start_relay(self) -> bool:
-        """Commit the event loop's groups (`append_gathered`) with the other worker processes
-        of the host in one group commit (`serving.audit.relay`): for a SQLite file or a database
-        server, where the platform allows (Linux). True when the relay is on."""
-        if self._relay is not None:
-            return True
-        file_backed = self._writer_turn is not None
-        if not relay_supported() or (self._sqlite and not file_backed):
-            return False
-        self.ensure_schema()  # the file exists: its identity is known
-        self._relay = Relay(self)
-        self._relay.join()  # the first worker to start leads
-        return True
 
     # -- lifecycle -------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -441,9 +307,6 @@ class AuditStore:
 
     def dispose(self) -> None:
         """Write a last checkpoint, close every pooled connection (and the writers' lock file)."""
-        if self._relay is not None:
-            self._relay.close()
-            self._relay = None
         if self.checkpoints is not None:
             try:
                 self.checkpoints.flush()
@@ -654,27 +517,11 @@ class AuditStore:
         """
         if not bodies:
             return []
-        return self.append_prepared([Prepared.of(b) for b in bodies])
-
-    def append_prepared(
-        self, items: Sequence[Prepared], *, wake: Callable[[], bool] | None = None
-    ) -> list[dict[str, Any]]:
-        """`append` of bodies already serialised (`Prepared`): their payloads, or for items
-        without a body (another process's, `serving.audit.relay`) their `chain_fields`.
-        `wake`: asks the event loop's commits (`commit_waker`) to commit the queue next, beside
-        the loop's own decisions (True when they will); the caller then waits for that commit
-        (at most the lock timeout) instead of taking the write turn first."""
-        if not items:
-            return []
         self.ensure_schema()
-        entry = _Pending(list(items))
+        entry = _Pending(list(bodies))
         with self._queue_lock:
             self._queue.append(entry)
-        if wake is not None and wake():
-            entry.done.wait(self.lock_timeout)
-        if entry.done.is_set():
-            pass
-        elif self._turn.acquire(timeout=self.lock_timeout):
+        if self._turn.acquire(timeout=self.lock_timeout):
             try:
                 if not entry.done.is_set():
                     self._commit_group(self._take_queue)
@@ -705,17 +552,12 @@ class AuditStore:
         is called once: then too when the transaction failed before it, so that its caller
         learns what the error was for)."""
         self.ensure_schema()
-        relay = self._relay
-        if relay is not None:
-            sent = relay.send(gather)
-            if sent is not None:
-                return sent
         entry = _Pending([])
 
         def take() -> list[_Pending]:
             # The caller's bodies first: if they cannot be made, the queue is left to the next
             # writer, not failed for another caller's error.
-            entry.items = [Prepared.of(b) for b in gather()]
+            entry.bodies = list(gather())
             return [entry, *self._take_queue()]
 
         if not self._turn.acquire(timeout=self.lock_timeout):
@@ -729,50 +571,6 @@ class AuditStore:
         if entry.error is not None:
             raise entry.error
         return entry.payloads
-
-    def committed_fields(self, items: Sequence[Prepared]) -> list[dict[str, Any]] | None:
-        """The `chain_fields` of items whose commit lost its answer (a relay's leader that went
-        away), read under the write lock (so that no transaction holding them is still under
-        way): all of them, or None when none is stored (a group is one transaction: never
-        some). AuditUnavailable if the database cannot say."""
-        ids = [item.decision_id for item in items]
-        t = self.decisions
-        cols = (t.c.decision_id, t.c.seq, t.c.created_at, t.c.prev_hash, t.c.record_hash)
-        try:
-            with self.transaction(commit=False) as conn:
-                conn.execute(self._head_for_update).first()
-                rows = conn.execute(
-                    sa.select(*cols, t.c.signature, t.c.key_id).where(t.c.decision_id.in_(ids))
-                ).all()
-        except SQLAlchemyError as exc:
-            raise AuditUnavailable(f"audit store {self.safe_url}: {reason(exc)}") from exc
-        if not rows:
-            return None
-        found = {str(r.decision_id): r for r in rows}
-        if len(found) != len(ids) or set(found) != set(ids):
-            raise AuditUnavailable(
-                f"audit store {self.safe_url}: {len(found)} of a group of {len(ids)} records "
-                "stored: the group was not one transaction"
-            )
-        out = []
-        for did in ids:
-            r = found[did]
-            out.append(
-                chain_fields(
-                    did,
-                    int(r.seq),
-                    str(r.created_at),
-                    str(r.prev_hash),
-                    str(r.record_hash),
-                    r.signature,
-                    r.key_id,
-                )
-            )
-        return out
-
-    def queued(self) -> bool:
-        """Whether any append waits in the group-commit queue."""
-        return bool(self._queue)
 
     def _take_queue(self) -> list[_Pending]:
         with self._queue_lock:
@@ -795,33 +593,32 @@ class AuditStore:
                 group = gather()
                 rows: list[dict[str, Any]] = []
                 chained: list[list[dict[str, Any]]] = []
-                signer = self.signer
                 for entry in group:
                     payloads: list[dict[str, Any]] = []
-                    for item in entry.items:
+                    for body in entry.bodies:
                         seq += 1
-                        decision_id, created_at = item.decision_id, _now()
-                        digest, text = item.chained(decision_id, seq, created_at, prev)
-                        signature = signer.sign(digest) if signer is not None else None
-                        key_id = signer.key_id if signer is not None else None
-                        record = dict(item.columns)
-                        record.update(
-                            decision_id=decision_id,
-                            created_at=created_at,
-                            seq=seq,
-                            payload=text,
+                        payload = dict(body)
+                        payload.update(
+                            decision_id=str(uuid.uuid4()),
+                            sequence=seq,
+                            created_at=_now(),
                             prev_hash=prev,
-                            record_hash=digest,
-                            signature=signature,
-                            key_id=key_id,
                         )
+                        payload["record_hash"], text = chained_text(payload)
+                        record = self._row(payload, text)
+                        if self.signer is not None:
+                            record["signature"] = self.signer.sign(payload["record_hash"])
+                            record["key_id"] = self.signer.key_id
+                            # Not stored in the payload (it signs it): the caller's proof.
+                            payload["receipt"] = {
+                                "sequence": seq,
+                                "record_hash": payload["record_hash"],
+                                "signature": record["signature"],
+                                "key_id": record["key_id"],
+                            }
                         rows.append(record)
-                        fields = chain_fields(
-                            decision_id, seq, created_at, prev, digest, signature, key_id
-                        )
-                        body = item.body
-                        payloads.append(fields if body is None else payload_of(body, fields))
-                        prev = digest
+                        payloads.append(payload)
+                        prev = payload["record_hash"]
                     chained.append(payloads)
                 if rows:
                     cursor.many(insert, rows)
@@ -858,6 +655,21 @@ class AuditStore:
                 DriverStatement.of(self._move_head, dialect),
             )
         return self._driver_statements
+
+    @staticmethod
+    def _row(payload: Mapping[str, Any], text: str) -> dict[str, Any]:
+        """The table row of a chained payload whose canonical text is `text`: every column of
+        the decisions table (the insert refuses a row with one more or one less)."""
+        row = {k: payload[k] for k in INDEXED}
+        row.update(
+            seq=payload["sequence"],
+            payload=text,
+            prev_hash=payload["prev_hash"],
+            record_hash=payload["record_hash"],
+            signature=None,
+            key_id=None,
+        )
+        return row
 
     def get(self, decision_id: str) -> dict[str, Any]:
         """One stored decision; DecisionNotFound if there is none with that id."""

@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from serving.audit.canonical import canonical_json, legacy_record_hash, record_hash
-from serving.audit.store import GENESIS_HASH, AuditStore, Prepared
+from serving.audit.store import GENESIS_HASH, AuditStore
 from serving.exceptions import AuditUnavailable, DecisionNotFound
 from serving.online import OnlineFeatures, materialize
 from tests.support.audit import body
@@ -215,18 +214,18 @@ def test_a_failed_group_fails_every_caller_in_it_and_stores_none(
 ) -> None:
     fill(store, 2)
     sizes, taken = _hold_first_group(store, monkeypatch, others=5)
-    real_chained = Prepared.chained
+    real_row = AuditStore._row
     calls = 0
 
-    def chained(item: Prepared, *fields: Any) -> tuple[str, str | None]:
+    def row(payload: dict[str, object], text: str) -> dict[str, object]:
         nonlocal calls
         calls += 1
-        digest, text = real_chained(item, *fields)
+        out = real_row(payload, text)
         if sizes == [1, 5] and calls > 4:  # inside the second (grouped) transaction: break it
-            return digest, None  # the payload column is NOT NULL: the insert fails
-        return digest, text
+            out["decision_id"] = None  # NOT NULL: the insert fails
+        return out
 
-    monkeypatch.setattr(Prepared, "chained", chained)
+    monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
     results, errors = _append_all(store, 6, taken)
     assert sizes == [1, 5]
     assert len(errors) == 5 and all(isinstance(e, AuditUnavailable) for e in errors)
@@ -377,15 +376,15 @@ def test_append_gathered_takes_the_appends_queued_meanwhile_into_its_transaction
     store.append([body(0)])
     sizes = _group_sizes(store, monkeypatch)
     if fails:
-        real_chained = Prepared.chained
+        real_row = AuditStore._row
 
-        def chained(item: Prepared, *fields: Any) -> tuple[str, str | None]:
-            digest, text = real_chained(item, *fields)
-            if item.columns["sme_id"] == "late2":
-                return digest, None  # the payload is NOT NULL: the insert of the group fails
-            return digest, text
+        def row(payload: dict[str, object], text: str) -> dict[str, object]:
+            out = real_row(payload, text)
+            if payload["sme_id"] == "late2":
+                out["decision_id"] = None  # NOT NULL: the insert of the whole group fails
+            return out
 
-        monkeypatch.setattr(Prepared, "chained", chained)
+        monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process's writer holds the database
     results: dict[str, list[dict[str, object]]] = {}
@@ -485,18 +484,18 @@ def test_an_append_row_without_a_column_or_with_an_unknown_one_stores_nothing(
     is refused (never a placeholder written in its place), and so is a row with a column the
     table does not have (never dropped silently): AuditUnavailable naming it, nothing stored."""
     store.append([body(1)])
-    real_of = Prepared.of
+    real_row = AuditStore._row
 
-    def of(body: dict[str, object]) -> Prepared:
-        out = real_of(body)
+    def row(payload: dict[str, object], text: str) -> dict[str, object]:
+        out = real_row(payload, text)
         if change == "missing":
-            del out.columns["grade"]
+            del out["signature"]
         else:
-            out.columns["reviewer"] = "someone"
+            out["reviewer"] = "someone"
         return out
 
-    monkeypatch.setattr(Prepared, "of", staticmethod(of))
-    named = "no value for grade" if change == "missing" else "no parameter: reviewer"
+    monkeypatch.setattr(AuditStore, "_row", staticmethod(row))
+    named = "no value for signature" if change == "missing" else "no parameter: reviewer"
     with pytest.raises(AuditUnavailable, match=named):
         store.append([body(2)])
     with pytest.raises(AuditUnavailable, match=named):
@@ -584,16 +583,11 @@ def test_chains_written_with_the_legacy_canonical_form_still_verify(
     """Records hashed by an earlier release (json.dumps) verify; an edit to one is still caught."""
     import serving.audit.store as audit
 
-    def legacy_chained(
-        item: audit.Prepared, decision_id: str, sequence: int, created_at: str, prev: str
-    ) -> tuple[str, str]:
-        assert item.body is not None
-        payload = {**item.body, "decision_id": decision_id, "sequence": sequence}
-        payload.update(created_at=created_at, prev_hash=prev)
+    def legacy_chained(payload: dict[str, object]) -> tuple[str, str]:
         digest = legacy_record_hash(payload)  # what an earlier release hashed
         return digest, canonical_json({**payload, "record_hash": digest})
 
-    monkeypatch.setattr(audit.Prepared, "chained", legacy_chained)
+    monkeypatch.setattr(audit, "chained_text", legacy_chained)
     old = store.append([{**body(1), "pd": 1.5e-05}, body(2)])
     monkeypatch.undo()
     assert record_hash(old[0]) != old[0]["record_hash"]  # the two forms differ on this float
