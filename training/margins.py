@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-ZERO_THRESHOLD = float(np.float32(1e-35))
-"""LightGBM's ``kZeroThreshold`` (a float 1e-35): |x| <= it is read as 0."""
+from training.treeshap import ZERO_THRESHOLD  # LightGBM's kZeroThreshold: one declaration
+
 MAX_LEAVES = 64
 """Most leaves of a tree whose leaves fit one 64-bit mask."""
 _CATEGORICAL, _DEFAULT_LEFT = 1, 2

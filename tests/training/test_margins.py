@@ -34,16 +34,36 @@ def _data(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _probes(X: np.ndarray) -> np.ndarray:
+def _probes(X: np.ndarray, booster: lgb.Booster) -> np.ndarray:
     """The rows, then rows with a column set to NaN, 0, 1e-36, -1e-36, -0.0, a negative or a
-    huge categorical code, and the thresholds' neighbourhood (every training value)."""
+    huge categorical code, and to every numeric threshold of the booster, one ulp either side,
+    and its float32 rounding (a split's own value: the side a row on it takes)."""
     out = [X]
     for value in (np.nan, 0.0, 1e-36, -1e-36, -0.0, -1.0, -0.5, 3e9, 1e300, -np.inf, np.inf):
         for j in range(X.shape[1]):
             moved = X[:200].copy()
             moved[:, j] = value
             out.append(moved)
+    for j, t in _thresholds(booster):
+        for value in {t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf), float(np.float32(t))}:
+            moved = X[:8].copy()
+            moved[:, j] = value
+            out.append(moved)
     return np.vstack(out)
+
+
+def _thresholds(booster: lgb.Booster) -> set[tuple[int, float]]:
+    """(feature, threshold) of every numeric split in the booster's model text."""
+    found: set[tuple[int, float]] = set()
+    for tree in booster.dump_model()["tree_info"]:
+        nodes = [tree["tree_structure"]]
+        while nodes:
+            node = nodes.pop()
+            if "split_feature" in node:
+                if node["decision_type"] != "==":
+                    found.add((node["split_feature"], float(node["threshold"])))
+                nodes += [node["left_child"], node["right_child"]]
+    return found
 
 
 def _split_kinds(booster: lgb.Booster) -> set[str]:
@@ -72,7 +92,8 @@ def test_margins_equal_predict_bit_for_bit(extra: dict[str, object], kinds: set[
     data = lgb.Dataset(X, y, categorical_feature=[3])
     booster = lgb.train(params, data, num_boost_round=40)
     assert kinds <= _split_kinds(booster)  # the rules under test are in the trees
-    probes = _probes(X)
+    probes = _probes(X, booster)
+    assert len(probes) > len(X) + 11 * 200 * X.shape[1]  # the thresholds are probed
     expected = np.asarray(booster.predict(probes, raw_score=True), np.float64)
     got = Margins.from_booster(booster).margin(probes)
     assert got.tobytes() == expected.tobytes()
