@@ -157,9 +157,11 @@ class Margins:
                     nan_nodes[f].append((t, mask))
                 if _goes_right(0.0, decision, threshold):
                     zero_nodes[f].append((t, mask))
-        self._num = _packed([sorted(n, key=lambda e: e[0]) for n in numeric])
-        self._nan = _packed_nodes(nan_nodes)
-        self._zero = _packed_nodes(zero_nodes)
+        self._num = _packed(
+            [sorted(n, key=lambda e: e[0]) for n in numeric], (np.float64, np.int64, np.int64)
+        )
+        self._nan = _packed(nan_nodes, (np.int64, np.int64))
+        self._zero = _packed(zero_nodes, (np.int64, np.int64))
         cats.sort(key=lambda c: (c[0], c[1]))
         self._cats = np.array(cats, dtype=np.int64).reshape(-1, 5)
         self._cat_words = np.array(words, dtype=np.int64)
@@ -230,29 +232,13 @@ def _leaves_under(tree: _Tree, child: int) -> list[int]:
     return out
 
 
-def _packed(lists: list[list[tuple[float, int, int]]]) -> tuple[np.ndarray, ...]:
-    """(starts, thresholds, trees, masks) of per-feature lists of numeric nodes."""
+def _packed(lists: list[list[tuple[Any, ...]]], dtypes: tuple[type, ...]) -> tuple[np.ndarray, ...]:
+    """(starts, then one array per field of the tuples) of per-feature lists of nodes: feature
+    f's entries are rows starts[f] to starts[f + 1] of every field's array."""
     starts = np.zeros(len(lists) + 1, dtype=np.int64)
     np.cumsum([len(x) for x in lists], out=starts[1:])
     flat = [e for x in lists for e in x]
-    return (
-        starts,
-        np.array([e[0] for e in flat], dtype=np.float64),
-        np.array([e[1] for e in flat], dtype=np.int64),
-        np.array([e[2] for e in flat], dtype=np.int64),
-    )
-
-
-def _packed_nodes(lists: list[list[tuple[int, int]]]) -> tuple[np.ndarray, ...]:
-    """(starts, trees, masks) of per-feature lists of nodes."""
-    starts = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum([len(x) for x in lists], out=starts[1:])
-    flat = [e for x in lists for e in x]
-    return (
-        starts,
-        np.array([e[0] for e in flat], dtype=np.int64),
-        np.array([e[1] for e in flat], dtype=np.int64),
-    )
+    return (starts, *(np.array([e[i] for e in flat], dtype=d) for i, d in enumerate(dtypes)))
 
 
 @njit(cache=True, nogil=True)
