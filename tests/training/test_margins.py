@@ -45,7 +45,9 @@ def _probes(X: np.ndarray, booster: lgb.Booster) -> np.ndarray:
             moved[:, j] = value
             out.append(moved)
     for j, t in _thresholds(booster):
-        for value in {t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf), float(np.float32(t))}:
+        with np.errstate(over="ignore"):  # a threshold beyond float32's range rounds to inf
+            rounded = float(np.float32(t))
+        for value in {t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf), rounded}:
             moved = X[:8].copy()
             moved[:, j] = value
             out.append(moved)
